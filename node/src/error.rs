@@ -1,0 +1,80 @@
+//! Errors of the runtime, one enum per thing a caller reacts to.
+
+use crate::Address;
+
+/// Why a message could not be routed. The runtime also logs and counts every drop.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The onward route was empty.
+    #[error("the message has no onward route")]
+    EmptyRoute,
+    /// No worker is registered at the local address.
+    #[error("no worker at {0} on this node")]
+    UnknownAddress(Address),
+    /// The mailbox's incoming policy refused the message's origin.
+    #[error("{0} refused the message: its incoming policy does not allow this sender")]
+    Denied(Address),
+    /// The worker stopped while the message was on its way.
+    #[error("the worker at {0} has stopped")]
+    Closed(Address),
+    /// No transport is registered for the address kind.
+    #[error("no transport for address kind {kind} (in {address}); is the TCP transport started?")]
+    NoTransport {
+        /// The address kind.
+        kind: u8,
+        /// The address that needed it.
+        address: Address,
+    },
+    /// A transport could not reach the peer.
+    #[error("cannot reach {address}: {reason}")]
+    Unreachable {
+        /// The peer address.
+        address: Address,
+        /// What the transport saw.
+        reason: String,
+        /// The underlying error, where there is one.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// A message from another node named a peer this node has no connection to; only this
+    /// node's own workers may make it dial.
+    #[error("{0} is not connected, and only local senders may open connections")]
+    NotConnected(Address),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The address is taken by a running worker.
+    #[error("address {0} is already in use on this node")]
+    AddressInUse(Address),
+    /// Only local addresses can be registered.
+    #[error("{0} is not a local address; workers register kind-0 addresses")]
+    NotLocal(Address),
+    /// A worker needs at least one address.
+    #[error("a worker needs at least one address")]
+    NoAddress,
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a request got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The request could not be routed.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// No reply arrived in time.
+    #[error("no reply within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The reply mailbox was closed (node shutdown).
+    #[error("the node shut down while waiting for a reply")]
+    Closed,
+}
+
+/// What a worker's `handle_message` may fail with; logged and counted, the worker goes on.
+pub type WorkerError = Box<dyn std::error::Error + Send + Sync + 'static>;

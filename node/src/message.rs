@@ -1,0 +1,79 @@
+//! Messages and the local information the runtime attaches to them.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::{Address, Route};
+
+/// Who handed a message to this node. Stamped by the runtime, a transport or a secure
+/// channel; never decoded from the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A worker or client on this node.
+    Local,
+    /// A transport connection; `connection` is the local address that carries answers back.
+    Transport {
+        /// The connection's local sender address.
+        connection: Address,
+    },
+    /// An established secure channel; the peer is authenticated.
+    SecureChannel {
+        /// The peer's identifier, e.g. `I6c20…`.
+        identifier: String,
+        /// The peer's attested attributes.
+        attributes: BTreeMap<String, String>,
+    },
+}
+
+impl Origin {
+    /// Whether the message came from this node.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Origin::Local)
+    }
+}
+
+/// Information that travels with a message inside a node and never crosses the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalInfo {
+    /// Who handed the message to this node.
+    pub origin: Origin,
+}
+
+impl Default for LocalInfo {
+    fn default() -> Self {
+        Self {
+            origin: Origin::Local,
+        }
+    }
+}
+
+/// A routed message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Where the message goes; the first hop is the next one.
+    pub onward_route: Route,
+    /// How to answer; each forwarding hop prepends itself.
+    pub return_route: Route,
+    /// The application bytes.
+    pub payload: Bytes,
+    /// Runtime-only information.
+    pub local_info: LocalInfo,
+}
+
+impl Message {
+    /// A local-origin message.
+    pub fn new(onward_route: Route, return_route: Route, payload: impl Into<Bytes>) -> Self {
+        Self {
+            onward_route,
+            return_route,
+            payload: payload.into(),
+            local_info: LocalInfo::default(),
+        }
+    }
+
+    /// The origin stamped on this message.
+    pub fn origin(&self) -> &Origin {
+        &self.local_info.origin
+    }
+}
