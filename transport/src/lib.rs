@@ -1,1 +1,28 @@
-//! placeholder
+//! kith's TCP transport.
+//!
+//! A [`TcpTransport`] registers itself with a node for address kind 1 (`1#host:port`), listens
+//! for connections, dials peers that local workers send to (one connection per peer), and
+//! keeps up connections that a service asks for, reconnecting with capped backoff. On the
+//! wire, after a one-byte protocol version each way, every message is one length-prefixed
+//! [`TransportMessage`] frame ([`frame`]). Routes given on the command line are parsed here as
+//! [`MultiAddr`]s.
+//!
+//! It does not authenticate or encrypt: that is the job of secure channels (`kith-identity`),
+//! which run over it.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
+mod codec;
+mod connection;
+mod error;
+pub mod frame;
+mod multiaddr;
+mod tcp;
+
+pub use codec::{MAX_PAYLOAD_LEN, PROTOCOL_VERSION, TransportMessage};
+pub use error::{ConnectionError, DecodeError, FrameError, MultiAddrError, TransportError};
+pub use multiaddr::{MultiAddr, Protocol};
+pub use tcp::{ConnectionInfo, ConnectionState, Direction, PersistentConnection, TcpOptions, TcpStats, TcpTransport};

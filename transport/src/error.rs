@@ -1,0 +1,180 @@
+//! Errors of the transport, one enum per surface a caller reacts to.
+
+use std::net::SocketAddr;
+
+/// Why a frame is not acceptable. Needing more bytes is not an error: see
+/// [`crate::frame::FrameStatus::Incomplete`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announced more than the configured maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// Announced body length.
+        len: u64,
+        /// The configured maximum.
+        max: usize,
+    },
+}
+
+/// Why a frame body is not a valid [`crate::TransportMessage`].
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The CBOR itself is malformed or truncated, or a value has the wrong type.
+    #[error("malformed transport message: {0}")]
+    Cbor(#[source] minicbor::decode::Error),
+    /// The message is not a map of exactly the fields 0..=3 in order.
+    #[error("transport message must be a map of fields 0, 1, 2, 3 in order; found {found}")]
+    Shape {
+        /// What was found instead.
+        found: &'static str,
+    },
+    /// The peer speaks a message version we do not.
+    #[error("transport message version {0} is not supported (this node speaks 1)")]
+    Version(u8),
+    /// A route had more hops than [`kith_node::MAX_ROUTE_LEN`].
+    #[error("route of {len} hops exceeds the maximum of {max}")]
+    RouteTooLong {
+        /// Announced hop count.
+        len: u64,
+        /// The maximum.
+        max: usize,
+    },
+    /// An address in a route is not valid.
+    #[error("invalid address in route: {0}")]
+    Address(#[from] kith_node::AddressError),
+    /// Bytes followed the message inside its frame.
+    #[error("{0} trailing bytes after the transport message")]
+    TrailingBytes(usize),
+}
+
+/// Why a connection ended with an error (logged with the peer address).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// Socket error.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer wrote a protocol version byte we do not speak.
+    #[error("peer speaks protocol version {theirs}; this node speaks {ours}")]
+    Version {
+        /// Their version byte.
+        theirs: u8,
+        /// Ours.
+        ours: u8,
+    },
+    /// The peer did not send its version byte in time.
+    #[error("peer sent no protocol version within {0:?}")]
+    PreambleTimeout(std::time::Duration),
+    /// An invalid frame.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// An invalid transport message.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// Nothing arrived for the idle timeout, not even a keep-alive.
+    #[error("peer silent for {0:?}; presumed dead")]
+    Idle(std::time::Duration),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("peer closed the connection in the middle of a frame ({buffered} bytes buffered)")]
+    ClosedMidFrame {
+        /// Bytes of the partial frame.
+        buffered: usize,
+    },
+    /// A write did not complete in time (the peer stopped reading).
+    #[error("write to peer stalled for {0:?}")]
+    WriteTimeout(std::time::Duration),
+}
+
+/// Why a listener or an outgoing connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address asked for.
+        address: String,
+        /// The OS error (address in use, permission denied, …).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The address could not be resolved.
+    #[error("cannot resolve {address}: {source}")]
+    Resolve {
+        /// The address asked for.
+        address: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        /// The peer.
+        address: String,
+        /// The OS error (connection refused, …).
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting took longer than the connect timeout.
+    #[error("cannot connect to {address}: no answer within {timeout:?}")]
+    ConnectTimeout {
+        /// The peer.
+        address: String,
+        /// The timeout.
+        timeout: std::time::Duration,
+    },
+    /// The peer accepted the connection but the version exchange failed.
+    #[error("{address} is not a kith node ({source})")]
+    Preamble {
+        /// The peer.
+        address: SocketAddr,
+        /// What went wrong.
+        #[source]
+        source: ConnectionError,
+    },
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a route written as a multiaddr is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MultiAddrError {
+    /// Empty text.
+    #[error("empty route; write one like /node/n1/service/echo")]
+    Empty,
+    /// Text not starting with '/'.
+    #[error("route {0:?} must start with '/', as in /ip4/127.0.0.1/tcp/4000/service/echo")]
+    NoLeadingSlash(String),
+    /// An unknown protocol name.
+    #[error("unknown protocol {name:?} at segment {position}; known: ip4, ip6, dnsaddr, tcp, service, node")]
+    UnknownProtocol {
+        /// The name.
+        name: String,
+        /// 1-based segment number.
+        position: usize,
+    },
+    /// A protocol without its value.
+    #[error("/{protocol} needs a value after it, as in {example}")]
+    MissingValue {
+        /// The protocol.
+        protocol: &'static str,
+        /// An example.
+        example: &'static str,
+    },
+    /// A value that does not parse.
+    #[error("invalid {protocol} value {value:?}: {reason}")]
+    InvalidValue {
+        /// The protocol.
+        protocol: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// A host without a port, or a port without a host.
+    #[error("{0}")]
+    Structure(String),
+    /// More hops than a route may hold.
+    #[error("route has more than {0} hops")]
+    TooLong(usize),
+}
