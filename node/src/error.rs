@@ -26,15 +26,13 @@ pub enum RouteError {
         address: Address,
     },
     /// A transport could not reach the peer.
-    #[error("cannot reach {address}: {reason}")]
+    #[error("cannot reach {address}")]
     Unreachable {
         /// The peer address.
         address: Address,
         /// What the transport saw.
-        reason: String,
-        /// The underlying error, where there is one.
         #[source]
-        source: Option<std::io::Error>,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// A message from another node named a peer this node has no connection to; only this
     /// node's own workers may make it dial.
@@ -78,3 +76,18 @@ pub enum RequestError {
 
 /// What a worker's `handle_message` may fail with; logged and counted, the worker goes on.
 pub type WorkerError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Shows an error and its chain of causes on one line, `a: b: c`, for logs.
+pub struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}

@@ -22,7 +22,7 @@ pub use access::{AllowAll, AllowLocal, AllowOrigins, AllowTransport, IncomingAcc
 pub use address::{Address, AddressError, LOCAL, MAX_ADDRESS_LEN, MAX_ROUTE_LEN, Route, TCP};
 pub use context::{Client, Context};
 pub use echo::Echo;
-pub use error::{RequestError, RouteError, StartError, WorkerError};
+pub use error::{DisplayChain, RequestError, RouteError, StartError, WorkerError};
 pub use message::{LocalInfo, Message, Origin};
 pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE};
 pub use router::{ResolveFuture, Transport};

@@ -58,7 +58,7 @@ impl Node {
             Ok(local) => Ok(local),
             Err(e) => {
                 self.inner.stats.dropped_unreachable.fetch_add(1, Ordering::Relaxed);
-                warn!(node = %self.name(), address = %next, error = %e, "dropped a message: peer unreachable");
+                warn!(node = %self.name(), address = %next, error = %crate::DisplayChain(&e), "dropped a message: peer unreachable");
                 Err(e)
             }
         }

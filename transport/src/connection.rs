@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use kith_node::{Address, LocalInfo, MAX_ROUTE_LEN, Mailbox, Message, Node, Origin};
+use kith_node::{Address, DisplayChain, LocalInfo, MAX_ROUTE_LEN, Mailbox, Message, Node, Origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -71,7 +71,7 @@ pub(crate) async fn run(
     };
     match &result {
         Ok(()) => debug!(%peer, connection = %me, "connection closed"),
-        Err(e) => warn!(%peer, connection = %me, error = %e, "connection closed with an error"),
+        Err(e) => warn!(%peer, connection = %me, error = %DisplayChain(e), "connection closed with an error"),
     }
     result
 }

@@ -20,7 +20,7 @@ pub enum FrameError {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// The CBOR itself is malformed or truncated, or a value has the wrong type.
-    #[error("malformed transport message: {0}")]
+    #[error("malformed transport message")]
     Cbor(#[source] minicbor::decode::Error),
     /// The message is not a map of exactly the fields 0..=3 in order.
     #[error("transport message must be a map of fields 0, 1, 2, 3 in order; found {found}")]
@@ -40,7 +40,7 @@ pub enum DecodeError {
         max: usize,
     },
     /// An address in a route is not valid.
-    #[error("invalid address in route: {0}")]
+    #[error("invalid address in route")]
     Address(#[from] kith_node::AddressError),
     /// Bytes followed the message inside its frame.
     #[error("{0} trailing bytes after the transport message")]
@@ -51,7 +51,7 @@ pub enum DecodeError {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
     /// Socket error.
-    #[error("i/o error: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The peer wrote a protocol version byte we do not speak.
     #[error("peer speaks protocol version {theirs}; this node speaks {ours}")]
@@ -88,7 +88,7 @@ pub enum ConnectionError {
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The listen address could not be bound.
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}")]
     Bind {
         /// The address asked for.
         address: String,
@@ -97,7 +97,7 @@ pub enum TransportError {
         source: std::io::Error,
     },
     /// The address could not be resolved.
-    #[error("cannot resolve {address}: {source}")]
+    #[error("cannot resolve {address}")]
     Resolve {
         /// The address asked for.
         address: String,
@@ -106,7 +106,7 @@ pub enum TransportError {
         source: std::io::Error,
     },
     /// Connecting failed.
-    #[error("cannot connect to {address}: {source}")]
+    #[error("cannot connect to {address}")]
     Connect {
         /// The peer.
         address: String,
@@ -123,7 +123,7 @@ pub enum TransportError {
         timeout: std::time::Duration,
     },
     /// The peer accepted the connection but the version exchange failed.
-    #[error("{address} is not a kith node ({source})")]
+    #[error("{address} is not a kith node")]
     Preamble {
         /// The peer.
         address: SocketAddr,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kith_node::{Address, AllowAll, Mailbox, Node, ResolveFuture, RouteError, TCP, Transport};
+use kith_node::{Address, AllowAll, DisplayChain, Mailbox, Node, ResolveFuture, RouteError, TCP, Transport};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OnceCell, Semaphore, watch};
 use tracing::{debug, info, warn};
@@ -273,8 +273,7 @@ impl Transport for TcpTransport {
             }
             self.connect(peer).await.map_err(|e| RouteError::Unreachable {
                 address: address.clone(),
-                reason: e.to_string(),
-                source: None,
+                source: Box::new(e),
             })
         })
     }
@@ -307,7 +306,7 @@ async fn serve_incoming(inner: Arc<Inner>, mut stream: TcpStream, peer: SocketAd
     let _ = stream.set_nodelay(true);
     if let Err(e) = connection::preamble(&mut stream, inner.options.preamble_timeout).await {
         inner.counters.refused.fetch_add(1, Ordering::Relaxed);
-        warn!(%peer, error = %e, "refused a connection");
+        warn!(%peer, error = %DisplayChain(&e), "refused a connection");
         return;
     }
     let Ok(mut mailbox) = inner
@@ -401,7 +400,7 @@ async fn keep_up(inner: Arc<Inner>, peer: String, mut mailbox: Mailbox, state: w
             Err(e) => {
                 attempt = attempt.saturating_add(1);
                 let _ = state.send(ConnectionState::Connecting { attempt });
-                debug!(%peer, error = %e, attempt, retry_in = ?backoff, "reconnect failed");
+                debug!(%peer, error = %DisplayChain(&e), attempt, retry_in = ?backoff, "reconnect failed");
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(jitter(backoff)) => {}

@@ -1,0 +1,206 @@
+//! The command-line surface, as clap derives. Every command's `--help` ends with examples.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    /// Human-readable text.
+    #[default]
+    Plain,
+    /// One JSON document, for scripts.
+    Json,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Plain)]
+    pub output: OutputFormat,
+    /// Print only the result (no progress, no hints).
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+    /// More logging on stderr (-v info, -vv debug, -vvv trace). KITH_LOG sets a filter.
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No colors in output.
+    #[arg(long, global = true)]
+    pub no_color: bool,
+}
+
+const AFTER_MAIN: &str = "\
+Examples:
+  kith demo                                         see two nodes talk, step by step
+  kith node create n1                               start a node daemon named n1
+  kith message send hi --to /node/n1/service/echo   send a message to n1's echo service
+
+State lives in $KITH_HOME (default ~/.kith).";
+
+/// kith: private, authenticated networks of nodes.
+#[derive(Debug, Parser)]
+#[command(name = "kith", version, about, after_help = AFTER_MAIN)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, inspect and control node daemons.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Send messages along routes.
+    #[command(subcommand)]
+    Message(MessageCommand),
+    /// Run a walkthrough in a temporary KITH_HOME: two nodes, a message between them.
+    #[command(after_help = "Examples:\n  kith demo\n  kith demo --output json")]
+    Demo,
+    /// Print shell completions.
+    #[command(after_help = "Examples:\n  kith completion bash > /etc/bash_completion.d/kith\n  kith completion zsh > ~/.zfunc/_kith")]
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `kith node …`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Create a node and start it as a daemon (or in the foreground).
+    #[command(after_help = "\
+Examples:
+  kith node create n1
+  kith node create n2 --tcp-listener-address 127.0.0.1:4000
+  kith node create n3 --foreground          stays attached; Ctrl-C stops it")]
+    Create(CreateNode),
+    /// List nodes and whether they are running.
+    #[command(after_help = "Examples:\n  kith node list\n  kith node list --output json")]
+    List,
+    /// Show a node: status, listener, services, connections.
+    #[command(after_help = "Examples:\n  kith node show n1")]
+    Show(NodeName),
+    /// Stop a running node (it keeps its state; `kith node start` brings it back).
+    #[command(after_help = "Examples:\n  kith node stop n1\n  kith node stop n1 --force     kill it if it does not stop in time")]
+    Stop(StopNode),
+    /// Start a stopped node with its saved configuration and listener address.
+    #[command(after_help = "Examples:\n  kith node start n1\n  kith node start n1 --foreground")]
+    Start(StartNode),
+    /// Stop and delete nodes and their state.
+    #[command(after_help = "Examples:\n  kith node delete n1\n  kith node delete --all")]
+    Delete(DeleteNode),
+    /// Print a node's log.
+    #[command(after_help = "Examples:\n  kith node logs n1\n  kith node logs n1 --tail 20")]
+    Logs(NodeLogs),
+    /// Run a node in this process (used by `create` and `start` to spawn daemons).
+    #[command(hide = true)]
+    Run(NodeName),
+}
+
+/// `kith node create`
+#[derive(Debug, Args)]
+pub struct CreateNode {
+    /// Name of the node (letters, digits, '-', '_'); a random one if omitted.
+    pub name: Option<String>,
+    /// Address to listen on for TCP connections; port 0 picks a free port once, and the
+    /// node keeps it across restarts.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "HOST:PORT")]
+    pub tcp_listener_address: String,
+    /// Run in this process instead of as a daemon; Ctrl-C or SIGTERM stops it.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// A node named on the command line.
+#[derive(Debug, Args)]
+pub struct NodeName {
+    /// Name of the node.
+    pub name: String,
+}
+
+/// `kith node stop`
+#[derive(Debug, Args)]
+pub struct StopNode {
+    /// Name of the node.
+    pub name: String,
+    /// Kill the process if it has not stopped within the grace period.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `kith node start`
+#[derive(Debug, Args)]
+pub struct StartNode {
+    /// Name of the node.
+    pub name: String,
+    /// Run in this process instead of as a daemon.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// `kith node delete`
+#[derive(Debug, Args)]
+pub struct DeleteNode {
+    /// Name of the node.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub name: Option<String>,
+    /// Delete every node.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `kith node logs`
+#[derive(Debug, Args)]
+pub struct NodeLogs {
+    /// Name of the node.
+    pub name: String,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+}
+
+/// `kith message …`
+#[derive(Debug, Subcommand)]
+pub enum MessageCommand {
+    /// Send a message and print the reply.
+    #[command(after_help = "\
+Examples:
+  kith message send hello --to /node/n1/service/echo
+  kith message send hello --from n1 --to /node/n2/service/echo
+  kith message send hello --to /ip4/127.0.0.1/tcp/4000/service/echo --timeout 2s
+  kith message send hello --to /dnsaddr/localhost/tcp/4000/service/echo --output json
+
+Without --from, the command runs a node of its own for its duration.")]
+    Send(SendMessage),
+}
+
+/// `kith message send`
+#[derive(Debug, Args)]
+pub struct SendMessage {
+    /// The message text.
+    pub message: String,
+    /// Where to send it, as a route: /node/NAME/service/S, /ip4/A/tcp/P/service/S, ….
+    #[arg(long, value_name = "ROUTE")]
+    pub to: String,
+    /// Send from this running node instead of an embedded one.
+    #[arg(long, value_name = "NODE")]
+    pub from: Option<String>,
+    /// How long to wait for the reply (ms, s, m, h, d; bare number = seconds).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+/// Where `$KITH_HOME` points, resolved once.
+pub fn kith_home() -> Option<PathBuf> {
+    if let Some(h) = std::env::var_os("KITH_HOME").filter(|h| !h.is_empty()) {
+        return Some(PathBuf::from(h));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kith"))
+}

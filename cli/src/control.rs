@@ -1,0 +1,140 @@
+//! The control protocol between the CLI and a local node daemon: one JSON request line, one
+//! JSON response line, over the node's Unix socket (in its 0700 directory).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// 1 MiB: the longest request or response line; a message payload fits with room to spare.
+pub const MAX_LINE: u64 = 1024 * 1024;
+
+/// 2 s: a local daemon that does not answer a status request this fast is wedged.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A request to a node daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// What the node is doing.
+    Status,
+    /// Shut down.
+    Stop,
+    /// Send a message and wait for one reply.
+    Send {
+        /// Hops as `kind#value`.
+        route: Vec<String>,
+        /// The message text.
+        payload: String,
+        /// How long to wait, in milliseconds.
+        timeout_ms: u64,
+    },
+}
+
+/// A daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Success, with a command-specific value.
+    Ok(serde_json::Value),
+    /// Failure, with one line saying why.
+    Error(String),
+}
+
+/// A running node's status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node name.
+    pub name: String,
+    /// Process id.
+    pub pid: u32,
+    /// Bound TCP listener address.
+    pub listener: String,
+    /// Seconds since the Unix epoch when the daemon started.
+    pub started_at: u64,
+    /// Local addresses with a worker or mailbox.
+    pub services: Vec<String>,
+    /// Open TCP connections.
+    pub connections: Vec<ConnectionView>,
+    /// Runtime and transport counters.
+    pub stats: serde_json::Value,
+}
+
+/// One open connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionView {
+    /// The local address that sends on it.
+    pub address: String,
+    /// The peer socket address.
+    pub peer: String,
+    /// `incoming` or `outgoing`.
+    pub direction: String,
+}
+
+/// The answer to a sent message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendReply {
+    /// The reply payload as text (invalid UTF-8 replaced).
+    pub reply: String,
+    /// The route the message was sent along.
+    pub route: String,
+    /// The reply's return route, as seen by the sender.
+    pub return_route: String,
+    /// Round-trip time in milliseconds.
+    pub round_trip_ms: f64,
+}
+
+/// Send `request` to the daemon listening on `socket` and return its answer.
+pub async fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<serde_json::Value> {
+    let exchange = async {
+        let mut stream = UnixStream::connect(socket).await?;
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        stream.write_all(&line).await?;
+        let mut reader = BufReader::new(stream).take(MAX_LINE);
+        let mut answer = String::new();
+        reader.read_line(&mut answer).await?;
+        if answer.is_empty() {
+            bail!("the node closed the control connection without answering");
+        }
+        let response: Response = serde_json::from_str(&answer).context("the node sent an invalid answer")?;
+        match response {
+            Response::Ok(v) => Ok(v),
+            Response::Error(e) => Err(anyhow!(e)),
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| anyhow!("the node did not answer within {timeout:?}"))?
+}
+
+/// Send `Stop` and wait until the daemon has closed the connection, which it does when its
+/// shutdown is complete.
+pub async fn stop(socket: &Path, timeout: Duration) -> Result<()> {
+    let mut stream = UnixStream::connect(socket).await?;
+    let mut line = serde_json::to_vec(&Request::Stop)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    let mut sink = Vec::new();
+    tokio::time::timeout(timeout, stream.take(MAX_LINE).read_to_end(&mut sink))
+        .await
+        .map_err(|_| anyhow!("the node did not stop within {timeout:?}"))??;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_json_form() {
+        let r = Request::Send { route: vec!["0#echo".into()], payload: "hi".into(), timeout_ms: 5 };
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(j, r#"{"op":"send","route":["0#echo"],"payload":"hi","timeout_ms":5}"#);
+        assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+    }
+}

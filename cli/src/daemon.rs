@@ -1,0 +1,230 @@
+//! Running a node: the runtime, the TCP listener, the echo service and the control socket,
+//! until Ctrl-C, SIGTERM or a `stop` request, then an orderly shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+use kith_node::{Address, AllowAll, Echo, Node, Route};
+use kith_transport::{Direction, TcpTransport};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::control::{self, ConnectionView, MAX_LINE, NodeStatus, Request, Response, SendReply};
+use crate::home::{Home, write_private_atomic};
+
+/// What a daemon prints on stdout once it is serving: the spawning command waits for it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Ready {
+    /// Node name.
+    pub name: String,
+    /// Process id.
+    pub pid: u32,
+    /// Bound TCP listener address.
+    pub listener: String,
+}
+
+/// A node running in this process.
+pub struct RunningNode {
+    /// The runtime.
+    pub node: Node,
+    /// Its TCP transport.
+    pub tcp: TcpTransport,
+    /// Bound listener, if any.
+    pub listener: Option<String>,
+    started_at: u64,
+}
+
+impl RunningNode {
+    /// Start a node named `name` with the echo service, listening on `listen` if given.
+    pub async fn start(name: &str, listen: Option<&str>) -> Result<Self> {
+        let node = Node::new(name);
+        let tcp = TcpTransport::start(&node);
+        node.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
+            .context("cannot start the echo service")?;
+        let listener = match listen {
+            Some(a) => Some(tcp.listen(a).await?.to_string()),
+            None => None,
+        };
+        Ok(Self {
+            node,
+            tcp,
+            listener,
+            started_at: unix_now(),
+        })
+    }
+
+    /// Send `payload` along `route` and wait for one reply.
+    pub async fn send(&self, route: Route, payload: String, timeout: Duration) -> Result<SendReply> {
+        let mut client = self.node.client()?;
+        let shown = route.to_string();
+        let started = Instant::now();
+        let reply = client
+            .request(route, Bytes::from(payload), timeout)
+            .await
+            .with_context(|| format!("no reply from {shown}"))?;
+        Ok(SendReply {
+            reply: String::from_utf8_lossy(&reply.payload).into_owned(),
+            route: shown,
+            return_route: reply.return_route.to_string(),
+            round_trip_ms: started.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// The node's status.
+    pub fn status(&self) -> NodeStatus {
+        let n = self.node.stats();
+        let t = self.tcp.stats();
+        NodeStatus {
+            name: self.node.name().to_owned(),
+            pid: std::process::id(),
+            listener: self.listener.clone().unwrap_or_default(),
+            started_at: self.started_at,
+            services: self
+                .node
+                .addresses()
+                .into_iter()
+                .filter(|a| !a.value().starts_with("tcp-") && !a.value().starts_with("client-"))
+                .map(|a| a.to_string())
+                .collect(),
+            connections: self
+                .tcp
+                .connections()
+                .into_iter()
+                .map(|c| ConnectionView {
+                    address: c.address.to_string(),
+                    peer: c.peer.to_string(),
+                    direction: match c.direction {
+                        Direction::Incoming => "incoming",
+                        Direction::Outgoing => "outgoing",
+                    }
+                    .to_owned(),
+                })
+                .collect(),
+            stats: serde_json::json!({
+                "delivered": n.delivered,
+                "dropped": n.dropped(),
+                "dropped_unknown_address": n.dropped_unknown_address,
+                "dropped_denied": n.dropped_denied,
+                "dropped_unreachable": n.dropped_unreachable,
+                "worker_errors": n.worker_errors,
+                "connections_accepted": t.accepted,
+                "connections_dialed": t.dialed,
+                "connections_refused": t.refused,
+                "connections_closed_invalid": t.invalid,
+                "frames_in": t.frames_in,
+                "frames_out": t.frames_out,
+            }),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Run node `name` from `home` until it is told to stop. `on_ready` is called once it serves.
+pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Result<()> {
+    let mut config = home.load_node(name)?;
+    let socket = home.socket_path(name);
+    if control::call(&socket, &Request::Status, control::STATUS_TIMEOUT).await.is_ok() {
+        bail!("node {name:?} is already running");
+    }
+    // A socket file left by a node that died is stale: nobody answers on it.
+    let _ = std::fs::remove_file(&socket);
+
+    let running = RunningNode::start(name, Some(&config.tcp_listener_address)).await?;
+    let listener = running.listener.clone().unwrap_or_default();
+    if config.tcp_listener_address.ends_with(":0") {
+        // Keep the port we were given, so the node's address survives restarts.
+        config.tcp_listener_address = listener.clone();
+        home.save_node(&config)?;
+    }
+    let control = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot create the control socket {}", socket.display()))?;
+    write_private_atomic(&home.pid_path(name), std::process::id().to_string().as_bytes())?;
+    info!(node = name, %listener, pid = std::process::id(), "node started");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    on_ready(&Ready {
+        name: name.to_owned(),
+        pid: std::process::id(),
+        listener,
+    });
+
+    let running = Arc::new(running);
+    let (stop_tx, mut stop_rx) = mpsc::channel::<()>(1);
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { info!("interrupted"); break; }
+            _ = sigterm.recv() => { info!("terminated"); break; }
+            _ = stop_rx.recv() => { info!("stop requested"); break; }
+            accepted = control.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Reap finished sessions so the set holds only live ones.
+                    while sessions.try_join_next().is_some() {}
+                    sessions.spawn(serve_control(stream, running.clone(), stop_tx.clone()));
+                }
+                Err(e) => warn!(error = %e, "control socket accept failed"),
+            },
+        }
+    }
+    drop(control);
+    running.node.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(home.pid_path(name));
+    info!(node = name, "node stopped");
+    // Dropping the sessions closes their connections; a waiting `kith node stop` then sees
+    // the end of its stream and knows the shutdown is complete.
+    sessions.shutdown().await;
+    Ok(())
+}
+
+async fn serve_control(stream: UnixStream, running: Arc<RunningNode>, stop: mpsc::Sender<()>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read).take(MAX_LINE);
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    let (response, stopping) = match serde_json::from_str::<Request>(&line) {
+        Err(e) => (Response::Error(format!("invalid control request: {e}")), false),
+        Ok(Request::Status) => (to_response(Ok(running.status())), false),
+        Ok(Request::Stop) => (Response::Ok(serde_json::Value::Null), true),
+        Ok(Request::Send { route, payload, timeout_ms }) => {
+            let result = async {
+                let hops = route
+                    .iter()
+                    .map(|h| h.parse::<Address>().with_context(|| format!("invalid hop {h:?}")))
+                    .collect::<Result<Vec<_>>>()?;
+                let route = Route::try_from_iter(hops)?;
+                running.send(route, payload, Duration::from_millis(timeout_ms)).await
+            }
+            .await;
+            (to_response(result), false)
+        }
+    };
+    let mut bytes = serde_json::to_vec(&response).unwrap_or_default();
+    bytes.push(b'\n');
+    let _ = write.write_all(&bytes).await;
+    if stopping {
+        let _ = stop.send(()).await;
+        // Hold the connection open until the daemon drops it at the end of its shutdown.
+        std::future::pending::<()>().await;
+    }
+}
+
+fn to_response<T: Serialize>(r: Result<T>) -> Response {
+    match r.and_then(|v| serde_json::to_value(v).map_err(Into::into)) {
+        Ok(v) => Response::Ok(v),
+        Err(e) => Response::Error(format!("{e:#}")),
+    }
+}

@@ -1,0 +1,216 @@
+//! Local state in `$KITH_HOME`: one directory per node, private to its owner.
+//!
+//! ```text
+//! $KITH_HOME/nodes/NAME/config.json   what the node is (name, listener address)
+//! $KITH_HOME/nodes/NAME/control.sock  the running daemon's control socket
+//! $KITH_HOME/nodes/NAME/node.pid      the running daemon's process id
+//! $KITH_HOME/nodes/NAME/node.log      the daemon's log
+//! ```
+//! Directories are mode 0700 and files 0600, so only the owner can read or control a node.
+//! Files are replaced atomically (write a temporary file, then rename), so a crash never
+//! leaves half a configuration.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// 64 bytes: room for a descriptive name, short enough for the control socket's path.
+const MAX_NODE_NAME: usize = 64;
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+}
+
+/// A node's saved configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The node's name.
+    pub name: String,
+    /// `host:port` it listens on. A port of 0 is replaced by the bound port on first start,
+    /// so routes others hold to this node stay valid across restarts.
+    pub tcp_listener_address: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// Check a node name: letters, digits, '-' and '_', starting with a letter or digit.
+pub fn validate_node_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NODE_NAME
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        bail!(
+            "invalid node name {name:?}: use 1 to {MAX_NODE_NAME} letters, digits, '-' or '_', starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+impl Home {
+    /// The state directory at `root`, created (mode 0700) if missing.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let home = Self { root: root.into() };
+        make_private_dir(&home.nodes_dir())?;
+        Ok(home)
+    }
+
+    /// The state directory's path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn nodes_dir(&self) -> PathBuf {
+        self.root.join("nodes")
+    }
+
+    /// The directory of node `name`.
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        self.nodes_dir().join(name)
+    }
+
+    /// The control socket of node `name`.
+    pub fn socket_path(&self, name: &str) -> PathBuf {
+        self.node_dir(name).join("control.sock")
+    }
+
+    /// The pid file of node `name`.
+    pub fn pid_path(&self, name: &str) -> PathBuf {
+        self.node_dir(name).join("node.pid")
+    }
+
+    /// The log of node `name`.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.node_dir(name).join("node.log")
+    }
+
+    fn config_path(&self, name: &str) -> PathBuf {
+        self.node_dir(name).join("config.json")
+    }
+
+    /// Names of all nodes, sorted.
+    pub fn node_names(&self) -> Result<Vec<String>> {
+        let dir = self.nodes_dir();
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().join("config.json").is_file() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Whether node `name` exists.
+    pub fn node_exists(&self, name: &str) -> bool {
+        self.config_path(name).is_file()
+    }
+
+    /// Load node `name`'s configuration.
+    pub fn load_node(&self, name: &str) -> Result<NodeConfig> {
+        validate_node_name(name)?;
+        let path = self.config_path(name);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("no node named {name:?}; see `kith node list`, or create it with `kith node create {name}`")
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        serde_json::from_str(&text).with_context(|| format!("node configuration {} is corrupt", path.display()))
+    }
+
+    /// Create node `name`'s directory and save its configuration; fails if it exists.
+    pub fn create_node(&self, config: &NodeConfig) -> Result<()> {
+        validate_node_name(&config.name)?;
+        let dir = self.node_dir(&config.name);
+        if self.node_exists(&config.name) {
+            bail!(
+                "node {:?} already exists; start it with `kith node start {}` or pick another name",
+                config.name,
+                config.name
+            );
+        }
+        make_private_dir(&dir)?;
+        self.save_node(config)
+    }
+
+    /// Save node configuration atomically.
+    pub fn save_node(&self, config: &NodeConfig) -> Result<()> {
+        let json = serde_json::to_vec_pretty(config)?;
+        write_private_atomic(&self.config_path(&config.name), &json)
+    }
+
+    /// Delete node `name`'s directory.
+    pub fn delete_node(&self, name: &str) -> Result<()> {
+        validate_node_name(name)?;
+        let dir = self.node_dir(name);
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot delete {}", dir.display()))
+    }
+}
+
+/// Create `dir` and its parents; the last component gets mode 0700.
+fn make_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", dir.display()))
+}
+
+/// Write `bytes` to `path` (mode 0600) through a temporary file and a rename.
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_are_checked() {
+        for ok in ["n1", "db-node", "A_1"] {
+            validate_node_name(ok).unwrap();
+        }
+        for bad in ["", "-x", "a/b", "..", "a b", &"x".repeat(65)] {
+            assert!(validate_node_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn state_is_private_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::open(dir.path()).unwrap();
+        let cfg = NodeConfig { name: "n1".into(), tcp_listener_address: "127.0.0.1:0".into(), created_at: 1 };
+        home.create_node(&cfg).unwrap();
+        assert!(home.create_node(&cfg).unwrap_err().to_string().contains("already exists"));
+        let mode = fs::metadata(home.node_dir("n1")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let home = Home::open(dir.path()).unwrap();
+        assert_eq!(home.load_node("n1").unwrap(), cfg);
+        assert_eq!(home.node_names().unwrap(), vec!["n1".to_string()]);
+        assert!(home.load_node("n2").unwrap_err().to_string().contains("no node named"));
+        home.delete_node("n1").unwrap();
+        assert!(home.node_names().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,339 @@
+//! `kith node …`: create, start, stop, inspect and delete node daemons.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::args::{CreateNode, DeleteNode, NodeLogs, StartNode, StopNode};
+use crate::control::{self, NodeStatus, Request};
+use crate::daemon::{self, Ready, unix_now};
+use crate::home::{Home, NodeConfig, validate_node_name};
+use crate::output::Output;
+
+/// 20 s: how long `create`/`start` wait for a daemon to report that it serves. Starting takes
+/// milliseconds; the margin covers a loaded machine.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// 15 s: the runtime's 5 s shutdown grace plus margin for flushing state.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Whether a node runs.
+#[derive(Debug, Clone)]
+pub enum NodeState {
+    /// It answers on its control socket.
+    Running(Box<NodeStatus>),
+    /// It does not; `crashed` if it did not shut down cleanly (its pid file is left).
+    Stopped {
+        /// The last run ended without a clean shutdown.
+        crashed: bool,
+    },
+}
+
+/// Ask node `name` for its status.
+pub async fn probe(home: &Home, name: &str) -> NodeState {
+    let answer = control::call(&home.socket_path(name), &Request::Status, control::STATUS_TIMEOUT).await;
+    match answer.ok().and_then(|v| serde_json::from_value::<NodeStatus>(v).ok()) {
+        Some(status) => NodeState::Running(Box::new(status)),
+        None => NodeState::Stopped {
+            crashed: home.pid_path(name).exists(),
+        },
+    }
+}
+
+/// Check that `address` looks like `host:port`.
+fn validate_listener(address: &str) -> Result<()> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        bail!("invalid listener address {address:?}: write HOST:PORT, e.g. 127.0.0.1:4000 (port 0 picks a free one)");
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        bail!("invalid listener address {address:?}: write HOST:PORT with a port from 0 to 65535");
+    }
+    Ok(())
+}
+
+/// A random node name, `node-xxxxxx`.
+fn random_name() -> String {
+    format!("node-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// `kith node create`
+pub async fn create(home: &Home, out: &Output, args: CreateNode) -> Result<()> {
+    let name = args.name.unwrap_or_else(random_name);
+    validate_node_name(&name)?;
+    validate_listener(&args.tcp_listener_address)?;
+    let config = NodeConfig {
+        name: name.clone(),
+        tcp_listener_address: args.tcp_listener_address,
+        created_at: unix_now(),
+    };
+    home.create_node(&config)?;
+    let started = if args.foreground {
+        run_foreground(home, out, &name).await
+    } else {
+        start_daemon(home, out, &name).await
+    };
+    // A node that fails here never served (after it serves, a run only ends cleanly), so
+    // nothing is left half-made: its directory goes again.
+    started.inspect_err(|_| {
+        let _ = home.delete_node(&name);
+    })
+}
+
+/// `kith node start`
+pub async fn start(home: &Home, out: &Output, args: StartNode) -> Result<()> {
+    home.load_node(&args.name)?;
+    if let NodeState::Running(s) = probe(home, &args.name).await {
+        bail!("node {:?} is already running (pid {})", args.name, s.pid);
+    }
+    if args.foreground {
+        run_foreground(home, out, &args.name).await
+    } else {
+        start_daemon(home, out, &args.name).await
+    }
+}
+
+async fn run_foreground(home: &Home, out: &Output, name: &str) -> Result<()> {
+    let out = out.clone();
+    daemon::run(home, name, |ready| {
+        out.result(
+            || {
+                format!(
+                    "Node {} is running in the foreground (pid {}), listening on {}. Ctrl-C stops it.",
+                    ready.name, ready.pid, ready.listener
+                )
+            },
+            ready,
+        );
+    })
+    .await
+}
+
+async fn start_daemon(home: &Home, out: &Output, name: &str) -> Result<()> {
+    let spinner = out.spinner(format!("starting node {name}"));
+    let ready = spawn_daemon(home, name).await;
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let ready = ready?;
+    out.result(
+        || {
+            format!(
+                "Node {} is running (pid {}), listening on {}.\nRoute to its echo service: /node/{}/service/echo",
+                ready.name, ready.pid, ready.listener, ready.name
+            )
+        },
+        &ready,
+    );
+    Ok(())
+}
+
+/// Spawn `kith node run NAME` as a detached daemon logging to the node's log file, and wait
+/// for the line it prints once it serves.
+pub async fn spawn_daemon(home: &Home, name: &str) -> Result<Ready> {
+    let exe = std::env::current_exe().context("cannot find the kith executable")?;
+    let log_path = home.log_path(name);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log_len = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut child = tokio::process::Command::new(exe)
+        .args(["node", "run", name])
+        .env("KITH_HOME", home.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        // Its own process group: Ctrl-C in the terminal that started it does not reach it.
+        .process_group(0)
+        .spawn()
+        .context("cannot start the node process")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout from the node process"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    match tokio::time::timeout(START_TIMEOUT, lines.next_line()).await {
+        Ok(Ok(Some(line))) => serde_json::from_str::<Ready>(&line).with_context(|| format!("unexpected output from the node process: {line:?}")),
+        Ok(_) => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            let reason = last_error(&log_path, log_len).unwrap_or_else(|| format!("it exited; see {}", log_path.display()));
+            bail!("node {name:?} failed to start: {reason}")
+        }
+        Err(_) => {
+            let _ = child.start_kill();
+            bail!("node {name:?} did not start within {START_TIMEOUT:?}; see {}", log_path.display())
+        }
+    }
+}
+
+/// The last `error: …` line the log got after byte `from`.
+fn last_error(log: &std::path::Path, from: u64) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    let start = usize::try_from(from).ok().filter(|s| *s <= text.len()).unwrap_or(0);
+    let tail = String::from_utf8_lossy(text.get(start..)?).into_owned();
+    tail.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .map(str::to_owned)
+}
+
+/// `kith node stop`
+pub async fn stop(home: &Home, out: &Output, args: StopNode) -> Result<()> {
+    home.load_node(&args.name)?;
+    let status = match probe(home, &args.name).await {
+        NodeState::Running(s) => s,
+        NodeState::Stopped { .. } => bail!("node {:?} is not running", args.name),
+    };
+    let spinner = out.spinner(format!("stopping node {}", args.name));
+    let stopped = control::stop(&home.socket_path(&args.name), STOP_TIMEOUT).await;
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    if let Err(e) = stopped {
+        if !args.force {
+            return Err(e.context(format!("node {:?} did not stop; `kith node stop {} --force` kills it", args.name, args.name)));
+        }
+        kill(status.pid)?;
+        let _ = std::fs::remove_file(home.socket_path(&args.name));
+        let _ = std::fs::remove_file(home.pid_path(&args.name));
+    }
+    out.result(
+        || format!("Node {} stopped.", args.name),
+        &serde_json::json!({ "name": args.name, "stopped": true }),
+    );
+    Ok(())
+}
+
+fn kill(pid: u32) -> Result<()> {
+    let pid = i32::try_from(pid).context("invalid pid")?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        .with_context(|| format!("cannot kill process {pid}"))
+}
+
+/// `kith node delete`
+pub async fn delete(home: &Home, out: &Output, args: DeleteNode) -> Result<()> {
+    let names = match (args.all, args.name) {
+        (true, _) => home.node_names()?,
+        (false, Some(n)) => {
+            home.load_node(&n)?;
+            vec![n]
+        }
+        (false, None) => bail!("name a node, or pass --all"),
+    };
+    for name in &names {
+        if let NodeState::Running(_) = probe(home, name).await {
+            control::stop(&home.socket_path(name), STOP_TIMEOUT)
+                .await
+                .with_context(|| format!("cannot stop node {name:?} before deleting it"))?;
+        }
+        home.delete_node(name)?;
+    }
+    out.result(
+        || match names.len() {
+            0 => "No nodes to delete.".to_owned(),
+            _ => format!("Deleted {}.", names.join(", ")),
+        },
+        &serde_json::json!({ "deleted": names }),
+    );
+    Ok(())
+}
+
+/// `kith node list`
+pub async fn list(home: &Home, out: &Output) -> Result<()> {
+    let mut rows = Vec::new();
+    for name in home.node_names()? {
+        let config = home.load_node(&name)?;
+        let state = probe(home, &name).await;
+        rows.push(node_json(&config, &state));
+    }
+    out.result(
+        || {
+            if rows.is_empty() {
+                return "No nodes. Create one with `kith node create NAME`.".to_owned();
+            }
+            let mut s = format!("{:<20} {:<26} {:<8} {}", "NAME", "STATUS", "PID", "LISTENER");
+            for r in &rows {
+                s.push_str(&format!(
+                    "\n{:<20} {:<26} {:<8} {}",
+                    r["name"].as_str().unwrap_or(""),
+                    r["status"].as_str().unwrap_or(""),
+                    r["pid"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    r["listener"].as_str().unwrap_or(""),
+                ));
+            }
+            s
+        },
+        &rows,
+    );
+    Ok(())
+}
+
+fn node_json(config: &NodeConfig, state: &NodeState) -> serde_json::Value {
+    match state {
+        NodeState::Running(s) => serde_json::json!({
+            "name": config.name,
+            "status": "running",
+            "pid": s.pid,
+            "listener": s.listener,
+            "started_at": s.started_at,
+            "services": s.services,
+            "connections": s.connections,
+            "stats": s.stats,
+        }),
+        NodeState::Stopped { crashed } => serde_json::json!({
+            "name": config.name,
+            "status": if *crashed { "stopped (did not shut down cleanly)" } else { "stopped" },
+            "pid": null,
+            "listener": config.tcp_listener_address,
+        }),
+    }
+}
+
+/// `kith node show`
+pub async fn show(home: &Home, out: &Output, name: &str) -> Result<()> {
+    let config = home.load_node(name)?;
+    let state = probe(home, name).await;
+    let mut json = node_json(&config, &state);
+    json["log"] = home.log_path(name).display().to_string().into();
+    out.result(
+        || {
+            let mut s = format!("Node {name}\n  status:      {}", json["status"].as_str().unwrap_or(""));
+            if let NodeState::Running(st) = &state {
+                s.push_str(&format!(" (pid {}, up {}s)", st.pid, unix_now().saturating_sub(st.started_at)));
+            }
+            s.push_str(&format!("\n  listener:    {}", json["listener"].as_str().unwrap_or("")));
+            if let NodeState::Running(st) = &state {
+                s.push_str(&format!("\n  services:    {}", st.services.join(", ")));
+                s.push_str(&format!("\n  connections: {}", st.connections.len()));
+                for c in &st.connections {
+                    s.push_str(&format!("\n    {} {} {}", c.address, c.direction, c.peer));
+                }
+                s.push_str(&format!("\n  counters:    {}", st.stats));
+            }
+            s.push_str(&format!("\n  log:         {}", home.log_path(name).display()));
+            s
+        },
+        &json,
+    );
+    Ok(())
+}
+
+/// `kith node logs`
+pub fn logs(home: &Home, args: NodeLogs) -> Result<()> {
+    home.load_node(&args.name)?;
+    let path = home.log_path(&args.name);
+    let text = match std::fs::read(&path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = args.tail.map(|n| lines.len().saturating_sub(n)).unwrap_or(0);
+    for l in lines.iter().skip(skip) {
+        println!("{l}");
+    }
+    Ok(())
+}

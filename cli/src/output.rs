@@ -1,0 +1,69 @@
+//! Printing results: plain text for people, one JSON document for scripts. Results go to
+//! stdout; progress and diagnostics go to stderr.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::args::{GlobalArgs, OutputFormat};
+
+/// Where results and progress go, per the global options.
+#[derive(Debug, Clone)]
+pub struct Output {
+    format: OutputFormat,
+    quiet: bool,
+}
+
+impl Output {
+    /// From the global options.
+    pub fn new(global: &GlobalArgs) -> Self {
+        Self {
+            format: global.output,
+            quiet: global.quiet,
+        }
+    }
+
+    /// Whether JSON was asked for.
+    pub fn is_json(&self) -> bool {
+        self.format == OutputFormat::Json
+    }
+
+    /// Print a result: `plain` as text, or `json` as one JSON document.
+    pub fn result(&self, plain: impl FnOnce() -> String, json: &impl Serialize) {
+        match self.format {
+            OutputFormat::Plain => {
+                let text = plain();
+                if !text.is_empty() {
+                    println!("{text}");
+                }
+            }
+            OutputFormat::Json => match serde_json::to_string_pretty(json) {
+                Ok(j) => println!("{j}"),
+                Err(e) => eprintln!("error: cannot encode the result as JSON: {e}"),
+            },
+        }
+    }
+
+    /// A progress note on stderr (not in quiet or JSON mode).
+    pub fn note(&self, text: impl AsRef<str>) {
+        if !self.quiet && !self.is_json() {
+            eprintln!("{}", text.as_ref());
+        }
+    }
+
+    /// A spinner on stderr while waiting, if stderr is a terminal and output is for people.
+    pub fn spinner(&self, message: impl Into<String>) -> Option<ProgressBar> {
+        if self.quiet || self.is_json() || !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            bar.set_style(style);
+        }
+        bar.set_message(message.into());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Some(bar)
+    }
+}

@@ -1,0 +1,58 @@
+//! Dispatch: one function per command, given the parsed arguments.
+
+use anyhow::{Context as _, Result};
+use clap::CommandFactory;
+
+use crate::args::{Cli, Command, MessageCommand, NodeCommand, kith_home};
+use crate::home::Home;
+use crate::output::Output;
+use crate::{daemon, demo, message, nodes};
+
+fn home() -> Result<Home> {
+    let root = kith_home().context("cannot find a state directory: set KITH_HOME or HOME")?;
+    Home::open(root)
+}
+
+/// Run the parsed command.
+pub async fn run(cli: Cli) -> Result<()> {
+    let out = Output::new(&cli.global);
+    match cli.command {
+        Command::Node(cmd) => {
+            let home = home()?;
+            match cmd {
+                NodeCommand::Create(a) => nodes::create(&home, &out, a).await,
+                NodeCommand::List => nodes::list(&home, &out).await,
+                NodeCommand::Show(a) => nodes::show(&home, &out, &a.name).await,
+                NodeCommand::Stop(a) => nodes::stop(&home, &out, a).await,
+                NodeCommand::Start(a) => nodes::start(&home, &out, a).await,
+                NodeCommand::Delete(a) => nodes::delete(&home, &out, a).await,
+                NodeCommand::Logs(a) => nodes::logs(&home, a),
+                NodeCommand::Run(a) => {
+                    daemon::run(&home, &a.name, |ready| {
+                        // The spawning command reads this one line; nothing else goes to stdout.
+                        if let Ok(line) = serde_json::to_string(ready) {
+                            println!("{line}");
+                        }
+                    })
+                    .await
+                }
+            }
+        }
+        Command::Message(MessageCommand::Send(a)) => message::send(&home()?, &out, a).await,
+        Command::Demo => demo::run(&out).await,
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kith", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// Whether the command runs a long-lived node in this process.
+pub fn runs_a_node(cli: &Cli) -> bool {
+    matches!(
+        &cli.command,
+        Command::Node(NodeCommand::Run(_))
+            | Command::Node(NodeCommand::Create(crate::args::CreateNode { foreground: true, .. }))
+            | Command::Node(NodeCommand::Start(crate::args::StartNode { foreground: true, .. }))
+    )
+}
