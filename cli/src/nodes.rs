@@ -99,7 +99,7 @@ pub async fn start(home: &Home, out: &Output, args: StartNode) -> Result<()> {
 async fn run_foreground(home: &Home, out: &Output, name: &str) -> Result<()> {
     let out = out.clone();
     daemon::run(home, name, |ready| {
-        out.result(
+        out.event(
             || {
                 format!(
                     "Node {} is running in the foreground (pid {}), listening on {}. Ctrl-C stops it.",

@@ -46,6 +46,18 @@ impl Output {
         }
     }
 
+    /// An event in a stream (a foreground node saying it serves): text, or one compact JSON
+    /// line that a script can read with a line reader.
+    pub fn event(&self, plain: impl FnOnce() -> String, json: &impl Serialize) {
+        match self.format {
+            OutputFormat::Plain => println!("{}", plain()),
+            OutputFormat::Json => match serde_json::to_string(json) {
+                Ok(j) => println!("{j}"),
+                Err(e) => eprintln!("error: cannot encode the result as JSON: {e}"),
+            },
+        }
+    }
+
     /// A progress note on stderr (not in quiet or JSON mode).
     pub fn note(&self, text: impl AsRef<str>) {
         if !self.quiet && !self.is_json() {

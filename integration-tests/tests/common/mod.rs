@@ -1,0 +1,134 @@
+//! Runs the real `kith` binary against a private, temporary `KITH_HOME`.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// 60 s: no command should come near this; it only stops a hung test from hanging CI.
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
+/// The `kith` binary: `KITH_BIN`, or the one cargo built next to this test.
+pub fn kith_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KITH_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/kith
+    let bin = exe.parent().unwrap().parent().unwrap().join("kith");
+    assert!(bin.is_file(), "{} not found: run `cargo build -p kith-cli` or set KITH_BIN", bin.display());
+    bin
+}
+
+/// A private `KITH_HOME`; dropping it stops every node in it.
+pub struct Kith {
+    pub home: TempDir,
+}
+
+/// A finished command.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Kith {
+    pub fn new() -> Self {
+        Self { home: tempfile::Builder::new().prefix("kith-test-").tempdir().unwrap() }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(kith_bin());
+        c.args(args).env("KITH_HOME", self.home()).env_remove("KITH_LOG").stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let started = Instant::now();
+        let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        // Bound the wait without blocking on the pipes: read them on threads.
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let t_out = std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut out, &mut s).ok();
+            s
+        });
+        let t_err = std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut err, &mut s).ok();
+            s
+        });
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if started.elapsed() > COMMAND_LIMIT {
+                child.kill().ok();
+                panic!("`kith {}` did not finish within {COMMAND_LIMIT:?}", args.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        Run {
+            code: status.code(),
+            stdout: t_out.join().unwrap(),
+            stderr: t_err.join().unwrap(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Run and insist on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, Some(0), "`kith {}` failed: {}", args.join(" "), r.stderr);
+        r.stdout
+    }
+
+    /// Run with `--output json` and parse stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("`kith {}` printed invalid JSON ({e}): {out}", args.join(" ")))
+    }
+
+    /// Run and insist on failure with exactly one `error:` line on stderr; returns it.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, Some(1), "`kith {}` should fail; stdout: {}", args.join(" "), r.stdout);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one error line expected, got: {:?}", r.stderr);
+        assert!(lines[0].starts_with("error: "), "{:?}", lines[0]);
+        lines[0].to_owned()
+    }
+
+    /// Create a daemon node listening on a free loopback port; returns its listener.
+    pub fn node(&self, name: &str) -> String {
+        let v = self.json(&["node", "create", name]);
+        v["listener"].as_str().unwrap().to_owned()
+    }
+
+    pub fn status(&self, name: &str) -> serde_json::Value {
+        self.json(&["node", "show", name])
+    }
+}
+
+impl Drop for Kith {
+    fn drop(&mut self) {
+        let _ = self.run(&["node", "delete", "--all"]);
+    }
+}
+
+/// `/ip4/127.0.0.1/tcp/PORT` for a `127.0.0.1:PORT` listener.
+pub fn ip4_route(listener: &str, service: &str) -> String {
+    let (host, port) = listener.rsplit_once(':').unwrap();
+    format!("/ip4/{host}/tcp/{port}/service/{service}")
+}
