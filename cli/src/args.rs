@@ -64,7 +64,9 @@ pub enum Command {
     #[command(after_help = "Examples:\n  kith demo\n  kith demo --output json")]
     Demo,
     /// Print shell completions.
-    #[command(after_help = "Examples:\n  kith completion bash > /etc/bash_completion.d/kith\n  kith completion zsh > ~/.zfunc/_kith")]
+    #[command(
+        after_help = "Examples:\n  kith completion bash > /etc/bash_completion.d/kith\n  kith completion zsh > ~/.zfunc/_kith"
+    )]
     Completion {
         /// The shell.
         shell: clap_complete::Shell,
@@ -88,7 +90,9 @@ Examples:
     #[command(after_help = "Examples:\n  kith node show n1")]
     Show(NodeName),
     /// Stop a running node (it keeps its state; `kith node start` brings it back).
-    #[command(after_help = "Examples:\n  kith node stop n1\n  kith node stop n1 --force     kill it if it does not stop in time")]
+    #[command(
+        after_help = "Examples:\n  kith node stop n1\n  kith node stop n1 --force     kill it if it does not stop in time"
+    )]
     Stop(StopNode),
     /// Start a stopped node with its saved configuration and listener address.
     #[command(after_help = "Examples:\n  kith node start n1\n  kith node start n1 --foreground")]

@@ -88,7 +88,11 @@ pub struct SendReply {
 }
 
 /// Send `request` to the daemon listening on `socket` and return its answer.
-pub async fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<serde_json::Value> {
+pub async fn call(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
     let exchange = async {
         let mut stream = UnixStream::connect(socket).await?;
         let mut line = serde_json::to_vec(request)?;
@@ -100,7 +104,8 @@ pub async fn call(socket: &Path, request: &Request, timeout: Duration) -> Result
         if answer.is_empty() {
             bail!("the node closed the control connection without answering");
         }
-        let response: Response = serde_json::from_str(&answer).context("the node sent an invalid answer")?;
+        let response: Response =
+            serde_json::from_str(&answer).context("the node sent an invalid answer")?;
         match response {
             Response::Ok(v) => Ok(v),
             Response::Error(e) => Err(anyhow!(e)),
@@ -131,9 +136,16 @@ mod tests {
 
     #[test]
     fn requests_have_a_stable_json_form() {
-        let r = Request::Send { route: vec!["0#echo".into()], payload: "hi".into(), timeout_ms: 5 };
+        let r = Request::Send {
+            route: vec!["0#echo".into()],
+            payload: "hi".into(),
+            timeout_ms: 5,
+        };
         let j = serde_json::to_string(&r).unwrap();
-        assert_eq!(j, r#"{"op":"send","route":["0#echo"],"payload":"hi","timeout_ms":5}"#);
+        assert_eq!(
+            j,
+            r#"{"op":"send","route":["0#echo"],"payload":"hi","timeout_ms":5}"#
+        );
         assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
     }

@@ -60,7 +60,12 @@ impl RunningNode {
     }
 
     /// Send `payload` along `route` and wait for one reply.
-    pub async fn send(&self, route: Route, payload: String, timeout: Duration) -> Result<SendReply> {
+    pub async fn send(
+        &self,
+        route: Route,
+        payload: String,
+        timeout: Duration,
+    ) -> Result<SendReply> {
         let mut client = self.node.client()?;
         let shown = route.to_string();
         let started = Instant::now();
@@ -126,14 +131,20 @@ impl RunningNode {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Run node `name` from `home` until it is told to stop. `on_ready` is called once it serves.
 pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Result<()> {
     let mut config = home.load_node(name)?;
     let socket = home.socket_path(name);
-    if control::call(&socket, &Request::Status, control::STATUS_TIMEOUT).await.is_ok() {
+    if control::call(&socket, &Request::Status, control::STATUS_TIMEOUT)
+        .await
+        .is_ok()
+    {
         bail!("node {name:?} is already running");
     }
     // A socket file left by a node that died is stale: nobody answers on it.
@@ -148,7 +159,10 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     }
     let control = UnixListener::bind(&socket)
         .with_context(|| format!("cannot create the control socket {}", socket.display()))?;
-    write_private_atomic(&home.pid_path(name), std::process::id().to_string().as_bytes())?;
+    write_private_atomic(
+        &home.pid_path(name),
+        std::process::id().to_string().as_bytes(),
+    )?;
     info!(node = name, %listener, pid = std::process::id(), "node started");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -196,17 +210,29 @@ async fn serve_control(stream: UnixStream, running: Arc<RunningNode>, stop: mpsc
         return;
     }
     let (response, stopping) = match serde_json::from_str::<Request>(&line) {
-        Err(e) => (Response::Error(format!("invalid control request: {e}")), false),
+        Err(e) => (
+            Response::Error(format!("invalid control request: {e}")),
+            false,
+        ),
         Ok(Request::Status) => (to_response(Ok(running.status())), false),
         Ok(Request::Stop) => (Response::Ok(serde_json::Value::Null), true),
-        Ok(Request::Send { route, payload, timeout_ms }) => {
+        Ok(Request::Send {
+            route,
+            payload,
+            timeout_ms,
+        }) => {
             let result = async {
                 let hops = route
                     .iter()
-                    .map(|h| h.parse::<Address>().with_context(|| format!("invalid hop {h:?}")))
+                    .map(|h| {
+                        h.parse::<Address>()
+                            .with_context(|| format!("invalid hop {h:?}"))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 let route = Route::try_from_iter(hops)?;
-                running.send(route, payload, Duration::from_millis(timeout_ms)).await
+                running
+                    .send(route, payload, Duration::from_millis(timeout_ms))
+                    .await
             }
             .await;
             (to_response(result), false)

@@ -44,7 +44,10 @@ pub async fn run(out: &Output) -> Result<()> {
         .context("cannot create a temporary directory")?;
     let home = Home::open(dir.path())?;
     let mut report = Report::default();
-    report.say(out, format!("Created a temporary KITH_HOME at {}", dir.path().display()));
+    report.say(
+        out,
+        format!("Created a temporary KITH_HOME at {}", dir.path().display()),
+    );
     let started = Instant::now();
     let result = tokio::select! {
         r = steps(&home, out, &mut report) => r,
@@ -53,7 +56,8 @@ pub async fn run(out: &Output) -> Result<()> {
     // Whatever happened, stop the daemons before the directory goes.
     for name in NODES {
         if home.node_exists(name) {
-            let _ = control::stop(&home.socket_path(name), std::time::Duration::from_secs(15)).await;
+            let _ =
+                control::stop(&home.socket_path(name), std::time::Duration::from_secs(15)).await;
         }
     }
     result?;
@@ -89,13 +93,21 @@ async fn steps(home: &Home, out: &Output, report: &mut Report) -> Result<()> {
     let to = "/node/bob/service/echo";
     let route = resolve_route(home, to).await?;
     let text = "hello from alice";
-    report.say(out, format!("alice sends {text:?} to {to}, which is the route {route}"));
+    report.say(
+        out,
+        format!("alice sends {text:?} to {to}, which is the route {route}"),
+    );
     let request = Request::Send {
         route: route.iter().map(ToString::to_string).collect(),
         payload: text.to_owned(),
         timeout_ms: 10_000,
     };
-    let v = control::call(&home.socket_path("alice"), &request, std::time::Duration::from_secs(12)).await?;
+    let v = control::call(
+        &home.socket_path("alice"),
+        &request,
+        std::time::Duration::from_secs(12),
+    )
+    .await?;
     let reply: SendReply = serde_json::from_value(v)?;
     report.say(
         out,

@@ -10,7 +10,9 @@ pub enum DurationError {
     #[error("empty duration; write one like 30s, 10m, 1h or 2d")]
     Empty,
     /// Not a number followed by one sigil.
-    #[error("invalid duration {0:?}; write a whole number with an optional unit: ms, s, m, h, d (e.g. 600, 10m, 1h)")]
+    #[error(
+        "invalid duration {0:?}; write a whole number with an optional unit: ms, s, m, h, d (e.g. 600, 10m, 1h)"
+    )]
     Invalid(String),
     /// Too large to represent.
     #[error("duration {0:?} is too large")]
@@ -28,7 +30,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     if digits.is_empty() {
         return Err(DurationError::Invalid(t.to_owned()));
     }
-    let n: u64 = digits.parse().map_err(|_| DurationError::Overflow(t.to_owned()))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| DurationError::Overflow(t.to_owned()))?;
     let millis_per = match unit {
         "ms" => 1,
         "" | "s" => 1_000,
@@ -48,8 +52,13 @@ pub struct DisplayDuration(pub Duration);
 impl fmt::Display for DisplayDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        for (unit, per) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms > 0 && ms % per == 0 {
+        for (unit, per) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if ms > 0 && ms.is_multiple_of(per) {
                 return write!(f, "{}{unit}", ms / per);
             }
         }
@@ -64,7 +73,14 @@ mod tests {
 
     #[test]
     fn reference_examples_parse() {
-        for (t, secs) in [("10000ms", 10), ("600s", 600), ("600", 600), ("10m", 600), ("1h", 3600), ("1d", 86400)] {
+        for (t, secs) in [
+            ("10000ms", 10),
+            ("600s", 600),
+            ("600", 600),
+            ("10m", 600),
+            ("1h", 3600),
+            ("1d", 86400),
+        ] {
             assert_eq!(parse_duration(t), Ok(Duration::from_secs(secs)), "{t}");
         }
         assert_eq!(parse_duration(" 5s\n"), Ok(Duration::from_secs(5)));
@@ -74,10 +90,19 @@ mod tests {
     fn bad_durations_are_refused() {
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
         for t in ["s", "10x", "1.5h", "-1s", "10 m", "1h30m", "ms"] {
-            assert!(matches!(parse_duration(t), Err(DurationError::Invalid(_))), "{t}");
+            assert!(
+                matches!(parse_duration(t), Err(DurationError::Invalid(_))),
+                "{t}"
+            );
         }
-        assert!(matches!(parse_duration("99999999999999999999d"), Err(DurationError::Overflow(_))));
-        assert!(matches!(parse_duration("999999999999999999d"), Err(DurationError::Overflow(_))));
+        assert!(matches!(
+            parse_duration("99999999999999999999d"),
+            Err(DurationError::Overflow(_))
+        ));
+        assert!(matches!(
+            parse_duration("999999999999999999d"),
+            Err(DurationError::Overflow(_))
+        ));
     }
 
     proptest! {

@@ -44,7 +44,9 @@ pub fn validate_node_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NODE_NAME
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !ok {
         bail!(
             "invalid node name {name:?}: use 1 to {MAX_NODE_NAME} letters, digits, '-' or '_', starting with a letter or digit"
@@ -121,11 +123,14 @@ impl Home {
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!("no node named {name:?}; see `kith node list`, or create it with `kith node create {name}`")
+                bail!(
+                    "no node named {name:?}; see `kith node list`, or create it with `kith node create {name}`"
+                )
             }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        serde_json::from_str(&text).with_context(|| format!("node configuration {} is corrupt", path.display()))
+        serde_json::from_str(&text)
+            .with_context(|| format!("node configuration {} is corrupt", path.display()))
     }
 
     /// Create node `name`'s directory and save its configuration; fails if it exists.
@@ -201,15 +206,33 @@ mod tests {
     fn state_is_private_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::open(dir.path()).unwrap();
-        let cfg = NodeConfig { name: "n1".into(), tcp_listener_address: "127.0.0.1:0".into(), created_at: 1 };
+        let cfg = NodeConfig {
+            name: "n1".into(),
+            tcp_listener_address: "127.0.0.1:0".into(),
+            created_at: 1,
+        };
         home.create_node(&cfg).unwrap();
-        assert!(home.create_node(&cfg).unwrap_err().to_string().contains("already exists"));
-        let mode = fs::metadata(home.node_dir("n1")).unwrap().permissions().mode() & 0o777;
+        assert!(
+            home.create_node(&cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("already exists")
+        );
+        let mode = fs::metadata(home.node_dir("n1"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o700);
         let home = Home::open(dir.path()).unwrap();
         assert_eq!(home.load_node("n1").unwrap(), cfg);
         assert_eq!(home.node_names().unwrap(), vec!["n1".to_string()]);
-        assert!(home.load_node("n2").unwrap_err().to_string().contains("no node named"));
+        assert!(
+            home.load_node("n2")
+                .unwrap_err()
+                .to_string()
+                .contains("no node named")
+        );
         home.delete_node("n1").unwrap();
         assert!(home.node_names().unwrap().is_empty());
     }

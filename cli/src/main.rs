@@ -13,9 +13,13 @@ fn main() -> ExitCode {
     let daemon = kith_cli::run::runs_a_node(&cli);
     init_logging(&cli, daemon);
     let runtime = if daemon {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     };
     let runtime = match runtime {
         Ok(r) => r,
@@ -45,7 +49,9 @@ fn init_logging(cli: &Cli, daemon: bool) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_env("KITH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let ansi = !cli.global.no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
+    let ansi = !cli.global.no_color
+        && std::env::var_os("NO_COLOR").is_none()
+        && std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

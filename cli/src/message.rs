@@ -26,7 +26,9 @@ fn dialable(listener: &str) -> String {
 
 /// Parse `text` as a route, resolving `/node/NAME` to that running node's listener.
 pub async fn resolve_route(home: &Home, text: &str) -> Result<Route> {
-    let addr: MultiAddr = text.parse().with_context(|| format!("invalid route {text:?}"))?;
+    let addr: MultiAddr = text
+        .parse()
+        .with_context(|| format!("invalid route {text:?}"))?;
     let mut nodes = HashMap::new();
     for p in addr.protocols() {
         if let Protocol::Node(name) = p {
@@ -37,14 +39,21 @@ pub async fn resolve_route(home: &Home, text: &str) -> Result<Route> {
             let listener = match probe(home, name).await {
                 NodeState::Running(s) => s.listener,
                 NodeState::Stopped { .. } => {
-                    bail!("node {name:?} in route {text:?} is not running; start it with `kith node start {name}`")
+                    bail!(
+                        "node {name:?} in route {text:?} is not running; start it with `kith node start {name}`"
+                    )
                 }
             };
             let address = Address::try_new(TCP, dialable(&listener))?;
             nodes.insert(name.clone(), address);
         }
     }
-    addr.to_route(|n| nodes.get(n).cloned().ok_or_else(|| anyhow!("unknown node {n:?}")))
+    addr.to_route(|n| {
+        nodes
+            .get(n)
+            .cloned()
+            .ok_or_else(|| anyhow!("unknown node {n:?}"))
+    })
 }
 
 /// `kith message send`

@@ -35,8 +35,16 @@ pub enum NodeState {
 
 /// Ask node `name` for its status.
 pub async fn probe(home: &Home, name: &str) -> NodeState {
-    let answer = control::call(&home.socket_path(name), &Request::Status, control::STATUS_TIMEOUT).await;
-    match answer.ok().and_then(|v| serde_json::from_value::<NodeStatus>(v).ok()) {
+    let answer = control::call(
+        &home.socket_path(name),
+        &Request::Status,
+        control::STATUS_TIMEOUT,
+    )
+    .await;
+    match answer
+        .ok()
+        .and_then(|v| serde_json::from_value::<NodeStatus>(v).ok())
+    {
         Some(status) => NodeState::Running(Box::new(status)),
         None => NodeState::Stopped {
             crashed: home.pid_path(name).exists(),
@@ -47,7 +55,9 @@ pub async fn probe(home: &Home, name: &str) -> NodeState {
 /// Check that `address` looks like `host:port`.
 fn validate_listener(address: &str) -> Result<()> {
     let Some((host, port)) = address.rsplit_once(':') else {
-        bail!("invalid listener address {address:?}: write HOST:PORT, e.g. 127.0.0.1:4000 (port 0 picks a free one)");
+        bail!(
+            "invalid listener address {address:?}: write HOST:PORT, e.g. 127.0.0.1:4000 (port 0 picks a free one)"
+        );
     };
     if host.is_empty() || port.parse::<u16>().is_err() {
         bail!("invalid listener address {address:?}: write HOST:PORT with a port from 0 to 65535");
@@ -153,18 +163,26 @@ pub async fn spawn_daemon(home: &Home, name: &str) -> Result<Ready> {
         .process_group(0)
         .spawn()
         .context("cannot start the node process")?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout from the node process"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout from the node process"))?;
     let mut lines = BufReader::new(stdout).lines();
     match tokio::time::timeout(START_TIMEOUT, lines.next_line()).await {
-        Ok(Ok(Some(line))) => serde_json::from_str::<Ready>(&line).with_context(|| format!("unexpected output from the node process: {line:?}")),
+        Ok(Ok(Some(line))) => serde_json::from_str::<Ready>(&line)
+            .with_context(|| format!("unexpected output from the node process: {line:?}")),
         Ok(_) => {
             let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-            let reason = last_error(&log_path, log_len).unwrap_or_else(|| format!("it exited; see {}", log_path.display()));
+            let reason = last_error(&log_path, log_len)
+                .unwrap_or_else(|| format!("it exited; see {}", log_path.display()));
             bail!("node {name:?} failed to start: {reason}")
         }
         Err(_) => {
             let _ = child.start_kill();
-            bail!("node {name:?} did not start within {START_TIMEOUT:?}; see {}", log_path.display())
+            bail!(
+                "node {name:?} did not start within {START_TIMEOUT:?}; see {}",
+                log_path.display()
+            )
         }
     }
 }
@@ -172,7 +190,10 @@ pub async fn spawn_daemon(home: &Home, name: &str) -> Result<Ready> {
 /// The last `error: …` line the log got after byte `from`.
 fn last_error(log: &std::path::Path, from: u64) -> Option<String> {
     let text = std::fs::read(log).ok()?;
-    let start = usize::try_from(from).ok().filter(|s| *s <= text.len()).unwrap_or(0);
+    let start = usize::try_from(from)
+        .ok()
+        .filter(|s| *s <= text.len())
+        .unwrap_or(0);
     let tail = String::from_utf8_lossy(text.get(start..)?).into_owned();
     tail.lines()
         .rev()
@@ -194,7 +215,10 @@ pub async fn stop(home: &Home, out: &Output, args: StopNode) -> Result<()> {
     }
     if let Err(e) = stopped {
         if !args.force {
-            return Err(e.context(format!("node {:?} did not stop; `kith node stop {} --force` kills it", args.name, args.name)));
+            return Err(e.context(format!(
+                "node {:?} did not stop; `kith node stop {} --force` kills it",
+                args.name, args.name
+            )));
         }
         kill(status.pid)?;
         let _ = std::fs::remove_file(home.socket_path(&args.name));
@@ -209,8 +233,11 @@ pub async fn stop(home: &Home, out: &Output, args: StopNode) -> Result<()> {
 
 fn kill(pid: u32) -> Result<()> {
     let pid = i32::try_from(pid).context("invalid pid")?;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-        .with_context(|| format!("cannot kill process {pid}"))
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .with_context(|| format!("cannot kill process {pid}"))
 }
 
 /// `kith node delete`
@@ -254,13 +281,19 @@ pub async fn list(home: &Home, out: &Output) -> Result<()> {
             if rows.is_empty() {
                 return "No nodes. Create one with `kith node create NAME`.".to_owned();
             }
-            let mut s = format!("{:<20} {:<26} {:<8} {}", "NAME", "STATUS", "PID", "LISTENER");
+            let mut s = format!(
+                "{:<20} {:<26} {:<8} {}",
+                "NAME", "STATUS", "PID", "LISTENER"
+            );
             for r in &rows {
                 s.push_str(&format!(
                     "\n{:<20} {:<26} {:<8} {}",
                     r["name"].as_str().unwrap_or(""),
                     r["status"].as_str().unwrap_or(""),
-                    r["pid"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    r["pid"]
+                        .as_u64()
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     r["listener"].as_str().unwrap_or(""),
                 ));
             }
@@ -300,11 +333,21 @@ pub async fn show(home: &Home, out: &Output, name: &str) -> Result<()> {
     json["log"] = home.log_path(name).display().to_string().into();
     out.result(
         || {
-            let mut s = format!("Node {name}\n  status:      {}", json["status"].as_str().unwrap_or(""));
+            let mut s = format!(
+                "Node {name}\n  status:      {}",
+                json["status"].as_str().unwrap_or("")
+            );
             if let NodeState::Running(st) = &state {
-                s.push_str(&format!(" (pid {}, up {}s)", st.pid, unix_now().saturating_sub(st.started_at)));
+                s.push_str(&format!(
+                    " (pid {}, up {}s)",
+                    st.pid,
+                    unix_now().saturating_sub(st.started_at)
+                ));
             }
-            s.push_str(&format!("\n  listener:    {}", json["listener"].as_str().unwrap_or("")));
+            s.push_str(&format!(
+                "\n  listener:    {}",
+                json["listener"].as_str().unwrap_or("")
+            ));
             if let NodeState::Running(st) = &state {
                 s.push_str(&format!("\n  services:    {}", st.services.join(", ")));
                 s.push_str(&format!("\n  connections: {}", st.connections.len()));
@@ -313,7 +356,10 @@ pub async fn show(home: &Home, out: &Output, name: &str) -> Result<()> {
                 }
                 s.push_str(&format!("\n  counters:    {}", st.stats));
             }
-            s.push_str(&format!("\n  log:         {}", home.log_path(name).display()));
+            s.push_str(&format!(
+                "\n  log:         {}",
+                home.log_path(name).display()
+            ));
             s
         },
         &json,
@@ -331,7 +377,10 @@ pub fn logs(home: &Home, args: NodeLogs) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let lines: Vec<&str> = text.lines().collect();
-    let skip = args.tail.map(|n| lines.len().saturating_sub(n)).unwrap_or(0);
+    let skip = args
+        .tail
+        .map(|n| lines.len().saturating_sub(n))
+        .unwrap_or(0);
     for l in lines.iter().skip(skip) {
         println!("{l}");
     }

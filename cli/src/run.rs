@@ -52,7 +52,13 @@ pub fn runs_a_node(cli: &Cli) -> bool {
     matches!(
         &cli.command,
         Command::Node(NodeCommand::Run(_))
-            | Command::Node(NodeCommand::Create(crate::args::CreateNode { foreground: true, .. }))
-            | Command::Node(NodeCommand::Start(crate::args::StartNode { foreground: true, .. }))
+            | Command::Node(NodeCommand::Create(crate::args::CreateNode {
+                foreground: true,
+                ..
+            }))
+            | Command::Node(NodeCommand::Start(crate::args::StartNode {
+                foreground: true,
+                ..
+            }))
     )
 }

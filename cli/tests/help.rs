@@ -4,7 +4,11 @@
 use std::process::Command;
 
 fn help(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_kith")).args(args).arg("--help").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kith"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{args:?}");
     String::from_utf8(out.stdout).unwrap()
 }
@@ -25,15 +29,31 @@ fn every_command_help_has_examples() {
         &["completion"],
     ] {
         let text = help(args);
-        assert!(text.contains("Examples:"), "`kith {} --help` has no examples", args.join(" "));
-        assert!(text.contains("--output"), "`kith {} --help` lacks the global options", args.join(" "));
+        assert!(
+            text.contains("Examples:"),
+            "`kith {} --help` has no examples",
+            args.join(" ")
+        );
+        assert!(
+            text.contains("--output"),
+            "`kith {} --help` lacks the global options",
+            args.join(" ")
+        );
     }
 }
 
 #[test]
 fn usage_errors_exit_with_2_and_say_why() {
     let out = Command::new(env!("CARGO_BIN_EXE_kith"))
-        .args(["message", "send", "hi", "--to", "/node/x", "--timeout", "10q"])
+        .args([
+            "message",
+            "send",
+            "hi",
+            "--to",
+            "/node/x",
+            "--timeout",
+            "10q",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -13,13 +13,25 @@ use common::{Kith, ip4_route};
 fn demo_prints_the_echoed_message_and_cleans_up() {
     let k = Kith::new();
     let out = k.ok(&["demo"]);
-    assert!(out.contains("bob's echo answered \"hello from alice\""), "{out}");
+    assert!(
+        out.contains("bob's echo answered \"hello from alice\""),
+        "{out}"
+    );
     assert!(out.contains("removed the temporary KITH_HOME"), "{out}");
     let v = k.json(&["demo"]);
     assert_eq!(v["reply"], "hello from alice");
     assert!(v["round_trip_ms"].as_f64().unwrap() > 0.0);
-    let dir = v["steps"][0]["what"].as_str().unwrap().rsplit(' ').next().unwrap().to_owned();
-    assert!(!std::path::Path::new(&dir).exists(), "the demo left {dir} behind");
+    let dir = v["steps"][0]["what"]
+        .as_str()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "the demo left {dir} behind"
+    );
 }
 
 #[test]
@@ -30,17 +42,36 @@ fn node_lifecycle_create_send_stop_start_delete() {
 
     let list = k.json(&["node", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 2);
-    assert!(list.as_array().unwrap().iter().all(|n| n["status"] == "running"));
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["status"] == "running")
+    );
 
     // Embedded node → daemon, by node name, by ip4 and by dnsaddr.
-    assert_eq!(k.ok(&["message", "send", "hi", "--to", "/node/n1/service/echo"]), "hi\n");
-    assert_eq!(k.ok(&["message", "send", "hi", "--to", &ip4_route(&n1, "echo")]), "hi\n");
+    assert_eq!(
+        k.ok(&["message", "send", "hi", "--to", "/node/n1/service/echo"]),
+        "hi\n"
+    );
+    assert_eq!(
+        k.ok(&["message", "send", "hi", "--to", &ip4_route(&n1, "echo")]),
+        "hi\n"
+    );
     let port = n1.rsplit_once(':').unwrap().1;
     let dns = format!("/dnsaddr/localhost/tcp/{port}/service/echo");
     assert_eq!(k.ok(&["message", "send", "hi", "--to", &dns]), "hi\n");
 
     // Daemon → daemon.
-    let v = k.json(&["message", "send", "over tcp", "--from", "n2", "--to", "/node/n1/service/echo"]);
+    let v = k.json(&[
+        "message",
+        "send",
+        "over tcp",
+        "--from",
+        "n2",
+        "--to",
+        "/node/n1/service/echo",
+    ]);
     assert_eq!(v["reply"], "over tcp");
     assert!(v["return_route"].as_str().unwrap().starts_with("[0#tcp-"));
     let show = k.status("n2");
@@ -58,7 +89,18 @@ fn node_lifecycle_create_send_stop_start_delete() {
     assert_eq!(started["listener"], n1.as_str());
     let e = k.fails(&["node", "start", "n1"]);
     assert!(e.contains("already running"), "{e}");
-    assert_eq!(k.ok(&["message", "send", "back", "--from", "n2", "--to", "/node/n1/service/echo"]), "back\n");
+    assert_eq!(
+        k.ok(&[
+            "message",
+            "send",
+            "back",
+            "--from",
+            "n2",
+            "--to",
+            "/node/n1/service/echo"
+        ]),
+        "back\n"
+    );
 
     k.ok(&["node", "delete", "n1"]);
     assert_eq!(k.json(&["node", "list"]).as_array().unwrap().len(), 1);
@@ -73,9 +115,19 @@ fn node_state_is_private_to_its_owner() {
     let k = Kith::new();
     k.node("n1");
     let dir = k.home().join("nodes/n1");
-    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     assert!(dir.join("control.sock").exists());
-    assert_eq!(std::fs::metadata(dir.join("config.json")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(dir.join("config.json"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
 }
 
 #[test]
@@ -88,9 +140,15 @@ fn bad_node_commands_fail_with_one_clear_line_and_leave_no_state() {
 
     let e = k.fails(&["node", "create", "n2", "--tcp-listener-address", &n1]);
     assert!(e.contains("Address already in use"), "{e}");
-    assert!(!k.home().join("nodes/n2").exists(), "a failed create left state behind");
+    assert!(
+        !k.home().join("nodes/n2").exists(),
+        "a failed create left state behind"
+    );
 
-    for (addr, what) in [("nonsense", "HOST:PORT"), ("127.0.0.1:99999", "port from 0 to 65535")] {
+    for (addr, what) in [
+        ("nonsense", "HOST:PORT"),
+        ("127.0.0.1:99999", "port from 0 to 65535"),
+    ] {
         let e = k.fails(&["node", "create", "n3", "--tcp-listener-address", addr]);
         assert!(e.contains(what), "{e}");
     }
@@ -98,7 +156,15 @@ fn bad_node_commands_fail_with_one_clear_line_and_leave_no_state() {
     assert!(e.contains("invalid node name"), "{e}");
     let e = k.fails(&["node", "stop", "ghost"]);
     assert!(e.contains("no node named"), "{e}");
-    let e = k.fails(&["message", "send", "hi", "--from", "ghost", "--to", "/node/n1/service/echo"]);
+    let e = k.fails(&[
+        "message",
+        "send",
+        "hi",
+        "--from",
+        "ghost",
+        "--to",
+        "/node/n1/service/echo",
+    ]);
     assert!(e.contains("no node named"), "{e}");
     assert_eq!(k.json(&["node", "list"]).as_array().unwrap().len(), 1);
 }
@@ -125,7 +191,11 @@ fn bad_routes_fail_with_the_reason() {
 #[test]
 fn unreachable_peer_fails_fast_with_the_reason() {
     let k = Kith::new();
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let r = k.run(&["message", "send", "hi", "--to", &ip4_route(&free, "echo")]);
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("Connection refused"), "{}", r.stderr);
@@ -133,7 +203,15 @@ fn unreachable_peer_fails_fast_with_the_reason() {
 
     // The same from a daemon.
     k.node("n1");
-    let e = k.fails(&["message", "send", "hi", "--from", "n1", "--to", &ip4_route(&free, "echo")]);
+    let e = k.fails(&[
+        "message",
+        "send",
+        "hi",
+        "--from",
+        "n1",
+        "--to",
+        &ip4_route(&free, "echo"),
+    ]);
     assert!(e.contains("Connection refused"), "{e}");
 }
 
@@ -141,7 +219,15 @@ fn unreachable_peer_fails_fast_with_the_reason() {
 fn unknown_service_times_out_with_a_clear_message() {
     let k = Kith::new();
     k.node("n1");
-    let e = k.fails(&["message", "send", "hi", "--to", "/node/n1/service/nobody", "--timeout", "300ms"]);
+    let e = k.fails(&[
+        "message",
+        "send",
+        "hi",
+        "--to",
+        "/node/n1/service/nobody",
+        "--timeout",
+        "300ms",
+    ]);
     assert!(e.contains("no reply within"), "{e}");
 }
 
@@ -150,18 +236,30 @@ fn a_killed_node_reads_as_stopped_and_starts_again_on_its_port() {
     let k = Kith::new();
     let listener = k.node("n1");
     let pid = k.status("n1")["pid"].as_u64().unwrap();
-    let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     // The process is gone once its control socket stops answering.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while k.status("n1")["status"] == "running" {
-        assert!(std::time::Instant::now() < deadline, "node still reads as running");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node still reads as running"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(k.status("n1")["status"], "stopped (did not shut down cleanly)");
+    assert_eq!(
+        k.status("n1")["status"],
+        "stopped (did not shut down cleanly)"
+    );
     let v = k.json(&["node", "start", "n1"]);
     assert_eq!(v["listener"], listener.as_str());
-    assert_eq!(k.ok(&["message", "send", "alive", "--to", "/node/n1/service/echo"]), "alive\n");
+    assert_eq!(
+        k.ok(&["message", "send", "alive", "--to", "/node/n1/service/echo"]),
+        "alive\n"
+    );
 }
 
 #[test]
@@ -169,7 +267,13 @@ fn sigterm_shuts_a_daemon_down_cleanly() {
     let k = Kith::new();
     k.node("n1");
     let pid = k.status("n1")["pid"].as_u64().unwrap();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while k.home().join("nodes/n1/node.pid").exists() {
         assert!(std::time::Instant::now() < deadline, "pid file still there");
@@ -199,7 +303,10 @@ fn garbage_from_a_raw_client_does_not_hurt_the_daemon() {
         let _ = s.read_to_end(&mut sink);
         hostile.push(sink);
     }
-    assert_eq!(k.ok(&["message", "send", "fine", "--to", "/node/n1/service/echo"]), "fine\n");
+    assert_eq!(
+        k.ok(&["message", "send", "fine", "--to", "/node/n1/service/echo"]),
+        "fine\n"
+    );
     let stats = &k.status("n1")["stats"];
     assert_eq!(stats["connections_refused"], 1, "{stats}");
     assert_eq!(stats["connections_closed_invalid"], 2, "{stats}");
@@ -219,10 +326,23 @@ fn foreground_node_runs_attached_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     assert!(line.contains("\"listener\""), "{line}");
-    assert_eq!(k.ok(&["message", "send", "fg", "--to", "/node/fg/service/echo"]), "fg\n");
-    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert_eq!(
+        k.ok(&["message", "send", "fg", "--to", "/node/fg/service/echo"]),
+        "fg\n"
+    );
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = child.wait().unwrap();
     assert!(status.success());
     assert_eq!(k.status("fg")["status"], "stopped");

@@ -275,11 +275,23 @@ mod tests {
     #[test]
     fn bad_addresses_are_refused_with_reasons() {
         assert_eq!("0#".parse::<Address>(), Err(AddressError::Empty));
-        assert!(matches!("x#a".parse::<Address>(), Err(AddressError::BadKind { .. })));
-        assert!(matches!("300#a".parse::<Address>(), Err(AddressError::BadKind { .. })));
+        assert!(matches!(
+            "x#a".parse::<Address>(),
+            Err(AddressError::BadKind { .. })
+        ));
+        assert!(matches!(
+            "300#a".parse::<Address>(),
+            Err(AddressError::BadKind { .. })
+        ));
         let long = "a".repeat(MAX_ADDRESS_LEN + 1);
-        assert!(matches!(long.parse::<Address>(), Err(AddressError::TooLong { .. })));
-        assert!(matches!("a\nb".parse::<Address>(), Err(AddressError::ControlCharacter { .. })));
+        assert!(matches!(
+            long.parse::<Address>(),
+            Err(AddressError::TooLong { .. })
+        ));
+        assert!(matches!(
+            "a\nb".parse::<Address>(),
+            Err(AddressError::ControlCharacter { .. })
+        ));
     }
 
     #[test]

@@ -16,7 +16,11 @@ pub struct Context {
 
 impl Context {
     pub(crate) fn new(node: Node, address: Address, stop: CancellationToken) -> Self {
-        Self { node, address, stop }
+        Self {
+            node,
+            address,
+            stop,
+        }
     }
 
     /// The worker's primary address.
@@ -30,7 +34,11 @@ impl Context {
     }
 
     /// Send `payload` along `route`, with this worker as the return route.
-    pub async fn send(&self, route: impl Into<Route>, payload: impl Into<Bytes>) -> Result<(), RouteError> {
+    pub async fn send(
+        &self,
+        route: impl Into<Route>,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), RouteError> {
         let message = Message::new(route.into(), Route::from(self.address.clone()), payload);
         self.node.route(message).await
     }
@@ -53,7 +61,11 @@ impl Context {
     }
 
     /// Start another worker on this node, accepting messages from this node only.
-    pub fn start_worker<W: Worker>(&self, address: impl Into<Address>, worker: W) -> Result<(), StartError> {
+    pub fn start_worker<W: Worker>(
+        &self,
+        address: impl Into<Address>,
+        worker: W,
+    ) -> Result<(), StartError> {
         self.node.start_worker(address, worker)
     }
 
@@ -84,7 +96,11 @@ impl Client {
     }
 
     /// Send `payload` along `route` with this client as the return route.
-    pub async fn send(&self, route: impl Into<Route>, payload: impl Into<Bytes>) -> Result<(), RouteError> {
+    pub async fn send(
+        &self,
+        route: impl Into<Route>,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), RouteError> {
         let message = Message::new(route.into(), Route::from(self.address().clone()), payload);
         self.mailbox.node().route(message).await
     }

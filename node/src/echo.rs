@@ -8,7 +8,11 @@ use crate::{Context, Message, Worker, WorkerError};
 pub struct Echo;
 
 impl Worker for Echo {
-    async fn handle_message(&mut self, ctx: &mut Context, message: Message) -> Result<(), WorkerError> {
+    async fn handle_message(
+        &mut self,
+        ctx: &mut Context,
+        message: Message,
+    ) -> Result<(), WorkerError> {
         ctx.send(message.return_route, message.payload).await?;
         Ok(())
     }

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    Address, AllowAll, AllowLocal, Client, Context, IncomingAccessControl, Message, StartError, Transport, Worker,
+    Address, AllowAll, AllowLocal, Client, Context, IncomingAccessControl, Message, StartError,
+    Transport, Worker,
 };
 
 /// 256 messages: enough to absorb a burst from a fast connection while the worker catches
@@ -232,7 +233,11 @@ impl Node {
             stop: stop.clone(),
             addresses: addresses.clone(),
         };
-        let mut map = self.inner.mailboxes.write().map_err(|_| StartError::ShuttingDown)?;
+        let mut map = self
+            .inner
+            .mailboxes
+            .write()
+            .map_err(|_| StartError::ShuttingDown)?;
         if let Some(a) = addresses.iter().find(|a| map.contains_key(a)) {
             return Err(StartError::AddressInUse(a.clone()));
         }
@@ -261,7 +266,11 @@ impl Node {
     }
 
     /// Start `worker` at `address`, accepting messages from this node only.
-    pub fn start_worker<W: Worker>(&self, address: impl Into<Address>, worker: W) -> Result<(), StartError> {
+    pub fn start_worker<W: Worker>(
+        &self,
+        address: impl Into<Address>,
+        worker: W,
+    ) -> Result<(), StartError> {
         self.start_worker_with_policy([address.into()], Arc::new(AllowLocal), worker)
     }
 
@@ -273,7 +282,11 @@ impl Node {
         worker: W,
     ) -> Result<(), StartError> {
         let mailbox = self.register_mailbox(addresses, policy)?;
-        let ctx = Context::new(self.clone(), mailbox.address().clone(), mailbox.stop_token().clone());
+        let ctx = Context::new(
+            self.clone(),
+            mailbox.address().clone(),
+            mailbox.stop_token().clone(),
+        );
         self.spawn_owned(run_worker(worker, ctx, mailbox));
         Ok(())
     }
@@ -281,18 +294,13 @@ impl Node {
     /// Stop the worker or mailbox registered at `address` (all its addresses). Returns
     /// whether there was one.
     pub fn stop_worker(&self, address: &Address) -> bool {
-        let entry = self
-            .inner
-            .mailboxes
-            .write()
-            .ok()
-            .and_then(|mut m| {
-                let e = m.get(address).cloned()?;
-                for a in e.addresses.iter() {
-                    m.remove(a);
-                }
-                Some(e)
-            });
+        let entry = self.inner.mailboxes.write().ok().and_then(|mut m| {
+            let e = m.get(address).cloned()?;
+            for a in e.addresses.iter() {
+                m.remove(a);
+            }
+            Some(e)
+        });
         match entry {
             Some(e) => {
                 e.stop.cancel();
@@ -306,7 +314,8 @@ impl Node {
     /// code that is not a worker. It accepts every origin: its address is random and exists
     /// only while the client lives, so it can only receive answers to what it sent.
     pub fn client(&self) -> Result<Client, StartError> {
-        let mailbox = self.register_mailbox([Address::random_local("client")], Arc::new(AllowAll))?;
+        let mailbox =
+            self.register_mailbox([Address::random_local("client")], Arc::new(AllowAll))?;
         Ok(Client::new(mailbox))
     }
 
@@ -393,7 +402,11 @@ async fn run_worker<W: Worker>(mut worker: W, mut ctx: Context, mut mailbox: Mai
     }
     while let Some(message) = mailbox.recv().await {
         if let Err(e) = worker.handle_message(&mut ctx, message).await {
-            ctx.node().inner.stats.worker_errors.fetch_add(1, Ordering::Relaxed);
+            ctx.node()
+                .inner
+                .stats
+                .worker_errors
+                .fetch_add(1, Ordering::Relaxed);
             warn!(node = %ctx.node().name(), address = %mailbox.address(), error = %e, "worker failed to handle a message");
         }
     }

@@ -33,21 +33,34 @@ impl Node {
     /// Route `message` by its onward route. Every failure is also logged and counted.
     pub async fn route(&self, mut message: Message) -> Result<(), RouteError> {
         let Some(next) = message.onward_route.next().cloned() else {
-            self.inner.stats.dropped_empty.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .dropped_empty
+                .fetch_add(1, Ordering::Relaxed);
             debug!(node = %self.name(), "dropped a message with an empty onward route");
             return Err(RouteError::EmptyRoute);
         };
         if !next.is_local() {
-            let local = self.resolve_remote(&next, message.origin().is_local()).await?;
+            let local = self
+                .resolve_remote(&next, message.origin().is_local())
+                .await?;
             message.onward_route.replace_next(local);
         }
         self.deliver_local(message).await
     }
 
     async fn resolve_remote(&self, next: &Address, may_dial: bool) -> Result<Address, RouteError> {
-        let transport = self.inner.transports.read().ok().and_then(|t| t.get(&next.kind()).cloned());
+        let transport = self
+            .inner
+            .transports
+            .read()
+            .ok()
+            .and_then(|t| t.get(&next.kind()).cloned());
         let Some(transport) = transport else {
-            self.inner.stats.dropped_no_transport.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .dropped_no_transport
+                .fetch_add(1, Ordering::Relaxed);
             warn!(node = %self.name(), address = %next, "dropped a message: no transport for its address kind");
             return Err(RouteError::NoTransport {
                 kind: next.kind(),
@@ -57,7 +70,10 @@ impl Node {
         match transport.resolve(next, may_dial).await {
             Ok(local) => Ok(local),
             Err(e) => {
-                self.inner.stats.dropped_unreachable.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .dropped_unreachable
+                    .fetch_add(1, Ordering::Relaxed);
                 warn!(node = %self.name(), address = %next, error = %crate::DisplayChain(&e), "dropped a message: peer unreachable");
                 Err(e)
             }
@@ -68,14 +84,25 @@ impl Node {
         let Some(next) = message.onward_route.next() else {
             return Err(RouteError::EmptyRoute);
         };
-        let entry: Option<Entry> = self.inner.mailboxes.read().ok().and_then(|m| m.get(next).cloned());
+        let entry: Option<Entry> = self
+            .inner
+            .mailboxes
+            .read()
+            .ok()
+            .and_then(|m| m.get(next).cloned());
         let Some(entry) = entry else {
-            self.inner.stats.dropped_unknown.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .dropped_unknown
+                .fetch_add(1, Ordering::Relaxed);
             warn!(node = %self.name(), address = %next, "dropped a message for an unknown address");
             return Err(RouteError::UnknownAddress(next.clone()));
         };
         if !entry.policy.is_authorized(message.origin()) {
-            self.inner.stats.dropped_denied.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .dropped_denied
+                .fetch_add(1, Ordering::Relaxed);
             warn!(
                 node = %self.name(),
                 address = %next,
@@ -91,7 +118,10 @@ impl Node {
                 Ok(())
             }
             Err(_) => {
-                self.inner.stats.dropped_closed.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .dropped_closed
+                    .fetch_add(1, Ordering::Relaxed);
                 debug!(node = %self.name(), address = %to, "dropped a message for a stopped worker");
                 Err(RouteError::Closed(to))
             }

@@ -8,7 +8,10 @@ use crate::{Context, Message, WorkerError};
 /// order, then `shutdown` once when the worker is stopped or the node shuts down.
 pub trait Worker: Send + 'static {
     /// Called before the first message.
-    fn initialize(&mut self, _ctx: &mut Context) -> impl Future<Output = Result<(), WorkerError>> + Send {
+    fn initialize(
+        &mut self,
+        _ctx: &mut Context,
+    ) -> impl Future<Output = Result<(), WorkerError>> + Send {
         async { Ok(()) }
     }
 

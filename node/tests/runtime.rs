@@ -44,8 +44,13 @@ async fn worker_without_policy_refuses_transport_and_channel_origins() {
     let node = Node::new("test");
     node.start_worker("private", Echo).unwrap();
     for origin in [
-        Origin::Transport { connection: Address::local("tcp-1") },
-        Origin::SecureChannel { identifier: "I00".into(), attributes: Default::default() },
+        Origin::Transport {
+            connection: Address::local("tcp-1"),
+        },
+        Origin::SecureChannel {
+            identifier: "I00".into(),
+            attributes: Default::default(),
+        },
     ] {
         let mut m = Message::new(Route::from("private"), Route::new(), "x");
         m.local_info.origin = origin;
@@ -63,8 +68,14 @@ async fn transport_origin_reaches_a_worker_that_allows_it() {
     node.start_worker_with_policy([Address::local("open")], Arc::new(AllowTransport), Echo)
         .unwrap();
     let client = node.client().unwrap();
-    let mut m = Message::new(Route::from("open"), Route::from(client.address().clone()), "x");
-    m.local_info.origin = Origin::Transport { connection: Address::local("tcp-1") };
+    let mut m = Message::new(
+        Route::from("open"),
+        Route::from(client.address().clone()),
+        "x",
+    );
+    m.local_info.origin = Origin::Transport {
+        connection: Address::local("tcp-1"),
+    };
     node.route(m).await.unwrap();
 }
 
@@ -72,7 +83,11 @@ async fn transport_origin_reaches_a_worker_that_allows_it() {
 async fn forwarding_keeps_the_remote_origin() {
     struct Forwarder;
     impl Worker for Forwarder {
-        async fn handle_message(&mut self, ctx: &mut Context, mut m: Message) -> Result<(), WorkerError> {
+        async fn handle_message(
+            &mut self,
+            ctx: &mut Context,
+            mut m: Message,
+        ) -> Result<(), WorkerError> {
             m.onward_route.step();
             m.return_route.prepend(ctx.address().clone());
             ctx.forward(m).await?;
@@ -80,10 +95,17 @@ async fn forwarding_keeps_the_remote_origin() {
         }
     }
     let node = Node::new("test");
-    node.start_worker_with_policy([Address::local("fwd")], Arc::new(AllowAll), Forwarder).unwrap();
+    node.start_worker_with_policy([Address::local("fwd")], Arc::new(AllowAll), Forwarder)
+        .unwrap();
     node.start_worker("private", Echo).unwrap();
-    let mut m = Message::new(vec![Address::local("fwd"), Address::local("private")].into(), Route::new(), "x");
-    m.local_info.origin = Origin::Transport { connection: Address::local("tcp-1") };
+    let mut m = Message::new(
+        vec![Address::local("fwd"), Address::local("private")].into(),
+        Route::new(),
+        "x",
+    );
+    m.local_info.origin = Origin::Transport {
+        connection: Address::local("tcp-1"),
+    };
     node.route(m).await.unwrap();
     // The forwarder delivers asynchronously; wait for the refusal to be counted.
     tokio::time::timeout(WAIT, async {
@@ -98,11 +120,17 @@ async fn forwarding_keeps_the_remote_origin() {
 #[tokio::test]
 async fn address_in_use_and_stop_worker() {
     let node = node_with_echo();
-    assert!(matches!(node.start_worker("echo", Echo), Err(StartError::AddressInUse(_))));
+    assert!(matches!(
+        node.start_worker("echo", Echo),
+        Err(StartError::AddressInUse(_))
+    ));
     assert!(node.stop_worker(&Address::local("echo")));
     assert!(!node.stop_worker(&Address::local("echo")));
     let client = node.client().unwrap();
-    assert!(matches!(client.send("echo", "x").await, Err(RouteError::UnknownAddress(_))));
+    assert!(matches!(
+        client.send("echo", "x").await,
+        Err(RouteError::UnknownAddress(_))
+    ));
     // The address is free again.
     node.start_worker("echo", Echo).unwrap();
 }
@@ -118,7 +146,10 @@ async fn request_times_out_when_nobody_answers() {
     let node = Node::new("test");
     node.start_worker("sink", Sink).unwrap();
     let mut client = node.client().unwrap();
-    let err = client.request("sink", "x", Duration::from_millis(50)).await.unwrap_err();
+    let err = client
+        .request("sink", "x", Duration::from_millis(50))
+        .await
+        .unwrap_err();
     assert!(matches!(err, RequestError::Timeout(_)));
 }
 
@@ -126,7 +157,11 @@ async fn request_times_out_when_nobody_answers() {
 async fn worker_errors_are_counted_and_the_worker_keeps_serving() {
     struct Picky;
     impl Worker for Picky {
-        async fn handle_message(&mut self, ctx: &mut Context, m: Message) -> Result<(), WorkerError> {
+        async fn handle_message(
+            &mut self,
+            ctx: &mut Context,
+            m: Message,
+        ) -> Result<(), WorkerError> {
             if m.payload.as_ref() == b"bad" {
                 return Err("bad payload".into());
             }
@@ -161,6 +196,9 @@ async fn shutdown_runs_worker_shutdown_hooks_and_is_idempotent() {
     let _ = (a, b);
     assert!(flag.load(Ordering::SeqCst));
     assert!(node.addresses().is_empty());
-    assert!(matches!(node.start_worker("late", Echo), Err(StartError::ShuttingDown)));
+    assert!(matches!(
+        node.start_worker("late", Echo),
+        Err(StartError::ShuttingDown)
+    ));
     node.shutdown().await;
 }

@@ -64,8 +64,16 @@ impl TransportMessage {
         let mut d = Decoder::new(body);
         match d.map().map_err(DecodeError::Cbor)? {
             Some(4) => {}
-            Some(_) => return Err(DecodeError::Shape { found: "a map with other than 4 fields" }),
-            None => return Err(DecodeError::Shape { found: "an indefinite-length map" }),
+            Some(_) => {
+                return Err(DecodeError::Shape {
+                    found: "a map with other than 4 fields",
+                });
+            }
+            None => {
+                return Err(DecodeError::Shape {
+                    found: "an indefinite-length map",
+                });
+            }
         }
         expect_key(&mut d, 0)?;
         let version = d.u8().map_err(DecodeError::Cbor)?;
@@ -119,21 +127,30 @@ fn expect_key(d: &mut Decoder<'_>, key: u8) -> Result<(), DecodeError> {
     if found == key {
         Ok(())
     } else {
-        Err(DecodeError::Shape { found: "fields out of order or unknown" })
+        Err(DecodeError::Shape {
+            found: "fields out of order or unknown",
+        })
     }
 }
 
 fn decode_route(d: &mut Decoder<'_>) -> Result<Route, DecodeError> {
     let Some(len) = d.array().map_err(DecodeError::Cbor)? else {
-        return Err(DecodeError::Shape { found: "an indefinite-length route" });
+        return Err(DecodeError::Shape {
+            found: "an indefinite-length route",
+        });
     };
     if len > MAX_ROUTE_LEN as u64 {
-        return Err(DecodeError::RouteTooLong { len, max: MAX_ROUTE_LEN });
+        return Err(DecodeError::RouteTooLong {
+            len,
+            max: MAX_ROUTE_LEN,
+        });
     }
     let mut hops = Vec::new();
     for _ in 0..len {
         if d.array().map_err(DecodeError::Cbor)? != Some(2) {
-            return Err(DecodeError::Shape { found: "an address that is not [kind, value]" });
+            return Err(DecodeError::Shape {
+                found: "an address that is not [kind, value]",
+            });
         }
         let kind = d.u8().map_err(DecodeError::Cbor)?;
         let value = d.str().map_err(DecodeError::Cbor)?;
@@ -150,7 +167,10 @@ mod tests {
     fn sample() -> TransportMessage {
         TransportMessage {
             onward_route: Route::from(vec![Address::local("echo")]),
-            return_route: Route::from(vec![Address::local("tcp-1"), "1#127.0.0.1:4000".parse().unwrap()]),
+            return_route: Route::from(vec![
+                Address::local("tcp-1"),
+                "1#127.0.0.1:4000".parse().unwrap(),
+            ]),
             payload: Bytes::from_static(b"hello"),
         }
     }
@@ -181,12 +201,21 @@ mod tests {
         let good = buf.freeze();
         let mut v = good.to_vec();
         v[2] = 2; // the version value follows map header and key 0
-        assert!(matches!(TransportMessage::decode(&Bytes::from(v)), Err(DecodeError::Version(2))));
+        assert!(matches!(
+            TransportMessage::decode(&Bytes::from(v)),
+            Err(DecodeError::Version(2))
+        ));
         let mut v = good.to_vec();
         v.push(0);
-        assert!(matches!(TransportMessage::decode(&Bytes::from(v)), Err(DecodeError::TrailingBytes(1))));
+        assert!(matches!(
+            TransportMessage::decode(&Bytes::from(v)),
+            Err(DecodeError::TrailingBytes(1))
+        ));
         for cut in 0..good.len() {
-            assert!(TransportMessage::decode(&good.slice(..cut)).is_err(), "cut at {cut}");
+            assert!(
+                TransportMessage::decode(&good.slice(..cut)).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -194,7 +223,10 @@ mod tests {
     fn huge_announced_route_is_refused_without_reading_it() {
         // map(4), 0: 1, 1: array(2^32-1)
         let body = Bytes::from_static(&[0xa4, 0x00, 0x01, 0x01, 0x9a, 0xff, 0xff, 0xff, 0xff]);
-        assert!(matches!(TransportMessage::decode(&body), Err(DecodeError::RouteTooLong { .. })));
+        assert!(matches!(
+            TransportMessage::decode(&body),
+            Err(DecodeError::RouteTooLong { .. })
+        ));
     }
 
     fn arb_address() -> impl Strategy<Value = Address> {

@@ -31,7 +31,10 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 const READ_BUFFER: usize = 8 * 1024;
 
 /// Exchange protocol version bytes: each side writes its own, then reads the peer's.
-pub(crate) async fn preamble(stream: &mut TcpStream, timeout: Duration) -> Result<(), ConnectionError> {
+pub(crate) async fn preamble(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<(), ConnectionError> {
     let exchange = async {
         stream.write_all(&[PROTOCOL_VERSION]).await?;
         let mut theirs = [0u8; 1];
@@ -71,7 +74,9 @@ pub(crate) async fn run(
     };
     match &result {
         Ok(()) => debug!(%peer, connection = %me, "connection closed"),
-        Err(e) => warn!(%peer, connection = %me, error = %DisplayChain(e), "connection closed with an error"),
+        Err(e) => {
+            warn!(%peer, connection = %me, error = %DisplayChain(e), "connection closed with an error")
+        }
     }
     result
 }
@@ -114,7 +119,9 @@ async fn read_frames(
             return if buf.is_empty() {
                 Ok(())
             } else {
-                Err(ConnectionError::ClosedMidFrame { buffered: buf.len() })
+                Err(ConnectionError::ClosedMidFrame {
+                    buffered: buf.len(),
+                })
             };
         }
     }
@@ -133,7 +140,9 @@ async fn deliver(node: &Node, me: &Address, m: TransportMessage, counters: &Coun
         return_route,
         payload: m.payload,
         local_info: LocalInfo {
-            origin: Origin::Transport { connection: me.clone() },
+            origin: Origin::Transport {
+                connection: me.clone(),
+            },
         },
     };
     // The node logs and counts every drop; one undeliverable message does not end the
@@ -205,7 +214,11 @@ fn encode(mut m: Message, buf: &mut BytesMut, options: &TcpOptions, counters: &C
     }
 }
 
-async fn flush(write: &mut OwnedWriteHalf, buf: &mut BytesMut, options: &TcpOptions) -> Result<(), ConnectionError> {
+async fn flush(
+    write: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+    options: &TcpOptions,
+) -> Result<(), ConnectionError> {
     tokio::time::timeout(options.write_timeout, write.write_all(buf))
         .await
         .map_err(|_| ConnectionError::WriteTimeout(options.write_timeout))??;

@@ -146,7 +146,9 @@ pub enum MultiAddrError {
     #[error("route {0:?} must start with '/', as in /ip4/127.0.0.1/tcp/4000/service/echo")]
     NoLeadingSlash(String),
     /// An unknown protocol name.
-    #[error("unknown protocol {name:?} at segment {position}; known: ip4, ip6, dnsaddr, tcp, service, node")]
+    #[error(
+        "unknown protocol {name:?} at segment {position}; known: ip4, ip6, dnsaddr, tcp, service, node"
+    )]
     UnknownProtocol {
         /// The name.
         name: String,

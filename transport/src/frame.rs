@@ -66,21 +66,36 @@ mod tests {
     #[test]
     fn short_buffers_need_more_bytes() {
         assert_eq!(check(&[], 10), Ok(FrameStatus::Incomplete { needed: 4 }));
-        assert_eq!(check(&[0, 0], 10), Ok(FrameStatus::Incomplete { needed: 2 }));
-        assert_eq!(check(&[0, 0, 0, 5, 1], 10), Ok(FrameStatus::Incomplete { needed: 4 }));
+        assert_eq!(
+            check(&[0, 0], 10),
+            Ok(FrameStatus::Incomplete { needed: 2 })
+        );
+        assert_eq!(
+            check(&[0, 0, 0, 5, 1], 10),
+            Ok(FrameStatus::Incomplete { needed: 4 })
+        );
     }
 
     #[test]
     fn whole_frames_and_keepalives_are_complete() {
-        assert_eq!(check(&KEEPALIVE, 10), Ok(FrameStatus::Complete { body_len: 0 }));
-        assert_eq!(check(&[0, 0, 0, 2, 9, 9, 7], 10), Ok(FrameStatus::Complete { body_len: 2 }));
+        assert_eq!(
+            check(&KEEPALIVE, 10),
+            Ok(FrameStatus::Complete { body_len: 0 })
+        );
+        assert_eq!(
+            check(&[0, 0, 0, 2, 9, 9, 7], 10),
+            Ok(FrameStatus::Complete { body_len: 2 })
+        );
     }
 
     #[test]
     fn oversized_length_is_refused_before_the_body_arrives() {
         assert_eq!(
             check(&[0xff, 0xff, 0xff, 0xff], DEFAULT_MAX_FRAME_LEN),
-            Err(FrameError::TooLarge { len: u64::from(u32::MAX), max: DEFAULT_MAX_FRAME_LEN })
+            Err(FrameError::TooLarge {
+                len: u64::from(u32::MAX),
+                max: DEFAULT_MAX_FRAME_LEN
+            })
         );
         assert!(check(&[0, 0, 0, 11], 10).is_err());
         assert!(check(&[0, 0, 0, 10], 10).is_ok());

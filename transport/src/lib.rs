@@ -12,7 +12,12 @@
 
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
 )]
 
 mod codec;
@@ -25,4 +30,7 @@ mod tcp;
 pub use codec::{MAX_PAYLOAD_LEN, PROTOCOL_VERSION, TransportMessage};
 pub use error::{ConnectionError, DecodeError, FrameError, MultiAddrError, TransportError};
 pub use multiaddr::{MultiAddr, Protocol};
-pub use tcp::{ConnectionInfo, ConnectionState, Direction, PersistentConnection, TcpOptions, TcpStats, TcpTransport};
+pub use tcp::{
+    ConnectionInfo, ConnectionState, Direction, PersistentConnection, TcpOptions, TcpStats,
+    TcpTransport,
+};

@@ -51,9 +51,13 @@ impl MultiAddr {
                 Protocol::Ip4(ip) => ip.to_string(),
                 Protocol::Ip6(ip) => format!("[{ip}]"),
                 Protocol::DnsAddr(h) => h.clone(),
-                Protocol::Tcp(_) => return Err(structure("/tcp must follow /ip4, /ip6 or /dnsaddr").into()),
+                Protocol::Tcp(_) => {
+                    return Err(structure("/tcp must follow /ip4, /ip6 or /dnsaddr").into());
+                }
                 Protocol::Service(s) => {
-                    hops.push(Address::try_new(0, s.as_str()).map_err(|e| invalid("service", s, e))?);
+                    hops.push(
+                        Address::try_new(0, s.as_str()).map_err(|e| invalid("service", s, e))?,
+                    );
                     continue;
                 }
                 Protocol::Node(n) => {
@@ -65,7 +69,9 @@ impl MultiAddr {
                 return Err(structure(&format!("{host} needs a /tcp/PORT after it")).into());
             };
             let value = format!("{host}:{port}");
-            hops.push(Address::try_new(TCP, value.as_str()).map_err(|e| invalid("tcp", &value, e))?);
+            hops.push(
+                Address::try_new(TCP, value.as_str()).map_err(|e| invalid("tcp", &value, e))?,
+            );
         }
         Route::try_from_iter(hops).map_err(|_| MultiAddrError::TooLong(MAX_ROUTE_LEN).into())
     }
@@ -85,13 +91,21 @@ fn invalid(protocol: &'static str, value: &str, reason: impl fmt::Display) -> Mu
 
 fn name(protocol: &'static str, value: &str) -> Result<String, MultiAddrError> {
     if value.len() > MAX_ADDRESS_LEN {
-        return Err(invalid(protocol, value, format_args!("longer than {MAX_ADDRESS_LEN} bytes")));
+        return Err(invalid(
+            protocol,
+            value,
+            format_args!("longer than {MAX_ADDRESS_LEN} bytes"),
+        ));
     }
     if !value
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
-        return Err(invalid(protocol, value, "use letters, digits, '-', '_' and '.' only"));
+        return Err(invalid(
+            protocol,
+            value,
+            "use letters, digits, '-', '_' and '.' only",
+        ));
     }
     Ok(value.to_owned())
 }
@@ -186,10 +200,26 @@ mod tests {
 
     #[test]
     fn documented_forms_parse() {
-        assert_eq!(route("/ip4/127.0.0.1/tcp/4000/service/echo").unwrap().to_string(), "[1#127.0.0.1:4000, 0#echo]");
-        assert_eq!(route("/ip6/::1/tcp/4000/service/echo").unwrap().to_string(), "[1#[::1]:4000, 0#echo]");
-        assert_eq!(route("/dnsaddr/localhost/tcp/4001/service/echo").unwrap().to_string(), "[1#localhost:4001, 0#echo]");
-        assert_eq!(route("/node/n1/service/echo").unwrap().to_string(), "[1#n1.test:1, 0#echo]");
+        assert_eq!(
+            route("/ip4/127.0.0.1/tcp/4000/service/echo")
+                .unwrap()
+                .to_string(),
+            "[1#127.0.0.1:4000, 0#echo]"
+        );
+        assert_eq!(
+            route("/ip6/::1/tcp/4000/service/echo").unwrap().to_string(),
+            "[1#[::1]:4000, 0#echo]"
+        );
+        assert_eq!(
+            route("/dnsaddr/localhost/tcp/4001/service/echo")
+                .unwrap()
+                .to_string(),
+            "[1#localhost:4001, 0#echo]"
+        );
+        assert_eq!(
+            route("/node/n1/service/echo").unwrap().to_string(),
+            "[1#n1.test:1, 0#echo]"
+        );
         assert_eq!(route("/service/echo/").unwrap().to_string(), "[0#echo]");
     }
 

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kith_node::{Address, AllowAll, DisplayChain, Mailbox, Node, ResolveFuture, RouteError, TCP, Transport};
+use kith_node::{
+    Address, AllowAll, DisplayChain, Mailbox, Node, ResolveFuture, RouteError, TCP, Transport,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OnceCell, Semaphore, watch};
 use tracing::{debug, info, warn};
@@ -271,10 +273,12 @@ impl Transport for TcpTransport {
                     .and_then(|p| p.get(peer).and_then(|s| s.get().cloned()));
                 return existing.ok_or_else(|| RouteError::NotConnected(address.clone()));
             }
-            self.connect(peer).await.map_err(|e| RouteError::Unreachable {
-                address: address.clone(),
-                source: Box::new(e),
-            })
+            self.connect(peer)
+                .await
+                .map_err(|e| RouteError::Unreachable {
+                    address: address.clone(),
+                    source: Box::new(e),
+                })
         })
     }
 }
@@ -320,10 +324,23 @@ async fn serve_incoming(inner: Arc<Inner>, mut stream: TcpStream, peer: SocketAd
     run_tracked(&inner, stream, peer, &mut mailbox, Direction::Incoming).await;
 }
 
-async fn run_tracked(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr, mailbox: &mut Mailbox, direction: Direction) {
+async fn run_tracked(
+    inner: &Arc<Inner>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mailbox: &mut Mailbox,
+    direction: Direction,
+) {
     let address = mailbox.address().clone();
     if let Ok(mut open) = inner.open.lock() {
-        open.insert(address.clone(), ConnectionInfo { address: address.clone(), peer, direction });
+        open.insert(
+            address.clone(),
+            ConnectionInfo {
+                address: address.clone(),
+                peer,
+                direction,
+            },
+        );
     }
     let result = connection::run(stream, peer, mailbox, &inner.options, &inner.counters).await;
     if let Ok(mut open) = inner.open.lock() {
@@ -337,15 +354,27 @@ async fn open_stream(inner: &Inner, peer: &str) -> Result<(TcpStream, SocketAddr
     let timeout = inner.options.connect_timeout;
     let mut stream = tokio::time::timeout(timeout, TcpStream::connect(peer))
         .await
-        .map_err(|_| TransportError::ConnectTimeout { address: peer.to_owned(), timeout })?
-        .map_err(|source| TransportError::Connect { address: peer.to_owned(), source })?;
+        .map_err(|_| TransportError::ConnectTimeout {
+            address: peer.to_owned(),
+            timeout,
+        })?
+        .map_err(|source| TransportError::Connect {
+            address: peer.to_owned(),
+            source,
+        })?;
     let _ = stream.set_nodelay(true);
     let remote = stream
         .peer_addr()
-        .map_err(|source| TransportError::Connect { address: peer.to_owned(), source })?;
+        .map_err(|source| TransportError::Connect {
+            address: peer.to_owned(),
+            source,
+        })?;
     connection::preamble(&mut stream, inner.options.preamble_timeout)
         .await
-        .map_err(|source| TransportError::Preamble { address: remote, source })?;
+        .map_err(|source| TransportError::Preamble {
+            address: remote,
+            source,
+        })?;
     inner.counters.dialed.fetch_add(1, Ordering::Relaxed);
     Ok((stream, remote))
 }
@@ -377,7 +406,12 @@ fn forget_peer(inner: &Inner, peer: &str, address: &Address) {
     }
 }
 
-async fn keep_up(inner: Arc<Inner>, peer: String, mut mailbox: Mailbox, state: watch::Sender<ConnectionState>) {
+async fn keep_up(
+    inner: Arc<Inner>,
+    peer: String,
+    mut mailbox: Mailbox,
+    state: watch::Sender<ConnectionState>,
+) {
     let stop = mailbox.stop_token().clone();
     let mut backoff = inner.options.reconnect_min;
     let mut attempt = 0u32;

@@ -13,7 +13,8 @@ const WAIT: Duration = Duration::from_secs(10);
 
 async fn node(name: &str, options: TcpOptions) -> (Node, TcpTransport, String) {
     let node = Node::new(name);
-    node.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo).unwrap();
+    node.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
+        .unwrap();
     node.start_worker("private", Echo).unwrap();
     let tcp = TcpTransport::start_with(&node, options);
     let addr = tcp.listen("127.0.0.1:0").await.unwrap();
@@ -21,7 +22,10 @@ async fn node(name: &str, options: TcpOptions) -> (Node, TcpTransport, String) {
 }
 
 fn to(peer: &str, service: &str) -> Route {
-    Route::from(vec![Address::try_new(TCP, peer).unwrap(), Address::local(service)])
+    Route::from(vec![
+        Address::try_new(TCP, peer).unwrap(),
+        Address::local(service),
+    ])
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -37,7 +41,10 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 /// Read until the peer closes; returns what was read.
 async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.unwrap().ok();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .ok();
     out
 }
 
@@ -47,7 +54,10 @@ async fn message_round_trips_over_tcp_with_a_transport_origin() {
     let (b, tb, b_addr) = node("b", TcpOptions::default()).await;
     let a = _a;
     let mut client = a.client().unwrap();
-    let reply = client.request(to(&b_addr, "echo"), "hello", WAIT).await.unwrap();
+    let reply = client
+        .request(to(&b_addr, "echo"), "hello", WAIT)
+        .await
+        .unwrap();
     assert_eq!(reply.payload, Bytes::from("hello"));
     // The reply came back over the connection: its origin says so.
     assert!(matches!(reply.origin(), Origin::Transport { .. }));
@@ -62,9 +72,14 @@ async fn worker_without_transport_policy_is_unreachable_over_tcp() {
     let (a, _ta, _) = node("a", TcpOptions::default()).await;
     let (b, _tb, b_addr) = node("b", TcpOptions::default()).await;
     let mut client = a.client().unwrap();
-    let err = client.request(to(&b_addr, "private"), "x", Duration::from_millis(300)).await;
+    let err = client
+        .request(to(&b_addr, "private"), "x", Duration::from_millis(300))
+        .await;
     assert!(matches!(err, Err(RequestError::Timeout(_))));
-    until("the refusal to be counted", || b.stats().dropped_denied == 1).await;
+    until("the refusal to be counted", || {
+        b.stats().dropped_denied == 1
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -77,7 +92,10 @@ async fn concurrent_senders_share_one_connection_per_peer() {
         let route = to(&b_addr, "echo");
         tasks.push(tokio::spawn(async move {
             let mut c = a.client().unwrap();
-            c.request(route, format!("m{i}"), WAIT).await.unwrap().payload
+            c.request(route, format!("m{i}"), WAIT)
+                .await
+                .unwrap()
+                .payload
         }));
     }
     for (i, t) in tasks.into_iter().enumerate() {
@@ -91,13 +109,26 @@ async fn concurrent_senders_share_one_connection_per_peer() {
 async fn unreachable_peer_is_an_error_not_a_timeout() {
     let (a, _ta, _) = node("a", TcpOptions::default()).await;
     // A port that was just free: bind, read it back, close.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let mut client = a.client().unwrap();
     let started = std::time::Instant::now();
-    let err = client.request(to(&free, "echo"), "x", WAIT).await.unwrap_err();
-    assert!(matches!(err, RequestError::Route(RouteError::Unreachable { .. })), "{err}");
+    let err = client
+        .request(to(&free, "echo"), "x", WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RequestError::Route(RouteError::Unreachable { .. })),
+        "{err}"
+    );
     let chain = DisplayChain(&err).to_string();
-    assert!(chain.contains("cannot connect") && chain.contains("refused"), "{chain}");
+    assert!(
+        chain.contains("cannot connect") && chain.contains("refused"),
+        "{chain}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(a.stats().dropped_unreachable, 1);
 }
@@ -114,7 +145,10 @@ async fn messages_from_peers_cannot_make_a_node_dial() {
         Address::local("echo"),
     ]);
     client.send(route, "x").await.unwrap();
-    until("b to refuse dialing c", || b.stats().dropped_unreachable == 1).await;
+    until("b to refuse dialing c", || {
+        b.stats().dropped_unreachable == 1
+    })
+    .await;
     assert_eq!(tb.stats().dialed, 0);
     assert_eq!(tc.stats().accepted, 0);
 }
@@ -126,7 +160,11 @@ async fn garbage_and_oversized_frames_close_that_connection_only() {
     // A version byte we do not speak.
     let mut s = TcpStream::connect(&b_addr).await.unwrap();
     s.write_all(&[7]).await.unwrap();
-    assert_eq!(read_to_close(&mut s).await, vec![1], "we send our version, then close");
+    assert_eq!(
+        read_to_close(&mut s).await,
+        vec![1],
+        "we send our version, then close"
+    );
     until("the refusal", || tb.stats().refused == 1).await;
 
     // The right version, then a length far over the maximum: closed before any body.
@@ -137,7 +175,9 @@ async fn garbage_and_oversized_frames_close_that_connection_only() {
 
     // The right version, then a well-sized frame of garbage.
     let mut s = TcpStream::connect(&b_addr).await.unwrap();
-    s.write_all(&[1, 0, 0, 0, 3, 0xde, 0xad, 0xbe]).await.unwrap();
+    s.write_all(&[1, 0, 0, 0, 3, 0xde, 0xad, 0xbe])
+        .await
+        .unwrap();
     read_to_close(&mut s).await;
     until("the garbage frame", || tb.stats().invalid == 2).await;
 
@@ -150,7 +190,10 @@ async fn garbage_and_oversized_frames_close_that_connection_only() {
     // The node still serves a well-behaved peer.
     let (a, _ta, _) = node("a", TcpOptions::default()).await;
     let mut client = a.client().unwrap();
-    let reply = client.request(to(&b_addr, "echo"), "still here", WAIT).await.unwrap();
+    let reply = client
+        .request(to(&b_addr, "echo"), "still here", WAIT)
+        .await
+        .unwrap();
     assert_eq!(reply.payload, Bytes::from("still here"));
     b.shutdown().await;
 }
@@ -177,11 +220,19 @@ async fn oversized_outgoing_message_is_dropped_and_counted() {
     let (a, ta, _) = node("a", TcpOptions::default()).await;
     let (_b, _tb, b_addr) = node("b", TcpOptions::default()).await;
     let client = a.client().unwrap();
-    client.send(to(&b_addr, "echo"), vec![0u8; 300 * 1024]).await.unwrap();
+    client
+        .send(to(&b_addr, "echo"), vec![0u8; 300 * 1024])
+        .await
+        .unwrap();
     until("the drop", || ta.stats().dropped == 1).await;
     // The connection is still usable.
     let mut client = a.client().unwrap();
-    assert!(client.request(to(&b_addr, "echo"), "ok", WAIT).await.is_ok());
+    assert!(
+        client
+            .request(to(&b_addr, "echo"), "ok", WAIT)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -194,32 +245,55 @@ async fn persistent_connection_reconnects_when_the_peer_comes_back() {
     let (a, ta, _) = node("a", options.clone()).await;
     let (b, _tb, b_addr) = node("b", options.clone()).await;
     let mut conn = ta.connect_persistent(&b_addr).unwrap();
-    conn.state.wait_for(|s| *s == ConnectionState::Connected { epoch: 1 }).await.unwrap();
+    conn.state
+        .wait_for(|s| *s == ConnectionState::Connected { epoch: 1 })
+        .await
+        .unwrap();
 
     b.shutdown().await;
-    conn.state.wait_for(|s| matches!(s, ConnectionState::Connecting { .. })).await.unwrap();
+    conn.state
+        .wait_for(|s| matches!(s, ConnectionState::Connecting { .. }))
+        .await
+        .unwrap();
 
     // The peer comes back on the same port.
     let b2 = Node::new("b2");
-    b2.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo).unwrap();
-    TcpTransport::start_with(&b2, options).listen(&b_addr).await.unwrap();
-    let reconnected = tokio::time::timeout(WAIT, conn.state.wait_for(|s| *s == ConnectionState::Connected { epoch: 2 }));
+    b2.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
+        .unwrap();
+    TcpTransport::start_with(&b2, options)
+        .listen(&b_addr)
+        .await
+        .unwrap();
+    let reconnected = tokio::time::timeout(
+        WAIT,
+        conn.state
+            .wait_for(|s| *s == ConnectionState::Connected { epoch: 2 }),
+    );
     reconnected.await.unwrap().unwrap();
 
     // Routes to the peer use the kept-up connection at its stable address.
     let mut client = a.client().unwrap();
-    let reply = client.request(to(&b_addr, "echo"), "again", WAIT).await.unwrap();
+    let reply = client
+        .request(to(&b_addr, "echo"), "again", WAIT)
+        .await
+        .unwrap();
     assert_eq!(reply.payload, Bytes::from("again"));
     assert_eq!(reply.return_route.iter().next(), Some(&conn.address));
 
     assert!(a.stop_worker(&conn.address));
-    conn.state.wait_for(|s| *s == ConnectionState::Stopped).await.unwrap();
+    conn.state
+        .wait_for(|s| *s == ConnectionState::Stopped)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn port_in_use_is_a_clear_error() {
     let (_b, _tb, b_addr) = node("b", TcpOptions::default()).await;
     let other = Node::new("other");
-    let err = TcpTransport::start(&other).listen(&b_addr).await.unwrap_err();
+    let err = TcpTransport::start(&other)
+        .listen(&b_addr)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("cannot listen on"), "{err}");
 }

@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -19,7 +19,11 @@ pub fn kith_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test> → target/<profile>/kith
     let bin = exe.parent().unwrap().parent().unwrap().join("kith");
-    assert!(bin.is_file(), "{} not found: run `cargo build -p kith-cli` or set KITH_BIN", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build -p kith-cli` or set KITH_BIN",
+        bin.display()
+    );
     bin
 }
 
@@ -38,7 +42,12 @@ pub struct Run {
 
 impl Kith {
     pub fn new() -> Self {
-        Self { home: tempfile::Builder::new().prefix("kith-test-").tempdir().unwrap() }
+        Self {
+            home: tempfile::Builder::new()
+                .prefix("kith-test-")
+                .tempdir()
+                .unwrap(),
+        }
     }
 
     pub fn home(&self) -> &Path {
@@ -47,13 +56,21 @@ impl Kith {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(kith_bin());
-        c.args(args).env("KITH_HOME", self.home()).env_remove("KITH_LOG").stdin(Stdio::null());
+        c.args(args)
+            .env("KITH_HOME", self.home())
+            .env_remove("KITH_LOG")
+            .stdin(Stdio::null());
         c
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
         let started = Instant::now();
-        let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         // Bound the wait without blocking on the pipes: read them on threads.
         let mut out = child.stdout.take().unwrap();
         let mut err = child.stderr.take().unwrap();
@@ -73,7 +90,10 @@ impl Kith {
             }
             if started.elapsed() > COMMAND_LIMIT {
                 child.kill().ok();
-                panic!("`kith {}` did not finish within {COMMAND_LIMIT:?}", args.join(" "));
+                panic!(
+                    "`kith {}` did not finish within {COMMAND_LIMIT:?}",
+                    args.join(" ")
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         };
@@ -88,7 +108,13 @@ impl Kith {
     /// Run and insist on success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let r = self.run(args);
-        assert_eq!(r.code, Some(0), "`kith {}` failed: {}", args.join(" "), r.stderr);
+        assert_eq!(
+            r.code,
+            Some(0),
+            "`kith {}` failed: {}",
+            args.join(" "),
+            r.stderr
+        );
         r.stdout
     }
 
@@ -97,15 +123,31 @@ impl Kith {
         let mut a = args.to_vec();
         a.extend(["--output", "json"]);
         let out = self.ok(&a);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("`kith {}` printed invalid JSON ({e}): {out}", args.join(" ")))
+        serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!(
+                "`kith {}` printed invalid JSON ({e}): {out}",
+                args.join(" ")
+            )
+        })
     }
 
     /// Run and insist on failure with exactly one `error:` line on stderr; returns it.
     pub fn fails(&self, args: &[&str]) -> String {
         let r = self.run(args);
-        assert_eq!(r.code, Some(1), "`kith {}` should fail; stdout: {}", args.join(" "), r.stdout);
+        assert_eq!(
+            r.code,
+            Some(1),
+            "`kith {}` should fail; stdout: {}",
+            args.join(" "),
+            r.stdout
+        );
         let lines: Vec<&str> = r.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "one error line expected, got: {:?}", r.stderr);
+        assert_eq!(
+            lines.len(),
+            1,
+            "one error line expected, got: {:?}",
+            r.stderr
+        );
         assert!(lines[0].starts_with("error: "), "{:?}", lines[0]);
         lines[0].to_owned()
     }
