@@ -223,8 +223,20 @@ impl TcpTransport {
     /// is no connection yet. Concurrent callers share one dial.
     pub async fn connect(&self, peer: &str) -> Result<Address, TransportError> {
         let slot = self.slot(peer);
-        let address = slot.get_or_try_init(|| dial(&self.inner, peer)).await?;
-        Ok(address.clone())
+        match slot.get_or_try_init(|| dial(&self.inner, peer)).await {
+            Ok(address) => Ok(address.clone()),
+            Err(e) => {
+                // Forget the empty slot, so failed dials to many peers leave nothing behind.
+                if let Ok(mut peers) = self.inner.peers.lock()
+                    && peers
+                        .get(peer)
+                        .is_some_and(|s| Arc::ptr_eq(s, &slot) && s.get().is_none())
+                {
+                    peers.remove(peer);
+                }
+                Err(e)
+            }
+        }
     }
 
     fn slot(&self, peer: &str) -> PeerSlot {
