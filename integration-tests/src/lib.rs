@@ -1,1 +1,8 @@
-//! placeholder
+//! End-to-end tests and benchmarks for kith: real processes, real sockets, real databases.
+//!
+//! The tests live in `tests/` (the process harness in `tests/common`); this library holds
+//! the measuring code that both `cargo bench` and the bench smoke test run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test and bench code")]
+
+pub mod bench;
