@@ -24,7 +24,6 @@ pub const MAILBOX_CAPACITY: usize = 256;
 /// 5 s: how long shutdown waits for workers and connections to finish before aborting them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) tx: mpsc::Sender<Message>,
     pub(crate) policy: Arc<dyn IncomingAccessControl>,
@@ -80,7 +79,7 @@ impl NodeStats {
 
 pub(crate) struct Inner {
     name: String,
-    pub(crate) mailboxes: RwLock<HashMap<Address, Entry>>,
+    pub(crate) mailboxes: RwLock<HashMap<Address, Arc<Entry>>>,
     pub(crate) transports: RwLock<HashMap<u8, Arc<dyn Transport>>>,
     pub(crate) stats: Counters,
     tasks: Mutex<JoinSet<()>>,
@@ -226,13 +225,14 @@ impl Node {
         let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let stop = self.inner.workers.child_token();
-        let entry = Entry {
+        // Shared by all the mailbox's addresses; routing clones the Arc, never the entry.
+        let entry = Arc::new(Entry {
             tx,
             policy,
             id,
             stop: stop.clone(),
             addresses: addresses.clone(),
-        };
+        });
         let mut map = self
             .inner
             .mailboxes

@@ -84,7 +84,7 @@ impl Node {
         let Some(next) = message.onward_route.next() else {
             return Err(RouteError::EmptyRoute);
         };
-        let entry: Option<Entry> = self
+        let entry: Option<Arc<Entry>> = self
             .inner
             .mailboxes
             .read()

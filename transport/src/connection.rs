@@ -27,8 +27,9 @@ use crate::{ConnectionError, PROTOCOL_VERSION, TransportMessage};
 /// batch many small messages into one syscall, small enough to keep latency low.
 const COALESCE_LIMIT: usize = 64 * 1024;
 
-/// 8 KiB: the reader's initial buffer; it grows to the size of the largest frame it meets.
-const READ_BUFFER: usize = 8 * 1024;
+/// 16 KiB: the least the reader asks for at a time once data flows, so one read syscall takes
+/// in many small frames, or several large ones. Nothing is allocated for an idle connection.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Exchange protocol version bytes: each side writes its own, then reads the peer's.
 pub(crate) async fn preamble(
@@ -88,7 +89,7 @@ async fn read_frames(
     options: &TcpOptions,
     counters: &Counters,
 ) -> Result<(), ConnectionError> {
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut buf = BytesMut::new();
     loop {
         loop {
             match frame::check(&buf, options.max_frame_len).inspect_err(|_| {
@@ -107,7 +108,11 @@ async fn read_frames(
                     deliver(node, me, m, counters).await;
                 }
                 FrameStatus::Incomplete { needed } => {
-                    buf.reserve(needed);
+                    if buf.is_empty() && buf.capacity() == 0 {
+                        // Idle: wait for the first byte before allocating anything.
+                        break;
+                    }
+                    buf.reserve(needed.max(READ_CHUNK));
                     break;
                 }
             }
@@ -156,7 +161,8 @@ async fn write_frames(
     options: &TcpOptions,
     counters: &Counters,
 ) -> Result<(), ConnectionError> {
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    // Allocated on the first write and reused after, so idle connections hold no buffer.
+    let mut buf = BytesMut::new();
     let mut last_write = Instant::now();
     loop {
         let next = tokio::select! {
