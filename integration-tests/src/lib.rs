@@ -3,6 +3,10 @@
 //! The tests live in `tests/` (the process harness in `tests/common`); this library holds
 //! the measuring code that both `cargo bench` and the bench smoke test run.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test and bench code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test and bench code"
+)]
 
 pub mod bench;
