@@ -63,8 +63,9 @@ pub enum AddressError {
 
 impl Address {
     /// An address of `kind` with `value`, checked against the rules every address obeys.
-    pub fn try_new(kind: u8, value: impl Into<String>) -> Result<Self, AddressError> {
-        let value = value.into();
+    pub fn try_new(kind: u8, value: impl AsRef<str>) -> Result<Self, AddressError> {
+        // Check on the borrowed text, so a hostile value is refused before it is copied.
+        let value = value.as_ref();
         if value.is_empty() {
             return Err(AddressError::Empty);
         }
@@ -75,14 +76,19 @@ impl Address {
             });
         }
         if value.chars().any(char::is_control) {
-            return Err(AddressError::ControlCharacter { value });
+            return Err(AddressError::ControlCharacter {
+                value: value.to_owned(),
+            });
         }
-        Ok(Self { kind, value })
+        Ok(Self {
+            kind,
+            value: value.to_owned(),
+        })
     }
 
     /// A local worker address. For names chosen in code: an invalid name is replaced by
     /// `invalid`, which no worker registers, so a mistake is a dropped message, not a panic.
-    pub fn local(value: impl Into<String>) -> Self {
+    pub fn local(value: impl AsRef<str>) -> Self {
         Self::try_new(LOCAL, value).unwrap_or_else(|_| Self {
             kind: LOCAL,
             value: "invalid".to_owned(),

@@ -31,6 +31,9 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 /// in many small frames, or several large ones. Nothing is allocated for an idle connection.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// 64 KiB: the most the reader reserves ahead of bytes that have actually arrived.
+const MAX_READ_RESERVE: usize = 64 * 1024;
+
 /// Exchange protocol version bytes: each side writes its own, then reads the peer's.
 pub(crate) async fn preamble(
     stream: &mut TcpStream,
@@ -112,7 +115,9 @@ async fn read_frames(
                         // Idle: wait for the first byte before allocating anything.
                         break;
                     }
-                    buf.reserve(needed.max(READ_CHUNK));
+                    // Grow as bytes arrive rather than by what the prefix announces, so four
+                    // bytes from a peer cannot make us reserve a whole maximum-size frame.
+                    buf.reserve(needed.clamp(READ_CHUNK, MAX_READ_RESERVE));
                     break;
                 }
             }
