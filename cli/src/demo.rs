@@ -64,8 +64,8 @@ pub async fn run(out: &Output) -> Result<()> {
     report.say(
         out,
         format!(
-            "Stopped alice and bob and removed the temporary KITH_HOME ({:.1} s in all)",
-            started.elapsed().as_secs_f64()
+            "Stopped alice and bob and removed the temporary KITH_HOME ({:.0} ms in all)",
+            started.elapsed().as_secs_f64() * 1000.0
         ),
     );
     if out.is_json() {

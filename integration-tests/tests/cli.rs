@@ -296,8 +296,9 @@ fn garbage_from_a_raw_client_does_not_hurt_the_daemon() {
         &[1, 0, 0, 0, 200, 1, 2][..], // closes mid-frame
     ] {
         let mut s = TcpStream::connect(&listener).unwrap();
-        s.write_all(bytes).unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
+        // The daemon may close on the first bad byte, before we finish: that is the point.
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink);

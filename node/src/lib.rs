@@ -16,6 +16,7 @@ mod error;
 mod message;
 mod node;
 mod router;
+mod sink;
 mod worker;
 
 pub use access::{AllowAll, AllowLocal, AllowOrigins, AllowTransport, IncomingAccessControl};
@@ -24,6 +25,7 @@ pub use context::{Client, Context};
 pub use echo::Echo;
 pub use error::{DisplayChain, RequestError, RouteError, StartError, WorkerError};
 pub use message::{LocalInfo, Message, Origin};
-pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE};
+pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE, SinkHandle};
 pub use router::{ResolveFuture, Transport};
+pub use sink::{MessageSink, ReadyFuture, SinkError};
 pub use worker::Worker;

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    Address, AllowAll, AllowLocal, Client, Context, IncomingAccessControl, Message, StartError,
-    Transport, Worker,
+    Address, AllowAll, AllowLocal, Client, Context, IncomingAccessControl, Message, MessageSink,
+    StartError, Transport, Worker,
 };
 
 /// 256 messages: enough to absorb a burst from a fast connection while the worker catches
@@ -24,8 +24,16 @@ pub const MAILBOX_CAPACITY: usize = 256;
 /// 5 s: how long shutdown waits for workers and connections to finish before aborting them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Where a registered address delivers.
+pub(crate) enum Target {
+    /// A bounded mailbox drained by a worker or an owner's task.
+    Mailbox(mpsc::Sender<Message>),
+    /// A sink that takes messages synchronously.
+    Sink(Arc<dyn MessageSink>),
+}
+
 pub(crate) struct Entry {
-    pub(crate) tx: mpsc::Sender<Message>,
+    pub(crate) target: Target,
     pub(crate) policy: Arc<dyn IncomingAccessControl>,
     id: u64,
     stop: CancellationToken,
@@ -149,6 +157,45 @@ impl Drop for Mailbox {
     }
 }
 
+struct Registration {
+    id: u64,
+    primary: Address,
+    addresses: Arc<[Address]>,
+    stop: CancellationToken,
+}
+
+/// A registered [`MessageSink`]. Dropping it unregisters the addresses.
+pub struct SinkHandle {
+    node: Node,
+    id: u64,
+    primary: Address,
+    addresses: Arc<[Address]>,
+    stop: CancellationToken,
+}
+
+impl SinkHandle {
+    /// The first address.
+    pub fn address(&self) -> &Address {
+        &self.primary
+    }
+
+    /// Cancelled when the sink is stopped (`Node::stop_worker`) or the node shuts down.
+    pub fn stop_token(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl Drop for SinkHandle {
+    fn drop(&mut self) {
+        self.node.unregister(self.id, &self.addresses);
+    }
+}
+
 impl Node {
     /// A new node named `name` (used in logs), with no transport and no worker.
     pub fn new(name: impl Into<String>) -> Self {
@@ -212,6 +259,42 @@ impl Node {
         addresses: impl IntoIterator<Item = Address>,
         policy: Arc<dyn IncomingAccessControl>,
     ) -> Result<Mailbox, StartError> {
+        let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
+        let r = self.register(addresses, policy, Target::Mailbox(tx))?;
+        Ok(Mailbox {
+            node: self.clone(),
+            id: r.id,
+            primary: r.primary,
+            addresses: r.addresses,
+            rx,
+            stop: r.stop,
+        })
+    }
+
+    /// Register `sink` under `addresses` with `policy`. The registration lasts as long as the
+    /// returned handle.
+    pub fn register_sink(
+        &self,
+        addresses: impl IntoIterator<Item = Address>,
+        policy: Arc<dyn IncomingAccessControl>,
+        sink: Arc<dyn MessageSink>,
+    ) -> Result<SinkHandle, StartError> {
+        let r = self.register(addresses, policy, Target::Sink(sink))?;
+        Ok(SinkHandle {
+            node: self.clone(),
+            id: r.id,
+            primary: r.primary,
+            addresses: r.addresses,
+            stop: r.stop,
+        })
+    }
+
+    fn register(
+        &self,
+        addresses: impl IntoIterator<Item = Address>,
+        policy: Arc<dyn IncomingAccessControl>,
+        target: Target,
+    ) -> Result<Registration, StartError> {
         if self.is_shutting_down() {
             return Err(StartError::ShuttingDown);
         }
@@ -222,12 +305,11 @@ impl Node {
         if let Some(a) = addresses.iter().find(|a| !a.is_local()) {
             return Err(StartError::NotLocal(a.clone()));
         }
-        let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let stop = self.inner.workers.child_token();
-        // Shared by all the mailbox's addresses; routing clones the Arc, never the entry.
+        // Shared by all the registration's addresses; routing clones the Arc, never the entry.
         let entry = Arc::new(Entry {
-            tx,
+            target,
             policy,
             id,
             stop: stop.clone(),
@@ -245,12 +327,10 @@ impl Node {
             map.insert(a.clone(), entry.clone());
         }
         drop(map);
-        Ok(Mailbox {
-            node: self.clone(),
+        Ok(Registration {
             id,
             primary,
             addresses,
-            rx,
             stop,
         })
     }

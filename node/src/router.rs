@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 
 use tracing::{debug, warn};
 
-use crate::node::Entry;
-use crate::{Address, Message, Node, RouteError};
+use crate::node::{Entry, Target};
+use crate::{Address, Message, Node, RouteError, SinkError};
 
 /// What [`Transport::resolve`] returns.
 pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = Result<Address, RouteError>> + Send + 'a>>;
@@ -112,19 +112,32 @@ impl Node {
             return Err(RouteError::Denied(next.clone()));
         }
         let to = next.clone();
-        match entry.tx.send(message).await {
-            Ok(()) => {
-                self.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+        let delivered = match &entry.target {
+            Target::Mailbox(tx) => tx.send(message).await.is_ok(),
+            Target::Sink(sink) => {
+                let mut message = message;
+                loop {
+                    match sink.try_deliver(message) {
+                        Ok(()) => break true,
+                        Err(SinkError::Closed(_)) => break false,
+                        Err(SinkError::Full(m)) => {
+                            message = m;
+                            sink.ready().await;
+                        }
+                    }
+                }
             }
-            Err(_) => {
-                self.inner
-                    .stats
-                    .dropped_closed
-                    .fetch_add(1, Ordering::Relaxed);
-                debug!(node = %self.name(), address = %to, "dropped a message for a stopped worker");
-                Err(RouteError::Closed(to))
-            }
+        };
+        if delivered {
+            self.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        } else {
+            self.inner
+                .stats
+                .dropped_closed
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(node = %self.name(), address = %to, "dropped a message for a stopped worker");
+            Err(RouteError::Closed(to))
         }
     }
 

@@ -1,31 +1,42 @@
-//! One TCP connection: the preamble, then a writer that coalesces queued messages into one
-//! write and a reader that decodes frames and routes what they carry.
+//! One TCP connection: the preamble, then an outbox that senders write through and a reader
+//! that decodes frames and routes what they carry.
 //!
-//! The writer drains the connection's mailbox; the reader stamps every message with the
-//! connection as its origin and prepends the connection's address to the return route, so
-//! answers come back the same way. Whichever side ends first ends the connection: a bad frame
-//! closes it, never resynchronizes.
+//! The outbox is the connection's registered sink. A sender encodes its message into the
+//! outbox and, when the socket is not backed up, writes it straight away from its own task,
+//! so no task hand-off is paid per message. When the socket pushes back, frames accumulate in
+//! the outbox and a flusher writes them in one go (write coalescing) once the socket is
+//! writable; past [`MAX_PENDING`] bytes senders wait. The reader stamps every message with the
+//! connection as its origin and prepends the connection's return address, so answers come back
+//! the same way. Whichever side fails first ends the connection: a bad frame closes it, never
+//! resynchronizes.
 
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use kith_node::{Address, DisplayChain, LocalInfo, MAX_ROUTE_LEN, Mailbox, Message, Node, Origin};
+use bytes::{Buf, BytesMut};
+use kith_node::{
+    Address, AllowAll, DisplayChain, LocalInfo, MAX_ROUTE_LEN, Message, MessageSink, Node, Origin,
+    ReadyFuture, SinkError, SinkHandle, StartError,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::frame::{self, FrameStatus, KEEPALIVE, LEN_PREFIX};
 use crate::tcp::{Counters, TcpOptions};
 use crate::{ConnectionError, PROTOCOL_VERSION, TransportMessage};
 
-/// 64 KiB: how many bytes of queued frames the writer gathers into one write. Large enough to
-/// batch many small messages into one syscall, small enough to keep latency low.
-const COALESCE_LIMIT: usize = 64 * 1024;
+/// 1 MiB: encoded bytes that may wait for a slow peer before senders are made to wait. Enough
+/// to keep a fast link busy between writes; little enough that a peer that stops reading
+/// costs us a bounded amount.
+pub(crate) const MAX_PENDING: usize = 1024 * 1024;
 
 /// 16 KiB: the least the reader asks for at a time once data flows, so one read syscall takes
 /// in many small frames, or several large ones. Nothing is allocated for an idle connection.
@@ -33,6 +44,9 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// 64 KiB: the most the reader reserves ahead of bytes that have actually arrived.
 const MAX_READ_RESERVE: usize = 64 * 1024;
+
+/// 1 s: at shutdown, how long queued frames may take to go out before the socket closes.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
 /// Exchange protocol version bytes: each side writes its own, then reads the peer's.
 pub(crate) async fn preamble(
@@ -58,37 +72,99 @@ pub(crate) async fn preamble(
         .map_err(|_| ConnectionError::PreambleTimeout(timeout))?
 }
 
-/// Drive a connection until either direction ends. `mailbox` is the connection's sender; it
-/// survives the connection, so a persistent connection reuses it for the next one.
-pub(crate) async fn run(
-    stream: TcpStream,
+/// A connection whose outbox is registered and ready to [`Connection::run`].
+pub(crate) struct Connection {
+    handle: SinkHandle,
+    outbox: Arc<Outbox>,
+    read: OwnedReadHalf,
     peer: SocketAddr,
-    mailbox: &mut Mailbox,
-    options: &TcpOptions,
-    counters: &Arc<Counters>,
-) -> Result<(), ConnectionError> {
-    let (read, write) = stream.into_split();
-    let node = mailbox.node().clone();
-    let me = mailbox.address().clone();
-    let reader = read_frames(read, &node, &me, options, counters);
-    let writer = write_frames(write, mailbox, options, counters);
-    let result = tokio::select! {
-        r = reader => r,
-        r = writer => r,
-    };
-    match &result {
-        Ok(()) => debug!(%peer, connection = %me, "connection closed"),
-        Err(e) => {
-            warn!(%peer, connection = %me, error = %DisplayChain(e), "connection closed with an error")
-        }
+    return_address: Address,
+}
+
+impl Connection {
+    /// Register the connection's outbox with `node`. Messages that arrive on it get
+    /// `return_address` (default: the outbox's own address) in front of their return route.
+    pub(crate) fn establish(
+        node: &Node,
+        stream: TcpStream,
+        peer: SocketAddr,
+        options: &TcpOptions,
+        counters: &Arc<Counters>,
+        return_address: Option<Address>,
+    ) -> Result<Self, StartError> {
+        let (read, write) = stream.into_split();
+        let outbox = Arc::new(Outbox {
+            write,
+            state: Mutex::new(OutState {
+                pending: BytesMut::new(),
+                blocked: false,
+                failed: None,
+                closed: false,
+                last_write: Instant::now(),
+            }),
+            flush: Notify::new(),
+            space: Notify::new(),
+            max_frame_len: options.max_frame_len,
+            counters: counters.clone(),
+        });
+        let handle = node.register_sink(
+            [Address::random_local("tcp")],
+            Arc::new(AllowAll),
+            outbox.clone(),
+        )?;
+        let return_address = return_address.unwrap_or_else(|| handle.address().clone());
+        Ok(Self {
+            handle,
+            outbox,
+            read,
+            peer,
+            return_address,
+        })
     }
-    result
+
+    /// The local address that sends on this connection.
+    pub(crate) fn address(&self) -> &Address {
+        self.handle.address()
+    }
+
+    /// Serve the connection until either direction ends or it is stopped.
+    pub(crate) async fn run(
+        self,
+        options: &TcpOptions,
+        counters: &Counters,
+    ) -> Result<(), ConnectionError> {
+        let Self {
+            handle,
+            outbox,
+            read,
+            peer,
+            return_address,
+        } = self;
+        let me = handle.address().clone();
+        let node = handle.node().clone();
+        let stop = handle.stop_token().clone();
+        let result = tokio::select! {
+            r = read_frames(read, &node, &return_address, options, counters) => r,
+            r = flush_frames(&outbox, options, &stop) => r,
+        };
+        outbox.close();
+        // Unregistering drops the router's reference to the outbox; the write half closes
+        // when the last reference goes.
+        drop(handle);
+        match &result {
+            Ok(()) => debug!(%peer, connection = %me, "connection closed"),
+            Err(e) => {
+                warn!(%peer, connection = %me, error = %DisplayChain(e), "connection closed with an error")
+            }
+        }
+        result
+    }
 }
 
 async fn read_frames(
     mut read: OwnedReadHalf,
     node: &Node,
-    me: &Address,
+    return_address: &Address,
     options: &TcpOptions,
     counters: &Counters,
 ) -> Result<(), ConnectionError> {
@@ -108,7 +184,7 @@ async fn read_frames(
                         counters.invalid.fetch_add(1, Ordering::Relaxed);
                     })?;
                     counters.frames_in.fetch_add(1, Ordering::Relaxed);
-                    deliver(node, me, m, counters).await;
+                    deliver(node, return_address, m, counters).await;
                 }
                 FrameStatus::Incomplete { needed } => {
                     if buf.is_empty() && buf.capacity() == 0 {
@@ -137,21 +213,21 @@ async fn read_frames(
     }
 }
 
-async fn deliver(node: &Node, me: &Address, m: TransportMessage, counters: &Counters) {
+async fn deliver(node: &Node, return_address: &Address, m: TransportMessage, counters: &Counters) {
     if m.return_route.len() >= MAX_ROUTE_LEN {
         counters.dropped.fetch_add(1, Ordering::Relaxed);
-        warn!(connection = %me, "dropped a message whose return route is already at the hop limit");
+        warn!(connection = %return_address, "dropped a message whose return route is already at the hop limit");
         return;
     }
     let mut return_route = m.return_route;
-    return_route.prepend(me.clone());
+    return_route.prepend(return_address.clone());
     let message = Message {
         onward_route: m.onward_route,
         return_route,
         payload: m.payload,
         local_info: LocalInfo {
             origin: Origin::Transport {
-                connection: me.clone(),
+                connection: return_address.clone(),
             },
         },
     };
@@ -160,79 +236,182 @@ async fn deliver(node: &Node, me: &Address, m: TransportMessage, counters: &Coun
     let _ = node.route(message).await;
 }
 
-async fn write_frames(
-    mut write: OwnedWriteHalf,
-    mailbox: &mut Mailbox,
+/// Wake when senders left bytes behind, or when the connection has been idle for the
+/// keep-alive interval; then write until the outbox is empty.
+async fn flush_frames(
+    outbox: &Outbox,
     options: &TcpOptions,
-    counters: &Counters,
+    stop: &CancellationToken,
 ) -> Result<(), ConnectionError> {
-    // Allocated on the first write and reused after, so idle connections hold no buffer.
-    let mut buf = BytesMut::new();
-    let mut last_write = Instant::now();
     loop {
-        let next = tokio::select! {
-            m = mailbox.recv() => m,
-            () = tokio::time::sleep_until(last_write + options.keepalive_interval) => {
-                buf.extend_from_slice(&KEEPALIVE);
-                flush(&mut write, &mut buf, options).await?;
-                last_write = Instant::now();
-                continue;
+        let keepalive_due = outbox.lock().last_write + options.keepalive_interval;
+        tokio::select! {
+            () = stop.cancelled() => {
+                let _ = tokio::time::timeout(FINAL_FLUSH, outbox.drain(FINAL_FLUSH)).await;
+                return Ok(());
             }
+            () = outbox.flush.notified() => {}
+            () = tokio::time::sleep_until(keepalive_due) => outbox.push_keepalive(options.keepalive_interval),
+        }
+        outbox.drain(options.write_timeout).await?;
+    }
+}
+
+struct OutState {
+    /// Encoded frames not yet written.
+    pending: BytesMut,
+    /// The socket pushed back; the flusher owns writing until `pending` is empty.
+    blocked: bool,
+    /// A sender's write failed; the flusher reports it.
+    failed: Option<io::Error>,
+    /// The connection is over; senders get their message back.
+    closed: bool,
+    last_write: Instant,
+}
+
+/// The connection's sink: encoded frames on their way to the socket.
+struct Outbox {
+    write: OwnedWriteHalf,
+    state: Mutex<OutState>,
+    /// Tells the flusher there is something to write.
+    flush: Notify,
+    /// Tells waiting senders there is room again.
+    space: Notify,
+    max_frame_len: usize,
+    counters: Arc<Counters>,
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.space.notify_waiters();
+    }
+
+    fn push_keepalive(&self, interval: Duration) {
+        let mut st = self.lock();
+        if st.pending.is_empty() && st.last_write.elapsed() >= interval {
+            st.pending.extend_from_slice(&KEEPALIVE);
+        }
+    }
+
+    /// Write until nothing is pending, waiting for the socket as needed.
+    async fn drain(&self, timeout: Duration) -> Result<(), ConnectionError> {
+        loop {
+            {
+                let mut st = self.lock();
+                if let Some(e) = st.failed.take() {
+                    return Err(e.into());
+                }
+                if st.pending.is_empty() {
+                    st.blocked = false;
+                    drop(st);
+                    self.space.notify_waiters();
+                    return Ok(());
+                }
+                match self.write.try_write(&st.pending) {
+                    Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                    Ok(n) => {
+                        let was_full = st.pending.len() >= MAX_PENDING;
+                        st.pending.advance(n);
+                        st.last_write = Instant::now();
+                        if was_full && st.pending.len() < MAX_PENDING {
+                            self.space.notify_waiters();
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.blocked = true,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            tokio::time::timeout(timeout, self.write.writable())
+                .await
+                .map_err(|_| ConnectionError::WriteTimeout(timeout))??;
+        }
+    }
+
+    fn encode(&self, mut m: Message, pending: &mut BytesMut) {
+        // The first hop is this connection's own address.
+        m.onward_route.step();
+        if m.onward_route.is_empty() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            warn!("dropped a message with nothing to route after the connection");
+            return;
+        }
+        let t = TransportMessage {
+            onward_route: m.onward_route,
+            return_route: m.return_route,
+            payload: m.payload,
         };
-        let Some(first) = next else {
-            let _ = write.shutdown().await;
+        match t.encode_frame(pending, self.max_frame_len) {
+            Some(_) => {
+                self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    payload_len = t.payload.len(),
+                    max = self.max_frame_len,
+                    "dropped a message too large for one frame"
+                );
+            }
+        }
+    }
+}
+
+impl MessageSink for Outbox {
+    fn try_deliver(&self, message: Message) -> Result<(), SinkError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.closed || st.failed.is_some() {
+            return Err(SinkError::Closed(message));
+        }
+        if st.pending.len() >= MAX_PENDING {
+            return Err(SinkError::Full(message));
+        }
+        self.encode(message, &mut st.pending);
+        if st.blocked || st.pending.is_empty() {
+            // The flusher owns the socket until the backlog is gone.
             return Ok(());
-        };
-        encode(first, &mut buf, options, counters);
-        while buf.len() < COALESCE_LIMIT {
-            match mailbox.try_recv() {
-                Some(m) => encode(m, &mut buf, options, counters),
-                None => break,
+        }
+        match self.write.try_write(&st.pending) {
+            Ok(n) => {
+                st.pending.advance(n);
+                st.last_write = Instant::now();
+                if !st.pending.is_empty() {
+                    st.blocked = true;
+                    self.flush.notify_one();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                st.blocked = true;
+                self.flush.notify_one();
+            }
+            Err(e) => {
+                st.failed = Some(e);
+                self.flush.notify_one();
             }
         }
-        if !buf.is_empty() {
-            flush(&mut write, &mut buf, options).await?;
-            last_write = Instant::now();
-        }
+        Ok(())
     }
-}
 
-fn encode(mut m: Message, buf: &mut BytesMut, options: &TcpOptions, counters: &Counters) {
-    // The first hop is this connection's own address.
-    m.onward_route.step();
-    if m.onward_route.is_empty() {
-        counters.dropped.fetch_add(1, Ordering::Relaxed);
-        warn!("dropped a message with nothing to route after the connection");
-        return;
+    fn ready(&self) -> ReadyFuture<'_> {
+        Box::pin(async move {
+            loop {
+                let notified = self.space.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let st = self.lock();
+                    if st.closed || st.pending.len() < MAX_PENDING {
+                        return;
+                    }
+                }
+                notified.await;
+            }
+        })
     }
-    let t = TransportMessage {
-        onward_route: m.onward_route,
-        return_route: m.return_route,
-        payload: m.payload,
-    };
-    match t.encode_frame(buf, options.max_frame_len) {
-        Some(_) => {
-            counters.frames_out.fetch_add(1, Ordering::Relaxed);
-        }
-        None => {
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
-            warn!(
-                payload_len = t.payload.len(),
-                max = options.max_frame_len,
-                "dropped a message too large for one frame"
-            );
-        }
-    }
-}
-
-async fn flush(
-    write: &mut OwnedWriteHalf,
-    buf: &mut BytesMut,
-    options: &TcpOptions,
-) -> Result<(), ConnectionError> {
-    tokio::time::timeout(options.write_timeout, write.write_all(buf))
-        .await
-        .map_err(|_| ConnectionError::WriteTimeout(options.write_timeout))??;
-    buf.clear();
-    Ok(())
 }

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OnceCell, Semaphore, watch};
 use tracing::{debug, info, warn};
 
-use crate::connection;
+use crate::connection::{self, Connection};
 use crate::frame::DEFAULT_MAX_FRAME_LEN;
 use crate::{ConnectionError, TransportError};
 
@@ -325,25 +325,23 @@ async fn serve_incoming(inner: Arc<Inner>, mut stream: TcpStream, peer: SocketAd
         warn!(%peer, error = %DisplayChain(&e), "refused a connection");
         return;
     }
-    let Ok(mut mailbox) = inner
-        .node
-        .register_mailbox([Address::random_local("tcp")], Arc::new(AllowAll))
-    else {
+    let Ok(conn) = Connection::establish(
+        &inner.node,
+        stream,
+        peer,
+        &inner.options,
+        &inner.counters,
+        None,
+    ) else {
         return;
     };
     inner.counters.accepted.fetch_add(1, Ordering::Relaxed);
-    debug!(%peer, connection = %mailbox.address(), "accepted a connection");
-    run_tracked(&inner, stream, peer, &mut mailbox, Direction::Incoming).await;
+    debug!(%peer, connection = %conn.address(), "accepted a connection");
+    run_tracked(&inner, conn, peer, Direction::Incoming).await;
 }
 
-async fn run_tracked(
-    inner: &Arc<Inner>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    mailbox: &mut Mailbox,
-    direction: Direction,
-) {
-    let address = mailbox.address().clone();
+async fn run_tracked(inner: &Arc<Inner>, conn: Connection, peer: SocketAddr, direction: Direction) {
+    let address = conn.address().clone();
     if let Ok(mut open) = inner.open.lock() {
         open.insert(
             address.clone(),
@@ -354,11 +352,11 @@ async fn run_tracked(
             },
         );
     }
-    let result = connection::run(stream, peer, mailbox, &inner.options, &inner.counters).await;
+    // The connection logs how it ended.
+    let _: Result<(), ConnectionError> = conn.run(&inner.options, &inner.counters).await;
     if let Ok(mut open) = inner.open.lock() {
         open.remove(&address);
     }
-    let _: Result<(), ConnectionError> = result;
 }
 
 /// Dial `peer`, exchange versions, and start serving the connection.
@@ -393,17 +391,22 @@ async fn open_stream(inner: &Inner, peer: &str) -> Result<(TcpStream, SocketAddr
 
 async fn dial(inner: &Arc<Inner>, peer: &str) -> Result<Address, TransportError> {
     let (stream, remote) = open_stream(inner, peer).await?;
-    let mut mailbox = inner
-        .node
-        .register_mailbox([Address::random_local("tcp")], Arc::new(AllowAll))
-        .map_err(|_| TransportError::ShuttingDown)?;
-    let address = mailbox.address().clone();
+    let conn = Connection::establish(
+        &inner.node,
+        stream,
+        remote,
+        &inner.options,
+        &inner.counters,
+        None,
+    )
+    .map_err(|_| TransportError::ShuttingDown)?;
+    let address = conn.address().clone();
     debug!(%peer, connection = %address, "connected");
     let inner2 = inner.clone();
     let peer = peer.to_owned();
     let addr2 = address.clone();
     inner.node.spawn(async move {
-        run_tracked(&inner2, stream, remote, &mut mailbox, Direction::Outgoing).await;
+        run_tracked(&inner2, conn, remote, Direction::Outgoing).await;
         forget_peer(&inner2, &peer, &addr2);
     });
     Ok(address)
@@ -431,12 +434,28 @@ async fn keep_up(
     while !stop.is_cancelled() {
         match open_stream(&inner, &peer).await {
             Ok((stream, remote)) => {
+                // Answers come back to the stable address, whichever connection carried them.
+                let stable = Some(mailbox.address().clone());
+                let Ok(conn) = Connection::establish(
+                    &inner.node,
+                    stream,
+                    remote,
+                    &inner.options,
+                    &inner.counters,
+                    stable,
+                ) else {
+                    break;
+                };
                 epoch += 1;
                 attempt = 0;
                 backoff = inner.options.reconnect_min;
                 let _ = state.send(ConnectionState::Connected { epoch });
                 info!(%peer, connection = %mailbox.address(), epoch, "persistent connection up");
-                run_tracked(&inner, stream, remote, &mut mailbox, Direction::Outgoing).await;
+                let current = conn.address().clone();
+                tokio::select! {
+                    () = run_tracked(&inner, conn, remote, Direction::Outgoing) => {}
+                    () = forward(&inner.node, &mut mailbox, &current) => {}
+                }
                 if stop.is_cancelled() {
                     break;
                 }
@@ -457,6 +476,16 @@ async fn keep_up(
     }
     forget_peer(&inner, &peer, mailbox.address());
     let _ = state.send(ConnectionState::Stopped);
+}
+
+/// Pass what is sent to the stable address on to the current connection. Messages wait in
+/// the stable mailbox while there is none.
+async fn forward(node: &Node, mailbox: &mut Mailbox, current: &Address) {
+    while let Some(mut m) = mailbox.recv().await {
+        m.onward_route.replace_next(current.clone());
+        // The node counts a drop if the connection has just closed.
+        let _ = node.route(m).await;
+    }
 }
 
 /// Up to 25% less than `d`, so that many nodes that lost the same peer do not redial in step.
