@@ -297,3 +297,66 @@ async fn port_in_use_is_a_clear_error() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot listen on"), "{err}");
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_makes_senders_wait_and_then_gets_everything_in_order() {
+    const FRAMES: usize = 1024; // 64 MiB in all: far beyond the outbox cap and socket buffers
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = listener.local_addr().unwrap().to_string();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(&[1]).await.unwrap();
+        let mut v = [0u8; 1];
+        s.read_exact(&mut v).await.unwrap();
+        go_rx.await.unwrap(); // stop reading until told
+        let mut seen = Vec::new();
+        while seen.len() < FRAMES {
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).await.unwrap();
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            s.read_exact(&mut body).await.unwrap();
+            if body.is_empty() {
+                continue; // keep-alive
+            }
+            let m = TransportMessage::decode(&Bytes::from(body)).unwrap();
+            seen.push(u32::from_be_bytes(m.payload[..4].try_into().unwrap()));
+        }
+        seen
+    });
+
+    let (a, _ta, _) = node("a", TcpOptions::default()).await;
+    let sender = {
+        let a = a.clone();
+        let route = to(&peer, "sink");
+        tokio::spawn(async move {
+            let client = a.client().unwrap();
+            for i in 0..FRAMES as u32 {
+                let mut payload = vec![0u8; 64 * 1024];
+                payload[..4].copy_from_slice(&i.to_be_bytes());
+                client.send(route.clone(), payload).await.unwrap();
+            }
+        })
+    };
+    // The peer reads nothing, so the sender must be held back rather than buffer 64 MiB.
+    let mut sender = sender;
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut sender).await;
+    assert!(
+        early.is_err(),
+        "all 64 MiB were accepted by a connection whose peer reads nothing"
+    );
+    go_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), sender)
+        .await
+        .unwrap()
+        .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen,
+        (0..FRAMES as u32).collect::<Vec<_>>(),
+        "frames lost or reordered"
+    );
+}
