@@ -360,3 +360,31 @@ async fn a_peer_that_stops_reading_makes_senders_wait_and_then_gets_everything_i
         "frames lost or reordered"
     );
 }
+
+#[tokio::test]
+async fn keepalives_hold_an_idle_connection_open_past_the_idle_timeout() {
+    let options = TcpOptions {
+        keepalive_interval: Duration::from_millis(50),
+        idle_timeout: Duration::from_millis(200),
+        ..TcpOptions::default()
+    };
+    let (a, ta, _) = node("a", options.clone()).await;
+    let (_b, tb, b_addr) = node("b", options).await;
+    let mut client = a.client().unwrap();
+    client
+        .request(to(&b_addr, "echo"), "one", WAIT)
+        .await
+        .unwrap();
+    // Stay quiet for three idle timeouts: only keep-alives cross the connection.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        (ta.stats().open, tb.stats().open),
+        (1, 1),
+        "the idle connection was dropped"
+    );
+    client
+        .request(to(&b_addr, "echo"), "two", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(ta.stats().dialed, 1, "a second connection was needed");
+}
