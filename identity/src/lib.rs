@@ -20,12 +20,12 @@
     )
 )]
 
+pub mod channel;
 mod codec;
 mod credential;
 mod error;
 mod identifier;
 mod identity;
-
 mod purpose;
 
 pub use credential::{

@@ -262,6 +262,31 @@ impl SecureChannelKey {
         }
     }
 
+    /// A key loaded from a vault: its secret bytes and the attestation stored with them.
+    /// Returns `None` if the attestation is not for this key or not for secure channels.
+    pub fn from_stored(secret: &[u8; 32], attestation: PurposeKeyAttestation) -> Option<Self> {
+        let key = StaticSecret::from(*secret);
+        let public = x25519_dalek::PublicKey::from(&key).to_bytes();
+        (attestation.purpose() == Purpose::SecureChannel && *attestation.public_key() == public)
+            .then_some(Self {
+                secret: key,
+                attestation,
+            })
+    }
+
+    /// A key whose attestation is for another key: only for tests of the check that
+    /// refuses such a peer.
+    #[cfg(test)]
+    pub(crate) fn mismatched_for_test(
+        secret: StaticSecret,
+        attestation: PurposeKeyAttestation,
+    ) -> Self {
+        Self {
+            secret,
+            attestation,
+        }
+    }
+
     /// The attestation.
     pub fn attestation(&self) -> &PurposeKeyAttestation {
         &self.attestation
@@ -310,9 +335,26 @@ impl CredentialSigningKey {
         }
     }
 
+    /// A key loaded from a vault: its secret bytes and the attestation stored with them.
+    /// Returns `None` if the attestation is not for this key or not for credentials.
+    pub fn from_stored(secret: &[u8; 32], attestation: PurposeKeyAttestation) -> Option<Self> {
+        let key = SigningKey::from_bytes(secret);
+        let matches = attestation.purpose() == Purpose::Credentials
+            && *attestation.public_key() == key.verifying_key().to_bytes();
+        matches.then_some(Self {
+            secret: key,
+            attestation,
+        })
+    }
+
     /// The attestation.
     pub fn attestation(&self) -> &PurposeKeyAttestation {
         &self.attestation
+    }
+
+    /// The 32 secret bytes, for a vault; zeroized when dropped.
+    pub fn secret_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.secret.to_bytes())
     }
 
     pub(crate) fn sign(&self, tag: &[u8], data: &[u8]) -> [u8; 64] {
@@ -392,6 +434,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn stored_keys_load_only_with_their_own_attestation() {
+        let (id, secret) = Identity::create(100);
+        let sc = SecureChannelKey::generate(&id, &secret, 1_000, 2_000);
+        let cs = CredentialSigningKey::generate(&id, &secret, 1_000, 2_000);
+        assert!(
+            SecureChannelKey::from_stored(&sc.secret_bytes(), sc.attestation().clone()).is_some()
+        );
+        assert!(
+            SecureChannelKey::from_stored(&sc.secret_bytes(), cs.attestation().clone()).is_none()
+        );
+        assert!(
+            CredentialSigningKey::from_stored(&cs.secret_bytes(), cs.attestation().clone())
+                .is_some()
+        );
+        assert!(CredentialSigningKey::from_stored(&[9; 32], cs.attestation().clone()).is_none());
     }
 
     #[test]

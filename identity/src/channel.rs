@@ -1,0 +1,1184 @@
+//! Secure channels, the pure part: the `Noise_XX_25519_AESGCM_SHA256` handshake that
+//! authenticates both identities, and the transport ciphers that follow it. No I/O and no
+//! clock: callers pass bytes and `now`.
+//!
+//! Handshake messages 2 (responder) and 3 (initiator) carry each side's *bundle*:
+//! `[identity changes, secure-channel purpose key attestation, [credential, …]]`. A side
+//! accepts the peer only if the identity's history verifies, the attestation is the
+//! identity's own and valid now, the Noise static key *is* the attested key, every credential
+//! verifies against the trusted authorities, and the admission rule lets the peer in.
+//!
+//! After the handshake, snow hands over the two split keys and we run the transport phase
+//! ourselves with the Noise cipher functions (spec §5.1, §4.2): AES-256-GCM with nonce
+//! `0u32 ‖ n` big-endian, empty associated data, and `REKEY(k)` = the first 32 bytes of
+//! `ENCRYPT(k, 2⁶⁴−1, ∅, 0³²)`. Each message carries its 8-byte nonce `n` in clear; a sliding
+//! window refuses replays and messages older than the window; keys rotate every
+//! `rekey_interval` messages. Doing this ourselves lets a receiver *try* the next epoch's key
+//! and adopt it only once a message has authenticated under it, so a forged nonce can
+//! never make it rekey.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kith_transport::TransportMessage;
+use minicbor::{Decoder, Encoder};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use zeroize::Zeroizing;
+
+use crate::codec::{array_of, array_up_to, bounded_bytes, finished};
+use crate::{
+    CLOCK_SKEW, CredentialAndPurposeKey, CredentialError, DecodeError, Identifier, Identity,
+    Purpose, PurposeKeyAttestation, SecureChannelKey,
+};
+
+/// The Noise protocol name (DESIGN §4).
+pub const NOISE_PATTERN: &str = "Noise_XX_25519_AESGCM_SHA256";
+
+/// The largest Noise message (spec §3).
+pub const MAX_NOISE_MESSAGE: usize = 65_535;
+
+/// AES-GCM tag length.
+const TAG_LEN: usize = 16;
+
+/// Bytes of the clear nonce in front of each transport message.
+pub const NONCE_LEN: usize = 8;
+
+/// The largest plaintext one channel message carries.
+pub const MAX_CHANNEL_PLAINTEXT: usize = MAX_NOISE_MESSAGE - TAG_LEN;
+
+/// 8 credentials: a member holds one per project it belongs to; more is abuse.
+pub const MAX_PEER_CREDENTIALS: usize = 8;
+
+/// 128 messages: how far out of order a message may arrive and still be accepted. Routes
+/// over TCP keep order; the window absorbs reordering by relays and retries.
+pub const REPLAY_WINDOW: u64 = 128;
+
+/// 2²⁰ messages (about 64 GiB of 64 KiB messages) per key, far inside AES-GCM's limits.
+pub const DEFAULT_REKEY_INTERVAL: u64 = 1 << 20;
+
+/// Domain of the channel verification code derived from the handshake hash.
+const CODE_TAG: &[u8] = b"kith/verification-code/1\0";
+
+/// Who we are in channels: identity, attested static key, credentials to present.
+pub struct LocalIdentity {
+    /// Our identity.
+    pub identity: Identity,
+    /// Our attested X25519 key.
+    pub key: SecureChannelKey,
+    /// Credentials we present.
+    pub credentials: Vec<CredentialAndPurposeKey>,
+}
+
+/// Which authenticated peers may complete a handshake with us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Any identity that proves itself.
+    AnyIdentity,
+    /// Only these identifiers.
+    Identifiers(BTreeSet<Identifier>),
+    /// Only holders of at least one valid credential from a trusted authority.
+    CredentialHolders,
+}
+
+/// Whom we trust to vouch for peers, and whom we admit.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// Authorities whose credentials we accept.
+    pub authorities: Vec<Identity>,
+    /// The admission rule.
+    pub admission: Admission,
+}
+
+/// The authenticated peer of a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its verified identity.
+    pub identity: Identity,
+    /// Its identifier.
+    pub identifier: Identifier,
+    /// Attributes from its verified credentials (later credentials win on conflicts).
+    pub attributes: BTreeMap<String, String>,
+    /// When the earliest of its credentials expires, if it presented any.
+    pub credentials_expire_at: Option<u64>,
+}
+
+/// Why a handshake failed. The detail is for our log; a peer learns only that it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// Noise itself failed: a truncated, altered or out-of-order handshake message.
+    #[error("noise handshake failed")]
+    Noise(#[from] snow::Error),
+    /// The peer's bundle is malformed.
+    #[error("malformed identity bundle")]
+    Bundle(#[from] DecodeError),
+    /// The peer's identity history does not verify.
+    #[error("invalid peer identity")]
+    Identity(#[from] crate::IdentityError),
+    /// The peer's secure-channel key attestation is not acceptable.
+    #[error("invalid secure-channel key attestation")]
+    Attestation(#[from] crate::AttestationError),
+    /// The Noise static key is not the attested key.
+    #[error("the peer's Noise static key is not the key its identity attested")]
+    StaticKeyMismatch,
+    /// A credential did not verify.
+    #[error("the peer presented an invalid credential")]
+    Credential(#[from] CredentialError),
+    /// The peer authenticated but is not admitted.
+    #[error("{0} is not admitted: {1}")]
+    NotAdmitted(Identifier, &'static str),
+    /// A message arrived when none was expected.
+    #[error("unexpected handshake message")]
+    Unexpected,
+}
+
+/// Why a transport message was refused. The channel goes on; the message is dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    /// Too short to hold a nonce and a tag.
+    #[error("channel message of {0} bytes is too short")]
+    Truncated(usize),
+    /// Too long for one Noise message.
+    #[error("channel message of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Length.
+        len: usize,
+        /// Maximum.
+        max: usize,
+    },
+    /// Seen before.
+    #[error("replayed channel message (nonce {0})")]
+    Replayed(u64),
+    /// Older than the replay window.
+    #[error("channel message nonce {0} is older than the replay window")]
+    TooOld(u64),
+    /// More than one key epoch ahead of what we have seen.
+    #[error("channel message nonce {0} skips a whole key epoch")]
+    EpochSkipped(u64),
+    /// Authentication failed: altered, forged, or for another channel.
+    #[error("channel message (nonce {0}) failed authentication")]
+    Authentication(u64),
+    /// The nonce space is used up; open a new channel.
+    #[error("the channel has sent 2^64-1 messages; open a new one")]
+    Exhausted,
+}
+
+fn encode_bundle(local: &LocalIdentity) -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new());
+    let _ = e
+        .array(3)
+        .and_then(|e| e.bytes(&local.identity.export()))
+        .and_then(|e| e.bytes(&local.key.attestation().encode()))
+        .and_then(|e| e.array(local.credentials.len() as u64));
+    for c in &local.credentials {
+        let _ = e.bytes(&c.encode());
+    }
+    e.into_writer()
+}
+
+/// Check a peer's bundle against the Noise static key it proved it holds.
+fn verify_peer(
+    bundle: &[u8],
+    remote_static: &[u8],
+    trust: &Trust,
+    now: u64,
+) -> Result<Peer, HandshakeError> {
+    let mut d = Decoder::new(bundle);
+    array_of(&mut d, 3, "identity bundle")?;
+    let identity = Identity::import(bounded_bytes(&mut d, MAX_NOISE_MESSAGE, "identity")?, None)?;
+    let attestation =
+        PurposeKeyAttestation::decode(bounded_bytes(&mut d, MAX_NOISE_MESSAGE, "attestation")?)?;
+    let n = array_up_to(&mut d, MAX_PEER_CREDENTIALS, "credentials")?;
+    let mut credentials = Vec::new();
+    for _ in 0..n {
+        credentials.push(CredentialAndPurposeKey::decode(bounded_bytes(
+            &mut d,
+            MAX_NOISE_MESSAGE,
+            "credential",
+        )?)?);
+    }
+    finished(&d, bundle)?;
+
+    attestation.verify(&identity, Purpose::SecureChannel, now, CLOCK_SKEW)?;
+    if attestation.public_key().as_slice() != remote_static {
+        return Err(HandshakeError::StaticKeyMismatch);
+    }
+    let identifier = *identity.identifier();
+    let mut attributes = BTreeMap::new();
+    let mut credentials_expire_at: Option<u64> = None;
+    for c in &credentials {
+        let v = c.verify(&identifier, &trust.authorities, now)?;
+        attributes.extend(v.attributes);
+        credentials_expire_at =
+            Some(credentials_expire_at.map_or(v.expires_at, |e| e.min(v.expires_at)));
+    }
+    match &trust.admission {
+        Admission::AnyIdentity => {}
+        Admission::Identifiers(ids) if ids.contains(&identifier) => {}
+        Admission::Identifiers(_) => {
+            return Err(HandshakeError::NotAdmitted(
+                identifier,
+                "not on the allowed list",
+            ));
+        }
+        Admission::CredentialHolders if credentials_expire_at.is_some() => {}
+        Admission::CredentialHolders => {
+            return Err(HandshakeError::NotAdmitted(
+                identifier,
+                "no credential from a trusted authority",
+            ));
+        }
+    }
+    Ok(Peer {
+        identity,
+        identifier,
+        attributes,
+        credentials_expire_at,
+    })
+}
+
+/// A handshake in progress.
+pub struct Handshake {
+    noise: snow::HandshakeState,
+    local: Arc<LocalIdentity>,
+    trust: Arc<Trust>,
+    rekey_interval: u64,
+}
+
+impl fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handshake")
+            .field("initiator", &self.noise.is_initiator())
+            .finish()
+    }
+}
+
+/// What a handshake step produced.
+pub enum Progress {
+    /// Send these bytes to the peer and wait for its answer.
+    Continue(Box<Handshake>, Vec<u8>),
+    /// The channel is up; send `reply` first if there is one.
+    Established {
+        /// The last handshake message, for the initiator to send.
+        reply: Option<Vec<u8>>,
+        /// The channel.
+        channel: Box<Established>,
+    },
+}
+
+impl Handshake {
+    fn build(
+        local: &LocalIdentity,
+        initiator: bool,
+    ) -> Result<snow::HandshakeState, HandshakeError> {
+        let secret = local.key.secret_bytes();
+        let builder = snow::Builder::new(NOISE_PATTERN.parse()?).local_private_key(secret.as_ref());
+        Ok(if initiator {
+            builder.build_initiator()?
+        } else {
+            builder.build_responder()?
+        })
+    }
+
+    /// Start a handshake as the initiator; returns the first message to send.
+    pub fn initiate(
+        local: Arc<LocalIdentity>,
+        trust: Arc<Trust>,
+        rekey_interval: u64,
+    ) -> Result<(Self, Vec<u8>), HandshakeError> {
+        let mut noise = Self::build(&local, true)?;
+        let mut out = vec![0u8; MAX_NOISE_MESSAGE];
+        let n = noise.write_message(&[], &mut out)?;
+        out.truncate(n);
+        Ok((
+            Self {
+                noise,
+                local,
+                trust,
+                rekey_interval: rekey_interval.max(1),
+            },
+            out,
+        ))
+    }
+
+    /// Wait for a handshake as the responder.
+    pub fn respond(
+        local: Arc<LocalIdentity>,
+        trust: Arc<Trust>,
+        rekey_interval: u64,
+    ) -> Result<Self, HandshakeError> {
+        Ok(Self {
+            noise: Self::build(&local, false)?,
+            local,
+            trust,
+            rekey_interval: rekey_interval.max(1),
+        })
+    }
+
+    /// Take the peer's next handshake message at `now` (Unix seconds).
+    pub fn step(mut self, incoming: &[u8], now: u64) -> Result<Progress, HandshakeError> {
+        if self.noise.is_handshake_finished() || self.noise.is_my_turn() {
+            return Err(HandshakeError::Unexpected);
+        }
+        let mut payload = Zeroizing::new(vec![0u8; MAX_NOISE_MESSAGE]);
+        let n = self.noise.read_message(incoming, &mut payload)?;
+        let payload = payload.get(..n).ok_or(HandshakeError::Unexpected)?;
+        let initiator = self.noise.is_initiator();
+        if !initiator && !self.noise.is_handshake_finished() {
+            // Message 1 carries nothing; message 2 carries our bundle.
+            if !payload.is_empty() {
+                return Err(HandshakeError::Unexpected);
+            }
+            let mut out = vec![0u8; MAX_NOISE_MESSAGE];
+            let n = self
+                .noise
+                .write_message(&encode_bundle(&self.local), &mut out)?;
+            out.truncate(n);
+            return Ok(Progress::Continue(Box::new(self), out));
+        }
+        let remote_static = self
+            .noise
+            .get_remote_static()
+            .ok_or(HandshakeError::Unexpected)?
+            .to_vec();
+        let peer = verify_peer(payload, &remote_static, &self.trust, now)?;
+        let reply = if initiator {
+            let mut out = vec![0u8; MAX_NOISE_MESSAGE];
+            let n = self
+                .noise
+                .write_message(&encode_bundle(&self.local), &mut out)?;
+            out.truncate(n);
+            Some(out)
+        } else {
+            None
+        };
+        if !self.noise.is_handshake_finished() {
+            return Err(HandshakeError::Unexpected);
+        }
+        let mut handshake_hash = [0u8; 32];
+        let hh = self.noise.get_handshake_hash();
+        if hh.len() == handshake_hash.len() {
+            handshake_hash.copy_from_slice(hh);
+        }
+        let (k1, k2) = self.noise.dangerously_get_raw_split();
+        let (k1, k2) = (Zeroizing::new(k1), Zeroizing::new(k2));
+        let (send, recv) = if initiator { (&k1, &k2) } else { (&k2, &k1) };
+        let (send, recv) = (
+            Cipher::new(send).ok_or(HandshakeError::Unexpected)?,
+            Cipher::new(recv).ok_or(HandshakeError::Unexpected)?,
+        );
+        let channel = Established {
+            encryptor: Encryptor {
+                cipher: send,
+                next: 0,
+                interval: self.rekey_interval,
+            },
+            decryptor: Decryptor {
+                current: recv,
+                previous: None,
+                epoch: 0,
+                window: ReplayWindow::default(),
+                interval: self.rekey_interval,
+            },
+            peer,
+            handshake_hash,
+        };
+        Ok(Progress::Established {
+            reply,
+            channel: Box::new(channel),
+        })
+    }
+}
+
+/// An established channel, before it is split between its two workers.
+pub struct Established {
+    /// Encrypts what we send.
+    pub encryptor: Encryptor,
+    /// Decrypts what we receive.
+    pub decryptor: Decryptor,
+    /// Who is at the other end.
+    pub peer: Peer,
+    /// The Noise handshake hash: equal at both ends, unique to this channel.
+    pub handshake_hash: [u8; 32],
+}
+
+impl Established {
+    /// A short code both ends derive from the handshake hash; if two people compare it out
+    /// of band and it matches, no one sits in the middle. Eight digits in two groups.
+    pub fn verification_code(&self) -> String {
+        verification_code(&self.handshake_hash)
+    }
+}
+
+/// The verification code of a handshake hash: `1234-5678`.
+pub fn verification_code(handshake_hash: &[u8; 32]) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::new()
+        .chain_update(CODE_TAG)
+        .chain_update(handshake_hash)
+        .finalize();
+    let mut n = [0u8; 8];
+    n.copy_from_slice(d.get(..8).unwrap_or(&[0; 8]));
+    let v = u64::from_be_bytes(n) % 100_000_000;
+    format!("{:04}-{:04}", v / 10_000, v % 10_000)
+}
+
+/// An AES-256-GCM key in the Noise cipher-function shape.
+struct Cipher {
+    key: LessSafeKey,
+    /// Kept so the key bytes are zeroized with the cipher; ring's key schedule is its own.
+    #[expect(dead_code, reason = "held only to be zeroized on drop")]
+    raw: Zeroizing<[u8; 32]>,
+}
+
+impl Cipher {
+    /// `None` only if ring refused a 32-byte AES-256 key, which it does not.
+    fn new(raw: &[u8; 32]) -> Option<Self> {
+        let raw = Zeroizing::new(*raw);
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, raw.as_ref()).ok()?);
+        Some(Self { key, raw })
+    }
+
+    fn nonce(n: u64) -> Nonce {
+        let mut bytes = [0u8; 12];
+        for (b, v) in bytes.iter_mut().skip(4).zip(n.to_be_bytes()) {
+            *b = v;
+        }
+        Nonce::assume_unique_for_key(bytes)
+    }
+
+    /// `REKEY(k)`: the first 32 bytes of `ENCRYPT(k, 2⁶⁴−1, ∅, 0³²)` (Noise §4.2).
+    fn rekey(&self) -> Option<Self> {
+        let mut block = Zeroizing::new([0u8; 32]);
+        // Only the ciphertext is the new key; the tag is dropped.
+        let _tag = self
+            .key
+            .seal_in_place_separate_tag(Self::nonce(u64::MAX), Aad::empty(), block.as_mut())
+            .ok()?;
+        Self::new(&block)
+    }
+}
+
+/// The sending half of a channel.
+pub struct Encryptor {
+    cipher: Cipher,
+    next: u64,
+    interval: u64,
+}
+
+impl fmt::Debug for Encryptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encryptor")
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl Encryptor {
+    /// Seal `plaintext` as the next message: `nonce ‖ ciphertext ‖ tag`.
+    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, ChannelError> {
+        if plaintext.len() > MAX_CHANNEL_PLAINTEXT {
+            return Err(ChannelError::TooLarge {
+                len: plaintext.len(),
+                max: MAX_CHANNEL_PLAINTEXT,
+            });
+        }
+        let n = self.next;
+        if n == u64::MAX {
+            return Err(ChannelError::Exhausted);
+        }
+        if n > 0 && n.is_multiple_of(self.interval) {
+            self.cipher = self.cipher.rekey().ok_or(ChannelError::Exhausted)?;
+        }
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+        out.put_u64(n);
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .cipher
+            .key
+            .seal_in_place_separate_tag(
+                Cipher::nonce(n),
+                Aad::empty(),
+                out.get_mut(NONCE_LEN..).unwrap_or_default(),
+            )
+            .map_err(|_| ChannelError::TooLarge {
+                len: plaintext.len(),
+                max: MAX_CHANNEL_PLAINTEXT,
+            })?;
+        out.extend_from_slice(tag.as_ref());
+        self.next = n + 1;
+        Ok(out)
+    }
+
+    /// Messages sent so far.
+    pub fn sent(&self) -> u64 {
+        self.next
+    }
+}
+
+/// The receiving half of a channel.
+pub struct Decryptor {
+    current: Cipher,
+    previous: Option<Cipher>,
+    epoch: u64,
+    window: ReplayWindow,
+    interval: u64,
+}
+
+impl fmt::Debug for Decryptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decryptor")
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
+impl Decryptor {
+    /// Open a message sealed by the peer's [`Encryptor`]. Only a message that authenticates
+    /// moves the replay window or the key epoch.
+    pub fn decrypt(&mut self, message: &[u8]) -> Result<Vec<u8>, ChannelError> {
+        if message.len() < NONCE_LEN + TAG_LEN {
+            return Err(ChannelError::Truncated(message.len()));
+        }
+        if message.len() > NONCE_LEN + MAX_NOISE_MESSAGE {
+            return Err(ChannelError::TooLarge {
+                len: message.len(),
+                max: NONCE_LEN + MAX_NOISE_MESSAGE,
+            });
+        }
+        let (nonce, sealed) = message.split_at(NONCE_LEN);
+        let mut nb = [0u8; NONCE_LEN];
+        nb.copy_from_slice(nonce);
+        let n = u64::from_be_bytes(nb);
+        self.window.check(n)?;
+        let epoch = n / self.interval;
+        let next_key;
+        let cipher = if epoch == self.epoch {
+            &self.current
+        } else if epoch.checked_add(1) == Some(self.epoch) {
+            self.previous.as_ref().ok_or(ChannelError::TooOld(n))?
+        } else if epoch == self.epoch.saturating_add(1) {
+            next_key = self
+                .current
+                .rekey()
+                .ok_or(ChannelError::Authentication(n))?;
+            &next_key
+        } else {
+            return Err(ChannelError::EpochSkipped(n));
+        };
+        let mut buf = sealed.to_vec();
+        let plain_len = cipher
+            .key
+            .open_in_place(Cipher::nonce(n), Aad::empty(), &mut buf)
+            .map_err(|_| ChannelError::Authentication(n))?
+            .len();
+        buf.truncate(plain_len);
+        if epoch == self.epoch.saturating_add(1) {
+            let next = self
+                .current
+                .rekey()
+                .ok_or(ChannelError::Authentication(n))?;
+            self.previous = Some(std::mem::replace(&mut self.current, next));
+            self.epoch = epoch;
+        }
+        self.window.mark(n);
+        Ok(buf)
+    }
+}
+
+/// Which recent nonces have been seen: the highest, and a bitmap of the 128 below it.
+#[derive(Debug, Default, Clone)]
+struct ReplayWindow {
+    highest: Option<u64>,
+    seen: u128,
+}
+
+impl ReplayWindow {
+    fn check(&self, n: u64) -> Result<(), ChannelError> {
+        let Some(h) = self.highest else { return Ok(()) };
+        if n > h {
+            return Ok(());
+        }
+        let back = h - n;
+        if back >= REPLAY_WINDOW {
+            return Err(ChannelError::TooOld(n));
+        }
+        if self.seen & (1u128 << back) != 0 {
+            return Err(ChannelError::Replayed(n));
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self, n: u64) {
+        match self.highest {
+            None => {
+                self.highest = Some(n);
+                self.seen = 1;
+            }
+            Some(h) if n > h => {
+                let shift = n - h;
+                self.seen = if shift >= 128 { 0 } else { self.seen << shift };
+                self.seen |= 1;
+                self.highest = Some(n);
+            }
+            Some(h) => {
+                let back = h - n;
+                if back < REPLAY_WINDOW {
+                    self.seen |= 1u128 << back;
+                }
+            }
+        }
+    }
+}
+
+/// What travels inside a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelMessage {
+    /// A routed message: where it goes after the channel, how to answer, the bytes.
+    Payload(TransportMessage),
+    /// A member's refreshed credential.
+    RefreshCredential(Bytes),
+    /// The sender is closing the channel.
+    Close,
+}
+
+impl ChannelMessage {
+    /// Encode: one tag byte, then the body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        match self {
+            ChannelMessage::Payload(m) => {
+                b.put_u8(0);
+                m.encode(&mut b);
+            }
+            ChannelMessage::RefreshCredential(c) => {
+                b.put_u8(1);
+                b.extend_from_slice(c);
+            }
+            ChannelMessage::Close => b.put_u8(2),
+        }
+        b.to_vec()
+    }
+
+    /// Decode what [`ChannelMessage::encode`] produced.
+    pub fn decode(bytes: Bytes) -> Result<Self, kith_transport::DecodeError> {
+        match bytes.first() {
+            Some(0) => TransportMessage::decode(&bytes.slice(1..)).map(ChannelMessage::Payload),
+            Some(1) => Ok(ChannelMessage::RefreshCredential(bytes.slice(1..))),
+            Some(2) if bytes.len() == 1 => Ok(ChannelMessage::Close),
+            _ => Err(kith_transport::DecodeError::Shape {
+                found: "an unknown channel message kind",
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CredentialSigningKey, IdentitySecret};
+
+    const NOW: u64 = 1_000_000;
+
+    struct Party {
+        local: Arc<LocalIdentity>,
+        secret: IdentitySecret,
+    }
+
+    fn party(credentials: Vec<CredentialAndPurposeKey>) -> Party {
+        let (identity, secret) = Identity::create(0);
+        let key = SecureChannelKey::generate(&identity, &secret, 0, NOW * 2);
+        Party {
+            local: Arc::new(LocalIdentity {
+                identity,
+                key,
+                credentials,
+            }),
+            secret,
+        }
+    }
+
+    struct Authority {
+        identity: Identity,
+        key: CredentialSigningKey,
+    }
+
+    fn authority() -> Authority {
+        let (identity, secret) = Identity::create(0);
+        let key = CredentialSigningKey::generate(&identity, &secret, 0, NOW * 2);
+        Authority { identity, key }
+    }
+
+    fn trust(authorities: &[&Authority], admission: Admission) -> Arc<Trust> {
+        Arc::new(Trust {
+            authorities: authorities.iter().map(|a| a.identity.clone()).collect(),
+            admission,
+        })
+    }
+
+    fn any() -> Arc<Trust> {
+        Arc::new(Trust {
+            authorities: vec![],
+            admission: Admission::AnyIdentity,
+        })
+    }
+
+    /// Run a whole handshake; returns (initiator's channel, responder's channel).
+    fn connect(
+        a: &Party,
+        a_trust: Arc<Trust>,
+        b: &Party,
+        b_trust: Arc<Trust>,
+        interval: u64,
+    ) -> Result<(Established, Established), HandshakeError> {
+        let (ha, m1) = Handshake::initiate(a.local.clone(), a_trust, interval)?;
+        let hb = Handshake::respond(b.local.clone(), b_trust, interval)?;
+        let Progress::Continue(hb, m2) = hb.step(&m1, NOW)? else {
+            panic!("responder finished early")
+        };
+        let Progress::Established {
+            reply: Some(m3),
+            channel: ca,
+        } = ha.step(&m2, NOW)?
+        else {
+            panic!("initiator did not finish")
+        };
+        let Progress::Established {
+            reply: None,
+            channel: cb,
+        } = (*hb).step(&m3, NOW)?
+        else {
+            panic!("responder did not finish")
+        };
+        Ok((*ca, *cb))
+    }
+
+    #[test]
+    fn both_sides_learn_each_other_and_talk_both_ways() {
+        let a = party(vec![]);
+        let b = party(vec![]);
+        let (mut ca, mut cb) = connect(&a, any(), &b, any(), DEFAULT_REKEY_INTERVAL).unwrap();
+        assert_eq!(ca.peer.identifier, *b.local.identity.identifier());
+        assert_eq!(cb.peer.identifier, *a.local.identity.identifier());
+        assert_eq!(ca.handshake_hash, cb.handshake_hash);
+        assert_eq!(ca.verification_code(), cb.verification_code());
+        let m = ca.encryptor.encrypt(b"hello").unwrap();
+        assert_eq!(cb.decryptor.decrypt(&m).unwrap(), b"hello");
+        let m = cb.encryptor.encrypt(b"back").unwrap();
+        assert_eq!(ca.decryptor.decrypt(&m).unwrap(), b"back");
+        // The ciphertext does not contain the plaintext.
+        let m = ca.encryptor.encrypt(b"secret words").unwrap();
+        assert!(!m.windows(12).any(|w| w == b"secret words"));
+    }
+
+    #[test]
+    fn credentials_become_attributes_and_bad_ones_fail_the_handshake() {
+        let auth = authority();
+        let rogue = authority();
+        let b = party(vec![]);
+        let attrs: BTreeMap<String, String> = [("component".to_string(), "db".to_string())].into();
+        let (id, secret) = Identity::create(0);
+        let good = CredentialAndPurposeKey::issue(
+            &auth.key,
+            id.identifier(),
+            attrs.clone(),
+            NOW - 10,
+            NOW + 100,
+        )
+        .unwrap();
+        let key = SecureChannelKey::generate(&id, &secret, 0, NOW * 2);
+        let a = Party {
+            local: Arc::new(LocalIdentity {
+                identity: id.clone(),
+                key,
+                credentials: vec![good],
+            }),
+            secret,
+        };
+        let (_, cb) = connect(
+            &a,
+            any(),
+            &b,
+            trust(&[&auth], Admission::CredentialHolders),
+            16,
+        )
+        .unwrap();
+        assert_eq!(cb.peer.attributes, attrs);
+        assert_eq!(cb.peer.credentials_expire_at, Some(NOW + 100));
+
+        for (issuer, created, expires, why) in [
+            (&rogue, NOW - 10, NOW + 100, "untrusted issuer"),
+            (&auth, NOW - 100, NOW - 1, "expired"),
+        ] {
+            let c = CredentialAndPurposeKey::issue(
+                &issuer.key,
+                id.identifier(),
+                attrs.clone(),
+                created,
+                expires,
+            )
+            .unwrap();
+            let key = SecureChannelKey::generate(&id, &a.secret, 0, NOW * 2);
+            let bad = Party {
+                local: Arc::new(LocalIdentity {
+                    identity: id.clone(),
+                    key,
+                    credentials: vec![c],
+                }),
+                secret: IdentitySecret::generate(),
+            };
+            let err = connect(&bad, any(), &b, trust(&[&auth], Admission::AnyIdentity), 16).err();
+            assert!(
+                matches!(err, Some(HandshakeError::Credential(_))),
+                "{why}: {err:?}"
+            );
+        }
+        // A credential for someone else.
+        let (other, _) = Identity::create(0);
+        let c = CredentialAndPurposeKey::issue(
+            &auth.key,
+            other.identifier(),
+            attrs,
+            NOW - 10,
+            NOW + 100,
+        )
+        .unwrap();
+        let key = SecureChannelKey::generate(&id, &a.secret, 0, NOW * 2);
+        let thief = Party {
+            local: Arc::new(LocalIdentity {
+                identity: id.clone(),
+                key,
+                credentials: vec![c],
+            }),
+            secret: IdentitySecret::generate(),
+        };
+        assert!(matches!(
+            connect(
+                &thief,
+                any(),
+                &b,
+                trust(&[&auth], Admission::AnyIdentity),
+                16
+            ),
+            Err(HandshakeError::Credential(
+                CredentialError::WrongSubject { .. }
+            ))
+        ));
+    }
+
+    #[test]
+    fn admission_rules_refuse_who_they_should() {
+        let a = party(vec![]);
+        let b = party(vec![]);
+        let err = connect(
+            &a,
+            any(),
+            &b,
+            Arc::new(Trust {
+                authorities: vec![],
+                admission: Admission::CredentialHolders,
+            }),
+            16,
+        );
+        assert!(matches!(err, Err(HandshakeError::NotAdmitted(_, _))));
+        let others: BTreeSet<Identifier> = [*b.local.identity.identifier()].into();
+        let err = connect(
+            &a,
+            any(),
+            &b,
+            Arc::new(Trust {
+                authorities: vec![],
+                admission: Admission::Identifiers(others),
+            }),
+            16,
+        );
+        assert!(matches!(err, Err(HandshakeError::NotAdmitted(_, _))));
+        let allowed: BTreeSet<Identifier> = [*a.local.identity.identifier()].into();
+        assert!(
+            connect(
+                &a,
+                any(),
+                &b,
+                Arc::new(Trust {
+                    authorities: vec![],
+                    admission: Admission::Identifiers(allowed)
+                }),
+                16
+            )
+            .is_ok()
+        );
+        // The initiator applies its rule to the responder too.
+        let err = connect(
+            &a,
+            Arc::new(Trust {
+                authorities: vec![],
+                admission: Admission::CredentialHolders,
+            }),
+            &b,
+            any(),
+            16,
+        );
+        assert!(matches!(err, Err(HandshakeError::NotAdmitted(_, _))));
+    }
+
+    #[test]
+    fn a_static_key_that_is_not_the_attested_key_is_refused() {
+        // The impostor presents the victim's identity and attestation but holds another key.
+        let victim = party(vec![]);
+        let stolen = victim.local.key.attestation().clone();
+        let own = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+        let impostor = Party {
+            local: Arc::new(LocalIdentity {
+                identity: victim.local.identity.clone(),
+                key: SecureChannelKey::mismatched_for_test(own, stolen),
+                credentials: vec![],
+            }),
+            secret: IdentitySecret::generate(),
+        };
+        let b = party(vec![]);
+        assert!(matches!(
+            connect(&impostor, any(), &b, any(), 16),
+            Err(HandshakeError::StaticKeyMismatch)
+        ));
+        assert!(matches!(
+            connect(&b, any(), &impostor, any(), 16),
+            Err(HandshakeError::StaticKeyMismatch)
+        ));
+    }
+
+    #[test]
+    fn truncated_or_bit_flipped_handshake_messages_are_refused() {
+        let a = party(vec![]);
+        let b = party(vec![]);
+        let (ha, m1) = Handshake::initiate(a.local.clone(), any(), 16).unwrap();
+        let hb = Handshake::respond(b.local.clone(), any(), 16).unwrap();
+        let Progress::Continue(hb, m2) = hb.step(&m1, NOW).unwrap() else {
+            panic!()
+        };
+        drop((ha, hb));
+        for i in 0..m2.len() {
+            let mut bad = m2.clone();
+            bad[i] ^= 0x40;
+            let (ha, _) = Handshake::initiate(a.local.clone(), any(), 16).unwrap();
+            // A fresh initiator never accepts another handshake's message 2, nor an altered one.
+            assert!(ha.step(&bad, NOW).is_err(), "byte {i}");
+        }
+        let (ha, m1) = Handshake::initiate(a.local.clone(), any(), 16).unwrap();
+        let hb = Handshake::respond(b.local.clone(), any(), 16).unwrap();
+        let Progress::Continue(_, m2) = hb.step(&m1, NOW).unwrap() else {
+            panic!()
+        };
+        for cut in [0, 1, 31, 32, m2.len() / 2, m2.len() - 1] {
+            let (ha2, _) = Handshake::initiate(a.local.clone(), any(), 16).unwrap();
+            assert!(ha2.step(&m2[..cut], NOW).is_err(), "cut at {cut}");
+        }
+        // The untouched message still works for its own initiator.
+        assert!(ha.step(&m2, NOW).is_ok());
+    }
+
+    #[test]
+    fn an_expired_secure_channel_key_is_refused() {
+        let (identity, secret) = Identity::create(0);
+        let key = SecureChannelKey::generate(&identity, &secret, 0, NOW - 1);
+        let stale = Party {
+            local: Arc::new(LocalIdentity {
+                identity,
+                key,
+                credentials: vec![],
+            }),
+            secret,
+        };
+        let b = party(vec![]);
+        assert!(matches!(
+            connect(&stale, any(), &b, any(), 16),
+            Err(HandshakeError::Attestation(_))
+        ));
+    }
+
+    fn pair(interval: u64) -> (Established, Established) {
+        connect(&party(vec![]), any(), &party(vec![]), any(), interval).unwrap()
+    }
+
+    #[test]
+    fn replays_and_messages_older_than_the_window_are_refused() {
+        let (mut a, mut b) = pair(DEFAULT_REKEY_INTERVAL);
+        let msgs: Vec<Vec<u8>> = (0..300)
+            .map(|i| a.encryptor.encrypt(format!("m{i}").as_bytes()).unwrap())
+            .collect();
+        b.decryptor.decrypt(&msgs[0]).unwrap();
+        assert_eq!(
+            b.decryptor.decrypt(&msgs[0]),
+            Err(ChannelError::Replayed(0))
+        );
+        // Out of order within the window is fine, once.
+        b.decryptor.decrypt(&msgs[100]).unwrap();
+        b.decryptor.decrypt(&msgs[50]).unwrap();
+        assert_eq!(
+            b.decryptor.decrypt(&msgs[50]),
+            Err(ChannelError::Replayed(50))
+        );
+        b.decryptor.decrypt(&msgs[299]).unwrap();
+        assert_eq!(
+            b.decryptor.decrypt(&msgs[60]),
+            Err(ChannelError::TooOld(60))
+        );
+        assert!(b.decryptor.decrypt(&msgs[200]).is_ok());
+    }
+
+    #[test]
+    fn altered_truncated_or_foreign_messages_fail_and_leave_the_channel_working() {
+        let (mut a, mut b) = pair(DEFAULT_REKEY_INTERVAL);
+        let (mut x, _) = pair(DEFAULT_REKEY_INTERVAL);
+        let m = a.encryptor.encrypt(b"payload").unwrap();
+        for i in 0..m.len() {
+            let mut bad = m.clone();
+            bad[i] ^= 1;
+            assert!(b.decryptor.decrypt(&bad).is_err(), "byte {i}");
+        }
+        assert_eq!(
+            b.decryptor.decrypt(&m[..10]),
+            Err(ChannelError::Truncated(10))
+        );
+        let foreign = x.encryptor.encrypt(b"payload").unwrap();
+        assert_eq!(
+            b.decryptor.decrypt(&foreign),
+            Err(ChannelError::Authentication(0))
+        );
+        // None of that moved the window: the real message still opens.
+        assert_eq!(b.decryptor.decrypt(&m).unwrap(), b"payload");
+    }
+
+    #[test]
+    fn keys_rotate_every_interval_and_the_window_spans_one_rotation() {
+        let (mut a, mut b) = pair(4);
+        let msgs: Vec<Vec<u8>> = (0..20)
+            .map(|i| a.encryptor.encrypt(&[i]).unwrap())
+            .collect();
+        // Nonce 4 starts epoch 1: it arrives before nonce 3 of epoch 0.
+        for i in [
+            0, 1, 2, 4, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+        ] {
+            assert_eq!(
+                b.decryptor.decrypt(&msgs[i]).unwrap(),
+                vec![i as u8],
+                "message {i}"
+            );
+        }
+        // Messages of different epochs are sealed under different keys.
+        let (mut c, mut d) = pair(4);
+        let m0 = c.encryptor.encrypt(b"same").unwrap();
+        for _ in 1..4 {
+            c.encryptor.encrypt(b"x").unwrap();
+        }
+        let m4 = c.encryptor.encrypt(b"same").unwrap();
+        assert_ne!(m0[NONCE_LEN..], m4[NONCE_LEN..]);
+        d.decryptor.decrypt(&m4).unwrap();
+        assert_eq!(
+            d.decryptor.decrypt(&m0).unwrap(),
+            b"same",
+            "one epoch back still opens"
+        );
+    }
+
+    #[test]
+    fn a_forged_nonce_from_the_next_epoch_does_not_rotate_the_key() {
+        let (mut a, mut b) = pair(4);
+        let m0 = a.encryptor.encrypt(b"zero").unwrap();
+        let mut forged = m0.clone();
+        forged[..NONCE_LEN].copy_from_slice(&4u64.to_be_bytes());
+        assert_eq!(
+            b.decryptor.decrypt(&forged),
+            Err(ChannelError::Authentication(4))
+        );
+        let mut far = m0.clone();
+        far[..NONCE_LEN].copy_from_slice(&400u64.to_be_bytes());
+        assert_eq!(
+            b.decryptor.decrypt(&far),
+            Err(ChannelError::EpochSkipped(400))
+        );
+        assert_eq!(b.decryptor.decrypt(&m0).unwrap(), b"zero");
+    }
+
+    #[test]
+    fn transport_matches_snow_for_the_same_handshake() {
+        // A plain XX handshake with snow alone; then our cipher and snow's transport must agree
+        // on every message, before and after a rekey.
+        let params: snow::params::NoiseParams = NOISE_PATTERN.parse().unwrap();
+        let ki = snow::Builder::new(params.clone())
+            .generate_keypair()
+            .unwrap();
+        let kr = snow::Builder::new(params.clone())
+            .generate_keypair()
+            .unwrap();
+        let mut i = snow::Builder::new(params.clone())
+            .local_private_key(&ki.private)
+            .build_initiator()
+            .unwrap();
+        let mut r = snow::Builder::new(params)
+            .local_private_key(&kr.private)
+            .build_responder()
+            .unwrap();
+        let (mut buf, mut out) = (vec![0u8; 1024], vec![0u8; 1024]);
+        let n = i.write_message(&[], &mut buf).unwrap();
+        r.read_message(&buf[..n], &mut out).unwrap();
+        let n = r.write_message(&[], &mut buf).unwrap();
+        i.read_message(&buf[..n], &mut out).unwrap();
+        let n = i.write_message(&[], &mut buf).unwrap();
+        r.read_message(&buf[..n], &mut out).unwrap();
+        let (k1, k2) = i.dangerously_get_raw_split();
+        let mut snow_r = r.into_stateless_transport_mode().unwrap();
+        let mut ours = Encryptor {
+            cipher: Cipher::new(&k1).unwrap(),
+            next: 0,
+            interval: 3,
+        };
+        let mut theirs = Decryptor {
+            current: Cipher::new(&k2).unwrap(),
+            previous: None,
+            epoch: 0,
+            window: ReplayWindow::default(),
+            interval: 3,
+        };
+        for n in 0..7u64 {
+            if n > 0 && n % 3 == 0 {
+                snow_r.rekey_incoming();
+                snow_r.rekey_outgoing();
+            }
+            let sealed = ours.encrypt(b"kith").unwrap();
+            let mut plain = [0u8; 64];
+            let len = snow_r
+                .read_message(n, &sealed[NONCE_LEN..], &mut plain)
+                .unwrap();
+            assert_eq!(&plain[..len], b"kith", "snow opens our message {n}");
+            let mut sealed = vec![0u8; 64];
+            let len = snow_r.write_message(n, b"back", &mut sealed).unwrap();
+            let mut framed = n.to_be_bytes().to_vec();
+            framed.extend_from_slice(&sealed[..len]);
+            assert_eq!(
+                theirs.decrypt(&framed).unwrap(),
+                b"back",
+                "we open snow's message {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn channel_messages_round_trip() {
+        let m = ChannelMessage::Payload(TransportMessage {
+            onward_route: kith_node::Route::from("echo"),
+            return_route: kith_node::Route::from("sc-1"),
+            payload: Bytes::from_static(b"hi"),
+        });
+        for m in [
+            m,
+            ChannelMessage::RefreshCredential(Bytes::from_static(b"cred")),
+            ChannelMessage::Close,
+        ] {
+            assert_eq!(ChannelMessage::decode(Bytes::from(m.encode())).unwrap(), m);
+        }
+        assert!(ChannelMessage::decode(Bytes::new()).is_err());
+        assert!(ChannelMessage::decode(Bytes::from_static(&[9])).is_err());
+        assert!(ChannelMessage::decode(Bytes::from_static(&[2, 0])).is_err());
+    }
+}
