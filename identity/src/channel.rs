@@ -641,6 +641,8 @@ pub enum ChannelMessage {
     RefreshCredential(Bytes),
     /// The sender is closing the channel.
     Close,
+    /// The responder accepted the initiator: the first message it sends.
+    Ready,
 }
 
 impl ChannelMessage {
@@ -657,6 +659,7 @@ impl ChannelMessage {
                 b.extend_from_slice(c);
             }
             ChannelMessage::Close => b.put_u8(2),
+            ChannelMessage::Ready => b.put_u8(3),
         }
         b.to_vec()
     }
@@ -667,6 +670,7 @@ impl ChannelMessage {
             Some(0) => TransportMessage::decode(&bytes.slice(1..)).map(ChannelMessage::Payload),
             Some(1) => Ok(ChannelMessage::RefreshCredential(bytes.slice(1..))),
             Some(2) if bytes.len() == 1 => Ok(ChannelMessage::Close),
+            Some(3) if bytes.len() == 1 => Ok(ChannelMessage::Ready),
             _ => Err(kith_transport::DecodeError::Shape {
                 found: "an unknown channel message kind",
             }),

@@ -27,6 +27,7 @@ mod error;
 mod identifier;
 mod identity;
 mod purpose;
+pub mod secure_channel;
 
 pub use credential::{
     CLOCK_SKEW, Credential, CredentialAndPurposeKey, MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTE_VALUE,

@@ -1,0 +1,294 @@
+//! Secure channels between real nodes over real TCP on loopback.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kith_identity::channel::{Admission, LocalIdentity, Trust};
+use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER, SecureChannelError};
+use kith_identity::{CredentialAndPurposeKey, CredentialSigningKey, Identity, SecureChannelKey};
+use kith_node::*;
+use kith_transport::TcpTransport;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn local(
+    credentials: impl FnOnce(&Identity) -> Vec<CredentialAndPurposeKey>,
+) -> Arc<LocalIdentity> {
+    let (identity, secret) = Identity::create(now());
+    let key = SecureChannelKey::generate(&identity, &secret, now() - 5, now() + 3600);
+    let credentials = credentials(&identity);
+    Arc::new(LocalIdentity {
+        identity,
+        key,
+        credentials,
+    })
+}
+
+fn open_trust() -> Arc<Trust> {
+    Arc::new(Trust {
+        authorities: vec![],
+        admission: Admission::AnyIdentity,
+    })
+}
+
+/// Answers with who sent the message, as the channel stamped it.
+struct WhoAmI;
+
+impl Worker for WhoAmI {
+    async fn handle_message(&mut self, ctx: &mut Context, m: Message) -> Result<(), WorkerError> {
+        let answer = match m.origin() {
+            Origin::SecureChannel {
+                identifier,
+                attributes,
+            } => format!("{identifier} {attributes:?}"),
+            other => format!("not a channel: {other:?}"),
+        };
+        ctx.send(m.return_route, answer).await?;
+        Ok(())
+    }
+}
+
+struct Side {
+    node: Node,
+    listener: String,
+    settings: ChannelSettings,
+}
+
+async fn side(name: &str, local: Arc<LocalIdentity>, trust: Arc<Trust>, timeout: Duration) -> Side {
+    let node = Node::new(name);
+    let tcp = TcpTransport::start(&node);
+    let listener = tcp.listen("127.0.0.1:0").await.unwrap().to_string();
+    node.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
+        .unwrap();
+    // Only authenticated peers reach `whoami`.
+    let only_channels = AllowOrigins(|o: &Origin| matches!(o, Origin::SecureChannel { .. }));
+    node.start_worker_with_policy([Address::local("whoami")], Arc::new(only_channels), WhoAmI)
+        .unwrap();
+    let mut settings = ChannelSettings::new(local, trust);
+    settings.handshake_timeout = timeout;
+    secure_channel::listen(&node, DEFAULT_LISTENER, settings.clone()).unwrap();
+    Side {
+        node,
+        listener,
+        settings,
+    }
+}
+
+fn to(peer: &str, hops: &[&str]) -> Route {
+    let mut r = vec![Address::try_new(TCP, peer).unwrap()];
+    r.extend(hops.iter().map(|h| Address::local(*h)));
+    Route::from(r)
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+fn channel_workers(node: &Node) -> usize {
+    node.addresses()
+        .iter()
+        .filter(|a| a.value().starts_with("sc-"))
+        .count()
+}
+
+#[tokio::test]
+async fn messages_through_a_channel_carry_the_peers_identifier_and_attributes() {
+    let auth_id = Identity::create(now());
+    let auth_key = CredentialSigningKey::generate(&auth_id.0, &auth_id.1, now() - 5, now() + 3600);
+    let attrs: BTreeMap<String, String> = [("component".to_string(), "db".to_string())].into();
+    let a_local = local(|id| {
+        vec![
+            CredentialAndPurposeKey::issue(
+                &auth_key,
+                id.identifier(),
+                attrs.clone(),
+                now() - 5,
+                now() + 600,
+            )
+            .unwrap(),
+        ]
+    });
+    let a_identifier = *a_local.identity.identifier();
+    let a = side("a", a_local, open_trust(), WAIT).await;
+    let b_trust = Arc::new(Trust {
+        authorities: vec![auth_id.0.clone()],
+        admission: Admission::CredentialHolders,
+    });
+    let b = side("b", local(|_| vec![]), b_trust, WAIT).await;
+
+    let channel =
+        secure_channel::create(&a.node, to(&b.listener, &[DEFAULT_LISTENER]), &a.settings)
+            .await
+            .unwrap();
+    assert_eq!(
+        channel.peer.identifier,
+        *b.settings.local.identity.identifier()
+    );
+
+    let mut client = a.node.client().unwrap();
+    let through = Route::from(vec![channel.encryptor.clone(), Address::local("whoami")]);
+    let reply = client.request(through, "who am I?", WAIT).await.unwrap();
+    let text = String::from_utf8(reply.payload.to_vec()).unwrap();
+    assert_eq!(text, format!("{a_identifier} {{\"component\": \"db\"}}"));
+    // The reply came back through the channel too, authenticated as b.
+    assert!(
+        matches!(reply.origin(), Origin::SecureChannel { identifier, .. } if *identifier == b.settings.local.identity.identifier().to_string())
+    );
+
+    let through = Route::from(vec![channel.encryptor.clone(), Address::local("echo")]);
+    let big = Bytes::from(vec![7u8; 60 * 1024]);
+    assert_eq!(
+        client
+            .request(through, big.clone(), WAIT)
+            .await
+            .unwrap()
+            .payload,
+        big
+    );
+}
+
+#[tokio::test]
+async fn a_channel_only_service_is_unreachable_without_a_channel() {
+    let a = side("a", local(|_| vec![]), open_trust(), WAIT).await;
+    let b = side("b", local(|_| vec![]), open_trust(), WAIT).await;
+    let mut client = a.node.client().unwrap();
+    let err = client
+        .request(
+            to(&b.listener, &["whoami"]),
+            "hi",
+            Duration::from_millis(300),
+        )
+        .await;
+    assert!(matches!(err, Err(RequestError::Timeout(_))));
+    until("the refusal to be counted", || {
+        b.node.stats().dropped_denied == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_listener_that_requires_credentials_refuses_a_peer_without_one_and_the_initiator_learns_it()
+ {
+    let a = side(
+        "a",
+        local(|_| vec![]),
+        open_trust(),
+        Duration::from_millis(500),
+    )
+    .await;
+    let strict = Arc::new(Trust {
+        authorities: vec![],
+        admission: Admission::CredentialHolders,
+    });
+    let b = side("b", local(|_| vec![]), strict, Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let err = secure_channel::create(&a.node, to(&b.listener, &[DEFAULT_LISTENER]), &a.settings)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SecureChannelError::Timeout(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    until("both sides to clean up", || {
+        channel_workers(&a.node) == 0 && channel_workers(&b.node) == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_completes_is_abandoned() {
+    let b = side(
+        "b",
+        local(|_| vec![]),
+        open_trust(),
+        Duration::from_millis(200),
+    )
+    .await;
+    // A raw node sends message 1 and then goes silent (slowloris).
+    let a = Node::new("a");
+    TcpTransport::start(&a);
+    let lazy = local(|_| vec![]);
+    let (_, first) = kith_identity::channel::Handshake::initiate(lazy, open_trust(), 16).unwrap();
+    let client = a.client().unwrap();
+    client
+        .send(to(&b.listener, &[DEFAULT_LISTENER]), first)
+        .await
+        .unwrap();
+    until("a responder to start", || channel_workers(&b.node) == 1).await;
+    until("the responder to be abandoned", || {
+        channel_workers(&b.node) == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn garbage_to_a_decryptor_tears_the_channel_down_not_the_node() {
+    let a = side("a", local(|_| vec![]), open_trust(), WAIT).await;
+    let b = side("b", local(|_| vec![]), open_trust(), WAIT).await;
+    let channel =
+        secure_channel::create(&a.node, to(&b.listener, &[DEFAULT_LISTENER]), &a.settings)
+            .await
+            .unwrap();
+    until("b's side to be up", || channel_workers(&b.node) == 2).await;
+    let b_decryptor = b
+        .node
+        .addresses()
+        .into_iter()
+        .find(|x| x.value().starts_with("sc-") && !x.value().starts_with("sc-enc"))
+        .unwrap();
+    // Anyone who can reach b can send bytes to the decryptor's address.
+    let raw = Node::new("raw");
+    TcpTransport::start(&raw);
+    let client = raw.client().unwrap();
+    let garbage = vec![0u8; 64];
+    client
+        .send(to(&b.listener, &[b_decryptor.value()]), garbage)
+        .await
+        .unwrap();
+    until("b to tear its side down", || channel_workers(&b.node) == 0).await;
+    // Its close reaches a, which tears down too; both nodes still serve.
+    until("a to tear its side down", || channel_workers(&a.node) == 0).await;
+    let again = secure_channel::create(&a.node, to(&b.listener, &[DEFAULT_LISTENER]), &a.settings)
+        .await
+        .unwrap();
+    let mut c = a.node.client().unwrap();
+    let r = c
+        .request(
+            Route::from(vec![again.encryptor, Address::local("echo")]),
+            "ok",
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.payload, Bytes::from("ok"));
+    let _ = channel;
+}
+
+#[tokio::test]
+async fn closing_a_channel_stops_both_ends() {
+    let a = side("a", local(|_| vec![]), open_trust(), WAIT).await;
+    let b = side("b", local(|_| vec![]), open_trust(), WAIT).await;
+    let channel =
+        secure_channel::create(&a.node, to(&b.listener, &[DEFAULT_LISTENER]), &a.settings)
+            .await
+            .unwrap();
+    until("b's side to be up", || channel_workers(&b.node) == 2).await;
+    assert!(secure_channel::close(&a.node, &channel));
+    until("both ends to stop", || {
+        channel_workers(&a.node) == 0 && channel_workers(&b.node) == 0
+    })
+    .await;
+}
