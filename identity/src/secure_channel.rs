@@ -129,7 +129,7 @@ pub async fn create(
     let (tx, rx) = oneshot::channel();
     let established = Arc::new(AtomicBool::new(false));
     let worker = ChannelWorker {
-        state: State::Handshaking(Some(handshake)),
+        state: State::Handshaking(Some(Box::new(handshake))),
         settings: settings.clone(),
         on_established: Some(tx),
         established: established.clone(),
@@ -207,7 +207,7 @@ impl Worker for Listener {
         };
         let established = Arc::new(AtomicBool::new(false));
         let worker = ChannelWorker {
-            state: State::Handshaking(Some(*handshake)),
+            state: State::Handshaking(Some(handshake)),
             settings: self.settings.clone(),
             on_established: None,
             established: established.clone(),
@@ -228,7 +228,7 @@ impl Worker for Listener {
 }
 
 enum State {
-    Handshaking(Option<Handshake>),
+    Handshaking(Option<Box<Handshake>>),
     Established {
         decryptor: Decryptor,
         peer: Peer,
@@ -336,7 +336,7 @@ impl Worker for ChannelWorker {
     ) -> Result<(), WorkerError> {
         match &mut self.state {
             State::Handshaking(h) => match h.take() {
-                Some(h) => self.handshake(ctx, h, message).await,
+                Some(h) => self.handshake(ctx, *h, message).await,
                 None => Ok(()),
             },
             State::Closed => Ok(()),
