@@ -4,6 +4,9 @@
 //! (`Address::local`) it succeeds, with a resolver that refuses it fails only if the route
 //! names a node, and every route it returns has at most `MAX_ROUTE_LEN` hops.
 //!
+//! A route with one `/secure/L` hop splits into two routes that are each valid, and is not
+//! itself a plain route.
+//!
 //! Input: UTF-8 text (other inputs are skipped).
 
 #![no_main]
@@ -39,6 +42,20 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_else(|e| panic!("{text:?} parsed but its display {shown:?} does not: {e}"));
     assert_eq!(again, m, "{text:?} -> {shown:?}");
     assert_eq!(again.to_string(), shown);
+
+    // A route with a secure hop is two routes: to the listener, and inside the channel.
+    // Each is valid on its own; the whole is not a plain route.
+    if let Some((to_listener, rest)) = m.secure_split() {
+        assert!(m.to_route(|n| Ok::<_, MultiAddrError>(Address::local(n))).is_err());
+        assert!(rest.secure_split().is_none(), "{text:?}: more than one secure hop parsed");
+        for part in [&to_listener, &rest] {
+            let r = part
+                .to_route(|n| Ok::<_, MultiAddrError>(Address::local(n)))
+                .unwrap_or_else(|e| panic!("{text:?}: part {part} of a secure route fails: {e}"));
+            assert!(r.len() <= MAX_ROUTE_LEN);
+        }
+        return;
+    }
 
     let names_a_node = m.protocols().iter().any(|p| matches!(p, Protocol::Node(_)));
 

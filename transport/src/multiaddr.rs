@@ -27,6 +27,9 @@ pub enum Protocol {
     Service(String),
     /// `/node/NAME`: a local node, by name.
     Node(String),
+    /// `/secure/LISTENER`: open a secure channel to the listener on the node reached so far;
+    /// the rest of the route travels inside it.
+    Secure(String),
 }
 
 /// A parsed multiaddr route.
@@ -34,6 +37,24 @@ pub enum Protocol {
 pub struct MultiAddr(Vec<Protocol>);
 
 impl MultiAddr {
+    /// Split at the first `/secure/LISTENER`: the route to the listener (ending in
+    /// `/service/LISTENER`), and what follows, which travels inside the channel. `None` if
+    /// there is no secure hop.
+    pub fn secure_split(&self) -> Option<(MultiAddr, MultiAddr)> {
+        let at = self
+            .0
+            .iter()
+            .position(|p| matches!(p, Protocol::Secure(_)))?;
+        let (before, after) = self.0.split_at(at);
+        let (secure, rest) = after.split_first()?;
+        let Protocol::Secure(listener) = secure else {
+            return None;
+        };
+        let mut to_listener = before.to_vec();
+        to_listener.push(Protocol::Service(listener.clone()));
+        Some((MultiAddr(to_listener), MultiAddr(rest.to_vec())))
+    }
+
     /// The segments in order.
     pub fn protocols(&self) -> &[Protocol] {
         &self.0
@@ -63,6 +84,9 @@ impl MultiAddr {
                 Protocol::Node(n) => {
                     hops.push(node(n)?);
                     continue;
+                }
+                Protocol::Secure(_) => {
+                    return Err(structure("a /secure/ hop is a channel to open first; split the route with secure_split").into());
                 }
             };
             let Some(Protocol::Tcp(port)) = it.next() else {
@@ -134,6 +158,7 @@ impl FromStr for MultiAddr {
                 "tcp" => ("tcp", "/ip4/127.0.0.1/tcp/4000"),
                 "service" => ("service", "/service/echo"),
                 "node" => ("node", "/node/n1"),
+                "secure" => ("secure", "/node/n1/secure/api/service/echo"),
                 "" if position > 1 && parts.clone().next().is_none() => break, // trailing '/'
                 other => {
                     return Err(MultiAddrError::UnknownProtocol {
@@ -162,12 +187,27 @@ impl FromStr for MultiAddr {
                     Err(e) => return Err(invalid(protocol, value, e)),
                 },
                 "service" => Protocol::Service(name(protocol, value)?),
+                "secure" => Protocol::Secure(name(protocol, value)?),
                 _ => Protocol::Node(name(protocol, value)?),
             });
         }
         let addr = MultiAddr(out);
-        // Check structure now so a bad route fails at parse time, before any node is used.
-        addr.to_route(|n| Ok::<_, MultiAddrError>(Address::local(n)))?;
+        // Check structure now so a bad route fails at parse time, before any node is used:
+        // each side of a secure hop must be a valid route on its own.
+        let check = |m: &MultiAddr| {
+            m.to_route(|n| Ok::<_, MultiAddrError>(Address::local(n)))
+                .map(|_| ())
+        };
+        match addr.secure_split() {
+            Some((to_listener, rest)) => {
+                check(&to_listener)?;
+                if rest.0.iter().any(|p| matches!(p, Protocol::Secure(_))) {
+                    return Err(structure("one /secure/ hop per route is supported"));
+                }
+                check(&rest)?;
+            }
+            None => check(&addr)?,
+        }
         Ok(addr)
     }
 }
@@ -182,6 +222,7 @@ impl fmt::Display for MultiAddr {
                 Protocol::Tcp(p) => write!(f, "/tcp/{p}")?,
                 Protocol::Service(s) => write!(f, "/service/{s}")?,
                 Protocol::Node(n) => write!(f, "/node/{n}")?,
+                Protocol::Secure(l) => write!(f, "/secure/{l}")?,
             }
         }
         Ok(())
@@ -237,11 +278,37 @@ mod tests {
         assert!(e("/service").contains("/service needs a value"));
         assert!(e("/service/a b").contains("letters, digits"));
         assert!(e("/dnsaddr/../tcp/1").contains("invalid dnsaddr"));
+        assert!(e("/secure").contains("/secure needs a value"));
+        assert!(e("/node/a/secure/api/secure/api/service/echo").contains("one /secure/ hop"));
+        assert!(e("/node/a/secure/api/tcp/4").contains("/tcp must follow"));
+    }
+
+    #[test]
+    fn secure_routes_split_at_the_channel() {
+        let m: MultiAddr = "/ip4/127.0.0.1/tcp/4002/secure/api/service/echo"
+            .parse()
+            .unwrap();
+        let (to_listener, rest) = m.secure_split().unwrap();
+        assert_eq!(
+            to_listener.to_string(),
+            "/ip4/127.0.0.1/tcp/4002/service/api"
+        );
+        assert_eq!(rest.to_string(), "/service/echo");
+        assert_eq!(
+            m.to_string(),
+            "/ip4/127.0.0.1/tcp/4002/secure/api/service/echo"
+        );
+        assert!(
+            m.to_route(|n| Ok::<_, MultiAddrError>(Address::local(n)))
+                .is_err()
+        );
+        let plain: MultiAddr = "/node/n1/service/echo".parse().unwrap();
+        assert!(plain.secure_split().is_none());
     }
 
     proptest! {
         #[test]
-        fn arbitrary_text_never_panics(s in "(/(ip4|ip6|tcp|dnsaddr|service|node|x)?(/[0-9a-z.:]{0,6})?){0,8}") {
+        fn arbitrary_text_never_panics(s in "(/(ip4|ip6|tcp|dnsaddr|service|node|secure|x)?(/[0-9a-z.:]{0,6})?){0,8}") {
             if let Ok(m) = s.parse::<MultiAddr>() {
                 prop_assert_eq!(m.to_string().parse::<MultiAddr>().unwrap(), m);
             }
