@@ -26,6 +26,7 @@ mod credential;
 mod error;
 mod identifier;
 mod identity;
+pub mod policy;
 mod purpose;
 pub mod secure_channel;
 
