@@ -7,8 +7,9 @@
 //! [`Credential`]s with. [`policy`] is the small expression language services use to decide
 //! which authenticated peers may reach them.
 //!
-//! Everything here is synchronous and free of I/O: encodings, signatures, verification
-//! against an explicit clock.
+//! The formats, signatures and the handshake ([`channel`]) are synchronous, free of I/O and
+//! take the clock as an argument. Two modules do I/O: [`secure_channel`] runs channels as
+//! workers on a node, and [`vault`] keeps identities and secret keys in SQLite (mode 0600).
 
 #![cfg_attr(
     not(test),
@@ -20,15 +21,26 @@
     )
 )]
 
+/// The Noise XX handshake that authenticates identities, and the channel ciphers.
 pub mod channel;
+/// Strict, bounded CBOR helpers shared by the encodings.
 mod codec;
+/// Credentials: an authority's signed, expiring statement of a member's attributes.
 mod credential;
+/// Error types, one per surface a caller reacts to.
 mod error;
+/// `I` + 40 hex digits: the name of an identity.
 mod identifier;
+/// Identities: Ed25519 key histories, rotation without a new identifier.
 mod identity;
+/// The attribute-policy language services use to admit peers.
 pub mod policy;
+/// Purpose keys: the channel and credential-signing keys an identity attests.
 mod purpose;
+/// Channels as workers on a node: listener, encryptor, decryptor.
 pub mod secure_channel;
+/// The SQLite store of identities and their secret keys.
+pub mod vault;
 
 pub use credential::{
     CLOCK_SKEW, Credential, CredentialAndPurposeKey, MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTE_VALUE,

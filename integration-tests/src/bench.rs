@@ -344,14 +344,14 @@ async fn raw_latency(config: &BenchConfig) -> anyhow::Result<Vec<Duration>> {
 }
 
 /// The `q`th percentile (nearest rank) of `samples`.
-fn percentile(samples: &[Duration], q: usize) -> Duration {
+pub(crate) fn percentile(samples: &[Duration], q: usize) -> Duration {
     let mut sorted = samples.to_vec();
     sorted.sort_unstable();
     let rank = (sorted.len() * q).div_ceil(100).saturating_sub(1);
     sorted.get(rank).copied().unwrap_or_default()
 }
 
-fn micros(d: Duration) -> f64 {
+pub(crate) fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
@@ -821,7 +821,7 @@ fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// VmRSS of `pid` in KiB, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = PathBuf::from(format!("/proc/{pid}/status"));
     let status =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

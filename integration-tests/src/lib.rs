@@ -10,3 +10,4 @@
 )]
 
 pub mod bench;
+pub mod channel_bench;

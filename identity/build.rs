@@ -1,0 +1,5 @@
+//! Rebuild when a vault migration changes: `sqlx::migrate!` embeds them at compile time.
+
+fn main() {
+    println!("cargo:rerun-if-changed=migrations");
+}

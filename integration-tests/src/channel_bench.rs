@@ -1,0 +1,379 @@
+//! The secure-channel benchmark: what a channel costs on top of the plain routed path, how
+//! many authenticated handshakes one core completes, and what an idle channel holds in memory.
+//! Every figure has a baseline measured in the same run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow};
+use bytes::Bytes;
+use kith_identity::channel::{Admission, Handshake, LocalIdentity, Progress, Trust};
+use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
+use kith_identity::{CredentialAndPurposeKey, CredentialSigningKey, Identity, SecureChannelKey};
+use kith_node::{Address, AllowAll, Context, Echo, Message, Node, Route, TCP, Worker, WorkerError};
+use kith_transport::TcpTransport;
+use tokio::sync::oneshot;
+
+use crate::bench::{BenchRecord, micros, percentile, rss_kib};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// How much to measure.
+#[derive(Debug, Clone)]
+pub struct ChannelBenchConfig {
+    /// Round trips before measuring.
+    pub warmup_round_trips: usize,
+    /// Measured round trips.
+    pub round_trips: usize,
+    /// 16 KiB messages in the throughput run.
+    pub large_messages: usize,
+    /// Handshakes in the handshake run.
+    pub handshakes: usize,
+    /// Idle channels in the memory run.
+    pub channels: usize,
+}
+
+impl ChannelBenchConfig {
+    /// The full run (`cargo bench`).
+    pub fn full() -> Self {
+        Self {
+            warmup_round_trips: 2_000,
+            round_trips: 20_000,
+            large_messages: 40_000,
+            handshakes: 2_000,
+            channels: 1_000,
+        }
+    }
+
+    /// Tiny counts, to keep the code from rotting.
+    pub fn quick() -> Self {
+        Self {
+            warmup_round_trips: 20,
+            round_trips: 200,
+            large_messages: 300,
+            handshakes: 20,
+            channels: 30,
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An identity with an attested channel key and, if `authority` is given, a credential.
+fn local(authority: Option<&CredentialSigningKey>) -> anyhow::Result<Arc<LocalIdentity>> {
+    let (identity, secret) = Identity::create(now());
+    let key = SecureChannelKey::generate(&identity, &secret, now() - 5, now() + 3600);
+    let mut credentials = Vec::new();
+    if let Some(a) = authority {
+        let attrs: BTreeMap<String, String> =
+            [("component".to_string(), "bench".to_string())].into();
+        credentials.push(CredentialAndPurposeKey::issue(
+            a,
+            identity.identifier(),
+            attrs,
+            now() - 5,
+            now() + 3600,
+        )?);
+    }
+    Ok(Arc::new(LocalIdentity {
+        identity,
+        key,
+        credentials,
+    }))
+}
+
+struct Pair {
+    a: Node,
+    b: Node,
+    b_addr: String,
+    settings: ChannelSettings,
+}
+
+/// Node A (client) and node B (listener with `echo`, open to any identity), over TCP.
+async fn pair() -> anyhow::Result<Pair> {
+    let open = Arc::new(Trust {
+        authorities: vec![],
+        admission: Admission::AnyIdentity,
+    });
+    let a = Node::new("bench-a");
+    TcpTransport::start(&a);
+    let b = Node::new("bench-b");
+    b.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)?;
+    let b_addr = TcpTransport::start(&b)
+        .listen("127.0.0.1:0")
+        .await?
+        .to_string();
+    secure_channel::listen(
+        &b,
+        DEFAULT_LISTENER,
+        ChannelSettings::new(local(None)?, open.clone()),
+    )?;
+    let settings = ChannelSettings::new(local(None)?, open);
+    Ok(Pair {
+        a,
+        b,
+        b_addr,
+        settings,
+    })
+}
+
+impl Pair {
+    fn plain(&self, service: &str) -> anyhow::Result<Route> {
+        Ok(Route::from(vec![
+            Address::try_new(TCP, self.b_addr.as_str())?,
+            Address::local(service),
+        ]))
+    }
+
+    async fn channel(&self) -> anyhow::Result<Address> {
+        let c =
+            secure_channel::create(&self.a, self.plain(DEFAULT_LISTENER)?, &self.settings).await?;
+        Ok(c.encryptor)
+    }
+
+    async fn shutdown(self) {
+        self.a.shutdown().await;
+        self.b.shutdown().await;
+    }
+}
+
+/// Run every measurement, passing each record to `report` as it is known.
+pub fn run_all(
+    config: &ChannelBenchConfig,
+    mut report: impl FnMut(&BenchRecord),
+) -> anyhow::Result<Vec<BenchRecord>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut all = Vec::new();
+    let mut emit = |rs: Vec<BenchRecord>| {
+        for r in rs {
+            report(&r);
+            all.push(r);
+        }
+    };
+    emit(rt.block_on(latency(config))?);
+    emit(rt.block_on(throughput(config))?);
+    emit(handshakes(config)?);
+    emit(rt.block_on(memory(config))?);
+    Ok(all)
+}
+
+async fn round_trips(
+    client: &mut kith_node::Client,
+    route: &Route,
+    config: &ChannelBenchConfig,
+) -> anyhow::Result<Vec<Duration>> {
+    let body = Bytes::from(vec![0xAB; 64]);
+    let mut samples = Vec::with_capacity(config.round_trips);
+    for i in 0..config.warmup_round_trips + config.round_trips {
+        let started = Instant::now();
+        client.request(route.clone(), body.clone(), WAIT).await?;
+        if i >= config.warmup_round_trips {
+            samples.push(started.elapsed());
+        }
+    }
+    Ok(samples)
+}
+
+/// 64 B round trips to `echo` through a channel, against the plain routed path.
+pub async fn latency(config: &ChannelBenchConfig) -> anyhow::Result<Vec<BenchRecord>> {
+    eprintln!(
+        "secure channel: round-trip latency ({} round trips each)",
+        config.round_trips
+    );
+    let p = pair().await?;
+    let mut client = p.a.client()?;
+    let plain = round_trips(&mut client, &p.plain("echo")?, config)
+        .await
+        .context("plain routed")?;
+    let enc = p.channel().await?;
+    let through = Route::from(vec![enc, Address::local("echo")]);
+    let secure = round_trips(&mut client, &through, config)
+        .await
+        .context("through the channel")?;
+    p.shutdown().await;
+    Ok(vec![
+        BenchRecord::new(
+            "sc_rtt_p50_64B",
+            micros(percentile(&secure, 50)),
+            "us",
+            micros(percentile(&plain, 50)),
+        ),
+        BenchRecord::new(
+            "sc_rtt_p99_64B",
+            micros(percentile(&secure, 99)),
+            "us",
+            micros(percentile(&plain, 99)),
+        ),
+    ])
+}
+
+struct Counter {
+    target: u64,
+    seen: u64,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Worker for Counter {
+    async fn handle_message(&mut self, _: &mut Context, _: Message) -> Result<(), WorkerError> {
+        self.seen += 1;
+        if self.seen >= self.target
+            && let Some(d) = self.done.take()
+        {
+            let _ = d.send(());
+        }
+        Ok(())
+    }
+}
+
+async fn pump(p: &Pair, first_hop: Address, n: usize, name: &str) -> anyhow::Result<Duration> {
+    let (tx, rx) = oneshot::channel();
+    p.b.start_worker_with_policy(
+        [Address::local(name)],
+        Arc::new(AllowAll),
+        Counter {
+            target: u64::try_from(n)?,
+            seen: 0,
+            done: Some(tx),
+        },
+    )?;
+    let route = Route::from(vec![first_hop, Address::local(name)]);
+    let client = p.a.client()?;
+    let body = Bytes::from(vec![0xCD; 16 * 1024]);
+    let started = Instant::now();
+    for _ in 0..n {
+        client.send(route.clone(), body.clone()).await?;
+    }
+    tokio::time::timeout(Duration::from_secs(120), rx)
+        .await
+        .map_err(|_| anyhow!("{name}: not all messages arrived"))??;
+    Ok(started.elapsed())
+}
+
+/// 16 KiB one-way throughput through a channel, against the plain routed path.
+pub async fn throughput(config: &ChannelBenchConfig) -> anyhow::Result<Vec<BenchRecord>> {
+    eprintln!(
+        "secure channel: 16 KiB throughput ({} messages each)",
+        config.large_messages
+    );
+    let p = pair().await?;
+    let n = config.large_messages;
+    let tcp = Address::try_new(TCP, p.b_addr.as_str())?;
+    pump(&p, tcp.clone(), n / 10 + 1, "warm-plain").await?;
+    let plain = pump(&p, tcp, n, "plain").await?;
+    let enc = p.channel().await?;
+    pump(&p, enc.clone(), n / 10 + 1, "warm-secure").await?;
+    let secure = pump(&p, enc, n, "secure").await?;
+    p.shutdown().await;
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    Ok(vec![BenchRecord::new(
+        "sc_oneway_16KiB_msgs",
+        rate(secure),
+        "msg/s",
+        rate(plain),
+    )])
+}
+
+/// Complete handshakes per second on one core (this thread): identities, attestations and a
+/// credential verified against a trusted authority; against bare snow XX handshakes.
+pub fn handshakes(config: &ChannelBenchConfig) -> anyhow::Result<Vec<BenchRecord>> {
+    eprintln!("secure channel: {} handshakes", config.handshakes);
+    let (auth, auth_secret) = Identity::create(now());
+    let signing = CredentialSigningKey::generate(&auth, &auth_secret, now() - 5, now() + 3600);
+    let initiator = local(Some(&signing))?;
+    let responder = local(Some(&signing))?;
+    let trust = Arc::new(Trust {
+        authorities: vec![auth],
+        admission: Admission::CredentialHolders,
+    });
+    let t = now();
+    let started = Instant::now();
+    for _ in 0..config.handshakes {
+        let (hi, m1) = Handshake::initiate(initiator.clone(), trust.clone(), 1 << 20)?;
+        let hr = Handshake::respond(responder.clone(), trust.clone(), 1 << 20)?;
+        let Progress::Continue(hr, m2) = hr.step(&m1, t)? else {
+            return Err(anyhow!("responder finished early"));
+        };
+        let Progress::Established {
+            reply: Some(m3), ..
+        } = hi.step(&m2, t)?
+        else {
+            return Err(anyhow!("initiator did not finish"));
+        };
+        let Progress::Established { .. } = (*hr).step(&m3, t)? else {
+            return Err(anyhow!("responder did not finish"));
+        };
+    }
+    let kith = config.handshakes as f64 / started.elapsed().as_secs_f64();
+
+    let params: snow::params::NoiseParams = kith_identity::channel::NOISE_PATTERN.parse()?;
+    let ki = snow::Builder::new(params.clone()).generate_keypair()?;
+    let kr = snow::Builder::new(params.clone()).generate_keypair()?;
+    let (mut buf, mut out) = (vec![0u8; 1024], vec![0u8; 1024]);
+    let started = Instant::now();
+    for _ in 0..config.handshakes {
+        let mut i = snow::Builder::new(params.clone())
+            .local_private_key(&ki.private)
+            .build_initiator()?;
+        let mut r = snow::Builder::new(params.clone())
+            .local_private_key(&kr.private)
+            .build_responder()?;
+        let n = i.write_message(&[], &mut buf)?;
+        r.read_message(&buf[..n], &mut out)?;
+        let n = r.write_message(&[], &mut buf)?;
+        i.read_message(&buf[..n], &mut out)?;
+        let n = i.write_message(&[], &mut buf)?;
+        r.read_message(&buf[..n], &mut out)?;
+    }
+    let bare = config.handshakes as f64 / started.elapsed().as_secs_f64();
+    Ok(vec![BenchRecord::new(
+        "sc_handshakes_per_core",
+        kith,
+        "handshakes/s",
+        bare,
+    )])
+}
+
+/// RSS of idle channels (both ends, in this process), against idle TCP connections to the
+/// same node, per item.
+pub async fn memory(config: &ChannelBenchConfig) -> anyhow::Result<Vec<BenchRecord>> {
+    eprintln!(
+        "secure channel: memory of {} idle channels",
+        config.channels
+    );
+    let pid = std::process::id();
+    let p = pair().await?;
+    let n = config.channels;
+    // Baseline: idle TCP connections that passed the kith preamble.
+    let before = rss_kib(pid)?;
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(&p.b_addr).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut s, &[1]).await?;
+        let mut v = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut v).await?;
+        conns.push(s);
+    }
+    let per_conn = (rss_kib(pid)?.saturating_sub(before)) as f64 / n as f64;
+    let before = rss_kib(pid)?;
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        channels.push(p.channel().await?);
+    }
+    let per_channel = (rss_kib(pid)?.saturating_sub(before)) as f64 / n as f64;
+    drop(conns);
+    p.shutdown().await;
+    Ok(vec![BenchRecord::new(
+        "sc_rss_per_idle_channel",
+        per_channel.max(0.001),
+        "KiB/channel",
+        per_conn.max(0.001),
+    )])
+}
