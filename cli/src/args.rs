@@ -60,6 +60,9 @@ pub enum Command {
     /// Send messages along routes.
     #[command(subcommand)]
     Message(MessageCommand),
+    /// Create and inspect identities: who a node is in secure channels.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
     /// Run a walkthrough in a temporary KITH_HOME: two nodes, a message between them.
     #[command(after_help = "Examples:\n  kith demo\n  kith demo --output json")]
     Demo,
@@ -81,7 +84,8 @@ pub enum NodeCommand {
 Examples:
   kith node create n1
   kith node create n2 --tcp-listener-address 127.0.0.1:4000
-  kith node create n3 --foreground          stays attached; Ctrl-C stops it")]
+  kith node create n3 --foreground          stays attached; Ctrl-C stops it
+  kith node create n4 --identity alice      run as identity alice (see `kith identity`)")]
     Create(CreateNode),
     /// List nodes and whether they are running.
     #[command(after_help = "Examples:\n  kith node list\n  kith node list --output json")]
@@ -120,6 +124,9 @@ pub struct CreateNode {
     /// Run in this process instead of as a daemon; Ctrl-C or SIGTERM stops it.
     #[arg(long)]
     pub foreground: bool,
+    /// The identity the node runs as; default: the default identity (created if there is none).
+    #[arg(long, value_name = "NAME")]
+    pub identity: Option<String>,
 }
 
 /// A node named on the command line.
@@ -180,8 +187,11 @@ Examples:
   kith message send hello --from n1 --to /node/n2/service/echo
   kith message send hello --to /ip4/127.0.0.1/tcp/4000/service/echo --timeout 2s
   kith message send hello --to /dnsaddr/localhost/tcp/4000/service/echo --output json
+  kith message send hello --from n1 --to /node/n2/secure/api/service/echo
 
-Without --from, the command runs a node of its own for its duration.")]
+Without --from, the command runs a node of its own for its duration. A /secure/LISTENER hop
+opens an end-to-end secure channel to that listener first; the rest of the route travels
+inside it, and the reply names the peer's identifier.")]
     Send(SendMessage),
 }
 
@@ -207,4 +217,41 @@ pub fn kith_home() -> Option<PathBuf> {
         return Some(PathBuf::from(h));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kith"))
+}
+
+/// `kith identity …`
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Create an identity (the first one becomes the default).
+    #[command(
+        after_help = "Examples:\n  kith identity create alice\n  kith identity create --output json"
+    )]
+    Create {
+        /// Name (letters, digits, '-', '_'); a random one if omitted.
+        name: Option<String>,
+    },
+    /// List identities.
+    #[command(after_help = "Examples:\n  kith identity list\n  kith identity list --output json")]
+    List,
+    /// Show an identity (the default one if no name is given).
+    #[command(after_help = "Examples:\n  kith identity show\n  kith identity show alice --full")]
+    Show {
+        /// Name; the default identity if omitted.
+        name: Option<String>,
+        /// Also print the full key-change history, hex-encoded.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Show the default identity, or make NAME the default.
+    #[command(after_help = "Examples:\n  kith identity default\n  kith identity default alice")]
+    Default {
+        /// The identity to make the default.
+        name: Option<String>,
+    },
+    /// Delete an identity and its keys (refused while a node uses it).
+    #[command(after_help = "Examples:\n  kith identity delete alice")]
+    Delete {
+        /// Name.
+        name: String,
+    },
 }

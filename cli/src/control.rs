@@ -31,6 +31,10 @@ pub enum Request {
         payload: String,
         /// How long to wait, in milliseconds.
         timeout_ms: u64,
+        /// Hops to a secure-channel listener to open a channel with first; `route` then
+        /// travels inside it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<Vec<String>>,
     },
 }
 
@@ -49,6 +53,9 @@ pub enum Response {
 pub struct NodeStatus {
     /// Node name.
     pub name: String,
+    /// The node's identifier.
+    #[serde(default)]
+    pub identifier: String,
     /// Process id.
     pub pid: u32,
     /// Bound TCP listener address.
@@ -85,6 +92,12 @@ pub struct SendReply {
     pub return_route: String,
     /// Round-trip time in milliseconds.
     pub round_trip_ms: f64,
+    /// The identifier of the secure channel's peer, if the message went through one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The channel's verification code, if the message went through one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_code: Option<String>,
 }
 
 /// Send `request` to the daemon listening on `socket` and return its answer.
@@ -140,6 +153,7 @@ mod tests {
             route: vec!["0#echo".into()],
             payload: "hi".into(),
             timeout_ms: 5,
+            channel: None,
         };
         let j = serde_json::to_string(&r).unwrap();
         assert_eq!(

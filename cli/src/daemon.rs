@@ -6,6 +6,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
+use kith_identity::channel::{Admission, LocalIdentity, Trust};
+use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
 use kith_node::{Address, AllowAll, Echo, Node, Route};
 use kith_transport::{Direction, TcpTransport};
 use serde::Serialize;
@@ -27,6 +29,9 @@ pub struct Ready {
     pub pid: u32,
     /// Bound TCP listener address.
     pub listener: String,
+    /// The node's identifier.
+    #[serde(default)]
+    pub identifier: String,
 }
 
 /// A node running in this process.
@@ -37,16 +42,68 @@ pub struct RunningNode {
     pub tcp: TcpTransport,
     /// Bound listener, if any.
     pub listener: Option<String>,
+    /// Who the node is in secure channels, if it has an identity.
+    pub channels: Option<ChannelSettings>,
     started_at: u64,
 }
 
+/// Where a message goes: optionally through a secure channel to the listener at the end of
+/// `channel`, then along `route` (inside the channel, if there is one).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Route to a secure-channel listener to open a channel with first.
+    pub channel: Option<Route>,
+    /// The route (after the channel's encryptor, if any).
+    pub route: Route,
+}
+
+/// Channel settings for the identity `name` (or the default, made if missing) from the vault.
+pub async fn channel_settings(
+    home: &Home,
+    name: Option<&str>,
+) -> Result<(ChannelSettings, String)> {
+    let vault = crate::identities::vault(home).await?;
+    let loaded = async {
+        let stored = crate::identities::resolve(&vault, name).await?;
+        let key = vault.secure_channel_key(&stored.name, unix_now()).await?;
+        anyhow::Ok((stored, key))
+    }
+    .await;
+    vault.close().await;
+    let (stored, key) = loaded?;
+    let local = LocalIdentity {
+        identity: stored.identity.clone(),
+        key,
+        credentials: Vec::new(),
+    };
+    // Until a node belongs to a project (and trusts its authority), it admits any identity
+    // that proves itself; services decide per message with their own policies.
+    let trust = Trust {
+        authorities: Vec::new(),
+        admission: Admission::AnyIdentity,
+    };
+    Ok((
+        ChannelSettings::new(Arc::new(local), Arc::new(trust)),
+        stored.name,
+    ))
+}
+
 impl RunningNode {
-    /// Start a node named `name` with the echo service, listening on `listen` if given.
-    pub async fn start(name: &str, listen: Option<&str>) -> Result<Self> {
+    /// Start a node named `name` with the echo service, listening on `listen` if given, and
+    /// with a secure-channel listener (`api`) if it has channel settings.
+    pub async fn start(
+        name: &str,
+        listen: Option<&str>,
+        channels: Option<ChannelSettings>,
+    ) -> Result<Self> {
         let node = Node::new(name);
         let tcp = TcpTransport::start(&node);
         node.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
             .context("cannot start the echo service")?;
+        if let Some(settings) = &channels {
+            secure_channel::listen(&node, DEFAULT_LISTENER, settings.clone())
+                .context("cannot start the secure channel listener")?;
+        }
         let listener = match listen {
             Some(a) => Some(tcp.listen(a).await?.to_string()),
             None => None,
@@ -55,29 +112,55 @@ impl RunningNode {
             node,
             tcp,
             listener,
+            channels,
             started_at: unix_now(),
         })
     }
 
-    /// Send `payload` along `route` and wait for one reply.
+    /// Send `payload` to `target` and wait for one reply; through a fresh secure channel
+    /// (closed afterwards) if the target asks for one.
     pub async fn send(
         &self,
-        route: Route,
+        target: Target,
         payload: String,
         timeout: Duration,
     ) -> Result<SendReply> {
+        let started = Instant::now();
+        let (route, channel) = match target.channel {
+            None => (target.route, None),
+            Some(to_listener) => {
+                let settings = self
+                    .channels
+                    .as_ref()
+                    .context("this node has no identity, so it cannot open secure channels")?;
+                let shown = to_listener.to_string();
+                let channel = tokio::time::timeout(
+                    timeout,
+                    secure_channel::create(&self.node, to_listener, settings),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("no secure channel to {shown} within {timeout:?}"))?
+                .with_context(|| format!("cannot open a secure channel to {shown}"))?;
+                let mut hops = vec![channel.encryptor.clone()];
+                hops.extend(target.route.iter().cloned());
+                (Route::try_from_iter(hops)?, Some(channel))
+            }
+        };
         let mut client = self.node.client()?;
         let shown = route.to_string();
-        let started = Instant::now();
-        let reply = client
-            .request(route, Bytes::from(payload), timeout)
-            .await
-            .with_context(|| format!("no reply from {shown}"))?;
+        let left = timeout.saturating_sub(started.elapsed());
+        let reply = client.request(route, Bytes::from(payload), left).await;
+        if let Some(c) = &channel {
+            secure_channel::close(&self.node, c);
+        }
+        let reply = reply.with_context(|| format!("no reply from {shown}"))?;
         Ok(SendReply {
             reply: String::from_utf8_lossy(&reply.payload).into_owned(),
             route: shown,
             return_route: reply.return_route.to_string(),
             round_trip_ms: started.elapsed().as_secs_f64() * 1000.0,
+            peer: channel.as_ref().map(|c| c.peer.identifier.to_string()),
+            verification_code: channel.map(|c| c.verification_code),
         })
     }
 
@@ -86,6 +169,11 @@ impl RunningNode {
         let n = self.node.stats();
         let t = self.tcp.stats();
         NodeStatus {
+            identifier: self
+                .channels
+                .as_ref()
+                .map(|c| c.local.identity.identifier().to_string())
+                .unwrap_or_default(),
             name: self.node.name().to_owned(),
             pid: std::process::id(),
             listener: self.listener.clone().unwrap_or_default(),
@@ -94,7 +182,11 @@ impl RunningNode {
                 .node
                 .addresses()
                 .into_iter()
-                .filter(|a| !a.value().starts_with("tcp-") && !a.value().starts_with("client-"))
+                .filter(|a| {
+                    !a.value().starts_with("tcp-")
+                        && !a.value().starts_with("client-")
+                        && !a.value().starts_with("sc-")
+                })
                 .map(|a| a.to_string())
                 .collect(),
             connections: self
@@ -150,7 +242,14 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     // A socket file left by a node that died is stale: nobody answers on it.
     let _ = std::fs::remove_file(&socket);
 
-    let running = RunningNode::start(name, Some(&config.tcp_listener_address)).await?;
+    let (settings, identity) = channel_settings(home, config.identity.as_deref()).await?;
+    if config.identity.as_deref() != Some(identity.as_str()) {
+        // Keep the identity the node first ran as, even if the default changes later.
+        config.identity = Some(identity.clone());
+        home.save_node(&config)?;
+    }
+    let running =
+        RunningNode::start(name, Some(&config.tcp_listener_address), Some(settings)).await?;
     let listener = running.listener.clone().unwrap_or_default();
     if config.tcp_listener_address.ends_with(":0") {
         // Keep the port we were given, so the node's address survives restarts.
@@ -163,14 +262,20 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
         &home.pid_path(name),
         std::process::id().to_string().as_bytes(),
     )?;
-    info!(node = name, %listener, pid = std::process::id(), "node started");
+    info!(node = name, %listener, identity = %identity, pid = std::process::id(), "node started");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
+    let identifier = running
+        .channels
+        .as_ref()
+        .map(|c| c.local.identity.identifier().to_string())
+        .unwrap_or_default();
     on_ready(&Ready {
         name: name.to_owned(),
         pid: std::process::id(),
         listener,
+        identifier,
     });
 
     let running = Arc::new(running);
@@ -220,18 +325,15 @@ async fn serve_control(stream: UnixStream, running: Arc<RunningNode>, stop: mpsc
             route,
             payload,
             timeout_ms,
+            channel,
         }) => {
             let result = async {
-                let hops = route
-                    .iter()
-                    .map(|h| {
-                        h.parse::<Address>()
-                            .with_context(|| format!("invalid hop {h:?}"))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let route = Route::try_from_iter(hops)?;
+                let target = Target {
+                    channel: channel.map(|c| parse_hops(&c)).transpose()?,
+                    route: parse_hops(&route)?,
+                };
                 running
-                    .send(route, payload, Duration::from_millis(timeout_ms))
+                    .send(target, payload, Duration::from_millis(timeout_ms))
                     .await
             }
             .await;
@@ -246,6 +348,17 @@ async fn serve_control(stream: UnixStream, running: Arc<RunningNode>, stop: mpsc
         // Hold the connection open until the daemon drops it at the end of its shutdown.
         std::future::pending::<()>().await;
     }
+}
+
+fn parse_hops(hops: &[String]) -> Result<Route> {
+    let hops = hops
+        .iter()
+        .map(|h| {
+            h.parse::<Address>()
+                .with_context(|| format!("invalid hop {h:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Route::try_from_iter(hops)?)
 }
 
 fn to_response<T: Serialize>(r: Result<T>) -> Response {

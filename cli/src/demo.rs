@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::control::{self, Request, SendReply};
 use crate::home::{Home, NodeConfig};
-use crate::message::resolve_route;
+use crate::message::resolve_target;
 use crate::nodes::spawn_daemon;
 use crate::output::Output;
 
@@ -22,6 +22,8 @@ struct Report {
     steps: Vec<Step>,
     reply: Option<String>,
     round_trip_ms: Option<f64>,
+    /// bob's identifier, as alice's channel authenticated it.
+    peer: Option<String>,
 }
 
 impl Report {
@@ -75,48 +77,94 @@ pub async fn run(out: &Output) -> Result<()> {
 }
 
 async fn steps(home: &Home, out: &Output, report: &mut Report) -> Result<()> {
+    let vault = crate::identities::vault(home).await?;
+    let made = async {
+        let mut ids = Vec::new();
+        for name in NODES {
+            ids.push(
+                vault
+                    .create_identity(name, crate::daemon::unix_now())
+                    .await?
+                    .identifier()
+                    .to_string(),
+            );
+        }
+        anyhow::Ok(ids)
+    }
+    .await;
+    vault.close().await;
+    let ids = made?;
+    report.say(
+        out,
+        format!(
+            "Created two identities: alice is {}, bob is {}",
+            ids[0], ids[1]
+        ),
+    );
     for name in NODES {
         home.create_node(&NodeConfig {
             name: name.to_owned(),
             tcp_listener_address: "127.0.0.1:0".to_owned(),
             created_at: crate::daemon::unix_now(),
+            identity: Some(name.to_owned()),
         })?;
         let ready = spawn_daemon(home, name).await?;
         report.say(
             out,
             format!(
-                "Started node {name} as a daemon (pid {}), listening on {} with an echo service",
+                "Started node {name} as a daemon (pid {}), listening on {} with an echo service and a secure channel listener",
                 ready.pid, ready.listener
             ),
         );
     }
-    let to = "/node/bob/service/echo";
-    let route = resolve_route(home, to).await?;
     let text = "hello from alice";
-    report.say(
-        out,
-        format!("alice sends {text:?} to {to}, which is the route {route}"),
-    );
-    let request = Request::Send {
-        route: route.iter().map(ToString::to_string).collect(),
-        payload: text.to_owned(),
-        timeout_ms: 10_000,
-    };
-    let v = control::call(
-        &home.socket_path("alice"),
-        &request,
-        std::time::Duration::from_secs(12),
-    )
-    .await?;
-    let reply: SendReply = serde_json::from_value(v)?;
-    report.say(
-        out,
-        format!(
-            "bob's echo answered {:?} in {:.2} ms; the reply came back along {}",
-            reply.reply, reply.round_trip_ms, reply.return_route
-        ),
-    );
-    report.reply = Some(reply.reply);
-    report.round_trip_ms = Some(reply.round_trip_ms);
+    for to in [
+        "/node/bob/service/echo",
+        "/node/bob/secure/api/service/echo",
+    ] {
+        let target = resolve_target(home, to).await?;
+        let request = Request::Send {
+            route: target.route.iter().map(ToString::to_string).collect(),
+            payload: text.to_owned(),
+            timeout_ms: 10_000,
+            channel: target
+                .channel
+                .as_ref()
+                .map(|c| c.iter().map(ToString::to_string).collect()),
+        };
+        match &target.channel {
+            None => report.say(out, format!("alice sends {text:?} to {to}: plain TCP, the route {}", target.route)),
+            Some(c) => report.say(
+                out,
+                format!(
+                    "alice sends {text:?} to {to}: a Noise XX secure channel to bob's listener at {c}, then {} inside it",
+                    target.route
+                ),
+            ),
+        }
+        let v = control::call(
+            &home.socket_path("alice"),
+            &request,
+            std::time::Duration::from_secs(12),
+        )
+        .await?;
+        let reply: SendReply = serde_json::from_value(v)?;
+        let through = match (&reply.peer, &reply.verification_code) {
+            (Some(peer), Some(code)) => format!(
+                "; end to end encrypted with {peer} (bob, verified by its key history and attested key), verification code {code}"
+            ),
+            _ => String::new(),
+        };
+        report.say(
+            out,
+            format!(
+                "bob's echo answered {:?} in {:.2} ms; the reply came back along {}{through}",
+                reply.reply, reply.round_trip_ms, reply.return_route
+            ),
+        );
+        report.reply = Some(reply.reply);
+        report.round_trip_ms = Some(reply.round_trip_ms);
+        report.peer = reply.peer;
+    }
     Ok(())
 }

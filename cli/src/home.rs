@@ -37,6 +37,10 @@ pub struct NodeConfig {
     pub tcp_listener_address: String,
     /// Seconds since the Unix epoch.
     pub created_at: u64,
+    /// The identity the node runs as (a name in the vault). Nodes made before identities
+    /// existed get the default identity when they next start.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 /// Check a node name: letters, digits, '-' and '_', starting with a letter or digit.
@@ -70,6 +74,11 @@ impl Home {
 
     fn nodes_dir(&self) -> PathBuf {
         self.root.join("nodes")
+    }
+
+    /// The vault of identities and secret keys.
+    pub fn vault_path(&self) -> PathBuf {
+        self.root.join("vault.sqlite")
     }
 
     /// The directory of node `name`.
@@ -210,6 +219,7 @@ mod tests {
             name: "n1".into(),
             tcp_listener_address: "127.0.0.1:0".into(),
             created_at: 1,
+            identity: Some("default".into()),
         };
         home.create_node(&cfg).unwrap();
         assert!(

@@ -10,6 +10,7 @@ pub mod daemon;
 mod demo;
 pub mod duration;
 pub mod home;
+pub mod identities;
 mod message;
 pub mod nodes;
 pub mod output;

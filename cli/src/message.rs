@@ -8,7 +8,7 @@ use kith_transport::{MultiAddr, Protocol};
 
 use crate::args::SendMessage;
 use crate::control::{self, Request, SendReply};
-use crate::daemon::RunningNode;
+use crate::daemon::{RunningNode, Target, channel_settings};
 use crate::home::Home;
 use crate::nodes::{NodeState, probe};
 use crate::output::Output;
@@ -24,11 +24,25 @@ fn dialable(listener: &str) -> String {
     }
 }
 
-/// Parse `text` as a route, resolving `/node/NAME` to that running node's listener.
-pub async fn resolve_route(home: &Home, text: &str) -> Result<Route> {
+/// Parse `text` as a target: a route, or a route to a secure-channel listener followed by
+/// the route inside the channel. `/node/NAME` resolves to that running node's listener.
+pub async fn resolve_target(home: &Home, text: &str) -> Result<Target> {
     let addr: MultiAddr = text
         .parse()
         .with_context(|| format!("invalid route {text:?}"))?;
+    Ok(match addr.secure_split() {
+        Some((to_listener, rest)) => Target {
+            channel: Some(resolve(home, text, &to_listener).await?),
+            route: resolve(home, text, &rest).await?,
+        },
+        None => Target {
+            channel: None,
+            route: resolve(home, text, &addr).await?,
+        },
+    })
+}
+
+async fn resolve(home: &Home, text: &str, addr: &MultiAddr) -> Result<Route> {
     let mut nodes = HashMap::new();
     for p in addr.protocols() {
         if let Protocol::Node(name) = p {
@@ -58,17 +72,23 @@ pub async fn resolve_route(home: &Home, text: &str) -> Result<Route> {
 
 /// `kith message send`
 pub async fn send(home: &Home, out: &Output, args: SendMessage) -> Result<()> {
-    let route = resolve_route(home, &args.to).await?;
-    if route.is_empty() {
-        bail!("route {:?} has no hops", args.to);
+    let target = resolve_target(home, &args.to).await?;
+    if target.route.is_empty() {
+        bail!(
+            "route {:?} has nothing after its last hop; end it with /service/NAME",
+            args.to
+        );
     }
     let reply: SendReply = match &args.from {
         Some(from) => {
             home.load_node(from)?;
             let request = Request::Send {
-                route: route.iter().map(ToString::to_string).collect(),
+                route: target.route.iter().map(ToString::to_string).collect(),
                 payload: args.message,
                 timeout_ms: u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX),
+                channel: target
+                    .channel
+                    .map(|c| c.iter().map(ToString::to_string).collect()),
             };
             let socket = home.socket_path(from);
             if let NodeState::Stopped { .. } = probe(home, from).await {
@@ -79,12 +99,22 @@ pub async fn send(home: &Home, out: &Output, args: SendMessage) -> Result<()> {
             serde_json::from_value(v).context("unexpected answer from the node")?
         }
         None => {
-            let node = RunningNode::start("cli", None).await?;
-            let reply = node.send(route, args.message, args.timeout).await;
+            // An identity only if the route needs one: a plain message needs no vault.
+            let channels = match target.channel {
+                Some(_) => Some(channel_settings(home, None).await?.0),
+                None => None,
+            };
+            let node = RunningNode::start("cli", None, channels).await?;
+            let reply = node.send(target, args.message, args.timeout).await;
             node.node.shutdown().await;
             reply?
         }
     };
     out.result(|| reply.reply.clone(), &reply);
+    if let (Some(peer), Some(code)) = (&reply.peer, &reply.verification_code) {
+        out.note(format!(
+            "(through a secure channel with {peer}, verification code {code})"
+        ));
+    }
     Ok(())
 }

@@ -75,10 +75,23 @@ pub async fn create(home: &Home, out: &Output, args: CreateNode) -> Result<()> {
     let name = args.name.unwrap_or_else(random_name);
     validate_node_name(&name)?;
     validate_listener(&args.tcp_listener_address)?;
+    if home.node_exists(&name) {
+        bail!(
+            "node {name:?} already exists; start it with `kith node start {name}` or pick another name"
+        );
+    }
+    // Settle the identity first, so a missing one fails before anything is made.
+    let identity = {
+        let vault = crate::identities::vault(home).await?;
+        let found = crate::identities::resolve(&vault, args.identity.as_deref()).await;
+        vault.close().await;
+        found?.name
+    };
     let config = NodeConfig {
         name: name.clone(),
         tcp_listener_address: args.tcp_listener_address,
         created_at: unix_now(),
+        identity: Some(identity),
     };
     home.create_node(&config)?;
     let started = if args.foreground {
@@ -309,6 +322,8 @@ fn node_json(config: &NodeConfig, state: &NodeState) -> serde_json::Value {
         NodeState::Running(s) => serde_json::json!({
             "name": config.name,
             "status": "running",
+            "identity": config.identity,
+            "identifier": s.identifier,
             "pid": s.pid,
             "listener": s.listener,
             "started_at": s.started_at,
@@ -319,6 +334,7 @@ fn node_json(config: &NodeConfig, state: &NodeState) -> serde_json::Value {
         NodeState::Stopped { crashed } => serde_json::json!({
             "name": config.name,
             "status": if *crashed { "stopped (did not shut down cleanly)" } else { "stopped" },
+            "identity": config.identity,
             "pid": null,
             "listener": config.tcp_listener_address,
         }),

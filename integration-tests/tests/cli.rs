@@ -76,7 +76,7 @@ fn node_lifecycle_create_send_stop_start_delete() {
     assert!(v["return_route"].as_str().unwrap().starts_with("[0#tcp-"));
     let show = k.status("n2");
     assert_eq!(show["connections"][0]["direction"], "outgoing");
-    assert_eq!(show["services"], serde_json::json!(["0#echo"]));
+    assert_eq!(show["services"], serde_json::json!(["0#api", "0#echo"]));
 
     // Stop, then start on the same listener.
     k.ok(&["node", "stop", "n1"]);
@@ -355,4 +355,118 @@ fn completions_are_generated() {
     let out = k.ok(&["completion", "bash"]);
     assert!(out.contains("kith"));
     assert!(out.contains("message"));
+}
+
+#[test]
+fn identities_are_created_listed_made_default_and_protected_while_in_use() {
+    let k = Kith::new();
+    assert_eq!(k.json(&["identity", "list"]), serde_json::json!([]));
+    let alice = k.json(&["identity", "create", "alice"]);
+    assert_eq!(alice["default"], true, "the first identity is the default");
+    let id = alice["identifier"].as_str().unwrap().to_owned();
+    assert!(id.starts_with('I') && id.len() == 41, "{id}");
+    let bob = k.json(&["identity", "create", "bob"]);
+    assert_eq!(bob["default"], false);
+    let e = k.fails(&["identity", "create", "alice"]);
+    assert!(e.contains("already"), "{e}");
+    let e = k.fails(&["identity", "create", "no/slashes"]);
+    assert!(e.contains("name"), "{e}");
+
+    k.ok(&["identity", "default", "bob"]);
+    assert_eq!(k.ok(&["identity", "default"]), "bob\n");
+    let full = k.json(&["identity", "show", "alice", "--full"]);
+    assert_eq!(full["identifier"], id.as_str());
+    assert!(full["changes_hex"].as_str().unwrap().len() > 100);
+    // Secrets never appear in any output.
+    let list = k.ok(&["identity", "list", "--output", "json"]);
+    assert!(!list.contains("secret"), "{list}");
+
+    // A node runs as an identity, which then cannot be deleted under it.
+    k.json(&["node", "create", "n1", "--identity", "alice"]);
+    assert_eq!(k.status("n1")["identifier"], id.as_str());
+    let e = k.fails(&["identity", "delete", "alice"]);
+    assert!(e.contains("used by node(s) n1"), "{e}");
+    let e = k.fails(&["node", "create", "n2", "--identity", "ghost"]);
+    assert!(e.contains("no identity \"ghost\""), "{e}");
+    assert!(
+        !k.home().join("nodes/n2").exists(),
+        "a failed create left state behind"
+    );
+    k.ok(&["node", "delete", "n1"]);
+    k.ok(&["identity", "delete", "alice"]);
+    assert_eq!(k.json(&["identity", "list"]).as_array().unwrap().len(), 1);
+
+    // The vault is private to its owner.
+    let mode = std::fs::metadata(k.home().join("vault.sqlite"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn messages_through_a_secure_channel_name_the_peer_and_survive_restarts_with_the_same_identity() {
+    let k = Kith::new();
+    k.node("n1");
+    k.ok(&["identity", "create", "other"]);
+    k.json(&["node", "create", "n2", "--identity", "other"]);
+    let n2_id = k.status("n2")["identifier"].as_str().unwrap().to_owned();
+    assert_ne!(n2_id, k.status("n1")["identifier"].as_str().unwrap());
+
+    let v = k.json(&[
+        "message",
+        "send",
+        "secret",
+        "--from",
+        "n1",
+        "--to",
+        "/node/n2/secure/api/service/echo",
+    ]);
+    assert_eq!(v["reply"], "secret");
+    assert_eq!(v["peer"], n2_id.as_str());
+    assert!(
+        v["return_route"]
+            .as_str()
+            .unwrap()
+            .starts_with("[0#sc-enc-"),
+        "{v}"
+    );
+    assert!(v["verification_code"].as_str().unwrap().len() == 9);
+
+    // From an embedded node (the default identity), and over an explicit ip4 route.
+    let listener = k.status("n2")["listener"].as_str().unwrap().to_owned();
+    let (host, port) = listener.rsplit_once(':').unwrap();
+    let to = format!("/ip4/{host}/tcp/{port}/secure/api/service/echo");
+    let v = k.json(&["message", "send", "hi", "--to", &to]);
+    assert_eq!(v["peer"], n2_id.as_str());
+
+    // A restarted node keeps its identity.
+    k.ok(&["node", "stop", "n2"]);
+    k.ok(&["node", "start", "n2"]);
+    assert_eq!(k.status("n2")["identifier"], n2_id.as_str());
+    let v = k.json(&[
+        "message",
+        "send",
+        "again",
+        "--from",
+        "n1",
+        "--to",
+        "/node/n2/secure/api/service/echo",
+    ]);
+    assert_eq!(v["peer"], n2_id.as_str());
+
+    // No secure listener at the end of the route: a clear failure, not a hang.
+    let e = k.fails(&[
+        "message",
+        "send",
+        "x",
+        "--from",
+        "n1",
+        "--to",
+        "/node/n2/secure/echo/service/echo",
+        "--timeout",
+        "2s",
+    ]);
+    assert!(e.contains("secure channel"), "{e}");
 }
