@@ -177,8 +177,9 @@ fn encode_bundle(local: &LocalIdentity) -> Vec<u8> {
     e.into_writer()
 }
 
-/// Check a peer's bundle against the Noise static key it proved it holds.
-fn verify_peer(
+/// Check a peer's bundle (what handshake messages 2 and 3 carry) against the Noise static key
+/// it proved it holds, the trusted authorities and the admission rule, at `now`.
+pub fn verify_bundle(
     bundle: &[u8],
     remote_static: &[u8],
     trust: &Trust,
@@ -342,7 +343,7 @@ impl Handshake {
             .get_remote_static()
             .ok_or(HandshakeError::Unexpected)?
             .to_vec();
-        let peer = verify_peer(payload, &remote_static, &self.trust, now)?;
+        let peer = verify_bundle(payload, &remote_static, &self.trust, now)?;
         let reply = if initiator {
             let mut out = vec![0u8; MAX_NOISE_MESSAGE];
             let n = self
