@@ -63,6 +63,9 @@ pub enum Command {
     /// Create and inspect identities: who a node is in secure channels.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Open, list and close end-to-end secure channels kept by a node.
+    #[command(subcommand, name = "secure-channel")]
+    SecureChannel(SecureChannelCommand),
     /// Run a walkthrough in a temporary KITH_HOME: two nodes, a message between them.
     #[command(after_help = "Examples:\n  kith demo\n  kith demo --output json")]
     Demo,
@@ -253,5 +256,46 @@ pub enum IdentityCommand {
     Delete {
         /// Name.
         name: String,
+    },
+}
+
+/// `kith secure-channel …`
+#[derive(Debug, Subcommand)]
+pub enum SecureChannelCommand {
+    /// Open a channel from a node to a secure-channel listener and keep it; prints the
+    /// channel's address, to start routes with.
+    #[command(after_help = "\
+Examples:
+  kith secure-channel create --from n1 --to /node/n2/service/api
+  kith secure-channel create --from n1 --to /ip4/127.0.0.1/tcp/4002/service/api
+  kith message send hi --from n1 --to /service/sc-enc-0123456789abcdef/service/echo")]
+    Create {
+        /// The node that opens and keeps the channel.
+        #[arg(long, value_name = "NODE")]
+        from: String,
+        /// Route to the listener (every node serves one at `api`).
+        #[arg(long, value_name = "ROUTE")]
+        to: String,
+        /// How long the handshake may take.
+        #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// List the channels a node keeps.
+    #[command(after_help = "Examples:\n  kith secure-channel list --from n1")]
+    List {
+        /// The node.
+        #[arg(long, value_name = "NODE")]
+        from: String,
+    },
+    /// Close a kept channel.
+    #[command(
+        after_help = "Examples:\n  kith secure-channel delete sc-enc-0123456789abcdef --from n1"
+    )]
+    Delete {
+        /// The channel's address, as `create` or `list` printed it.
+        address: String,
+        /// The node.
+        #[arg(long, value_name = "NODE")]
+        from: String,
     },
 }

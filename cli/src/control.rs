@@ -36,6 +36,35 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         channel: Option<Vec<String>>,
     },
+    /// Open a secure channel to the listener at the end of `to` and keep it.
+    ChannelCreate {
+        /// Hops as `kind#value`.
+        to: Vec<String>,
+        /// How long the handshake may take, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// The channels this node keeps open.
+    ChannelList,
+    /// Close a kept channel by its address (`sc-enc-…`).
+    ChannelDelete {
+        /// The channel's address.
+        address: String,
+    },
+}
+
+/// A secure channel a daemon keeps open.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelView {
+    /// Route through the channel by starting with `/service/<this>`.
+    pub address: String,
+    /// The channel's decryptor.
+    pub decryptor: String,
+    /// The peer's identifier.
+    pub peer: String,
+    /// The code both ends can compare out of band.
+    pub verification_code: String,
+    /// The route to the listener it was opened with.
+    pub to: String,
 }
 
 /// A daemon's answer.

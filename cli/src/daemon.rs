@@ -17,7 +17,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::control::{self, ConnectionView, MAX_LINE, NodeStatus, Request, Response, SendReply};
+use crate::control::{
+    self, ChannelView, ConnectionView, MAX_LINE, NodeStatus, Request, Response, SendReply,
+};
 use crate::home::{Home, write_private_atomic};
 
 /// What a daemon prints on stdout once it is serving: the spawning command waits for it.
@@ -44,6 +46,8 @@ pub struct RunningNode {
     pub listener: Option<String>,
     /// Who the node is in secure channels, if it has an identity.
     pub channels: Option<ChannelSettings>,
+    /// Channels opened with `kith secure-channel create`, kept until deleted or torn down.
+    kept: std::sync::Mutex<Vec<(secure_channel::SecureChannel, String)>>,
     started_at: u64,
 }
 
@@ -113,8 +117,61 @@ impl RunningNode {
             tcp,
             listener,
             channels,
+            kept: std::sync::Mutex::default(),
             started_at: unix_now(),
         })
+    }
+
+    /// Open a channel to the listener at the end of `to` and keep it.
+    pub async fn open_channel(&self, to: Route, timeout: Duration) -> Result<ChannelView> {
+        let settings = self
+            .channels
+            .as_ref()
+            .context("this node has no identity, so it cannot open secure channels")?;
+        let shown = to.to_string();
+        let channel =
+            tokio::time::timeout(timeout, secure_channel::create(&self.node, to, settings))
+                .await
+                .map_err(|_| anyhow::anyhow!("no secure channel to {shown} within {timeout:?}"))?
+                .with_context(|| format!("cannot open a secure channel to {shown}"))?;
+        let view = channel_view(&channel, &shown);
+        self.kept_channels().push((channel, shown));
+        Ok(view)
+    }
+
+    fn kept_channels(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(secure_channel::SecureChannel, String)>> {
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The kept channels still up (a channel torn down by its peer drops out).
+    pub fn list_channels(&self) -> Vec<ChannelView> {
+        let live = self.node.addresses();
+        let mut kept = self.kept_channels();
+        kept.retain(|(c, _)| live.contains(&c.encryptor));
+        kept.iter().map(|(c, to)| channel_view(c, to)).collect()
+    }
+
+    /// Close the kept channel at `address` (`sc-enc-…`, with or without `0#`).
+    pub fn close_channel(&self, address: &str) -> Result<ChannelView> {
+        let wanted = address
+            .parse::<Address>()
+            .with_context(|| format!("invalid channel address {address:?}"))?;
+        let mut kept = self.kept_channels();
+        let at = kept
+            .iter()
+            .position(|(c, _)| c.encryptor == wanted)
+            .with_context(|| {
+                format!(
+                    "no secure channel {address:?} on this node; see `kith secure-channel list`"
+                )
+            })?;
+        let (channel, to) = kept.remove(at);
+        secure_channel::close(&self.node, &channel);
+        Ok(channel_view(&channel, &to))
     }
 
     /// Send `payload` to `target` and wait for one reply; through a fresh secure channel
@@ -221,6 +278,16 @@ impl RunningNode {
     }
 }
 
+fn channel_view(c: &secure_channel::SecureChannel, to: &str) -> ChannelView {
+    ChannelView {
+        address: c.encryptor.value().to_owned(),
+        decryptor: c.decryptor.value().to_owned(),
+        peer: c.peer.identifier.to_string(),
+        verification_code: c.verification_code.clone(),
+        to: to.to_owned(),
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -320,6 +387,20 @@ async fn serve_control(stream: UnixStream, running: Arc<RunningNode>, stop: mpsc
             false,
         ),
         Ok(Request::Status) => (to_response(Ok(running.status())), false),
+        Ok(Request::ChannelCreate { to, timeout_ms }) => {
+            let result = async {
+                let to = parse_hops(&to)?;
+                running
+                    .open_channel(to, Duration::from_millis(timeout_ms))
+                    .await
+            }
+            .await;
+            (to_response(result), false)
+        }
+        Ok(Request::ChannelList) => (to_response(Ok(running.list_channels())), false),
+        Ok(Request::ChannelDelete { address }) => {
+            (to_response(running.close_channel(&address)), false)
+        }
         Ok(Request::Stop) => (Response::Ok(serde_json::Value::Null), true),
         Ok(Request::Send {
             route,

@@ -5,6 +5,7 @@
 //! that is the job of the crates below it.
 
 pub mod args;
+mod channels;
 pub mod control;
 pub mod daemon;
 mod demo;

@@ -470,3 +470,85 @@ fn messages_through_a_secure_channel_name_the_peer_and_survive_restarts_with_the
     ]);
     assert!(e.contains("secure channel"), "{e}");
 }
+
+#[test]
+fn kept_secure_channels_are_created_used_listed_and_deleted() {
+    let k = Kith::new();
+    k.node("n1");
+    k.node("n2");
+    let n2_id = k.status("n2")["identifier"].as_str().unwrap().to_owned();
+    let c = k.json(&[
+        "secure-channel",
+        "create",
+        "--from",
+        "n1",
+        "--to",
+        "/node/n2/service/api",
+    ]);
+    assert_eq!(c["peer"], n2_id.as_str());
+    let address = format!("/service/{}", c["address"].as_str().unwrap());
+    let plain = k.ok(&[
+        "secure-channel",
+        "create",
+        "--from",
+        "n1",
+        "--to",
+        "/node/n2/service/api",
+    ]);
+    assert!(plain.starts_with("/service/sc-enc-"), "{plain}");
+
+    let route = format!("{address}/service/echo");
+    assert_eq!(
+        k.ok(&["message", "send", "inside", "--from", "n1", "--to", &route]),
+        "inside\n"
+    );
+    let list = k.json(&["secure-channel", "list", "--from", "n1"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    k.ok(&["secure-channel", "delete", &address, "--from", "n1"]);
+    assert_eq!(
+        k.json(&["secure-channel", "list", "--from", "n1"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let e = k.fails(&[
+        "message",
+        "send",
+        "x",
+        "--from",
+        "n1",
+        "--to",
+        &route,
+        "--timeout",
+        "1s",
+    ]);
+    assert!(e.contains("no worker at"), "{e}");
+    let e = k.fails(&["secure-channel", "delete", &address, "--from", "n1"]);
+    assert!(e.contains("no secure channel"), "{e}");
+    // A channel's address is only usable on the node that keeps it.
+    let e = k.fails(&[
+        "message",
+        "send",
+        "x",
+        "--from",
+        "n2",
+        "--to",
+        &route,
+        "--timeout",
+        "1s",
+    ]);
+    assert!(e.contains("no worker at"), "{e}");
+    let e = k.fails(&[
+        "secure-channel",
+        "create",
+        "--from",
+        "n1",
+        "--to",
+        "/node/n2/service/echo",
+        "--timeout",
+        "1s",
+    ]);
+    assert!(e.contains("cannot open a secure channel"), "{e}");
+}
