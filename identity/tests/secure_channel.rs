@@ -292,3 +292,155 @@ async fn closing_a_channel_stops_both_ends() {
     })
     .await;
 }
+
+/// Forwards whatever reaches it to the rest of its route, recording each payload: a wiretap
+/// on the path between two channel ends.
+struct Tap(Arc<std::sync::Mutex<Vec<(Route, Bytes)>>>);
+
+impl Worker for Tap {
+    async fn handle_message(
+        &mut self,
+        ctx: &mut Context,
+        mut m: Message,
+    ) -> Result<(), WorkerError> {
+        m.onward_route.step();
+        m.return_route.prepend(ctx.address().clone());
+        self.0
+            .lock()
+            .unwrap()
+            .push((m.onward_route.clone(), m.payload.clone()));
+        ctx.forward(m).await?;
+        Ok(())
+    }
+}
+
+async fn tapped_channel() -> (
+    Side,
+    Side,
+    secure_channel::SecureChannel,
+    Arc<std::sync::Mutex<Vec<(Route, Bytes)>>>,
+) {
+    let a = side("a", local(|_| vec![]), open_trust(), WAIT).await;
+    let b = side("b", local(|_| vec![]), open_trust(), WAIT).await;
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    b.node
+        .start_worker_with_policy(
+            [Address::local("tap")],
+            Arc::new(AllowAll),
+            Tap(log.clone()),
+        )
+        .unwrap();
+    let channel = secure_channel::create(
+        &a.node,
+        to(&b.listener, &["tap", DEFAULT_LISTENER]),
+        &a.settings,
+    )
+    .await
+    .unwrap();
+    (a, b, channel, log)
+}
+
+/// The recorded ciphertexts that went to b's decryptor, with that decryptor's address.
+fn to_b_decryptor(log: &std::sync::Mutex<Vec<(Route, Bytes)>>) -> Vec<(Address, Bytes)> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(r, p)| {
+            r.next()
+                .filter(|a| a.value().starts_with("sc-") && r.len() == 1)
+                .map(|a| (a.clone(), p.clone()))
+        })
+        .collect()
+}
+
+/// Counts what reaches it; open to channel peers only.
+struct Counting(Arc<std::sync::atomic::AtomicU64>);
+
+impl Worker for Counting {
+    async fn handle_message(&mut self, _: &mut Context, _: Message) -> Result<(), WorkerError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn counting_sink(node: &Node) -> Arc<std::sync::atomic::AtomicU64> {
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let only_channels = AllowOrigins(|o: &Origin| matches!(o, Origin::SecureChannel { .. }));
+    node.start_worker_with_policy(
+        [Address::local("sink")],
+        Arc::new(only_channels),
+        Counting(count.clone()),
+    )
+    .unwrap();
+    count
+}
+
+#[tokio::test]
+async fn a_replayed_message_tears_the_channel_down_and_reaches_nothing() {
+    let (a, b, channel, log) = tapped_channel().await;
+    let count = counting_sink(&b.node);
+    let client = a.node.client().unwrap();
+    let through = Route::from(vec![channel.encryptor.clone(), Address::local("sink")]);
+    client.send(through, "once").await.unwrap();
+    until("the message to arrive", || {
+        count.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    let (decryptor, sealed) = to_b_decryptor(&log).last().cloned().unwrap();
+
+    // Someone on the path sends the same ciphertext again.
+    let raw = Node::new("raw");
+    TcpTransport::start(&raw);
+    raw.client()
+        .unwrap()
+        .send(to(&b.listener, &[decryptor.value()]), sealed)
+        .await
+        .unwrap();
+    until("b to tear the channel down", || {
+        channel_workers(&b.node) == 0
+    })
+    .await;
+    until("a to follow", || channel_workers(&a.node) == 0).await;
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the replay reached the service"
+    );
+}
+
+#[tokio::test]
+async fn a_message_older_than_the_replay_window_tears_the_channel_down() {
+    let (a, b, channel, log) = tapped_channel().await;
+    let client = a.node.client().unwrap();
+    let through = Route::from(vec![channel.encryptor.clone(), Address::local("sink")]);
+    let count = counting_sink(&b.node);
+    for i in 0..200u32 {
+        client
+            .send(through.clone(), i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    until("all 200 to arrive", || {
+        count.load(std::sync::atomic::Ordering::SeqCst) == 200
+    })
+    .await;
+    let recorded = to_b_decryptor(&log);
+    // The first data message, 200 messages behind: far outside the 128-message window.
+    let (decryptor, old) = recorded[1].clone();
+    let raw = Node::new("raw");
+    TcpTransport::start(&raw);
+    raw.client()
+        .unwrap()
+        .send(to(&b.listener, &[decryptor.value()]), old)
+        .await
+        .unwrap();
+    until("b to tear the channel down", || {
+        channel_workers(&b.node) == 0
+    })
+    .await;
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        200,
+        "the stale message was delivered"
+    );
+}
