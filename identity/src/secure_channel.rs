@@ -10,7 +10,7 @@
 //! tears the channel down (never the node) with the reason in our log.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -31,6 +31,11 @@ use crate::channel::{
 /// 10 s: long enough for a lossy mobile link, short enough that a half-open handshake cannot
 /// pin memory (DESIGN §4).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// 1,024 handshakes: how many responders a listener keeps at once while their handshakes are
+/// unfinished. Each holds Noise state until it completes or times out, so without a cap a
+/// peer spraying first messages could pin memory; past it, new handshakes are refused.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// The default address of a node's secure-channel listener.
 pub const DEFAULT_LISTENER: &str = "api";
@@ -54,6 +59,8 @@ pub struct ChannelSettings {
     pub handshake_timeout: Duration,
     /// Messages per key.
     pub rekey_interval: u64,
+    /// Unfinished handshakes a listener holds at once.
+    pub max_pending_handshakes: usize,
 }
 
 impl ChannelSettings {
@@ -64,7 +71,47 @@ impl ChannelSettings {
             trust,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             rekey_interval: DEFAULT_REKEY_INTERVAL,
+            max_pending_handshakes: MAX_PENDING_HANDSHAKES,
         }
+    }
+}
+
+/// What a listener has done, for status and tests.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Handshakes that got a responder.
+    pub started: AtomicU64,
+    /// First messages refused because the pending-handshake cap was reached.
+    pub refused_busy: AtomicU64,
+    /// First messages that were not a valid handshake start.
+    pub refused_invalid: AtomicU64,
+    pending: Arc<AtomicUsize>,
+}
+
+impl ListenerStats {
+    /// Handshakes started and not yet finished or abandoned.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// One unfinished handshake counted against a listener's cap; released when dropped.
+struct PendingSlot(Arc<AtomicUsize>);
+
+impl PendingSlot {
+    fn take(pending: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(pending.clone()))
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -106,12 +153,17 @@ pub fn listen(
     node: &Node,
     address: &str,
     settings: ChannelSettings,
-) -> Result<(), kith_node::StartError> {
+) -> Result<Arc<ListenerStats>, kith_node::StartError> {
+    let stats = Arc::new(ListenerStats::default());
     node.start_worker_with_policy(
         [Address::local(address)],
         Arc::new(AllowAll),
-        Listener { settings },
-    )
+        Listener {
+            settings,
+            stats: stats.clone(),
+        },
+    )?;
+    Ok(stats)
 }
 
 /// Open a channel to the listener at the end of `route`, waiting for the handshake.
@@ -134,6 +186,7 @@ pub async fn create(
         on_established: Some(tx),
         established: established.clone(),
         pending: None,
+        slot: None,
     };
     node.start_worker_with_policy([decryptor.clone()], Arc::new(AllowAll), worker)
         .map_err(|_| SecureChannelError::ShuttingDown)?;
@@ -180,6 +233,7 @@ fn arm_handshake_timeout(
 
 struct Listener {
     settings: ChannelSettings,
+    stats: Arc<ListenerStats>,
 }
 
 impl Worker for Listener {
@@ -188,6 +242,16 @@ impl Worker for Listener {
         ctx: &mut Context,
         message: Message,
     ) -> Result<(), WorkerError> {
+        let Some(slot) =
+            PendingSlot::take(&self.stats.pending, self.settings.max_pending_handshakes)
+        else {
+            self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                max = self.settings.max_pending_handshakes,
+                "refused a secure channel handshake: too many unfinished handshakes"
+            );
+            return Ok(());
+        };
         let handshake = Handshake::respond(
             self.settings.local.clone(),
             self.settings.trust.clone(),
@@ -201,10 +265,12 @@ impl Worker for Listener {
                 return Err("handshake finished on its first message".into());
             }
             Err(e) => {
+                self.stats.refused_invalid.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %kith_node::DisplayChain(&e), "refused a secure channel handshake");
                 return Ok(());
             }
         };
+        self.stats.started.fetch_add(1, Ordering::Relaxed);
         let established = Arc::new(AtomicBool::new(false));
         let worker = ChannelWorker {
             state: State::Handshaking(Some(handshake)),
@@ -212,6 +278,7 @@ impl Worker for Listener {
             on_established: None,
             established: established.clone(),
             pending: None,
+            slot: Some(slot),
         };
         ctx.node()
             .start_worker_with_policy([decryptor.clone()], Arc::new(AllowAll), worker)?;
@@ -249,6 +316,9 @@ struct ChannelWorker {
     established: Arc<AtomicBool>,
     /// The initiator's channel, handed to `create` when the responder's `Ready` arrives.
     pending: Option<SecureChannel>,
+    /// A responder's place under its listener's cap, given back when the handshake ends
+    /// one way or the other (established, failed, or the worker stopped).
+    slot: Option<PendingSlot>,
 }
 
 impl ChannelWorker {
@@ -284,6 +354,7 @@ impl ChannelWorker {
                     },
                 )?;
                 self.established.store(true, Ordering::Release);
+                self.slot = None;
                 info!(
                     peer = %channel.peer.identifier,
                     decryptor = %ctx.address(),

@@ -444,3 +444,62 @@ async fn a_message_older_than_the_replay_window_tears_the_channel_down() {
         "the stale message was delivered"
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_unfinished_handshakes_is_capped_and_the_listener_recovers() {
+    let b = Node::new("b");
+    let listener = TcpTransport::start(&b)
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap()
+        .to_string();
+    b.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
+        .unwrap();
+    let mut settings = ChannelSettings::new(local(|_| vec![]), open_trust());
+    settings.handshake_timeout = Duration::from_millis(300);
+    settings.max_pending_handshakes = 2;
+    let stats = secure_channel::listen(&b, DEFAULT_LISTENER, settings).unwrap();
+
+    // Five first messages that never go further.
+    let flood = Node::new("flood");
+    TcpTransport::start(&flood);
+    let client = flood.client().unwrap();
+    for _ in 0..5 {
+        let (_, first) =
+            kith_identity::channel::Handshake::initiate(local(|_| vec![]), open_trust(), 16)
+                .unwrap();
+        client
+            .send(to(&listener, &[DEFAULT_LISTENER]), first)
+            .await
+            .unwrap();
+    }
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::SeqCst);
+    until("three refusals", || load(&stats.refused_busy) == 3).await;
+    assert_eq!(load(&stats.started), 2);
+    assert_eq!(channel_workers(&b), 2, "more responders than the cap");
+
+    // The abandoned handshakes give their places back; a real peer then gets in.
+    until("the slots to free", || {
+        stats.pending() == 0 && channel_workers(&b) == 0
+    })
+    .await;
+    let a = side("a", local(|_| vec![]), open_trust(), WAIT).await;
+    let channel = secure_channel::create(&a.node, to(&listener, &[DEFAULT_LISTENER]), &a.settings)
+        .await
+        .unwrap();
+    let mut c = a.node.client().unwrap();
+    let reply = c
+        .request(
+            Route::from(vec![channel.encryptor, Address::local("echo")]),
+            "in",
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, Bytes::from("in"));
+    assert_eq!(
+        stats.pending(),
+        0,
+        "an established channel still holds a slot"
+    );
+}
