@@ -125,6 +125,16 @@ impl Home {
         self.config_path(name).is_file()
     }
 
+    /// Fail if node `name` exists, saying what to do instead.
+    pub fn ensure_no_node(&self, name: &str) -> Result<()> {
+        if self.node_exists(name) {
+            bail!(
+                "node {name:?} already exists; start it with `kith node start {name}` or pick another name"
+            );
+        }
+        Ok(())
+    }
+
     /// Load node `name`'s configuration.
     pub fn load_node(&self, name: &str) -> Result<NodeConfig> {
         validate_node_name(name)?;
@@ -145,15 +155,8 @@ impl Home {
     /// Create node `name`'s directory and save its configuration; fails if it exists.
     pub fn create_node(&self, config: &NodeConfig) -> Result<()> {
         validate_node_name(&config.name)?;
-        let dir = self.node_dir(&config.name);
-        if self.node_exists(&config.name) {
-            bail!(
-                "node {:?} already exists; start it with `kith node start {}` or pick another name",
-                config.name,
-                config.name
-            );
-        }
-        make_private_dir(&dir)?;
+        self.ensure_no_node(&config.name)?;
+        make_private_dir(&self.node_dir(&config.name))?;
         self.save_node(config)
     }
 

@@ -75,11 +75,7 @@ pub async fn create(home: &Home, out: &Output, args: CreateNode) -> Result<()> {
     let name = args.name.unwrap_or_else(random_name);
     validate_node_name(&name)?;
     validate_listener(&args.tcp_listener_address)?;
-    if home.node_exists(&name) {
-        bail!(
-            "node {name:?} already exists; start it with `kith node start {name}` or pick another name"
-        );
-    }
+    home.ensure_no_node(&name)?;
     // Settle the identity first, so a missing one fails before anything is made.
     let identity = {
         let vault = crate::identities::vault(home).await?;
