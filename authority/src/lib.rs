@@ -1,1 +1,18 @@
-//! placeholder
+//! The project authority: enrollment tickets, members, credentials (DESIGN §5).
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+/// Project descriptions: what admins and members import to reach and trust a project.
+pub mod project;
+/// The membership store: tickets, members, audit log, on SQLite or PostgreSQL.
+pub mod store;
+/// Enrollment tickets: a one-time code plus the project data needed to redeem it.
+pub mod ticket;
