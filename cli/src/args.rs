@@ -63,6 +63,9 @@ pub enum Command {
     /// Create and inspect identities: who a node is in secure channels.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Credentials an identity holds; issue, store or verify one by hand.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
     /// Open, list and close end-to-end secure channels kept by a node.
     #[command(subcommand, name = "secure-channel")]
     SecureChannel(SecureChannelCommand),
@@ -130,6 +133,29 @@ pub struct CreateNode {
     /// The identity the node runs as; default: the default identity (created if there is none).
     #[arg(long, value_name = "NAME")]
     pub identity: Option<String>,
+    /// Who may open a secure channel to this node.
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
+}
+
+/// Who may open secure channels to a node, and whose credentials it accepts.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AdmissionArgs {
+    /// Admit only these identities to the node's secure-channel listener (repeatable).
+    #[arg(
+        long = "allow-identity",
+        value_name = "IDENTIFIER",
+        conflicts_with = "require_credential"
+    )]
+    pub allow_identity: Vec<String>,
+    /// Admit only peers presenting a valid credential from a trusted authority.
+    #[arg(long)]
+    pub require_credential: bool,
+    /// Trust credentials issued by this authority: an identity name in the vault, or the
+    /// `changes_hex` of `kith identity show --full` (repeatable). The issuers of the node
+    /// identity's own credentials are always trusted.
+    #[arg(long = "trust-authority", value_name = "IDENTITY")]
+    pub trust_authority: Vec<String>,
 }
 
 /// A node named on the command line.
@@ -297,5 +323,103 @@ Examples:
         /// The node.
         #[arg(long, value_name = "NODE")]
         from: String,
+    },
+}
+
+/// Whose credentials a command looks at.
+#[derive(Debug, Clone, Default, Args)]
+pub struct HolderArgs {
+    /// The identity; default: the default identity.
+    #[arg(long, value_name = "NAME", conflicts_with = "node")]
+    pub identity: Option<String>,
+    /// The identity this node runs as.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+}
+
+/// `kith credential …`
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// List the credentials an identity holds, and whether each is valid now.
+    #[command(after_help = "\
+Examples:
+  kith credential list
+  kith credential list --node db-node
+  kith credential list --identity alice --output json")]
+    List {
+        /// Whose credentials.
+        #[command(flatten)]
+        holder: HolderArgs,
+    },
+    /// Show one credential: issuer, subject, attributes, validity.
+    #[command(after_help = "\
+Examples:
+  kith credential show --node db-node
+  kith credential show --identity alice --issuer I6c20e814b56579306f55c64e8747e6c1b4a53d9a
+  kith credential show --encoded > credential.hex")]
+    Show {
+        /// Whose credential.
+        #[command(flatten)]
+        holder: HolderArgs,
+        /// The issuer's identifier, when the identity holds credentials from several.
+        #[arg(long, value_name = "IDENTIFIER")]
+        issuer: Option<String>,
+        /// Print only the encoded credential (hex).
+        #[arg(long)]
+        encoded: bool,
+    },
+    /// Verify credentials: an identity's own, or one given with --credential and --issuer.
+    /// Exits non-zero if any does not verify.
+    #[command(after_help = "\
+Examples:
+  kith credential verify --node db-node
+  kith credential verify --credential @credential.hex --issuer authority
+  kith credential verify --credential 8282… --issuer 81a2…   (issuer: `kith identity show NAME --full`)")]
+    Verify {
+        /// Whose credentials (when no --credential is given).
+        #[command(flatten)]
+        holder: HolderArgs,
+        /// A credential, hex or @FILE.
+        #[arg(long, value_name = "HEX|@FILE", requires = "issuer")]
+        credential: Option<String>,
+        /// The identity that issued it: a vault identity name, or its `changes_hex`.
+        #[arg(long, value_name = "IDENTITY")]
+        issuer: Option<String>,
+    },
+    /// Issue a credential by hand, signed by one of your identities, and print it (hex).
+    /// Authorities do this on enrollment; this is for tests and small setups.
+    #[command(after_help = "\
+Examples:
+  kith credential issue --as authority --for I6c20e814b56579306f55c64e8747e6c1b4a53d9a -a role=db
+  kith credential issue --for I6c20e814b56579306f55c64e8747e6c1b4a53d9a --ttl 1h > credential.hex")]
+    Issue {
+        /// The issuing identity; default: the default identity.
+        #[arg(long = "as", value_name = "NAME")]
+        as_identity: Option<String>,
+        /// The identifier of the identity the credential is about.
+        #[arg(long = "for", value_name = "IDENTIFIER")]
+        subject: String,
+        /// An attribute, key=value (repeatable).
+        #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = crate::credentials::parse_attribute)]
+        attributes: Vec<(String, String)>,
+        /// How long it is valid (ms, s, m, h, d; bare number = seconds).
+        #[arg(long, default_value = "30d", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Store a credential for an identity, after verifying it against its issuer.
+    #[command(after_help = "\
+Examples:
+  kith credential store --identity alice --issuer authority --credential @credential.hex
+  kith credential store --node n1 --issuer 81a2… --credential 8282…")]
+    Store {
+        /// Whose credential.
+        #[command(flatten)]
+        holder: HolderArgs,
+        /// The identity that issued it: a vault identity name, or its `changes_hex`.
+        #[arg(long, value_name = "IDENTITY")]
+        issuer: String,
+        /// The credential, hex or @FILE.
+        #[arg(long, value_name = "HEX|@FILE")]
+        credential: String,
     },
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
+use kith_identity::Identity;
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
 use kith_node::{Address, AllowAll, Echo, Node, Route};
@@ -20,7 +21,7 @@ use tracing::{info, warn};
 use crate::control::{
     self, ChannelView, ConnectionView, MAX_LINE, NodeStatus, Request, Response, SendReply,
 };
-use crate::home::{Home, write_private_atomic};
+use crate::home::{AdmissionConfig, Home, write_private_atomic};
 
 /// What a daemon prints on stdout once it is serving: the spawning command waits for it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -61,30 +62,75 @@ pub struct Target {
     pub route: Route,
 }
 
-/// Channel settings for the identity `name` (or the default, made if missing) from the vault.
+/// Channel settings for the identity `name` (or the default, made if missing) from the vault:
+/// its channel key, the credentials it holds that are valid now, whose credentials it
+/// trusts (the issuers of its own, and `admission.trusted_authorities`) and whom it admits.
 pub async fn channel_settings(
     home: &Home,
     name: Option<&str>,
+    admission: &AdmissionConfig,
 ) -> Result<(ChannelSettings, String)> {
     let vault = crate::identities::vault(home).await?;
+    let now = unix_now();
     let loaded = async {
         let stored = crate::identities::resolve(&vault, name).await?;
-        let key = vault.secure_channel_key(&stored.name, unix_now()).await?;
-        anyhow::Ok((stored, key))
+        let key = vault.secure_channel_key(&stored.name, now).await?;
+        let held = vault.credentials(&stored.name).await?;
+        anyhow::Ok((stored, key, held))
     }
     .await;
     vault.close().await;
-    let (stored, key) = loaded?;
+    let (stored, key, held) = loaded?;
+
+    let mut authorities: Vec<Identity> = Vec::new();
+    for hex in &admission.trusted_authorities {
+        let bytes =
+            crate::credentials::from_hex(hex, "a trusted authority in the node's configuration")?;
+        let identity = Identity::import(&bytes, None)
+            .context("a trusted authority in the node's configuration does not verify")?;
+        authorities.push(identity);
+    }
+    let mut credentials = Vec::new();
+    for c in held {
+        match c.verify(now) {
+            Ok(_) => {
+                if !authorities
+                    .iter()
+                    .any(|a| a.identifier() == c.issuer.identifier())
+                {
+                    authorities.push(c.issuer.clone());
+                }
+                credentials.push(c.credential);
+            }
+            Err(e) => warn!(
+                issuer = %c.issuer.identifier(),
+                error = %e,
+                "not presenting a credential that does not verify"
+            ),
+        }
+    }
     let local = LocalIdentity {
         identity: stored.identity.clone(),
         key,
-        credentials: Vec::new(),
+        credentials,
     };
-    // Until a node belongs to a project (and trusts its authority), it admits any identity
-    // that proves itself; services decide per message with their own policies.
+    let admission = if admission.require_credential {
+        Admission::CredentialHolders
+    } else if !admission.allow_identities.is_empty() {
+        let mut ids = std::collections::BTreeSet::new();
+        for id in &admission.allow_identities {
+            ids.insert(id.parse().with_context(|| {
+                format!("the node's allowed identity {id:?} is not an identifier")
+            })?);
+        }
+        Admission::Identifiers(ids)
+    } else {
+        // Any identity that proves itself; services decide per message with their policies.
+        Admission::AnyIdentity
+    };
     let trust = Trust {
-        authorities: Vec::new(),
-        admission: Admission::AnyIdentity,
+        authorities,
+        admission,
     };
     Ok((
         ChannelSettings::new(Arc::new(local), Arc::new(trust)),
@@ -309,7 +355,8 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     // A socket file left by a node that died is stale: nobody answers on it.
     let _ = std::fs::remove_file(&socket);
 
-    let (settings, identity) = channel_settings(home, config.identity.as_deref()).await?;
+    let (settings, identity) =
+        channel_settings(home, config.identity.as_deref(), &config.admission).await?;
     if config.identity.as_deref() != Some(identity.as_str()) {
         // Keep the identity the node first ran as, even if the default changes later.
         config.identity = Some(identity.clone());

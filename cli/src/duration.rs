@@ -66,6 +66,12 @@ impl fmt::Display for DisplayDuration {
     }
 }
 
+/// Unix seconds as an RFC 3339 UTC time, e.g. `2026-11-24T10:00:00Z`.
+pub fn unix_time(secs: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs.min(253_402_300_799));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,24 @@ pub struct NodeConfig {
     /// existed get the default identity when they next start.
     #[serde(default)]
     pub identity: Option<String>,
+    /// Who may open secure channels to the node.
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+}
+
+/// Who may open secure channels to a node, and whose credentials it accepts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// If not empty, only these identifiers are admitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_identities: Vec<String>,
+    /// Only peers with a valid credential from a trusted authority are admitted.
+    #[serde(default)]
+    pub require_credential: bool,
+    /// Authorities whose credentials the node accepts (hex key histories), beside the
+    /// issuers of its own identity's credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_authorities: Vec<String>,
 }
 
 /// Check a node name: letters, digits, '-' and '_', starting with a letter or digit.
@@ -223,6 +241,7 @@ mod tests {
             tcp_listener_address: "127.0.0.1:0".into(),
             created_at: 1,
             identity: Some("default".into()),
+            admission: Default::default(),
         };
         home.create_node(&cfg).unwrap();
         assert!(

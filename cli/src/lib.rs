@@ -7,6 +7,7 @@
 pub mod args;
 mod channels;
 pub mod control;
+pub mod credentials;
 pub mod daemon;
 mod demo;
 pub mod duration;

@@ -101,7 +101,11 @@ pub async fn send(home: &Home, out: &Output, args: SendMessage) -> Result<()> {
         None => {
             // An identity only if the route needs one: a plain message needs no vault.
             let channels = match target.channel {
-                Some(_) => Some(channel_settings(home, None).await?.0),
+                Some(_) => Some(
+                    channel_settings(home, None, &crate::home::AdmissionConfig::default())
+                        .await?
+                        .0,
+                ),
                 None => None,
             };
             let node = RunningNode::start("cli", None, channels).await?;

@@ -77,17 +77,25 @@ pub async fn create(home: &Home, out: &Output, args: CreateNode) -> Result<()> {
     validate_listener(&args.tcp_listener_address)?;
     home.ensure_no_node(&name)?;
     // Settle the identity first, so a missing one fails before anything is made.
-    let identity = {
+    let (identity, admission) = {
         let vault = crate::identities::vault(home).await?;
-        let found = crate::identities::resolve(&vault, args.identity.as_deref()).await;
+        let found = async {
+            let name = crate::identities::resolve(&vault, args.identity.as_deref())
+                .await?
+                .name;
+            let admission = admission_config(&vault, &args.admission).await?;
+            anyhow::Ok((name, admission))
+        }
+        .await;
         vault.close().await;
-        found?.name
+        found?
     };
     let config = NodeConfig {
         name: name.clone(),
         tcp_listener_address: args.tcp_listener_address,
         created_at: unix_now(),
         identity: Some(identity),
+        admission,
     };
     home.create_node(&config)?;
     let started = if args.foreground {
@@ -397,4 +405,30 @@ pub fn logs(home: &Home, args: NodeLogs) -> Result<()> {
         println!("{l}");
     }
     Ok(())
+}
+
+/// Check `--allow-identity` and `--trust-authority` and turn them into what the node saves.
+async fn admission_config(
+    vault: &kith_identity::vault::Vault,
+    args: &crate::args::AdmissionArgs,
+) -> Result<crate::home::AdmissionConfig> {
+    let mut allow = Vec::new();
+    for id in &args.allow_identity {
+        let parsed: kith_identity::Identifier = id.parse().with_context(|| {
+            format!("--allow-identity {id:?} is not an identifier (I + 40 hex digits)")
+        })?;
+        allow.push(parsed.to_string());
+    }
+    let mut authorities = Vec::new();
+    for a in &args.trust_authority {
+        let identity = crate::credentials::identity_arg(vault, a)
+            .await
+            .with_context(|| format!("--trust-authority {a:?}"))?;
+        authorities.push(crate::credentials::to_hex(&identity.export()));
+    }
+    Ok(crate::home::AdmissionConfig {
+        allow_identities: allow,
+        require_credential: args.require_credential,
+        trusted_authorities: authorities,
+    })
 }

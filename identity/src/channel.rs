@@ -209,6 +209,15 @@ pub fn verify_bundle(
     let mut attributes = BTreeMap::new();
     let mut credentials_expire_at: Option<u64> = None;
     for c in &credentials {
+        // A credential from an authority we do not trust says nothing to us: a member of
+        // several projects presents all its credentials, and each peer takes the ones it
+        // can check. A credential from a trusted authority that fails (forged, expired, for
+        // another identity) fails the handshake.
+        let issuer = c.purpose_key.subject();
+        if !trust.authorities.iter().any(|a| a.identifier() == issuer) {
+            tracing::debug!(peer = %identifier, %issuer, "ignoring a credential from an authority we do not trust");
+            continue;
+        }
         let v = c.verify(&identifier, &trust.authorities, now)?;
         attributes.extend(v.attributes);
         credentials_expire_at =
@@ -812,10 +821,48 @@ mod tests {
         assert_eq!(cb.peer.attributes, attrs);
         assert_eq!(cb.peer.credentials_expire_at, Some(NOW + 100));
 
-        for (issuer, created, expires, why) in [
-            (&rogue, NOW - 10, NOW + 100, "untrusted issuer"),
-            (&auth, NOW - 100, NOW - 1, "expired"),
-        ] {
+        // A credential from an authority we do not trust is ignored: no attributes, and it
+        // does not count as a credential for admission.
+        let from_rogue = CredentialAndPurposeKey::issue(
+            &rogue.key,
+            id.identifier(),
+            attrs.clone(),
+            NOW - 10,
+            NOW + 100,
+        )
+        .unwrap();
+        let rogue_member = Party {
+            local: Arc::new(LocalIdentity {
+                identity: id.clone(),
+                key: SecureChannelKey::generate(&id, &a.secret, 0, NOW * 2),
+                credentials: vec![from_rogue],
+            }),
+            secret: IdentitySecret::generate(),
+        };
+        let (_, cb) = connect(
+            &rogue_member,
+            any(),
+            &b,
+            trust(&[&auth], Admission::AnyIdentity),
+            16,
+        )
+        .unwrap();
+        assert!(cb.peer.attributes.is_empty());
+        assert_eq!(cb.peer.credentials_expire_at, None);
+        let err = connect(
+            &rogue_member,
+            any(),
+            &b,
+            trust(&[&auth], Admission::CredentialHolders),
+            16,
+        )
+        .err();
+        assert!(
+            matches!(err, Some(HandshakeError::NotAdmitted(..))),
+            "{err:?}"
+        );
+
+        for (issuer, created, expires, why) in [(&auth, NOW - 100, NOW - 1, "expired")] {
             let c = CredentialAndPurposeKey::issue(
                 &issuer.key,
                 id.identifier(),

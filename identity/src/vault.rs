@@ -3,7 +3,8 @@
 //!
 //! What it keeps: for each identity, a local name, the identifier, the signed key history
 //! ([`Identity::export`]) and the current secret key; and the purpose keys the identity has
-//! attested, with their attestations. What it promises:
+//! attested, with their attestations; and the credentials authorities have issued to the
+//! identities, with each issuer's key history. What it promises:
 //!
 //! - The file is created with mode 0600 before SQLite touches it, and an existing file with
 //!   looser permissions is tightened to 0600 when opened.
@@ -96,6 +97,10 @@ pub const MAX_NAME_LEN: usize = 64;
 /// The length of every secret key the vault stores.
 const SECRET_LEN: usize = 32;
 
+/// Credentials the vault's identities hold.
+mod credentials;
+pub use credentials::StoredCredential;
+
 /// The vault's schema, embedded at build time from `identity/migrations/`.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -130,6 +135,15 @@ pub enum VaultError {
         name: String,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// A credential offered for storage does not verify.
+    #[error("cannot store the credential for identity {holder:?}")]
+    InvalidCredential {
+        /// The holder's name.
+        holder: String,
+        /// Why it does not verify.
+        #[source]
+        source: crate::CredentialError,
     },
     /// The identity's key history has reached its longest allowed length.
     #[error(
@@ -459,7 +473,8 @@ impl Vault {
         name: &str,
         now: u64,
     ) -> Result<SecureChannelKey, VaultError> {
-        self.purpose_key(name, now).await
+        self.purpose_key(name, now, now.saturating_add(PURPOSE_KEY_REFRESH))
+            .await
     }
 
     /// The credential signing key of the identity named `name`, chosen or made as for
@@ -472,7 +487,22 @@ impl Vault {
         name: &str,
         now: u64,
     ) -> Result<CredentialSigningKey, VaultError> {
-        self.purpose_key(name, now).await
+        self.purpose_key(name, now, now.saturating_add(PURPOSE_KEY_REFRESH))
+            .await
+    }
+
+    /// The credential signing key of the identity named `name` whose attestation lasts at
+    /// least until `until` (Unix seconds): what an issuer needs to sign a credential valid
+    /// until then. A new key is attested for [`PURPOSE_KEY_TTL`] or until `until`, whichever
+    /// is later.
+    pub async fn credential_signing_key_until(
+        &self,
+        name: &str,
+        now: u64,
+        until: u64,
+    ) -> Result<CredentialSigningKey, VaultError> {
+        let until = until.max(now.saturating_add(PURPOSE_KEY_REFRESH));
+        self.purpose_key(name, now, until).await
     }
 }
 
@@ -661,14 +691,19 @@ impl Vault {
     /// Look for a usable key in a read transaction (the common case, which takes no write
     /// lock); only if there is none, take the write lock, look again (another task may have
     /// made one meanwhile) and make one.
-    async fn purpose_key<K: VaultPurposeKey>(&self, name: &str, now: u64) -> Result<K, VaultError> {
+    async fn purpose_key<K: VaultPurposeKey>(
+        &self,
+        name: &str,
+        now: u64,
+        valid_until: u64,
+    ) -> Result<K, VaultError> {
         if let Some(key) = self
-            .retrying(move || self.try_purpose_key::<K>(name, now, false))
+            .retrying(move || self.try_purpose_key::<K>(name, now, valid_until, false))
             .await?
         {
             return Ok(key);
         }
-        self.retrying(move || self.try_purpose_key::<K>(name, now, true))
+        self.retrying(move || self.try_purpose_key::<K>(name, now, valid_until, true))
             .await?
             .ok_or_else(|| not_found(name))
     }
@@ -677,6 +712,7 @@ impl Vault {
         &self,
         name: &str,
         now: u64,
+        valid_until: u64,
         make: bool,
     ) -> Result<Option<K>, VaultError> {
         // Both reads in one transaction, so they see one snapshot: a rotation committed in
@@ -696,7 +732,7 @@ impl Vault {
         .bind(&identifier)
         .bind(purpose_code(K::PURPOSE))
         .bind(sql_time(now))
-        .bind(sql_time(now.saturating_add(PURPOSE_KEY_REFRESH)))
+        .bind(sql_time(valid_until))
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| self.db(e))?;
@@ -709,7 +745,7 @@ impl Vault {
             return Ok(None);
         }
 
-        let expires_at = now.saturating_add(PURPOSE_KEY_TTL);
+        let expires_at = now.saturating_add(PURPOSE_KEY_TTL).max(valid_until);
         let key = K::generate(&stored.identity, stored.secret(), now, expires_at);
         // Expired keys are of no further use; dropping them keeps the table small.
         sqlx::query(
