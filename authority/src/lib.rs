@@ -10,6 +10,8 @@
     )
 )]
 
+/// Requests and replies of the authority's services.
+pub mod api;
 /// Project descriptions: what admins and members import to reach and trust a project.
 pub mod project;
 /// The membership store: tickets, members, audit log, on SQLite or PostgreSQL.

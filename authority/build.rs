@@ -1,0 +1,6 @@
+//! Rebuild when a membership store migration changes: `sqlx::migrate!` embeds them at
+//! compile time.
+
+fn main() {
+    println!("cargo:rerun-if-changed=migrations");
+}

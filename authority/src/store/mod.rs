@@ -1,0 +1,487 @@
+//! The membership store: the authority's persistent state (DESIGN §5) — enrollment tickets,
+//! members and the audit log — in an embedded SQLite file (the default) or in a PostgreSQL
+//! database that several authority processes may share.
+//!
+//! What it promises, on both databases alike (one implementation, in `ops`, runs the same
+//! SQL on either; only opening, locking and retry rules differ, in `sqlite` and `postgres`):
+//!
+//! - Only SHA-256 of a ticket's one-time code is stored, never the code: the API does not
+//!   even take the code.
+//! - Redeeming a ticket is one atomic `UPDATE … WHERE uses_left > 0 AND expires_at > now AND
+//!   revoked_at IS NULL`, in the transaction that also adds the member and its audit events.
+//!   Under any concurrency, from any number of processes, a ticket with usage count N
+//!   enrolls at most N identities.
+//! - Every change (ticket created, revoked, redeemed; member added, deleted) appends an
+//!   audit event in the same transaction, so the log never misses a committed change nor
+//!   shows one that was rolled back.
+//! - Transient contention (SQLite busy/locked; PostgreSQL serialization failures and
+//!   deadlocks) is retried with a bounded backoff inside the store, then reported as
+//!   [`StoreError::Busy`]; it never surfaces as a spurious failure or a hang.
+//! - A row the store cannot decode is [`StoreError::Corrupt`], never a panic.
+//!
+//! What it does not do: decide who may call what (the services do), check ticket or member
+//! attributes beyond storing them, or read the clock: every operation that depends on time
+//! takes `now` in Unix seconds, so callers and tests control it.
+//!
+//! [`StoreError::Busy`]: crate::store::StoreError::Busy
+//! [`StoreError::Corrupt`]: crate::store::StoreError::Corrupt
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kith_identity::Identifier;
+use sqlx::migrate::MigrateError;
+use sqlx::{Postgres, Sqlite};
+
+mod ops;
+mod postgres;
+mod sqlite;
+
+use ops::Db;
+
+/// 64 characters: the longest ticket id. Ids are short handles (12 hex digits by default)
+/// that admins type; the bound keeps them readable in lists and audit lines.
+pub const MAX_TICKET_ID_LEN: usize = 64;
+
+/// A ticket to store: everything but the one-time code, of which only the hash is kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewTicket {
+    /// A short, non-secret handle for listing and revoking, chosen by the caller: 1 to
+    /// [`MAX_TICKET_ID_LEN`] ASCII letters, digits, `-` or `_`.
+    pub id: String,
+    /// SHA-256 of the one-time code.
+    pub code_hash: [u8; 32],
+    /// The attributes a member enrolled with this ticket gets.
+    pub attributes: BTreeMap<String, String>,
+    /// How many identities the ticket may enroll (at least 1).
+    pub usage_count: u32,
+    /// Unix seconds from which the ticket is no longer accepted.
+    pub expires_at: u64,
+    /// The admin or enroller creating it.
+    pub created_by: Identifier,
+}
+
+impl fmt::Debug for NewTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The hash cannot redeem anything, but it has no business in logs either.
+        f.debug_struct("NewTicket")
+            .field("id", &self.id)
+            .field("attributes", &self.attributes)
+            .field("usage_count", &self.usage_count)
+            .field("expires_at", &self.expires_at)
+            .field("created_by", &self.created_by)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored ticket as `list_tickets` shows it: no code, no hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketRecord {
+    /// The ticket's handle.
+    pub id: String,
+    /// What a member enrolled with it gets.
+    pub attributes: BTreeMap<String, String>,
+    /// How many identities it may enroll in all.
+    pub usage_count: u32,
+    /// How many more it may enroll.
+    pub uses_left: u32,
+    /// When it was created, Unix seconds.
+    pub created_at: u64,
+    /// From when it is no longer accepted, Unix seconds.
+    pub expires_at: u64,
+    /// Who created it.
+    pub created_by: Identifier,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<u64>,
+}
+
+/// What a successful redemption enrolled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redeemed {
+    /// The ticket redeemed.
+    pub ticket_id: String,
+    /// The attributes the new member got (the ticket's).
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A member of the project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The member's identifier.
+    pub identifier: Identifier,
+    /// The attributes its credentials carry.
+    pub attributes: BTreeMap<String, String>,
+    /// When it became a member, Unix seconds.
+    pub added_at: u64,
+    /// On whose authority: the admin who added it, or the creator of the ticket it redeemed.
+    pub added_by: Identifier,
+    /// How: [`Member::VIA_ADMIN`], or `ticket:<id>` ([`Member::via_ticket`]); later
+    /// `request:<id>`.
+    pub via: String,
+}
+
+impl Member {
+    /// `via` of a member an admin added directly.
+    pub const VIA_ADMIN: &'static str = "admin";
+
+    /// `via` of a member enrolled by redeeming ticket `ticket_id`.
+    pub fn via_ticket(ticket_id: &str) -> String {
+        format!("ticket:{ticket_id}")
+    }
+}
+
+/// One entry of the audit log. Never holds secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// When, Unix seconds.
+    pub at: u64,
+    /// Who did it: an identifier.
+    pub actor: String,
+    /// What was done: one of the `AuditEvent::*` action names.
+    pub action: String,
+    /// What it was done to: a ticket id or a member identifier.
+    pub subject: String,
+    /// The rest, as `key=value` pairs.
+    pub detail: String,
+}
+
+impl AuditEvent {
+    /// A ticket was created; the subject is its id.
+    pub const TICKET_CREATED: &'static str = "ticket.created";
+    /// A ticket was revoked; the subject is its id.
+    pub const TICKET_REVOKED: &'static str = "ticket.revoked";
+    /// A ticket was redeemed (the actor is the redeemer); the subject is its id.
+    pub const TICKET_REDEEMED: &'static str = "ticket.redeemed";
+    /// A member was added or replaced; the subject is its identifier.
+    pub const MEMBER_ADDED: &'static str = "member.added";
+    /// A member was deleted; the subject is its identifier.
+    pub const MEMBER_DELETED: &'static str = "member.deleted";
+}
+
+/// Why a membership store operation failed. Messages name the store (a file path, or a
+/// PostgreSQL user, host and database — never a password) and never contain secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The PostgreSQL URL does not parse.
+    #[error(
+        "invalid PostgreSQL URL for the membership store; write postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
+    InvalidUrl {
+        /// What the URL parser reported (it does not repeat the URL).
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database could not be reached or refused the login.
+    #[error(
+        "cannot connect to the membership store ({store}); check that the server runs and that the URL's user and password are right"
+    )]
+    Connect {
+        /// The store, without password.
+        store: String,
+        /// What the driver reported.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Creating the SQLite file or restricting its permissions failed.
+    #[error(
+        "cannot create the membership store file {path} or make it readable by its owner only; check that its directory exists and belongs to you"
+    )]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store's tables could not be created or brought up to date.
+    #[error(
+        "cannot prepare the tables of the membership store ({store}); if a newer kith wrote it, use that version"
+    )]
+    Migrate {
+        /// The store.
+        store: String,
+        /// What the migrator reported.
+        #[source]
+        source: MigrateError,
+    },
+    /// The database stayed busy (locked, or in conflict with other writers) for longer than
+    /// the store retries.
+    #[error(
+        "the membership store ({store}) stayed busy for {waited:?}; another authority process is probably writing a lot, so try again"
+    )]
+    Busy {
+        /// The store.
+        store: String,
+        /// How long the operation waited and retried.
+        waited: Duration,
+        /// The last busy or conflict error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Any other database error.
+    #[error("the membership store ({store}) failed")]
+    Database {
+        /// The store.
+        store: String,
+        /// What the database or driver reported.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A stored row does not decode: the database was damaged or edited by hand.
+    #[error(
+        "the membership store ({store}) holds a corrupt {what}; correct or delete that row, or restore the store from a backup"
+    )]
+    Corrupt {
+        /// The store.
+        store: String,
+        /// What is corrupt and how.
+        what: String,
+        /// The decoding error, where there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+    /// A ticket with this id (or, impossibly for random codes, this code) exists already.
+    #[error("a ticket with id {id:?} exists already; create the ticket again with a new id")]
+    TicketExists {
+        /// The id asked for.
+        id: String,
+    },
+    /// The ticket to create is not acceptable.
+    #[error("cannot store ticket {id:?}: {reason}")]
+    InvalidTicket {
+        /// The id asked for (at most 80 characters of it).
+        id: String,
+        /// What is wrong, and what to use instead.
+        reason: String,
+    },
+}
+
+/// Why a ticket's code did not enroll anyone. Each refusal names a different thing to do;
+/// none reveals whether other tickets exist.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    /// No ticket has this code.
+    #[error(
+        "this enrollment ticket is not known to the authority; check that it was copied whole and is for this project, or ask an admin for a new one"
+    )]
+    Unknown,
+    /// The ticket has expired.
+    #[error("this enrollment ticket expired at Unix time {expires_at}; ask an admin for a new one")]
+    Expired {
+        /// When it expired, Unix seconds.
+        expires_at: u64,
+    },
+    /// An admin revoked the ticket.
+    #[error("this enrollment ticket was revoked at Unix time {at}; ask an admin for a new one")]
+    Revoked {
+        /// When it was revoked, Unix seconds.
+        at: u64,
+    },
+    /// The ticket has enrolled as many identities as it may.
+    #[error(
+        "this enrollment ticket has been used up: it could enroll {usage_count} {}; ask an admin for a new one",
+        if *usage_count == 1 { "identity" } else { "identities" }
+    )]
+    UsedUp {
+        /// How many identities it could enroll in all.
+        usage_count: u32,
+    },
+    /// The store failed; the ticket was not used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The authority's persistent state on SQLite or PostgreSQL. Cloning is cheap and shares
+/// the connection pool.
+#[derive(Clone)]
+pub struct MembershipStore {
+    backend: Backend,
+}
+
+/// The database behind a store; both run the same [`Db`] operations.
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Db<Sqlite>),
+    Postgres(Db<Postgres>),
+}
+
+/// Run the same generic operation on whichever database backs `$store`.
+macro_rules! on_backend {
+    ($store:expr, $db:ident => $operation:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($db) => $operation,
+            Backend::Postgres($db) => $operation,
+        }
+    };
+}
+
+impl fmt::Debug for MembershipStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MembershipStore")
+            .field("store", &self.location())
+            .finish()
+    }
+}
+
+/// Opening and closing.
+impl MembershipStore {
+    /// Open the store at `location`: a `postgres://` or `postgresql://` URL connects to
+    /// PostgreSQL ([`MembershipStore::connect_postgres`]); anything else is the path of a
+    /// SQLite file ([`MembershipStore::open_sqlite`]).
+    pub async fn open(location: &str) -> Result<Self, StoreError> {
+        if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+            Self::connect_postgres(location).await
+        } else {
+            Self::open_sqlite(Path::new(location)).await
+        }
+    }
+
+    /// Open the SQLite store at `path`, creating the file (mode 0600) if it is missing and
+    /// tightening an existing file's permissions to 0600; then bring its tables up to date.
+    /// The directory must exist.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        let db = Db::<Sqlite>::open(path).await?;
+        Ok(Self {
+            backend: Backend::Sqlite(db),
+        })
+    }
+
+    /// Connect to the PostgreSQL database at `url` and bring its tables up to date. Several
+    /// processes may do this at once on one database: the migrator serializes them.
+    pub async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+        let db = Db::<Postgres>::connect(url).await?;
+        Ok(Self {
+            backend: Backend::Postgres(db),
+        })
+    }
+
+    /// Close every connection (on SQLite, after folding the write-ahead log into the file),
+    /// waiting a bounded time for connections still in use. Operations afterwards fail with
+    /// [`StoreError::Database`].
+    pub async fn close(&self) {
+        on_backend!(self, db => db.close().await)
+    }
+
+    /// Which store this is, for messages and logs: `SQLite file <path>` or `PostgreSQL
+    /// database <user>@<host>:<port>/<database>` (never a password).
+    pub fn location(&self) -> &str {
+        on_backend!(self, db => db.location())
+    }
+}
+
+/// Tickets.
+impl MembershipStore {
+    /// Store a new ticket, with all its uses left, created at `now`; audit
+    /// [`AuditEvent::TICKET_CREATED`].
+    pub async fn create_ticket(&self, ticket: &NewTicket, now: u64) -> Result<(), StoreError> {
+        on_backend!(self, db => db.create_ticket(ticket, now).await)
+    }
+
+    /// Every ticket, oldest first, revoked and expired ones included.
+    pub async fn list_tickets(&self) -> Result<Vec<TicketRecord>, StoreError> {
+        on_backend!(self, db => db.list_tickets().await)
+    }
+
+    /// Revoke ticket `id` at `now` on behalf of `actor`, and audit
+    /// [`AuditEvent::TICKET_REVOKED`]. Returns the ticket as it now is, or `None` if there is
+    /// no such ticket. Revoking a revoked ticket changes nothing and returns it with its
+    /// first revocation time.
+    pub async fn revoke_ticket(
+        &self,
+        id: &str,
+        actor: &Identifier,
+        now: u64,
+    ) -> Result<Option<TicketRecord>, StoreError> {
+        on_backend!(self, db => db.revoke_ticket(id, actor, now).await)
+    }
+
+    /// Redeem the ticket whose code hashes to `code_hash`, at `now`, for `member`: take one
+    /// of its uses and make `member` a member with the ticket's attributes (replacing any
+    /// earlier membership), auditing [`AuditEvent::TICKET_REDEEMED`] and
+    /// [`AuditEvent::MEMBER_ADDED`] — all in one transaction, committed before this
+    /// returns. A ticket with usage count N enrolls at most N identities, however many
+    /// redeem it at once.
+    pub async fn redeem_ticket(
+        &self,
+        code_hash: &[u8; 32],
+        member: &Identifier,
+        now: u64,
+    ) -> Result<Redeemed, RedeemError> {
+        on_backend!(self, db => db.redeem_ticket(code_hash, member, now).await)
+    }
+}
+
+/// Members and the audit log.
+impl MembershipStore {
+    /// Add `member`, replacing any member with its identifier, on behalf of `actor` at
+    /// `now`; audit [`AuditEvent::MEMBER_ADDED`].
+    pub async fn add_member(
+        &self,
+        member: &Member,
+        actor: &Identifier,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        on_backend!(self, db => db.add_member(member, actor, now).await)
+    }
+
+    /// Delete the member `identifier` on behalf of `actor` at `now`, auditing
+    /// [`AuditEvent::MEMBER_DELETED`]; returns what was deleted, or `None` (and audits
+    /// nothing) if it was not a member.
+    pub async fn delete_member(
+        &self,
+        identifier: &Identifier,
+        actor: &Identifier,
+        now: u64,
+    ) -> Result<Option<Member>, StoreError> {
+        on_backend!(self, db => db.delete_member(identifier, actor, now).await)
+    }
+
+    /// The member `identifier`, if it is one.
+    pub async fn member(&self, identifier: &Identifier) -> Result<Option<Member>, StoreError> {
+        on_backend!(self, db => db.member(identifier).await)
+    }
+
+    /// Every member, in the order they were added.
+    pub async fn members(&self) -> Result<Vec<Member>, StoreError> {
+        on_backend!(self, db => db.members().await)
+    }
+
+    /// The newest `limit` audit events, oldest of them first (newest last).
+    pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
+        on_backend!(self, db => db.audit_log(limit).await)
+    }
+}
+
+/// Check a ticket before it is stored: an id of 1 to [`MAX_TICKET_ID_LEN`] ASCII letters,
+/// digits, `-` or `_`, at least one use, and an expiry after `now`.
+fn check_ticket(ticket: &NewTicket, now: u64) -> Result<(), StoreError> {
+    let id = &ticket.id;
+    let reason = if id.is_empty() || id.len() > MAX_TICKET_ID_LEN {
+        Some(format!(
+            "its id must be 1 to {MAX_TICKET_ID_LEN} characters long"
+        ))
+    } else if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Some("its id may hold only ASCII letters, digits, '-' and '_'".to_owned())
+    } else if ticket.usage_count == 0 {
+        Some("its usage count is 0, so it could never enroll anyone; use 1 or more".to_owned())
+    } else if ticket.expires_at <= now {
+        Some(format!(
+            "it expires at Unix time {}, not after it is created ({now}); give it a lifetime",
+            ticket.expires_at
+        ))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(StoreError::InvalidTicket {
+            id: id.chars().take(80).collect(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,714 @@
+//! The store's operations, written once over any database that implements [`Dialect`], so
+//! that SQLite and PostgreSQL run the same statements in the same transactions and behave
+//! alike. The SQL here is the common subset of both dialects: `$n` parameters (SQLite
+//! accepts them too), `RETURNING`, `ON CONFLICT … DO UPDATE`, 64-bit integers and text.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kith_identity::Identifier;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+
+use super::{
+    AuditEvent, Member, NewTicket, RedeemError, Redeemed, StoreError, TicketRecord, check_ticket,
+};
+
+/// What differs between the databases in how operations run; the rest is shared.
+pub(super) trait Dialect: Database {
+    /// The statement that opens a transaction that will write.
+    const BEGIN_WRITE: &'static str;
+
+    /// Whether `error` is contention that clears if the transaction is run again: nothing
+    /// was committed, and a later attempt can succeed.
+    fn is_transient(error: &sqlx::Error) -> bool;
+}
+
+/// 10 s: how long one operation keeps retrying transient contention (DESIGN §7: retried
+/// inside the store with a bounded backoff, never surfaced as a hang). Store writes take
+/// milliseconds, so this rides out a burst of hundreds of enrollments; contention that lasts
+/// longer is reported as [`StoreError::Busy`].
+const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(10);
+
+/// 10 ms, doubling to [`MAX_BACKOFF`]: the first retry comes quickly because most conflicts
+/// clear as soon as the other writer commits.
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+
+/// 500 ms: the longest pause between retries, so a retry still follows soon after a slow
+/// writer finishes.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// 3: how often a redemption is attempted when the ticket looked redeemable yet the
+/// redeeming `UPDATE` matched nothing. That needs the ticket to change between the two
+/// statements in a way the database's locking rules out, so a second attempt settles it;
+/// the third is a margin before reporting the row as inconsistent.
+const REDEEM_ATTEMPTS: usize = 3;
+
+/// The columns of `tickets` that [`Db::ticket_record`] reads.
+const TICKET_COLUMNS: &str =
+    "id, attributes, usage_count, uses_left, created_at, expires_at, created_by, revoked_at";
+
+/// The columns of `members` that [`Db::member_row`] reads.
+const MEMBER_COLUMNS: &str = "identifier, attributes, added_at, added_by, via";
+
+/// The one statement that decides a redemption: it takes a use only from a ticket that is
+/// known, unexpired, unrevoked and not used up, and the row lock it takes makes concurrent
+/// redeemers of one ticket queue, so uses are never taken twice.
+const TAKE_USE: &str = "UPDATE tickets SET uses_left = uses_left - 1 \
+     WHERE code_hash = $1 AND uses_left > 0 AND expires_at > $2 AND revoked_at IS NULL \
+     RETURNING id, attributes, uses_left, created_by";
+
+const INSERT_AUDIT: &str =
+    "INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)";
+
+const UPSERT_MEMBER: &str = "INSERT INTO members (identifier, attributes, added_at, added_by, via) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (identifier) DO UPDATE SET attributes = excluded.attributes, \
+     added_at = excluded.added_at, added_by = excluded.added_by, via = excluded.via";
+
+/// A store on database `DB`: its pool and how messages name it. Cloning shares the pool.
+pub(super) struct Db<DB: Database> {
+    pub(super) pool: Pool<DB>,
+    /// `SQLite file …` or `PostgreSQL database …`, never with a password.
+    pub(super) location: Arc<str>,
+}
+
+impl<DB: Database> Clone for Db<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            location: Arc::clone(&self.location),
+        }
+    }
+}
+
+/// How one redemption attempt ended.
+enum Attempt {
+    /// A use was taken and the member added (committed).
+    Enrolled(Redeemed),
+    /// The ticket is unknown or unusable; nothing was written.
+    Refused(RedeemError),
+    /// The ticket looked usable, yet no use could be taken: run the attempt again.
+    Inconclusive,
+}
+
+/// Errors and names, for every database.
+impl<DB: Database> Db<DB> {
+    pub(super) fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub(super) fn db(&self, source: sqlx::Error) -> StoreError {
+        StoreError::Database {
+            store: self.location.to_string(),
+            source,
+        }
+    }
+
+    /// A row that is not what the store wrote, with no further cause.
+    fn corrupt(&self, what: String) -> StoreError {
+        StoreError::Corrupt {
+            store: self.location.to_string(),
+            what,
+            source: None,
+        }
+    }
+
+    /// A row that does not decode, with the error that says why.
+    fn corrupt_by<E>(&self, what: String, source: E) -> StoreError
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        StoreError::Corrupt {
+            store: self.location.to_string(),
+            what,
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+impl<DB> Db<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+{
+    pub(super) async fn create_ticket(
+        &self,
+        ticket: &NewTicket,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        check_ticket(ticket, now)?;
+        let attributes = attributes_json(&ticket.attributes);
+        let detail = format!(
+            "usage_count={} expires_at={} attributes={attributes}",
+            ticket.usage_count, ticket.expires_at
+        );
+        let (id, hash, created_by) = (
+            ticket.id.as_str(),
+            hex(&ticket.code_hash),
+            ticket.created_by.to_string(),
+        );
+        let (attributes, detail, hash, created_by) = (&attributes, &detail, &hash, &created_by);
+        self.retrying(move || async move {
+            let mut tx = self.begin_write().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO tickets (id, code_hash, attributes, usage_count, uses_left, \
+                 created_at, expires_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(id.to_owned())
+            .bind(hash.clone())
+            .bind(attributes.clone())
+            .bind(i64::from(ticket.usage_count))
+            .bind(i64::from(ticket.usage_count))
+            .bind(sql_time(now))
+            .bind(sql_time(ticket.expires_at))
+            .bind(created_by.clone())
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    return Err(StoreError::TicketExists { id: id.to_owned() });
+                }
+                Err(e) => return Err(self.db(e)),
+            }
+            self.audit(
+                &mut tx,
+                now,
+                created_by,
+                AuditEvent::TICKET_CREATED,
+                id,
+                detail,
+            )
+            .await?;
+            tx.commit().await.map_err(|e| self.db(e))
+        })
+        .await
+    }
+
+    pub(super) async fn list_tickets(&self) -> Result<Vec<TicketRecord>, StoreError> {
+        let sql = format!("SELECT {TICKET_COLUMNS} FROM tickets ORDER BY created_at, id");
+        let sql = sql.as_str();
+        self.retrying(move || async move {
+            let rows = sqlx::query(sql)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+            rows.iter().map(|row| self.ticket_record(row)).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn revoke_ticket(
+        &self,
+        id: &str,
+        actor: &Identifier,
+        now: u64,
+    ) -> Result<Option<TicketRecord>, StoreError> {
+        let revoke = format!(
+            "UPDATE tickets SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
+             RETURNING {TICKET_COLUMNS}"
+        );
+        let select = format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE id = $1");
+        let actor = actor.to_string();
+        let (revoke, select, actor) = (revoke.as_str(), select.as_str(), actor.as_str());
+        self.retrying(move || async move {
+            let mut tx = self.begin_write().await?;
+            let revoked = sqlx::query(revoke)
+                .bind(sql_time(now))
+                .bind(id.to_owned())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            let Some(row) = revoked else {
+                // Unknown, or revoked already: nothing changes, so nothing is audited.
+                let row = sqlx::query(select)
+                    .bind(id.to_owned())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| self.db(e))?;
+                return row.map(|row| self.ticket_record(&row)).transpose();
+            };
+            let record = self.ticket_record(&row)?;
+            let detail = format!("uses_left={}", record.uses_left);
+            self.audit(&mut tx, now, actor, AuditEvent::TICKET_REVOKED, id, &detail)
+                .await?;
+            tx.commit().await.map_err(|e| self.db(e))?;
+            Ok(Some(record))
+        })
+        .await
+    }
+
+    pub(super) async fn redeem_ticket(
+        &self,
+        code_hash: &[u8; 32],
+        member: &Identifier,
+        now: u64,
+    ) -> Result<Redeemed, RedeemError> {
+        let hash = hex(code_hash);
+        let hash = hash.as_str();
+        for _ in 0..REDEEM_ATTEMPTS {
+            match self
+                .retrying(move || self.try_redeem(hash, member, now))
+                .await?
+            {
+                Attempt::Enrolled(redeemed) => return Ok(redeemed),
+                Attempt::Refused(refusal) => return Err(refusal),
+                Attempt::Inconclusive => {
+                    tracing::debug!(store = %self.location, %member, "ticket redemption inconclusive; trying again");
+                }
+            }
+        }
+        Err(self
+            .corrupt(
+                "ticket (it is neither revoked, expired nor used up, yet it cannot be redeemed)"
+                    .to_owned(),
+            )
+            .into())
+    }
+
+    pub(super) async fn add_member(
+        &self,
+        member: &Member,
+        actor: &Identifier,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let actor = actor.to_string();
+        let actor = actor.as_str();
+        self.retrying(move || async move {
+            let mut tx = self.begin_write().await?;
+            self.upsert_member(&mut tx, member, actor, now).await?;
+            tx.commit().await.map_err(|e| self.db(e))
+        })
+        .await
+    }
+
+    pub(super) async fn delete_member(
+        &self,
+        identifier: &Identifier,
+        actor: &Identifier,
+        now: u64,
+    ) -> Result<Option<Member>, StoreError> {
+        let sql = format!("DELETE FROM members WHERE identifier = $1 RETURNING {MEMBER_COLUMNS}");
+        let (identifier, actor) = (identifier.to_string(), actor.to_string());
+        let (sql, identifier, actor) = (sql.as_str(), identifier.as_str(), actor.as_str());
+        self.retrying(move || async move {
+            let mut tx = self.begin_write().await?;
+            let row = sqlx::query(sql)
+                .bind(identifier.to_owned())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let deleted = self.member_row(&row)?;
+            let detail = format!(
+                "via={} attributes={}",
+                deleted.via,
+                attributes_json(&deleted.attributes)
+            );
+            self.audit(
+                &mut tx,
+                now,
+                actor,
+                AuditEvent::MEMBER_DELETED,
+                identifier,
+                &detail,
+            )
+            .await?;
+            tx.commit().await.map_err(|e| self.db(e))?;
+            Ok(Some(deleted))
+        })
+        .await
+    }
+
+    pub(super) async fn member(
+        &self,
+        identifier: &Identifier,
+    ) -> Result<Option<Member>, StoreError> {
+        let sql = format!("SELECT {MEMBER_COLUMNS} FROM members WHERE identifier = $1");
+        let identifier = identifier.to_string();
+        let (sql, identifier) = (sql.as_str(), identifier.as_str());
+        self.retrying(move || async move {
+            let row = sqlx::query(sql)
+                .bind(identifier.to_owned())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+            row.map(|row| self.member_row(&row)).transpose()
+        })
+        .await
+    }
+
+    pub(super) async fn members(&self) -> Result<Vec<Member>, StoreError> {
+        let sql = format!("SELECT {MEMBER_COLUMNS} FROM members ORDER BY added_at, identifier");
+        let sql = sql.as_str();
+        self.retrying(move || async move {
+            let rows = sqlx::query(sql)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+            rows.iter().map(|row| self.member_row(row)).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
+        self.retrying(move || async move {
+            let rows = sqlx::query(
+                "SELECT at, actor, action, subject, detail FROM \
+                 (SELECT seq, at, actor, action, subject, detail FROM audit \
+                  ORDER BY seq DESC LIMIT $1) AS newest \
+                 ORDER BY seq",
+            )
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+            rows.iter().map(|row| self.audit_event(row)).collect()
+        })
+        .await
+    }
+}
+
+/// The parts of the transactions above.
+impl<DB> Db<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+{
+    /// One redemption: take a use and add the member, or find out why no use could be
+    /// taken. Nothing is written unless a use was taken.
+    async fn try_redeem(
+        &self,
+        hash: &str,
+        member: &Identifier,
+        now: u64,
+    ) -> Result<Attempt, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let taken = sqlx::query(TAKE_USE)
+            .bind(hash.to_owned())
+            .bind(sql_time(now))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+        let Some(row) = taken else {
+            // Dropping the transaction rolls it back; it wrote nothing.
+            return self.refusal(&mut tx, hash, now).await;
+        };
+        let id: String = self.column(&row, "id", || "ticket id".to_owned())?;
+        let what = |part: &str| format!("{part} of ticket {id:?}");
+        // A corrupt ticket fails here, before anything is written, and the use is given
+        // back by the rollback.
+        let attributes = self.attributes(&row, "attributes", || what("attributes"))?;
+        let uses_left = self.count(&row, "uses_left", || what("uses left"))?;
+        let added_by = self.identifier(&row, "created_by", || what("creator"))?;
+        let enrolled = Member {
+            identifier: *member,
+            attributes,
+            added_at: now,
+            added_by,
+            via: Member::via_ticket(&id),
+        };
+        let actor = member.to_string();
+        let detail = format!("member={member} uses_left={uses_left}");
+        self.audit(
+            &mut tx,
+            now,
+            &actor,
+            AuditEvent::TICKET_REDEEMED,
+            &id,
+            &detail,
+        )
+        .await?;
+        self.upsert_member(&mut tx, &enrolled, &actor, now).await?;
+        tx.commit().await.map_err(|e| self.db(e))?;
+        Ok(Attempt::Enrolled(Redeemed {
+            ticket_id: id,
+            attributes: enrolled.attributes,
+        }))
+    }
+
+    /// Why the ticket with code hash `hash` could not be redeemed at `now`.
+    async fn refusal(
+        &self,
+        conn: &mut DB::Connection,
+        hash: &str,
+        now: u64,
+    ) -> Result<Attempt, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, usage_count, uses_left, expires_at, revoked_at FROM tickets \
+             WHERE code_hash = $1",
+        )
+        .bind(hash.to_owned())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.db(e))?;
+        let Some(row) = row else {
+            return Ok(Attempt::Refused(RedeemError::Unknown));
+        };
+        let id: String = self.column(&row, "id", || "ticket id".to_owned())?;
+        let what = |part: &str| format!("{part} of ticket {id:?}");
+        // Revocation is an admin's explicit decision, so it is the reason given first.
+        if let Some(at) = self.optional_time(&row, "revoked_at", || what("revocation time"))? {
+            return Ok(Attempt::Refused(RedeemError::Revoked { at }));
+        }
+        let expires_at = self.time(&row, "expires_at", || what("expiry"))?;
+        if expires_at <= now {
+            return Ok(Attempt::Refused(RedeemError::Expired { expires_at }));
+        }
+        if self.count(&row, "uses_left", || what("uses left"))? == 0 {
+            let usage_count = self.count(&row, "usage_count", || what("usage count"))?;
+            return Ok(Attempt::Refused(RedeemError::UsedUp { usage_count }));
+        }
+        Ok(Attempt::Inconclusive)
+    }
+
+    /// Insert or replace `member`, and audit it as done by `actor` at `now`.
+    async fn upsert_member(
+        &self,
+        conn: &mut DB::Connection,
+        member: &Member,
+        actor: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let identifier = member.identifier.to_string();
+        let attributes = attributes_json(&member.attributes);
+        sqlx::query(UPSERT_MEMBER)
+            .bind(identifier.clone())
+            .bind(attributes.clone())
+            .bind(sql_time(member.added_at))
+            .bind(member.added_by.to_string())
+            .bind(member.via.clone())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        let detail = format!("via={} attributes={attributes}", member.via);
+        self.audit(
+            conn,
+            now,
+            actor,
+            AuditEvent::MEMBER_ADDED,
+            &identifier,
+            &detail,
+        )
+        .await
+    }
+
+    /// Append an audit event, in the caller's transaction.
+    async fn audit(
+        &self,
+        conn: &mut DB::Connection,
+        at: u64,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(INSERT_AUDIT)
+            .bind(sql_time(at))
+            .bind(actor.to_owned())
+            .bind(action.to_owned())
+            .bind(subject.to_owned())
+            .bind(detail.to_owned())
+            .execute(conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// A transaction that will write: on SQLite it holds the write lock from the start, so
+    /// that concurrent writers queue instead of failing half-way.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
+        self.pool
+            .begin_with(DB::BEGIN_WRITE)
+            .await
+            .map_err(|e| self.db(e))
+    }
+
+    /// Run `op` until it succeeds or fails with something other than transient contention,
+    /// retrying that with a doubling, jittered backoff for at most [`BUSY_RETRY_BUDGET`].
+    async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let started = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match op().await {
+                Err(StoreError::Database { store, source }) if DB::is_transient(&source) => {
+                    let waited = started.elapsed();
+                    if waited.saturating_add(backoff) > BUSY_RETRY_BUDGET {
+                        return Err(StoreError::Busy {
+                            store,
+                            waited,
+                            source,
+                        });
+                    }
+                    tracing::debug!(store, ?waited, error = %source, "membership store busy; retrying");
+                    // Jitter, so that processes that collided do not collide again in step.
+                    let jitter = backoff.mul_f64(rand::random::<f64>() / 2.0);
+                    tokio::time::sleep(backoff.saturating_add(jitter)).await;
+                    backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Decoding rows. A value that does not decode means the row was not written by the store.
+impl<DB> Db<DB>
+where
+    DB: Dialect,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+{
+    /// A `tickets` row read with [`TICKET_COLUMNS`].
+    fn ticket_record(&self, row: &DB::Row) -> Result<TicketRecord, StoreError> {
+        let id: String = self.column(row, "id", || "ticket id".to_owned())?;
+        let what = |part: &str| format!("{part} of ticket {id:?}");
+        Ok(TicketRecord {
+            attributes: self.attributes(row, "attributes", || what("attributes"))?,
+            usage_count: self.count(row, "usage_count", || what("usage count"))?,
+            uses_left: self.count(row, "uses_left", || what("uses left"))?,
+            created_at: self.time(row, "created_at", || what("creation time"))?,
+            expires_at: self.time(row, "expires_at", || what("expiry"))?,
+            created_by: self.identifier(row, "created_by", || what("creator"))?,
+            revoked_at: self.optional_time(row, "revoked_at", || what("revocation time"))?,
+            id,
+        })
+    }
+
+    /// A `members` row read with [`MEMBER_COLUMNS`].
+    fn member_row(&self, row: &DB::Row) -> Result<Member, StoreError> {
+        let identifier = self.identifier(row, "identifier", || "member identifier".to_owned())?;
+        let what = |part: &str| format!("{part} of member {identifier}");
+        Ok(Member {
+            attributes: self.attributes(row, "attributes", || what("attributes"))?,
+            added_at: self.time(row, "added_at", || what("time added"))?,
+            added_by: self.identifier(row, "added_by", || what("adder"))?,
+            via: self.column(row, "via", || what("origin"))?,
+            identifier,
+        })
+    }
+
+    /// An `audit` row.
+    fn audit_event(&self, row: &DB::Row) -> Result<AuditEvent, StoreError> {
+        let what = || "audit event".to_owned();
+        Ok(AuditEvent {
+            at: self.time(row, "at", what)?,
+            actor: self.column(row, "actor", what)?,
+            action: self.column(row, "action", what)?,
+            subject: self.column(row, "subject", what)?,
+            detail: self.column(row, "detail", what)?,
+        })
+    }
+
+    fn column<'r, T>(
+        &self,
+        row: &'r DB::Row,
+        column: &str,
+        what: impl FnOnce() -> String,
+    ) -> Result<T, StoreError>
+    where
+        T: Decode<'r, DB> + Type<DB>,
+    {
+        row.try_get(column)
+            .map_err(|e| self.corrupt_by(format!("{} (column {column})", what()), e))
+    }
+
+    /// A time in Unix seconds: stored as a signed 64-bit integer, never negative.
+    fn time(
+        &self,
+        row: &DB::Row,
+        column: &str,
+        what: impl FnOnce() -> String + Copy,
+    ) -> Result<u64, StoreError> {
+        let value: i64 = self.column(row, column, what)?;
+        u64::try_from(value).map_err(|e| self.corrupt_by(what(), e))
+    }
+
+    fn optional_time(
+        &self,
+        row: &DB::Row,
+        column: &str,
+        what: impl FnOnce() -> String + Copy,
+    ) -> Result<Option<u64>, StoreError> {
+        let value: Option<i64> = self.column(row, column, what)?;
+        value
+            .map(|value| u64::try_from(value).map_err(|e| self.corrupt_by(what(), e)))
+            .transpose()
+    }
+
+    /// A usage count: stored as a 64-bit integer, always within `u32`.
+    fn count(
+        &self,
+        row: &DB::Row,
+        column: &str,
+        what: impl FnOnce() -> String + Copy,
+    ) -> Result<u32, StoreError> {
+        let value: i64 = self.column(row, column, what)?;
+        u32::try_from(value).map_err(|e| self.corrupt_by(what(), e))
+    }
+
+    fn identifier(
+        &self,
+        row: &DB::Row,
+        column: &str,
+        what: impl FnOnce() -> String + Copy,
+    ) -> Result<Identifier, StoreError> {
+        let text: String = self.column(row, column, what)?;
+        text.parse().map_err(|e| self.corrupt_by(what(), e))
+    }
+
+    /// Attributes: a JSON object of strings.
+    fn attributes(
+        &self,
+        row: &DB::Row,
+        column: &str,
+        what: impl FnOnce() -> String + Copy,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        let text: String = self.column(row, column, what)?;
+        serde_json::from_str(&text)
+            .map_err(|e| self.corrupt_by(format!("{} (not a JSON object of strings)", what()), e))
+    }
+}
+
+/// Attributes as stored: compact JSON with sorted keys, so equal attributes are equal text.
+fn attributes_json(attributes: &BTreeMap<String, String>) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = attributes
+        .iter()
+        .map(|(key, value)| (key.clone(), serde_json::Value::String(value.clone())))
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+/// Lowercase hex, as code hashes are stored.
+fn hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+/// A time as the databases store it: a signed 64-bit integer. Times past the year 292
+/// billion saturate, which keeps "expires after now" true for them.
+fn sql_time(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}

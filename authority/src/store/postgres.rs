@@ -1,0 +1,112 @@
+//! The membership store in a PostgreSQL database, which several authority processes may
+//! share: how it is connected, migrated and closed.
+//!
+//! Write transactions run at READ COMMITTED (set explicitly, whatever the server's
+//! default): a redemption's `UPDATE` locks the ticket's row, a concurrent redeemer of the
+//! same ticket waits for that lock and then re-checks `uses_left > 0` against the committed
+//! row, so uses are never taken twice, in one process or many. Serialization failures and
+//! deadlocks, which the server may still report under load, are retried by the store.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Postgres;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use super::StoreError;
+use super::ops::{Db, Dialect};
+
+/// The PostgreSQL schema, embedded at build time; the twin of `migrations/sqlite`.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// 8 connections per authority process: enough for writes queued on different tickets and
+/// reads to run side by side, few enough that a dozen processes stay well inside the
+/// server's default `max_connections` of 100.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// 30 s: how long an operation waits for a pool connection, including making a new one
+/// (connecting and logging in). Operations hold one for milliseconds, so this is hundreds
+/// of queued enrollments or an unreachable server; either is reported, not waited out.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// 5 s: how long [`Db::close`] waits for connections still in use to come back; bounded so
+/// that closing never hangs.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// SQLSTATE `serialization_failure`: the transaction lost a conflict and may be rerun.
+const SERIALIZATION_FAILURE: &str = "40001";
+
+/// SQLSTATE `deadlock_detected`: the server aborted this transaction to break a deadlock.
+const DEADLOCK_DETECTED: &str = "40P01";
+
+impl Dialect for Postgres {
+    const BEGIN_WRITE: &'static str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+    fn is_transient(error: &sqlx::Error) -> bool {
+        match error {
+            sqlx::Error::Database(e) => e
+                .code()
+                .is_some_and(|code| code == SERIALIZATION_FAILURE || code == DEADLOCK_DETECTED),
+            _ => false,
+        }
+    }
+}
+
+impl Db<Postgres> {
+    /// Connect to the database at `url` and migrate it.
+    pub(super) async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options =
+            PgConnectOptions::from_str(url).map_err(|source| StoreError::InvalidUrl { source })?;
+        let location = format!(
+            "PostgreSQL database {}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or(options.get_username()),
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Connect {
+                store: location.clone(),
+                source,
+            })?;
+        let db = Self {
+            pool,
+            location: Arc::from(location),
+        };
+        if let Err(e) = db.migrate().await {
+            db.close().await;
+            return Err(e);
+        }
+        Ok(db)
+    }
+
+    /// Close every connection, waiting at most [`CLOSE_GRACE`] for those in use.
+    pub(super) async fn close(&self) {
+        if tokio::time::timeout(CLOSE_GRACE, self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::debug!(store = %self.location, "connections still in use after closing the membership store");
+        }
+    }
+
+    /// Create the tables or bring them up to date. The migrator holds a session advisory
+    /// lock while it runs, so processes starting together take turns. A failed run can
+    /// leave that lock held by its connection; [`Db::connect`] then closes the whole pool,
+    /// which releases it.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                store: self.location.to_string(),
+                source,
+            })
+    }
+}
