@@ -47,8 +47,10 @@ pub enum TicketRequest {
         /// How many identities it may enroll.
         usage_count: u32,
     },
-    /// List tickets; answered with `Vec<TicketInfo>`.
-    List,
+    /// List tickets; answered with `Vec<TicketInfo>`. A struct variant, not a unit one:
+    /// serde ignores unknown fields after the tag of a unit variant, even with
+    /// `deny_unknown_fields`; on `{}` it refuses them. On the wire it is `{"op": "list"}`.
+    List {},
     /// Revoke a ticket by id; answered with [`TicketInfo`].
     Revoke {
         /// The ticket's id.
@@ -57,7 +59,7 @@ pub enum TicketRequest {
 }
 
 /// A new ticket: the only time its one-time code leaves the authority.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreatedTicket {
     /// Non-secret id, for `ticket list|revoke`.
@@ -95,11 +97,29 @@ pub struct TicketInfo {
 }
 
 /// The request to [`ACCEPTOR_SERVICE`]; answered with [`Enrolled`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedeemRequest {
     /// The ticket's one-time code, 64 hex digits.
     pub code: String,
+}
+
+impl std::fmt::Debug for CreatedTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedTicket")
+            .field("id", &self.id)
+            .field("code", &"…")
+            .field("expires_at", &self.expires_at)
+            .field("usage_count", &self.usage_count)
+            .field("attributes", &self.attributes)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedeemRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedeemRequest").field("code", &"…").finish()
+    }
 }
 
 /// Membership granted: the first credential.
@@ -123,8 +143,9 @@ pub struct CredentialRequest {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MembersRequest {
-    /// Every member; answered with `Vec<MemberInfo>`.
-    List,
+    /// Every member; answered with `Vec<MemberInfo>`. `{}` so that unknown fields are
+    /// refused (see [`TicketRequest::List`]).
+    List {},
     /// One member; answered with [`MemberInfo`].
     Show {
         /// Its identifier.

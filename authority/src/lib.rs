@@ -12,8 +12,12 @@
 
 /// Requests and replies of the authority's services.
 pub mod api;
+/// The client side of the authority's services: a pinned secure channel and one call per request.
+pub mod client;
 /// Project descriptions: what admins and members import to reach and trust a project.
 pub mod project;
+/// The authority's services on a node: tickets, enrollment, credentials, members, audit.
+pub mod service;
 /// The membership store: tickets, members, audit log, on SQLite or PostgreSQL.
 pub mod store;
 /// Enrollment tickets: a one-time code plus the project data needed to redeem it.

@@ -1,0 +1,410 @@
+//! The client side of the authority's services, for the CLI and for nodes that enroll or
+//! refresh their credentials (DESIGN §5).
+//!
+//! [`AuthorityClient::connect`] opens a secure channel to the authority's listener that only
+//! the expected authority identity can complete: a handshake with anyone else (a man in the
+//! middle, or a project file pointing at the wrong node) fails before we present our own
+//! credentials, with [`ClientError::WrongAuthority`]. Each call then sends one request through
+//! that channel and waits a bounded time for its answer. Every answer is checked to have come
+//! back through the channel, and every credential the authority hands out is verified
+//! against the authority's identity before it is returned.
+//!
+//! What it does not do: retry (the CLI's `--retry-count` decides that), or store anything.
+//!
+//! [`AuthorityClient::connect`]: crate::client::AuthorityClient::connect
+//! [`ClientError::WrongAuthority`]: crate::client::ClientError::WrongAuthority
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kith_identity::channel::{Admission, HandshakeError, Trust};
+use kith_identity::secure_channel::{self, ChannelSettings, SecureChannel, SecureChannelError};
+use kith_identity::{CredentialAndPurposeKey, CredentialError, DecodeError, Identifier, Identity};
+use kith_node::{Address, Node, Origin, RequestError, Route, RouteError, StartError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{
+    self, ACCEPTOR_SERVICE, AUDIT_SERVICE, ApiError, AuditEntry, AuditRequest, CREDENTIAL_SERVICE,
+    CreatedTicket, CredentialRequest, Enrolled, MEMBERS_SERVICE, MemberInfo, MembersRequest,
+    RedeemRequest, TICKET_SERVICE, TicketInfo, TicketRequest,
+};
+use crate::project::{from_hex, to_hex};
+use crate::ticket::OneTimeCode;
+
+/// Why a call to the authority failed. Messages say what failed and what to check; none
+/// contains a one-time code.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No secure channel to the authority's listener could be opened.
+    #[error(
+        "cannot open a secure channel to the authority at {route}; check the authority route and that its node is running"
+    )]
+    Connect {
+        /// The route to the listener.
+        route: String,
+        /// What the channel reported.
+        #[source]
+        source: SecureChannelError,
+    },
+    /// The channel's handshake did not finish in time.
+    #[error(
+        "no secure channel to the authority at {route} within {after:?}; check the authority route and that its node is running"
+    )]
+    ConnectTimeout {
+        /// The route to the listener.
+        route: String,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The node at the end of the route proved another identity than the authority's.
+    #[error(
+        "the node at the authority route is {found}, not the project's authority {expected}; a wrong route or a man in the middle: check the project's authority route and identifier"
+    )]
+    WrongAuthority {
+        /// The authority we meant to reach.
+        expected: Identifier,
+        /// Who answered.
+        found: Identifier,
+    },
+    /// The request could not be sent (the channel closed, or the node is shutting down).
+    #[error("cannot send the request to the authority's {service} service")]
+    Send {
+        /// The service.
+        service: &'static str,
+        /// What the node reported.
+        #[source]
+        source: RouteError,
+    },
+    /// The authority did not answer in time.
+    #[error(
+        "the authority's {service} service did not answer within {after:?}; try again, or with a longer timeout"
+    )]
+    Timeout {
+        /// The service.
+        service: &'static str,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The node shut down while we waited.
+    #[error("the node shut down while waiting for the authority")]
+    Closed,
+    /// The authority refused the request; [`ApiError::kind`] says why, for programs.
+    #[error("the authority refused: {0}")]
+    Refused(ApiError),
+    /// An answer arrived that did not come through the authority's channel.
+    #[error(
+        "an answer to the {service} request did not come through the channel to the authority; ignored it"
+    )]
+    UnexpectedReply {
+        /// The service.
+        service: &'static str,
+    },
+    /// The credential the authority sent does not decode or verify.
+    #[error("the authority sent a credential we cannot accept; ask the project's admin")]
+    BadCredential(#[source] CredentialCheckError),
+    /// The node could not register a mailbox for the answer (it is shutting down).
+    #[error("cannot wait for the authority's answer")]
+    Mailbox(#[source] StartError),
+}
+
+/// Why a credential in an [`Enrolled`] answer was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialCheckError {
+    /// The `credential` field is not hex.
+    #[error("the credential is not hex")]
+    NotHex,
+    /// The bytes are not a credential.
+    #[error("the credential does not decode")]
+    Decode(#[source] DecodeError),
+    /// It is not a valid credential for us from the authority.
+    #[error("the credential does not verify")]
+    Verify(#[source] CredentialError),
+    /// It is valid, but not what the answer says it is.
+    #[error("the credential's attributes or expiry differ from what the authority's answer lists")]
+    Mismatch,
+}
+
+/// A secure channel to a project's authority, and the calls its services answer. The
+/// channel closes when the client is dropped (or [`AuthorityClient::close`]d).
+pub struct AuthorityClient {
+    node: Node,
+    channel: SecureChannel,
+    /// Who we are in the channel: the subject of the credentials we get.
+    subject: Identifier,
+    timeout: Duration,
+}
+
+impl fmt::Debug for AuthorityClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorityClient")
+            .field("authority", &self.channel.peer.identifier)
+            .field("encryptor", &self.channel.encryptor)
+            .field("subject", &self.subject)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Unix seconds now.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl AuthorityClient {
+    /// Open a secure channel from `node` to the authority's secure-channel listener at
+    /// `listener_route` (the route to the authority node and its `api` listener) as the
+    /// identity in `settings`, admitting only `authority` at the other end: anyone else
+    /// fails the handshake, before we present our credentials, with
+    /// [`ClientError::WrongAuthority`]. `timeout` bounds the handshake and, afterwards, each
+    /// request.
+    pub async fn connect(
+        node: &Node,
+        listener_route: Route,
+        authority: &Identifier,
+        settings: &ChannelSettings,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let shown = listener_route.to_string();
+        let mut pinned = settings.clone();
+        pinned.trust = Arc::new(Trust {
+            authorities: settings.trust.authorities.clone(),
+            admission: Admission::Identifiers(BTreeSet::from([*authority])),
+        });
+        let created = tokio::time::timeout(
+            timeout,
+            secure_channel::create(node, listener_route, &pinned),
+        )
+        .await;
+        let channel = match created {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(SecureChannelError::Handshake(HandshakeError::NotAdmitted(found, _)))) => {
+                return Err(ClientError::WrongAuthority {
+                    expected: *authority,
+                    found,
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(ClientError::Connect {
+                    route: shown,
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(ClientError::ConnectTimeout {
+                    route: shown,
+                    after: timeout,
+                });
+            }
+        };
+        // The admission rule already ensures this; checked again because everything below
+        // trusts it.
+        if channel.peer.identifier != *authority {
+            secure_channel::close(node, &channel);
+            return Err(ClientError::WrongAuthority {
+                expected: *authority,
+                found: channel.peer.identifier,
+            });
+        }
+        Ok(Self {
+            node: node.clone(),
+            subject: *settings.local.identity.identifier(),
+            channel,
+            timeout,
+        })
+    }
+
+    /// The authority's identity, as it proved it in the handshake: what a member trusts to
+    /// verify the project's credentials.
+    pub fn authority(&self) -> &Identity {
+        &self.channel.peer.identity
+    }
+
+    /// The verification code of the channel; the authority's end shows the same one, so an
+    /// admin can compare them out of band.
+    pub fn verification_code(&self) -> String {
+        self.channel.verification_code.clone()
+    }
+
+    /// How long each request waits for its answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Wait `timeout` for each later answer.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Create a ticket that gives its redeemers `attributes`, expires in `expires_in`
+    /// (whole seconds) and may enroll `usage_count` identities. Admins and enrollers only.
+    pub async fn create_ticket(
+        &mut self,
+        attributes: BTreeMap<String, String>,
+        expires_in: Duration,
+        usage_count: u32,
+    ) -> Result<CreatedTicket, ClientError> {
+        let request = TicketRequest::Create {
+            attributes,
+            expires_in: expires_in.as_secs(),
+            usage_count,
+        };
+        self.call(TICKET_SERVICE, &request).await
+    }
+
+    /// Every ticket, revoked and expired ones included. Admins and enrollers only.
+    pub async fn list_tickets(&mut self) -> Result<Vec<TicketInfo>, ClientError> {
+        self.call(TICKET_SERVICE, &TicketRequest::List {}).await
+    }
+
+    /// Revoke ticket `id`. Admins and enrollers only.
+    pub async fn revoke_ticket(&mut self, id: &str) -> Result<TicketInfo, ClientError> {
+        let request = TicketRequest::Revoke { id: id.to_owned() };
+        self.call(TICKET_SERVICE, &request).await
+    }
+
+    /// Redeem a ticket's one-time code: become a member and get a first credential, verified
+    /// against the authority's identity before it is returned.
+    pub async fn redeem(&mut self, code: &OneTimeCode) -> Result<Enrolled, ClientError> {
+        let request = RedeemRequest {
+            code: to_hex(code.as_bytes()),
+        };
+        let enrolled: Enrolled = self.call(ACCEPTOR_SERVICE, &request).await?;
+        self.check_credential(&enrolled)?;
+        Ok(enrolled)
+    }
+
+    /// A fresh credential for a member (or an admin), verified as for
+    /// [`AuthorityClient::redeem`].
+    pub async fn credential(&mut self) -> Result<Enrolled, ClientError> {
+        let enrolled: Enrolled = self.call(CREDENTIAL_SERVICE, &CredentialRequest {}).await?;
+        self.check_credential(&enrolled)?;
+        Ok(enrolled)
+    }
+
+    /// Every member. Admins and enrollers only.
+    pub async fn members(&mut self) -> Result<Vec<MemberInfo>, ClientError> {
+        self.call(MEMBERS_SERVICE, &MembersRequest::List {}).await
+    }
+
+    /// The member `identifier`. Admins and enrollers only.
+    pub async fn member(&mut self, identifier: &Identifier) -> Result<MemberInfo, ClientError> {
+        let request = MembersRequest::Show {
+            identifier: identifier.to_string(),
+        };
+        self.call(MEMBERS_SERVICE, &request).await
+    }
+
+    /// Make `identifier` a member with `attributes` (replacing its attributes if it is one).
+    /// Admins only.
+    pub async fn add_member(
+        &mut self,
+        identifier: &Identifier,
+        attributes: BTreeMap<String, String>,
+    ) -> Result<MemberInfo, ClientError> {
+        let request = MembersRequest::Add {
+            identifier: identifier.to_string(),
+            attributes,
+        };
+        self.call(MEMBERS_SERVICE, &request).await
+    }
+
+    /// Delete the member `identifier`; returns what it was. Admins only.
+    pub async fn delete_member(
+        &mut self,
+        identifier: &Identifier,
+    ) -> Result<MemberInfo, ClientError> {
+        let request = MembersRequest::Delete {
+            identifier: identifier.to_string(),
+        };
+        self.call(MEMBERS_SERVICE, &request).await
+    }
+
+    /// The newest `limit` audit entries, newest last. Admins only.
+    pub async fn audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, ClientError> {
+        self.call(AUDIT_SERVICE, &AuditRequest { limit }).await
+    }
+
+    /// Close the channel (the authority's end is told).
+    pub async fn close(self) {
+        // Dropping closes; see `Drop`.
+        drop(self);
+    }
+
+    /// Send `request` to `service` through the channel and decode its answer.
+    ///
+    /// Each call waits on a mailbox of its own, at a fresh random address that lives only
+    /// for this call, so an answer that arrives after its call timed out finds no one and is
+    /// dropped instead of being taken for the answer to the next call.
+    async fn call<T: DeserializeOwned>(
+        &mut self,
+        service: &'static str,
+        request: &impl Serialize,
+    ) -> Result<T, ClientError> {
+        let mut mailbox = self.node.client().map_err(ClientError::Mailbox)?;
+        let route = Route::from(vec![
+            self.channel.encryptor.clone(),
+            Address::local(service),
+        ]);
+        let reply = match mailbox
+            .request(route, api::encode(request), self.timeout)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(RequestError::Route(source)) => {
+                return Err(ClientError::Send { service, source });
+            }
+            Err(RequestError::Timeout(after)) => {
+                return Err(ClientError::Timeout { service, after });
+            }
+            Err(RequestError::Closed) => return Err(ClientError::Closed),
+        };
+        let through_channel = matches!(
+            reply.origin(),
+            Origin::SecureChannel { identifier, .. }
+                if *identifier == self.channel.peer.identifier.to_string()
+        );
+        if !through_channel {
+            return Err(ClientError::UnexpectedReply { service });
+        }
+        api::decode_reply(&reply.payload).map_err(ClientError::Refused)
+    }
+
+    /// Check that `enrolled` holds a credential for us, issued by the authority, valid now,
+    /// with the attributes the answer lists.
+    fn check_credential(&self, enrolled: &Enrolled) -> Result<(), ClientError> {
+        let credential = decode_credential(enrolled).map_err(ClientError::BadCredential)?;
+        let verified = credential
+            .verify(
+                &self.subject,
+                std::slice::from_ref(&self.channel.peer.identity),
+                unix_now(),
+            )
+            .map_err(|e| ClientError::BadCredential(CredentialCheckError::Verify(e)))?;
+        if verified.attributes != enrolled.attributes || verified.expires_at != enrolled.expires_at
+        {
+            return Err(ClientError::BadCredential(CredentialCheckError::Mismatch));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AuthorityClient {
+    fn drop(&mut self) {
+        secure_channel::close(&self.node, &self.channel);
+    }
+}
+
+/// The credential in an [`Enrolled`] answer (hex of [`CredentialAndPurposeKey::encode`]),
+/// decoded but not verified.
+pub fn decode_credential(
+    enrolled: &Enrolled,
+) -> Result<CredentialAndPurposeKey, CredentialCheckError> {
+    let bytes = from_hex(&enrolled.credential).map_err(|_| CredentialCheckError::NotHex)?;
+    CredentialAndPurposeKey::decode(&bytes).map_err(CredentialCheckError::Decode)
+}

@@ -1,0 +1,1081 @@
+//! The authority's services end to end: real nodes in this process, real TCP on loopback,
+//! real secure channels, and a real membership store. Every scenario runs once on a fresh
+//! SQLite file and once on a fresh PostgreSQL database (DESIGN §5: same behaviour on both).
+//!
+//! The PostgreSQL half needs a server: `KITH_TEST_POSTGRES_URL` names a role that may create
+//! databases (each test makes its own and drops it). `eval "$(bash .ci/postgres)"` starts one
+//! and sets the variable. Without it those tests fail; they never skip silently.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kith_authority::api::{
+    self, ACCEPTOR_SERVICE, AUDIT_SERVICE, CREDENTIAL_SERVICE, CreatedTicket, ENROLLER_ROLE,
+    Enrolled, ErrorKind, MEMBERS_SERVICE, PROJECT_ID_ATTRIBUTE, ROLE_ATTRIBUTE, TICKET_SERVICE,
+};
+use kith_authority::client::{AuthorityClient, ClientError, decode_credential};
+use kith_authority::service::{Authority, AuthorityConfig};
+use kith_authority::store::{AuditEvent, Member, MembershipStore, NewTicket};
+use kith_authority::ticket::OneTimeCode;
+use kith_identity::channel::{Admission, LocalIdentity, Trust};
+use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
+use kith_identity::vault::Vault;
+use kith_identity::{Identifier, Identity, SecureChannelKey};
+use kith_node::{Address, Node, RequestError, Route, RouteError, TCP};
+use kith_transport::TcpTransport;
+use sqlx::{Connection, Executor, PgConnection};
+use tempfile::TempDir;
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+
+/// 30 s: bounds every wait for an answer or a handshake. Generous because 200 handshakes
+/// at once in a debug build take a while on a busy machine; a pass never waits this long.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// 120 s: bounds a concurrency test that would otherwise hang; a pass takes a few seconds.
+const CONCURRENCY_LIMIT: Duration = Duration::from_secs(120);
+
+/// 200: how many identities redeem one ticket at once in the concurrency tests.
+const REDEEMERS: usize = 200;
+
+/// 4: client nodes the redeemers are spread over (50 channels each).
+const CLIENT_NODES: usize = 4;
+
+/// 500 ms: how long a test waits to be sure that no answer comes.
+const SILENCE: Duration = Duration::from_millis(500);
+
+const PROJECT_ID: &str = "p-3f2a";
+const CREDENTIAL_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+const AUTHORITY_NAME: &str = "authority";
+const POSTGRES_URL_VARIABLE: &str = "KITH_TEST_POSTGRES_URL";
+
+// ---- the scenarios ------------------------------------------------------------------------
+
+async fn an_admins_ticket_enrolls_a_new_identity_with_a_credential_that_verifies(db: &TestDb) {
+    let admin = Party::new();
+    let world = World::start(db, 1, &[&admin]).await;
+    let mut admin_client = world.connect(&admin, 0).await;
+    let attributes = attributes(&[("component", "db"), ("location", "sf")]);
+    let ticket = admin_client
+        .create_ticket(attributes.clone(), Duration::from_secs(600), 1)
+        .await
+        .unwrap();
+    assert_eq!(ticket.code.len(), 64);
+    assert!(ticket.code.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(ticket.id.len(), 12);
+    assert_eq!(ticket.attributes, attributes);
+    assert_eq!(ticket.usage_count, 1);
+
+    let newcomer = Party::new();
+    let mut client = world.connect(&newcomer, 0).await;
+    let enrolled = client.redeem(&code_of(&ticket)).await.unwrap();
+    let mut expected = attributes.clone();
+    expected.insert(PROJECT_ID_ATTRIBUTE.into(), PROJECT_ID.into());
+    assert_eq!(enrolled.attributes, expected);
+
+    // The credential verifies against the authority's identity, for the newcomer, with
+    // exactly the ticket's attributes and the project id, for the configured lifetime.
+    let verified = decode_credential(&enrolled)
+        .unwrap()
+        .verify(
+            &newcomer.identifier,
+            std::slice::from_ref(&world.identity),
+            now(),
+        )
+        .unwrap();
+    assert_eq!(verified.issuer, world.identifier);
+    assert_eq!(verified.attributes, expected);
+    assert_eq!(verified.expires_at, enrolled.expires_at);
+    assert_eq!(
+        verified.expires_at - verified.created_at,
+        CREDENTIAL_TTL.as_secs()
+    );
+    assert!(verified.created_at.abs_diff(now()) <= 5);
+    // Not for anyone else.
+    assert!(
+        decode_credential(&enrolled)
+            .unwrap()
+            .verify(
+                &admin.identifier,
+                std::slice::from_ref(&world.identity),
+                now()
+            )
+            .is_err()
+    );
+
+    let member = world
+        .store
+        .member(&newcomer.identifier)
+        .await
+        .unwrap()
+        .expect("the newcomer is a member");
+    assert_eq!(member.attributes, attributes);
+    assert_eq!(member.via, Member::via_ticket(&ticket.id));
+    assert_eq!(member.added_by, admin.identifier);
+
+    let audit = admin_client.audit(100).await.unwrap();
+    let seen: Vec<(&str, &str, &str)> = audit
+        .iter()
+        .map(|e| (e.action.as_str(), e.actor.as_str(), e.subject.as_str()))
+        .collect();
+    let admin_id = admin.identifier.to_string();
+    let newcomer_id = newcomer.identifier.to_string();
+    assert!(seen.contains(&(AuditEvent::TICKET_CREATED, &admin_id, &ticket.id)));
+    assert!(seen.contains(&(AuditEvent::TICKET_REDEEMED, &newcomer_id, &ticket.id)));
+    assert!(
+        seen.iter()
+            .any(|(action, _, subject)| *action == AuditEvent::MEMBER_ADDED
+                && *subject == newcomer_id)
+    );
+    assert!(
+        audit
+            .iter()
+            .all(|e| !e.detail.contains(&ticket.code) && !e.detail.contains(&ticket.code[..16]))
+    );
+    let listed = admin_client.list_tickets().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].id.as_str(), listed[0].uses_left),
+        (ticket.id.as_str(), 0)
+    );
+    world.stop().await;
+}
+
+async fn usage_count_one_enrolls_exactly_one_of_200(db: &TestDb) {
+    enrolls_exactly(db, 1, 1).await;
+}
+
+async fn usage_count_three_enrolls_exactly_three_of_200(db: &TestDb) {
+    enrolls_exactly(db, 1, 3).await;
+}
+
+async fn two_authorities_sharing_one_database_enroll_exactly_one_of_200(db: &TestDb) {
+    enrolls_exactly(db, 2, 1).await;
+}
+
+async fn two_authorities_sharing_one_database_enroll_exactly_three_of_200(db: &TestDb) {
+    enrolls_exactly(db, 2, 3).await;
+}
+
+/// [`REDEEMERS`] identities, each on a channel of its own, spread over [`CLIENT_NODES`]
+/// client nodes and `authorities` authority nodes (sharing one database), redeem one ticket
+/// with usage count `n` at the same moment: exactly `n` enroll, every other one is told the
+/// ticket is used up.
+async fn enrolls_exactly(db: &TestDb, authorities: usize, n: u32) {
+    tokio::time::timeout(CONCURRENCY_LIMIT, async {
+        let admin = Party::new();
+        let world = World::start(db, authorities, &[&admin]).await;
+        let mut admin_client = world.connect(&admin, 0).await;
+        let ticket = admin_client
+            .create_ticket(
+                attributes(&[("fleet", "edge")]),
+                Duration::from_secs(600),
+                n,
+            )
+            .await
+            .unwrap();
+        let code = code_of(&ticket);
+
+        let client_nodes: Vec<(Node, TcpTransport)> = (0..CLIENT_NODES)
+            .map(|i| client_node(&format!("client-{i}")))
+            .collect();
+        let barrier = Arc::new(Barrier::new(REDEEMERS));
+        let mut redeemers = JoinSet::new();
+        for i in 0..REDEEMERS {
+            let party = Party::new();
+            let node = client_nodes[i % CLIENT_NODES].0.clone();
+            let route = world.listener_route(i % authorities);
+            let authority = world.identifier;
+            let barrier = barrier.clone();
+            let code = code.clone();
+            redeemers.spawn(async move {
+                let mut client =
+                    AuthorityClient::connect(&node, route, &authority, &party.settings, WAIT)
+                        .await
+                        .unwrap();
+                barrier.wait().await;
+                (party.identifier, client.redeem(&code).await)
+            });
+        }
+        let mut enrolled = BTreeSet::new();
+        let mut used_up = 0;
+        while let Some(done) = redeemers.join_next().await {
+            match done.unwrap() {
+                (identifier, Ok(_)) => {
+                    enrolled.insert(identifier);
+                }
+                (_, Err(ClientError::Refused(e))) if e.kind == ErrorKind::TicketUsedUp => {
+                    used_up += 1
+                }
+                (_, Err(other)) => panic!("unexpected outcome: {other}"),
+            }
+        }
+        assert_eq!(enrolled.len(), n as usize);
+        assert_eq!(used_up, REDEEMERS - n as usize);
+        let members: BTreeSet<Identifier> = world
+            .store
+            .members()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.identifier)
+            .collect();
+        assert_eq!(members, enrolled);
+        let listed = admin_client.list_tickets().await.unwrap();
+        assert_eq!(listed[0].uses_left, 0);
+        for (node, _) in &client_nodes {
+            node.shutdown().await;
+        }
+        world.stop().await;
+    })
+    .await
+    .expect("the concurrent redemptions finished in time");
+}
+
+async fn expired_revoked_unknown_and_used_up_codes_get_distinct_refusals(db: &TestDb) {
+    let admin = Party::new();
+    let world = World::start(db, 1, &[&admin]).await;
+    let mut admin_client = world.connect(&admin, 0).await;
+    let redeemer = Party::new();
+    let mut client = world.connect(&redeemer, 0).await;
+
+    let mut refusals = BTreeMap::new();
+    redeem_refused(
+        &mut client,
+        &OneTimeCode::random(),
+        ErrorKind::TicketUnknown,
+        &mut refusals,
+    )
+    .await;
+
+    let revoked = admin_client
+        .create_ticket(BTreeMap::new(), Duration::from_secs(600), 5)
+        .await
+        .unwrap();
+    let info = admin_client.revoke_ticket(&revoked.id).await.unwrap();
+    assert!(info.revoked_at.is_some());
+    redeem_refused(
+        &mut client,
+        &code_of(&revoked),
+        ErrorKind::TicketRevoked,
+        &mut refusals,
+    )
+    .await;
+
+    // An expired ticket, written straight into the store: it was made 100 s ago and expired
+    // 10 s ago.
+    let expired = OneTimeCode::random();
+    world
+        .store
+        .create_ticket(
+            &NewTicket {
+                id: "expired0".into(),
+                code_hash: expired.hash(),
+                attributes: BTreeMap::new(),
+                usage_count: 1,
+                expires_at: now() - 10,
+                created_by: admin.identifier,
+            },
+            now() - 100,
+        )
+        .await
+        .unwrap();
+    redeem_refused(
+        &mut client,
+        &expired,
+        ErrorKind::TicketExpired,
+        &mut refusals,
+    )
+    .await;
+
+    let single = admin_client
+        .create_ticket(BTreeMap::new(), Duration::from_secs(600), 1)
+        .await
+        .unwrap();
+    let first = Party::new();
+    world
+        .connect(&first, 0)
+        .await
+        .redeem(&code_of(&single))
+        .await
+        .unwrap();
+    redeem_refused(
+        &mut client,
+        &code_of(&single),
+        ErrorKind::TicketUsedUp,
+        &mut refusals,
+    )
+    .await;
+    let messages: BTreeSet<&String> = refusals.values().collect();
+    assert_eq!(messages.len(), 4, "{refusals:?}");
+    // No refusal made the redeemer a member.
+    assert!(
+        world
+            .store
+            .member(&redeemer.identifier)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let unknown = refusal(admin_client.revoke_ticket("000000000000").await);
+    assert_eq!(unknown.kind, ErrorKind::NotFound);
+    world.stop().await;
+}
+
+async fn malformed_requests_are_answered_with_bad_request(db: &TestDb) {
+    let admin = Party::new();
+    let world = World::start(db, 1, &[&admin]).await;
+    let client_node = client_node("raw");
+    let channel = secure_channel::create(&client_node.0, world.listener_route(0), &admin.settings)
+        .await
+        .unwrap();
+    let mut raw = client_node.0.client().unwrap();
+    let cases: &[(&str, &[u8])] = &[
+        (ACCEPTOR_SERVICE, b"not json"),
+        (ACCEPTOR_SERVICE, br#"{"code": "abc"}"#),
+        (ACCEPTOR_SERVICE, br#"{"code": 7}"#),
+        (TICKET_SERVICE, br#"{"op": "create"}"#),
+        (TICKET_SERVICE, br#"{"op": "list", "extra": 1}"#),
+        (
+            MEMBERS_SERVICE,
+            br#"{"op": "show", "identifier": "Inothex"}"#,
+        ),
+        (CREDENTIAL_SERVICE, br#"{"attributes": {}}"#),
+        (AUDIT_SERVICE, br#"{"limit": 10001}"#),
+        (AUDIT_SERVICE, br#"{"limit": -1}"#),
+    ];
+    for (service, payload) in cases {
+        let route = Route::from(vec![channel.encryptor.clone(), Address::local(*service)]);
+        let reply = raw
+            .request(route, payload.to_vec(), WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{service} did not answer {payload:?}: {e}"));
+        let refusal = api::decode_reply::<serde_json::Value>(&reply.payload)
+            .map(|ok| panic!("{service} accepted {payload:?}: {ok}"))
+            .unwrap_err();
+        assert_eq!(
+            refusal.kind,
+            ErrorKind::BadRequest,
+            "{service} {payload:?}: {refusal:?}"
+        );
+    }
+    // A large one too (60 KiB of blanks: about the most one channel message carries).
+    let big = vec![b' '; 60 * 1024];
+    let route = Route::from(vec![
+        channel.encryptor.clone(),
+        Address::local(TICKET_SERVICE),
+    ]);
+    let reply = raw.request(route, big, WAIT).await.unwrap();
+    assert_eq!(
+        api::decode_reply::<serde_json::Value>(&reply.payload)
+            .unwrap_err()
+            .kind,
+        ErrorKind::BadRequest
+    );
+    secure_channel::close(&client_node.0, &channel);
+    client_node.0.shutdown().await;
+    world.stop().await;
+}
+
+async fn roles_decide_who_may_manage_tickets_and_members(db: &TestDb) {
+    let admin = Party::new();
+    let world = World::start(db, 1, &[&admin]).await;
+    let mut admin_client = world.connect(&admin, 0).await;
+    let (member, enroller, stranger) = (Party::new(), Party::new(), Party::new());
+    admin_client
+        .add_member(&member.identifier, attributes(&[("component", "web")]))
+        .await
+        .unwrap();
+    admin_client
+        .add_member(
+            &enroller.identifier,
+            attributes(&[(ROLE_ATTRIBUTE, ENROLLER_ROLE)]),
+        )
+        .await
+        .unwrap();
+    let ten_minutes = Duration::from_secs(600);
+    let enroller_ticket = attributes(&[(ROLE_ATTRIBUTE, ENROLLER_ROLE)]);
+
+    // A plain member and a stranger may do none of it.
+    for party in [&member, &stranger] {
+        let mut c = world.connect(party, 0).await;
+        let forbidden = [
+            refusal(c.create_ticket(BTreeMap::new(), ten_minutes, 1).await),
+            refusal(c.list_tickets().await),
+            refusal(c.revoke_ticket("000000000000").await),
+            refusal(c.members().await),
+            refusal(c.member(&admin.identifier).await),
+            refusal(
+                c.add_member(&party.identifier, enroller_ticket.clone())
+                    .await,
+            ),
+            refusal(c.delete_member(&member.identifier).await),
+            refusal(c.audit(10).await),
+        ];
+        for e in forbidden {
+            assert_eq!(e.kind, ErrorKind::Forbidden, "{e:?}");
+        }
+    }
+
+    // An enroller manages tickets and reads members, but makes no enrollers and changes no
+    // members.
+    let mut e = world.connect(&enroller, 0).await;
+    let plain = e
+        .create_ticket(attributes(&[("component", "web")]), ten_minutes, 2)
+        .await
+        .unwrap();
+    let refused = refusal(
+        e.create_ticket(enroller_ticket.clone(), ten_minutes, 1)
+            .await,
+    );
+    assert_eq!(refused.kind, ErrorKind::Forbidden);
+    assert!(refused.message.contains("only admins"), "{refused:?}");
+    assert_eq!(e.list_tickets().await.unwrap().len(), 1);
+    assert_eq!(e.members().await.unwrap().len(), 2);
+    assert_eq!(
+        e.member(&member.identifier).await.unwrap().attributes,
+        attributes(&[("component", "web")])
+    );
+    assert_eq!(
+        refusal(e.member(&stranger.identifier).await).kind,
+        ErrorKind::NotFound
+    );
+    for refused in [
+        refusal(e.add_member(&stranger.identifier, BTreeMap::new()).await),
+        refusal(e.delete_member(&member.identifier).await),
+        refusal(e.audit(10).await),
+    ] {
+        assert_eq!(refused.kind, ErrorKind::Forbidden);
+    }
+    let revoked = e.revoke_ticket(&plain.id).await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+
+    // An admin may make enroller tickets.
+    let made = admin_client
+        .create_ticket(enroller_ticket.clone(), ten_minutes, 1)
+        .await
+        .unwrap();
+    assert_eq!(made.attributes, enroller_ticket);
+
+    // A demoted enroller loses its rights with its next request, on the same channel.
+    admin_client
+        .add_member(&enroller.identifier, BTreeMap::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(e.create_ticket(BTreeMap::new(), ten_minutes, 1).await).kind,
+        ErrorKind::Forbidden
+    );
+    assert_eq!(refusal(e.members().await).kind, ErrorKind::Forbidden);
+
+    // What no one may ask for.
+    let bad_terms = [
+        (BTreeMap::new(), Duration::from_secs(0), 1),
+        (BTreeMap::new(), Duration::from_millis(999), 1),
+        (BTreeMap::new(), Duration::from_secs(366 * 24 * 3600), 1),
+        (BTreeMap::new(), ten_minutes, 0),
+        (BTreeMap::new(), ten_minutes, 100_001),
+        (
+            attributes(&[(PROJECT_ID_ATTRIBUTE, "other")]),
+            ten_minutes,
+            1,
+        ),
+        (attributes(&[("has space", "x")]), ten_minutes, 1),
+        (attributes(&[("ctl", "a\u{7}b")]), ten_minutes, 1),
+        (
+            (0..64).map(|i| (format!("a{i}"), String::new())).collect(),
+            ten_minutes,
+            1,
+        ),
+    ];
+    for (attributes, expires_in, usage_count) in bad_terms {
+        let refused = refusal(
+            admin_client
+                .create_ticket(attributes.clone(), expires_in, usage_count)
+                .await,
+        );
+        assert_eq!(
+            refused.kind,
+            ErrorKind::BadRequest,
+            "{attributes:?} {expires_in:?} {usage_count}"
+        );
+    }
+    assert_eq!(
+        refusal(
+            admin_client
+                .add_member(
+                    &stranger.identifier,
+                    attributes(&[(PROJECT_ID_ATTRIBUTE, "x")])
+                )
+                .await
+        )
+        .kind,
+        ErrorKind::BadRequest
+    );
+    // The widest terms allowed are accepted.
+    admin_client
+        .create_ticket(
+            (0..63).map(|i| (format!("a{i}"), String::new())).collect(),
+            Duration::from_secs(365 * 24 * 3600),
+            100_000,
+        )
+        .await
+        .unwrap();
+    world.stop().await;
+}
+
+async fn credentials_follow_the_store(db: &TestDb) {
+    let admin = Party::new();
+    let world = World::start(db, 1, &[&admin]).await;
+    let mut admin_client = world.connect(&admin, 0).await;
+    let member = Party::new();
+    let mut m = world.connect(&member, 0).await;
+    assert_eq!(refusal(m.credential().await).kind, ErrorKind::NotMember);
+
+    admin_client
+        .add_member(&member.identifier, attributes(&[("component", "web")]))
+        .await
+        .unwrap();
+    let fresh = m.credential().await.unwrap();
+    assert_eq!(
+        fresh.attributes,
+        attributes(&[("component", "web"), (PROJECT_ID_ATTRIBUTE, PROJECT_ID)])
+    );
+    verify(&world, &member, &fresh);
+
+    // The stored attributes change; the next credential carries the new ones.
+    admin_client
+        .add_member(
+            &member.identifier,
+            attributes(&[("component", "api"), ("tier", "2")]),
+        )
+        .await
+        .unwrap();
+    let fresh = m.credential().await.unwrap();
+    assert_eq!(
+        fresh.attributes,
+        attributes(&[
+            ("component", "api"),
+            ("tier", "2"),
+            (PROJECT_ID_ATTRIBUTE, PROJECT_ID)
+        ])
+    );
+    verify(&world, &member, &fresh);
+
+    // An admin that is not a member gets the project id only.
+    let mine = admin_client.credential().await.unwrap();
+    assert_eq!(
+        mine.attributes,
+        attributes(&[(PROJECT_ID_ATTRIBUTE, PROJECT_ID)])
+    );
+
+    // Deleted: no more credentials, at once, on the same channel.
+    let deleted = admin_client
+        .delete_member(&member.identifier)
+        .await
+        .unwrap();
+    assert_eq!(deleted.identifier, member.identifier.to_string());
+    assert_eq!(refusal(m.credential().await).kind, ErrorKind::NotMember);
+    assert_eq!(
+        refusal(admin_client.delete_member(&member.identifier).await).kind,
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        refusal(admin_client.member(&member.identifier).await).kind,
+        ErrorKind::NotFound
+    );
+    let audit = admin_client.audit(2).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[1].action, AuditEvent::MEMBER_DELETED);
+    assert_eq!(audit[1].subject, member.identifier.to_string());
+    world.stop().await;
+}
+
+// ---- backend-independent ------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_without_a_secure_channel_reaches_no_service() {
+    let db = TestDb::sqlite();
+    let admin = Party::new();
+    let world = World::start(&db, 1, &[&admin]).await;
+    let (node, _tcp) = client_node("plain");
+    let mut raw = node.client().unwrap();
+    let create = api::encode(&api::TicketRequest::Create {
+        attributes: BTreeMap::new(),
+        expires_in: 600,
+        usage_count: 1,
+    });
+    let auth = &world.nodes[0];
+    let denied_before = auth.node.stats().dropped_denied;
+    let services = [
+        TICKET_SERVICE,
+        ACCEPTOR_SERVICE,
+        CREDENTIAL_SERVICE,
+        MEMBERS_SERVICE,
+        AUDIT_SERVICE,
+    ];
+    // Straight over TCP: the node's access control drops it, nothing answers.
+    for service in services {
+        let route = Route::from(vec![
+            Address::try_new(TCP, &auth.listener).unwrap(),
+            Address::local(service),
+        ]);
+        raw.send(route, create.clone()).await.unwrap();
+    }
+    match raw.receive(SILENCE).await {
+        Err(RequestError::Timeout(_)) => {}
+        other => panic!("a service answered a plain TCP message: {other:?}"),
+    }
+    until("the refusals to be counted", || {
+        auth.node.stats().dropped_denied >= denied_before + services.len() as u64
+    })
+    .await;
+    // From the authority node itself: refused too.
+    let mut local = auth.node.client().unwrap();
+    for service in services {
+        match local
+            .request(Address::local(service), create.clone(), SILENCE)
+            .await
+        {
+            Err(RequestError::Route(RouteError::Denied(_))) => {}
+            other => panic!("{service} accepted a local message: {other:?}"),
+        }
+    }
+    // Nothing was done.
+    assert!(world.store.list_tickets().await.unwrap().is_empty());
+    assert!(world.store.audit_log(10).await.unwrap().is_empty());
+    node.shutdown().await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connecting_to_another_identity_than_the_authority_fails_with_wrong_authority() {
+    let db = TestDb::sqlite();
+    let world = World::start(&db, 1, &[]).await;
+    let impostor = World::start(&TestDb::sqlite(), 1, &[]).await;
+    let (node, _tcp) = client_node("client");
+    let me = Party::new();
+    let started = std::time::Instant::now();
+    let outcome = AuthorityClient::connect(
+        &node,
+        impostor.listener_route(0),
+        &world.identifier,
+        &me.settings,
+        WAIT,
+    )
+    .await;
+    match outcome {
+        Err(ClientError::WrongAuthority { expected, found }) => {
+            assert_eq!(expected, world.identifier);
+            assert_eq!(found, impostor.identifier);
+        }
+        other => panic!("expected WrongAuthority, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
+    // The right one connects, and both ends of its channel have a verification code.
+    let client = AuthorityClient::connect(
+        &node,
+        world.listener_route(0),
+        &world.identifier,
+        &me.settings,
+        WAIT,
+    )
+    .await
+    .unwrap();
+    assert!(!client.verification_code().is_empty());
+    assert_eq!(client.authority().identifier(), &world.identifier);
+    client.close().await;
+    node.shutdown().await;
+    impostor.stop().await;
+    world.stop().await;
+}
+
+/// Run the same scenarios on each database, as `sqlite::<name>` and `postgres::<name>`.
+macro_rules! on_both_databases {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario(&super::TestDb::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario(&super::TestDb::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_databases!(
+    an_admins_ticket_enrolls_a_new_identity_with_a_credential_that_verifies,
+    usage_count_one_enrolls_exactly_one_of_200,
+    usage_count_three_enrolls_exactly_three_of_200,
+    two_authorities_sharing_one_database_enroll_exactly_one_of_200,
+    two_authorities_sharing_one_database_enroll_exactly_three_of_200,
+    expired_revoked_unknown_and_used_up_codes_get_distinct_refusals,
+    malformed_requests_are_answered_with_bad_request,
+    roles_decide_who_may_manage_tickets_and_members,
+    credentials_follow_the_store,
+);
+
+// ---- helpers ------------------------------------------------------------------------------
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn attributes(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The one-time code of a ticket the authority created.
+fn code_of(ticket: &CreatedTicket) -> OneTimeCode {
+    let bytes: Vec<u8> = (0..ticket.code.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&ticket.code[i..i + 2], 16).unwrap())
+        .collect();
+    OneTimeCode::from_bytes(bytes.try_into().unwrap())
+}
+
+/// The authority's refusal in `outcome`.
+#[track_caller]
+fn refusal<T: std::fmt::Debug>(outcome: Result<T, ClientError>) -> api::ApiError {
+    match outcome {
+        Err(ClientError::Refused(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Redeem `code`, expect a refusal of `kind` that comes at once (not a timeout), and keep
+/// its message by kind.
+async fn redeem_refused(
+    client: &mut AuthorityClient,
+    code: &OneTimeCode,
+    kind: ErrorKind,
+    messages: &mut BTreeMap<String, String>,
+) {
+    let started = std::time::Instant::now();
+    let e = refusal(client.redeem(code).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once"
+    );
+    assert_eq!(e.kind, kind, "{e:?}");
+    messages.insert(format!("{kind:?}"), e.message);
+}
+
+fn verify(world: &World, party: &Party, enrolled: &Enrolled) {
+    let verified = decode_credential(enrolled)
+        .unwrap()
+        .verify(
+            &party.identifier,
+            std::slice::from_ref(&world.identity),
+            now(),
+        )
+        .unwrap();
+    assert_eq!(verified.attributes, enrolled.attributes);
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// An identity with a channel key, as a client node would hold it (no vault needed).
+struct Party {
+    identifier: Identifier,
+    settings: ChannelSettings,
+}
+
+impl Party {
+    fn new() -> Self {
+        let (identity, secret) = Identity::create(now());
+        let key = SecureChannelKey::generate(&identity, &secret, now() - 5, now() + 3600);
+        let identifier = *identity.identifier();
+        let local = LocalIdentity {
+            identity,
+            key,
+            credentials: vec![],
+        };
+        let mut settings = ChannelSettings::new(Arc::new(local), open_trust());
+        settings.handshake_timeout = WAIT;
+        Self {
+            identifier,
+            settings,
+        }
+    }
+}
+
+fn open_trust() -> Arc<Trust> {
+    Arc::new(Trust {
+        authorities: vec![],
+        admission: Admission::AnyIdentity,
+    })
+}
+
+fn client_node(name: &str) -> (Node, TcpTransport) {
+    let node = Node::new(name);
+    let tcp = TcpTransport::start(&node);
+    (node, tcp)
+}
+
+/// One authority node: its own store handle (as another process would have), its own vault
+/// handle on the shared vault file, the services, and a secure-channel listener on TCP.
+struct AuthorityNode {
+    node: Node,
+    _tcp: TcpTransport,
+    listener: String,
+    store: MembershipStore,
+    vault: Vault,
+}
+
+/// `authorities` authority nodes of one authority identity sharing one database, and a
+/// client node to reach them from.
+struct World {
+    _dir: TempDir,
+    vault_path: std::path::PathBuf,
+    identity: Identity,
+    identifier: Identifier,
+    nodes: Vec<AuthorityNode>,
+    /// A store handle of the test's own, for looking behind the services' backs.
+    store: MembershipStore,
+    client: (Node, TcpTransport),
+    location: String,
+}
+
+impl World {
+    async fn start(db: &TestDb, authorities: usize, admins: &[&Party]) -> Self {
+        let admins: BTreeSet<Identifier> = admins.iter().map(|p| p.identifier).collect();
+        let dir = TempDir::new().unwrap();
+        let vault_path = dir.path().join("vault.sqlite");
+        let vault = Vault::open(&vault_path).await.unwrap();
+        let stored = vault.create_identity(AUTHORITY_NAME, now()).await.unwrap();
+        vault.close().await;
+        let location = db.location();
+        let mut world = Self {
+            identifier: *stored.identity.identifier(),
+            identity: stored.identity,
+            _dir: dir,
+            vault_path,
+            nodes: Vec::new(),
+            store: MembershipStore::open(&location).await.unwrap(),
+            client: client_node("client"),
+            location,
+        };
+        for i in 0..authorities {
+            let node = world.start_node(i, admins.clone()).await;
+            world.nodes.push(node);
+        }
+        world
+    }
+
+    async fn start_node(&self, index: usize, admins: BTreeSet<Identifier>) -> AuthorityNode {
+        let vault = Vault::open(&self.vault_path).await.unwrap();
+        let store = MembershipStore::open(&self.location).await.unwrap();
+        let node = Node::new(format!("authority-{index}"));
+        let tcp = TcpTransport::start(&node);
+        let stored = vault.identity(AUTHORITY_NAME).await.unwrap();
+        let key = vault
+            .secure_channel_key(AUTHORITY_NAME, now())
+            .await
+            .unwrap();
+        let local = LocalIdentity {
+            identity: stored.identity.clone(),
+            key,
+            credentials: vec![],
+        };
+        let mut settings = ChannelSettings::new(Arc::new(local), open_trust());
+        settings.handshake_timeout = WAIT;
+        secure_channel::listen(&node, DEFAULT_LISTENER, settings).unwrap();
+        let authority = Authority::new(
+            store.clone(),
+            vault.clone(),
+            AUTHORITY_NAME.into(),
+            AuthorityConfig {
+                project_id: PROJECT_ID.into(),
+                admins,
+                credential_ttl: CREDENTIAL_TTL,
+            },
+        );
+        authority.start(&node).unwrap();
+        let listener = tcp.listen("127.0.0.1:0").await.unwrap().to_string();
+        AuthorityNode {
+            node,
+            _tcp: tcp,
+            listener,
+            store,
+            vault,
+        }
+    }
+
+    fn listener_route(&self, index: usize) -> Route {
+        Route::from(vec![
+            Address::try_new(TCP, &self.nodes[index].listener).unwrap(),
+            Address::local(DEFAULT_LISTENER),
+        ])
+    }
+
+    /// A client for `party` to authority node `index`, from the world's client node.
+    async fn connect(&self, party: &Party, index: usize) -> AuthorityClient {
+        AuthorityClient::connect(
+            &self.client.0,
+            self.listener_route(index),
+            &self.identifier,
+            &party.settings,
+            WAIT,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn stop(self) {
+        self.client.0.shutdown().await;
+        for node in self.nodes {
+            stop_node(node).await;
+        }
+        self.store.close().await;
+    }
+}
+
+async fn stop_node(node: AuthorityNode) {
+    node.node.shutdown().await;
+    node.store.close().await;
+    node.vault.close().await;
+}
+
+/// A fresh, empty database for one test: a SQLite file in a temporary directory, or a
+/// PostgreSQL database dropped when the test ends.
+enum TestDb {
+    Sqlite { _dir: TempDir, location: String },
+    Postgres(TempDatabase),
+}
+
+impl TestDb {
+    fn sqlite() -> Self {
+        let dir = TempDir::new().unwrap();
+        let location = path_text(&dir.path().join("authority.sqlite"));
+        TestDb::Sqlite {
+            _dir: dir,
+            location,
+        }
+    }
+
+    async fn postgres() -> Self {
+        TestDb::Postgres(TempDatabase::create().await)
+    }
+
+    fn location(&self) -> String {
+        match self {
+            TestDb::Sqlite { location, .. } => location.clone(),
+            TestDb::Postgres(database) => database.url.clone(),
+        }
+    }
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_str().unwrap().to_owned()
+}
+
+/// A PostgreSQL database made for one test on the server `KITH_TEST_POSTGRES_URL` names,
+/// dropped (with any connections still open to it) when the test ends, passed or failed.
+struct TempDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TempDatabase {
+    async fn create() -> Self {
+        let Ok(admin_url) = std::env::var(POSTGRES_URL_VARIABLE) else {
+            panic!(
+                "{POSTGRES_URL_VARIABLE} is not set, and the authority service tests must also \
+                 run on PostgreSQL. Start a local server and set it with:\n\n    \
+                 eval \"$(bash .ci/postgres)\"\n"
+            );
+        };
+        let suffix: String = rand::random::<[u8; 8]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let name = format!("kith_service_test_{suffix}");
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to {POSTGRES_URL_VARIABLE}; is the server running? \
+                 (eval \"$(bash .ci/postgres)\" starts one): {e}"
+            )
+        });
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let url = with_database(&admin_url, &name);
+        Self {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside async (perhaps while a failed test unwinds), so the cleanup gets
+        // a thread and a runtime of its own. It must not panic: report and go on.
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url).await?;
+                admin
+                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await?;
+                admin.close().await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        });
+        match cleanup.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
+            Err(_) => eprintln!("dropping test database {} panicked", self.name),
+        }
+    }
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, format!("?{query}")),
+        None => (rest, String::new()),
+    };
+    let authority = rest
+        .split_once('/')
+        .map_or(rest, |(authority, _)| authority);
+    format!("{scheme}://{authority}/{database}{query}")
+}
