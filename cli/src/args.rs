@@ -63,6 +63,12 @@ pub enum Command {
     /// Create and inspect identities: who a node is in secure channels.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Create a project's authority: the node that enrolls members and issues credentials.
+    #[command(subcommand)]
+    Authority(Box<AuthorityCommand>),
+    /// Projects: tickets, enrollment, members, audit log.
+    #[command(subcommand)]
+    Project(ProjectCommand),
     /// Credentials an identity holds; issue, store or verify one by hand.
     #[command(subcommand)]
     Credential(CredentialCommand),
@@ -421,5 +427,294 @@ Examples:
         /// The credential, hex or @FILE.
         #[arg(long, value_name = "HEX|@FILE")]
         credential: String,
+    },
+}
+
+/// `kith authority …`
+#[derive(Debug, Subcommand)]
+pub enum AuthorityCommand {
+    /// Create a project and start its authority node (a daemon, like `kith node create`).
+    /// The project's description is saved so that `kith project ticket` works at once.
+    #[command(after_help = "\
+Examples:
+  kith authority create --project acme --tcp-listener-address 127.0.0.1:4000
+  kith authority create auth2 --project acme2 --admin I6c20e814b56579306f55c64e8747e6c1b4a53d9a
+  kith authority create --project acme --database-url postgres://kith:kith@127.0.0.1/acme
+  kith authority create --project acme --credential-ttl 7d")]
+    Create(CreateAuthority),
+}
+
+/// `kith authority create`
+#[derive(Debug, Args)]
+pub struct CreateAuthority {
+    /// Name of the authority node; default: "authority".
+    #[arg(default_value = "authority")]
+    pub name: String,
+    /// The project's name (letters, digits, '-', '_').
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    pub project: String,
+    /// Address to listen on (members reach the project here).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "HOST:PORT")]
+    pub tcp_listener_address: String,
+    /// An admin's identifier (repeatable); default: the identity creating the authority.
+    #[arg(long = "admin", value_name = "IDENTIFIER")]
+    pub admins: Vec<String>,
+    /// Where members are kept: postgres://USER:PASS@HOST/DB, or an SQLite file in the node's
+    /// directory if omitted.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// How long credentials last (ms, s, m, h, d; bare number = seconds).
+    #[arg(long, default_value = "30d", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub credential_ttl: std::time::Duration,
+    /// The identity the authority runs as (and signs credentials with); default: a new
+    /// identity named after the node.
+    #[arg(long, value_name = "NAME")]
+    pub identity: Option<String>,
+    /// Use this id for the project (32 hex digits) instead of a new one: for a second
+    /// authority node sharing a PostgreSQL database with the first.
+    #[arg(long, value_name = "ID", requires = "database_url")]
+    pub project_id: Option<String>,
+    /// Run in this process instead of as a daemon.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// How to reach a project's authority, and as whom.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProjectAccess {
+    /// Run the command as this identity; default: the default identity.
+    #[arg(long, value_name = "NAME")]
+    pub identity: Option<String>,
+    /// The project; default: the default project.
+    #[arg(long, value_name = "NAME")]
+    pub project: Option<String>,
+    /// The authority's identity (hex key history, as `kith identity show --full` prints),
+    /// instead of the project's.
+    #[arg(long, value_name = "IDENTITY", requires = "authority_route")]
+    pub authority_identity: Option<String>,
+    /// The route to the authority node, e.g. /ip4/127.0.0.1/tcp/4000, instead of the project's.
+    #[arg(long, value_name = "ROUTE", requires = "authority_identity")]
+    pub authority_route: Option<String>,
+    /// Present only the stored credential whose project_id is this (default: all valid ones).
+    #[arg(long, value_name = "SCOPE")]
+    pub credential_scope: Option<String>,
+    /// Retry this many times if the authority cannot be reached [env: KITH_RETRY_COUNT].
+    #[arg(long, value_name = "N")]
+    pub retry_count: Option<u32>,
+    /// Wait this long between retries [env: KITH_RETRY_DELAY; default 1s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub retry_delay: Option<std::time::Duration>,
+    /// Never retry, whatever the options or environment say.
+    #[arg(long)]
+    pub no_retry: bool,
+    /// How long to wait for the authority, per attempt.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+/// `kith project …`
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Show a project's description (the default project if none is named).
+    #[command(
+        after_help = "Examples:\n  kith project show\n  kith project show acme --output json"
+    )]
+    Show {
+        /// The project.
+        name: Option<String>,
+    },
+    /// List the projects known here.
+    #[command(after_help = "Examples:\n  kith project list")]
+    List,
+    /// Import a project description (from `kith project export`), to reach and trust it.
+    #[command(
+        after_help = "Examples:\n  kith project import acme.json\n  kith project import - < acme.json"
+    )]
+    Import {
+        /// The file, or - for standard input.
+        file: String,
+        /// Make it the default project.
+        #[arg(long)]
+        default: bool,
+    },
+    /// Print a project's description, for members and admins to import.
+    #[command(after_help = "Examples:\n  kith project export acme > acme.json")]
+    Export {
+        /// The project; default: the default project.
+        name: Option<String>,
+    },
+    /// Create an enrollment ticket (admins and enrollers), or list and revoke tickets.
+    #[command(after_help = "\
+Examples:
+  kith project ticket --attribute component=db --attribute location=sf > ticket.txt
+  kith project ticket --relay db --expires-in 1h --usage-count 5
+  kith project ticket --enroller --hex
+  kith project ticket list
+  kith project ticket revoke 3f9a1c2b7d4e
+
+The ticket alone goes to standard output, so `> ticket.txt` or `T=$(kith project ticket)`
+captures it. Durations take ms, s, m, h, d; a bare number is seconds.")]
+    Ticket(Box<TicketArgs>),
+    /// Enroll an identity in a project with a ticket: it becomes a member and gets a credential.
+    #[command(after_help = "\
+Examples:
+  kith project enroll --ticket-file ticket.txt --node db-node
+  kith project enroll \"$TICKET\"
+  KITH_ENROLLMENT_TICKET=$(cat ticket.txt) kith project enroll --identity alice
+  kith project ticket | kith project enroll -")]
+    Enroll(Box<EnrollArgs>),
+    /// List, show, add and delete members (admins; enrollers may list and show).
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Read the project's audit log (admins).
+    #[command(
+        after_help = "Examples:\n  kith project audit\n  kith project audit --limit 20 --output json"
+    )]
+    Audit {
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+        /// At most this many of the newest entries.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+/// `kith project ticket`
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct TicketArgs {
+    /// `list` or `revoke`; without one, a new ticket is created.
+    #[command(subcommand)]
+    pub command: Option<TicketCommand>,
+    /// How to reach the authority.
+    #[command(flatten)]
+    pub access: ProjectAccess,
+    /// An attribute for the member, key=value (repeatable).
+    #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = crate::credentials::parse_attribute)]
+    pub attributes: Vec<(String, String)>,
+    /// How long the ticket stays valid.
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub expires_in: std::time::Duration,
+    /// How many identities may enroll with it.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub usage_count: u32,
+    /// Let the member create the relay NAME (--attribute ockam-relay=NAME).
+    #[arg(long, value_name = "NAME")]
+    pub relay: Option<String>,
+    /// Make the member an enroller (--attribute ockam-role=enroller); admins only.
+    #[arg(long)]
+    pub enroller: bool,
+    /// Give the member the project's TLS certificate (--attribute ockam-tls-certificate=true).
+    #[arg(long)]
+    pub tls: bool,
+    /// Print the ticket hex-encoded.
+    #[arg(long, conflicts_with = "legacy")]
+    pub hex: bool,
+    /// Print the ticket in the legacy encoding (hex of JSON).
+    #[arg(long)]
+    pub legacy: bool,
+}
+
+/// `kith project ticket list|revoke`
+#[derive(Debug, Subcommand)]
+pub enum TicketCommand {
+    /// List the project's tickets (no codes).
+    #[command(
+        after_help = "Examples:\n  kith project ticket list\n  kith project ticket list --output json"
+    )]
+    List {
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+    /// Revoke a ticket so that it enrolls nobody more.
+    #[command(after_help = "Examples:\n  kith project ticket revoke 3f9a1c2b7d4e")]
+    Revoke {
+        /// The ticket's id, as `list` shows it.
+        id: String,
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+}
+
+/// `kith project enroll`
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// The ticket (any encoding), or - to read it from standard input. Default:
+    /// --ticket-file, then KITH_ENROLLMENT_TICKET.
+    #[arg(value_name = "TICKET")]
+    pub ticket: Option<String>,
+    /// Read the ticket from this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "ticket")]
+    pub ticket_file: Option<PathBuf>,
+    /// Enroll this identity; default: the default identity.
+    #[arg(long, value_name = "NAME", conflicts_with = "node")]
+    pub identity: Option<String>,
+    /// Enroll the identity this node runs as (a running node starts presenting the credential).
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// How long to wait for the authority.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Retry this many times if the authority cannot be reached [env: KITH_RETRY_COUNT].
+    #[arg(long, value_name = "N")]
+    pub retry_count: Option<u32>,
+    /// Wait this long between retries [env: KITH_RETRY_DELAY; default 1s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub retry_delay: Option<std::time::Duration>,
+    /// Never retry.
+    #[arg(long)]
+    pub no_retry: bool,
+}
+
+/// `kith project member …`
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// List members.
+    #[command(
+        after_help = "Examples:\n  kith project member list\n  kith project member list --output json"
+    )]
+    List {
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+    /// Show a member.
+    #[command(
+        after_help = "Examples:\n  kith project member show I6c20e814b56579306f55c64e8747e6c1b4a53d9a"
+    )]
+    Show {
+        /// The member's identifier.
+        identifier: String,
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+    /// Add a member directly, with attributes (admins).
+    #[command(
+        after_help = "Examples:\n  kith project member add I6c20e814b56579306f55c64e8747e6c1b4a53d9a -a role=db"
+    )]
+    Add {
+        /// The member's identifier.
+        identifier: String,
+        /// An attribute, key=value (repeatable).
+        #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = crate::credentials::parse_attribute)]
+        attributes: Vec<(String, String)>,
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+    /// Delete a member: the authority issues it no more credentials (admins).
+    #[command(
+        after_help = "Examples:\n  kith project member delete I6c20e814b56579306f55c64e8747e6c1b4a53d9a"
+    )]
+    Delete {
+        /// The member's identifier.
+        identifier: String,
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
     },
 }

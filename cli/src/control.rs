@@ -23,6 +23,9 @@ pub enum Request {
     Status,
     /// Shut down.
     Stop,
+    /// Present the identity's credentials as the vault now holds them (after an enrollment
+    /// or a refresh), in channels opened from now on.
+    ReloadCredentials,
     /// Send a message and wait for one reply.
     Send {
         /// Hops as `kind#value`.

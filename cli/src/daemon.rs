@@ -45,8 +45,11 @@ pub struct RunningNode {
     pub tcp: TcpTransport,
     /// Bound listener, if any.
     pub listener: Option<String>,
-    /// Who the node is in secure channels, if it has an identity.
-    pub channels: Option<ChannelSettings>,
+    /// Who the node is in secure channels, if it has an identity; replaced when the node
+    /// reloads its credentials.
+    channels: std::sync::RwLock<Option<ChannelSettings>>,
+    /// How to rebuild `channels` from the vault: the home, identity and admission rule.
+    reload_from: Option<(Home, Option<String>, AdmissionConfig)>,
     /// Channels opened with `kith secure-channel create`, kept until deleted or torn down.
     kept: std::sync::Mutex<Vec<(secure_channel::SecureChannel, String)>>,
     started_at: u64,
@@ -70,6 +73,17 @@ pub async fn channel_settings(
     name: Option<&str>,
     admission: &AdmissionConfig,
 ) -> Result<(ChannelSettings, String)> {
+    channel_settings_scoped(home, name, admission, None).await
+}
+
+/// As [`channel_settings`], presenting only the credentials whose `project_id` attribute is
+/// `scope`, if given.
+pub async fn channel_settings_scoped(
+    home: &Home,
+    name: Option<&str>,
+    admission: &AdmissionConfig,
+    scope: Option<&str>,
+) -> Result<(ChannelSettings, String)> {
     let vault = crate::identities::vault(home).await?;
     let now = unix_now();
     let loaded = async {
@@ -92,6 +106,12 @@ pub async fn channel_settings(
     }
     let mut credentials = Vec::new();
     for c in held {
+        if let Some(scope) = scope {
+            let project = c.credential.credential.attributes().get("project_id");
+            if project.map(String::as_str) != Some(scope) {
+                continue;
+            }
+        }
         match c.verify(now) {
             Ok(_) => {
                 if !authorities
@@ -162,18 +182,48 @@ impl RunningNode {
             node,
             tcp,
             listener,
-            channels,
+            channels: std::sync::RwLock::new(channels),
+            reload_from: None,
             kept: std::sync::Mutex::default(),
             started_at: unix_now(),
         })
     }
 
+    /// The node's current channel settings, if it has an identity.
+    pub fn settings(&self) -> Option<ChannelSettings> {
+        self.channels
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Re-read the identity's credentials and trusted authorities from the vault and serve
+    /// them: the secure-channel listener is started again with them, and channels opened
+    /// from now on present them. Open channels keep what they were made with.
+    pub async fn reload_credentials(&self) -> Result<usize> {
+        let Some((home, identity, admission)) = &self.reload_from else {
+            bail!("this node does not keep its settings in a vault");
+        };
+        let (settings, _) = channel_settings(home, identity.as_deref(), admission).await?;
+        let presented = settings.local.credentials.len();
+        let listener = Address::local(DEFAULT_LISTENER);
+        self.node.stop_worker(&listener);
+        secure_channel::listen(&self.node, DEFAULT_LISTENER, settings.clone())
+            .context("cannot restart the secure channel listener")?;
+        *self
+            .channels
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(settings);
+        info!(credentials = presented, "reloaded credentials");
+        Ok(presented)
+    }
+
     /// Open a channel to the listener at the end of `to` and keep it.
     pub async fn open_channel(&self, to: Route, timeout: Duration) -> Result<ChannelView> {
         let settings = self
-            .channels
-            .as_ref()
+            .settings()
             .context("this node has no identity, so it cannot open secure channels")?;
+        let settings = &settings;
         let shown = to.to_string();
         let channel =
             tokio::time::timeout(timeout, secure_channel::create(&self.node, to, settings))
@@ -233,9 +283,9 @@ impl RunningNode {
             None => (target.route, None),
             Some(to_listener) => {
                 let settings = self
-                    .channels
-                    .as_ref()
+                    .settings()
                     .context("this node has no identity, so it cannot open secure channels")?;
+                let settings = &settings;
                 let shown = to_listener.to_string();
                 let channel = tokio::time::timeout(
                     timeout,
@@ -273,8 +323,7 @@ impl RunningNode {
         let t = self.tcp.stats();
         NodeStatus {
             identifier: self
-                .channels
-                .as_ref()
+                .settings()
                 .map(|c| c.local.identity.identifier().to_string())
                 .unwrap_or_default(),
             name: self.node.name().to_owned(),
@@ -362,8 +411,23 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
         config.identity = Some(identity.clone());
         home.save_node(&config)?;
     }
-    let running =
+    let mut running =
         RunningNode::start(name, Some(&config.tcp_listener_address), Some(settings)).await?;
+    running.reload_from = Some((
+        home.clone(),
+        Some(identity.clone()),
+        config.admission.clone(),
+    ));
+    let authority = match &config.authority {
+        Some(a) => match crate::authority::start_services(home, &running.node, &config, a).await {
+            Ok(held) => Some(held),
+            Err(e) => {
+                running.node.shutdown().await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let listener = running.listener.clone().unwrap_or_default();
     if config.tcp_listener_address.ends_with(":0") {
         // Keep the port we were given, so the node's address survives restarts.
@@ -381,8 +445,7 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
     let identifier = running
-        .channels
-        .as_ref()
+        .settings()
         .map(|c| c.local.identity.identifier().to_string())
         .unwrap_or_default();
     on_ready(&Ready {
@@ -412,6 +475,10 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     }
     drop(control);
     running.node.shutdown().await;
+    if let Some((store, vault)) = authority {
+        store.close().await;
+        vault.close().await;
+    }
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(home.pid_path(name));
     info!(node = name, "node stopped");
@@ -449,6 +516,15 @@ async fn serve_control(stream: UnixStream, running: Arc<RunningNode>, stop: mpsc
             (to_response(running.close_channel(&address)), false)
         }
         Ok(Request::Stop) => (Response::Ok(serde_json::Value::Null), true),
+        Ok(Request::ReloadCredentials) => (
+            to_response(
+                running
+                    .reload_credentials()
+                    .await
+                    .map(|n| serde_json::json!({ "credentials": n })),
+            ),
+            false,
+        ),
         Ok(Request::Send {
             route,
             payload,

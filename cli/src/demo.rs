@@ -107,6 +107,7 @@ async fn steps(home: &Home, out: &Output, report: &mut Report) -> Result<()> {
             tcp_listener_address: "127.0.0.1:0".to_owned(),
             created_at: crate::daemon::unix_now(),
             identity: Some(name.to_owned()),
+            authority: None,
             admission: Default::default(),
         })?;
         let ready = spawn_daemon(home, name).await?;

@@ -44,6 +44,25 @@ pub struct NodeConfig {
     /// Who may open secure channels to the node.
     #[serde(default)]
     pub admission: AdmissionConfig,
+    /// Set if the node is a project's authority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<AuthorityNodeConfig>,
+}
+
+/// What makes a node a project authority (`kith authority create`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuthorityNodeConfig {
+    /// The project's name.
+    pub project: String,
+    /// The project's id (32 hex digits).
+    pub project_id: String,
+    /// Identifiers of the project's admins.
+    pub admins: Vec<String>,
+    /// `postgres://…`, or none for an SQLite file in the node's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// How long credentials last, seconds.
+    pub credential_ttl: u64,
 }
 
 /// Who may open secure channels to a node, and whose credentials it accepts.
@@ -88,6 +107,81 @@ impl Home {
     /// The state directory's path.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    fn projects_dir(&self) -> PathBuf {
+        self.root.join("projects")
+    }
+
+    /// Where project `name`'s description is kept.
+    pub fn project_path(&self, name: &str) -> PathBuf {
+        self.projects_dir().join(format!("{name}.json"))
+    }
+
+    /// Save a project description (replacing one of the same name), atomically. The first
+    /// project saved becomes the default.
+    pub fn save_project(&self, name: &str, json: &str) -> Result<()> {
+        make_private_dir(&self.projects_dir())?;
+        write_private_atomic(&self.project_path(name), json.as_bytes())?;
+        if self.default_project_name()?.is_none() {
+            self.set_default_project(name)?;
+        }
+        Ok(())
+    }
+
+    /// The text of project `name`'s description.
+    pub fn load_project(&self, name: &str) -> Result<String> {
+        let path = self.project_path(name);
+        match fs::read_to_string(&path) {
+            Ok(t) => Ok(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no project named {name:?} here; `kith project list` shows the known ones, and `kith project import` or `kith project enroll` adds one"
+            ),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Names of the known projects, sorted.
+    pub fn project_names(&self) -> Result<Vec<String>> {
+        let dir = self.projects_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(n) = name.strip_suffix(".json") {
+                names.push(n.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The default project's name, if one is set and still known.
+    pub fn default_project_name(&self) -> Result<Option<String>> {
+        match fs::read_to_string(self.projects_dir().join("default")) {
+            Ok(n) => {
+                let n = n.trim().to_owned();
+                Ok(self.project_path(&n).is_file().then_some(n))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("cannot read the default project's name"),
+        }
+    }
+
+    /// Make project `name` the default.
+    pub fn set_default_project(&self, name: &str) -> Result<()> {
+        make_private_dir(&self.projects_dir())?;
+        write_private_atomic(&self.projects_dir().join("default"), name.as_bytes())
+    }
+
+    /// Delete project `name`'s description.
+    pub fn delete_project(&self, name: &str) -> Result<()> {
+        let path = self.project_path(name);
+        fs::remove_file(&path).with_context(|| format!("cannot delete {}", path.display()))
     }
 
     fn nodes_dir(&self) -> PathBuf {
@@ -241,6 +335,7 @@ mod tests {
             tcp_listener_address: "127.0.0.1:0".into(),
             created_at: 1,
             identity: Some("default".into()),
+            authority: None,
             admission: Default::default(),
         };
         home.create_node(&cfg).unwrap();

@@ -5,6 +5,7 @@
 //! that is the job of the crates below it.
 
 pub mod args;
+mod authority;
 mod channels;
 pub mod control;
 pub mod credentials;
@@ -16,6 +17,7 @@ pub mod identities;
 mod message;
 pub mod nodes;
 pub mod output;
+mod projects;
 pub mod run;
 
 pub use duration::{DisplayDuration, DurationError, parse_duration};

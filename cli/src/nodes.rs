@@ -53,7 +53,7 @@ pub async fn probe(home: &Home, name: &str) -> NodeState {
 }
 
 /// Check that `address` looks like `host:port`.
-fn validate_listener(address: &str) -> Result<()> {
+pub fn validate_listener(address: &str) -> Result<()> {
     let Some((host, port)) = address.rsplit_once(':') else {
         bail!(
             "invalid listener address {address:?}: write HOST:PORT, e.g. 127.0.0.1:4000 (port 0 picks a free one)"
@@ -96,6 +96,7 @@ pub async fn create(home: &Home, out: &Output, args: CreateNode) -> Result<()> {
         created_at: unix_now(),
         identity: Some(identity),
         admission,
+        authority: None,
     };
     home.create_node(&config)?;
     let started = if args.foreground {
@@ -431,4 +432,27 @@ async fn admission_config(
         require_credential: args.require_credential,
         trusted_authorities: authorities,
     })
+}
+
+/// Stop node `name` if it runs, and delete it (cleaning up after a failed create).
+pub async fn stop_and_delete(home: &Home, name: &str) -> Result<()> {
+    if let NodeState::Running(_) = probe(home, name).await {
+        control::stop(&home.socket_path(name), STOP_TIMEOUT).await?;
+    }
+    home.delete_node(name)
+}
+
+/// Have running node `name` present its identity's credentials as they are now in the
+/// vault (after an enrollment or a refresh). A stopped node reads them when it starts.
+pub async fn reload_credentials(home: &Home, name: &str) -> Result<()> {
+    if let NodeState::Running(_) = probe(home, name).await {
+        control::call(
+            &home.socket_path(name),
+            &Request::ReloadCredentials,
+            control::STATUS_TIMEOUT,
+        )
+        .await
+        .with_context(|| format!("node {name:?} did not take up the new credential"))?;
+    }
+    Ok(())
 }

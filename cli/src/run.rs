@@ -6,7 +6,7 @@ use clap::CommandFactory;
 use crate::args::{Cli, Command, MessageCommand, NodeCommand, kith_home};
 use crate::home::Home;
 use crate::output::Output;
-use crate::{channels, credentials, daemon, demo, identities, message, nodes};
+use crate::{authority, channels, credentials, daemon, demo, identities, message, nodes, projects};
 
 fn home() -> Result<Home> {
     let root = kith_home().context("cannot find a state directory: set KITH_HOME or HOME")?;
@@ -40,6 +40,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Message(MessageCommand::Send(a)) => message::send(&home()?, &out, a).await,
         Command::Identity(cmd) => identities::run(&home()?, &out, cmd).await,
+        Command::Authority(cmd) => match *cmd {
+            crate::args::AuthorityCommand::Create(a) => authority::create(&home()?, &out, a).await,
+        },
+        Command::Project(cmd) => projects::run(&home()?, &out, cmd).await,
         Command::Credential(cmd) => credentials::run(&home()?, &out, cmd).await,
         Command::SecureChannel(cmd) => channels::run(&home()?, &out, cmd).await,
         Command::Demo => demo::run(&out).await,

@@ -1,0 +1,186 @@
+//! `kith authority create`, and running a node's authority services.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use kith_authority::project::{self, Project};
+use kith_authority::service::{Authority, AuthorityConfig};
+use kith_authority::store::MembershipStore;
+use kith_identity::Identifier;
+use kith_node::Node;
+
+use crate::args::CreateAuthority;
+use crate::daemon::unix_now;
+use crate::home::{AuthorityNodeConfig, Home, NodeConfig};
+use crate::identities;
+use crate::nodes::{spawn_daemon, validate_listener};
+use crate::output::Output;
+
+/// The SQLite file of an authority that has no `--database-url`.
+pub const STORE_FILE: &str = "authority.sqlite";
+
+/// `kith authority create`
+pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<()> {
+    crate::home::validate_node_name(&args.name)?;
+    validate_listener(&args.tcp_listener_address)?;
+    home.ensure_no_node(&args.name)?;
+    project::check_name(&args.project).context("--project")?;
+    if home.project_path(&args.project).is_file() {
+        anyhow::bail!(
+            "a project named {:?} is already known here; choose another --project name",
+            args.project
+        );
+    }
+    let project_id = match &args.project_id {
+        Some(id) => {
+            project::check_id(id).context("--project-id")?;
+            id.clone()
+        }
+        None => Project::new_id(),
+    };
+    let mut admins = Vec::new();
+    for a in &args.admins {
+        let id: Identifier = a
+            .parse()
+            .with_context(|| format!("--admin {a:?} is not an identifier (I + 40 hex digits)"))?;
+        admins.push(id.to_string());
+    }
+
+    // The creator (the default identity) is the admin unless --admin says otherwise; it is
+    // settled before the authority's own identity, so that one never becomes the default.
+    let vault = identities::vault(home).await?;
+    let settled = async {
+        let creator = identities::resolve(&vault, None).await?;
+        let name = args.identity.clone().unwrap_or_else(|| args.name.clone());
+        let authority = match vault.identity(&name).await {
+            Ok(found) => found,
+            Err(kith_identity::vault::VaultError::NotFound { .. }) if args.identity.is_none() => {
+                vault.create_identity(&name, unix_now()).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        anyhow::Ok((creator, authority))
+    }
+    .await;
+    vault.close().await;
+    let (creator, authority) = settled?;
+    if admins.is_empty() {
+        admins.push(creator.identifier().to_string());
+    }
+
+    let config = NodeConfig {
+        name: args.name.clone(),
+        tcp_listener_address: args.tcp_listener_address.clone(),
+        created_at: unix_now(),
+        identity: Some(authority.name.clone()),
+        admission: Default::default(),
+        authority: Some(AuthorityNodeConfig {
+            project: args.project.clone(),
+            project_id: project_id.clone(),
+            admins: admins.clone(),
+            database_url: args.database_url.clone(),
+            credential_ttl: args.credential_ttl.as_secs(),
+        }),
+    };
+    home.create_node(&config)?;
+    let spinner = out.spinner(format!("starting authority node {}", args.name));
+    let ready = if args.foreground {
+        Err(anyhow::anyhow!(
+            "--foreground: create the authority first, then `kith node start {} --foreground`",
+            args.name
+        ))
+    } else {
+        spawn_daemon(home, &args.name).await
+    };
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let ready = match ready {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = home.delete_node(&args.name);
+            return Err(e);
+        }
+    };
+    let route = crate::projects::listener_route(&ready.listener)?;
+    let project = Project {
+        name: args.project.clone(),
+        id: project_id,
+        authority: authority.identity.clone(),
+        authority_route: route.clone(),
+        project_route: route,
+        project_identifier: *authority.identifier(),
+    };
+    if let Err(e) = crate::projects::save_project(home, &project) {
+        let _ = crate::nodes::stop_and_delete(home, &args.name).await;
+        return Err(e);
+    }
+    out.result(
+        || {
+            format!(
+                "Created project {} (id {}).\nIts authority, node {}, runs as {} at {} (pid {}).\nAdmins: {}\nNext: kith project ticket -a component=db > ticket.txt",
+                project.name,
+                project.id,
+                args.name,
+                authority.identifier(),
+                project.authority_route,
+                ready.pid,
+                admins.join(", ")
+            )
+        },
+        &serde_json::json!({
+            "project": project.name,
+            "project_id": project.id,
+            "node": args.name,
+            "authority_identifier": authority.identifier().to_string(),
+            "authority_route": project.authority_route.to_string(),
+            "admins": admins,
+            "pid": ready.pid,
+            "listener": ready.listener,
+        }),
+    );
+    Ok(())
+}
+
+/// Start the authority services of node `config` on `node`; the returned store is closed
+/// by the caller at shutdown.
+pub async fn start_services(
+    home: &Home,
+    node: &Node,
+    config: &NodeConfig,
+    authority: &AuthorityNodeConfig,
+) -> Result<(MembershipStore, kith_identity::vault::Vault)> {
+    let location = match &authority.database_url {
+        Some(url) => url.clone(),
+        None => home
+            .node_dir(&config.name)
+            .join(STORE_FILE)
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let store = MembershipStore::open(&location)
+        .await
+        .context("cannot open the authority's store")?;
+    let vault = identities::vault(home).await?;
+    let mut admins = std::collections::BTreeSet::new();
+    for a in &authority.admins {
+        admins.insert(
+            a.parse::<Identifier>()
+                .with_context(|| format!("admin {a:?} in the node's configuration"))?,
+        );
+    }
+    let service = Authority::new(
+        store.clone(),
+        vault.clone(),
+        config.identity.clone().unwrap_or_default(),
+        AuthorityConfig {
+            project_id: authority.project_id.clone(),
+            admins,
+            credential_ttl: Duration::from_secs(authority.credential_ttl),
+        },
+    );
+    service
+        .start(node)
+        .context("cannot start the authority services")?;
+    Ok((store, vault))
+}

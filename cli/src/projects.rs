@@ -1,0 +1,724 @@
+//! `kith project …`: project descriptions, tickets, enrollment, members and the audit log.
+//! Every command that reaches the authority runs an embedded node, opens a secure channel
+//! to the authority (checking its identifier), asks, and stops the node.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use kith_authority::api::{self, ErrorKind};
+use kith_authority::client::{AuthorityClient, ClientError};
+use kith_authority::project::Project;
+use kith_authority::ticket::{Encoding, OneTimeCode, Ticket};
+use kith_identity::{CredentialAndPurposeKey, Identifier};
+use kith_node::Route;
+
+use crate::args::{
+    EnrollArgs, MemberCommand, ProjectAccess, ProjectCommand, TicketArgs, TicketCommand,
+};
+use crate::credentials::{from_hex, identity_arg};
+use crate::daemon::{RunningNode, channel_settings_scoped, unix_now};
+use crate::duration::{DisplayDuration, unix_time};
+use crate::home::{AdmissionConfig, Home};
+use crate::identities;
+use crate::output::Output;
+
+/// The project called `name`, or the default one.
+pub fn load_project(home: &Home, name: Option<&str>) -> Result<Project> {
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None => match home.default_project_name()? {
+            Some(n) => n,
+            None => {
+                let names = home.project_names()?;
+                match names.as_slice() {
+                    [one] => one.clone(),
+                    [] => bail!(
+                        "no project is known here; create one with `kith authority create`, or enroll with a ticket (`kith project enroll`)"
+                    ),
+                    _ => bail!(
+                        "several projects are known here ({}); choose one with --project",
+                        names.join(", ")
+                    ),
+                }
+            }
+        },
+    };
+    let text = home.load_project(&name)?;
+    Project::from_json(&text).with_context(|| format!("the saved project {name:?} is damaged"))
+}
+
+/// Save `project`, refusing to replace a different project of the same name.
+pub fn save_project(home: &Home, project: &Project) -> Result<()> {
+    if let Ok(text) = home.load_project(&project.name)
+        && let Ok(known) = Project::from_json(&text)
+        && known.id != project.id
+    {
+        bail!(
+            "a different project named {:?} (id {}) is already known here; delete {} first if it is gone",
+            project.name,
+            known.id,
+            home.project_path(&project.name).display()
+        );
+    }
+    home.save_project(&project.name, &project.to_json())
+}
+
+fn project_json(p: &Project) -> serde_json::Value {
+    serde_json::json!({
+        "name": p.name,
+        "id": p.id,
+        "authority_identifier": p.authority_identifier().to_string(),
+        "authority_route": p.authority_route.to_string(),
+        "project_route": p.project_route.to_string(),
+        "project_identifier": p.project_identifier.to_string(),
+    })
+}
+
+/// The retry policy of a command: `--no-retry` wins, then the options, then
+/// `KITH_RETRY_COUNT` / `KITH_RETRY_DELAY`; by default, no retries, 1 s apart.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Extra attempts after the first.
+    pub count: u32,
+    /// Pause between attempts.
+    pub delay: Duration,
+}
+
+impl Retry {
+    /// From the options and the environment.
+    pub fn from_options(
+        count: Option<u32>,
+        delay: Option<Duration>,
+        no_retry: bool,
+    ) -> Result<Self> {
+        let env_count = match std::env::var("KITH_RETRY_COUNT") {
+            Ok(v) if !v.trim().is_empty() => Some(
+                v.trim()
+                    .parse::<u32>()
+                    .with_context(|| format!("KITH_RETRY_COUNT={v:?} is not a whole number"))?,
+            ),
+            _ => None,
+        };
+        let env_delay = match std::env::var("KITH_RETRY_DELAY") {
+            Ok(v) if !v.trim().is_empty() => Some(
+                crate::duration::parse_duration(v.trim())
+                    .with_context(|| format!("KITH_RETRY_DELAY={v:?}"))?,
+            ),
+            _ => None,
+        };
+        let count = if no_retry {
+            0
+        } else {
+            count.or(env_count).unwrap_or(0)
+        };
+        let delay = delay.or(env_delay).unwrap_or(Duration::from_secs(1));
+        Ok(Self { count, delay })
+    }
+}
+
+/// Where and as whom to reach an authority.
+struct Reach {
+    identity: Option<String>,
+    scope: Option<String>,
+    route: Route,
+    authority: Identifier,
+    timeout: Duration,
+    retry: Retry,
+}
+
+/// An embedded node with a channel to the authority.
+struct Session {
+    node: RunningNode,
+    client: AuthorityClient,
+}
+
+impl Session {
+    async fn open(home: &Home, out: &Output, reach: &Reach) -> Result<Self> {
+        let (settings, _) = channel_settings_scoped(
+            home,
+            reach.identity.as_deref(),
+            &AdmissionConfig::default(),
+            reach.scope.as_deref(),
+        )
+        .await?;
+        let node = RunningNode::start("cli", None, Some(settings.clone())).await?;
+        let spinner = out.spinner(format!("contacting the authority at {}", reach.route));
+        let mut attempt = 0;
+        let client = loop {
+            match AuthorityClient::connect(
+                &node.node,
+                reach.route.clone(),
+                &reach.authority,
+                &settings,
+                reach.timeout,
+            )
+            .await
+            {
+                Ok(c) => break Ok(c),
+                Err(e @ (ClientError::Connect { .. } | ClientError::ConnectTimeout { .. }))
+                    if attempt < reach.retry.count =>
+                {
+                    attempt += 1;
+                    out.note(format!(
+                        "cannot reach the authority ({e}); retry {attempt} of {} in {}",
+                        reach.retry.count,
+                        DisplayDuration(reach.retry.delay)
+                    ));
+                    tokio::time::sleep(reach.retry.delay).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if let Some(s) = spinner {
+            s.finish_and_clear();
+        }
+        match client {
+            Ok(client) => Ok(Self { node, client }),
+            Err(e) => {
+                node.node.shutdown().await;
+                Err(e).context("cannot reach the project's authority")
+            }
+        }
+    }
+
+    async fn close(self) {
+        self.client.close().await;
+        self.node.node.shutdown().await;
+    }
+}
+
+/// Resolve `access` into where the authority is and which project that is.
+async fn reach(home: &Home, access: &ProjectAccess) -> Result<(Reach, Project)> {
+    let mut project = load_project(home, access.project.as_deref());
+    if let (Some(identity), Some(route)) = (&access.authority_identity, &access.authority_route) {
+        let vault = identities::vault(home).await?;
+        let authority = identity_arg(&vault, identity).await;
+        vault.close().await;
+        let authority = authority.context("--authority-identity")?;
+        let route = route
+            .parse()
+            .with_context(|| format!("--authority-route {route:?} is not a route"))?;
+        let mut p = project.context(
+            "--authority-identity and --authority-route replace how a known project is reached; import the project first (`kith project import`)",
+        )?;
+        p.authority = authority;
+        p.authority_route = route;
+        project = Ok(p);
+    }
+    let project = project?;
+    let retry = Retry::from_options(access.retry_count, access.retry_delay, access.no_retry)?;
+    Ok((
+        Reach {
+            identity: access.identity.clone(),
+            scope: access.credential_scope.clone(),
+            route: api_route(home, &project).await?,
+            authority: *project.authority_identifier(),
+            timeout: access.timeout,
+            retry,
+        },
+        project,
+    ))
+}
+
+/// The route `/ip4/HOST/tcp/PORT` (or ip6) that reaches a listener bound to `listener`.
+pub fn listener_route(listener: &str) -> Result<kith_transport::MultiAddr> {
+    let addr: std::net::SocketAddr = listener
+        .parse()
+        .with_context(|| format!("the listener address {listener:?} is not HOST:PORT"))?;
+    let text = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            format!("/ip4/127.0.0.1/tcp/{}", addr.port())
+        }
+        std::net::IpAddr::V4(ip) => format!("/ip4/{ip}/tcp/{}", addr.port()),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => format!("/ip6/::1/tcp/{}", addr.port()),
+        std::net::IpAddr::V6(ip) => format!("/ip6/{ip}/tcp/{}", addr.port()),
+    };
+    text.parse()
+        .with_context(|| format!("cannot make a route of {listener:?}"))
+}
+
+/// The route to the project authority's secure-channel listener.
+async fn api_route(home: &Home, project: &Project) -> Result<Route> {
+    let text = format!(
+        "{}/service/{}",
+        project.authority_route,
+        kith_identity::secure_channel::DEFAULT_LISTENER
+    );
+    let target = crate::message::resolve_target(home, &text).await?;
+    Ok(target.route)
+}
+
+/// Turn a refusal into one clear line.
+fn refused(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Refused(api) => anyhow::anyhow!("the authority refused: {}", api.message),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// Run a project command.
+pub async fn run(home: &Home, out: &Output, cmd: ProjectCommand) -> Result<()> {
+    match cmd {
+        ProjectCommand::Show { name } => {
+            let p = load_project(home, name.as_deref())?;
+            let j = project_json(&p);
+            out.result(
+                || {
+                    format!(
+                        "Project {} (id {})\n  authority {} at {}\n  project node {} at {}",
+                        p.name,
+                        p.id,
+                        p.authority_identifier(),
+                        p.authority_route,
+                        p.project_identifier,
+                        p.project_route
+                    )
+                },
+                &j,
+            );
+            Ok(())
+        }
+        ProjectCommand::List => {
+            let default = home.default_project_name()?;
+            let mut rows = Vec::new();
+            for name in home.project_names()? {
+                let p = load_project(home, Some(&name))?;
+                let mut j = project_json(&p);
+                j["default"] = (default.as_deref() == Some(name.as_str())).into();
+                rows.push(j);
+            }
+            out.result(
+                || {
+                    if rows.is_empty() {
+                        return "No projects. Create one with `kith authority create`, or enroll with `kith project enroll`.".to_owned();
+                    }
+                    let mut s = format!("{:<20} {:<34} {:<42} {}", "NAME", "ID", "AUTHORITY", "ROUTE");
+                    for r in &rows {
+                        s.push_str(&format!(
+                            "\n{:<20} {:<34} {:<42} {}{}",
+                            r["name"].as_str().unwrap_or_default(),
+                            r["id"].as_str().unwrap_or_default(),
+                            r["authority_identifier"].as_str().unwrap_or_default(),
+                            r["authority_route"].as_str().unwrap_or_default(),
+                            if r["default"] == true { "  (default)" } else { "" }
+                        ));
+                    }
+                    s
+                },
+                &rows,
+            );
+            Ok(())
+        }
+        ProjectCommand::Import { file, default } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .take(api::MAX_REQUEST as u64 + 1)
+                    .read_to_string(&mut s)
+                    .context("cannot read the project from standard input")?;
+                s
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?
+            };
+            let p = Project::from_json(&text).context("not a valid project description")?;
+            save_project(home, &p)?;
+            if default {
+                home.set_default_project(&p.name)?;
+            }
+            out.result(
+                || {
+                    format!(
+                        "Imported project {} (authority {})",
+                        p.name,
+                        p.authority_identifier()
+                    )
+                },
+                &project_json(&p),
+            );
+            Ok(())
+        }
+        ProjectCommand::Export { name } => {
+            let p = load_project(home, name.as_deref())?;
+            println!("{}", p.to_json());
+            Ok(())
+        }
+        ProjectCommand::Ticket(args) => ticket(home, out, *args).await,
+        ProjectCommand::Enroll(args) => enroll(home, out, *args).await,
+        ProjectCommand::Member(cmd) => member(home, out, cmd).await,
+        ProjectCommand::Audit { access, limit } => {
+            let (reach, _) = reach(home, &access).await?;
+            let mut s = Session::open(home, out, &reach).await?;
+            let entries = s.client.audit(limit).await;
+            s.close().await;
+            let entries = entries.map_err(refused)?;
+            out.result(
+                || {
+                    entries
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "{}  {:<16} {}  by {}{}",
+                                unix_time(e.at),
+                                e.action,
+                                e.subject,
+                                e.actor,
+                                if e.detail.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("  ({})", e.detail)
+                                }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                &entries,
+            );
+            Ok(())
+        }
+    }
+}
+
+fn ticket_info_line(t: &api::TicketInfo, now: u64) -> String {
+    let state = if t.revoked_at.is_some() {
+        "revoked".to_owned()
+    } else if t.expires_at <= now {
+        "expired".to_owned()
+    } else if t.uses_left == 0 {
+        "used up".to_owned()
+    } else {
+        format!(
+            "{} of {} uses left, expires in {}",
+            t.uses_left,
+            t.usage_count,
+            DisplayDuration(Duration::from_secs(t.expires_at - now))
+        )
+    };
+    let attrs: Vec<String> = t
+        .attributes
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!("{:<14} [{}]  {state}", t.id, attrs.join(", "))
+}
+
+async fn ticket(home: &Home, out: &Output, args: TicketArgs) -> Result<()> {
+    match args.command {
+        Some(TicketCommand::List { access }) => {
+            let (reach, _) = reach(home, &access).await?;
+            let mut s = Session::open(home, out, &reach).await?;
+            let tickets = s.client.list_tickets().await;
+            s.close().await;
+            let tickets = tickets.map_err(refused)?;
+            let now = unix_now();
+            out.result(
+                || {
+                    if tickets.is_empty() {
+                        return "No tickets.".to_owned();
+                    }
+                    tickets
+                        .iter()
+                        .map(|t| ticket_info_line(t, now))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                &tickets,
+            );
+            Ok(())
+        }
+        Some(TicketCommand::Revoke { id, access }) => {
+            let (reach, _) = reach(home, &access).await?;
+            let mut s = Session::open(home, out, &reach).await?;
+            let t = s.client.revoke_ticket(&id).await;
+            s.close().await;
+            let t = t.map_err(refused)?;
+            out.result(|| format!("Revoked ticket {}", t.id), &t);
+            Ok(())
+        }
+        None => {
+            let mut attributes: BTreeMap<String, String> = args.attributes.into_iter().collect();
+            if let Some(relay) = &args.relay {
+                kith_identity::check_attribute(api::RELAY_ATTRIBUTE, relay)
+                    .with_context(|| format!("--relay {relay:?}"))?;
+                attributes.insert(api::RELAY_ATTRIBUTE.to_owned(), relay.clone());
+            }
+            if args.enroller {
+                attributes.insert(
+                    api::ROLE_ATTRIBUTE.to_owned(),
+                    api::ENROLLER_ROLE.to_owned(),
+                );
+            }
+            if args.tls {
+                attributes.insert("ockam-tls-certificate".to_owned(), "true".to_owned());
+            }
+            let (reach, project) = reach(home, &args.access).await?;
+            let mut s = Session::open(home, out, &reach).await?;
+            let created = s
+                .client
+                .create_ticket(attributes, args.expires_in, args.usage_count)
+                .await;
+            s.close().await;
+            let created = created.map_err(refused)?;
+            let code: [u8; 32] = from_hex(&created.code, "the ticket code from the authority")?
+                .try_into()
+                .map_err(|_| {
+                    anyhow::anyhow!("the authority sent a ticket code of the wrong length")
+                })?;
+            let ticket = Ticket {
+                code: OneTimeCode::from_bytes(code),
+                project,
+                attributes: created.attributes.clone(),
+                expires_at: created.expires_at,
+                usage_count: created.usage_count,
+            };
+            let encoding = if args.hex {
+                Encoding::Hex
+            } else if args.legacy {
+                Encoding::Legacy
+            } else {
+                Encoding::Text
+            };
+            let text = ticket.encode(encoding);
+            if out.is_json() {
+                out.result(
+                    String::new,
+                    &serde_json::json!({
+                        "ticket": text,
+                        "id": created.id,
+                        "attributes": created.attributes,
+                        "expires_at": created.expires_at,
+                        "usage_count": created.usage_count,
+                    }),
+                );
+            } else {
+                // The ticket alone on stdout, so `> ticket.txt` and `$(…)` capture it.
+                println!("{text}");
+                out.note(format!(
+                    "Ticket {} for project {}: {} use{}, expires {}",
+                    created.id,
+                    ticket.project.name,
+                    created.usage_count,
+                    if created.usage_count == 1 { "" } else { "s" },
+                    unix_time(created.expires_at)
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The ticket text from the argument (`-` = stdin), `--ticket-file`, or the environment.
+fn ticket_text(args: &EnrollArgs) -> Result<String> {
+    let limit = kith_authority::ticket::MAX_TICKET_LEN as u64 + 1;
+    if let Some(t) = &args.ticket {
+        if t == "-" {
+            let mut s = String::new();
+            std::io::stdin()
+                .take(limit)
+                .read_to_string(&mut s)
+                .context("cannot read the ticket from standard input")?;
+            return Ok(s);
+        }
+        return Ok(t.clone());
+    }
+    if let Some(f) = &args.ticket_file {
+        let mut s = String::new();
+        std::fs::File::open(f)
+            .and_then(|file| file.take(limit).read_to_string(&mut s))
+            .with_context(|| format!("cannot read the ticket file {}", f.display()))?;
+        return Ok(s);
+    }
+    match std::env::var("KITH_ENROLLMENT_TICKET") {
+        Ok(t) if !t.trim().is_empty() => Ok(t),
+        _ => bail!(
+            "no ticket: give it as an argument, with --ticket-file FILE, on standard input with -, or in KITH_ENROLLMENT_TICKET"
+        ),
+    }
+}
+
+async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
+    let ticket = Ticket::decode(&ticket_text(&args)?).context("cannot use this ticket")?;
+    let now = unix_now();
+    if ticket.expires_at <= now {
+        bail!(
+            "this ticket expired at {} ({} ago); ask for a new one",
+            unix_time(ticket.expires_at),
+            DisplayDuration(Duration::from_secs(now - ticket.expires_at))
+        );
+    }
+    let project = ticket.project.clone();
+    // Refuse a clash with a known project before anything is sent or written.
+    if let Ok(text) = home.load_project(&project.name)
+        && let Ok(known) = Project::from_json(&text)
+        && known.id != project.id
+    {
+        bail!(
+            "a different project named {:?} is already known here; this ticket is for project id {}",
+            project.name,
+            project.id
+        );
+    }
+    let identity = match (&args.identity, &args.node) {
+        (Some(i), _) => Some(i.clone()),
+        (None, Some(n)) => home.load_node(n)?.identity,
+        (None, None) => None,
+    };
+    let holder = {
+        let vault = identities::vault(home).await?;
+        let found = identities::resolve(&vault, identity.as_deref()).await;
+        vault.close().await;
+        found?.name
+    };
+    let retry = Retry::from_options(args.retry_count, args.retry_delay, args.no_retry)?;
+    let reach = Reach {
+        identity: Some(holder.clone()),
+        scope: None,
+        route: api_route(home, &project).await?,
+        authority: *project.authority_identifier(),
+        timeout: args.timeout,
+        retry,
+    };
+    let mut s = Session::open(home, out, &reach).await?;
+    let enrolled = s.client.redeem(&ticket.code).await;
+    s.close().await;
+    let enrolled = enrolled.map_err(|e| match e {
+        ClientError::Refused(api) => {
+            let why = match api.kind {
+                ErrorKind::TicketUnknown => "the authority knows no ticket with this code (was it created by another project's authority?)".to_owned(),
+                ErrorKind::TicketExpired => "this ticket has expired; ask for a new one".to_owned(),
+                ErrorKind::TicketRevoked => "this ticket was revoked".to_owned(),
+                ErrorKind::TicketUsedUp => "this ticket has been used as many times as it allows".to_owned(),
+                _ => api.message,
+            };
+            anyhow::anyhow!("enrollment refused: {why}")
+        }
+        other => anyhow::Error::new(other).context("enrollment failed"),
+    })?;
+    let credential =
+        CredentialAndPurposeKey::decode(&from_hex(&enrolled.credential, "the credential")?)
+            .context("the authority sent a credential that does not decode")?;
+    let vault = identities::vault(home).await?;
+    let stored = vault
+        .store_credential(&holder, &project.authority, &credential, unix_now())
+        .await;
+    vault.close().await;
+    let verified = stored?;
+    save_project(home, &project)?;
+    if let Some(node) = &args.node
+        && let Err(e) = crate::nodes::reload_credentials(home, node).await
+    {
+        out.note(format!(
+            "warning: {e:#}; restart it to present the credential: kith node stop {node} && kith node start {node}"
+        ));
+    }
+    let attrs: Vec<String> = verified
+        .attributes
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    out.result(
+        || {
+            format!(
+                "Enrolled identity {holder} in project {}.\nCredential from {}: [{}], expires {}",
+                project.name,
+                verified.issuer,
+                attrs.join(", "),
+                unix_time(verified.expires_at)
+            )
+        },
+        &serde_json::json!({
+            "identity": holder,
+            "project": project.name,
+            "project_id": project.id,
+            "issuer": verified.issuer.to_string(),
+            "attributes": verified.attributes,
+            "expires_at": verified.expires_at,
+        }),
+    );
+    Ok(())
+}
+
+async fn member(home: &Home, out: &Output, cmd: MemberCommand) -> Result<()> {
+    let member_line = |m: &api::MemberInfo| {
+        let attrs: Vec<String> = m
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!("{}  [{}]  via {}", m.identifier, attrs.join(", "), m.via)
+    };
+    match cmd {
+        MemberCommand::List { access } => {
+            let (reach, _) = reach(home, &access).await?;
+            let mut s = Session::open(home, out, &reach).await?;
+            let members = s.client.members().await;
+            s.close().await;
+            let members = members.map_err(refused)?;
+            out.result(
+                || {
+                    if members.is_empty() {
+                        return "No members.".to_owned();
+                    }
+                    members
+                        .iter()
+                        .map(member_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                &members,
+            );
+        }
+        MemberCommand::Show { identifier, access } => {
+            let id: Identifier = parse_identifier(&identifier)?;
+            let (reach, _) = reach(home, &access).await?;
+            let mut s = Session::open(home, out, &reach).await?;
+            let m = s.client.member(&id).await;
+            s.close().await;
+            let m = m.map_err(refused)?;
+            out.result(
+                || {
+                    format!(
+                        "{}\nadded {} by {}",
+                        member_line(&m),
+                        unix_time(m.added_at),
+                        m.added_by
+                    )
+                },
+                &m,
+            );
+        }
+        MemberCommand::Add {
+            identifier,
+            attributes,
+            access,
+        } => {
+            let id = parse_identifier(&identifier)?;
+            let (reach, _) = reach(home, &access).await?;
+            let mut s = Session::open(home, out, &reach).await?;
+            let m = s
+                .client
+                .add_member(&id, attributes.into_iter().collect())
+                .await;
+            s.close().await;
+            let m = m.map_err(refused)?;
+            out.result(|| format!("Added {}", member_line(&m)), &m);
+        }
+        MemberCommand::Delete { identifier, access } => {
+            let id = parse_identifier(&identifier)?;
+            let (reach, _) = reach(home, &access).await?;
+            let mut s = Session::open(home, out, &reach).await?;
+            let m = s.client.delete_member(&id).await;
+            s.close().await;
+            let m = m.map_err(refused)?;
+            out.result(|| format!("Deleted member {}", m.identifier), &m);
+        }
+    }
+    Ok(())
+}
+
+fn parse_identifier(text: &str) -> Result<Identifier> {
+    text.parse()
+        .with_context(|| format!("{text:?} is not an identifier (I + 40 hex digits)"))
+}
