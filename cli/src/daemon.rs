@@ -50,6 +50,8 @@ pub struct RunningNode {
     channels: std::sync::RwLock<Option<ChannelSettings>>,
     /// How to rebuild `channels` from the vault: the home, identity and admission rule.
     reload_from: Option<(Home, Option<String>, AdmissionConfig)>,
+    /// Notified when the node reloads its credentials (the refresher then looks again).
+    pub credentials_changed: tokio::sync::Notify,
     /// Channels opened with `kith secure-channel create`, kept until deleted or torn down.
     kept: std::sync::Mutex<Vec<(secure_channel::SecureChannel, String)>>,
     started_at: u64,
@@ -184,6 +186,7 @@ impl RunningNode {
             listener,
             channels: std::sync::RwLock::new(channels),
             reload_from: None,
+            credentials_changed: tokio::sync::Notify::new(),
             kept: std::sync::Mutex::default(),
             started_at: unix_now(),
         })
@@ -215,6 +218,7 @@ impl RunningNode {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(settings);
         info!(credentials = presented, "reloaded credentials");
+        self.credentials_changed.notify_one();
         Ok(presented)
     }
 
@@ -456,6 +460,11 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     });
 
     let running = Arc::new(running);
+    let refresher = tokio::spawn(crate::refresh::run(
+        home.clone(),
+        identity.clone(),
+        running.clone(),
+    ));
     let (stop_tx, mut stop_rx) = mpsc::channel::<()>(1);
     let mut sessions = JoinSet::new();
     loop {
@@ -474,6 +483,7 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
         }
     }
     drop(control);
+    refresher.abort();
     running.node.shutdown().await;
     if let Some((store, vault)) = authority {
         store.close().await;

@@ -18,6 +18,7 @@ mod message;
 pub mod nodes;
 pub mod output;
 mod projects;
+mod refresh;
 pub mod run;
 
 pub use duration::{DisplayDuration, DurationError, parse_duration};

@@ -239,8 +239,19 @@ pub fn listener_route(listener: &str) -> Result<kith_transport::MultiAddr> {
         .with_context(|| format!("cannot make a route of {listener:?}"))
 }
 
+/// The known project whose authority is `authority`, if any.
+pub fn project_of_authority(home: &Home, authority: &Identifier) -> Result<Option<Project>> {
+    for name in home.project_names()? {
+        let p = load_project(home, Some(&name))?;
+        if p.authority_identifier() == authority {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
 /// The route to the project authority's secure-channel listener.
-async fn api_route(home: &Home, project: &Project) -> Result<Route> {
+pub async fn api_route(home: &Home, project: &Project) -> Result<Route> {
     let text = format!(
         "{}/service/{}",
         project.authority_route,

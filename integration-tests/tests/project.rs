@@ -360,3 +360,39 @@ fn an_unreachable_authority_fails_fast_and_retries_as_told() {
     assert!(stderr.contains("authority"), "{stderr}");
     assert!(Path::new(&k.home().join("projects/acme.json")).is_file());
 }
+
+#[test]
+fn a_running_node_renews_its_credential_before_it_expires() {
+    let k = Kith::new();
+    k.json(&[
+        "authority",
+        "create",
+        "--project",
+        "short",
+        "--credential-ttl",
+        "6s",
+    ]);
+    let ticket = k.ok(&["project", "ticket"]);
+    k.ok(&["identity", "create", "m"]);
+    k.json(&["node", "create", "m-node", "--identity", "m"]);
+    k.ok(&["project", "enroll", ticket.trim(), "--node", "m-node"]);
+    let first = k.json(&["credential", "show", "--node", "m-node"]);
+    let first_expiry = first["expires_at"].as_u64().unwrap();
+    // Renewed after two thirds of its 6 s: wait (bounded) for a later expiry.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = k.json(&["credential", "show", "--node", "m-node"]);
+        if now["expires_at"].as_u64().unwrap() > first_expiry {
+            assert_eq!(now["valid"], true);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the credential was not renewed: {now}; log: {}",
+            std::fs::read_to_string(k.home().join("nodes/m-node/node.log")).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(k.home().join("nodes/m-node/node.log")).unwrap();
+    assert!(log.contains("renewed a credential"), "{log}");
+}
