@@ -1,42 +1,55 @@
 //! `kith demo`: the main job, step by step, in a temporary `KITH_HOME` that is removed after.
+//!
+//! Each step is a real `kith` command, run as a child process against the temporary home
+//! and printed as the user would type it: an authority and its project, a ticket, two nodes
+//! enrolled with tickets, a credential shown, and a message between the members through a
+//! secure channel that admits only credential holders.
 
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
-use crate::control::{self, Request, SendReply};
-use crate::home::{Home, NodeConfig};
-use crate::message::resolve_target;
-use crate::nodes::spawn_daemon;
+use crate::home::Home;
 use crate::output::Output;
 
 #[derive(Debug, Serialize)]
 struct Step {
     step: usize,
     what: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
 struct Report {
     steps: Vec<Step>,
+    project_id: Option<String>,
+    authority: Option<String>,
+    credential: Option<serde_json::Value>,
     reply: Option<String>,
     round_trip_ms: Option<f64>,
-    /// bob's identifier, as alice's channel authenticated it.
+    /// db-node's identifier, as web-node's channel authenticated it.
     peer: Option<String>,
 }
 
 impl Report {
-    fn say(&mut self, out: &Output, what: String) {
+    fn say(&mut self, out: &Output, command: Option<String>, what: String) {
         let step = self.steps.len() + 1;
         if !out.is_json() {
-            println!("{step}. {what}");
+            match &command {
+                Some(c) => println!("{step}. $ {c}\n   {}", what.replace('\n', "\n   ")),
+                None => println!("{step}. {what}"),
+            }
         }
-        self.steps.push(Step { step, what });
+        self.steps.push(Step {
+            step,
+            what,
+            command,
+        });
     }
 }
-
-const NODES: [&str; 2] = ["alice", "bob"];
 
 /// `kith demo`
 pub async fn run(out: &Output) -> Result<()> {
@@ -48,25 +61,23 @@ pub async fn run(out: &Output) -> Result<()> {
     let mut report = Report::default();
     report.say(
         out,
+        None,
         format!("Created a temporary KITH_HOME at {}", dir.path().display()),
     );
     let started = Instant::now();
     let result = tokio::select! {
-        r = steps(&home, out, &mut report) => r,
+        r = steps(dir.path(), out, &mut report) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     // Whatever happened, stop the daemons before the directory goes.
-    for name in NODES {
-        if home.node_exists(name) {
-            let _ =
-                control::stop(&home.socket_path(name), std::time::Duration::from_secs(15)).await;
-        }
-    }
+    let _ = kith(dir.path(), &["node", "delete", "--all"]).await;
+    drop(home);
     result?;
     report.say(
         out,
+        None,
         format!(
-            "Stopped alice and bob and removed the temporary KITH_HOME ({:.0} ms in all)",
+            "Stopped every node and removed the temporary KITH_HOME ({:.0} ms in all)",
             started.elapsed().as_secs_f64() * 1000.0
         ),
     );
@@ -76,97 +87,138 @@ pub async fn run(out: &Output) -> Result<()> {
     Ok(())
 }
 
-async fn steps(home: &Home, out: &Output, report: &mut Report) -> Result<()> {
-    let vault = crate::identities::vault(home).await?;
-    let made = async {
-        let mut ids = Vec::new();
-        for name in NODES {
-            ids.push(
-                vault
-                    .create_identity(name, crate::daemon::unix_now())
-                    .await?
-                    .identifier()
-                    .to_string(),
-            );
-        }
-        anyhow::Ok(ids)
+/// Run `kith ARGS --output json` against `home`; its JSON answer, or its error line.
+async fn kith(home: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    let exe = std::env::current_exe().context("cannot find the kith executable")?;
+    let output = tokio::process::Command::new(exe)
+        .args(args)
+        .args(["--output", "json"])
+        .env("KITH_HOME", home)
+        .env_remove("KITH_ENROLLMENT_TICKET")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("cannot run kith")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let line = stderr
+            .lines()
+            .last()
+            .unwrap_or("failed")
+            .trim_start_matches("error: ");
+        bail!("`kith {}` failed: {line}", args.join(" "));
     }
-    .await;
-    vault.close().await;
-    let ids = made?;
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("`kith {}` printed no JSON", args.join(" ")))
+}
+
+fn text(v: &serde_json::Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_default().to_owned()
+}
+
+async fn steps(home: &Path, out: &Output, report: &mut Report) -> Result<()> {
+    let args = ["authority", "create", "--project", "demo"];
+    let v = kith(home, &args).await?;
+    report.project_id = Some(text(&v, "project_id"));
+    report.authority = Some(text(&v, "authority_identifier"));
     report.say(
         out,
+        Some(format!("kith {}", args.join(" "))),
         format!(
-            "Created two identities: alice is {}, bob is {}",
-            ids[0], ids[1]
+            "Project demo (id {}) has an authority node at {}, identity {}; you ({}) are its admin",
+            text(&v, "project_id"),
+            text(&v, "authority_route"),
+            text(&v, "authority_identifier"),
+            v["admins"][0].as_str().unwrap_or_default()
         ),
     );
-    for name in NODES {
-        home.create_node(&NodeConfig {
-            name: name.to_owned(),
-            tcp_listener_address: "127.0.0.1:0".to_owned(),
-            created_at: crate::daemon::unix_now(),
-            identity: Some(name.to_owned()),
-            authority: None,
-            admission: Default::default(),
-        })?;
-        let ready = spawn_daemon(home, name).await?;
-        report.say(
-            out,
-            format!(
-                "Started node {name} as a daemon (pid {}), listening on {} with an echo service and a secure channel listener",
-                ready.pid, ready.listener
-            ),
-        );
-    }
-    let text = "hello from alice";
-    for to in [
-        "/node/bob/service/echo",
-        "/node/bob/secure/api/service/echo",
+
+    for (node, attrs) in [
+        ("db-node", ["component=db", "location=sf"]),
+        ("web-node", ["component=web", "location=sf"]),
     ] {
-        let target = resolve_target(home, to).await?;
-        let request = Request::Send {
-            route: target.route.iter().map(ToString::to_string).collect(),
-            payload: text.to_owned(),
-            timeout_ms: 10_000,
-            channel: target
-                .channel
-                .as_ref()
-                .map(|c| c.iter().map(ToString::to_string).collect()),
-        };
-        match &target.channel {
-            None => report.say(out, format!("alice sends {text:?} to {to}: plain TCP, the route {}", target.route)),
-            Some(c) => report.say(
-                out,
-                format!(
-                    "alice sends {text:?} to {to}: a Noise XX secure channel to bob's listener at {c}, then {} inside it",
-                    target.route
-                ),
-            ),
-        }
-        let v = control::call(
-            &home.socket_path("alice"),
-            &request,
-            std::time::Duration::from_secs(12),
-        )
-        .await?;
-        let reply: SendReply = serde_json::from_value(v)?;
-        let through = match (&reply.peer, &reply.verification_code) {
-            (Some(peer), Some(code)) => format!(
-                "; end to end encrypted with {peer} (bob, verified by its key history and attested key), verification code {code}"
-            ),
-            _ => String::new(),
-        };
+        let args = ["project", "ticket", "-a", attrs[0], "-a", attrs[1]];
+        let v = kith(home, &args).await?;
+        let ticket = text(&v, "ticket");
+        let file = home.join(format!("{node}.ticket"));
+        crate::home::write_private_atomic(&file, ticket.as_bytes())?;
         report.say(
             out,
+            Some(format!("kith {} > {node}.ticket", args.join(" "))),
             format!(
-                "bob's echo answered {:?} in {:.2} ms; the reply came back along {}{through}",
-                reply.reply, reply.round_trip_ms, reply.return_route
+                "A one-time ticket ({}…, {} characters), valid 10 minutes; the authority keeps only its hash",
+                ticket.chars().take(16).collect::<String>(),
+                ticket.len()
             ),
         );
-        report.reply = Some(reply.reply);
-        report.round_trip_ms = Some(reply.round_trip_ms);
-        report.peer = reply.peer;
+
+        let identity = node.trim_end_matches("-node");
+        kith(home, &["identity", "create", identity]).await?;
+        // db-node admits only peers with a credential from a trusted authority.
+        let mut args = vec!["node", "create", node, "--identity", identity];
+        if node == "db-node" {
+            args.push("--require-credential");
+        }
+        let v = kith(home, &args).await?;
+        report.say(
+            out,
+            Some(format!(
+                "kith identity create {identity} && kith {}",
+                args.join(" ")
+            )),
+            format!(
+                "Node {node} runs as identity {identity} ({}), listening on {}",
+                text(&v, "identifier"),
+                text(&v, "listener")
+            ),
+        );
+
+        let file = home.join(format!("{node}.ticket"));
+        let file = file.to_string_lossy();
+        let args = ["project", "enroll", "--ticket-file", &file, "--node", node];
+        let v = kith(home, &args).await?;
+        report.say(
+            out,
+            Some(format!("kith project enroll --ticket-file {node}.ticket --node {node}")),
+            format!(
+                "{identity} redeemed the ticket over a secure channel to the authority and is a member with {}",
+                v["attributes"]
+            ),
+        );
     }
+
+    let args = ["credential", "show", "--node", "db-node"];
+    let v = kith(home, &args).await?;
+    report.say(
+        out,
+        Some(format!("kith {}", args.join(" "))),
+        format!(
+            "db-node's credential: issuer {} (the authority), attributes {}, {}",
+            text(&v, "issuer"),
+            v["attributes"],
+            text(&v, "status")
+        ),
+    );
+    report.credential = Some(v);
+
+    let message = "hello from web";
+    let to = "/node/db-node/secure/api/service/echo";
+    let args = ["message", "send", message, "--from", "web-node", "--to", to];
+    let v = kith(home, &args).await?;
+    let reply = text(&v, "reply");
+    report.say(
+        out,
+        Some(format!("kith message send {message:?} --from web-node --to {to}")),
+        format!(
+            "db-node's echo answered {reply:?} in {:.2} ms, end to end encrypted with {} (db, proven by its key history and attested key); each side checked the other's credential; verification code {}",
+            v["round_trip_ms"].as_f64().unwrap_or_default(),
+            text(&v, "peer"),
+            text(&v, "verification_code"),
+        ),
+    );
+    report.reply = Some(reply);
+    report.round_trip_ms = v["round_trip_ms"].as_f64();
+    report.peer = v["peer"].as_str().map(str::to_owned);
     Ok(())
 }

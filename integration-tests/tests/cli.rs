@@ -14,13 +14,19 @@ fn demo_prints_the_echoed_message_and_cleans_up() {
     let k = Kith::new();
     let out = k.ok(&["demo"]);
     assert!(
-        out.contains("bob's echo answered \"hello from alice\""),
+        out.contains("db-node's echo answered \"hello from web\""),
         "{out}"
     );
+    assert!(out.contains("$ kith project enroll"), "{out}");
     assert!(out.contains("removed the temporary KITH_HOME"), "{out}");
     let v = k.json(&["demo"]);
-    assert_eq!(v["reply"], "hello from alice");
+    assert_eq!(v["reply"], "hello from web");
     assert!(v["round_trip_ms"].as_f64().unwrap() > 0.0);
+    // The credential shown is the authority's, with exactly the ticket's attributes.
+    assert_eq!(v["credential"]["issuer"], v["authority"]);
+    assert_eq!(v["credential"]["attributes"]["component"], "db");
+    assert_eq!(v["credential"]["attributes"]["project_id"], v["project_id"]);
+    assert_eq!(v["peer"], v["credential"]["subject"]);
     let dir = v["steps"][0]["what"]
         .as_str()
         .unwrap()
