@@ -862,7 +862,9 @@ mod tests {
             "{err:?}"
         );
 
-        for (issuer, created, expires, why) in [(&auth, NOW - 100, NOW - 1, "expired")] {
+        // An expired credential from the trusted authority fails the handshake.
+        {
+            let (issuer, created, expires, why) = (&auth, NOW - 100, NOW - 1, "expired");
             let c = CredentialAndPurposeKey::issue(
                 &issuer.key,
                 id.identifier(),
