@@ -19,12 +19,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kith_transport::TransportMessage;
 use minicbor::{Decoder, Encoder};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use snow::resolvers::{CryptoResolver, RingResolver};
 use zeroize::Zeroizing;
 
 use crate::codec::{array_of, array_up_to, bounded_bytes, finished};
@@ -248,6 +249,149 @@ pub fn verify_bundle(
     })
 }
 
+/// The parsed [`NOISE_PATTERN`], parsed once rather than for every handshake.
+static NOISE_PARAMS: LazyLock<Option<snow::params::NoiseParams>> =
+    LazyLock::new(|| NOISE_PATTERN.parse().ok());
+
+/// 128 bytes: what a handshake message adds to its payload at most (two 32-byte keys, one
+/// encrypted, and two 16-byte tags), rounded up.
+const HANDSHAKE_OVERHEAD: usize = 128;
+
+/// Write the next handshake message carrying `payload`, into a buffer just large enough.
+fn write_message(
+    noise: &mut snow::HandshakeState,
+    payload: &[u8],
+) -> Result<Vec<u8>, HandshakeError> {
+    let mut out = vec![0u8; (payload.len() + HANDSHAKE_OVERHEAD).min(MAX_NOISE_MESSAGE)];
+    let n = noise.write_message(payload, &mut out)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// Noise primitives for our handshakes: snow's own, ring-accelerated where ring has them,
+/// except Curve25519, which is [`X25519`] so that our static key's public half, which we
+/// already hold, is not derived again (a scalar multiplication) for every handshake.
+struct Resolver {
+    known: StaticKey,
+}
+
+/// Our static key pair, as the resolver recognises it.
+#[derive(Clone)]
+struct StaticKey {
+    secret: Zeroizing<[u8; 32]>,
+    public: [u8; 32],
+}
+
+impl CryptoResolver for Resolver {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        RingResolver.resolve_rng()
+    }
+
+    fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        match choice {
+            snow::params::DHChoice::Curve25519 => Some(Box::new(X25519 {
+                known: self.known.clone(),
+                secret: Zeroizing::new([0; 32]),
+                public: [0; 32],
+            })),
+            _ => None,
+        }
+    }
+
+    fn resolve_hash(
+        &self,
+        choice: &snow::params::HashChoice,
+    ) -> Option<Box<dyn snow::types::Hash>> {
+        RingResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(
+        &self,
+        choice: &snow::params::CipherChoice,
+    ) -> Option<Box<dyn snow::types::Cipher>> {
+        RingResolver.resolve_cipher(choice)
+    }
+}
+
+/// Curve25519 Diffie-Hellman (RFC 7748) with x25519-dalek, for snow.
+struct X25519 {
+    known: StaticKey,
+    secret: Zeroizing<[u8; 32]>,
+    public: [u8; 32],
+}
+
+impl X25519 {
+    fn derive_public(&mut self) {
+        let secret = x25519_dalek::StaticSecret::from(*self.secret);
+        self.public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+    }
+}
+
+impl snow::types::Dh for X25519 {
+    fn name(&self) -> &'static str {
+        "25519"
+    }
+
+    fn pub_len(&self) -> usize {
+        32
+    }
+
+    fn priv_len(&self) -> usize {
+        32
+    }
+
+    fn set(&mut self, privkey: &[u8]) {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        for (s, p) in secret.iter_mut().zip(privkey) {
+            *s = *p;
+        }
+        self.secret = secret;
+        // Our own static key: its public half is known. Anything else is derived.
+        let same = self
+            .secret
+            .iter()
+            .zip(self.known.secret.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+        if same && privkey.len() == 32 {
+            self.public = self.known.public;
+        } else {
+            self.derive_public();
+        }
+    }
+
+    fn generate(&mut self, rng: &mut dyn snow::types::Random) {
+        rng.fill_bytes(self.secret.as_mut());
+        self.derive_public();
+    }
+
+    fn pubkey(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn privkey(&self) -> &[u8] {
+        self.secret.as_ref()
+    }
+
+    fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        let theirs: [u8; 32] = pubkey
+            .get(..32)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(snow::Error::Dh)?;
+        let shared = x25519_dalek::StaticSecret::from(*self.secret)
+            .diffie_hellman(&x25519_dalek::PublicKey::from(theirs));
+        // A low-order public key makes the result independent of our secret (RFC 7748 §6.1):
+        // no honest peer sends one, so refuse it rather than mix a known value into the keys.
+        if !shared.was_contributory() {
+            return Err(snow::Error::Dh);
+        }
+        out.get_mut(..32)
+            .ok_or(snow::Error::Dh)?
+            .copy_from_slice(shared.as_bytes());
+        Ok(())
+    }
+}
+
 /// A handshake in progress.
 pub struct Handshake {
     noise: snow::HandshakeState,
@@ -283,7 +427,18 @@ impl Handshake {
         initiator: bool,
     ) -> Result<snow::HandshakeState, HandshakeError> {
         let secret = local.key.secret_bytes();
-        let builder = snow::Builder::new(NOISE_PATTERN.parse()?).local_private_key(secret.as_ref());
+        // Only if the constant failed to parse: parse it again for the error.
+        let params = NOISE_PARAMS
+            .clone()
+            .map_or_else(|| NOISE_PATTERN.parse(), Ok)?;
+        let resolver = Box::new(Resolver {
+            known: StaticKey {
+                secret: secret.clone(),
+                public: *local.key.public_bytes(),
+            },
+        });
+        let builder =
+            snow::Builder::with_resolver(params, resolver).local_private_key(secret.as_ref());
         Ok(if initiator {
             builder.build_initiator()?
         } else {
@@ -298,9 +453,7 @@ impl Handshake {
         rekey_interval: u64,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
         let mut noise = Self::build(&local, true)?;
-        let mut out = vec![0u8; MAX_NOISE_MESSAGE];
-        let n = noise.write_message(&[], &mut out)?;
-        out.truncate(n);
+        let out = write_message(&mut noise, &[])?;
         Ok((
             Self {
                 noise,
@@ -331,7 +484,8 @@ impl Handshake {
         if self.noise.is_handshake_finished() || self.noise.is_my_turn() {
             return Err(HandshakeError::Unexpected);
         }
-        let mut payload = Zeroizing::new(vec![0u8; MAX_NOISE_MESSAGE]);
+        // A payload is never longer than the message that carries it.
+        let mut payload = Zeroizing::new(vec![0u8; incoming.len()]);
         let n = self.noise.read_message(incoming, &mut payload)?;
         let payload = payload.get(..n).ok_or(HandshakeError::Unexpected)?;
         let initiator = self.noise.is_initiator();
@@ -340,26 +494,16 @@ impl Handshake {
             if !payload.is_empty() {
                 return Err(HandshakeError::Unexpected);
             }
-            let mut out = vec![0u8; MAX_NOISE_MESSAGE];
-            let n = self
-                .noise
-                .write_message(&encode_bundle(&self.local), &mut out)?;
-            out.truncate(n);
+            let out = write_message(&mut self.noise, &encode_bundle(&self.local))?;
             return Ok(Progress::Continue(Box::new(self), out));
         }
         let remote_static = self
             .noise
             .get_remote_static()
-            .ok_or(HandshakeError::Unexpected)?
-            .to_vec();
-        let peer = verify_bundle(payload, &remote_static, &self.trust, now)?;
+            .ok_or(HandshakeError::Unexpected)?;
+        let peer = verify_bundle(payload, remote_static, &self.trust, now)?;
         let reply = if initiator {
-            let mut out = vec![0u8; MAX_NOISE_MESSAGE];
-            let n = self
-                .noise
-                .write_message(&encode_bundle(&self.local), &mut out)?;
-            out.truncate(n);
-            Some(out)
+            Some(write_message(&mut self.noise, &encode_bundle(&self.local))?)
         } else {
             None
         };
@@ -486,11 +630,31 @@ impl fmt::Debug for Encryptor {
 }
 
 impl Encryptor {
+    /// Encode and seal `message` as the next channel message, in one buffer: the clear
+    /// nonce, the encoding encrypted in place, the tag. The result is the payload to send as
+    /// it is; the application bytes inside are copied once, into the encoding.
+    pub fn seal(&mut self, message: &ChannelMessage) -> Result<Bytes, ChannelError> {
+        let mut buf = BytesMut::with_capacity(NONCE_LEN + message.encoded_len_hint() + TAG_LEN);
+        buf.put_u64(0);
+        message.encode_into(&mut buf);
+        self.seal_in_place(buf)
+    }
+
     /// Seal `plaintext` as the next message: `nonce ‖ ciphertext ‖ tag`.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, ChannelError> {
-        if plaintext.len() > MAX_CHANNEL_PLAINTEXT {
+        let mut buf = BytesMut::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+        buf.put_u64(0);
+        buf.extend_from_slice(plaintext);
+        Ok(self.seal_in_place(buf)?.into())
+    }
+
+    /// `buf` is `NONCE_LEN` bytes of room, then the plaintext; fill in the nonce, encrypt the
+    /// rest in place and append the tag.
+    fn seal_in_place(&mut self, mut buf: BytesMut) -> Result<Bytes, ChannelError> {
+        let len = buf.len().saturating_sub(NONCE_LEN);
+        if len > MAX_CHANNEL_PLAINTEXT {
             return Err(ChannelError::TooLarge {
-                len: plaintext.len(),
+                len,
                 max: MAX_CHANNEL_PLAINTEXT,
             });
         }
@@ -501,24 +665,23 @@ impl Encryptor {
         if n > 0 && n.is_multiple_of(self.interval) {
             self.cipher = self.cipher.rekey().ok_or(ChannelError::Exhausted)?;
         }
-        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
-        out.put_u64(n);
-        out.extend_from_slice(plaintext);
+        // The nonce is spent from here on, whatever happens: one that failed to seal is
+        // never used again, and the key is never rotated twice for one epoch.
+        self.next = n + 1;
+        let (nonce, plaintext) = buf
+            .split_at_mut_checked(NONCE_LEN)
+            .ok_or(ChannelError::Truncated(len))?;
+        nonce.copy_from_slice(&n.to_be_bytes());
         let tag = self
             .cipher
             .key
-            .seal_in_place_separate_tag(
-                Cipher::nonce(n),
-                Aad::empty(),
-                out.get_mut(NONCE_LEN..).unwrap_or_default(),
-            )
+            .seal_in_place_separate_tag(Cipher::nonce(n), Aad::empty(), plaintext)
             .map_err(|_| ChannelError::TooLarge {
-                len: plaintext.len(),
+                len,
                 max: MAX_CHANNEL_PLAINTEXT,
             })?;
-        out.extend_from_slice(tag.as_ref());
-        self.next = n + 1;
-        Ok(out)
+        buf.extend_from_slice(tag.as_ref());
+        Ok(buf.freeze())
     }
 
     /// Messages sent so far.
@@ -548,20 +711,15 @@ impl Decryptor {
     /// Open a message sealed by the peer's [`Encryptor`]. Only a message that authenticates
     /// moves the replay window or the key epoch.
     pub fn decrypt(&mut self, message: &[u8]) -> Result<Vec<u8>, ChannelError> {
-        if message.len() < NONCE_LEN + TAG_LEN {
-            return Err(ChannelError::Truncated(message.len()));
-        }
-        if message.len() > NONCE_LEN + MAX_NOISE_MESSAGE {
-            return Err(ChannelError::TooLarge {
-                len: message.len(),
-                max: NONCE_LEN + MAX_NOISE_MESSAGE,
-            });
-        }
-        let (nonce, sealed) = message.split_at(NONCE_LEN);
-        let mut nb = [0u8; NONCE_LEN];
-        nb.copy_from_slice(nonce);
-        let n = u64::from_be_bytes(nb);
-        self.window.check(n)?;
+        self.check(message)?;
+        Ok(self.open(Bytes::copy_from_slice(message))?.into())
+    }
+
+    /// Like [`Decryptor::decrypt`], in place: if no one else holds `message`'s bytes they are
+    /// decrypted where they are (otherwise into one copy), and the plaintext is a slice of
+    /// that buffer, so what is decoded from it can borrow instead of copy.
+    pub fn open(&mut self, message: Bytes) -> Result<Bytes, ChannelError> {
+        let n = self.check(&message)?;
         let epoch = n / self.interval;
         let next_key;
         let cipher = if epoch == self.epoch {
@@ -577,13 +735,17 @@ impl Decryptor {
         } else {
             return Err(ChannelError::EpochSkipped(n));
         };
-        let mut buf = sealed.to_vec();
+        let mut buf = message
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let sealed = buf
+            .get_mut(NONCE_LEN..)
+            .ok_or(ChannelError::Truncated(NONCE_LEN))?;
         let plain_len = cipher
             .key
-            .open_in_place(Cipher::nonce(n), Aad::empty(), &mut buf)
+            .open_in_place(Cipher::nonce(n), Aad::empty(), sealed)
             .map_err(|_| ChannelError::Authentication(n))?
             .len();
-        buf.truncate(plain_len);
         if epoch == self.epoch.saturating_add(1) {
             let next = self
                 .current
@@ -593,7 +755,27 @@ impl Decryptor {
             self.epoch = epoch;
         }
         self.window.mark(n);
-        Ok(buf)
+        buf.truncate(NONCE_LEN + plain_len);
+        buf.advance(NONCE_LEN);
+        Ok(buf.freeze())
+    }
+
+    /// The nonce of `message`, if its length is plausible and the window would take it.
+    fn check(&self, message: &[u8]) -> Result<u64, ChannelError> {
+        if message.len() < NONCE_LEN + TAG_LEN {
+            return Err(ChannelError::Truncated(message.len()));
+        }
+        if message.len() > NONCE_LEN + MAX_NOISE_MESSAGE {
+            return Err(ChannelError::TooLarge {
+                len: message.len(),
+                max: NONCE_LEN + MAX_NOISE_MESSAGE,
+            });
+        }
+        let mut nb = [0u8; NONCE_LEN];
+        nb.copy_from_slice(message.get(..NONCE_LEN).unwrap_or(&[0; NONCE_LEN]));
+        let n = u64::from_be_bytes(nb);
+        self.window.check(n)?;
+        Ok(n)
     }
 }
 
@@ -658,23 +840,43 @@ pub enum ChannelMessage {
 impl ChannelMessage {
     /// Encode: one tag byte, then the body.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = BytesMut::new();
-        match self {
-            ChannelMessage::Payload(m) => {
-                b.put_u8(0);
-                m.encode(&mut b);
-            }
-            ChannelMessage::RefreshCredential(c) => {
-                b.put_u8(1);
-                b.extend_from_slice(c);
-            }
-            ChannelMessage::Close => b.put_u8(2),
-            ChannelMessage::Ready => b.put_u8(3),
-        }
-        b.to_vec()
+        let mut b = BytesMut::with_capacity(self.encoded_len_hint());
+        self.encode_into(&mut b);
+        b.into()
     }
 
-    /// Decode what [`ChannelMessage::encode`] produced.
+    /// Append the encoding to `dst`.
+    pub fn encode_into(&self, dst: &mut BytesMut) {
+        match self {
+            ChannelMessage::Payload(m) => {
+                dst.put_u8(0);
+                m.encode(dst);
+            }
+            ChannelMessage::RefreshCredential(c) => {
+                dst.put_u8(1);
+                dst.extend_from_slice(c);
+            }
+            ChannelMessage::Close => dst.put_u8(2),
+            ChannelMessage::Ready => dst.put_u8(3),
+        }
+    }
+
+    /// A close upper estimate of the encoded length, so one allocation holds the encoding
+    /// with its nonce and tag.
+    fn encoded_len_hint(&self) -> usize {
+        // Per address: array, kind and string headers (at most 1 + 2 + 3 bytes).
+        let route = |r: &kith_node::Route| r.iter().map(|a| a.value().len() + 6).sum::<usize>();
+        match self {
+            // Tag, map, keys, version, route headers, payload header: under 24 bytes.
+            ChannelMessage::Payload(m) => {
+                24 + route(&m.onward_route) + route(&m.return_route) + m.payload.len()
+            }
+            ChannelMessage::RefreshCredential(c) => 1 + c.len(),
+            ChannelMessage::Close | ChannelMessage::Ready => 1,
+        }
+    }
+
+    /// Decode what [`ChannelMessage::encode`] produced. A payload is a slice of `bytes`.
     pub fn decode(bytes: Bytes) -> Result<Self, kith_transport::DecodeError> {
         match bytes.first() {
             Some(0) => TransportMessage::decode(&bytes.slice(1..)).map(ChannelMessage::Payload),
@@ -862,32 +1064,31 @@ mod tests {
             "{err:?}"
         );
 
-        // An expired credential from the trusted authority fails the handshake.
-        {
-            let (issuer, created, expires, why) = (&auth, NOW - 100, NOW - 1, "expired");
-            let c = CredentialAndPurposeKey::issue(
-                &issuer.key,
-                id.identifier(),
-                attrs.clone(),
-                created,
-                expires,
-            )
-            .unwrap();
-            let key = SecureChannelKey::generate(&id, &a.secret, 0, NOW * 2);
-            let bad = Party {
-                local: Arc::new(LocalIdentity {
-                    identity: id.clone(),
-                    key,
-                    credentials: vec![c],
-                }),
-                secret: IdentitySecret::generate(),
-            };
-            let err = connect(&bad, any(), &b, trust(&[&auth], Admission::AnyIdentity), 16).err();
-            assert!(
-                matches!(err, Some(HandshakeError::Credential(_))),
-                "{why}: {err:?}"
-            );
-        }
+        // An expired credential from a trusted authority fails the handshake.
+        let expired = CredentialAndPurposeKey::issue(
+            &auth.key,
+            id.identifier(),
+            attrs.clone(),
+            NOW - 100,
+            NOW - 1,
+        )
+        .unwrap();
+        let bad = Party {
+            local: Arc::new(LocalIdentity {
+                identity: id.clone(),
+                key: SecureChannelKey::generate(&id, &a.secret, 0, NOW * 2),
+                credentials: vec![expired],
+            }),
+            secret: IdentitySecret::generate(),
+        };
+        let err = connect(&bad, any(), &b, trust(&[&auth], Admission::AnyIdentity), 16).err();
+        assert!(
+            matches!(
+                err,
+                Some(HandshakeError::Credential(CredentialError::Expired { .. }))
+            ),
+            "expired: {err:?}"
+        );
         // A credential for someone else.
         let (other, _) = Identity::create(0);
         let c = CredentialAndPurposeKey::issue(
@@ -974,6 +1175,165 @@ mod tests {
             16,
         );
         assert!(matches!(err, Err(HandshakeError::NotAdmitted(_, _))));
+    }
+
+    /// A member of `auth` whose credential and channel key are valid until `until`.
+    fn member(auth: &Authority, until: u64) -> Party {
+        let (identity, secret) = Identity::create(0);
+        let attrs: BTreeMap<String, String> = [("role".to_string(), "db".to_string())].into();
+        let credential = CredentialAndPurposeKey::issue(
+            &auth.key,
+            identity.identifier(),
+            attrs,
+            NOW - 10,
+            until,
+        )
+        .unwrap();
+        let key = SecureChannelKey::generate(&identity, &secret, 0, until);
+        Party {
+            local: Arc::new(LocalIdentity {
+                identity,
+                key,
+                credentials: vec![credential],
+            }),
+            secret,
+        }
+    }
+
+    #[test]
+    fn a_tampered_bundle_is_refused_after_the_genuine_one_was_remembered() {
+        let auth = authority();
+        let m = member(&auth, NOW + 100);
+        let trust = trust(&[&auth], Admission::CredentialHolders);
+        let bundle = encode_bundle(&m.local);
+        let static_key = *m.local.key.public_bytes();
+        // Twice: the second time every signature in it is already remembered.
+        for _ in 0..2 {
+            let peer = verify_bundle(&bundle, &static_key, &trust, NOW).unwrap();
+            assert_eq!(peer.identifier, *m.local.identity.identifier());
+        }
+        for i in 0..bundle.len() {
+            let mut bad = bundle.clone();
+            bad[i] ^= 0x04;
+            assert!(
+                verify_bundle(&bad, &static_key, &trust, NOW).is_err(),
+                "byte {i} of {}",
+                bundle.len()
+            );
+        }
+        assert!(verify_bundle(&bundle, &static_key, &trust, NOW).is_ok());
+    }
+
+    #[test]
+    fn every_check_still_runs_on_a_remembered_bundle() {
+        let auth = authority();
+        let m = member(&auth, NOW + 100);
+        let holders = trust(&[&auth], Admission::CredentialHolders);
+        let bundle = encode_bundle(&m.local);
+        let static_key = *m.local.key.public_bytes();
+        verify_bundle(&bundle, &static_key, &holders, NOW).unwrap();
+
+        // Expired: the credential and the channel key both end at NOW + 100.
+        let credential_only = {
+            let key = SecureChannelKey::generate(&m.local.identity, &m.secret, 0, NOW * 2);
+            let local = LocalIdentity {
+                identity: m.local.identity.clone(),
+                credentials: m.local.credentials.clone(),
+                key,
+            };
+            let static_key = *local.key.public_bytes();
+            let bundle = encode_bundle(&local);
+            verify_bundle(&bundle, &static_key, &holders, NOW).unwrap();
+            (bundle, static_key)
+        };
+        assert!(matches!(
+            verify_bundle(&credential_only.0, &credential_only.1, &holders, NOW + 100),
+            Err(HandshakeError::Credential(CredentialError::Expired { .. }))
+        ));
+        assert!(matches!(
+            verify_bundle(&bundle, &static_key, &holders, NOW + 100),
+            Err(HandshakeError::Attestation(_))
+        ));
+        // Not yet valid, long before its start.
+        assert!(matches!(
+            verify_bundle(&credential_only.0, &credential_only.1, &holders, NOW - 1000),
+            Err(HandshakeError::Credential(
+                CredentialError::NotYetValid { .. }
+            ))
+        ));
+        // Another Noise static key than the attested one.
+        let other = party(vec![]);
+        assert!(matches!(
+            verify_bundle(&bundle, other.local.key.public_bytes(), &holders, NOW),
+            Err(HandshakeError::StaticKeyMismatch)
+        ));
+        // The same credential presented by another identity.
+        let thief = LocalIdentity {
+            identity: other.local.identity.clone(),
+            key: SecureChannelKey::generate(&other.local.identity, &other.secret, 0, NOW * 2),
+            credentials: m.local.credentials.clone(),
+        };
+        assert!(matches!(
+            verify_bundle(
+                &encode_bundle(&thief),
+                thief.key.public_bytes(),
+                &holders,
+                NOW
+            ),
+            Err(HandshakeError::Credential(
+                CredentialError::WrongSubject { .. }
+            ))
+        ));
+        // An authority we no longer trust, and an admission rule that leaves the peer out.
+        assert!(matches!(
+            verify_bundle(
+                &bundle,
+                &static_key,
+                &trust(&[], Admission::CredentialHolders),
+                NOW
+            ),
+            Err(HandshakeError::NotAdmitted(..))
+        ));
+        let others: BTreeSet<Identifier> = [*other.local.identity.identifier()].into();
+        assert!(matches!(
+            verify_bundle(
+                &bundle,
+                &static_key,
+                &trust(&[&auth], Admission::Identifiers(others)),
+                NOW
+            ),
+            Err(HandshakeError::NotAdmitted(..))
+        ));
+    }
+
+    #[test]
+    fn a_low_order_public_key_is_refused() {
+        // The identity element: every secret gives the all-zero shared secret with it.
+        let mut dh = X25519 {
+            known: StaticKey {
+                secret: Zeroizing::new([0; 32]),
+                public: [0; 32],
+            },
+            secret: Zeroizing::new([0; 32]),
+            public: [0; 32],
+        };
+        snow::types::Dh::set(&mut dh, &[9; 32]);
+        let mut out = [0u8; 32];
+        assert!(snow::types::Dh::dh(&dh, &[0; 32], &mut out).is_err());
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        assert!(snow::types::Dh::dh(&dh, &one, &mut out).is_err());
+        // A real key agrees with x25519-dalek, and the public half is derived from the secret.
+        let peer = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+        let peer_public = x25519_dalek::PublicKey::from(&peer);
+        snow::types::Dh::dh(&dh, peer_public.as_bytes(), &mut out).unwrap();
+        let mine = x25519_dalek::PublicKey::from(
+            snow::types::Dh::pubkey(&dh)
+                .try_into()
+                .map(|k: [u8; 32]| k)
+                .unwrap(),
+        );
+        assert_eq!(out, *peer.diffie_hellman(&mine).as_bytes());
     }
 
     #[test]
@@ -1215,6 +1575,42 @@ mod tests {
                 "we open snow's message {n}"
             );
         }
+    }
+
+    #[test]
+    fn a_message_is_opened_where_it_lies_and_its_payload_is_not_copied() {
+        let (mut a, mut b) = pair(DEFAULT_REKEY_INTERVAL);
+        let m = ChannelMessage::Payload(TransportMessage {
+            onward_route: kith_node::Route::from("echo"),
+            return_route: kith_node::Route::from("client"),
+            payload: Bytes::from(vec![5u8; 16 * 1024]),
+        });
+        let sealed = a.encryptor.seal(&m).unwrap();
+        let at = sealed.as_ptr_range();
+        let plain = b.decryptor.open(sealed).unwrap();
+        assert!(at.contains(&plain.as_ptr()), "opened in a copy");
+        let opened = ChannelMessage::decode(plain).unwrap();
+        let ChannelMessage::Payload(t) = &opened else {
+            panic!("{opened:?}")
+        };
+        assert!(at.contains(&t.payload.as_ptr()), "payload copied");
+        assert_eq!(opened, m);
+
+        // Bytes someone else still holds are opened in a copy and left as they were.
+        let sealed = a.encryptor.seal(&m).unwrap();
+        let kept = sealed.clone();
+        let plain = b.decryptor.open(sealed).unwrap();
+        assert!(!kept.as_ptr_range().contains(&plain.as_ptr()));
+        assert_eq!(ChannelMessage::decode(plain).unwrap(), m);
+        assert_eq!(b.decryptor.open(kept), Err(ChannelError::Replayed(1)));
+        // What `seal` makes, `decrypt` opens too, and the other way round.
+        let sealed = a.encryptor.seal(&ChannelMessage::Ready).unwrap();
+        assert_eq!(b.decryptor.decrypt(&sealed).unwrap(), [3]);
+        let sealed = a.encryptor.encrypt(&[2]).unwrap();
+        assert_eq!(
+            ChannelMessage::decode(b.decryptor.open(Bytes::from(sealed)).unwrap()).unwrap(),
+            ChannelMessage::Close
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! `data` is the byte string that both signatures cover:
 //! `[version = 1, previous_change_hash | null, public_key, created_at]`.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::{LazyLock, Mutex};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use minicbor::{Decoder, Encoder};
@@ -72,12 +74,86 @@ impl fmt::Debug for IdentitySecret {
 }
 
 /// Verify `signature` by `public_key` over `data` in the domain `tag`.
+///
+/// Signatures that verified recently are remembered (see [`VerifiedSignatures`]), so a peer
+/// that comes back with the same identity, attestation and credentials costs a hash, not
+/// an Ed25519 verification. Only the signature check is remembered: what a caller checks
+/// around it (validity periods, subjects, purposes, chains) runs every time.
 pub(crate) fn verify(public_key: &[u8; 32], tag: &[u8], data: &[u8], signature: &[u8; 64]) -> bool {
+    let seen = VerifiedSignatures::key(public_key, tag, data, signature);
+    if VERIFIED.lock().is_ok_and(|mut v| v.contains(&seen)) {
+        return true;
+    }
     let Ok(key) = VerifyingKey::from_bytes(public_key) else {
         return false;
     };
-    key.verify_strict(&tagged(tag, data), &Signature::from_bytes(signature))
-        .is_ok()
+    let valid = key
+        .verify_strict(&tagged(tag, data), &Signature::from_bytes(signature))
+        .is_ok();
+    if valid && let Ok(mut v) = VERIFIED.lock() {
+        v.insert(seen);
+    }
+    valid
+}
+
+/// 4,096 signatures: a node's channel peers, their attestations and their credentials, with
+/// room to spare; at 32 bytes a signature (plus the table's own overhead) under 300 KiB.
+const VERIFIED_CAPACITY: usize = 4096;
+
+/// The recently verified signatures, shared by every verification in the process.
+static VERIFIED: LazyLock<Mutex<VerifiedSignatures>> =
+    LazyLock::new(|| Mutex::new(VerifiedSignatures::default()));
+
+/// Signatures known to be valid, each as SHA-256 over exactly what was verified: the public
+/// key, the signature, the domain tag and the signed data. A lookup needs all four to match
+/// byte for byte, so an altered key, signature or message is never taken for a cached one;
+/// failures are never recorded, so a bad signature is checked again each time it comes.
+///
+/// Bounded like a two-generation LRU: entries go into `current`; when it holds half the
+/// capacity it becomes `previous` and the older generation is dropped. A hit in `previous`
+/// moves the entry back into `current`, so what is in use stays and the total never exceeds
+/// [`VERIFIED_CAPACITY`], with O(1) work per lookup.
+#[derive(Default)]
+pub(crate) struct VerifiedSignatures {
+    current: HashSet<[u8; 32]>,
+    previous: HashSet<[u8; 32]>,
+}
+
+impl VerifiedSignatures {
+    fn key(public_key: &[u8; 32], tag: &[u8], data: &[u8], signature: &[u8; 64]) -> [u8; 32] {
+        // Key and signature have fixed lengths and come first, so the tag and data that
+        // follow are exactly the signed message: no two inputs hash the same bytes.
+        Sha256::new()
+            .chain_update(public_key)
+            .chain_update(signature)
+            .chain_update(tag)
+            .chain_update(data)
+            .finalize()
+            .into()
+    }
+
+    fn contains(&mut self, key: &[u8; 32]) -> bool {
+        if self.current.contains(key) {
+            return true;
+        }
+        if self.previous.remove(key) {
+            self.insert(*key);
+            return true;
+        }
+        false
+    }
+
+    fn insert(&mut self, key: [u8; 32]) {
+        if self.current.len() >= VERIFIED_CAPACITY / 2 {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -278,10 +354,12 @@ impl Identity {
         let identifier = identifier_of(&first.data);
         let mut before: Option<&KeyChange> = None;
         for (index, c) in changes.iter().enumerate() {
-            if VerifyingKey::from_bytes(&c.public_key).is_err() {
-                return Err(IdentityError::BadKey { index });
-            }
             if !verify(&c.public_key, CHANGE_TAG, &c.data, &c.signature) {
+                // Tell a key that is not a curve point apart from a bad signature; only on
+                // failure, so a remembered signature costs no point decompression.
+                if VerifyingKey::from_bytes(&c.public_key).is_err() {
+                    return Err(IdentityError::BadKey { index });
+                }
                 return Err(IdentityError::BadSelfSignature { index });
             }
             match (before, c.previous, &c.previous_signature) {
@@ -391,6 +469,64 @@ mod tests {
             Identity::import(&forged.export(), None),
             Err(IdentityError::BadPreviousSignature { index: 1 })
         ));
+    }
+
+    #[test]
+    fn a_tampered_history_is_refused_after_the_genuine_one_was_remembered() {
+        let (mut id, secret) = Identity::create(1_000);
+        id.rotate(&secret, 2_000).unwrap();
+        let good = id.export();
+        // Verified once, so every signature in it is remembered.
+        Identity::import(&good, Some(id.identifier())).unwrap();
+        Identity::import(&good, Some(id.identifier())).unwrap();
+        let key = &id.changes[1];
+        assert!(verify(
+            &key.public_key,
+            CHANGE_TAG,
+            &key.data,
+            &key.signature
+        ));
+        // The same signature over other data, or another signature over the same data, is
+        // checked afresh and fails.
+        let mut data = key.data.clone();
+        data[3] ^= 1;
+        assert!(!verify(&key.public_key, CHANGE_TAG, &data, &key.signature));
+        let mut signature = key.signature;
+        signature[0] ^= 1;
+        assert!(!verify(&key.public_key, CHANGE_TAG, &key.data, &signature));
+        assert!(!verify(
+            &key.public_key,
+            b"another-domain\0",
+            &key.data,
+            &key.signature
+        ));
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            assert!(
+                Identity::import(&bad, Some(id.identifier())).is_err(),
+                "byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_verified_signature_cache_is_bounded_and_keeps_what_is_in_use() {
+        let mut v = VerifiedSignatures::default();
+        let key = |i: u32| {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            k
+        };
+        v.insert(key(0));
+        for i in 1..(4 * VERIFIED_CAPACITY as u32) {
+            v.insert(key(i));
+            assert!(v.len() <= VERIFIED_CAPACITY);
+            // Key 0 is looked up all the time, so it is never evicted.
+            assert!(v.contains(&key(0)), "evicted after {i}");
+        }
+        assert!(!v.contains(&key(1)), "an entry unused for long is evicted");
+        assert!(v.contains(&key(4 * VERIFIED_CAPACITY as u32 - 1)));
     }
 
     #[test]

@@ -37,7 +37,7 @@ mod identity;
 pub mod policy;
 /// Purpose keys: the channel and credential-signing keys an identity attests.
 mod purpose;
-/// Channels as workers on a node: listener, encryptor, decryptor.
+/// Channels on a node: the listener, and each channel's encryptor and decryptor.
 pub mod secure_channel;
 /// The SQLite store of identities and their secret keys.
 pub mod vault;

@@ -219,6 +219,8 @@ impl PurposeKeyAttestation {
 /// An X25519 key for secure channels, with its attestation. The secret is zeroized on drop.
 pub struct SecureChannelKey {
     secret: StaticSecret,
+    /// The public half, derived from `secret` once, so handshakes need not derive it again.
+    public: [u8; 32],
     attestation: PurposeKeyAttestation,
 }
 
@@ -258,6 +260,7 @@ impl SecureChannelKey {
         );
         Self {
             secret: key,
+            public,
             attestation,
         }
     }
@@ -270,6 +273,7 @@ impl SecureChannelKey {
         (attestation.purpose() == Purpose::SecureChannel && *attestation.public_key() == public)
             .then_some(Self {
                 secret: key,
+                public,
                 attestation,
             })
     }
@@ -281,8 +285,10 @@ impl SecureChannelKey {
         secret: StaticSecret,
         attestation: PurposeKeyAttestation,
     ) -> Self {
+        let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
         Self {
             secret,
+            public,
             attestation,
         }
     }
@@ -290,6 +296,11 @@ impl SecureChannelKey {
     /// The attestation.
     pub fn attestation(&self) -> &PurposeKeyAttestation {
         &self.attestation
+    }
+
+    /// The public half of the key, as derived from the secret (not as attested).
+    pub(crate) fn public_bytes(&self) -> &[u8; 32] {
+        &self.public
     }
 
     /// The 32 secret bytes (for the Noise handshake, or a vault); zeroized when dropped.

@@ -1,5 +1,5 @@
-//! Secure channels on a node: a listener that answers handshakes, and per channel a
-//! decryptor and an encryptor worker.
+//! Secure channels on a node: a listener that answers handshakes, and per channel an
+//! encryptor and a decryptor.
 //!
 //! A route to a remote service through a channel is `[encryptor, …rest]`: the encryptor
 //! seals `rest`, the return route and the payload, and sends them along the route to the
@@ -8,24 +8,41 @@
 //! route, and routes it on. A handshake that does not finish within the timeout is
 //! abandoned; anything that fails to decrypt, a replay, or a message older than the window
 //! tears the channel down (never the node) with the reason in our log.
+//!
+//! Both ends are [`MessageSink`]s rather than workers, so a message costs no task hand-off
+//! inside the channel: a message routed to the encryptor is sealed in the sender's own task
+//! and handed straight to the next hop (usually the connection, which writes it to the
+//! socket), and a message that reaches the decryptor is opened in the task that brought it
+//! (usually the connection's reader) and handed straight to its destination. Sealing and
+//! opening happen under the channel's lock, in nonce order; handing on happens after it is
+//! released, so no lock is held while another sink runs. When a next hop cannot take a
+//! message without waiting, the channel queues it, in order, for its own task, which routes
+//! it with backpressure; while anything is queued, later messages queue behind it, and once
+//! [`CHANNEL_BACKLOG`] are queued, senders wait. The channel's task also runs the handshake,
+//! its timeout, and the closing.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use kith_node::{
-    Address, AllowAll, AllowLocal, Context, LocalInfo, Message, Node, Origin, Route, Worker,
-    WorkerError,
+    Address, AllowAll, AllowLocal, Context, LocalInfo, Message, MessageSink, Node, Origin,
+    ReadyFuture, Route, RouteError, SinkError, SinkHandle, TryRouteError, Worker, WorkerError,
 };
 use kith_transport::TransportMessage;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::CredentialAndPurposeKey;
 use crate::channel::{
-    ChannelMessage, DEFAULT_REKEY_INTERVAL, Decryptor, Encryptor, Handshake, HandshakeError,
-    LocalIdentity, Peer, Progress, Trust,
+    ChannelMessage, DEFAULT_REKEY_INTERVAL, Decryptor, Encryptor, Established, Handshake,
+    HandshakeError, LocalIdentity, Peer, Progress, Trust,
 };
 
 /// 10 s: long enough for a lossy mobile link, short enough that a half-open handshake cannot
@@ -36,6 +53,16 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// unfinished. Each holds Noise state until it completes or times out, so without a cap a
 /// peer spraying first messages could pin memory; past it, new handshakes are refused.
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+
+/// 64 messages per direction: what a channel queues for a next hop that cannot take them at
+/// once (a connection whose socket is backed up, a full mailbox). Enough to ride out a
+/// burst; when full, senders wait for room, which pushes back on them (and, inbound, on the
+/// connection feeding the channel) instead of buffering without bound. Each message is at
+/// most one Noise message, so a channel holds at most 8 MiB this way.
+pub const CHANNEL_BACKLOG: usize = 64;
+
+/// 1 s: how long a closing channel may take to send what it has queued and its `Close`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The default address of a node's secure-channel listener.
 pub const DEFAULT_LISTENER: &str = "api";
@@ -177,20 +204,9 @@ pub async fn create(
         settings.trust.clone(),
         settings.rekey_interval,
     )?;
-    let decryptor = Address::random_local("sc");
     let (tx, rx) = oneshot::channel();
-    let established = Arc::new(AtomicBool::new(false));
-    let worker = ChannelWorker {
-        state: State::Handshaking(Some(Box::new(handshake))),
-        settings: settings.clone(),
-        on_established: Some(tx),
-        established: established.clone(),
-        pending: None,
-        slot: None,
-    };
-    node.start_worker_with_policy([decryptor.clone()], Arc::new(AllowAll), worker)
+    let decryptor = start(node, settings, Box::new(handshake), Some(tx), None)
         .map_err(|_| SecureChannelError::ShuttingDown)?;
-    arm_handshake_timeout(node, &decryptor, settings.handshake_timeout, established);
     let message = Message::new(route, Route::from(decryptor.clone()), first);
     if let Err(e) = node.route(message).await {
         node.stop_worker(&decryptor);
@@ -211,24 +227,6 @@ pub fn close(node: &Node, channel: &SecureChannel) -> bool {
     let a = node.stop_worker(&channel.encryptor);
     let b = node.stop_worker(&channel.decryptor);
     a || b
-}
-
-/// Abandon a handshake that has not finished in time: stop its decryptor unless
-/// `established` was set first.
-fn arm_handshake_timeout(
-    node: &Node,
-    decryptor: &Address,
-    timeout: Duration,
-    established: Arc<AtomicBool>,
-) {
-    let node2 = node.clone();
-    let decryptor = decryptor.clone();
-    node.spawn(async move {
-        tokio::time::sleep(timeout).await;
-        if !established.load(Ordering::Acquire) && node2.stop_worker(&decryptor) {
-            warn!(decryptor = %decryptor, "secure channel handshake timed out; abandoned");
-        }
-    });
 }
 
 struct Listener {
@@ -257,7 +255,6 @@ impl Worker for Listener {
             self.settings.trust.clone(),
             self.settings.rekey_interval,
         )?;
-        let decryptor = Address::random_local("sc");
         let reply_to = message.return_route.clone();
         let (handshake, second) = match handshake.step(&message.payload, now()) {
             Ok(Progress::Continue(h, second)) => (h, second),
@@ -271,284 +268,773 @@ impl Worker for Listener {
             }
         };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
-        let established = Arc::new(AtomicBool::new(false));
-        let worker = ChannelWorker {
-            state: State::Handshaking(Some(handshake)),
-            settings: self.settings.clone(),
-            on_established: None,
-            established: established.clone(),
-            pending: None,
-            slot: Some(slot),
-        };
-        ctx.node()
-            .start_worker_with_policy([decryptor.clone()], Arc::new(AllowAll), worker)?;
-        arm_handshake_timeout(
-            ctx.node(),
-            &decryptor,
-            self.settings.handshake_timeout,
-            established,
-        );
+        let decryptor = start(ctx.node(), &self.settings, handshake, None, Some(slot))?;
         ctx.send_with_return(reply_to, Route::from(decryptor), second)
             .await?;
         Ok(())
     }
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one state per channel, held in place by its worker; the size is the cipher state itself"
-)]
-enum State {
-    Handshaking(Option<Box<Handshake>>),
-    Established {
-        decryptor: Decryptor,
-        peer: Peer,
-        encryptor: Address,
-    },
+/// What `create` waits for: the channel once the responder has admitted us, or why not.
+type OnEstablished = oneshot::Sender<Result<SecureChannel, HandshakeError>>;
+
+/// Register a channel's decryptor, mid-handshake, and start its task. Returns the
+/// decryptor's address.
+fn start(
+    node: &Node,
+    settings: &ChannelSettings,
+    handshake: Box<Handshake>,
+    on_established: Option<OnEstablished>,
+    slot: Option<PendingSlot>,
+) -> Result<Address, kith_node::StartError> {
+    let decryptor = Address::random_local("sc");
+    let channel = Arc::new(Channel {
+        node: node.clone(),
+        trust: settings.trust.clone(),
+        decryptor: decryptor.clone(),
+        encryptor: OnceLock::new(),
+        inbound: Mutex::new(Inbound {
+            phase: Phase::Handshaking,
+            queue: VecDeque::new(),
+            busy: false,
+        }),
+        outbound: Mutex::new(Outbound {
+            sending: None,
+            queue: VecDeque::new(),
+            busy: false,
+            closed: false,
+        }),
+        inbound_queued: Notify::new(),
+        outbound_queued: Notify::new(),
+        inbound_room: Notify::new(),
+        outbound_room: Notify::new(),
+    });
+    let handle = node.register_sink(
+        [decryptor.clone()],
+        Arc::new(AllowAll),
+        Arc::new(DecryptorSink(channel.clone())),
+    )?;
+    let deadline = Instant::now() + settings.handshake_timeout;
+    node.spawn(run(
+        channel,
+        handle,
+        handshake,
+        on_established,
+        slot,
+        deadline,
+    ));
+    Ok(decryptor)
+}
+
+/// One channel, shared by its two sinks and its task.
+struct Channel {
+    node: Node,
+    trust: Arc<Trust>,
+    decryptor: Address,
+    /// Set once, when the handshake completes.
+    encryptor: OnceLock<Address>,
+    inbound: Mutex<Inbound>,
+    outbound: Mutex<Outbound>,
+    /// Tell the task something was queued for it (a permit is kept if it is not waiting).
+    inbound_queued: Notify,
+    outbound_queued: Notify,
+    /// Tell waiting senders there is room in a queue again.
+    inbound_room: Notify,
+    outbound_room: Notify,
+}
+
+/// The receiving side: what the decryptor sink and the task share.
+struct Inbound {
+    phase: Phase,
+    /// Messages for the task, in arrival order.
+    queue: VecDeque<Queued>,
+    /// The task took a message off `queue` and has not finished with it. While it has, or
+    /// anything is queued, new arrivals queue too, so messages are delivered in order.
+    busy: bool,
+}
+
+enum Phase {
+    /// Messages are handshake messages; the task handles them.
+    Handshaking,
+    Established(Box<Receiving>),
     Closed,
 }
 
-struct ChannelWorker {
-    state: State,
-    settings: ChannelSettings,
-    on_established: Option<oneshot::Sender<Result<SecureChannel, HandshakeError>>>,
-    /// Set once established, so the handshake timeout leaves the channel alone.
-    established: Arc<AtomicBool>,
+/// A message the decryptor queued for the task.
+enum Queued {
+    /// As it arrived: a handshake message, or sealed.
+    Arrived(Message),
+    /// Opened and stamped: only routing is left.
+    Opened(Message),
+}
+
+/// The established receiving side.
+struct Receiving {
+    decryptor: Decryptor,
+    peer: Peer,
+    /// The peer's identifier as text, as every message's origin carries it.
+    identifier: String,
+    /// Our encryptor: the first hop of the return route of everything we deliver.
+    encryptor: Address,
     /// The initiator's channel, handed to `create` when the responder's `Ready` arrives.
-    pending: Option<SecureChannel>,
-    /// A responder's place under its listener's cap, given back when the handshake ends
-    /// one way or the other (established, failed, or the worker stopped).
-    slot: Option<PendingSlot>,
+    on_ready: Option<(OnEstablished, SecureChannel)>,
 }
 
-impl ChannelWorker {
-    async fn handshake(
-        &mut self,
-        ctx: &mut Context,
-        handshake: Handshake,
-        message: Message,
-    ) -> Result<(), WorkerError> {
-        match handshake.step(&message.payload, now()) {
-            Ok(Progress::Continue(..)) => {
-                self.fail(ctx, HandshakeError::Unexpected);
-                Ok(())
-            }
-            Ok(Progress::Established { reply, channel }) => {
-                let remote = message.return_route;
-                if let Some(reply) = reply {
-                    ctx.send(remote.clone(), reply).await?;
-                }
-                let channel = *channel;
-                let code = channel.verification_code();
-                let encryptor = Address::random_local("sc-enc");
-                let initiator = self.on_established.is_some();
-                ctx.node().start_worker_with_policy(
-                    [encryptor.clone()],
-                    Arc::new(AllowLocal),
-                    EncryptorWorker {
-                        encryptor: channel.encryptor,
-                        remote,
-                        decryptor: ctx.address().clone(),
-                        // The responder's first message tells the initiator it was admitted.
-                        send_ready: !initiator,
-                    },
-                )?;
-                self.established.store(true, Ordering::Release);
-                self.slot = None;
-                info!(
-                    peer = %channel.peer.identifier,
-                    decryptor = %ctx.address(),
-                    %encryptor,
-                    "secure channel established"
-                );
-                self.pending = Some(SecureChannel {
-                    encryptor: encryptor.clone(),
-                    decryptor: ctx.address().clone(),
-                    peer: channel.peer.clone(),
-                    verification_code: code,
-                });
-                self.state = State::Established {
-                    decryptor: channel.decryptor,
-                    peer: channel.peer,
-                    encryptor,
-                };
-                Ok(())
-            }
-            Err(e) => {
-                self.fail(ctx, e);
-                Ok(())
-            }
-        }
-    }
-
-    fn fail(&mut self, ctx: &mut Context, e: HandshakeError) {
-        warn!(decryptor = %ctx.address(), error = %kith_node::DisplayChain(&e), "secure channel handshake failed");
-        if let Some(tx) = self.on_established.take() {
-            let _ = tx.send(Err(e));
-        }
-        self.state = State::Closed;
-        ctx.stop_worker(&ctx.address().clone());
-    }
-
-    fn tear_down(&mut self, ctx: &mut Context, why: &dyn std::fmt::Display) {
-        if let State::Established {
-            peer, encryptor, ..
-        } = &self.state
-        {
-            warn!(peer = %peer.identifier, decryptor = %ctx.address(), reason = %why, "secure channel torn down");
-            ctx.stop_worker(&encryptor.clone());
-        }
-        self.state = State::Closed;
-        ctx.stop_worker(&ctx.address().clone());
-    }
+/// The sending side: what the encryptor sink and the task share.
+struct Outbound {
+    /// Set when the handshake completes.
+    sending: Option<Sending>,
+    /// Sealed messages the next hop could not take at once, in nonce order.
+    queue: VecDeque<Message>,
+    /// The task took a message off `queue` and has not finished routing it.
+    busy: bool,
+    /// Closing: nothing more is sealed except the final `Close`.
+    closed: bool,
 }
 
-impl Worker for ChannelWorker {
-    async fn handle_message(
-        &mut self,
-        ctx: &mut Context,
-        message: Message,
-    ) -> Result<(), WorkerError> {
-        match &mut self.state {
-            State::Handshaking(h) => match h.take() {
-                Some(h) => self.handshake(ctx, *h, message).await,
-                None => Ok(()),
-            },
-            State::Closed => Ok(()),
-            State::Established {
-                decryptor,
-                peer,
-                encryptor,
-            } => {
-                let plain = match decryptor.decrypt(&message.payload) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        self.tear_down(ctx, &e);
-                        return Ok(());
-                    }
-                };
-                match ChannelMessage::decode(Bytes::from(plain)) {
-                    Ok(ChannelMessage::Payload(TransportMessage {
-                        onward_route,
-                        mut return_route,
-                        payload,
-                    })) => {
-                        return_route.prepend(encryptor.clone());
-                        let inner = Message {
-                            onward_route,
-                            return_route,
-                            payload,
-                            local_info: LocalInfo {
-                                origin: Origin::SecureChannel {
-                                    identifier: peer.identifier.to_string(),
-                                    attributes: peer.attributes.clone(),
-                                },
-                            },
-                        };
-                        // The node counts and logs what it cannot deliver.
-                        let _ = ctx.forward(inner).await;
-                        Ok(())
-                    }
-                    Ok(ChannelMessage::RefreshCredential(bytes)) => {
-                        let refreshed = CredentialAndPurposeKey::decode(&bytes)
-                            .map_err(|e| e.to_string())
-                            .and_then(|c| {
-                                c.verify(&peer.identifier, &self.settings.trust.authorities, now())
-                                    .map_err(|e| e.to_string())
-                            });
-                        match refreshed {
-                            Ok(v) => {
-                                debug!(peer = %peer.identifier, "credential refreshed");
-                                peer.attributes.extend(v.attributes);
-                                peer.credentials_expire_at = Some(v.expires_at);
-                                Ok(())
-                            }
-                            Err(e) => {
-                                self.tear_down(ctx, &format!("invalid refreshed credential: {e}"));
-                                Ok(())
-                            }
-                        }
-                    }
-                    Ok(ChannelMessage::Close) => {
-                        self.tear_down(ctx, &"closed by the peer");
-                        Ok(())
-                    }
-                    Ok(ChannelMessage::Ready) => {
-                        if let (Some(tx), Some(channel)) =
-                            (self.on_established.take(), self.pending.take())
-                        {
-                            let _ = tx.send(Ok(channel));
-                        }
-                        Ok(())
-                    }
-                    Err(e) => {
-                        self.tear_down(ctx, &format!("undecodable channel message: {e}"));
-                        Ok(())
-                    }
-                }
-            }
-        }
-    }
-
-    async fn shutdown(&mut self, ctx: &mut Context) {
-        if let State::Established { encryptor, .. } = &self.state {
-            ctx.stop_worker(&encryptor.clone());
-        }
-        if let Some(tx) = self.on_established.take() {
-            let _ = tx.send(Err(HandshakeError::Unexpected));
-        }
-    }
-}
-
-struct EncryptorWorker {
+struct Sending {
     encryptor: Encryptor,
     /// The route to the peer's decryptor.
     remote: Route,
-    decryptor: Address,
-    send_ready: bool,
 }
 
-impl EncryptorWorker {
-    async fn seal_and_send(
-        &mut self,
-        ctx: &Context,
-        m: &ChannelMessage,
-    ) -> Result<(), WorkerError> {
-        let sealed = self.encryptor.encrypt(&m.encode())?;
-        ctx.send_with_return(
-            self.remote.clone(),
-            Route::from(self.decryptor.clone()),
-            sealed,
-        )
-        .await?;
-        Ok(())
+/// What opening one sealed message calls for.
+enum Opened {
+    /// Route this on.
+    Deliver(Message),
+    /// Hand the initiator's channel to `create`.
+    Ready(OnEstablished, SecureChannel),
+    /// Close the channel.
+    TearDown(String),
+    /// Nothing more to do.
+    Done,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Receiving {
+    /// Open `sealed` and decide what it calls for.
+    fn open(&mut self, sealed: Bytes, trust: &Trust) -> Opened {
+        let plain = match self.decryptor.open(sealed) {
+            Ok(p) => p,
+            Err(e) => return Opened::TearDown(e.to_string()),
+        };
+        match ChannelMessage::decode(plain) {
+            Ok(ChannelMessage::Payload(TransportMessage {
+                onward_route,
+                mut return_route,
+                payload,
+            })) => {
+                return_route.prepend(self.encryptor.clone());
+                Opened::Deliver(Message {
+                    onward_route,
+                    return_route,
+                    payload,
+                    local_info: LocalInfo {
+                        origin: Origin::SecureChannel {
+                            identifier: self.identifier.clone(),
+                            attributes: self.peer.attributes.clone(),
+                        },
+                    },
+                })
+            }
+            Ok(ChannelMessage::RefreshCredential(bytes)) => {
+                let refreshed = CredentialAndPurposeKey::decode(&bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| {
+                        c.verify(&self.peer.identifier, &trust.authorities, now())
+                            .map_err(|e| e.to_string())
+                    });
+                match refreshed {
+                    Ok(v) => {
+                        debug!(peer = %self.peer.identifier, "credential refreshed");
+                        self.peer.attributes.extend(v.attributes);
+                        self.peer.credentials_expire_at = Some(v.expires_at);
+                        Opened::Done
+                    }
+                    Err(e) => Opened::TearDown(format!("invalid refreshed credential: {e}")),
+                }
+            }
+            Ok(ChannelMessage::Close) => Opened::TearDown("closed by the peer".to_owned()),
+            Ok(ChannelMessage::Ready) => match self.on_ready.take() {
+                Some((tx, channel)) => Opened::Ready(tx, channel),
+                None => Opened::Done,
+            },
+            Err(e) => Opened::TearDown(format!("undecodable channel message: {e}")),
+        }
     }
 }
 
-impl Worker for EncryptorWorker {
-    async fn initialize(&mut self, ctx: &mut Context) -> Result<(), WorkerError> {
-        if self.send_ready {
-            self.seal_and_send(ctx, &ChannelMessage::Ready).await?;
+impl Channel {
+    /// Queue `item` for the task.
+    fn queue_inbound(&self, item: Queued) {
+        lock(&self.inbound).queue.push_back(item);
+        self.inbound_queued.notify_one();
+    }
+
+    /// Queue a sealed message for the task.
+    fn queue_outbound(&self, sealed: Message) {
+        lock(&self.outbound).queue.push_back(sealed);
+        self.outbound_queued.notify_one();
+    }
+
+    /// Act on an opened message without waiting: deliver it now, or queue it for the task.
+    fn act_now(&self, opened: Opened) {
+        match opened {
+            Opened::Deliver(m) => match self.node.try_route(m) {
+                // The node has counted and logged what it could not deliver.
+                Ok(()) | Err(TryRouteError::Failed(_)) => {}
+                Err(TryRouteError::WouldBlock(m)) => self.queue_inbound(Queued::Opened(m)),
+            },
+            other => self.act_on_control(other),
+        }
+    }
+
+    fn act_on_control(&self, opened: Opened) {
+        match opened {
+            Opened::Ready(tx, channel) => {
+                let _ = tx.send(Ok(channel));
+            }
+            Opened::TearDown(why) => self.tear_down(&why),
+            Opened::Deliver(_) | Opened::Done => {}
+        }
+    }
+
+    /// Stop the channel: from now on nothing is opened or delivered, and the task closes it.
+    fn tear_down(&self, why: &dyn fmt::Display) {
+        let was = {
+            let mut st = lock(&self.inbound);
+            st.queue.clear();
+            std::mem::replace(&mut st.phase, Phase::Closed)
+        };
+        self.inbound_room.notify_waiters();
+        if let Phase::Established(rx) = was {
+            warn!(peer = %rx.peer.identifier, decryptor = %self.decryptor, reason = %why, "secure channel torn down");
+        }
+        self.stop();
+    }
+
+    /// Unregister both ends; the task notices and closes the channel.
+    fn stop(&self) {
+        if let Some(encryptor) = self.encryptor.get() {
+            self.node.stop_worker(encryptor);
+        }
+        self.node.stop_worker(&self.decryptor);
+    }
+
+    /// Seal `message` for the peer, if the channel is established.
+    fn seal(&self, out: &mut Outbound, message: &ChannelMessage) -> Option<Message> {
+        let sending = out.sending.as_mut()?;
+        match sending.encryptor.seal(message) {
+            Ok(sealed) => Some(Message::new(
+                sending.remote.clone(),
+                Route::from(self.decryptor.clone()),
+                sealed,
+            )),
+            Err(e) => {
+                warn!(decryptor = %self.decryptor, error = %e, "dropped a message the channel cannot seal");
+                None
+            }
+        }
+    }
+
+    /// The next message queued for the task, marking the task busy with it.
+    async fn next_inbound(&self) -> Queued {
+        loop {
+            {
+                let mut st = lock(&self.inbound);
+                if let Some(item) = st.queue.pop_front() {
+                    st.busy = true;
+                    drop(st);
+                    self.inbound_room.notify_waiters();
+                    return item;
+                }
+                st.busy = false;
+            }
+            self.inbound_queued.notified().await;
+        }
+    }
+
+    /// The next sealed message queued for the task, marking the task busy with it.
+    async fn next_outbound(&self) -> Message {
+        loop {
+            {
+                let mut st = lock(&self.outbound);
+                if let Some(m) = st.queue.pop_front() {
+                    st.busy = true;
+                    drop(st);
+                    self.outbound_room.notify_waiters();
+                    return m;
+                }
+                st.busy = false;
+            }
+            self.outbound_queued.notified().await;
+        }
+    }
+
+    /// `node.route`, boxed: only queued messages take this path, and the future is large.
+    fn route(
+        &self,
+        message: Message,
+    ) -> Pin<Box<dyn Future<Output = Result<(), RouteError>> + Send + '_>> {
+        Box::pin(self.node.route(message))
+    }
+
+    /// Route what is queued for the peer, in order, for as long as the channel lives.
+    async fn send_queued(&self) {
+        loop {
+            let sealed = self.next_outbound().await;
+            // The node counts and logs what it cannot deliver.
+            let _ = self.route(sealed).await;
+        }
+    }
+
+    /// Open and route what the decryptor queued, in order, for as long as the channel lives.
+    async fn receive_queued(&self) {
+        loop {
+            let opened = match self.next_inbound().await {
+                Queued::Opened(m) => Opened::Deliver(m),
+                Queued::Arrived(m) => match &mut lock(&self.inbound).phase {
+                    Phase::Established(rx) => rx.open(m.payload, &self.trust),
+                    // A second handshake message, or anything after the channel closed.
+                    Phase::Handshaking | Phase::Closed => Opened::Done,
+                },
+            };
+            match opened {
+                Opened::Deliver(m) => {
+                    let _ = self.route(m).await;
+                }
+                other => self.act_on_control(other),
+            }
+        }
+    }
+
+    /// Run the handshake's last step on `message` and set the channel up. Returns the
+    /// encryptor's registration.
+    async fn finish_handshake(
+        self: &Arc<Self>,
+        handshake: Box<Handshake>,
+        message: Message,
+        on_established: &mut Option<OnEstablished>,
+    ) -> Result<SinkHandle, HandshakeError> {
+        let (reply, channel) = match handshake.step(&message.payload, now())? {
+            Progress::Continue(..) => return Err(HandshakeError::Unexpected),
+            Progress::Established { reply, channel } => (reply, *channel),
+        };
+        let remote = message.return_route;
+        if let Some(reply) = reply {
+            let m3 = Message::new(remote.clone(), Route::from(self.decryptor.clone()), reply);
+            if let Err(e) = self.node.route(m3).await {
+                debug!(decryptor = %self.decryptor, error = %e, "the last handshake message was not sent");
+            }
+        }
+        let code = channel.verification_code();
+        let Established {
+            encryptor,
+            decryptor,
+            peer,
+            ..
+        } = channel;
+        let address = Address::random_local("sc-enc");
+        lock(&self.outbound).sending = Some(Sending { encryptor, remote });
+        let handle = self
+            .node
+            .register_sink(
+                [address.clone()],
+                Arc::new(AllowLocal),
+                Arc::new(EncryptorSink(self.clone())),
+            )
+            .map_err(|_| HandshakeError::Unexpected)?;
+        let _ = self.encryptor.set(address.clone());
+        info!(
+            peer = %peer.identifier,
+            decryptor = %self.decryptor,
+            encryptor = %address,
+            "secure channel established"
+        );
+        // The responder's first message tells the initiator it was admitted; the initiator
+        // hands its channel to `create` when that arrives.
+        let initiator = on_established.is_some();
+        let on_ready = on_established.take().map(|tx| {
+            let channel = SecureChannel {
+                encryptor: address.clone(),
+                decryptor: self.decryptor.clone(),
+                peer: peer.clone(),
+                verification_code: code,
+            };
+            (tx, channel)
+        });
+        lock(&self.inbound).phase = Phase::Established(Box::new(Receiving {
+            decryptor,
+            identifier: peer.identifier.to_string(),
+            peer,
+            encryptor: address,
+            on_ready,
+        }));
+        if !initiator {
+            let ready = self.seal(&mut lock(&self.outbound), &ChannelMessage::Ready);
+            if let Some(ready) = ready {
+                let _ = self.node.route(ready).await;
+            }
+        }
+        Ok(handle)
+    }
+
+    /// Send what is still queued for the peer, then `Close`, within [`CLOSE_TIMEOUT`].
+    async fn close(&self) {
+        let queued = {
+            let mut st = lock(&self.outbound);
+            st.closed = true;
+            std::mem::take(&mut st.queue)
+        };
+        self.outbound_room.notify_waiters();
+        let close = self.seal_close();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            for m in queued.into_iter().chain(close) {
+                let _ = self.node.route(m).await;
+            }
+        })
+        .await;
+    }
+
+    /// The sealed `Close`, once: whoever closes the channel first sends it.
+    fn seal_close(&self) -> Option<Message> {
+        let mut st = lock(&self.outbound);
+        st.closed = true;
+        let close = self.seal(&mut st, &ChannelMessage::Close);
+        st.sending = None;
+        close
+    }
+}
+
+/// What the channel's task owns, so that however the task ends (even dropped at node
+/// shutdown), the peer is told and the addresses are released.
+struct Owner {
+    channel: Arc<Channel>,
+    decryptor: SinkHandle,
+    encryptor: Option<SinkHandle>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let ch = &self.channel;
+        lock(&ch.inbound).phase = Phase::Closed;
+        ch.inbound_room.notify_waiters();
+        // Best effort, without waiting: only if the task was dropped before it could close.
+        if let Some(close) = ch.seal_close() {
+            let _ = ch.node.try_route(close);
+        }
+        ch.outbound_room.notify_waiters();
+    }
+}
+
+/// A channel's task: the handshake under its deadline, then the queues, until either end is
+/// stopped (by `close`, a tear-down, a timed-out `create`, or node shutdown); then it closes.
+async fn run(
+    channel: Arc<Channel>,
+    decryptor: SinkHandle,
+    handshake: Box<Handshake>,
+    mut on_established: Option<OnEstablished>,
+    slot: Option<PendingSlot>,
+    deadline: Instant,
+) {
+    let mut owner = Owner {
+        channel: channel.clone(),
+        decryptor,
+        encryptor: None,
+    };
+    let stopped = owner.decryptor.stop_token().clone();
+    // Boxed, and so are the routes below: a channel lives long and mostly idle, and its
+    // task's future is as large as its largest state, so the handshake (Noise state and
+    // all) and a route in progress are kept out of it.
+    let handshake = Box::pin(async {
+        let first = loop {
+            match channel.next_inbound().await {
+                Queued::Arrived(m) => break m,
+                Queued::Opened(_) => {}
+            }
+        };
+        channel
+            .finish_handshake(handshake, first, &mut on_established)
+            .await
+    });
+    let outcome = tokio::select! {
+        biased;
+        () = stopped.cancelled() => None,
+        () = tokio::time::sleep_until(deadline) => {
+            warn!(decryptor = %channel.decryptor, "secure channel handshake timed out; abandoned");
+            None
+        }
+        r = handshake => Some(r),
+    };
+    drop(slot);
+    match outcome {
+        Some(Ok(encryptor)) => {
+            let encryptor_stopped = encryptor.stop_token().clone();
+            owner.encryptor = Some(encryptor);
+            tokio::select! {
+                () = stopped.cancelled() => {}
+                () = encryptor_stopped.cancelled() => {}
+                () = async { tokio::join!(channel.send_queued(), channel.receive_queued()); } => {}
+            }
+            channel.stop();
+            lock(&channel.inbound).phase = Phase::Closed;
+            Box::pin(channel.close()).await;
+        }
+        Some(Err(e)) => {
+            warn!(decryptor = %channel.decryptor, error = %kith_node::DisplayChain(&e), "secure channel handshake failed");
+            if let Some(tx) = on_established.take() {
+                let _ = tx.send(Err(e));
+            }
+            channel.stop();
+        }
+        None => {
+            if let Some(tx) = on_established.take() {
+                let _ = tx.send(Err(HandshakeError::Unexpected));
+            }
+            channel.stop();
+        }
+    }
+    drop(owner);
+}
+
+/// The decryptor: opens what arrives in the caller's task and hands it on.
+struct DecryptorSink(Arc<Channel>);
+
+impl MessageSink for DecryptorSink {
+    fn try_deliver(&self, message: Message) -> Result<(), SinkError> {
+        let ch = &self.0;
+        let opened = {
+            let mut st = lock(&ch.inbound);
+            if st.queue.len() >= CHANNEL_BACKLOG {
+                return Err(SinkError::Full(message));
+            }
+            let in_order = st.queue.is_empty() && !st.busy;
+            match &mut st.phase {
+                Phase::Closed => return Err(SinkError::Closed(message)),
+                Phase::Established(rx) if in_order => rx.open(message.payload, &ch.trust),
+                Phase::Established(_) | Phase::Handshaking => {
+                    st.queue.push_back(Queued::Arrived(message));
+                    drop(st);
+                    ch.inbound_queued.notify_one();
+                    return Ok(());
+                }
+            }
+        };
+        ch.act_now(opened);
+        Ok(())
+    }
+
+    fn ready(&self) -> ReadyFuture<'_> {
+        Box::pin(async move {
+            let ch = &self.0;
+            loop {
+                let room = ch.inbound_room.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                {
+                    let st = lock(&ch.inbound);
+                    if matches!(st.phase, Phase::Closed) || st.queue.len() < CHANNEL_BACKLOG {
+                        return;
+                    }
+                }
+                room.await;
+            }
+        })
+    }
+}
+
+/// The encryptor: seals what is routed to it in the caller's task and hands it on.
+struct EncryptorSink(Arc<Channel>);
+
+impl MessageSink for EncryptorSink {
+    fn try_deliver(&self, mut message: Message) -> Result<(), SinkError> {
+        let ch = &self.0;
+        let sealed = {
+            let mut st = lock(&ch.outbound);
+            if st.closed || st.sending.is_none() {
+                return Err(SinkError::Closed(message));
+            }
+            if st.queue.len() >= CHANNEL_BACKLOG {
+                return Err(SinkError::Full(message));
+            }
+            message.onward_route.step();
+            let inner = ChannelMessage::Payload(TransportMessage {
+                onward_route: message.onward_route,
+                return_route: message.return_route,
+                payload: message.payload,
+            });
+            let Some(sealed) = ch.seal(&mut st, &inner) else {
+                return Ok(());
+            };
+            if !st.queue.is_empty() || st.busy {
+                st.queue.push_back(sealed);
+                drop(st);
+                ch.outbound_queued.notify_one();
+                return Ok(());
+            }
+            sealed
+        };
+        match ch.node.try_route(sealed) {
+            // The node has counted and logged what it could not deliver.
+            Ok(()) | Err(TryRouteError::Failed(_)) => {}
+            Err(TryRouteError::WouldBlock(sealed)) => ch.queue_outbound(sealed),
         }
         Ok(())
     }
 
-    async fn handle_message(
-        &mut self,
-        ctx: &mut Context,
-        mut message: Message,
-    ) -> Result<(), WorkerError> {
-        message.onward_route.step();
-        let inner = ChannelMessage::Payload(TransportMessage {
-            onward_route: message.onward_route,
-            return_route: message.return_route,
-            payload: message.payload,
-        });
-        self.seal_and_send(ctx, &inner).await
+    fn ready(&self) -> ReadyFuture<'_> {
+        Box::pin(async move {
+            let ch = &self.0;
+            loop {
+                let room = ch.outbound_room.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                {
+                    let st = lock(&ch.outbound);
+                    if st.closed || st.queue.len() < CHANNEL_BACKLOG {
+                        return;
+                    }
+                }
+                room.await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use kith_node::{AllowOrigins, MAILBOX_CAPACITY};
+
+    use super::*;
+    use crate::channel::Admission;
+    use crate::{Identity, SecureChannelKey};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn settings() -> ChannelSettings {
+        let (identity, secret) = Identity::create(now());
+        let key = SecureChannelKey::generate(&identity, &secret, now() - 5, now() + 3600);
+        ChannelSettings::new(
+            Arc::new(LocalIdentity {
+                identity,
+                key,
+                credentials: vec![],
+            }),
+            Arc::new(Trust {
+                authorities: vec![],
+                admission: Admission::AnyIdentity,
+            }),
+        )
     }
 
-    async fn shutdown(&mut self, ctx: &mut Context) {
-        let _ = self.seal_and_send(ctx, &ChannelMessage::Close).await;
-        ctx.stop_worker(&self.decryptor.clone());
+    /// Takes its first message, then waits for the gate before it takes any more; records
+    /// the numbers it is sent, in the order they come.
+    struct Gated {
+        gate: Arc<Notify>,
+        shut: bool,
+        seen: Arc<Mutex<Vec<u32>>>,
+    }
+
+    impl Worker for Gated {
+        async fn handle_message(&mut self, _: &mut Context, m: Message) -> Result<(), WorkerError> {
+            if !matches!(m.origin(), Origin::SecureChannel { .. }) {
+                return Err("not through the channel".into());
+            }
+            let n = u32::from_be_bytes(m.payload.as_ref().try_into()?);
+            lock(&self.seen).push(n);
+            if self.shut {
+                self.gate.notified().await;
+                self.shut = false;
+            }
+            Ok(())
+        }
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        tokio::time::timeout(WAIT, async {
+            while !f() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_receiver_fills_both_backlogs_then_everything_arrives_in_order() {
+        // Both ends on one node: every hop is a sink or a mailbox, so the capacities are exact.
+        let node = Node::new("one");
+        listen(&node, DEFAULT_LISTENER, settings()).unwrap();
+        let gate = Arc::new(Notify::new());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        node.start_worker_with_policy(
+            [Address::local("gated")],
+            Arc::new(AllowOrigins(|o: &Origin| {
+                matches!(o, Origin::SecureChannel { .. })
+            })),
+            Gated {
+                gate: gate.clone(),
+                shut: true,
+                seen: seen.clone(),
+            },
+        )
+        .unwrap();
+        let channel = tokio::time::timeout(
+            WAIT,
+            create(&node, Route::from(DEFAULT_LISTENER), &settings()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+
+        const N: u32 = 1_000;
+        let sent = Arc::new(AtomicU32::new(0));
+        let client = node.client().unwrap();
+        let through = Route::from(vec![channel.encryptor.clone(), Address::local("gated")]);
+        let sender = tokio::spawn({
+            let sent = sent.clone();
+            async move {
+                for i in 0..N {
+                    client
+                        .send(through.clone(), i.to_be_bytes().to_vec())
+                        .await?;
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok::<_, kith_node::RouteError>(())
+            }
+        });
+        // One message held by the worker, a full mailbox, and both channel backlogs: the
+        // sender is then made to wait, not buffered for.
+        let capacity = (1 + MAILBOX_CAPACITY + 2 * CHANNEL_BACKLOG) as u32;
+        until("the backlogs to fill", || {
+            sent.load(Ordering::SeqCst) >= capacity
+        })
+        .await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let stalled = sent.load(Ordering::SeqCst);
+        assert!(
+            (capacity..capacity + 4).contains(&stalled),
+            "{stalled} sent past a closed gate; expected about {capacity}"
+        );
+        gate.notify_one();
+        tokio::time::timeout(WAIT, sender)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        until("every message to arrive", || {
+            lock(&seen).len() == N as usize
+        })
+        .await;
+        assert_eq!(*lock(&seen), (0..N).collect::<Vec<_>>());
+        assert!(close(&node, &channel));
+        node.shutdown().await;
     }
 }

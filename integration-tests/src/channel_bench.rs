@@ -32,6 +32,9 @@ pub struct ChannelBenchConfig {
     pub handshakes: usize,
     /// Idle channels in the memory run.
     pub channels: usize,
+    /// Run only the measurement of this name (`latency`, `throughput`, `handshakes`,
+    /// `memory`), for profiling one path at a time; `None` runs them all.
+    pub only: Option<String>,
 }
 
 impl ChannelBenchConfig {
@@ -43,6 +46,7 @@ impl ChannelBenchConfig {
             large_messages: 40_000,
             handshakes: 2_000,
             channels: 1_000,
+            only: None,
         }
     }
 
@@ -54,6 +58,7 @@ impl ChannelBenchConfig {
             large_messages: 300,
             handshakes: 20,
             channels: 30,
+            only: None,
         }
     }
 }
@@ -158,10 +163,19 @@ pub fn run_all(
             all.push(r);
         }
     };
-    emit(rt.block_on(latency(config))?);
-    emit(rt.block_on(throughput(config))?);
-    emit(handshakes(config)?);
-    emit(rt.block_on(memory(config))?);
+    let wanted = |name: &str| config.only.as_deref().is_none_or(|o| o == name);
+    if wanted("latency") {
+        emit(rt.block_on(latency(config))?);
+    }
+    if wanted("throughput") {
+        emit(rt.block_on(throughput(config))?);
+    }
+    if wanted("handshakes") {
+        emit(handshakes(config)?);
+    }
+    if wanted("memory") {
+        emit(rt.block_on(memory(config))?);
+    }
     Ok(all)
 }
 

@@ -1,6 +1,6 @@
 //! Errors of the runtime, one enum per thing a caller reacts to.
 
-use crate::Address;
+use crate::{Address, Message};
 
 /// Why a message could not be routed. The runtime also logs and counts every drop.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,19 @@ pub enum RouteError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+}
+
+/// Why [`crate::Node::try_route`] did not deliver a message now.
+#[derive(Debug, thiserror::Error)]
+pub enum TryRouteError {
+    /// Delivering now would mean waiting: the first hop is full, is not a local address, or
+    /// deliveries are nested too deeply on this thread. The message is handed back untouched;
+    /// route it with [`crate::Node::route`] from a task that may wait.
+    #[error("the message cannot be delivered without waiting")]
+    WouldBlock(Message),
+    /// The message was dropped; the node has counted and logged why.
+    #[error(transparent)]
+    Failed(RouteError),
 }
 
 /// Why a worker could not be started.

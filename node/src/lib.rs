@@ -23,9 +23,9 @@ pub use access::{AllowAll, AllowLocal, AllowOrigins, AllowTransport, IncomingAcc
 pub use address::{Address, AddressError, LOCAL, MAX_ADDRESS_LEN, MAX_ROUTE_LEN, Route, TCP};
 pub use context::{Client, Context};
 pub use echo::Echo;
-pub use error::{DisplayChain, RequestError, RouteError, StartError, WorkerError};
+pub use error::{DisplayChain, RequestError, RouteError, StartError, TryRouteError, WorkerError};
 pub use message::{LocalInfo, Message, Origin};
 pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE, SinkHandle};
-pub use router::{ResolveFuture, Transport};
+pub use router::{MAX_INLINE_DEPTH, ResolveFuture, Transport};
 pub use sink::{MessageSink, ReadyFuture, SinkError};
 pub use worker::Worker;
