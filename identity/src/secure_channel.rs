@@ -427,6 +427,16 @@ impl Receiving {
                 mut return_route,
                 payload,
             })) => {
+                // The attributes a peer's credentials gave it last only as long as they do:
+                // once the earliest expires without a refresh, the channel ends (the peer
+                // opens a new one with its renewed credential).
+                if let Some(expired) = self.peer.credentials_expire_at
+                    && now() >= expired
+                {
+                    return Opened::TearDown(format!(
+                        "the peer's credential expired at {expired} (Unix seconds) and was not refreshed"
+                    ));
+                }
                 return_route.prepend(self.encryptor.clone());
                 Opened::Deliver(Message {
                     onward_route,

@@ -503,3 +503,50 @@ async fn a_flood_of_unfinished_handshakes_is_capped_and_the_listener_recovers() 
         "an established channel still holds a slot"
     );
 }
+
+#[tokio::test]
+async fn a_peer_whose_credential_expires_is_cut_off_at_its_next_message() {
+    let auth_id = Identity::create(now());
+    let auth_key = CredentialSigningKey::generate(&auth_id.0, &auth_id.1, now() - 5, now() + 3600);
+    let expires = now() + 2;
+    let a_local = local(|id| {
+        vec![
+            CredentialAndPurposeKey::issue(
+                &auth_key,
+                id.identifier(),
+                [("component".to_string(), "db".to_string())].into(),
+                now() - 5,
+                expires,
+            )
+            .unwrap(),
+        ]
+    });
+    let a = side("a", a_local, open_trust(), WAIT).await;
+    let b_trust = Arc::new(Trust {
+        authorities: vec![auth_id.0.clone()],
+        admission: Admission::CredentialHolders,
+    });
+    let b = side("b", local(|_| vec![]), b_trust, WAIT).await;
+    let channel =
+        secure_channel::create(&a.node, to(&b.listener, &[DEFAULT_LISTENER]), &a.settings)
+            .await
+            .unwrap();
+    let mut client = a.node.client().unwrap();
+    let through = Route::from(vec![channel.encryptor.clone(), Address::local("whoami")]);
+    client
+        .request(through.clone(), "before", WAIT)
+        .await
+        .unwrap();
+    assert!(channel_workers(&b.node) > 0);
+
+    // The credential's end is a point on the clock: wait for it (bounded).
+    until("the credential to expire", || now() >= expires).await;
+    let after = client
+        .request(through, "after", Duration::from_millis(500))
+        .await;
+    assert!(
+        after.is_err(),
+        "a message got through after the credential expired"
+    );
+    until("b to end the channel", || channel_workers(&b.node) == 0).await;
+}
