@@ -9,5 +9,6 @@
     reason = "test and bench code"
 )]
 
+pub mod authority_bench;
 pub mod bench;
 pub mod channel_bench;

@@ -1,0 +1,70 @@
+//! `cargo bench -p kith-integration-tests --bench authority`: JSON lines, one per figure,
+//! each with its same-run baseline. `-- --quick` for tiny counts; `-- --only NAME`
+//! (`sqlite`, `postgres`, `credentials`) for one measurement, e.g. under a profiler;
+//! `-- --uses-per-ticket N` for tickets that enroll N identities each (default 1).
+//!
+//! The daemons are the release `kith` binary next to this bench (`target/release/kith`).
+//! Cargo does not build another package's binaries for a bench, so unless `KITH_BIN` names
+//! one, this first runs `cargo build --release -p kith-cli` (a no-op when it is up to date),
+//! so that the authority measured is always built from the same sources as the bench.
+//! PostgreSQL comes from `KITH_TEST_POSTGRES_URL` (`eval "$(bash .ci/postgres)"`).
+
+use std::process::Command;
+
+use kith_integration_tests::authority_bench::{
+    AuthorityBenchConfig, kith_next_to_exe, postgres_url_from_env, run_all,
+};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    if std::env::var_os("KITH_BIN").is_none() {
+        build_release_kith()?;
+    }
+    let kith = kith_next_to_exe()?;
+    let postgres = postgres_url_from_env()?;
+    let mut config = if quick {
+        AuthorityBenchConfig::quick(kith, postgres)
+    } else {
+        AuthorityBenchConfig::full(kith, postgres)
+    };
+    config.only = only;
+    if let Some(uses) = args
+        .iter()
+        .position(|a| a == "--uses-per-ticket")
+        .and_then(|i| args.get(i + 1))
+    {
+        config.uses_per_ticket = uses
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--uses-per-ticket {uses:?}: {e}"))?;
+    }
+    run_all(&config, |r| println!("{}", r.to_json_line()))?;
+    Ok(())
+}
+
+/// `cargo build --release -p kith-cli`, with the cargo that runs this bench; its progress
+/// goes to our stderr.
+fn build_release_kith() -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "kith-cli"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "`cargo build --release -p kith-cli` failed; the bench needs the release kith binary (or KITH_BIN)"
+    );
+    Ok(())
+}
