@@ -73,6 +73,8 @@ pub(super) struct Db<DB: Database> {
     pub(super) pool: Pool<DB>,
     /// `SQLite file …` or `PostgreSQL database …`, never with a password.
     pub(super) location: Arc<str>,
+    /// Writes waiting to be committed together (group commit).
+    pub(super) batch: Arc<Batch>,
 }
 
 impl<DB: Database> Clone for Db<DB> {
@@ -80,7 +82,66 @@ impl<DB: Database> Clone for Db<DB> {
         Self {
             pool: self.pool.clone(),
             location: Arc::clone(&self.location),
+            batch: Arc::clone(&self.batch),
         }
+    }
+}
+
+/// 256: the most writes one group commit carries. Enough to fold a storm of enrollments
+/// into few commits, small enough that one transaction holds the write lock briefly.
+const MAX_BATCH: usize = 256;
+
+/// Group commit: concurrent ticket creations and redemptions are queued here, and whoever
+/// holds `writer` runs everything queued in one transaction, each write in its own
+/// savepoint, so a burst costs one disk sync instead of one per write. Every caller is
+/// answered only after the commit that carries its write.
+#[derive(Default)]
+pub(super) struct Batch {
+    queue: std::sync::Mutex<Vec<Pending>>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+/// A queued write and where its outcome goes.
+struct Pending {
+    write: Write,
+    reply: tokio::sync::oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// A write the group commit carries.
+enum Write {
+    Redeem {
+        hash: String,
+        member: Identifier,
+        now: u64,
+    },
+    Create {
+        ticket: NewTicket,
+        now: u64,
+    },
+}
+
+/// What a write came to.
+enum Outcome {
+    Redeemed(Attempt),
+    Created,
+}
+
+impl Batch {
+    /// Up to [`MAX_BATCH`] queued writes, oldest first.
+    fn take(&self) -> Vec<Pending> {
+        let mut queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = queue.len().min(MAX_BATCH);
+        queue.drain(..n).collect()
+    }
+
+    fn push(&self, pending: Pending) {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(pending);
     }
 }
 
@@ -144,52 +205,18 @@ where
         now: u64,
     ) -> Result<(), StoreError> {
         check_ticket(ticket, now)?;
-        let attributes = attributes_json(&ticket.attributes);
-        let detail = format!(
-            "usage_count={} expires_at={} attributes={attributes}",
-            ticket.usage_count, ticket.expires_at
-        );
-        let (id, hash, created_by) = (
-            ticket.id.as_str(),
-            hex(&ticket.code_hash),
-            ticket.created_by.to_string(),
-        );
-        let (attributes, detail, hash, created_by) = (&attributes, &detail, &hash, &created_by);
-        self.retrying(move || async move {
-            let mut tx = self.begin_write().await?;
-            let inserted = sqlx::query(
-                "INSERT INTO tickets (id, code_hash, attributes, usage_count, uses_left, \
-                 created_at, expires_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(id.to_owned())
-            .bind(hash.clone())
-            .bind(attributes.clone())
-            .bind(i64::from(ticket.usage_count))
-            .bind(i64::from(ticket.usage_count))
-            .bind(sql_time(now))
-            .bind(sql_time(ticket.expires_at))
-            .bind(created_by.clone())
-            .execute(&mut *tx)
-            .await;
-            match inserted {
-                Ok(_) => {}
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                    return Err(StoreError::TicketExists { id: id.to_owned() });
-                }
-                Err(e) => return Err(self.db(e)),
-            }
-            self.audit(
-                &mut tx,
+        match self
+            .grouped(Write::Create {
+                ticket: ticket.clone(),
                 now,
-                created_by,
-                AuditEvent::TICKET_CREATED,
-                id,
-                detail,
-            )
-            .await?;
-            tx.commit().await.map_err(|e| self.db(e))
-        })
-        .await
+            })
+            .await?
+        {
+            Outcome::Created => Ok(()),
+            Outcome::Redeemed(_) => {
+                Err(self.corrupt("group commit answered a creation with a redemption".to_owned()))
+            }
+        }
     }
 
     pub(super) async fn list_tickets(&self) -> Result<Vec<TicketRecord>, StoreError> {
@@ -252,12 +279,20 @@ where
         now: u64,
     ) -> Result<Redeemed, RedeemError> {
         let hash = hex(code_hash);
-        let hash = hash.as_str();
         for _ in 0..REDEEM_ATTEMPTS {
-            match self
-                .retrying(move || self.try_redeem(hash, member, now))
-                .await?
-            {
+            let outcome = self
+                .grouped(Write::Redeem {
+                    hash: hash.clone(),
+                    member: *member,
+                    now,
+                })
+                .await?;
+            let Outcome::Redeemed(attempt) = outcome else {
+                return Err(self
+                    .corrupt("group commit answered a redemption with a creation".to_owned())
+                    .into());
+            };
+            match attempt {
                 Attempt::Enrolled(redeemed) => return Ok(redeemed),
                 Attempt::Refused(refusal) => return Err(refusal),
                 Attempt::Inconclusive => {
@@ -388,15 +423,163 @@ where
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'a> &'a str: ColumnIndex<DB::Row>,
 {
+    /// Insert `ticket` and audit it, in the caller's transaction.
+    async fn create_in(
+        &self,
+        tx: &mut DB::Connection,
+        ticket: &NewTicket,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let attributes = attributes_json(&ticket.attributes);
+        let detail = format!(
+            "usage_count={} expires_at={} attributes={attributes}",
+            ticket.usage_count, ticket.expires_at
+        );
+        let created_by = ticket.created_by.to_string();
+        let inserted = sqlx::query(
+            "INSERT INTO tickets (id, code_hash, attributes, usage_count, uses_left, \
+             created_at, expires_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(ticket.id.clone())
+        .bind(hex(&ticket.code_hash))
+        .bind(attributes)
+        .bind(i64::from(ticket.usage_count))
+        .bind(i64::from(ticket.usage_count))
+        .bind(sql_time(now))
+        .bind(sql_time(ticket.expires_at))
+        .bind(created_by.clone())
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::TicketExists {
+                    id: ticket.id.clone(),
+                });
+            }
+            Err(e) => return Err(self.db(e)),
+        }
+        self.audit(
+            tx,
+            now,
+            &created_by,
+            AuditEvent::TICKET_CREATED,
+            &ticket.id,
+            &detail,
+        )
+        .await
+    }
+
+    /// Queue `write` for the next group commit and wait for its outcome, running the
+    /// commit ourselves when no one else is.
+    async fn grouped(&self, write: Write) -> Result<Outcome, StoreError> {
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        self.batch.push(Pending { write, reply });
+        let lost = || self.corrupt("a group commit ended without answering".to_owned());
+        loop {
+            tokio::select! {
+                biased;
+                outcome = &mut answer => return outcome.unwrap_or_else(|_| Err(lost())),
+                guard = self.batch.writer.lock() => {
+                    let batch = self.batch.take();
+                    if batch.is_empty() {
+                        // Another writer took ours and has answered it (it answers before
+                        // it lets go of the lock).
+                        drop(guard);
+                        return answer.await.unwrap_or_else(|_| Err(lost()));
+                    }
+                    self.commit_batch(batch).await;
+                    drop(guard);
+                }
+            }
+        }
+    }
+
+    /// Commit `batch` in one transaction (retrying it whole while the database is busy)
+    /// and answer every write in it.
+    async fn commit_batch(&self, batch: Vec<Pending>) {
+        let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
+        let writes = writes.as_slice();
+        match self.retrying(move || self.try_batch(writes)).await {
+            Ok(outcomes) => {
+                for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = pending.reply.send(outcome);
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                let mut first = Some(error);
+                for pending in batch {
+                    let e = first.take().unwrap_or_else(|| StoreError::Database {
+                        store: self.location.to_string(),
+                        source: sqlx::Error::Protocol(format!(
+                            "the group commit carrying this write failed: {message}"
+                        )),
+                    });
+                    let _ = pending.reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    /// One transaction for `writes`, each in its own savepoint: a write that is refused or
+    /// fails leaves nothing behind, the others commit together. A transient failure fails
+    /// the whole transaction, to be retried.
+    async fn try_batch(
+        &self,
+        writes: &[&Write],
+    ) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            sqlx::query("SAVEPOINT write")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            let outcome = match write {
+                Write::Redeem { hash, member, now } => self
+                    .redeem_in(&mut tx, hash, member, *now)
+                    .await
+                    .map(Outcome::Redeemed),
+                Write::Create { ticket, now } => self
+                    .create_in(&mut tx, ticket, *now)
+                    .await
+                    .map(|()| Outcome::Created),
+            };
+            if let Err(StoreError::Database { source, .. }) = &outcome
+                && DB::is_transient(source)
+            {
+                return Err(outcome.err().unwrap_or_else(|| self.corrupt(String::new())));
+            }
+            let keep = matches!(
+                outcome,
+                Ok(Outcome::Created | Outcome::Redeemed(Attempt::Enrolled(_)))
+            );
+            if !keep {
+                sqlx::query("ROLLBACK TO SAVEPOINT write")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db(e))?;
+            }
+            sqlx::query("RELEASE SAVEPOINT write")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            outcomes.push(outcome);
+        }
+        tx.commit().await.map_err(|e| self.db(e))?;
+        Ok(outcomes)
+    }
+
     /// One redemption: take a use and add the member, or find out why no use could be
     /// taken. Nothing is written unless a use was taken.
-    async fn try_redeem(
+    async fn redeem_in(
         &self,
+        tx: &mut DB::Connection,
         hash: &str,
         member: &Identifier,
         now: u64,
     ) -> Result<Attempt, StoreError> {
-        let mut tx = self.begin_write().await?;
         let taken = sqlx::query(TAKE_USE)
             .bind(hash.to_owned())
             .bind(sql_time(now))
@@ -404,8 +587,8 @@ where
             .await
             .map_err(|e| self.db(e))?;
         let Some(row) = taken else {
-            // Dropping the transaction rolls it back; it wrote nothing.
-            return self.refusal(&mut tx, hash, now).await;
+            // Nothing was written; the caller rolls back to its savepoint all the same.
+            return self.refusal(&mut *tx, hash, now).await;
         };
         let id: String = self.column(&row, "id", || "ticket id".to_owned())?;
         let what = |part: &str| format!("{part} of ticket {id:?}");
@@ -424,7 +607,7 @@ where
         let actor = member.to_string();
         let detail = format!("member={member} uses_left={uses_left}");
         self.audit(
-            &mut tx,
+            &mut *tx,
             now,
             &actor,
             AuditEvent::TICKET_REDEEMED,
@@ -432,8 +615,7 @@ where
             &detail,
         )
         .await?;
-        self.upsert_member(&mut tx, &enrolled, &actor, now).await?;
-        tx.commit().await.map_err(|e| self.db(e))?;
+        self.upsert_member(&mut *tx, &enrolled, &actor, now).await?;
         Ok(Attempt::Enrolled(Redeemed {
             ticket_id: id,
             attributes: enrolled.attributes,

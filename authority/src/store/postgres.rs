@@ -78,6 +78,7 @@ impl Db<Postgres> {
         let db = Self {
             pool,
             location: Arc::from(location),
+            batch: Default::default(),
         };
         if let Err(e) = db.migrate().await {
             db.close().await;

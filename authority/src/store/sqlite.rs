@@ -92,6 +92,7 @@ impl Db<Sqlite> {
         let db = Self {
             pool,
             location: Arc::from(format!("SQLite file {}", path.display())),
+            batch: Default::default(),
         };
         if let Err(e) = db.migrate().await {
             db.close().await;
