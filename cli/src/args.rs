@@ -628,6 +628,19 @@ pub enum TicketCommand {
         #[command(flatten)]
         access: ProjectAccess,
     },
+    /// Show what a ticket says (project, authority, attributes, expiry) without using it.
+    #[command(
+        after_help = "Examples:\n  kith project ticket show --ticket-file ticket.txt\n  kith project ticket show \"$TICKET\" --output json"
+    )]
+    Show {
+        /// The ticket (any encoding), or - for standard input. Default: --ticket-file, then
+        /// KITH_ENROLLMENT_TICKET.
+        #[arg(value_name = "TICKET")]
+        ticket: Option<String>,
+        /// Read the ticket from this file.
+        #[arg(long, value_name = "FILE", conflicts_with = "ticket")]
+        ticket_file: Option<PathBuf>,
+    },
     /// Revoke a ticket so that it enrolls nobody more.
     #[command(after_help = "Examples:\n  kith project ticket revoke 3f9a1c2b7d4e")]
     Revoke {

@@ -439,6 +439,54 @@ async fn ticket(home: &Home, out: &Output, args: TicketArgs) -> Result<()> {
             );
             Ok(())
         }
+        Some(TicketCommand::Show {
+            ticket,
+            ticket_file,
+        }) => {
+            let t = Ticket::decode(&ticket_text(ticket.as_ref(), ticket_file.as_ref())?)
+                .context("cannot read this ticket")?;
+            let now = unix_now();
+            let state = if t.expires_at <= now {
+                format!("expired at {}", unix_time(t.expires_at))
+            } else {
+                format!(
+                    "expires {} (in {})",
+                    unix_time(t.expires_at),
+                    DisplayDuration(Duration::from_secs(t.expires_at - now))
+                )
+            };
+            let attrs: Vec<String> = t
+                .attributes
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let mut j = project_json(&t.project);
+            let j = serde_json::json!({
+                "id": t.id(),
+                "project": j.take(),
+                "attributes": t.attributes,
+                "expires_at": t.expires_at,
+                "expired": t.expires_at <= now,
+                "usage_count": t.usage_count,
+            });
+            out.result(
+                || {
+                    format!(
+                        "Ticket {} for project {} (id {})\n  authority {} at {}\n  attributes [{}]\n  {} use{}, {state}\nThe authority's copy decides: `kith project ticket list` shows what is left of it.",
+                        t.id(),
+                        t.project.name,
+                        t.project.id,
+                        t.project.authority_identifier(),
+                        t.project.authority_route,
+                        attrs.join(", "),
+                        t.usage_count,
+                        if t.usage_count == 1 { "" } else { "s" },
+                    )
+                },
+                &j,
+            );
+            Ok(())
+        }
         Some(TicketCommand::Revoke { id, access }) => {
             let (reach, _) = reach(home, &access).await?;
             let mut s = Session::open(home, out, &reach).await?;
@@ -521,9 +569,12 @@ async fn ticket(home: &Home, out: &Output, args: TicketArgs) -> Result<()> {
 }
 
 /// The ticket text from the argument (`-` = stdin), `--ticket-file`, or the environment.
-fn ticket_text(args: &EnrollArgs) -> Result<String> {
+fn ticket_text(
+    ticket: Option<&String>,
+    ticket_file: Option<&std::path::PathBuf>,
+) -> Result<String> {
     let limit = kith_authority::ticket::MAX_TICKET_LEN as u64 + 1;
-    if let Some(t) = &args.ticket {
+    if let Some(t) = ticket {
         if t == "-" {
             let mut s = String::new();
             std::io::stdin()
@@ -534,7 +585,7 @@ fn ticket_text(args: &EnrollArgs) -> Result<String> {
         }
         return Ok(t.clone());
     }
-    if let Some(f) = &args.ticket_file {
+    if let Some(f) = ticket_file {
         let mut s = String::new();
         std::fs::File::open(f)
             .and_then(|file| file.take(limit).read_to_string(&mut s))
@@ -550,7 +601,11 @@ fn ticket_text(args: &EnrollArgs) -> Result<String> {
 }
 
 async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
-    let ticket = Ticket::decode(&ticket_text(&args)?).context("cannot use this ticket")?;
+    let ticket = Ticket::decode(&ticket_text(
+        args.ticket.as_ref(),
+        args.ticket_file.as_ref(),
+    )?)
+    .context("cannot use this ticket")?;
     let now = unix_now();
     if ticket.expires_at <= now {
         bail!(

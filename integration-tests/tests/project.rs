@@ -52,6 +52,19 @@ fn a_ticket_enrolls_a_node_whose_credential_other_members_accept() {
     let path = k.home().join("ticket.txt");
     std::fs::write(&path, &ticket).unwrap();
 
+    // The ticket can be inspected without being used.
+    let shown = k.json(&[
+        "project",
+        "ticket",
+        "show",
+        "--ticket-file",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(shown["attributes"]["component"], "db");
+    assert_eq!(shown["project"]["authority_identifier"], authority.as_str());
+    assert_eq!(shown["usage_count"], 1);
+    assert_eq!(shown["expired"], false);
+
     k.ok(&["identity", "create", "db"]);
     k.json(&[
         "node",
