@@ -31,8 +31,8 @@ use crate::api::{
     CreatedTicket, CredentialRequest, Enrolled, MEMBERS_SERVICE, MemberInfo, MembersRequest,
     RedeemRequest, TICKET_SERVICE, TicketInfo, TicketRequest,
 };
-use crate::project::{from_hex, to_hex};
 use crate::ticket::OneTimeCode;
+use kith_identity::hex;
 
 /// Why a call to the authority failed. Messages say what failed and what to check; none
 /// contains a one-time code.
@@ -272,7 +272,7 @@ impl AuthorityClient {
     /// against the authority's identity before it is returned.
     pub async fn redeem(&mut self, code: &OneTimeCode) -> Result<Enrolled, ClientError> {
         let request = RedeemRequest {
-            code: to_hex(code.as_bytes()),
+            code: hex::encode(code.as_bytes()),
         };
         let enrolled: Enrolled = self.call(ACCEPTOR_SERVICE, &request).await?;
         self.check_credential(&enrolled)?;
@@ -405,6 +405,6 @@ impl Drop for AuthorityClient {
 pub fn decode_credential(
     enrolled: &Enrolled,
 ) -> Result<CredentialAndPurposeKey, CredentialCheckError> {
-    let bytes = from_hex(&enrolled.credential).map_err(|_| CredentialCheckError::NotHex)?;
+    let bytes = hex::decode(&enrolled.credential).map_err(|_| CredentialCheckError::NotHex)?;
     CredentialAndPurposeKey::decode(&bytes).map_err(CredentialCheckError::Decode)
 }

@@ -12,6 +12,7 @@
 //!
 //! [`MAX_PROJECT_JSON`]: crate::project::MAX_PROJECT_JSON
 
+use kith_identity::hex::{self, HexError};
 use kith_identity::{IDENTIFIER_LEN, Identifier, IdentifierError, Identity, IdentityError};
 use kith_transport::{MultiAddr, MultiAddrError};
 use minicbor::{Decoder, Encoder};
@@ -185,7 +186,7 @@ impl Project {
     pub fn new_id() -> String {
         let mut bytes = [0u8; ID_LEN / 2];
         rand::rng().fill_bytes(&mut bytes);
-        to_hex(&bytes)
+        hex::encode(&bytes)
     }
 
     /// The authority's identifier.
@@ -339,7 +340,7 @@ impl From<&Project> for ProjectJson {
             id: p.id.clone(),
             authority: AuthorityJson {
                 identifier: p.authority_identifier().to_string(),
-                identity: to_hex(&p.authority.export()),
+                identity: hex::encode(&p.authority.export()),
                 route: p.authority_route.to_string(),
             },
             project_node: ProjectNodeJson {
@@ -361,15 +362,15 @@ impl ProjectJson {
         check_name(&self.name)?;
         check_id(&self.id)?;
         let stated = parse_identifier("authority.identifier", &self.authority.identifier)?;
-        let hex = &self.authority.identity;
-        if hex.len() > 2 * MAX_IDENTITY_LEN {
+        let hex_text = &self.authority.identity;
+        if hex_text.len() > 2 * MAX_IDENTITY_LEN {
             return Err(ProjectError::TooLong {
                 field: "authority.identity",
-                len: hex.len(),
+                len: hex_text.len(),
                 max: 2 * MAX_IDENTITY_LEN,
             });
         }
-        let identity = from_hex(hex).map_err(|e| e.in_field("authority.identity"))?;
+        let identity = hex::decode(hex_text).map_err(|e| hex_in_field(e, "authority.identity"))?;
         let authority = Identity::import(&identity, None).map_err(ProjectError::Identity)?;
         if *authority.identifier() != stated {
             return Err(ProjectError::IdentifierMismatch {
@@ -460,67 +461,21 @@ fn bounded_str<'b>(
     Ok(s)
 }
 
-/// Lowercase hex.
-pub(crate) fn to_hex(bytes: &[u8]) -> String {
-    let digit = |n: u8| char::from_digit(u32::from(n), 16).unwrap_or('0');
-    let mut s = String::with_capacity(bytes.len().saturating_mul(2));
-    for b in bytes {
-        s.push(digit(b >> 4));
-        s.push(digit(b & 0x0f));
-    }
-    s
-}
-
-/// Why text is not hex.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HexError {
-    /// A character that is not a hex digit, with its 1-based position.
-    NotHex { character: char, position: usize },
-    /// An odd number of digits.
-    OddLength { len: usize },
-}
-
-impl HexError {
-    fn in_field(self, field: &'static str) -> ProjectError {
-        match self {
-            HexError::NotHex {
-                character,
-                position,
-            } => ProjectError::NotHex {
-                field,
-                character,
-                position,
-            },
-            HexError::OddLength { len } => ProjectError::OddHex { field, len },
+/// Say which field of a project holds text that is not hex.
+fn hex_in_field(e: HexError, field: &'static str) -> ProjectError {
+    match e {
+        HexError::NotHex {
+            character,
+            position,
+        } => ProjectError::NotHex {
+            field,
+            character,
+            position,
+        },
+        HexError::OddLength { len } | HexError::WrongLength { len, .. } => {
+            ProjectError::OddHex { field, len }
         }
     }
-}
-
-/// Hex digits of either case into bytes. The caller bounds the length first.
-pub(crate) fn from_hex(s: &str) -> Result<Vec<u8>, HexError> {
-    let digit = |(i, c): (usize, char)| {
-        c.to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-            .ok_or(HexError::NotHex {
-                character: c,
-                position: i.saturating_add(1),
-            })
-    };
-    let digits = s
-        .chars()
-        .enumerate()
-        .map(digit)
-        .collect::<Result<Vec<u8>, _>>()?;
-    if digits.len() % 2 != 0 {
-        return Err(HexError::OddLength { len: digits.len() });
-    }
-    Ok(digits
-        .chunks_exact(2)
-        .map(|pair| match pair {
-            [hi, lo] => hi << 4 | lo,
-            _ => 0,
-        })
-        .collect())
 }
 
 #[cfg(test)]
@@ -854,21 +809,6 @@ pub(crate) mod tests {
         let mut p = project();
         p.id = "short".to_owned();
         assert!(matches!(p.check(), Err(ProjectError::Id { .. })));
-    }
-
-    #[test]
-    fn hex_helpers_agree() {
-        assert_eq!(to_hex(&[0x00, 0x7b, 0xff]), "007bff");
-        assert_eq!(from_hex("007BfF").unwrap(), vec![0x00, 0x7b, 0xff]);
-        assert_eq!(from_hex("").unwrap(), Vec::<u8>::new());
-        assert_eq!(
-            from_hex("0x"),
-            Err(HexError::NotHex {
-                character: 'x',
-                position: 2
-            })
-        );
-        assert_eq!(from_hex("abc"), Err(HexError::OddLength { len: 3 }));
     }
 
     fn route() -> impl Strategy<Value = MultiAddr> {

@@ -49,11 +49,11 @@ use crate::api::{
     MemberInfo, MembersRequest, PROJECT_ID_ATTRIBUTE, ROLE_ATTRIBUTE, RedeemRequest, Reply,
     TICKET_SERVICE, TicketInfo, TicketRequest,
 };
-use crate::project::{from_hex, to_hex};
 use crate::store::{
     AuditEvent, Member, MembershipStore, NewTicket, RedeemError, StoreError, TicketRecord,
 };
 use crate::ticket::{CODE_LEN, OneTimeCode};
+use kith_identity::hex;
 
 /// 1,024 requests: how many requests the five services run at once. Each holds at most one
 /// store connection and a few kilobytes; past the cap a request is answered "busy, try again"
@@ -453,7 +453,7 @@ fn parse_code(text: &str) -> Result<OneTimeCode, ApiError> {
     if text.len() != CODE_LEN * 2 {
         return Err(refusal());
     }
-    let bytes = from_hex(text).map_err(|_| refusal())?;
+    let bytes = hex::decode(text).map_err(|_| refusal())?;
     let bytes: [u8; CODE_LEN] = bytes.try_into().map_err(|_| refusal())?;
     Ok(OneTimeCode::from_bytes(bytes))
 }
@@ -651,7 +651,7 @@ impl Authority {
             let code_hash = code.hash();
             // The id is the start of the code's hash, so a ticket holder sees the same id
             // (`Ticket::id`) as `ticket list` shows; the hash reveals nothing of the code.
-            let mut id = to_hex(&code_hash);
+            let mut id = hex::encode(&code_hash);
             id.truncate(2 * TICKET_ID_BYTES);
             let ticket = NewTicket {
                 id,
@@ -666,7 +666,7 @@ impl Authority {
                     info!(ticket = %ticket.id, usage_count, expires_at, attributes = ?ticket.attributes, "ticket created");
                     return Ok(CreatedTicket {
                         id: ticket.id,
-                        code: to_hex(code.as_bytes()),
+                        code: hex::encode(code.as_bytes()),
                         expires_at,
                         usage_count,
                         attributes,
@@ -740,7 +740,7 @@ impl Authority {
             Ok(credential) => {
                 info!(expires_at, "credential issued");
                 Ok(Enrolled {
-                    credential: to_hex(&credential.encode()),
+                    credential: hex::encode(&credential.encode()),
                     attributes,
                     expires_at,
                 })
@@ -997,7 +997,7 @@ mod tests {
     #[test]
     fn codes_are_64_hex_digits_and_never_echoed() {
         let code = OneTimeCode::random();
-        let text = to_hex(code.as_bytes());
+        let text = hex::encode(code.as_bytes());
         assert_eq!(parse_code(&text).unwrap(), code);
         assert_eq!(parse_code(&text.to_uppercase()).unwrap(), code);
         for bad in [

@@ -58,7 +58,9 @@ use serde::de::{Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::project::{HexError, Project, ProjectError, ProjectJson, from_hex, to_hex};
+use kith_identity::hex::{self, HexError};
+
+use crate::project::{Project, ProjectError, ProjectJson};
 
 /// 32 bytes: the one-time code's length; 256 random bits cannot be guessed.
 pub const CODE_LEN: usize = 32;
@@ -332,7 +334,7 @@ impl Ticket {
     /// [`OneTimeCode::hash`], which is what the authority stores, so the same id can be shown
     /// on both sides.
     pub fn id(&self) -> String {
-        let mut id = to_hex(&self.code.hash());
+        let mut id = hex::encode(&self.code.hash());
         id.truncate(ID_LEN);
         id
     }
@@ -341,17 +343,17 @@ impl Ticket {
     pub fn encode(&self, encoding: Encoding) -> String {
         match encoding {
             Encoding::Text => URL_SAFE_NO_PAD.encode(self.to_bytes()),
-            Encoding::Hex => to_hex(&self.to_bytes()),
+            Encoding::Hex => hex::encode(&self.to_bytes()),
             Encoding::Legacy => {
                 let json = LegacyJson {
-                    one_time_code: to_hex(self.code.as_bytes()),
+                    one_time_code: hex::encode(self.code.as_bytes()),
                     project: ProjectJson::from(&self.project),
                     attributes: self.attributes.clone(),
                     expires_at: self.expires_at,
                     usage_count: self.usage_count,
                 };
                 // Serializing strings, maps and integers cannot fail.
-                to_hex(serde_json::to_string(&json).unwrap_or_default().as_bytes())
+                hex::encode(serde_json::to_string(&json).unwrap_or_default().as_bytes())
             }
         }
     }
@@ -391,8 +393,10 @@ impl Ticket {
             let bytes = URL_SAFE_NO_PAD.decode(text).map_err(TicketError::Base64)?;
             return Self::from_bytes(&bytes);
         }
-        let bytes = from_hex(text).map_err(|e| match e {
-            HexError::OddLength { len } => TicketError::OddHexLength { len },
+        let bytes = hex::decode(text).map_err(|e| match e {
+            HexError::OddLength { len } | HexError::WrongLength { len, .. } => {
+                TicketError::OddHexLength { len }
+            }
             // Every character was checked to be a hex digit above.
             HexError::NotHex {
                 character,
@@ -496,7 +500,7 @@ impl Ticket {
 
     fn from_legacy_json(json: &[u8]) -> Result<Ticket, TicketError> {
         let legacy: LegacyJson = serde_json::from_slice(json).map_err(TicketError::Json)?;
-        let code: [u8; CODE_LEN] = from_hex(&legacy.one_time_code)
+        let code: [u8; CODE_LEN] = hex::decode(&legacy.one_time_code)
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or(TicketError::Code)?;
@@ -706,8 +710,8 @@ mod tests {
     fn renderings_of_the_code(t: &Ticket) -> Vec<String> {
         let bytes = t.code.as_bytes();
         vec![
-            to_hex(bytes),
-            to_hex(bytes).to_uppercase(),
+            hex::encode(bytes),
+            hex::encode(bytes).to_uppercase(),
             URL_SAFE_NO_PAD.encode(bytes),
             base64::engine::general_purpose::STANDARD.encode(bytes),
             format!("{bytes:?}"),
@@ -857,7 +861,7 @@ mod tests {
             for mask in [0x01u8, 0x80, 0xff] {
                 let mut bad = good.clone();
                 bad[at] ^= mask;
-                for input in [URL_SAFE_NO_PAD.encode(&bad), to_hex(&bad)] {
+                for input in [URL_SAFE_NO_PAD.encode(&bad), hex::encode(&bad)] {
                     let Err(err) = Ticket::decode(&input) else {
                         panic!("flipping byte {at} with {mask:#x} gave a valid ticket");
                     };
@@ -981,11 +985,11 @@ mod tests {
 
     fn legacy_value(t: &Ticket) -> serde_json::Value {
         let hex = t.encode(Encoding::Legacy);
-        serde_json::from_slice(&from_hex(&hex).unwrap()).unwrap()
+        serde_json::from_slice(&hex::decode(&hex).unwrap()).unwrap()
     }
 
     fn legacy_decode(v: &serde_json::Value) -> Result<Ticket, TicketError> {
-        Ticket::decode(&to_hex(v.to_string().as_bytes()))
+        Ticket::decode(&hex::encode(v.to_string().as_bytes()))
     }
 
     #[test]
@@ -1016,7 +1020,7 @@ mod tests {
             "\"component\":\"db\"",
             "\"component\":\"db\",\"component\":\"web\"",
         );
-        let err = Ticket::decode(&to_hex(json.as_bytes())).unwrap_err();
+        let err = Ticket::decode(&hex::encode(json.as_bytes())).unwrap_err();
         let TicketError::Json(source) = &err else {
             panic!("{err:?}");
         };
@@ -1059,15 +1063,18 @@ mod tests {
         expected.update([0u8; 32]);
         assert_eq!(code.hash(), <[u8; 32]>::from(expected.finalize()));
         assert_eq!(
-            to_hex(&code.hash()),
+            hex::encode(&code.hash()),
             "c9cb3964ad30e050880367f6983a1ccb33022b41b8e842da6a4ee072a623b62e"
         );
         let t = ticket();
-        assert_eq!(t.id(), to_hex(&t.code.hash())[..12]);
-        assert_eq!(to_hex(&checksum(b"")), "d68b3369");
+        assert_eq!(t.id(), hex::encode(&t.code.hash())[..12]);
+        assert_eq!(hex::encode(&checksum(b"")), "d68b3369");
         // The whole binary form of the fixed ticket, pinned through its checksum.
         let bytes = t.to_bytes();
-        assert_eq!(to_hex(&bytes[bytes.len() - CHECKSUM_LEN..]), "1baa8856");
+        assert_eq!(
+            hex::encode(&bytes[bytes.len() - CHECKSUM_LEN..]),
+            "1baa8856"
+        );
     }
 
     #[test]

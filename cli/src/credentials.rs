@@ -13,36 +13,14 @@ use crate::home::Home;
 use crate::identities::{self, vault};
 use crate::output::Output;
 
-/// Lowercase hex of `bytes`.
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Decode hex (either case), saying where it goes wrong.
+/// Decode hex given on the command line or in a file (surrounding whitespace ignored),
+/// naming `what` it was meant to be when it is not.
 pub fn from_hex(text: &str, what: &str) -> Result<Vec<u8>> {
     let text = text.trim();
     if text.is_empty() {
         bail!("{what} is empty");
     }
-    if !text.len().is_multiple_of(2) {
-        bail!(
-            "{what} is not hex: it has an odd number of digits ({})",
-            text.len()
-        );
-    }
-    let digit = |i: usize, c: u8| {
-        (c as char)
-            .to_digit(16)
-            .with_context(|| format!("{what} is not hex: {:?} at position {}", c as char, i + 1))
-    };
-    let bytes = text.as_bytes();
-    (0..bytes.len() / 2)
-        .map(|i| {
-            let hi = digit(2 * i, bytes.get(2 * i).copied().unwrap_or(0))?;
-            let lo = digit(2 * i + 1, bytes.get(2 * i + 1).copied().unwrap_or(0))?;
-            Ok((hi * 16 + lo) as u8)
-        })
-        .collect()
+    kith_identity::hex::decode(text).map_err(|e| anyhow::anyhow!("{what} is not hex: {e}"))
 }
 
 /// An identity given on the command line: the name of one in the vault, or the hex key
@@ -202,7 +180,7 @@ async fn run_with(home: &Home, out: &Output, vault: &Vault, cmd: CredentialComma
                 ),
             };
             let (status, verified) = status(stored, now);
-            let hex = to_hex(&stored.credential.encode());
+            let hex = kith_identity::hex::encode(&stored.credential.encode());
             let mut j = credential_json(&stored.credential, stored.issuer.identifier());
             j["identity"] = name.clone().into();
             j["valid"] = verified.is_some().into();
@@ -302,7 +280,7 @@ async fn run_with(home: &Home, out: &Output, vault: &Vault, cmd: CredentialComma
                 .await?;
             let attributes: BTreeMap<String, String> = attributes.into_iter().collect();
             let c = CredentialAndPurposeKey::issue(&key, &subject, attributes, now, expires_at)?;
-            let hex = to_hex(&c.encode());
+            let hex = kith_identity::hex::encode(&c.encode());
             let mut j = credential_json(&c, issuer.identifier());
             j["encoded"] = hex.clone().into();
             out.result(|| hex.clone(), &j);

@@ -49,13 +49,7 @@ fn stored_json(s: &StoredIdentity, full: bool) -> serde_json::Value {
         "key_changes": s.identity.change_count(),
     });
     if full {
-        v["changes_hex"] = s
-            .identity
-            .export()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-            .into();
+        v["changes_hex"] = kith_identity::hex::encode(&s.identity.export()).into();
     }
     v
 }

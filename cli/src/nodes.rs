@@ -425,7 +425,7 @@ async fn admission_config(
         let identity = crate::credentials::identity_arg(vault, a)
             .await
             .with_context(|| format!("--trust-authority {a:?}"))?;
-        authorities.push(crate::credentials::to_hex(&identity.export()));
+        authorities.push(kith_identity::hex::encode(&identity.export()));
     }
     Ok(crate::home::AdmissionConfig {
         allow_identities: allow,

@@ -11,13 +11,13 @@ use kith_authority::api::{self, ErrorKind};
 use kith_authority::client::{AuthorityClient, ClientError};
 use kith_authority::project::Project;
 use kith_authority::ticket::{Encoding, OneTimeCode, Ticket};
-use kith_identity::{CredentialAndPurposeKey, Identifier};
+use kith_identity::Identifier;
 use kith_node::Route;
 
 use crate::args::{
     EnrollArgs, MemberCommand, ProjectAccess, ProjectCommand, TicketArgs, TicketCommand,
 };
-use crate::credentials::{from_hex, identity_arg};
+use crate::credentials::identity_arg;
 use crate::daemon::{RunningNode, channel_settings_scoped, unix_now};
 use crate::duration::{DisplayDuration, unix_time};
 use crate::home::{AdmissionConfig, Home};
@@ -520,11 +520,9 @@ async fn ticket(home: &Home, out: &Output, args: TicketArgs) -> Result<()> {
                 .await;
             s.close().await;
             let created = created.map_err(refused)?;
-            let code: [u8; 32] = from_hex(&created.code, "the ticket code from the authority")?
-                .try_into()
-                .map_err(|_| {
-                    anyhow::anyhow!("the authority sent a ticket code of the wrong length")
-                })?;
+            let code = kith_identity::hex::decode_array(&created.code).map_err(|e| {
+                anyhow::anyhow!("the authority sent a ticket code that is not 32 bytes of hex: {e}")
+            })?;
             let ticket = Ticket {
                 code: OneTimeCode::from_bytes(code),
                 project,
@@ -662,9 +660,8 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
         }
         other => anyhow::Error::new(other).context("enrollment failed"),
     })?;
-    let credential =
-        CredentialAndPurposeKey::decode(&from_hex(&enrolled.credential, "the credential")?)
-            .context("the authority sent a credential that does not decode")?;
+    let credential = kith_authority::client::decode_credential(&enrolled)
+        .context("the authority sent a credential we cannot use")?;
     let vault = identities::vault(home).await?;
     let stored = vault
         .store_credential(&holder, &project.authority, &credential, unix_now())

@@ -17,11 +17,8 @@
 #![no_main]
 
 use kith_authority::ticket::{Encoding, MAX_TICKET_LEN, Ticket, VERSION, checksum};
+use kith_identity::hex::encode as hex;
 use libfuzzer_sys::fuzz_target;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn accepted(t: &Ticket) {
     assert!(t.attributes.len() <= kith_identity::MAX_ATTRIBUTES);

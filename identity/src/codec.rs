@@ -87,25 +87,10 @@ pub(crate) fn finished(d: &Decoder<'_>, input: &[u8]) -> Result<(), DecodeError>
 
 /// Lower-case hex.
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
-    let digit = |n: u8| char::from_digit(u32::from(n), 16).unwrap_or('0');
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(digit(b >> 4));
-        s.push(digit(b & 0x0f));
-    }
-    s
+    crate::hex::encode(bytes)
 }
 
 /// Parse hex (either case) into exactly `N` bytes.
 pub(crate) fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
-        let hi = char::from(*pair.first()?).to_digit(16)?;
-        let lo = char::from(*pair.get(1)?).to_digit(16)?;
-        *o = u8::try_from(hi * 16 + lo).ok()?;
-    }
-    Some(out)
+    crate::hex::decode_array(s).ok()
 }

@@ -29,6 +29,8 @@ mod codec;
 mod credential;
 /// Error types, one per surface a caller reacts to.
 mod error;
+/// Hex: how bytes are written as text everywhere in kith.
+pub mod hex;
 /// `I` + 40 hex digits: the name of an identity.
 mod identifier;
 /// Identities: Ed25519 key histories, rotation without a new identifier.

@@ -140,12 +140,7 @@ fn a_ticket_enrolls_a_node_whose_credential_other_members_accept() {
     assert!(actions.contains(&"ticket.redeemed"), "{actions:?}");
     let log = std::fs::read_to_string(k.home().join("nodes/authority/node.log")).unwrap();
     let code = Ticket::decode(&ticket).unwrap();
-    let code_hex: String = code
-        .code
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let code_hex = kith_identity::hex::encode(code.code.as_bytes());
     assert!(
         !log.contains(&code_hex),
         "the authority logged a one-time code"

@@ -4,7 +4,6 @@
 //! accepts them too), `RETURNING`, `ON CONFLICT … DO UPDATE`, 64-bit integers and text.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -278,7 +277,7 @@ where
         member: &Identifier,
         now: u64,
     ) -> Result<Redeemed, RedeemError> {
-        let hash = hex(code_hash);
+        let hash = kith_identity::hex::encode(code_hash);
         for _ in 0..REDEEM_ATTEMPTS {
             let outcome = self
                 .grouped(Write::Redeem {
@@ -441,7 +440,7 @@ where
              created_at, expires_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(ticket.id.clone())
-        .bind(hex(&ticket.code_hash))
+        .bind(kith_identity::hex::encode(&ticket.code_hash))
         .bind(attributes)
         .bind(i64::from(ticket.usage_count))
         .bind(i64::from(ticket.usage_count))
@@ -877,16 +876,6 @@ fn attributes_json(attributes: &BTreeMap<String, String>) -> String {
         .map(|(key, value)| (key.clone(), serde_json::Value::String(value.clone())))
         .collect();
     serde_json::Value::Object(object).to_string()
-}
-
-/// Lowercase hex, as code hashes are stored.
-fn hex(bytes: &[u8]) -> String {
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(text, "{byte:02x}");
-    }
-    text
 }
 
 /// A time as the databases store it: a signed 64-bit integer. Times past the year 292
