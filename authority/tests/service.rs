@@ -25,7 +25,10 @@ use kith_identity::vault::Vault;
 use kith_identity::{Identifier, Identity, SecureChannelKey};
 use kith_node::{Address, Node, RequestError, Route, RouteError, TCP};
 use kith_transport::TcpTransport;
-use sqlx::{Connection, Executor, PgConnection};
+
+#[path = "../../integration-tests/src/postgres.rs"]
+mod temp_postgres;
+use temp_postgres::TempDatabase;
 use tempfile::TempDir;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
@@ -49,7 +52,6 @@ const SILENCE: Duration = Duration::from_millis(500);
 const PROJECT_ID: &str = "p-3f2a";
 const CREDENTIAL_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 const AUTHORITY_NAME: &str = "authority";
-const POSTGRES_URL_VARIABLE: &str = "KITH_TEST_POSTGRES_URL";
 
 // ---- the scenarios ------------------------------------------------------------------------
 
@@ -984,7 +986,10 @@ impl TestDb {
     }
 
     async fn postgres() -> Self {
-        TestDb::Postgres(TempDatabase::create().await)
+        TestDb::Postgres(TempDatabase::for_test(
+            "the authority service tests",
+            "kith_service_test",
+        ))
     }
 
     fn location(&self) -> String {
@@ -997,85 +1002,4 @@ impl TestDb {
 
 fn path_text(path: &Path) -> String {
     path.to_str().unwrap().to_owned()
-}
-
-/// A PostgreSQL database made for one test on the server `KITH_TEST_POSTGRES_URL` names,
-/// dropped (with any connections still open to it) when the test ends, passed or failed.
-struct TempDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TempDatabase {
-    async fn create() -> Self {
-        let Ok(admin_url) = std::env::var(POSTGRES_URL_VARIABLE) else {
-            panic!(
-                "{POSTGRES_URL_VARIABLE} is not set, and the authority service tests must also \
-                 run on PostgreSQL. Start a local server and set it with:\n\n    \
-                 eval \"$(bash .ci/postgres)\"\n"
-            );
-        };
-        let suffix: String = rand::random::<[u8; 8]>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let name = format!("kith_service_test_{suffix}");
-        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
-            panic!(
-                "cannot connect to {POSTGRES_URL_VARIABLE}; is the server running? \
-                 (eval \"$(bash .ci/postgres)\" starts one): {e}"
-            )
-        });
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        let url = with_database(&admin_url, &name);
-        Self {
-            admin_url,
-            name,
-            url,
-        }
-    }
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        // Drop runs outside async (perhaps while a failed test unwinds), so the cleanup gets
-        // a thread and a runtime of its own. It must not panic: report and go on.
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let mut admin = PgConnection::connect(&admin_url).await?;
-                admin
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await?;
-                admin.close().await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            })
-        });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
-            Err(_) => eprintln!("dropping test database {} panicked", self.name),
-        }
-    }
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
-    let (rest, query) = match rest.split_once('?') {
-        Some((rest, query)) => (rest, format!("?{query}")),
-        None => (rest, String::new()),
-    };
-    let authority = rest
-        .split_once('/')
-        .map_or(rest, |(authority, _)| authority);
-    format!("{scheme}://{authority}/{database}{query}")
 }

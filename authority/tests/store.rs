@@ -23,6 +23,10 @@ use tempfile::TempDir;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
+#[path = "../../integration-tests/src/postgres.rs"]
+mod temp_postgres;
+use temp_postgres::TempDatabase;
+
 /// An arbitrary fixed "now" (November 2023), so that expiry is under the test's control.
 const NOW: u64 = 1_700_000_000;
 
@@ -34,8 +38,6 @@ const REDEEMERS: usize = 200;
 
 /// 60 s: bounds a concurrency test that would otherwise hang; a pass takes about a second.
 const CONCURRENCY_LIMIT: Duration = Duration::from_secs(60);
-
-const POSTGRES_URL_VARIABLE: &str = "KITH_TEST_POSTGRES_URL";
 
 // ---- the scenarios ------------------------------------------------------------------------
 
@@ -340,19 +342,24 @@ async fn the_database_never_holds_the_code(db: &TestDb) {
 
     let contents = db.contents().await;
     assert!(
-        find(&contents, hex(&hash).as_bytes()),
+        find(&contents, kith_identity::hex::encode(&hash).as_bytes()),
         "the test must see the stored hash, or it proves nothing"
     );
     for form in [
         code.to_vec(),
-        hex(&code).into_bytes(),
-        hex(&code).to_uppercase().into_bytes(),
+        kith_identity::hex::encode(&code).into_bytes(),
+        kith_identity::hex::encode(&code)
+            .to_uppercase()
+            .into_bytes(),
         URL_SAFE_NO_PAD.encode(code).into_bytes(),
     ] {
         assert!(!find(&contents, &form), "the database holds the code");
         assert!(!find(shown.as_bytes(), &form));
     }
-    assert!(!find(shown.as_bytes(), hex(&hash).as_bytes()));
+    assert!(!find(
+        shown.as_bytes(),
+        kith_identity::hex::encode(&hash).as_bytes()
+    ));
 }
 
 async fn everything_survives_close_and_reopen(db: &TestDb) {
@@ -673,7 +680,7 @@ async fn sqlite_file_is_readable_by_its_owner_only() {
 
 #[tokio::test]
 async fn postgres_errors_and_names_never_show_the_password() {
-    let database = TempDatabase::create().await;
+    let database = TempDatabase::for_test("the membership store tests", "kith_test");
     let store = MembershipStore::open(&database.url).await.unwrap();
     let password = password_of(&database.url);
     assert!(store.location().starts_with("PostgreSQL database "));
@@ -795,10 +802,6 @@ fn attributes(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn find(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -841,7 +844,11 @@ impl TestDb {
     }
 
     async fn run_on_postgres(scenario: impl AsyncFnOnce(&TestDb)) {
-        scenario(&TestDb::Postgres(TempDatabase::create().await)).await;
+        scenario(&TestDb::Postgres(TempDatabase::for_test(
+            "the membership store tests",
+            "kith_test",
+        )))
+        .await;
     }
 
     /// What [`MembershipStore::open`] takes: a file path or a URL.
@@ -952,81 +959,4 @@ async fn sqlite_connection(path: &std::path::Path) -> SqliteConnection {
         .filename(path)
         .busy_timeout(Duration::from_secs(5));
     SqliteConnection::connect_with(&options).await.unwrap()
-}
-
-/// A PostgreSQL database made for one test on the server `KITH_TEST_POSTGRES_URL` names,
-/// dropped (with any connections still open to it) when the test ends, passed or failed.
-struct TempDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TempDatabase {
-    async fn create() -> Self {
-        let Ok(admin_url) = std::env::var(POSTGRES_URL_VARIABLE) else {
-            panic!(
-                "{POSTGRES_URL_VARIABLE} is not set, and the membership store tests must also run \
-                 on PostgreSQL. Start a local server and set it with:\n\n    \
-                 eval \"$(bash .ci/postgres)\"\n"
-            );
-        };
-        let name = format!("kith_test_{}", hex(&rand::random::<[u8; 8]>()));
-        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
-            panic!(
-                "cannot connect to {POSTGRES_URL_VARIABLE}; is the server running? \
-                     (eval \"$(bash .ci/postgres)\" starts one): {e}"
-            )
-        });
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        let url = with_database(&admin_url, &name);
-        Self {
-            admin_url,
-            name,
-            url,
-        }
-    }
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        // Drop runs outside async (perhaps while a failed test unwinds), so the cleanup gets
-        // a thread and a runtime of its own. It must not panic: report and go on.
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let mut admin = PgConnection::connect(&admin_url).await?;
-                admin
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await?;
-                admin.close().await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            })
-        });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
-            Err(_) => eprintln!("dropping test database {} panicked", self.name),
-        }
-    }
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
-    let (rest, query) = match rest.split_once('?') {
-        Some((rest, query)) => (rest, format!("?{query}")),
-        None => (rest, String::new()),
-    };
-    let authority = rest
-        .split_once('/')
-        .map_or(rest, |(authority, _)| authority);
-    format!("{scheme}://{authority}/{database}{query}")
 }

@@ -47,16 +47,12 @@ use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
 use kith_identity::{Identifier, Identity, SecureChannelKey};
 use kith_node::{Address, Node, Route, TCP};
 use kith_transport::TcpTransport;
-use sqlx::{Connection, Executor, PgConnection};
 use tempfile::TempDir;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
 use crate::bench::BenchRecord;
-
-/// The environment variable naming a PostgreSQL server role that may create databases
-/// (`eval "$(bash .ci/postgres)"` sets it).
-pub const POSTGRES_URL_VARIABLE: &str = "KITH_TEST_POSTGRES_URL";
+use crate::postgres::TempDatabase;
 
 /// 1,000 redemptions/s: what one authority process on SQLite should sustain.
 pub const SQLITE_TARGET: f64 = 1_000.0;
@@ -161,15 +157,10 @@ pub fn kith_next_to_exe() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// The PostgreSQL URL from [`POSTGRES_URL_VARIABLE`], or an error that says how to get one.
+/// The PostgreSQL URL the environment names, or an error that says how to get one.
 pub fn postgres_url_from_env() -> anyhow::Result<String> {
-    std::env::var(POSTGRES_URL_VARIABLE).map_err(|_| {
-        anyhow!(
-            "{POSTGRES_URL_VARIABLE} is not set, and the authority bench measures two authority \
-             processes on PostgreSQL. Start a local server and set it with:\n\n    \
-             eval \"$(bash .ci/postgres)\"\n"
-        )
-    })
+    crate::postgres::server_url("the authority bench (two authority processes share one)")
+        .map_err(|e| anyhow!(e))
 }
 
 /// Run every measurement, passing each record to `report` as it is known. Builds its own
@@ -269,7 +260,8 @@ async fn postgres(
     config: &AuthorityBenchConfig,
     clients: &ClientNodes,
 ) -> anyhow::Result<Vec<BenchRecord>> {
-    let db = TempDatabase::create(&config.postgres_url).await?;
+    let db =
+        TempDatabase::create(&config.postgres_url, "kith_bench").map_err(|e| anyhow!("{e}"))?;
     let (home_a, home_b) = (KithHome::new(&config.kith)?, KithHome::new(&config.kith)?);
     let admin = Party::new();
     let plain = [
@@ -819,81 +811,4 @@ impl Drop for KithHome {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-/// A PostgreSQL database made for one run, dropped (with any connections still open to it)
-/// when the run ends.
-struct TempDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TempDatabase {
-    async fn create(admin_url: &str) -> anyhow::Result<Self> {
-        let name = format!(
-            "kith_bench_{}_{:x}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0)
-        );
-        let mut admin = PgConnection::connect(admin_url).await.with_context(|| {
-            format!(
-                "cannot connect to {POSTGRES_URL_VARIABLE}; is the server running? \
-                 (eval \"$(bash .ci/postgres)\" starts one)"
-            )
-        })?;
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await?;
-        admin.close().await?;
-        Ok(Self {
-            url: with_database(admin_url, &name)?,
-            admin_url: admin_url.to_owned(),
-            name,
-        })
-    }
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        // Drop runs inside the bench's runtime, so the cleanup gets a thread and a runtime
-        // of its own. Report a failure and go on.
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let mut admin = PgConnection::connect(&admin_url).await?;
-                admin
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await?;
-                admin.close().await?;
-                anyhow::Ok(())
-            })
-        });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop bench database {}: {e:#}", self.name),
-            Err(_) => eprintln!("dropping bench database {} panicked", self.name),
-        }
-    }
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| anyhow!("{POSTGRES_URL_VARIABLE} is not a postgres:// URL"))?;
-    let (rest, query) = match rest.split_once('?') {
-        Some((rest, query)) => (rest, format!("?{query}")),
-        None => (rest, String::new()),
-    };
-    let authority = rest
-        .split_once('/')
-        .map_or(rest, |(authority, _)| authority);
-    Ok(format!("{scheme}://{authority}/{database}{query}"))
 }

@@ -12,3 +12,4 @@
 pub mod authority_bench;
 pub mod bench;
 pub mod channel_bench;
+pub mod postgres;

@@ -12,7 +12,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -23,9 +22,9 @@ use kith_authority::ticket::{OneTimeCode, Ticket};
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
 use kith_identity::secure_channel::{ChannelSettings, DEFAULT_LISTENER};
 use kith_identity::{Identifier, Identity, SecureChannelKey};
+use kith_integration_tests::postgres::TempDatabase;
 use kith_node::{Address, Node, Route, TCP};
 use kith_transport::TcpTransport;
-use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -65,8 +64,6 @@ const EXTRA_REDEEMERS: usize = 20;
 /// 10 s: how long a killed process may take to disappear.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 
-const POSTGRES_URL_VARIABLE: &str = "KITH_TEST_POSTGRES_URL";
-
 // ---- the tests ----------------------------------------------------------------------------
 
 #[test]
@@ -97,7 +94,7 @@ fn usage_count_n_enrolls_at_most_n_under_200_concurrent_redemptions_on_sqlite() 
 
 #[test]
 fn two_authority_processes_on_one_postgres_enroll_at_most_n_of_200_concurrent_redeemers() {
-    let db = TempDatabase::create();
+    let db = TempDatabase::for_test("the authority process tests", "kith_process_test");
     let (ka, kb) = (Kith::new(), Kith::new());
     let a = AuthorityProcess::create(&ka, "auth-a", &["--database-url", &db.url]);
     let b = AuthorityProcess::create(
@@ -145,7 +142,7 @@ fn sigkill_mid_storm_loses_no_enrolled_member_and_keeps_uses_left_consistent_on_
 
 #[test]
 fn sigkill_mid_storm_loses_no_enrolled_member_and_keeps_uses_left_consistent_on_postgres() {
-    let db = TempDatabase::create();
+    let db = TempDatabase::for_test("the authority process tests", "kith_process_test");
     let k = Kith::new();
     let authority = AuthorityProcess::create(&k, "auth", &["--database-url", &db.url]);
     killed_mid_storm(&k, &authority);
@@ -165,7 +162,7 @@ fn neither_the_store_nor_the_log_ever_holds_a_tickets_one_time_code() {
     assert_eq!(members(&k).len(), 1);
 
     let code = ticket.code.as_bytes();
-    let hex = to_hex(code);
+    let hex = kith_identity::hex::encode(code);
     let forbidden: Vec<(&str, Vec<u8>)> = vec![
         ("the code's bytes", code.to_vec()),
         ("the code in hex", hex.clone().into_bytes()),
@@ -188,7 +185,7 @@ fn neither_the_store_nor_the_log_ever_holds_a_tickets_one_time_code() {
         ("the ticket's text", text.clone().into_bytes()),
     ];
     // What the store does keep: the hash, as hex. Finding it proves the scan reads the data.
-    let hash = to_hex(&ticket.code.hash()).into_bytes();
+    let hash = kith_identity::hex::encode(&ticket.code.hash()).into_bytes();
 
     let dir = k.home().join("nodes").join("auth");
     let store = |dir: &Path| {
@@ -673,95 +670,6 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// A PostgreSQL database made for one test on the server `KITH_TEST_POSTGRES_URL` names,
-/// dropped (with any connections still open to it) when the test ends, passed or failed.
-struct TempDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TempDatabase {
-    fn create() -> Self {
-        let Ok(admin_url) = std::env::var(POSTGRES_URL_VARIABLE) else {
-            panic!(
-                "{POSTGRES_URL_VARIABLE} is not set, and the authority process tests must also \
-                 run on PostgreSQL. Start a local server and set it with:\n\n    \
-                 eval \"$(bash .ci/postgres)\"\n"
-            );
-        };
-        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!(
-            "kith_process_test_{}_{nanos:x}_{}",
-            std::process::id(),
-            SEQUENCE.fetch_add(1, Ordering::Relaxed)
-        );
-        let statement = format!("CREATE DATABASE {name}");
-        on_server(&admin_url, statement).unwrap_or_else(|e| {
-            panic!(
-                "cannot create a database through {POSTGRES_URL_VARIABLE}; is the server \
-                 running? (eval \"$(bash .ci/postgres)\" starts one): {e}"
-            )
-        });
-        let url = with_database(&admin_url, &name);
-        Self {
-            admin_url,
-            name,
-            url,
-        }
-    }
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        // It must not panic (perhaps a failed test is unwinding): report and go on.
-        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if let Err(e) = on_server(&self.admin_url, statement) {
-            eprintln!("could not drop test database {}: {e}", self.name);
-        }
-    }
-}
-
-/// Run one statement on the server at `url`, on a runtime of its own (callers are sync).
-fn on_server(url: &str, statement: String) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let url = url.to_owned();
-    let worker = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let mut admin = PgConnection::connect(&url).await?;
-            admin.execute(statement.as_str()).await?;
-            admin.close().await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        })
-    });
-    worker
-        .join()
-        .map_err(|_| "the database statement's thread panicked")?
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
-    let (rest, query) = match rest.split_once('?') {
-        Some((rest, query)) => (rest, format!("?{query}")),
-        None => (rest, String::new()),
-    };
-    let authority = rest
-        .split_once('/')
-        .map_or(rest, |(authority, _)| authority);
-    format!("{scheme}://{authority}/{database}{query}")
 }
