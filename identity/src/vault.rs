@@ -25,7 +25,6 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,13 +65,6 @@ const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// 4 connections: SQLite admits one writer at a time anyway; a few connections let reads
 /// proceed during a write (WAL) without holding many file descriptors and worker threads.
 const MAX_CONNECTIONS: u32 = 4;
-
-/// 1 s: how long [`Vault::close`] waits for connections still being handed back to the
-/// pool (normally a few milliseconds); bounded so that closing never hangs.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// 1 ms: how often [`Vault::close`] looks whether the last connection has closed.
-const CLOSE_POLL: Duration = Duration::from_millis(1);
 
 /// 10 s: how long an operation waits for a free pool connection. Operations hold one for
 /// milliseconds, so running out means something is stuck; report it rather than hang.
@@ -280,15 +272,8 @@ impl Vault {
     /// an existing file's permissions to 0600; then bring its tables up to date. The
     /// directory must exist.
     pub async fn open(path: &Path) -> Result<Self, VaultError> {
-        secure_file(path)?;
-        // SQLite gives these the main file's mode when it creates them; older ones may have
-        // been left by a vault that was once readable by others.
-        for suffix in ["-wal", "-shm"] {
-            let mut side = path.as_os_str().to_owned();
-            side.push(suffix);
-            tighten_if_present(Path::new(&side))?;
-        }
-
+        crate::sqlite::secure_files(path)
+            .map_err(|(path, source)| VaultError::Io { path, source })?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             // Created above with the right mode; SQLite must not create it with its own.
@@ -324,28 +309,8 @@ impl Vault {
     /// a second) for connections still in use. Operations on this vault (or its clones)
     /// after `close` fail with [`VaultError::Database`].
     pub async fn close(&self) {
-        // Fold the WAL into the main file first. SQLite does this when the last connection
-        // closes, but connections closing at the same moment can each see the other still
-        // open, and then recent writes (secrets included) stay in the WAL beside the file
-        // until the next open. Best effort: failing to checkpoint loses nothing.
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await
-        {
+        if let Err(error) = crate::sqlite::close(&self.pool).await {
             tracing::debug!(vault = %self.path.display(), %error, "no checkpoint before closing the vault");
-        }
-        // sqlx hands a connection back to the pool on a spawned task after its last use, and
-        // `SqlitePool::close` neither waits for connections still on their way back nor
-        // closes one that lands in the idle queue after it has emptied it. So close again
-        // until none is left, for a bounded time, so that a process that closes the vault
-        // and exits leaves no connection unclosed.
-        let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
-        loop {
-            self.pool.close().await;
-            if self.pool.size() == 0 || tokio::time::Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep(CLOSE_POLL).await;
         }
     }
 
@@ -510,49 +475,21 @@ impl Vault {
 impl Vault {
     /// Create the vault's tables or bring them up to date, retrying what can pass.
     async fn migrate(&self) -> Result<(), VaultError> {
-        let started = Instant::now();
-        let mut backoff = FIRST_BACKOFF;
-        let mut raced = false;
-        loop {
-            let error = match MIGRATOR.run(&self.pool).await {
-                Ok(()) => return Ok(()),
-                Err(error) => error,
-            };
-            let retry = match &error {
-                MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) if is_busy(e) => {
-                    true
-                }
-                // Two processes opening a new vault at once can both find a migration not
-                // yet applied and both run it; the loser fails ("table identities already
-                // exists"). Run the migrator once more: it then finds the winner's migration
-                // applied and checks its checksum.
-                MigrateError::ExecuteMigration(..) if !raced => {
-                    raced = true;
-                    true
-                }
-                _ => false,
-            };
-            if retry && started.elapsed().saturating_add(backoff) <= BUSY_RETRY_BUDGET {
-                tokio::time::sleep(backoff).await;
-                backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
-                continue;
-            }
-            let path = self.path.to_path_buf();
-            return Err(match error {
-                MigrateError::Execute(source) | MigrateError::ExecuteMigration(source, _)
-                    if is_busy(&source) =>
-                {
-                    VaultError::Busy {
-                        path,
-                        waited: started.elapsed(),
-                        source,
-                    }
-                }
-                // Connecting or reading the migration table failed: not a schema problem.
-                MigrateError::Execute(source) => VaultError::Database { path, source },
-                source => VaultError::Migrate { path, source },
-            });
-        }
+        let failure = match crate::sqlite::migrate(&MIGRATOR, &self.pool).await {
+            Ok(()) => return Ok(()),
+            Err(failure) => failure,
+        };
+        let path = self.path.to_path_buf();
+        let waited = failure.waited;
+        Err(match failure.database_error() {
+            Ok((source, true)) => VaultError::Busy {
+                path,
+                waited,
+                source,
+            },
+            Ok((source, false)) => VaultError::Database { path, source },
+            Err(source) => VaultError::Migrate { path, source },
+        })
     }
 }
 
@@ -1060,17 +997,7 @@ fn sql_time(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
 }
 
-/// Whether SQLite answered busy (`SQLITE_BUSY`, 5) or locked (`SQLITE_LOCKED`, 6), in any of
-/// their extended forms (the low byte of an extended result code is its primary code).
-fn is_busy(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(e) => e
-            .code()
-            .and_then(|code| code.parse::<i32>().ok())
-            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
-        _ => false,
-    }
-}
+use crate::sqlite::is_busy;
 
 fn not_found(name: &str) -> VaultError {
     VaultError::NotFound {
@@ -1104,45 +1031,11 @@ fn check_name(name: &str) -> Result<(), VaultError> {
     }
 }
 
-/// Create the vault file readable and writable by its owner only, or tighten an existing
-/// one to that. Done before SQLite opens it, so the file is never briefly readable by others.
-fn secure_file(path: &Path) -> Result<(), VaultError> {
-    let io_error = |source| VaultError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_error)?;
-    tighten_if_present(path)
-}
-
-/// If `path` exists and its group or others have any access, set its mode to 0600.
-fn tighten_if_present(path: &Path) -> Result<(), VaultError> {
-    let io_error = |source| VaultError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let metadata = match std::fs::metadata(path) {
-        Ok(metadata) => metadata,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_error(e)),
-    };
-    if metadata.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_error)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::to_hex;
+    use std::os::unix::fs::PermissionsExt;
     use tokio::task::JoinSet;
 
     const NOW: u64 = 1_700_000_000;
