@@ -189,6 +189,33 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Run `call` against the authority, then close the session whatever it answered.
+    async fn call<T>(
+        mut self,
+        call: impl AsyncFnOnce(&mut AuthorityClient) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let answer = call(&mut self.client).await;
+        self.close().await;
+        answer
+    }
+}
+
+/// Reach the authority as `access` says, make one call, and turn a refusal into one line.
+async fn ask<T>(
+    home: &Home,
+    out: &Output,
+    access: &ProjectAccess,
+    call: impl AsyncFnOnce(&mut AuthorityClient) -> Result<T, ClientError>,
+) -> Result<T> {
+    let (reach, _) = reach(home, access).await?;
+    Session::open(home, out, &reach)
+        .await?
+        .call(call)
+        .await
+        .map_err(refused)
+}
+
 /// Resolve `access` into where the authority is and which project that is.
 async fn reach(home: &Home, access: &ProjectAccess) -> Result<(Reach, Project)> {
     let mut project = load_project(home, access.project.as_deref());
@@ -359,11 +386,7 @@ pub async fn run(home: &Home, out: &Output, cmd: ProjectCommand) -> Result<()> {
         ProjectCommand::Enroll(args) => enroll(home, out, *args).await,
         ProjectCommand::Member(cmd) => member(home, out, cmd).await,
         ProjectCommand::Audit { access, limit } => {
-            let (reach, _) = reach(home, &access).await?;
-            let mut s = Session::open(home, out, &reach).await?;
-            let entries = s.client.audit(limit).await;
-            s.close().await;
-            let entries = entries.map_err(refused)?;
+            let entries = ask(home, out, &access, async |c| c.audit(limit).await).await?;
             out.result(
                 || {
                     entries
@@ -418,11 +441,7 @@ fn ticket_info_line(t: &api::TicketInfo, now: u64) -> String {
 async fn ticket(home: &Home, out: &Output, args: TicketArgs) -> Result<()> {
     match args.command {
         Some(TicketCommand::List { access }) => {
-            let (reach, _) = reach(home, &access).await?;
-            let mut s = Session::open(home, out, &reach).await?;
-            let tickets = s.client.list_tickets().await;
-            s.close().await;
-            let tickets = tickets.map_err(refused)?;
+            let tickets = ask(home, out, &access, async |c| c.list_tickets().await).await?;
             let now = unix_now();
             out.result(
                 || {
@@ -488,11 +507,7 @@ async fn ticket(home: &Home, out: &Output, args: TicketArgs) -> Result<()> {
             Ok(())
         }
         Some(TicketCommand::Revoke { id, access }) => {
-            let (reach, _) = reach(home, &access).await?;
-            let mut s = Session::open(home, out, &reach).await?;
-            let t = s.client.revoke_ticket(&id).await;
-            s.close().await;
-            let t = t.map_err(refused)?;
+            let t = ask(home, out, &access, async |c| c.revoke_ticket(&id).await).await?;
             out.result(|| format!("Revoked ticket {}", t.id), &t);
             Ok(())
         }
@@ -513,13 +528,14 @@ async fn ticket(home: &Home, out: &Output, args: TicketArgs) -> Result<()> {
                 attributes.insert("ockam-tls-certificate".to_owned(), "true".to_owned());
             }
             let (reach, project) = reach(home, &args.access).await?;
-            let mut s = Session::open(home, out, &reach).await?;
-            let created = s
-                .client
-                .create_ticket(attributes, args.expires_in, args.usage_count)
-                .await;
-            s.close().await;
-            let created = created.map_err(refused)?;
+            let created = Session::open(home, out, &reach)
+                .await?
+                .call(async |c| {
+                    c.create_ticket(attributes, args.expires_in, args.usage_count)
+                        .await
+                })
+                .await
+                .map_err(refused)?;
             let code = kith_identity::hex::decode_array(&created.code).map_err(|e| {
                 anyhow::anyhow!("the authority sent a ticket code that is not 32 bytes of hex: {e}")
             })?;
@@ -644,9 +660,8 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
         timeout: args.timeout,
         retry,
     };
-    let mut s = Session::open(home, out, &reach).await?;
-    let enrolled = s.client.redeem(&ticket.code).await;
-    s.close().await;
+    let session = Session::open(home, out, &reach).await?;
+    let enrolled = session.call(async |c| c.redeem(&ticket.code).await).await;
     let enrolled = enrolled.map_err(|e| match e {
         ClientError::Refused(api) => {
             let why = match api.kind {
@@ -714,11 +729,7 @@ async fn member(home: &Home, out: &Output, cmd: MemberCommand) -> Result<()> {
     };
     match cmd {
         MemberCommand::List { access } => {
-            let (reach, _) = reach(home, &access).await?;
-            let mut s = Session::open(home, out, &reach).await?;
-            let members = s.client.members().await;
-            s.close().await;
-            let members = members.map_err(refused)?;
+            let members = ask(home, out, &access, async |c| c.members().await).await?;
             out.result(
                 || {
                     if members.is_empty() {
@@ -735,11 +746,7 @@ async fn member(home: &Home, out: &Output, cmd: MemberCommand) -> Result<()> {
         }
         MemberCommand::Show { identifier, access } => {
             let id: Identifier = parse_identifier(&identifier)?;
-            let (reach, _) = reach(home, &access).await?;
-            let mut s = Session::open(home, out, &reach).await?;
-            let m = s.client.member(&id).await;
-            s.close().await;
-            let m = m.map_err(refused)?;
+            let m = ask(home, out, &access, async |c| c.member(&id).await).await?;
             out.result(
                 || {
                     format!(
@@ -758,23 +765,15 @@ async fn member(home: &Home, out: &Output, cmd: MemberCommand) -> Result<()> {
             access,
         } => {
             let id = parse_identifier(&identifier)?;
-            let (reach, _) = reach(home, &access).await?;
-            let mut s = Session::open(home, out, &reach).await?;
-            let m = s
-                .client
-                .add_member(&id, attributes.into_iter().collect())
-                .await;
-            s.close().await;
-            let m = m.map_err(refused)?;
+            let m = ask(home, out, &access, async |c| {
+                c.add_member(&id, attributes.into_iter().collect()).await
+            })
+            .await?;
             out.result(|| format!("Added {}", member_line(&m)), &m);
         }
         MemberCommand::Delete { identifier, access } => {
             let id = parse_identifier(&identifier)?;
-            let (reach, _) = reach(home, &access).await?;
-            let mut s = Session::open(home, out, &reach).await?;
-            let m = s.client.delete_member(&id).await;
-            s.close().await;
-            let m = m.map_err(refused)?;
+            let m = ask(home, out, &access, async |c| c.delete_member(&id).await).await?;
             out.result(|| format!("Deleted member {}", m.identifier), &m);
         }
     }
