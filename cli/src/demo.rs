@@ -51,6 +51,9 @@ impl Report {
     }
 }
 
+/// 60 s: the longest one step of the demo may take.
+const STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `kith demo`
 pub async fn run(out: &Output) -> Result<()> {
     let dir = tempfile::Builder::new()
@@ -90,15 +93,24 @@ pub async fn run(out: &Output) -> Result<()> {
 /// Run `kith ARGS --output json` against `home`; its JSON answer, or its error line.
 async fn kith(home: &Path, args: &[&str]) -> Result<serde_json::Value> {
     let exe = std::env::current_exe().context("cannot find the kith executable")?;
-    let output = tokio::process::Command::new(exe)
+    let run = tokio::process::Command::new(exe)
         .args(args)
         .args(["--output", "json"])
         .env("KITH_HOME", home)
         .env_remove("KITH_ENROLLMENT_TICKET")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
-        .output()
+        .output();
+    // Every step has its own shorter timeouts; this bounds a step that hangs regardless
+    // (the child is killed when the wait is dropped).
+    let output = tokio::time::timeout(STEP_TIMEOUT, run)
         .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "`kith {}` did not finish within {STEP_TIMEOUT:?}",
+                args.join(" ")
+            )
+        })?
         .context("cannot run kith")?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
