@@ -138,7 +138,7 @@ fn credentials_are_issued_stored_listed_shown_and_verified() {
         "--for",
         &bob,
         "--ttl",
-        "1s",
+        "2s",
     ]);
     k.ok(&[
         "credential",
@@ -150,17 +150,30 @@ fn credentials_are_issued_stored_listed_shown_and_verified() {
         "--credential",
         short.trim(),
     ]);
-    // Wait (bounded) until the clock passes its expiry.
+    let held = k.json(&["credential", "list", "--identity", "bob"]);
+    assert_eq!(held["credentials"][0]["valid"], true, "{held}");
+    let expires_at = held["credentials"][0]["expires_at"].as_u64().unwrap();
+    // The expiry is a point on the clock: wait (bounded) until the clock has passed it, then
+    // the stored credential must no longer verify.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let r = k.run(&["credential", "verify", "--identity", "bob"]);
-        if r.code == Some(1) {
-            assert!(r.stderr.contains("do not verify"), "{}", r.stderr);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never expired");
-        std::thread::yield_now();
+    while unix_now() < expires_at {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock never reached {expires_at}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let e = k.fails(&["credential", "verify", "--identity", "bob"]);
+    assert!(e.contains("do not verify"), "{e}");
+    let held = k.json(&["credential", "list", "--identity", "bob"]);
+    assert_eq!(held["credentials"][0]["valid"], false, "{held}");
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[test]
