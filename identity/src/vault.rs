@@ -452,8 +452,7 @@ impl Vault {
         name: &str,
         now: u64,
     ) -> Result<CredentialSigningKey, VaultError> {
-        self.purpose_key(name, now, now.saturating_add(PURPOSE_KEY_REFRESH))
-            .await
+        self.credential_signing_key_until(name, now, now).await
     }
 
     /// The credential signing key of the identity named `name` whose attestation lasts at

@@ -93,7 +93,8 @@ const MAX_BATCH: usize = 256;
 /// Group commit: concurrent ticket creations and redemptions are queued here, and whoever
 /// holds `writer` runs everything queued in one transaction, each write in its own
 /// savepoint, so a burst costs one disk sync instead of one per write. Every caller is
-/// answered only after the commit that carries its write.
+/// answered only after the commit that carries its write. The queue holds at most what
+/// callers have in flight, which the authority's services bound (`service::MAX_IN_FLIGHT`).
 #[derive(Default)]
 pub(super) struct Batch {
     queue: std::sync::Mutex<Vec<Pending>>,
