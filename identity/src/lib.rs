@@ -21,6 +21,8 @@
     )
 )]
 
+/// Bounded, doubling pauses for retrying under contention.
+pub mod backoff;
 /// The Noise XX handshake that authenticates identities, and the channel ciphers.
 pub mod channel;
 /// Strict, bounded CBOR helpers shared by the encodings.

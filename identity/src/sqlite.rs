@@ -5,19 +5,16 @@
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::SqlitePool;
 use sqlx::migrate::{MigrateError, Migrator};
 
+use crate::backoff::Backoff;
+
 /// 10 s: how long [`migrate`] keeps retrying a migration SQLite answers busy (another
 /// process opening the same new file at the same moment).
 const MIGRATE_RETRY_BUDGET: Duration = Duration::from_secs(10);
-
-/// 10 ms, doubling to 500 ms: pauses between migration retries; most conflicts clear as
-/// soon as the other writer commits.
-const MIGRATE_FIRST_BACKOFF: Duration = Duration::from_millis(10);
-const MIGRATE_MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// 1 s: how long [`close`] waits for connections still being handed back to the pool
 /// (normally a few milliseconds); bounded so that closing never hangs.
@@ -107,8 +104,7 @@ impl MigrateFailure {
 /// exists"); the migrator then runs once more, finds the winner's migration applied and
 /// checks its checksum.
 pub async fn migrate(migrator: &Migrator, pool: &SqlitePool) -> Result<(), MigrateFailure> {
-    let started = Instant::now();
-    let mut backoff = MIGRATE_FIRST_BACKOFF;
+    let mut backoff = Backoff::new(MIGRATE_RETRY_BUDGET);
     let mut raced = false;
     loop {
         let error = match migrator.run(pool).await {
@@ -123,14 +119,13 @@ pub async fn migrate(migrator: &Migrator, pool: &SqlitePool) -> Result<(), Migra
             }
             _ => false,
         };
-        if retry && started.elapsed().saturating_add(backoff) <= MIGRATE_RETRY_BUDGET {
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.saturating_mul(2).min(MIGRATE_MAX_BACKOFF);
+        if retry && let Some(pause) = backoff.next_pause() {
+            tokio::time::sleep(pause).await;
             continue;
         }
         return Err(MigrateFailure {
             error,
-            waited: started.elapsed(),
+            waited: backoff.waited(),
         });
     }
 }

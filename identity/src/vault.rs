@@ -27,7 +27,7 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::Row;
 use sqlx::migrate::{MigrateError, Migrator};
@@ -53,14 +53,6 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// the store with a bounded backoff, never surfaced as a hang. An operation therefore fails
 /// with [`VaultError::Busy`] after at most about this plus one [`BUSY_TIMEOUT`].
 const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(10);
-
-/// 10 ms, doubling to [`MAX_BACKOFF`]: the first retry comes quickly because most conflicts
-/// clear as soon as the other writer commits.
-const FIRST_BACKOFF: Duration = Duration::from_millis(10);
-
-/// 500 ms: the longest pause between retries, so a retry still follows soon after a slow
-/// writer finishes.
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// 4 connections: SQLite admits one writer at a time anyway; a few connections let reads
 /// proceed during a write (WAL) without holding many file descriptors and worker threads.
@@ -741,27 +733,25 @@ impl Vault {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, VaultError>>,
     {
-        let started = Instant::now();
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(budget);
         loop {
             match op().await {
                 Err(VaultError::Database { path, source }) if is_busy(&source) => {
-                    let waited = started.elapsed();
-                    if waited.saturating_add(backoff) > budget {
+                    let waited = backoff.waited();
+                    let Some(pause) = backoff.next_pause() else {
                         return Err(VaultError::Busy {
                             path,
                             waited,
                             source,
                         });
-                    }
+                    };
                     tracing::debug!(
                         vault = %path.display(),
                         waited = ?waited,
                         error = %source,
                         "vault busy; retrying"
                     );
-                    tokio::time::sleep(backoff).await;
-                    backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
+                    tokio::time::sleep(pause).await;
                 }
                 other => return other,
             }
@@ -996,6 +986,7 @@ fn sql_time(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
 }
 
+use crate::backoff::Backoff;
 use crate::sqlite::is_busy;
 
 fn not_found(name: &str) -> VaultError {
@@ -1035,6 +1026,7 @@ mod tests {
     use super::*;
     use crate::codec::to_hex;
     use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
     use tokio::task::JoinSet;
 
     const NOW: u64 = 1_700_000_000;

@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kith_identity::Identifier;
+use kith_identity::backoff::Backoff;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
 use super::{
@@ -30,14 +31,6 @@ pub(super) trait Dialect: Database {
 /// milliseconds, so this rides out a burst of hundreds of enrollments; contention that lasts
 /// longer is reported as [`StoreError::Busy`].
 const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(10);
-
-/// 10 ms, doubling to [`MAX_BACKOFF`]: the first retry comes quickly because most conflicts
-/// clear as soon as the other writer commits.
-const FIRST_BACKOFF: Duration = Duration::from_millis(10);
-
-/// 500 ms: the longest pause between retries, so a retry still follows soon after a slow
-/// writer finishes.
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// 3: how often a redemption is attempted when the ticket looked redeemable yet the
 /// redeeming `UPDATE` matched nothing. That needs the ticket to change between the two
@@ -726,24 +719,21 @@ where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let started = Instant::now();
-        let mut backoff = FIRST_BACKOFF;
+        // Jittered, so that processes that collided do not collide again in step.
+        let mut backoff = Backoff::new(BUSY_RETRY_BUDGET).jittered();
         loop {
             match op().await {
                 Err(StoreError::Database { store, source }) if DB::is_transient(&source) => {
-                    let waited = started.elapsed();
-                    if waited.saturating_add(backoff) > BUSY_RETRY_BUDGET {
+                    let waited = backoff.waited();
+                    let Some(pause) = backoff.next_pause() else {
                         return Err(StoreError::Busy {
                             store,
                             waited,
                             source,
                         });
-                    }
+                    };
                     tracing::debug!(store, ?waited, error = %source, "membership store busy; retrying");
-                    // Jitter, so that processes that collided do not collide again in step.
-                    let jitter = backoff.mul_f64(rand::random::<f64>() / 2.0);
-                    tokio::time::sleep(backoff.saturating_add(jitter)).await;
-                    backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
+                    tokio::time::sleep(pause).await;
                 }
                 other => return other,
             }
