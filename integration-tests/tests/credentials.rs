@@ -169,6 +169,10 @@ fn credentials_are_issued_stored_listed_shown_and_verified() {
     assert_eq!(held["credentials"][0]["valid"], false, "{held}");
 }
 
+fn node_log(k: &Kith, node: &str) -> String {
+    std::fs::read_to_string(k.home().join("nodes").join(node).join("node.log")).unwrap()
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -210,6 +214,8 @@ fn a_node_that_requires_credentials_admits_only_holders_from_its_trusted_authori
         "3s",
     ]);
     assert!(e.contains("secure channel"), "{e}");
+    let no_credential = format!("{alice} is not admitted: no credential from a trusted authority");
+    assert_eq!(node_log(&k, "guarded").matches(&no_credential).count(), 1);
 
     // A credential from an authority the guard does not trust: still refused.
     let rogue = k.ok(&["credential", "issue", "--as", "rogue", "--for", &alice]);
@@ -237,6 +243,7 @@ fn a_node_that_requires_credentials_admits_only_holders_from_its_trusted_authori
         "3s",
     ]);
     assert!(e.contains("secure channel"), "{e}");
+    assert_eq!(node_log(&k, "guarded").matches(&no_credential).count(), 2);
 
     // From the trusted authority: admitted.
     let good = k.ok(&[
@@ -298,6 +305,13 @@ fn a_node_with_an_allow_list_admits_only_those_identities() {
         "3s",
     ]);
     assert!(e.contains("secure channel"), "{e}");
+    let mallory = identifier(&k, "mallory");
+    assert!(
+        node_log(&k, "guarded").contains(&format!(
+            "{mallory} is not admitted: not on the allowed list"
+        )),
+        "the guard did not refuse mallory for the reason expected"
+    );
 
     let e = k.fails(&["node", "create", "bad", "--allow-identity", "Inothex"]);
     assert!(e.contains("is not an identifier"), "{e}");
