@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use kith_identity::Identity;
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
-use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
+use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER, SharedSettings};
 use kith_node::{Address, AllowAll, Echo, Node, Route};
 use kith_transport::{Direction, TcpTransport};
 use serde::Serialize;
@@ -45,9 +45,9 @@ pub struct RunningNode {
     pub tcp: TcpTransport,
     /// Bound listener, if any.
     pub listener: Option<String>,
-    /// Who the node is in secure channels, if it has an identity; replaced when the node
-    /// reloads its credentials.
-    channels: std::sync::RwLock<Option<ChannelSettings>>,
+    /// Who the node is in secure channels, if it has an identity; its listener reads them
+    /// at every handshake, and reloading the credentials replaces them.
+    channels: Option<SharedSettings>,
     /// How to rebuild `channels` from the vault: the home, identity and admission rule.
     reload_from: Option<(Home, Option<String>, AdmissionConfig)>,
     /// Notified when the node reloads its credentials (the refresher then looks again).
@@ -172,6 +172,7 @@ impl RunningNode {
         let tcp = TcpTransport::start(&node);
         node.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
             .context("cannot start the echo service")?;
+        let channels = channels.map(SharedSettings::new);
         if let Some(settings) = &channels {
             secure_channel::listen(&node, DEFAULT_LISTENER, settings.clone())
                 .context("cannot start the secure channel listener")?;
@@ -184,7 +185,7 @@ impl RunningNode {
             node,
             tcp,
             listener,
-            channels: std::sync::RwLock::new(channels),
+            channels,
             reload_from: None,
             credentials_changed: tokio::sync::Notify::new(),
             kept: std::sync::Mutex::default(),
@@ -194,29 +195,20 @@ impl RunningNode {
 
     /// The node's current channel settings, if it has an identity.
     pub fn settings(&self) -> Option<ChannelSettings> {
-        self.channels
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.channels.as_ref().map(SharedSettings::get)
     }
 
     /// Re-read the identity's credentials and trusted authorities from the vault and serve
-    /// them: the secure-channel listener is started again with them, and channels opened
-    /// from now on present them. Open channels keep what they were made with.
+    /// them: the secure-channel listener and channels opened from now on use them. Open
+    /// channels keep what they were made with.
     pub async fn reload_credentials(&self) -> Result<usize> {
-        let Some((home, identity, admission)) = &self.reload_from else {
+        let (Some((home, identity, admission)), Some(shared)) = (&self.reload_from, &self.channels)
+        else {
             bail!("this node does not keep its settings in a vault");
         };
         let (settings, _) = channel_settings(home, identity.as_deref(), admission).await?;
         let presented = settings.local.credentials.len();
-        let listener = Address::local(DEFAULT_LISTENER);
-        self.node.stop_worker(&listener);
-        secure_channel::listen(&self.node, DEFAULT_LISTENER, settings.clone())
-            .context("cannot restart the secure channel listener")?;
-        *self
-            .channels
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(settings);
+        shared.set(settings);
         info!(credentials = presented, "reloaded credentials");
         self.credentials_changed.notify_one();
         Ok(presented)

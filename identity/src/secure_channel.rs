@@ -179,8 +179,9 @@ pub enum SecureChannelError {
 pub fn listen(
     node: &Node,
     address: &str,
-    settings: ChannelSettings,
+    settings: impl Into<SharedSettings>,
 ) -> Result<Arc<ListenerStats>, kith_node::StartError> {
+    let settings = settings.into();
     let stats = Arc::new(ListenerStats::default());
     node.start_worker_with_policy(
         [Address::local(address)],
@@ -230,8 +231,40 @@ pub fn close(node: &Node, channel: &SecureChannel) -> bool {
 }
 
 struct Listener {
-    settings: ChannelSettings,
+    settings: SharedSettings,
     stats: Arc<ListenerStats>,
+}
+
+/// A listener's settings, which its owner can replace while it runs (a node that enrolled
+/// or renewed a credential presents it from the next handshake on). Channels already open
+/// keep the settings they were made with.
+#[derive(Clone)]
+pub struct SharedSettings(Arc<std::sync::RwLock<ChannelSettings>>);
+
+impl SharedSettings {
+    /// Settings to share.
+    pub fn new(settings: ChannelSettings) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(settings)))
+    }
+
+    /// The settings now.
+    pub fn get(&self) -> ChannelSettings {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replace the settings for every handshake from now on.
+    pub fn set(&self, settings: ChannelSettings) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = settings;
+    }
+}
+
+impl From<ChannelSettings> for SharedSettings {
+    fn from(settings: ChannelSettings) -> Self {
+        Self::new(settings)
+    }
 }
 
 impl Worker for Listener {
@@ -240,20 +273,20 @@ impl Worker for Listener {
         ctx: &mut Context,
         message: Message,
     ) -> Result<(), WorkerError> {
-        let Some(slot) =
-            PendingSlot::take(&self.stats.pending, self.settings.max_pending_handshakes)
+        let settings = self.settings.get();
+        let Some(slot) = PendingSlot::take(&self.stats.pending, settings.max_pending_handshakes)
         else {
             self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
             warn!(
-                max = self.settings.max_pending_handshakes,
+                max = settings.max_pending_handshakes,
                 "refused a secure channel handshake: too many unfinished handshakes"
             );
             return Ok(());
         };
         let handshake = Handshake::respond(
-            self.settings.local.clone(),
-            self.settings.trust.clone(),
-            self.settings.rekey_interval,
+            settings.local.clone(),
+            settings.trust.clone(),
+            settings.rekey_interval,
         )?;
         let reply_to = message.return_route.clone();
         let (handshake, second) = match handshake.step(&message.payload, now()) {
@@ -268,7 +301,7 @@ impl Worker for Listener {
             }
         };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
-        let decryptor = start(ctx.node(), &self.settings, handshake, None, Some(slot))?;
+        let decryptor = start(ctx.node(), &settings, handshake, None, Some(slot))?;
         ctx.send_with_return(reply_to, Route::from(decryptor), second)
             .await?;
         Ok(())

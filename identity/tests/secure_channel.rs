@@ -550,3 +550,48 @@ async fn a_peer_whose_credential_expires_is_cut_off_at_its_next_message() {
     );
     until("b to end the channel", || channel_workers(&b.node) == 0).await;
 }
+
+#[tokio::test]
+async fn replacing_a_listeners_settings_applies_from_the_next_handshake() {
+    let a = side(
+        "a",
+        local(|_| vec![]),
+        open_trust(),
+        Duration::from_millis(500),
+    )
+    .await;
+    let node = Node::new("b");
+    let tcp = TcpTransport::start(&node);
+    let listener = tcp.listen("127.0.0.1:0").await.unwrap().to_string();
+    let mut open = ChannelSettings::new(local(|_| vec![]), open_trust());
+    open.handshake_timeout = Duration::from_millis(500);
+    let shared = secure_channel::SharedSettings::new(open.clone());
+    secure_channel::listen(&node, DEFAULT_LISTENER, shared.clone()).unwrap();
+
+    let first = secure_channel::create(&a.node, to(&listener, &[DEFAULT_LISTENER]), &a.settings)
+        .await
+        .unwrap();
+    // From now on only credential holders are admitted; a has none.
+    let mut strict = open;
+    strict.trust = Arc::new(Trust {
+        authorities: vec![],
+        admission: Admission::CredentialHolders,
+    });
+    shared.set(strict);
+    let refused =
+        secure_channel::create(&a.node, to(&listener, &[DEFAULT_LISTENER]), &a.settings).await;
+    assert!(refused.is_err(), "the replaced settings were not used");
+    // The channel opened before keeps working.
+    let mut client = a.node.client().unwrap();
+    let through = Route::from(vec![first.encryptor.clone(), Address::local("echo")]);
+    node.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
+        .unwrap();
+    assert_eq!(
+        client
+            .request(through, "still", WAIT)
+            .await
+            .unwrap()
+            .payload,
+        Bytes::from("still")
+    );
+}
