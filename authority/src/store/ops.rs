@@ -468,7 +468,16 @@ where
     async fn grouped(&self, write: Write) -> Result<Outcome, StoreError> {
         let (reply, mut answer) = tokio::sync::oneshot::channel();
         self.batch.push(Pending { write, reply });
-        let lost = || self.corrupt("a group commit ended without answering".to_owned());
+        // The writer running our batch was cancelled (its caller went away) before it
+        // committed: replies are sent right after the commit with no await in between, so
+        // an unanswered write was rolled back. Not corruption; the caller may try again.
+        let lost = || StoreError::Database {
+            store: self.location.to_string(),
+            source: sqlx::Error::Protocol(
+                "the group commit carrying this write was cancelled before it committed"
+                    .to_owned(),
+            ),
+        };
         loop {
             tokio::select! {
                 biased;
