@@ -474,8 +474,7 @@ where
         let lost = || StoreError::Database {
             store: self.location.to_string(),
             source: sqlx::Error::Protocol(
-                "the group commit carrying this write was cancelled before it committed"
-                    .to_owned(),
+                "the group commit carrying this write was cancelled before it committed".to_owned(),
             ),
         };
         loop {
