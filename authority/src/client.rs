@@ -31,6 +31,7 @@ use crate::api::{
     CreatedTicket, CredentialRequest, Enrolled, MEMBERS_SERVICE, MemberInfo, MembersRequest,
     RedeemRequest, TICKET_SERVICE, TicketInfo, TicketRequest,
 };
+use crate::relay::{RELAY_SERVICE, RelayInfo, RelayRequest};
 use crate::ticket::OneTimeCode;
 use kith_identity::hex;
 
@@ -323,6 +324,39 @@ impl AuthorityClient {
             identifier: identifier.to_string(),
         };
         self.call(MEMBERS_SERVICE, &request).await
+    }
+
+    /// Create relay `name` on the project node towards us, through this client's channel
+    /// (or move it to this channel, if it is ours already). Needs `ockam-relay=name` in our
+    /// credential, or to be an admin. The client's channel must stay open for the relay to
+    /// work: the relay forwards through it.
+    pub async fn create_relay(&mut self, name: &str) -> Result<RelayInfo, ClientError> {
+        let request = RelayRequest::Create {
+            name: name.to_owned(),
+        };
+        self.call(RELAY_SERVICE, &request).await
+    }
+
+    /// Whether relay `name` still leads to us through this channel; refused with
+    /// [`crate::api::ErrorKind::NotFound`] if not.
+    pub async fn check_relay(&mut self, name: &str) -> Result<RelayInfo, ClientError> {
+        let request = RelayRequest::Check {
+            name: name.to_owned(),
+        };
+        self.call(RELAY_SERVICE, &request).await
+    }
+
+    /// Delete relay `name`. Its owner or an admin.
+    pub async fn delete_relay(&mut self, name: &str) -> Result<RelayInfo, ClientError> {
+        let request = RelayRequest::Delete {
+            name: name.to_owned(),
+        };
+        self.call(RELAY_SERVICE, &request).await
+    }
+
+    /// The project node's relays: all for an admin, our own for anyone else.
+    pub async fn list_relays(&mut self) -> Result<Vec<RelayInfo>, ClientError> {
+        self.call(RELAY_SERVICE, &RelayRequest::List {}).await
     }
 
     /// The newest `limit` audit entries, newest last. Admins only.

@@ -14,8 +14,13 @@
 pub mod api;
 /// The client side of the authority's services: a pinned secure channel and one call per request.
 pub mod client;
+/// Keeping a relay up from the relayed node: heartbeat, reconnect with backoff, status.
+pub mod keeper;
 /// Project descriptions: what admins and members import to reach and trust a project.
 pub mod project;
+/// Relays on the project node: `forward_to_NAME`, created only under the name a member's
+/// `ockam-relay` attribute grants.
+pub mod relay;
 /// The authority's services on a node: tickets, enrollment, credentials, members, audit.
 pub mod service;
 /// The membership store: tickets, members, audit log, on SQLite or PostgreSQL.

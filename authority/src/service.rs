@@ -231,6 +231,11 @@ impl Authority {
         }
     }
 
+    /// The membership store.
+    pub(crate) fn store(&self) -> &MembershipStore {
+        &self.shared.store
+    }
+
     /// How this authority is set up.
     pub fn config(&self) -> &AuthorityConfig {
         &self.shared.config
@@ -359,7 +364,7 @@ impl Worker for ServiceWorker {
 }
 
 /// Send an answer back along the route the request came by (through its secure channel).
-async fn send_reply(node: &Node, reply_to: Route, from: Route, reply: Vec<u8>) {
+pub(crate) async fn send_reply(node: &Node, reply_to: Route, from: Route, reply: Vec<u8>) {
     let message = Message::new(reply_to, from, reply);
     if let Err(error) = node.route(message).await {
         // The channel closed while we worked; the node has counted the drop.
@@ -368,7 +373,7 @@ async fn send_reply(node: &Node, reply_to: Route, from: Route, reply: Vec<u8>) {
 }
 
 /// The reply on the wire for `result`.
-fn encode_result<T: Serialize>(result: Result<T, ApiError>) -> Vec<u8> {
+pub(crate) fn encode_result<T: Serialize>(result: Result<T, ApiError>) -> Vec<u8> {
     match result {
         Ok(value) => api::encode(&Reply::Ok(value)),
         Err(refusal) => api::encode(&Reply::<()>::Error(refusal)),

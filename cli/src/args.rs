@@ -75,6 +75,9 @@ pub enum Command {
     /// Open, list and close end-to-end secure channels kept by a node.
     #[command(subcommand, name = "secure-channel")]
     SecureChannel(SecureChannelCommand),
+    /// Relays: make a node that accepts no connections reachable through the project node.
+    #[command(subcommand)]
+    Relay(RelayCommand),
     /// Run a walkthrough in a temporary KITH_HOME: two nodes, a message between them.
     #[command(after_help = "Examples:\n  kith demo\n  kith demo --output json")]
     Demo,
@@ -162,6 +165,10 @@ pub struct AdmissionArgs {
     /// identity's own credentials are always trusted.
     #[arg(long = "trust-authority", value_name = "IDENTITY")]
     pub trust_authority: Vec<String>,
+    /// Who may use the node's services (echo, …) through a secure channel: a policy over
+    /// the peer's attributes and identifier, e.g. 'component = "web"'. Default: anyone.
+    #[arg(long, value_name = "POLICY")]
+    pub allow: Option<String>,
 }
 
 /// A node named on the command line.
@@ -329,6 +336,76 @@ Examples:
         /// The node.
         #[arg(long, value_name = "NODE")]
         from: String,
+    },
+}
+
+/// `kith relay …`
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Create a relay at the project node towards a node, and keep it up: anyone in the
+    /// project may then reach the node at /project/P/service/forward_to_NAME, through an
+    /// end-to-end secure channel. Needs a credential with ockam-relay=NAME (a ticket made
+    /// with --relay NAME), or to be an admin.
+    #[command(after_help = "\
+Examples:
+  kith project ticket --relay db > db.ticket          # an admin
+  kith project enroll --ticket-file db.ticket --node db-node
+  kith relay create db --to db-node
+  kith message send hi --to /project/acme/service/forward_to_db/secure/api/service/echo")]
+    Create {
+        /// The relay's name; default: the node's name.
+        name: Option<String>,
+        /// The node to relay to (it keeps the relay up, across restarts).
+        #[arg(long, value_name = "NODE")]
+        to: String,
+        /// The project node to create it at: /project/NAME; default: the default project.
+        #[arg(long, value_name = "ROUTE")]
+        at: Option<String>,
+        /// How long reaching the project node may take.
+        #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// List the relays local nodes keep, with their state; with --at, the relays the
+    /// project node holds (all of them for an admin, your own otherwise).
+    #[command(after_help = "\
+Examples:
+  kith relay list
+  kith relay list --to db-node --output json
+  kith relay list --at /project/acme")]
+    List {
+        /// Only this node's relays.
+        #[arg(long, value_name = "NODE", conflicts_with = "at")]
+        to: Option<String>,
+        /// Ask the project node instead.
+        #[arg(long, value_name = "ROUTE")]
+        at: Option<String>,
+    },
+    /// Show a relay's state: up since when, or reconnecting since when, and its last error.
+    #[command(
+        after_help = "Examples:\n  kith relay show db\n  kith relay show db --to db-node --output json"
+    )]
+    Show {
+        /// The relay's name.
+        name: String,
+        /// The node that keeps it; default: whichever local node does.
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+    },
+    /// Delete a relay: the node stops keeping it, and the project node frees its name. An
+    /// admin frees a name held by someone else with --at.
+    #[command(after_help = "\
+Examples:
+  kith relay delete db
+  kith relay delete db --at /project/acme     # an admin, for a relay of another node")]
+    Delete {
+        /// The relay's name.
+        name: String,
+        /// The node that keeps it; default: whichever local node does.
+        #[arg(long, value_name = "NODE", conflicts_with = "at")]
+        to: Option<String>,
+        /// Delete it at the project node as an admin (or its owner), with no local node.
+        #[arg(long, value_name = "ROUTE")]
+        at: Option<String>,
     },
 }
 

@@ -81,6 +81,7 @@ pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<
             database_url: args.database_url.clone(),
             credential_ttl: args.credential_ttl.as_secs(),
         }),
+        relays: Vec::new(),
     };
     home.create_node(&config)?;
     let spinner = out.spinner(format!("starting authority node {}", args.name));
@@ -182,5 +183,7 @@ pub async fn start_services(
     service
         .start(node)
         .context("cannot start the authority services")?;
+    // The project node is the authority's own node: relays live here.
+    kith_authority::relay::start(&service, node).context("cannot start the relay service")?;
     Ok((store, vault))
 }

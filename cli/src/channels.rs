@@ -31,7 +31,7 @@ pub async fn run(home: &Home, out: &Output, cmd: SecureChannelCommand) -> Result
     match cmd {
         SecureChannelCommand::Create { from, to, timeout } => {
             let target = resolve_target(home, &to).await?;
-            if target.channel.is_some() {
+            if !target.channels.is_empty() {
                 bail!(
                     "--to is the route to a listener, e.g. /node/n2/service/api, without /secure/"
                 );

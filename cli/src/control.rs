@@ -34,10 +34,10 @@ pub enum Request {
         payload: String,
         /// How long to wait, in milliseconds.
         timeout_ms: u64,
-        /// Hops to a secure-channel listener to open a channel with first; `route` then
-        /// travels inside it.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        channel: Option<Vec<String>>,
+        /// Secure channels to open first, each inside the one before; `route` then travels
+        /// inside the last.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        channels: Vec<ChannelSpec>,
     },
     /// Open a secure channel to the listener at the end of `to` and keep it.
     ChannelCreate {
@@ -48,11 +48,48 @@ pub enum Request {
     },
     /// The channels this node keeps open.
     ChannelList,
+    /// Create relay `name` at the project node `at` and keep it up (saved in the node's
+    /// configuration once the project node accepted it).
+    RelayCreate {
+        /// The relay's name.
+        name: String,
+        /// `/project/NAME`.
+        at: String,
+        /// How long reaching the project node may take, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// The relays this node keeps, with their state.
+    RelayList,
+    /// Stop keeping relay `name`, forget it, and delete it at the project node.
+    RelayDelete {
+        /// The relay's name.
+        name: String,
+    },
     /// Close a kept channel by its address (`sc-enc-…`).
     ChannelDelete {
         /// The channel's address.
         address: String,
     },
+}
+
+/// A secure channel to open: the hops to its listener (inside the channel before it, if
+/// any), and the identifier that alone may answer, if it is known.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelSpec {
+    /// Hops as `kind#value`.
+    pub to: Vec<String>,
+    /// The only identity admitted at the other end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+impl From<&crate::daemon::ChannelHop> for ChannelSpec {
+    fn from(hop: &crate::daemon::ChannelHop) -> Self {
+        Self {
+            to: hop.route.iter().map(ToString::to_string).collect(),
+            peer: hop.peer.map(|p| p.to_string()),
+        }
+    }
 }
 
 /// A secure channel a daemon keeps open.
@@ -185,7 +222,7 @@ mod tests {
             route: vec!["0#echo".into()],
             payload: "hi".into(),
             timeout_ms: 5,
-            channel: None,
+            channels: Vec::new(),
         };
         let j = serde_json::to_string(&r).unwrap();
         assert_eq!(

@@ -1,15 +1,19 @@
 //! Running a node: the runtime, the TCP listener, the echo service and the control socket,
 //! until Ctrl-C, SIGTERM or a `stop` request, then an orderly shutdown.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
-use kith_identity::Identity;
+use kith_authority::keeper::{HEARTBEAT, KeeperConfig, RelayKeeper};
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER, SharedSettings};
-use kith_node::{Address, AllowAll, Echo, Node, Route};
+use kith_identity::{Identifier, Identity};
+use kith_node::{
+    Address, AllowAll, AllowOrigins, Echo, IncomingAccessControl, Node, Origin, Route,
+};
 use kith_transport::{Direction, TcpTransport};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -21,7 +25,8 @@ use tracing::{info, warn};
 use crate::control::{
     self, ChannelView, ConnectionView, MAX_LINE, NodeStatus, Request, Response, SendReply,
 };
-use crate::home::{AdmissionConfig, Home, write_private_atomic};
+use crate::home::{AdmissionConfig, Home, RelayConfig, write_private_atomic};
+use crate::relays::RelayView;
 
 /// What a daemon prints on stdout once it is serving: the spawning command waits for it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -49,22 +54,66 @@ pub struct RunningNode {
     /// at every handshake, and reloading the credentials replaces them.
     channels: Option<SharedSettings>,
     /// How to rebuild `channels` from the vault: the home, identity and admission rule.
-    reload_from: Option<(Home, Option<String>, AdmissionConfig)>,
+    reload_from: Option<Reload>,
     /// Notified when the node reloads its credentials (the refresher then looks again).
     pub credentials_changed: tokio::sync::Notify,
     /// Channels opened with `kith secure-channel create`, kept until deleted or torn down.
     kept: std::sync::Mutex<Vec<(secure_channel::SecureChannel, String)>>,
+    /// Relays the node keeps up, by name, with where they are (`/project/NAME`).
+    relays: tokio::sync::Mutex<BTreeMap<String, (RelayKeeper, String)>>,
     started_at: u64,
 }
 
-/// Where a message goes: optionally through a secure channel to the listener at the end of
-/// `channel`, then along `route` (inside the channel, if there is one).
+/// How a daemon rebuilds its channel settings from the vault.
+struct Reload {
+    home: Home,
+    identity: Option<String>,
+    admission: AdmissionConfig,
+    /// An authority's node trusts the credentials it issues itself.
+    trust_self: bool,
+}
+
+impl Reload {
+    async fn settings(&self) -> Result<(ChannelSettings, String)> {
+        let (mut settings, name) =
+            channel_settings(&self.home, self.identity.as_deref(), &self.admission).await?;
+        if self.trust_self {
+            let own = settings.local.identity.clone();
+            if !settings
+                .trust
+                .authorities
+                .iter()
+                .any(|a| a.identifier() == own.identifier())
+            {
+                let mut authorities = settings.trust.authorities.clone();
+                authorities.push(own);
+                settings.trust = Arc::new(Trust {
+                    authorities,
+                    admission: settings.trust.admission.clone(),
+                });
+            }
+        }
+        Ok((settings, name))
+    }
+}
+
+/// Where a message goes: through secure channels, each opened inside the one before, then
+/// along `route` inside the last (or plainly, if there are none).
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Route to a secure-channel listener to open a channel with first.
-    pub channel: Option<Route>,
-    /// The route (after the channel's encryptor, if any).
+    /// The channels to open first.
+    pub channels: Vec<ChannelHop>,
+    /// The route (after the last channel's encryptor, if any).
     pub route: Route,
+}
+
+/// One secure channel of a [`Target`].
+#[derive(Debug, Clone)]
+pub struct ChannelHop {
+    /// The route to its listener, inside the channel before it.
+    pub route: Route,
+    /// The only identity that may answer, if known (a project node's).
+    pub peer: Option<Identifier>,
 }
 
 /// Channel settings for the identity `name` (or the default, made if missing) from the vault:
@@ -168,9 +217,19 @@ impl RunningNode {
         listen: Option<&str>,
         channels: Option<ChannelSettings>,
     ) -> Result<Self> {
+        Self::start_with(name, listen, channels, Arc::new(AllowAll)).await
+    }
+
+    /// As [`RunningNode::start`], with `services` deciding who may use the node's services.
+    pub async fn start_with(
+        name: &str,
+        listen: Option<&str>,
+        channels: Option<ChannelSettings>,
+        services: Arc<dyn IncomingAccessControl>,
+    ) -> Result<Self> {
         let node = Node::new(name);
         let tcp = TcpTransport::start(&node);
-        node.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
+        node.start_worker_with_policy([Address::local("echo")], services, Echo)
             .context("cannot start the echo service")?;
         let channels = channels.map(SharedSettings::new);
         if let Some(settings) = &channels {
@@ -189,6 +248,7 @@ impl RunningNode {
             reload_from: None,
             credentials_changed: tokio::sync::Notify::new(),
             kept: std::sync::Mutex::default(),
+            relays: tokio::sync::Mutex::default(),
             started_at: unix_now(),
         })
     }
@@ -202,11 +262,10 @@ impl RunningNode {
     /// them: the secure-channel listener and channels opened from now on use them. Open
     /// channels keep what they were made with.
     pub async fn reload_credentials(&self) -> Result<usize> {
-        let (Some((home, identity, admission)), Some(shared)) = (&self.reload_from, &self.channels)
-        else {
+        let (Some(reload), Some(shared)) = (&self.reload_from, &self.channels) else {
             bail!("this node does not keep its settings in a vault");
         };
-        let (settings, _) = channel_settings(home, identity.as_deref(), admission).await?;
+        let (settings, _) = reload.settings().await?;
         let presented = settings.local.credentials.len();
         shared.set(settings);
         info!(credentials = presented, "reloaded credentials");
@@ -266,8 +325,57 @@ impl RunningNode {
         Ok(channel_view(&channel, &to))
     }
 
-    /// Send `payload` to `target` and wait for one reply; through a fresh secure channel
-    /// (closed afterwards) if the target asks for one.
+    /// Open the channels of `target`, each inside the one before, within `timeout`. On
+    /// failure the ones already open are closed.
+    pub async fn open_channels(
+        &self,
+        hops: &[ChannelHop],
+        timeout: Duration,
+    ) -> Result<Vec<secure_channel::SecureChannel>> {
+        let mut open: Vec<secure_channel::SecureChannel> = Vec::with_capacity(hops.len());
+        let result = async {
+            for hop in hops {
+                let mut settings = self
+                    .settings()
+                    .context("this node has no identity, so it cannot open secure channels")?;
+                if let Some(peer) = hop.peer {
+                    settings.trust = Arc::new(Trust {
+                        authorities: settings.trust.authorities.clone(),
+                        admission: Admission::Identifiers([peer].into()),
+                    });
+                }
+                let mut hops = Vec::new();
+                if let Some(outer) = open.last() {
+                    hops.push(outer.encryptor.clone());
+                }
+                hops.extend(hop.route.iter().cloned());
+                let route = Route::try_from_iter(hops)?;
+                let shown = hop.route.to_string();
+                let channel = tokio::time::timeout(
+                    timeout,
+                    secure_channel::create(&self.node, route, &settings),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("no secure channel to {shown} within {timeout:?}"))?
+                .with_context(|| format!("cannot open a secure channel to {shown}"))?;
+                open.push(channel);
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(open),
+            Err(e) => {
+                for c in open.iter().rev() {
+                    secure_channel::close(&self.node, c);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Send `payload` to `target` and wait for one reply; through fresh secure channels
+    /// (closed afterwards) if the target asks for them.
     pub async fn send(
         &self,
         target: Target,
@@ -275,42 +383,150 @@ impl RunningNode {
         timeout: Duration,
     ) -> Result<SendReply> {
         let started = Instant::now();
-        let (route, channel) = match target.channel {
-            None => (target.route, None),
-            Some(to_listener) => {
-                let settings = self
-                    .settings()
-                    .context("this node has no identity, so it cannot open secure channels")?;
-                let settings = &settings;
-                let shown = to_listener.to_string();
-                let channel = tokio::time::timeout(
-                    timeout,
-                    secure_channel::create(&self.node, to_listener, settings),
-                )
-                .await
-                .map_err(|_| anyhow::anyhow!("no secure channel to {shown} within {timeout:?}"))?
-                .with_context(|| format!("cannot open a secure channel to {shown}"))?;
-                let mut hops = vec![channel.encryptor.clone()];
+        let channels = self.open_channels(&target.channels, timeout).await?;
+        let route = match channels.last() {
+            None => target.route,
+            Some(inner) => {
+                let mut hops = vec![inner.encryptor.clone()];
                 hops.extend(target.route.iter().cloned());
-                (Route::try_from_iter(hops)?, Some(channel))
+                Route::try_from_iter(hops)?
             }
         };
         let mut client = self.node.client()?;
         let shown = route.to_string();
         let left = timeout.saturating_sub(started.elapsed());
         let reply = client.request(route, Bytes::from(payload), left).await;
-        if let Some(c) = &channel {
+        for c in channels.iter().rev() {
             secure_channel::close(&self.node, c);
         }
         let reply = reply.with_context(|| format!("no reply from {shown}"))?;
+        let inner = channels.last();
         Ok(SendReply {
             reply: String::from_utf8_lossy(&reply.payload).into_owned(),
             route: shown,
             return_route: reply.return_route.to_string(),
             round_trip_ms: started.elapsed().as_secs_f64() * 1000.0,
-            peer: channel.as_ref().map(|c| c.peer.identifier.to_string()),
-            verification_code: channel.map(|c| c.verification_code),
+            peer: inner.map(|c| c.peer.identifier.to_string()),
+            verification_code: inner.map(|c| c.verification_code.clone()),
         })
+    }
+
+    fn home(&self) -> Result<&Home> {
+        self.reload_from
+            .as_ref()
+            .map(|r| &r.home)
+            .context("this node keeps no state, so it cannot keep relays")
+    }
+
+    /// Where relay `name` at `at` connects: the project node's listener and identifier.
+    async fn keeper_config(&self, name: &str, at: &str, timeout: Duration) -> Result<KeeperConfig> {
+        let (listener, project_node) = crate::relays::resolve_at(self.home()?, at).await?;
+        Ok(KeeperConfig {
+            name: name.to_owned(),
+            listener,
+            project_node,
+            timeout,
+            heartbeat: HEARTBEAT,
+        })
+    }
+
+    /// Create relay `name` at `at` and keep it up; remembered in the node's configuration
+    /// once the project node accepted it.
+    pub async fn relay_create(&self, name: &str, at: &str, timeout: Duration) -> Result<RelayView> {
+        kith_authority::relay::check_relay_name(name)?;
+        let shared = self
+            .channels
+            .clone()
+            .context("this node has no identity, so it cannot keep relays")?;
+        let mut relays = self.relays.lock().await;
+        if let Some((keeper, kept_at)) = relays.get(name) {
+            if kept_at != at {
+                bail!("this node already keeps relay {name:?} at {kept_at}; delete it first");
+            }
+            return Ok(RelayView::new(self.node.name(), kept_at, keeper.status()));
+        }
+        let config = self.keeper_config(name, at, timeout).await?;
+        let keeper = RelayKeeper::start(&self.node, shared, config)
+            .await
+            .map_err(crate::relays::refused)?;
+        let home = self.home()?;
+        let mut saved = home.load_node(self.node.name())?;
+        saved.relays.retain(|r| r.name != name);
+        saved.relays.push(RelayConfig {
+            name: name.to_owned(),
+            at: at.to_owned(),
+        });
+        home.save_node(&saved)?;
+        let view = RelayView::new(self.node.name(), at, keeper.status());
+        relays.insert(name.to_owned(), (keeper, at.to_owned()));
+        Ok(view)
+    }
+
+    /// Keep the relays of the node's configuration up, without waiting for them.
+    async fn restore_relays(&self, saved: &[RelayConfig]) {
+        let Some(shared) = self.channels.clone() else {
+            return;
+        };
+        let mut relays = self.relays.lock().await;
+        for r in saved {
+            match self
+                .keeper_config(&r.name, &r.at, crate::relays::RELAY_TIMEOUT)
+                .await
+            {
+                Ok(config) => {
+                    let keeper = RelayKeeper::spawn(&self.node, shared.clone(), config);
+                    relays.insert(r.name.clone(), (keeper, r.at.clone()));
+                }
+                Err(e) => {
+                    warn!(relay = %r.name, at = %r.at, error = %format!("{e:#}"), "cannot keep a saved relay")
+                }
+            }
+        }
+    }
+
+    /// The relays the node keeps.
+    pub async fn relay_list(&self) -> Vec<RelayView> {
+        let relays = self.relays.lock().await;
+        relays
+            .values()
+            .map(|(k, at)| RelayView::new(self.node.name(), at, k.status()))
+            .collect()
+    }
+
+    /// Stop keeping relay `name`, forget it, and delete it at the project node.
+    pub async fn relay_delete(&self, name: &str) -> Result<RelayView> {
+        let mut relays = self.relays.lock().await;
+        let Some((keeper, at)) = relays.remove(name) else {
+            bail!("node {} keeps no relay {name:?}", self.node.name());
+        };
+        let mut view = RelayView::new(self.node.name(), &at, keeper.status());
+        keeper.stop();
+        let home = self.home()?;
+        let mut saved = home.load_node(self.node.name())?;
+        saved.relays.retain(|r| r.name != name);
+        home.save_node(&saved)?;
+        let deleted = async {
+            let config = self
+                .keeper_config(name, &at, crate::relays::RELAY_TIMEOUT)
+                .await?;
+            let settings = self.settings().context("this node has no identity")?;
+            let mut client = kith_authority::client::AuthorityClient::connect(
+                &self.node,
+                config.listener,
+                &config.project_node,
+                &settings,
+                config.timeout,
+            )
+            .await?;
+            client.delete_relay(name).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        view.deleted_at_project_node = Some(match deleted {
+            Ok(()) => "deleted".to_owned(),
+            Err(e) => format!("not deleted: {e:#}"),
+        });
+        Ok(view)
     }
 
     /// The node's status.
@@ -369,6 +585,26 @@ impl RunningNode {
     }
 }
 
+/// Who may use a node's services: anyone, or local workers and the secure-channel peers
+/// that satisfy the node's `--allow` policy.
+fn services_policy(admission: &AdmissionConfig) -> Result<Arc<dyn IncomingAccessControl>> {
+    let Some(text) = &admission.allow else {
+        return Ok(Arc::new(AllowAll));
+    };
+    let policy = kith_identity::policy::Policy::parse(text)
+        .map_err(|e| anyhow::anyhow!("the node's --allow policy does not parse: {e}"))?;
+    Ok(Arc::new(AllowOrigins(
+        move |origin: &Origin| match origin {
+            Origin::Local => true,
+            Origin::SecureChannel {
+                identifier,
+                attributes,
+            } => policy.allows(identifier, attributes),
+            Origin::Transport { .. } => false,
+        },
+    )))
+}
+
 fn channel_view(c: &secure_channel::SecureChannel, to: &str) -> ChannelView {
     ChannelView {
         address: c.encryptor.value().to_owned(),
@@ -400,20 +636,28 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     // A socket file left by a node that died is stale: nobody answers on it.
     let _ = std::fs::remove_file(&socket);
 
-    let (settings, identity) =
-        channel_settings(home, config.identity.as_deref(), &config.admission).await?;
+    let mut reload = Reload {
+        home: home.clone(),
+        identity: config.identity.clone(),
+        admission: config.admission.clone(),
+        trust_self: config.authority.is_some(),
+    };
+    let (settings, identity) = reload.settings().await?;
+    reload.identity = Some(identity.clone());
     if config.identity.as_deref() != Some(identity.as_str()) {
         // Keep the identity the node first ran as, even if the default changes later.
         config.identity = Some(identity.clone());
         home.save_node(&config)?;
     }
-    let mut running =
-        RunningNode::start(name, Some(&config.tcp_listener_address), Some(settings)).await?;
-    running.reload_from = Some((
-        home.clone(),
-        Some(identity.clone()),
-        config.admission.clone(),
-    ));
+    let services = services_policy(&config.admission)?;
+    let mut running = RunningNode::start_with(
+        name,
+        Some(&config.tcp_listener_address),
+        Some(settings),
+        services,
+    )
+    .await?;
+    running.reload_from = Some(reload);
     let authority = match &config.authority {
         Some(a) => match crate::authority::start_services(home, &running.node, &config, a).await {
             Ok(held) => Some(held),
@@ -452,6 +696,7 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     });
 
     let running = Arc::new(running);
+    running.restore_relays(&config.relays).await;
     let refresher = tokio::spawn(crate::refresh::run(
         home.clone(),
         identity.clone(),
@@ -514,6 +759,22 @@ async fn serve_control(stream: UnixStream, running: Arc<RunningNode>, stop: mpsc
             (to_response(result), false)
         }
         Ok(Request::ChannelList) => (to_response(Ok(running.list_channels())), false),
+        Ok(Request::RelayCreate {
+            name,
+            at,
+            timeout_ms,
+        }) => (
+            to_response(
+                running
+                    .relay_create(&name, &at, Duration::from_millis(timeout_ms))
+                    .await,
+            ),
+            false,
+        ),
+        Ok(Request::RelayList) => (to_response(Ok(running.relay_list().await)), false),
+        Ok(Request::RelayDelete { name }) => {
+            (to_response(running.relay_delete(&name).await), false)
+        }
         Ok(Request::ChannelDelete { address }) => {
             (to_response(running.close_channel(&address)), false)
         }
@@ -531,11 +792,24 @@ async fn serve_control(stream: UnixStream, running: Arc<RunningNode>, stop: mpsc
             route,
             payload,
             timeout_ms,
-            channel,
+            channels,
         }) => {
             let result = async {
                 let target = Target {
-                    channel: channel.map(|c| parse_hops(&c)).transpose()?,
+                    channels: channels
+                        .iter()
+                        .map(|c| {
+                            Ok(ChannelHop {
+                                route: parse_hops(&c.to)?,
+                                peer: c
+                                    .peer
+                                    .as_deref()
+                                    .map(str::parse)
+                                    .transpose()
+                                    .context("invalid channel peer")?,
+                            })
+                        })
+                        .collect::<Result<_>>()?,
                     route: parse_hops(&route)?,
                 };
                 running

@@ -47,6 +47,19 @@ pub struct NodeConfig {
     /// Set if the node is a project's authority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<AuthorityNodeConfig>,
+    /// Relays the node keeps up (`kith relay create`), restored when it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<RelayConfig>,
+}
+
+/// A relay a node keeps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The relay's name: it is reached at `forward_to_NAME` on the project node.
+    pub name: String,
+    /// Where: `/project/NAME`.
+    pub at: String,
 }
 
 /// What makes a node a project authority (`kith authority create`).
@@ -78,6 +91,10 @@ pub struct AdmissionConfig {
     /// issuers of its own identity's credentials.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_authorities: Vec<String>,
+    /// Who may use the node's services through secure channels (a policy over the peer's
+    /// attributes and identifier); anyone, if none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<String>,
 }
 
 /// Check a node name: letters, digits, '-' and '_', starting with a letter or digit.
@@ -336,6 +353,7 @@ mod tests {
             created_at: 1,
             identity: Some("default".into()),
             authority: None,
+            relays: Vec::new(),
             admission: Default::default(),
         };
         home.create_node(&cfg).unwrap();

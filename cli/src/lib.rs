@@ -19,6 +19,7 @@ pub mod nodes;
 pub mod output;
 mod projects;
 mod refresh;
+pub mod relays;
 pub mod run;
 
 pub use duration::{DisplayDuration, DurationError, parse_duration};

@@ -7,8 +7,8 @@ use kith_node::{Address, Route, TCP};
 use kith_transport::{MultiAddr, Protocol};
 
 use crate::args::SendMessage;
-use crate::control::{self, Request, SendReply};
-use crate::daemon::{RunningNode, Target, channel_settings};
+use crate::control::{self, ChannelSpec, Request, SendReply};
+use crate::daemon::{ChannelHop, RunningNode, Target, channel_settings};
 use crate::home::Home;
 use crate::nodes::{NodeState, probe};
 use crate::output::Output;
@@ -24,21 +24,34 @@ fn dialable(listener: &str) -> String {
     }
 }
 
-/// Parse `text` as a target: a route, or a route to a secure-channel listener followed by
-/// the route inside the channel. `/node/NAME` resolves to that running node's listener.
+/// Parse `text` as a target: a route, or routes to secure-channel listeners, each inside the
+/// channel before it, followed by the route inside the last channel. `/node/NAME` resolves to
+/// that running node's listener; `/project/NAME` to the project node's route, with a channel
+/// to its listener that only the project node's identity can answer.
 pub async fn resolve_target(home: &Home, text: &str) -> Result<Target> {
-    let addr: MultiAddr = text
+    let mut addr: MultiAddr = text
         .parse()
         .with_context(|| format!("invalid route {text:?}"))?;
-    Ok(match addr.secure_split() {
-        Some((to_listener, rest)) => Target {
-            channel: Some(resolve(home, text, &to_listener).await?),
-            route: resolve(home, text, &rest).await?,
-        },
-        None => Target {
-            channel: None,
-            route: resolve(home, text, &addr).await?,
-        },
+    let mut pinned = None;
+    if let Some(name) = addr.project() {
+        let project = crate::projects::load_project(home, Some(name))
+            .with_context(|| format!("route {text:?} names project {name:?}"))?;
+        pinned = Some(project.project_identifier);
+        addr = addr
+            .with_project(&project.project_route)
+            .with_context(|| format!("the route of project {name:?} cannot be used"))?;
+    }
+    let (listeners, rest) = addr.secure_split();
+    let mut channels = Vec::with_capacity(listeners.len());
+    for (i, listener) in listeners.iter().enumerate() {
+        channels.push(ChannelHop {
+            route: resolve(home, text, listener).await?,
+            peer: if i == 0 { pinned } else { None },
+        });
+    }
+    Ok(Target {
+        channels,
+        route: resolve(home, text, &rest).await?,
     })
 }
 
@@ -86,9 +99,7 @@ pub async fn send(home: &Home, out: &Output, args: SendMessage) -> Result<()> {
                 route: target.route.iter().map(ToString::to_string).collect(),
                 payload: args.message,
                 timeout_ms: u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX),
-                channel: target
-                    .channel
-                    .map(|c| c.iter().map(ToString::to_string).collect()),
+                channels: target.channels.iter().map(ChannelSpec::from).collect(),
             };
             let socket = home.socket_path(from);
             if let NodeState::Stopped { .. } = probe(home, from).await {
@@ -100,7 +111,7 @@ pub async fn send(home: &Home, out: &Output, args: SendMessage) -> Result<()> {
         }
         None => {
             // An identity only if the route needs one: a plain message needs no vault.
-            let channels = match target.channel {
+            let channels = match target.channels.first() {
                 Some(_) => Some(
                     channel_settings(home, None, &crate::home::AdmissionConfig::default())
                         .await?

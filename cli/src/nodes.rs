@@ -97,6 +97,7 @@ pub async fn create(home: &Home, out: &Output, args: CreateNode) -> Result<()> {
         identity: Some(identity),
         admission,
         authority: None,
+        relays: Vec::new(),
     };
     home.create_node(&config)?;
     let started = if args.foreground {
@@ -427,10 +428,15 @@ async fn admission_config(
             .with_context(|| format!("--trust-authority {a:?}"))?;
         authorities.push(kith_identity::hex::encode(&identity.export()));
     }
+    if let Some(policy) = &args.allow {
+        kith_identity::policy::Policy::parse(policy)
+            .map_err(|e| anyhow::anyhow!("--allow is not a policy: {e}\n{}", e.render(policy)))?;
+    }
     Ok(crate::home::AdmissionConfig {
         allow_identities: allow,
         require_credential: args.require_credential,
         trusted_authorities: authorities,
+        allow: args.allow.clone(),
     })
 }
 

@@ -6,7 +6,9 @@ use clap::CommandFactory;
 use crate::args::{Cli, Command, MessageCommand, NodeCommand, kith_home};
 use crate::home::Home;
 use crate::output::Output;
-use crate::{authority, channels, credentials, daemon, demo, identities, message, nodes, projects};
+use crate::{
+    authority, channels, credentials, daemon, demo, identities, message, nodes, projects, relays,
+};
 
 fn home() -> Result<Home> {
     let root = kith_home().context("cannot find a state directory: set KITH_HOME or HOME")?;
@@ -46,6 +48,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Project(cmd) => projects::run(&home()?, &out, cmd).await,
         Command::Credential(cmd) => credentials::run(&home()?, &out, cmd).await,
         Command::SecureChannel(cmd) => channels::run(&home()?, &out, cmd).await,
+        Command::Relay(cmd) => relays::run(&home()?, &out, cmd).await,
         Command::Demo => demo::run(&out).await,
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kith", &mut std::io::stdout());

@@ -12,7 +12,7 @@
 #![no_main]
 
 use kith_node::{Address, MAX_ROUTE_LEN, TCP};
-use kith_transport::{MultiAddr, MultiAddrError, Protocol};
+use kith_transport::{MAX_SECURE_HOPS, MultiAddr, MultiAddrError, Protocol};
 use libfuzzer_sys::fuzz_target;
 
 /// A resolver's own error, as the CLI has one, to check `E: From<MultiAddrError>` plumbing.
@@ -43,12 +43,41 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again, m, "{text:?} -> {shown:?}");
     assert_eq!(again.to_string(), shown);
 
-    // A route with a secure hop is two routes: to the listener, and inside the channel.
-    // Each is valid on its own; the whole is not a plain route.
-    if let Some((to_listener, rest)) = m.secure_split() {
-        assert!(m.to_route(|n| Ok::<_, MultiAddrError>(Address::local(n))).is_err());
-        assert!(rest.secure_split().is_none(), "{text:?}: more than one secure hop parsed");
-        for part in [&to_listener, &rest] {
+    // A route that starts with a project expands, with any plain project route, to a route
+    // that parses again and no longer names the project.
+    if m.project().is_some() {
+        assert!(
+            m.to_route(|n| Ok::<_, MultiAddrError>(Address::local(n)))
+                .is_err()
+        );
+        let at: MultiAddr = "/ip4/10.0.0.1/tcp/4000"
+            .parse()
+            .expect("a plain route parses");
+        let expanded = m
+            .with_project(&at)
+            .unwrap_or_else(|e| panic!("{text:?}: a parsed project route does not expand: {e}"));
+        assert!(expanded.project().is_none());
+        assert_eq!(
+            expanded.to_string().parse::<MultiAddr>().ok(),
+            Some(expanded)
+        );
+        return;
+    }
+
+    // A route with secure hops is several routes: to each listener in turn, and inside the
+    // last channel. Each is valid on its own; the whole is not a plain route.
+    let (listeners, rest) = m.secure_split();
+    if !listeners.is_empty() {
+        assert!(
+            m.to_route(|n| Ok::<_, MultiAddrError>(Address::local(n)))
+                .is_err()
+        );
+        assert!(
+            listeners.len() <= MAX_SECURE_HOPS,
+            "{text:?}: too many secure hops parsed"
+        );
+        assert!(rest.secure_split().0.is_empty());
+        for part in listeners.iter().chain([&rest]) {
             let r = part
                 .to_route(|n| Ok::<_, MultiAddrError>(Address::local(n)))
                 .unwrap_or_else(|e| panic!("{text:?}: part {part} of a secure route fails: {e}"));

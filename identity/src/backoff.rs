@@ -18,6 +18,7 @@ const MAX: Duration = Duration::from_millis(500);
 pub struct Backoff {
     started: Instant,
     next: Duration,
+    max: Duration,
     budget: Duration,
     jitter: bool,
 }
@@ -28,9 +29,18 @@ impl Backoff {
         Self {
             started: Instant::now(),
             next: FIRST,
+            max: MAX,
             budget,
             jitter: false,
         }
+    }
+
+    /// Start at `first` and double up to `max` instead of the contention schedule (for
+    /// reconnecting, where the other side may be down for a while).
+    pub fn between(mut self, first: Duration, max: Duration) -> Self {
+        self.next = first;
+        self.max = max.max(first);
+        self
     }
 
     /// Add up to half of each pause at random, so that processes that collided do not
@@ -51,7 +61,7 @@ impl Backoff {
         if self.waited().saturating_add(pause) > self.budget {
             return None;
         }
-        self.next = pause.saturating_mul(2).min(MAX);
+        self.next = pause.saturating_mul(2).min(self.max);
         if self.jitter {
             let half = u64::try_from(pause.as_micros() / 2).unwrap_or(u64::MAX);
             let extra = OsRng.next_u64() % half.max(1);
@@ -77,5 +87,10 @@ mod tests {
         let mut j = Backoff::new(Duration::from_secs(3600)).jittered();
         let p = j.next_pause().unwrap();
         assert!(p >= FIRST && p < FIRST + FIRST / 2, "{p:?}");
+        let second = Duration::from_secs(1);
+        let mut r = Backoff::new(Duration::MAX).between(second / 10, second);
+        let pauses: Vec<_> = (0..6).map(|_| r.next_pause().unwrap()).collect();
+        assert_eq!(pauses[0], second / 10);
+        assert_eq!(pauses[5], second);
     }
 }

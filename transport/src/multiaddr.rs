@@ -2,7 +2,9 @@
 //!
 //! A [`MultiAddr`] is parsed from text with positioned errors, then turned into a [`Route`].
 //! `/node/NAME` names a node of the local user; whoever builds the route (the CLI) resolves it
-//! to that node's listener.
+//! to that node's listener. `/project/NAME`, only first, names a project's node: whoever knows
+//! the project replaces it with the project node's route and a secure channel to its
+//! listener ([`MultiAddr::with_project`]).
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -30,29 +32,112 @@ pub enum Protocol {
     /// `/secure/LISTENER`: open a secure channel to the listener on the node reached so far;
     /// the rest of the route travels inside it.
     Secure(String),
+    /// `/project/NAME`, first only: a secure channel to the project's node.
+    Project(String),
 }
+
+/// 4 channels: the most `/secure/` hops (a `/project/` counts as one) one route may nest. A
+/// relay needs two; each layer costs a handshake and a seal per message.
+pub const MAX_SECURE_HOPS: usize = 4;
+
+/// The listener a `/project/NAME` route opens its channel with.
+pub const PROJECT_LISTENER: &str = "api";
 
 /// A parsed multiaddr route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MultiAddr(Vec<Protocol>);
 
 impl MultiAddr {
-    /// Split at the first `/secure/LISTENER`: the route to the listener (ending in
-    /// `/service/LISTENER`), and what follows, which travels inside the channel. `None` if
-    /// there is no secure hop.
-    pub fn secure_split(&self) -> Option<(MultiAddr, MultiAddr)> {
-        let at = self
+    /// Split at every `/secure/LISTENER`: the routes to each listener in turn (the first from
+    /// here, each next one inside the channel before it, each ending in `/service/LISTENER`),
+    /// and what travels inside the last channel. No listeners if there is no secure hop.
+    pub fn secure_split(&self) -> (Vec<MultiAddr>, MultiAddr) {
+        let mut listeners = Vec::new();
+        let mut current = Vec::new();
+        for p in &self.0 {
+            match p {
+                Protocol::Secure(listener) => {
+                    current.push(Protocol::Service(listener.clone()));
+                    listeners.push(MultiAddr(std::mem::take(&mut current)));
+                }
+                other => current.push(other.clone()),
+            }
+        }
+        (listeners, MultiAddr(current))
+    }
+
+    /// The project a route starts with (`/project/NAME/…`), if it does.
+    pub fn project(&self) -> Option<&str> {
+        match self.0.first() {
+            Some(Protocol::Project(name)) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// This route with its leading `/project/NAME` replaced by `project_route` (the project
+    /// node's address) and a secure channel to its [`PROJECT_LISTENER`]. A route without a
+    /// project is returned as it is.
+    pub fn with_project(&self, project_route: &MultiAddr) -> Result<MultiAddr, MultiAddrError> {
+        let Some((Protocol::Project(_), rest)) = self.0.split_first() else {
+            return Ok(self.clone());
+        };
+        if project_route
             .0
             .iter()
-            .position(|p| matches!(p, Protocol::Secure(_)))?;
-        let (before, after) = self.0.split_at(at);
-        let (secure, rest) = after.split_first()?;
-        let Protocol::Secure(listener) = secure else {
-            return None;
+            .any(|p| matches!(p, Protocol::Project(_) | Protocol::Secure(_)))
+        {
+            return Err(structure(
+                "a project's route must be a plain address, e.g. /ip4/10.0.0.1/tcp/4000",
+            ));
+        }
+        let mut out = project_route.0.clone();
+        out.push(Protocol::Secure(PROJECT_LISTENER.to_owned()));
+        out.extend(rest.iter().cloned());
+        let expanded = MultiAddr(out);
+        expanded.check()?;
+        Ok(expanded)
+    }
+
+    /// Check the structure: each part between secure hops must be a valid route on its own,
+    /// with at most [`MAX_SECURE_HOPS`] hops, and a project only first.
+    fn check(&self) -> Result<(), MultiAddrError> {
+        let hops = self
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| match p {
+                Protocol::Secure(_) => true,
+                Protocol::Project(_) => *i == 0,
+                _ => false,
+            })
+            .count();
+        if self
+            .0
+            .iter()
+            .skip(1)
+            .any(|p| matches!(p, Protocol::Project(_)))
+        {
+            return Err(structure("/project/NAME can only start a route"));
+        }
+        if hops > MAX_SECURE_HOPS {
+            return Err(structure(&format!(
+                "at most {MAX_SECURE_HOPS} secure channels (/secure/ or /project/ hops) per route"
+            )));
+        }
+        let plain = match self.0.split_first() {
+            Some((Protocol::Project(_), rest)) => {
+                let mut p = vec![Protocol::Node("project".to_owned())];
+                p.push(Protocol::Secure(PROJECT_LISTENER.to_owned()));
+                p.extend(rest.iter().cloned());
+                MultiAddr(p)
+            }
+            _ => self.clone(),
         };
-        let mut to_listener = before.to_vec();
-        to_listener.push(Protocol::Service(listener.clone()));
-        Some((MultiAddr(to_listener), MultiAddr(rest.to_vec())))
+        let (listeners, rest) = plain.secure_split();
+        for part in listeners.iter().chain(std::iter::once(&rest)) {
+            part.to_route(|n| Ok::<_, MultiAddrError>(Address::local(n)))?;
+        }
+        Ok(())
     }
 
     /// The segments in order.
@@ -87,6 +172,12 @@ impl MultiAddr {
                 }
                 Protocol::Secure(_) => {
                     return Err(structure("a /secure/ hop is a channel to open first; split the route with secure_split").into());
+                }
+                Protocol::Project(_) => {
+                    return Err(structure(
+                        "a /project/ hop is a channel to the project's node; expand it with with_project",
+                    )
+                    .into());
                 }
             };
             let Some(Protocol::Tcp(port)) = it.next() else {
@@ -159,6 +250,7 @@ impl FromStr for MultiAddr {
                 "service" => ("service", "/service/echo"),
                 "node" => ("node", "/node/n1"),
                 "secure" => ("secure", "/node/n1/secure/api/service/echo"),
+                "project" => ("project", "/project/acme/service/forward_to_db"),
                 "" if position > 1 && parts.clone().next().is_none() => break, // trailing '/'
                 other => {
                     return Err(MultiAddrError::UnknownProtocol {
@@ -188,26 +280,13 @@ impl FromStr for MultiAddr {
                 },
                 "service" => Protocol::Service(name(protocol, value)?),
                 "secure" => Protocol::Secure(name(protocol, value)?),
+                "project" => Protocol::Project(name(protocol, value)?),
                 _ => Protocol::Node(name(protocol, value)?),
             });
         }
         let addr = MultiAddr(out);
-        // Check structure now so a bad route fails at parse time, before any node is used:
-        // each side of a secure hop must be a valid route on its own.
-        let check = |m: &MultiAddr| {
-            m.to_route(|n| Ok::<_, MultiAddrError>(Address::local(n)))
-                .map(|_| ())
-        };
-        match addr.secure_split() {
-            Some((to_listener, rest)) => {
-                check(&to_listener)?;
-                if rest.0.iter().any(|p| matches!(p, Protocol::Secure(_))) {
-                    return Err(structure("one /secure/ hop per route is supported"));
-                }
-                check(&rest)?;
-            }
-            None => check(&addr)?,
-        }
+        // Check structure now so a bad route fails at parse time, before any node is used.
+        addr.check()?;
         Ok(addr)
     }
 }
@@ -223,6 +302,7 @@ impl fmt::Display for MultiAddr {
                 Protocol::Service(s) => write!(f, "/service/{s}")?,
                 Protocol::Node(n) => write!(f, "/node/{n}")?,
                 Protocol::Secure(l) => write!(f, "/secure/{l}")?,
+                Protocol::Project(n) => write!(f, "/project/{n}")?,
             }
         }
         Ok(())
@@ -279,18 +359,25 @@ mod tests {
         assert!(e("/service/a b").contains("letters, digits"));
         assert!(e("/dnsaddr/../tcp/1").contains("invalid dnsaddr"));
         assert!(e("/secure").contains("/secure needs a value"));
-        assert!(e("/node/a/secure/api/secure/api/service/echo").contains("one /secure/ hop"));
+        assert!(
+            e("/node/a/secure/api/secure/b/secure/c/secure/d/secure/e/service/echo")
+                .contains("at most 4 secure channels")
+        );
+        assert!(e("/service/a/project/acme").contains("can only start a route"));
+        assert!(e("/project/acme/tcp/4").contains("/tcp must follow"));
+        assert!(e("/project/a%2Fb").contains("invalid project"));
         assert!(e("/node/a/secure/api/tcp/4").contains("/tcp must follow"));
     }
 
     #[test]
-    fn secure_routes_split_at_the_channel() {
+    fn secure_routes_split_at_each_channel() {
         let m: MultiAddr = "/ip4/127.0.0.1/tcp/4002/secure/api/service/echo"
             .parse()
             .unwrap();
-        let (to_listener, rest) = m.secure_split().unwrap();
+        let (listeners, rest) = m.secure_split();
+        assert_eq!(listeners.len(), 1);
         assert_eq!(
-            to_listener.to_string(),
+            listeners[0].to_string(),
             "/ip4/127.0.0.1/tcp/4002/service/api"
         );
         assert_eq!(rest.to_string(), "/service/echo");
@@ -303,12 +390,52 @@ mod tests {
                 .is_err()
         );
         let plain: MultiAddr = "/node/n1/service/echo".parse().unwrap();
-        assert!(plain.secure_split().is_none());
+        assert!(plain.secure_split().0.is_empty());
+
+        let nested: MultiAddr = "/node/p/secure/api/service/forward_to_db/secure/api/service/echo"
+            .parse()
+            .unwrap();
+        let (listeners, rest) = nested.secure_split();
+        let shown: Vec<_> = listeners.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["/node/p/service/api", "/service/forward_to_db/service/api"]
+        );
+        assert_eq!(rest.to_string(), "/service/echo");
+    }
+
+    #[test]
+    fn a_project_expands_to_its_route_and_a_channel() {
+        let m: MultiAddr = "/project/acme/service/forward_to_db/secure/api/service/echo"
+            .parse()
+            .unwrap();
+        assert_eq!(m.project(), Some("acme"));
+        assert_eq!(
+            m.to_string(),
+            "/project/acme/service/forward_to_db/secure/api/service/echo"
+        );
+        assert!(
+            m.to_route(|n| Ok::<_, MultiAddrError>(Address::local(n)))
+                .unwrap_err()
+                .to_string()
+                .contains("with_project")
+        );
+        let at: MultiAddr = "/ip4/10.0.0.1/tcp/4000".parse().unwrap();
+        let expanded = m.with_project(&at).unwrap();
+        assert_eq!(
+            expanded.to_string(),
+            "/ip4/10.0.0.1/tcp/4000/secure/api/service/forward_to_db/secure/api/service/echo"
+        );
+        assert_eq!(expanded.project(), None);
+        let bad: MultiAddr = "/node/x/secure/api".parse().unwrap();
+        assert!(m.with_project(&bad).is_err());
+        let none: MultiAddr = "/service/echo".parse().unwrap();
+        assert_eq!(none.with_project(&at).unwrap(), none);
     }
 
     proptest! {
         #[test]
-        fn arbitrary_text_never_panics(s in "(/(ip4|ip6|tcp|dnsaddr|service|node|secure|x)?(/[0-9a-z.:]{0,6})?){0,8}") {
+        fn arbitrary_text_never_panics(s in "(/(ip4|ip6|tcp|dnsaddr|service|node|secure|project|x)?(/[0-9a-z.:]{0,6})?){0,8}") {
             if let Ok(m) = s.parse::<MultiAddr>() {
                 prop_assert_eq!(m.to_string().parse::<MultiAddr>().unwrap(), m);
             }

@@ -1,0 +1,337 @@
+//! `kith relay …`: relays a node keeps up at its project node, so that nodes which accept no
+//! connections can be reached through it (DESIGN §5, §6).
+//!
+//! The node daemon does the keeping (`kith_authority::keeper`); these commands ask it over
+//! its control socket. `--at` commands talk to the project node directly, from an embedded
+//! node, as the default identity: how an admin lists all relays or frees a name.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use kith_authority::client::{AuthorityClient, ClientError};
+use kith_authority::keeper::{RelayState, RelayStatus};
+use kith_authority::relay::{RelayInfo, check_relay_name, relay_address};
+use kith_identity::Identifier;
+use kith_node::Route;
+use kith_transport::{MultiAddr, PROJECT_LISTENER};
+use serde::{Deserialize, Serialize};
+
+use crate::args::RelayCommand;
+use crate::control::{self, Request};
+use crate::daemon::{RunningNode, channel_settings, unix_now};
+use crate::duration::{DisplayDuration, unix_time};
+use crate::home::{AdmissionConfig, Home};
+use crate::nodes::{NodeState, probe};
+use crate::output::Output;
+
+/// 10 s: how long reaching the project node may take when a daemon restores or deletes a
+/// relay (a handshake and one request).
+pub const RELAY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A relay a node keeps, as `list` and `show` print it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayView {
+    /// The node that keeps it.
+    pub node: String,
+    /// Where: `/project/NAME`.
+    pub at: String,
+    /// Its state.
+    #[serde(flatten)]
+    pub status: RelayStatus,
+    /// The route that reaches the node through it.
+    pub route: String,
+    /// After `delete`: whether the project node freed the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at_project_node: Option<String>,
+}
+
+impl RelayView {
+    /// The view of relay `status` kept by `node` at `at`.
+    pub fn new(node: &str, at: &str, status: RelayStatus) -> Self {
+        Self {
+            node: node.to_owned(),
+            at: at.to_owned(),
+            route: format!("{at}/service/{}", relay_address(&status.name)),
+            status,
+            deleted_at_project_node: None,
+        }
+    }
+
+    fn line(&self, now: u64) -> String {
+        let state = match &self.status.state {
+            RelayState::Up { since } => format!("up since {}", ago(*since, now)),
+            RelayState::Reconnecting { since, attempts } => {
+                format!(
+                    "reconnecting since {} ({attempts} attempts)",
+                    ago(*since, now)
+                )
+            }
+        };
+        let mut line = format!(
+            "{}  {state}  node {} at {}  route {}",
+            self.status.name, self.node, self.at, self.route
+        );
+        if let Some((at, error)) = &self.status.last_error {
+            line.push_str(&format!("\n    last error ({}): {error}", ago(*at, now)));
+        }
+        line
+    }
+}
+
+fn ago(at: u64, now: u64) -> String {
+    match now.saturating_sub(at) {
+        0 => format!("{} (just now)", unix_time(at)),
+        secs => format!(
+            "{} ({} ago)",
+            unix_time(at),
+            DisplayDuration(Duration::from_secs(secs))
+        ),
+    }
+}
+
+/// `--at` as the relay keeps it: `/project/NAME`, the default project if none is given.
+fn normalize_at(home: &Home, at: Option<&str>) -> Result<String> {
+    let name = match at {
+        None => {
+            crate::projects::load_project(home, None)
+                .context("no --at given, and no default project")?
+                .name
+        }
+        Some(text) => {
+            let m: MultiAddr = text
+                .parse()
+                .with_context(|| format!("--at {text:?} is not a route"))?;
+            let name = m.project().ok_or_else(|| {
+                anyhow!(
+                    "--at takes a project, /project/NAME (see `kith project list`), not {text:?}"
+                )
+            })?;
+            if m.protocols().len() != 1 {
+                bail!("--at is the project alone, /project/{name}, without more hops");
+            }
+            crate::projects::load_project(home, Some(name))?.name
+        }
+    };
+    Ok(format!("/project/{name}"))
+}
+
+/// The project node's listener route and identifier for `/project/NAME`.
+pub async fn resolve_at(home: &Home, at: &str) -> Result<(Route, Identifier)> {
+    let m: MultiAddr = at
+        .parse()
+        .with_context(|| format!("relay location {at:?} is not a route"))?;
+    let name = m
+        .project()
+        .ok_or_else(|| anyhow!("relay location {at:?} is not /project/NAME"))?;
+    let project = crate::projects::load_project(home, Some(name))?;
+    let text = format!("{}/service/{PROJECT_LISTENER}", project.project_route);
+    let target = crate::message::resolve_target(home, &text).await?;
+    Ok((target.route, project.project_identifier))
+}
+
+/// A refusal from the project node, as one line that says who refused and why.
+pub fn refused(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Refused(api) => anyhow!("the project node refused: {}", api.message),
+        other => anyhow::Error::new(other).context("cannot reach the project node"),
+    }
+}
+
+/// Run a relay command.
+pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
+    match cmd {
+        RelayCommand::Create {
+            name,
+            to,
+            at,
+            timeout,
+        } => {
+            let name = name.unwrap_or_else(|| to.clone());
+            // The error describes the name without repeating it: it may be 10 KB of anything.
+            check_relay_name(&name)?;
+            let at = normalize_at(home, at.as_deref())?;
+            let socket = running(home, &to).await?;
+            let spinner = out.spinner(format!("creating relay {name} at {at}"));
+            let request = Request::RelayCreate {
+                name: name.clone(),
+                at: at.clone(),
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            };
+            let answer =
+                control::call(&socket, &request, timeout * 2 + Duration::from_secs(2)).await;
+            if let Some(s) = spinner {
+                s.finish_and_clear();
+            }
+            let view: RelayView =
+                serde_json::from_value(answer?).context("unexpected answer from the node")?;
+            out.result(
+                || {
+                    format!(
+                        "Relay {name} is up: node {to} is reachable at {route}.\nTry: kith message send hi --to {route}/secure/api/service/echo",
+                        route = view.route
+                    )
+                },
+                &view,
+            );
+        }
+        RelayCommand::List { to, at: Some(at) } => {
+            debug_assert!(to.is_none());
+            let at = normalize_at(home, Some(&at))?;
+            let all = at_project_node(home, &at, async |c| c.list_relays().await).await?;
+            out.result(
+                || {
+                    if all.is_empty() {
+                        return format!("The project node at {at} holds no relays you may see.");
+                    }
+                    all.iter()
+                        .map(|r| info_line(r, &at))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                &all,
+            );
+        }
+        RelayCommand::List { to, at: None } => {
+            let all = kept(home, to.as_deref()).await?;
+            let now = unix_now();
+            out.result(
+                || {
+                    if all.is_empty() {
+                        return "No local node keeps a relay; create one with `kith relay create NAME --to NODE`.".to_owned();
+                    }
+                    all.iter()
+                        .map(|v| v.line(now))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                &all,
+            );
+        }
+        RelayCommand::Show { name, to } => {
+            let view = find(home, &name, to.as_deref()).await?;
+            let now = unix_now();
+            out.result(|| view.line(now), &view);
+        }
+        RelayCommand::Delete {
+            name,
+            to: _,
+            at: Some(at),
+        } => {
+            let at = normalize_at(home, Some(&at))?;
+            let info = at_project_node(home, &at, async |c| c.delete_relay(&name).await).await?;
+            out.result(
+                || {
+                    format!(
+                        "Deleted relay {} (owner {}) at {at}.",
+                        info.name, info.owner
+                    )
+                },
+                &info,
+            );
+        }
+        RelayCommand::Delete { name, to, at: None } => {
+            let view = find(home, &name, to.as_deref()).await?;
+            let socket = running(home, &view.node).await?;
+            let request = Request::RelayDelete { name: name.clone() };
+            let v = control::call(&socket, &request, RELAY_TIMEOUT * 2).await?;
+            let view: RelayView =
+                serde_json::from_value(v).context("unexpected answer from the node")?;
+            out.result(
+                || {
+                    format!(
+                        "Node {} no longer keeps relay {name}; at the project node: {}.",
+                        view.node,
+                        view.deleted_at_project_node.as_deref().unwrap_or("unknown")
+                    )
+                },
+                &view,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn info_line(r: &RelayInfo, at: &str) -> String {
+    format!(
+        "{}  owner {}  route {at}/service/{}  created {}",
+        r.name,
+        r.owner,
+        r.address,
+        unix_time(r.created_at)
+    )
+}
+
+async fn running(home: &Home, node: &str) -> Result<std::path::PathBuf> {
+    home.load_node(node)?;
+    if let NodeState::Stopped { .. } = probe(home, node).await {
+        bail!("node {node:?} is not running; start it with `kith node start {node}`");
+    }
+    Ok(home.socket_path(node))
+}
+
+/// The relays kept by node `to`, or by every running local node.
+async fn kept(home: &Home, to: Option<&str>) -> Result<Vec<RelayView>> {
+    let nodes = match to {
+        Some(n) => {
+            running(home, n).await?;
+            vec![n.to_owned()]
+        }
+        None => home.node_names()?,
+    };
+    let mut all = Vec::new();
+    for node in nodes {
+        if let NodeState::Stopped { .. } = probe(home, &node).await {
+            continue;
+        }
+        let v = control::call(
+            &home.socket_path(&node),
+            &Request::RelayList,
+            control::STATUS_TIMEOUT,
+        )
+        .await
+        .with_context(|| format!("node {node:?}"))?;
+        let views: Vec<RelayView> =
+            serde_json::from_value(v).context("unexpected answer from the node")?;
+        all.extend(views);
+    }
+    Ok(all)
+}
+
+/// Relay `name` as the node that keeps it (`to`, or any running local node) reports it.
+async fn find(home: &Home, name: &str, to: Option<&str>) -> Result<RelayView> {
+    kept(home, to)
+        .await?
+        .into_iter()
+        .find(|v| v.status.name == name)
+        .ok_or_else(|| match to {
+            Some(n) => anyhow!("node {n:?} keeps no relay {name:?}; see `kith relay list`"),
+            None => anyhow!("no running local node keeps a relay {name:?}; see `kith relay list`"),
+        })
+}
+
+/// Make one call to the project node at `at` from an embedded node, as the default identity.
+async fn at_project_node<T>(
+    home: &Home,
+    at: &str,
+    call: impl AsyncFnOnce(&mut AuthorityClient) -> Result<T, ClientError>,
+) -> Result<T> {
+    let (listener, project_node) = resolve_at(home, at).await?;
+    let (settings, _) = channel_settings(home, None, &AdmissionConfig::default()).await?;
+    let node = RunningNode::start("cli", None, Some(settings.clone())).await?;
+    let answer = async {
+        let mut client = AuthorityClient::connect(
+            &node.node,
+            listener,
+            &project_node,
+            &settings,
+            RELAY_TIMEOUT,
+        )
+        .await?;
+        let answer = call(&mut client).await;
+        client.close().await;
+        answer
+    }
+    .await;
+    node.node.shutdown().await;
+    answer.map_err(refused)
+}

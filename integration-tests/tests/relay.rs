@@ -1,0 +1,215 @@
+//! Relays end to end with the `kith` binary: an authority daemon (the project node), a node
+//! that is reached only through its relay, members that may and may not use it, and a
+//! `kill -9` of the relayed node.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Kith;
+
+/// 5 s: how soon after the relayed node is back messages must flow again (issue 6).
+const BACK_WITHIN: Duration = Duration::from_secs(5);
+
+/// Where relay `db` of project `acme` reaches its node's echo, end to end.
+const THROUGH_RELAY: &str = "/project/acme/service/forward_to_db/secure/api/service/echo";
+
+fn identifier(k: &Kith, name: &str) -> String {
+    k.json(&["identity", "show", name])["identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A home with project `acme` and, for each `(node, ticket attributes)`, an identity of the
+/// node's name, a daemon node running as it, and its enrollment with those attributes.
+/// `db-node` serves only members with `component=web`.
+fn project_with(nodes: &[(&str, &[&str])]) -> Kith {
+    let k = Kith::new();
+    k.json(&["authority", "create", "--project", "acme"]);
+    for (node, attributes) in nodes {
+        let mut args = vec!["project", "ticket"];
+        for a in *attributes {
+            args.extend(["--attribute", a]);
+        }
+        let ticket = k.ok(&args);
+        k.ok(&["identity", "create", node]);
+        let mut create = vec!["node", "create", node, "--identity", node];
+        if *node == "db-node" {
+            create.extend(["--allow", r#"component = "web""#]);
+        }
+        k.json(&create);
+        k.ok(&["project", "enroll", ticket.trim(), "--node", node]);
+    }
+    k
+}
+
+fn log(k: &Kith, node: &str) -> String {
+    std::fs::read_to_string(k.home().join(format!("nodes/{node}/node.log"))).unwrap_or_default()
+}
+
+#[test]
+fn a_relay_carries_an_end_to_end_channel_and_comes_back_after_kill_9() {
+    let k = project_with(&[
+        ("db-node", &["ockam-relay=db"]),
+        ("web-node", &["component=web"]),
+        ("other-node", &["component=other"]),
+    ]);
+    let created = k.json(&["relay", "create", "db", "--to", "db-node"]);
+    assert_eq!(created["state"], "up", "{created}");
+    assert_eq!(created["route"], "/project/acme/service/forward_to_db");
+    assert_eq!(created["relay"]["owner"], identifier(&k, "db-node"));
+
+    // End to end: the channel's peer is the relayed node itself, not the project node.
+    let sent = k.json(&[
+        "message",
+        "send",
+        "hello",
+        "--from",
+        "web-node",
+        "--to",
+        THROUGH_RELAY,
+    ]);
+    assert_eq!(sent["reply"], "hello");
+    assert_eq!(sent["peer"], identifier(&k, "db-node"));
+
+    // The relayed node's policy decides who reaches its echo: not a member without
+    // component=web, although it reaches the relay.
+    let refused = k.run(&[
+        "message",
+        "send",
+        "hello",
+        "--from",
+        "other-node",
+        "--to",
+        THROUGH_RELAY,
+        "--timeout",
+        "2s",
+    ]);
+    assert_eq!(refused.code, Some(1), "{}", refused.stdout);
+    assert!(log(&k, "db-node").contains("refused by the incoming policy"));
+
+    // kill -9 the relayed node; once it is back, the same relay name works again by itself.
+    let pid = k.status("db-node")["pid"].as_u64().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    k.ok(&["node", "start", "db-node"]);
+    let back = Instant::now();
+    loop {
+        let r = k.run(&[
+            "message",
+            "send",
+            "again",
+            "--from",
+            "web-node",
+            "--to",
+            THROUGH_RELAY,
+            "--timeout",
+            "1s",
+        ]);
+        if r.code == Some(0) {
+            assert_eq!(r.stdout.trim(), "again");
+            break;
+        }
+        assert!(
+            back.elapsed() < BACK_WITHIN,
+            "no message through the relay {BACK_WITHIN:?} after the node was back: {}\nlog: {}",
+            r.stderr,
+            log(&k, "db-node")
+        );
+    }
+    let shown = k.json(&["relay", "show", "db"]);
+    assert_eq!(shown["state"], "up", "{shown}");
+    assert_eq!(shown["node"], "db-node");
+
+    // Deleting it stops the keeping and frees the name at the project node.
+    let deleted = k.json(&["relay", "delete", "db"]);
+    assert_eq!(deleted["deleted_at_project_node"], "deleted", "{deleted}");
+    assert_eq!(k.json(&["relay", "list"]), serde_json::json!([]));
+    let gone = k.run(&[
+        "message",
+        "send",
+        "hello",
+        "--from",
+        "web-node",
+        "--to",
+        THROUGH_RELAY,
+        "--timeout",
+        "2s",
+    ]);
+    assert_eq!(gone.code, Some(1));
+}
+
+#[test]
+fn only_the_name_a_credential_grants_can_be_relayed() {
+    let k = project_with(&[
+        ("db-node", &["ockam-relay=db"]),
+        ("web-node", &["component=web"]),
+    ]);
+    // A member without ockam-relay.
+    let e = k.fails(&["relay", "create", "db", "--to", "web-node"]);
+    assert!(e.contains("ockam-relay=db"), "{e}");
+    assert!(e.contains("has no ockam-relay attribute"), "{e}");
+    // A member with ockam-relay=db, for another name.
+    let e = k.fails(&["relay", "create", "other", "--to", "db-node"]);
+    assert!(e.contains("ockam-relay=other"), "{e}");
+    assert!(e.contains("yours has ockam-relay=db"), "{e}");
+    // A node whose identity is not a member: no credential to present.
+    k.ok(&["identity", "create", "stranger"]);
+    k.json(&["node", "create", "stranger-node", "--identity", "stranger"]);
+    let started = Instant::now();
+    let e = k.fails(&["relay", "create", "db", "--to", "stranger-node"]);
+    assert!(e.contains("ockam-relay=db"), "{e}");
+    assert!(e.contains("no valid credential"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a refusal is an answer, not a timeout: {:?}",
+        started.elapsed()
+    );
+    // Nothing was kept or saved for the refused relays.
+    assert_eq!(k.json(&["relay", "list"]), serde_json::json!([]));
+    let config = std::fs::read_to_string(k.home().join("nodes/web-node/config.json")).unwrap();
+    assert!(!config.contains("relays"), "{config}");
+    // The granted one works, and creating it again is a no-op.
+    k.json(&["relay", "create", "db", "--to", "db-node"]);
+    let again = k.json(&["relay", "create", "db", "--to", "db-node"]);
+    assert_eq!(again["state"], "up");
+    assert_eq!(k.json(&["relay", "list"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn bad_relay_names_are_refused_clearly_before_anything_is_asked() {
+    let k = project_with(&[("db-node", &["ockam-relay=db"])]);
+    let long = "x".repeat(10 * 1024);
+    for (name, says) in [
+        ("a/b", "'/' at position 2"),
+        ("../db", "'.' at position 1"),
+        ("db\u{7}", "'\\u{7}' at position 3"),
+        ("db\nx", "'\\n' at position 3"),
+        (long.as_str(), "10240 bytes long"),
+        ("", "empty"),
+    ] {
+        let r = k.run(&["relay", "create", name, "--to", "db-node"]);
+        assert_eq!(r.code, Some(1), "{name:?}");
+        assert!(r.stderr.contains(says), "{name:?}: {}", r.stderr);
+        assert!(
+            r.stderr.len() < 400,
+            "the error repeats the name: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(k.json(&["relay", "list"]), serde_json::json!([]));
+    let e = k.fails(&[
+        "relay",
+        "create",
+        "db",
+        "--to",
+        "db-node",
+        "--at",
+        "/ip4/127.0.0.1/tcp/1",
+    ]);
+    assert!(e.contains("/project/NAME"), "{e}");
+}
