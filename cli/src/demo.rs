@@ -1,9 +1,11 @@
 //! `kith demo`: the main job, step by step, in a temporary `KITH_HOME` that is removed after.
 //!
 //! Each step is a real `kith` command, run as a child process against the temporary home
-//! and printed as the user would type it: an authority and its project, a ticket, two nodes
-//! enrolled with tickets, a credential shown, and a message between the members through a
-//! secure channel that admits only credential holders.
+//! and printed as the user would type it: an authority and its project (whose node is also
+//! the project node), tickets, two nodes enrolled with them, a credential shown, a relay for
+//! db-node created under the name its ticket granted, and a message from web-node to
+//! db-node's echo through the relay, over a secure channel between the two members that the
+//! project node only forwards.
 
 use std::path::Path;
 use std::time::Instant;
@@ -50,6 +52,9 @@ impl Report {
         });
     }
 }
+
+/// Whom db-node serves.
+const WEB_ONLY: &str = r#"component = "web""#;
 
 /// 60 s: the longest one step of the demo may take.
 const STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -147,10 +152,14 @@ async fn steps(home: &Path, out: &Output, report: &mut Report) -> Result<()> {
     );
 
     for (node, attrs) in [
-        ("db-node", ["component=db", "location=sf"]),
-        ("web-node", ["component=web", "location=sf"]),
+        (
+            "db-node",
+            ["component=db", "location=sf", "--relay", "db"].as_slice(),
+        ),
+        ("web-node", ["component=web", "location=sf"].as_slice()),
     ] {
-        let args = ["project", "ticket", "-a", attrs[0], "-a", attrs[1]];
+        let mut args = vec!["project", "ticket", "-a", attrs[0], "-a", attrs[1]];
+        args.extend(&attrs[2..]);
         let v = kith(home, &args).await?;
         let ticket = text(&v, "ticket");
         let file = home.join(format!("{node}.ticket"));
@@ -167,17 +176,18 @@ async fn steps(home: &Path, out: &Output, report: &mut Report) -> Result<()> {
 
         let identity = node.trim_end_matches("-node");
         kith(home, &["identity", "create", identity]).await?;
-        // db-node admits only peers with a credential from a trusted authority.
+        // db-node admits only peers with a credential from a trusted authority, and serves
+        // only members with component=web.
         let mut args = vec!["node", "create", node, "--identity", identity];
         if node == "db-node" {
-            args.push("--require-credential");
+            args.extend(["--require-credential", "--allow", WEB_ONLY]);
         }
         let v = kith(home, &args).await?;
         report.say(
             out,
             Some(format!(
                 "kith identity create {identity} && kith {}",
-                args.join(" ")
+                args.join(" ").replace(WEB_ONLY, &format!("'{WEB_ONLY}'"))
             )),
             format!(
                 "Node {node} runs as identity {identity} ({}), listening on {}",
@@ -214,8 +224,19 @@ async fn steps(home: &Path, out: &Output, report: &mut Report) -> Result<()> {
     );
     report.credential = Some(v);
 
+    let args = ["relay", "create", "db", "--to", "db-node"];
+    let v = kith(home, &args).await?;
+    report.say(
+        out,
+        Some(format!("kith {}", args.join(" "))),
+        format!(
+            "db-node keeps a secure channel open to the project node, which now forwards {} to it: its credential carries ockam-relay=db; db-node needs no inbound connection",
+            text(&v, "route")
+        ),
+    );
+
     let message = "hello from web";
-    let to = "/node/db-node/secure/api/service/echo";
+    let to = "/project/demo/service/forward_to_db/secure/api/service/echo";
     let args = ["message", "send", message, "--from", "web-node", "--to", to];
     let v = kith(home, &args).await?;
     let reply = text(&v, "reply");
@@ -223,7 +244,7 @@ async fn steps(home: &Path, out: &Output, report: &mut Report) -> Result<()> {
         out,
         Some(format!("kith message send {message:?} --from web-node --to {to}")),
         format!(
-            "db-node's echo answered {reply:?} in {:.2} ms, end to end encrypted with {} (db, proven by its key history and attested key); each side checked the other's credential; verification code {}",
+            "db-node's echo answered {reply:?} in {:.2} ms, through the relay, end to end encrypted with {} (db, proven by its key history and attested key): the project node forwarded ciphertext only; each side checked the other's credential and db-node's policy admitted component=web; verification code {}",
             v["round_trip_ms"].as_f64().unwrap_or_default(),
             text(&v, "peer"),
             text(&v, "verification_code"),
