@@ -31,6 +31,10 @@ use crate::relay::RelayInfo;
 /// timeout.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// 3 s: how long a heartbeat waits for its answer. Longer than any healthy round trip by far;
+/// short enough that a connection that died without a word is noticed within seconds.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// 100 ms: the first pause before reconnecting; a restarting project node is often back
 /// this fast.
 pub const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -236,6 +240,7 @@ async fn heartbeat(
     status: &watch::Sender<RelayStatus>,
 ) -> String {
     let name = config.name.as_str();
+    client.set_timeout(config.timeout.min(HEARTBEAT_TIMEOUT));
     loop {
         tokio::time::sleep(config.heartbeat).await;
         match client.check_relay(name).await {

@@ -55,28 +55,53 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create, inspect and control node daemons.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  kith node create n1\n  kith node list\n  kith node logs n1 --tail 20"
+    )]
     Node(NodeCommand),
     /// Send messages along routes.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  kith message send hello --to /node/n1/service/echo\n  kith message send hi --from n2 --to /node/n1/secure/api/service/echo"
+    )]
     Message(MessageCommand),
     /// Create and inspect identities: who a node is in secure channels.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  kith identity create alice\n  kith identity list"
+    )]
     Identity(IdentityCommand),
     /// Create a project's authority: the node that enrolls members and issues credentials.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  kith authority create --project acme"
+    )]
     Authority(Box<AuthorityCommand>),
     /// Projects: tickets, enrollment, members, audit log.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  kith project ticket --relay db > db.ticket\n  kith project enroll --ticket-file db.ticket --node db-node\n  kith project member list"
+    )]
     Project(ProjectCommand),
     /// Credentials an identity holds; issue, store or verify one by hand.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  kith credential list\n  kith credential show --node db-node"
+    )]
     Credential(CredentialCommand),
     /// Open, list and close end-to-end secure channels kept by a node.
-    #[command(subcommand, name = "secure-channel")]
+    #[command(
+        subcommand,
+        name = "secure-channel",
+        after_help = "Examples:\n  kith secure-channel create --from n1 --to /node/n2/service/api\n  kith secure-channel list --from n1"
+    )]
     SecureChannel(SecureChannelCommand),
     /// Relays: make a node that accepts no connections reachable through the project node.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  kith relay create db --to db-node\n  kith relay show db\n  kith relay list --at /project/acme"
+    )]
     Relay(RelayCommand),
     /// Run a walkthrough in a temporary KITH_HOME: two nodes, a message between them.
     #[command(after_help = "Examples:\n  kith demo\n  kith demo --output json")]
@@ -641,7 +666,10 @@ Examples:
   kith project ticket | kith project enroll -")]
     Enroll(Box<EnrollArgs>),
     /// List, show, add and delete members (admins; enrollers may list and show).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  kith project member list\n  kith project member add I6c20e814b56579306f55c64e8747e6c1b4a53d9a -a role=db"
+    )]
     Member(MemberCommand),
     /// Read the project's audit log (admins).
     #[command(

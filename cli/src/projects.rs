@@ -514,8 +514,8 @@ async fn ticket(home: &Home, out: &Output, args: TicketArgs) -> Result<()> {
         None => {
             let mut attributes: BTreeMap<String, String> = args.attributes.into_iter().collect();
             if let Some(relay) = &args.relay {
-                kith_identity::check_attribute(api::RELAY_ATTRIBUTE, relay)
-                    .with_context(|| format!("--relay {relay:?}"))?;
+                // The error describes the name without repeating it: it may be long.
+                kith_authority::relay::check_relay_name(relay).context("--relay")?;
                 attributes.insert(api::RELAY_ATTRIBUTE.to_owned(), relay.clone());
             }
             if args.enroller {
