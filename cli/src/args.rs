@@ -380,9 +380,10 @@ Examples:
     Create {
         /// The relay's name; default: the node's name.
         name: Option<String>,
-        /// The node to relay to (it keeps the relay up, across restarts).
+        /// The node to relay to (it keeps the relay up, across restarts); default: the one
+        /// running local node that is not an authority, if there is exactly one.
         #[arg(long, value_name = "NODE")]
-        to: String,
+        to: Option<String>,
         /// The project node to create it at: /project/NAME; default: the default project.
         #[arg(long, value_name = "ROUTE")]
         at: Option<String>,

@@ -146,6 +146,10 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
             at,
             timeout,
         } => {
+            let to = match to {
+                Some(to) => to,
+                None => only_member_node(home).await?,
+            };
             let name = name.unwrap_or_else(|| to.clone());
             // The error describes the name without repeating it: it may be 10 KB of anything.
             check_relay_name(&name)?;
@@ -259,6 +263,27 @@ fn info_line(r: &RelayInfo, at: &str) -> String {
         r.address,
         unix_time(r.created_at)
     )
+}
+
+/// The one running local node that is not an authority's, for commands given no --to.
+async fn only_member_node(home: &Home) -> Result<String> {
+    let mut found = Vec::new();
+    for name in home.node_names()? {
+        if home.load_node(&name)?.authority.is_some() {
+            continue;
+        }
+        if let NodeState::Running(_) = probe(home, &name).await {
+            found.push(name);
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no local node is running to relay to; create one with `kith node create`"),
+        _ => bail!(
+            "several nodes are running ({}); choose one with --to",
+            found.join(", ")
+        ),
+    }
 }
 
 async fn running(home: &Home, node: &str) -> Result<std::path::PathBuf> {

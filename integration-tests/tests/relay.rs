@@ -202,6 +202,9 @@ fn bad_relay_names_are_refused_clearly_before_anything_is_asked() {
         );
     }
     assert_eq!(k.json(&["relay", "list"]), serde_json::json!([]));
+    // With neither a name nor --to: the one member node, under its own name.
+    let e = k.fails(&["relay", "create"]);
+    assert!(e.contains("ockam-relay=db-node"), "{e}");
     let e = k.fails(&[
         "relay",
         "create",
