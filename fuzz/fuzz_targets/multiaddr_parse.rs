@@ -53,9 +53,13 @@ fuzz_target!(|data: &[u8]| {
         let at: MultiAddr = "/ip4/10.0.0.1/tcp/4000"
             .parse()
             .expect("a plain route parses");
-        let expanded = m
-            .with_project(&at)
-            .unwrap_or_else(|e| panic!("{text:?}: a parsed project route does not expand: {e}"));
+        // Expanding adds segments: a route near the limit may then be too long, which is an
+        // error, never a route that does not parse again.
+        let expanded = match m.with_project(&at) {
+            Ok(e) => e,
+            Err(MultiAddrError::TooLong(_)) => return,
+            Err(e) => panic!("{text:?}: a parsed project route does not expand: {e}"),
+        };
         assert!(expanded.project().is_none());
         assert_eq!(
             expanded.to_string().parse::<MultiAddr>().ok(),

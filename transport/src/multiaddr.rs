@@ -101,6 +101,10 @@ impl MultiAddr {
     /// Check the structure: each part between secure hops must be a valid route on its own,
     /// with at most [`MAX_SECURE_HOPS`] hops, and a project only first.
     fn check(&self) -> Result<(), MultiAddrError> {
+        // As many segments as the parser reads: an expanded route must parse again.
+        if self.0.len() > MAX_ROUTE_LEN * 2 {
+            return Err(MultiAddrError::TooLong(MAX_ROUTE_LEN));
+        }
         let hops = self
             .0
             .iter()
@@ -429,6 +433,14 @@ mod tests {
         assert_eq!(expanded.project(), None);
         let bad: MultiAddr = "/node/x/secure/api".parse().unwrap();
         assert!(m.with_project(&bad).is_err());
+        // Expanding adds segments; a route that then parses no more is refused.
+        let half = "/service/s".repeat(MAX_ROUTE_LEN - 1);
+        let longest = format!("/project/acme{half}/secure/api{half}");
+        let longest: MultiAddr = longest.parse().unwrap();
+        assert!(matches!(
+            longest.with_project(&at),
+            Err(MultiAddrError::TooLong(_))
+        ));
         let none: MultiAddr = "/service/echo".parse().unwrap();
         assert_eq!(none.with_project(&at).unwrap(), none);
     }
