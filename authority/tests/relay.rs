@@ -1,0 +1,1462 @@
+//! Relays on the project node end to end (DESIGN §5, `relay` policy): real nodes in this
+//! process, real TCP on loopback, real secure channels, a real SQLite membership store.
+//!
+//! The cast: the project node `P` (the authority node: same identity, same store), relayed
+//! nodes `B` that only dial out and register a relay through their channel to `P`, members
+//! `C` that reach a relayed node through `P`, bystanders, strangers and admins. Every wait is
+//! for an event, bounded by a timeout; "nothing arrives" is checked over [`SILENCE`], next
+//! to a control that shows the same kind of message arriving when it should.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kith_authority::api::{self, CreatedTicket, ErrorKind, PROJECT_ID_ATTRIBUTE, RELAY_ATTRIBUTE};
+use kith_authority::client::{AuthorityClient, ClientError, decode_credential};
+use kith_authority::keeper::{KeeperConfig, RelayKeeper, RelayState};
+use kith_authority::relay::{self, RELAY_ADDRESS_PREFIX, RelayInfo};
+use kith_authority::service::{Authority, AuthorityConfig};
+use kith_authority::store::MembershipStore;
+use kith_authority::ticket::OneTimeCode;
+use kith_identity::channel::{Admission, LocalIdentity, Trust};
+use kith_identity::secure_channel::{
+    self, ChannelSettings, DEFAULT_LISTENER, SecureChannel, SecureChannelError, SharedSettings,
+};
+use kith_identity::vault::Vault;
+use kith_identity::{
+    CredentialAndPurposeKey, CredentialSigningKey, Identifier, Identity, IdentitySecret,
+    SecureChannelKey, hex,
+};
+use kith_node::{
+    Address, AllowAll, Client, Context, Echo, Message, Node, Origin, RequestError, Route, TCP,
+    Worker, WorkerError,
+};
+use kith_transport::TcpTransport;
+use tempfile::TempDir;
+use tokio::sync::mpsc;
+
+/// 30 s: bounds every wait for something that should happen; a pass never waits this long.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// 500 ms: how long a test listens to be sure that nothing arrives. Each such check follows
+/// a control that shows the same kind of message arriving in a few milliseconds.
+const SILENCE: Duration = Duration::from_millis(500);
+
+/// 2 s: the request timeout where a test expects no answer at all (a torn-down channel).
+const NO_ANSWER: Duration = Duration::from_secs(2);
+
+const PROJECT_ID: &str = "p-7e11";
+const AUTHORITY_NAME: &str = "authority";
+const CREDENTIAL_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// The address of the recording worker on relayed nodes.
+const WHOAMI: &str = "whoami";
+
+// ---- 1. who may create a relay --------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_without_ockam_relay_for_the_name_is_refused_with_the_missing_attribute() {
+    let admin = Party::new();
+    let project = Project::start(&[&admin]).await;
+    let (node, _tcp) = plain_node("members");
+    let mut admin_client = project.connect(&node, &admin).await;
+    let no_relay = project
+        .enroll(&mut admin_client, &node, &[("component", "web")])
+        .await;
+    let other_relay = project
+        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "other")])
+        .await;
+
+    let refused = refusal(
+        project
+            .connect(&node, &no_relay)
+            .await
+            .create_relay("db")
+            .await,
+    );
+    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
+    assert!(refused.message.contains("ockam-relay=db"), "{refused:?}");
+    assert!(
+        refused.message.contains("no ockam-relay attribute"),
+        "{refused:?}"
+    );
+
+    let mut other = project.connect(&node, &other_relay).await;
+    let refused = refusal(other.create_relay("db").await);
+    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
+    assert!(refused.message.contains("ockam-relay=db"), "{refused:?}");
+    assert!(
+        refused.message.contains("yours has ockam-relay=other"),
+        "{refused:?}"
+    );
+    // The name it was granted, it may create: the refusal above was about the name.
+    let made = other.create_relay("other").await.unwrap();
+    assert_eq!(made.owner, other_relay.identifier.to_string());
+
+    // A keeper is refused at once, with the project node's reason, and does not retry.
+    let settings = SharedSettings::new(no_relay.settings(project.trust()));
+    let started = std::time::Instant::now();
+    match RelayKeeper::start(&node, settings, project.keeper_config("db")).await {
+        Err(ClientError::Refused(e)) => {
+            assert_eq!(e.kind, ErrorKind::Forbidden);
+            assert!(e.message.contains("ockam-relay=db"), "{e:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
+
+    assert_eq!(relay_names(&mut admin_client).await, ["other"]);
+    assert_eq!(relay_addresses(&project), ["forward_to_other"]);
+    node.shutdown().await;
+    project.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_non_member_is_refused_with_or_without_a_credential_from_another_authority() {
+    let admin = Party::new();
+    let project = Project::start(&[&admin]).await;
+    let (node, _tcp) = plain_node("strangers");
+    let mut admin_client = project.connect(&node, &admin).await;
+
+    // No credential at all.
+    let stranger = Party::new();
+    let refused = refusal(
+        project
+            .connect(&node, &stranger)
+            .await
+            .create_relay("db")
+            .await,
+    );
+    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
+    assert!(refused.message.contains("ockam-relay=db"), "{refused:?}");
+    assert!(
+        refused.message.contains("presents no valid credential"),
+        "{refused:?}"
+    );
+
+    // A credential that says everything the relay wants (this project's id, ockam-relay=db)
+    // but from an authority the project node does not trust: ignored, so no attributes.
+    let (rogue, rogue_secret) = Identity::create(now());
+    let rogue_key = CredentialSigningKey::generate(&rogue, &rogue_secret, now() - 5, now() + 3600);
+    let mut forged = Party::new();
+    forged.credentials.push(
+        CredentialAndPurposeKey::issue(
+            &rogue_key,
+            &forged.identifier,
+            attributes(&[(PROJECT_ID_ATTRIBUTE, PROJECT_ID), (RELAY_ATTRIBUTE, "db")]),
+            now() - 5,
+            now() + 3600,
+        )
+        .unwrap(),
+    );
+    let refused = refusal(
+        project
+            .connect(&node, &forged)
+            .await
+            .create_relay("db")
+            .await,
+    );
+    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
+    assert!(refused.message.contains("ockam-relay=db"), "{refused:?}");
+    assert!(
+        refused.message.contains("presents no valid credential"),
+        "{refused:?}"
+    );
+
+    assert!(relay_names(&mut admin_client).await.is_empty());
+    assert!(relay_addresses(&project).is_empty());
+    node.shutdown().await;
+    project.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_credential_creates_no_relay_whether_expired_before_or_after_the_handshake() {
+    let admin = Party::new();
+    let project = Project::start(&[&admin]).await;
+    let (node, _tcp) = plain_node("expiring");
+    let mut admin_client = project.connect(&node, &admin).await;
+    let signing_key = project.signing_key().await;
+    let grant = attributes(&[(PROJECT_ID_ATTRIBUTE, PROJECT_ID), (RELAY_ATTRIBUTE, "db")]);
+
+    // Expired before the handshake: the project node verifies credentials from its own
+    // authority and fails the handshake, so no channel (the initiator, never told it was
+    // admitted, gives up at its handshake timeout).
+    let mut expired = Party::new();
+    expired.credentials.push(
+        CredentialAndPurposeKey::issue(
+            &signing_key,
+            &expired.identifier,
+            grant.clone(),
+            now() - 100,
+            now() - 1,
+        )
+        .unwrap(),
+    );
+    let mut settings = expired.settings(project.trust());
+    settings.handshake_timeout = NO_ANSWER;
+    let outcome = AuthorityClient::connect(
+        &node,
+        project.listener_route(),
+        &project.identifier,
+        &settings,
+        WAIT,
+    )
+    .await;
+    match outcome {
+        Err(ClientError::Connect {
+            source: SecureChannelError::Timeout(_),
+            ..
+        }) => {}
+        other => panic!("expected the handshake to fail, got {other:?}"),
+    }
+
+    // Valid at the handshake, expired by the time it asks: the project node tears the
+    // channel down when the request arrives, and nothing answers.
+    let mut expiring = Party::new();
+    let expires_at = now() + 2;
+    expiring.credentials.push(
+        CredentialAndPurposeKey::issue(
+            &signing_key,
+            &expiring.identifier,
+            grant,
+            now() - 5,
+            expires_at,
+        )
+        .unwrap(),
+    );
+    // The project needs the identity as a member too, so that only the expiry can refuse.
+    admin_client
+        .add_member(&expiring.identifier, attributes(&[(RELAY_ATTRIBUTE, "db")]))
+        .await
+        .unwrap();
+    let mut client = project.connect(&node, &expiring).await;
+    client.set_timeout(NO_ANSWER);
+    // Control: while the credential is valid the same channel gets answers.
+    assert!(client.list_relays().await.unwrap().is_empty());
+    until("the credential to expire", || now() >= expires_at).await;
+    match client.create_relay("db").await {
+        Err(ClientError::Timeout { .. }) => {}
+        other => panic!("expected no answer on a channel whose credential expired, got {other:?}"),
+    }
+
+    assert!(relay_names(&mut admin_client).await.is_empty());
+    assert!(relay_addresses(&project).is_empty());
+    node.shutdown().await;
+    project.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_deleted_from_the_store_after_enrollment_is_refused_as_not_member() {
+    let admin = Party::new();
+    let project = Project::start(&[&admin]).await;
+    let (node, _tcp) = plain_node("deleted");
+    let mut admin_client = project.connect(&node, &admin).await;
+    let member = project
+        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
+        .await;
+    let mut client = project.connect(&node, &member).await;
+    admin_client
+        .delete_member(&member.identifier)
+        .await
+        .unwrap();
+
+    // Its channel still presents a valid credential with ockam-relay=db; the store decides.
+    let refused = refusal(client.create_relay("db").await);
+    assert_eq!(refused.kind, ErrorKind::NotMember, "{refused:?}");
+    assert!(refused.message.contains("ockam-relay=db"), "{refused:?}");
+    assert!(
+        refused.message.contains("no longer a member"),
+        "{refused:?}"
+    );
+    assert!(relay_names(&mut admin_client).await.is_empty());
+
+    // Made a member again, the same channel may.
+    admin_client
+        .add_member(&member.identifier, BTreeMap::new())
+        .await
+        .unwrap();
+    client.create_relay("db").await.unwrap();
+    assert_eq!(relay_names(&mut admin_client).await, ["db"]);
+    node.shutdown().await;
+    project.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_with_ockam_relay_db_creates_db_and_an_admin_without_credential_any_name() {
+    let admin = Party::new();
+    let project = Project::start(&[&admin]).await;
+    let (node, _tcp) = plain_node("creators");
+    let mut admin_client = project.connect(&node, &admin).await;
+    let member = project
+        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
+        .await;
+    let mut client = project.connect(&node, &member).await;
+
+    let made = client.create_relay("db").await.unwrap();
+    assert_eq!(made.name, "db");
+    assert_eq!(made.address, "forward_to_db");
+    assert_eq!(made.owner, member.identifier.to_string());
+    assert!(made.created_at.abs_diff(now()) <= 5);
+    assert_eq!(client.check_relay("db").await.unwrap().owner, made.owner);
+
+    // The admin presents no credential at all.
+    assert!(admin.credentials.is_empty());
+    for name in ["anything", "x.y-z_1"] {
+        let made = admin_client.create_relay(name).await.unwrap();
+        assert_eq!(made.owner, admin.identifier.to_string());
+    }
+    assert_eq!(
+        relay_names(&mut admin_client).await,
+        ["anything", "db", "x.y-z_1"]
+    );
+    assert_eq!(
+        relay_addresses(&project),
+        ["forward_to_anything", "forward_to_db", "forward_to_x.y-z_1"]
+    );
+    // A member lists only its own.
+    let mine: Vec<RelayInfo> = client.list_relays().await.unwrap();
+    assert_eq!(mine, vec![made]);
+    node.shutdown().await;
+    project.stop().await;
+}
+
+// ---- 2. a name belongs to one identity ------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_name_stays_with_its_owner_across_channels_until_an_admin_frees_it() {
+    let admin = Party::new();
+    let project = Project::start(&[&admin]).await;
+    let (node, _tcp) = plain_node("members");
+    let mut admin_client = project.connect(&node, &admin).await;
+    let first = project
+        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
+        .await;
+    let second = project
+        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
+        .await;
+    let user = project
+        .enroll(&mut admin_client, &node, &[("component", "web")])
+        .await;
+    let mut b1 = Relayed::start(&project, first, "b1");
+    let mut b2 = Relayed::start(&project, second, "b2");
+    let (user_node, _user_tcp) = plain_node("user");
+    let mut user_channel = Outer::open(&project, &user_node, &user).await;
+
+    let mut old = b1.client(&project).await;
+    let created = old.create_relay("db").await.unwrap();
+    let mut other = b2.client(&project).await;
+    let refused = refusal(other.create_relay("db").await);
+    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
+    assert!(
+        refused
+            .message
+            .contains(&format!("held by {}", b1.party.identifier)),
+        "{refused:?}"
+    );
+    let refused = refusal(other.delete_relay("db").await);
+    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
+    assert!(refused.message.contains("not yours"), "{refused:?}");
+
+    // The owner comes back through a new channel and takes the relay along.
+    let mut new = b1.client(&project).await;
+    let moved = new.create_relay("db").await.unwrap();
+    assert_eq!(moved.owner, created.owner);
+    assert_eq!(moved.created_at, created.created_at);
+    assert!(moved.updated_at >= created.updated_at);
+    let gone = refusal(old.check_relay("db").await);
+    assert_eq!(gone.kind, ErrorKind::NotFound, "{gone:?}");
+    assert!(gone.message.contains("through this channel"), "{gone:?}");
+    new.check_relay("db").await.unwrap();
+    // With the old channel closed, messages still reach b1: through the new one.
+    old.close().await;
+    user_channel
+        .echo_through("db", &mut b1, "via the new channel")
+        .await;
+    b2.nothing_seen().await;
+
+    // An admin frees the name; the relay's address is gone at once.
+    let deleted = admin_client.delete_relay("db").await.unwrap();
+    assert_eq!(deleted.owner, b1.party.identifier.to_string());
+    assert!(relay_addresses(&project).is_empty());
+    user_channel.send_through("db", "to no one").await;
+    assert!(user_channel.no_answer().await);
+    b1.nothing_seen().await;
+
+    // Now the other identity may create it, and then the first one may not delete it.
+    let taken = other.create_relay("db").await.unwrap();
+    assert_eq!(taken.owner, b2.party.identifier.to_string());
+    let refused = refusal(new.delete_relay("db").await);
+    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
+    user_channel
+        .echo_through("db", &mut b2, "to the new owner")
+        .await;
+    b1.nothing_seen().await;
+    let listed = admin_client.list_relays().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].owner, b2.party.identifier.to_string());
+
+    b1.node.shutdown().await;
+    b2.node.shutdown().await;
+    user_node.shutdown().await;
+    node.shutdown().await;
+    project.stop().await;
+}
+
+// ---- 3. names -------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_relay_names_are_refused_with_bad_request_and_a_clear_message() {
+    let admin = Party::new();
+    let project = Project::start(&[&admin]).await;
+    let (node, _tcp) = plain_node("names");
+    let mut admin_client = project.connect(&node, &admin).await;
+    let long = "x".repeat(10 * 1024);
+    let cases: [(&str, &str); 5] = [
+        ("a/b", "'/' at position 2"),
+        ("d\u{7}b", "'\\u{7}' at position 2"),
+        ("db\n", "'\\n' at position 3"),
+        (&long, "10240 bytes long; the most is 64"),
+        ("", "empty"),
+    ];
+    for (name, says) in cases {
+        // Checked before anything else: an admin, who may create any name, is refused too.
+        let refused = refusal(admin_client.create_relay(name).await);
+        assert_eq!(refused.kind, ErrorKind::BadRequest, "{name:?}: {refused:?}");
+        assert!(
+            refused.message.contains(says),
+            "{name:?}: {refused:?} does not say {says:?}"
+        );
+        assert!(refused.message.len() < 200, "{refused:?} echoes the name");
+    }
+    assert!(relay_names(&mut admin_client).await.is_empty());
+    assert!(relay_addresses(&project).is_empty());
+    node.shutdown().await;
+    project.stop().await;
+}
+
+// ---- 4. end to end --------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_reaches_a_relayed_node_through_an_end_to_end_channel_across_the_relay() {
+    let admin = Party::new();
+    let project = Project::start(&[&admin]).await;
+    let (node, _tcp) = plain_node("admin");
+    let mut admin_client = project.connect(&node, &admin).await;
+    let b_party = project
+        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
+        .await;
+    let c_party = project
+        .enroll(&mut admin_client, &node, &[("component", "web-frontend")])
+        .await;
+    let mut b = Relayed::start(&project, b_party, "b");
+    let mut b_client = b.client(&project).await;
+    b_client.create_relay("db").await.unwrap();
+
+    let (c_node, _c_tcp) = plain_node("c");
+    let outer = Outer::open(&project, &c_node, &c_party).await;
+    let inner = outer.inner_channel("db", &[], &c_party, &b).await;
+    // The inner channel is with b itself, proven end to end: b's identity and credential.
+    assert_eq!(inner.peer.identifier, b.party.identifier);
+    assert_ne!(inner.peer.identifier, project.identifier);
+    assert_eq!(
+        inner
+            .peer
+            .attributes
+            .get(RELAY_ATTRIBUTE)
+            .map(String::as_str),
+        Some("db")
+    );
+
+    let mut c = c_node.client().unwrap();
+    let through = Route::from(vec![inner.encryptor.clone(), Address::local(WHOAMI)]);
+    let reply = c
+        .request(through.clone(), "hello through the relay", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(&reply.payload[..], b"hello through the relay");
+    assert!(
+        matches!(reply.origin(), Origin::SecureChannel { identifier, .. }
+            if *identifier == b.party.identifier.to_string()),
+        "{:?}",
+        reply.origin()
+    );
+    // b sees c, with c's attributes from c's credential, not the project node.
+    let seen = b.next_seen().await;
+    assert_eq!(&seen.payload[..], b"hello through the relay");
+    assert_eq!(
+        seen.origin,
+        Origin::SecureChannel {
+            identifier: c_party.identifier.to_string(),
+            attributes: attributes(&[
+                ("component", "web-frontend"),
+                (PROJECT_ID_ATTRIBUTE, PROJECT_ID)
+            ]),
+        }
+    );
+    // And again: the channel keeps working both ways.
+    for i in 0..10 {
+        let text = format!("message {i}");
+        let reply = c
+            .request(through.clone(), text.clone(), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(&reply.payload[..], text.as_bytes());
+        b.next_seen().await;
+    }
+    secure_channel::close(&c_node, &inner);
+    c_node.shutdown().await;
+    b.node.shutdown().await;
+    node.shutdown().await;
+    project.stop().await;
+}
+
+// ---- 5. ciphertext only, and tampering ------------------------------------------------------
+
+/// On b, between b's channel to the project node and b's end of the inner channel: records
+/// every payload as the project node's relay handed it over, and can flip a bit in the next
+/// one, as a project node (or anyone on the path) that changed a message would.
+struct Tap {
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    tamper: Arc<AtomicBool>,
+}
+
+impl Worker for Tap {
+    async fn handle_message(
+        &mut self,
+        ctx: &mut Context,
+        mut message: Message,
+    ) -> Result<(), WorkerError> {
+        self.seen.lock().unwrap().push(message.payload.to_vec());
+        if self.tamper.swap(false, Ordering::SeqCst) {
+            let mut changed = message.payload.to_vec();
+            if let Some(last) = changed.last_mut() {
+                *last ^= 0x01;
+            }
+            message.payload = changed.into();
+        }
+        message.onward_route.step();
+        message.return_route.prepend(ctx.address().clone());
+        ctx.forward(message).await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_project_node_relays_ciphertext_only_and_a_changed_message_tears_the_channel_down() {
+    let admin = Party::new();
+    let project = Project::start(&[&admin]).await;
+    let (node, _tcp) = plain_node("admin");
+    let mut admin_client = project.connect(&node, &admin).await;
+    let b_party = project
+        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
+        .await;
+    let c_party = project
+        .enroll(&mut admin_client, &node, &[("component", "web-frontend")])
+        .await;
+    let mut b = Relayed::start(&project, b_party, "b");
+    let tapped = Arc::new(Mutex::new(Vec::new()));
+    let tamper = Arc::new(AtomicBool::new(false));
+    b.node
+        .start_worker_with_policy(
+            [Address::local("tap")],
+            Arc::new(AllowAll),
+            Tap {
+                seen: tapped.clone(),
+                tamper: tamper.clone(),
+            },
+        )
+        .unwrap();
+    let mut b_client = b.client(&project).await;
+    b_client.create_relay("db").await.unwrap();
+
+    let (c_node, _c_tcp) = plain_node("c");
+    let mut outer = Outer::open(&project, &c_node, &c_party).await;
+    let before = channel_ends(&b.node);
+    let inner = outer.inner_channel("db", &["tap"], &c_party, &b).await;
+    let b_inner: BTreeSet<Address> = channel_ends(&b.node).difference(&before).cloned().collect();
+    assert_eq!(
+        b_inner.len(),
+        2,
+        "b's end of the inner channel: {b_inner:?}"
+    );
+
+    let marker = b"kith relay plaintext marker 6b1f";
+    let mut c = c_node.client().unwrap();
+    let through = Route::from(vec![inner.encryptor.clone(), Address::local(WHOAMI)]);
+    let reply = c.request(through.clone(), &marker[..], WAIT).await.unwrap();
+    assert_eq!(&reply.payload[..], marker);
+    assert_eq!(&b.next_seen().await.payload[..], marker);
+    // Three handshake messages, b's `Ready`, the request and the answer all passed the tap.
+    until("the tap to see the whole exchange", || {
+        tapped.lock().unwrap().len() >= 6
+    })
+    .await;
+    {
+        let tapped = tapped.lock().unwrap();
+        assert!(tapped.iter().any(|p| p.len() > marker.len()));
+        for payload in tapped.iter() {
+            assert!(
+                !contains(payload, marker),
+                "plaintext crossed the project node"
+            );
+            // c's credential went to b inside the handshake, encrypted too.
+            assert!(
+                !contains(payload, b"web-frontend"),
+                "an attribute in the clear"
+            );
+        }
+    }
+
+    // The next message is changed on the way: b refuses it and ends the channel, and c's
+    // end hears of it.
+    tamper.store(true, Ordering::SeqCst);
+    let after = c
+        .request(through.clone(), "changed on the way", NO_ANSWER)
+        .await;
+    assert!(after.is_err(), "a changed message was answered: {after:?}");
+    assert!(
+        !tamper.load(Ordering::SeqCst),
+        "the tap did not change a message"
+    );
+    until("b to end its side of the inner channel", || {
+        channel_ends(&b.node).is_disjoint(&b_inner)
+    })
+    .await;
+    until("c to end its side of the inner channel", || {
+        !c_node.addresses().contains(&inner.encryptor)
+    })
+    .await;
+    b.nothing_seen().await;
+    // The relay and the channels to the project node are unharmed.
+    b_client.check_relay("db").await.unwrap();
+    outer
+        .echo_through("db", &mut b, "the relay still works")
+        .await;
+
+    c_node.shutdown().await;
+    b.node.shutdown().await;
+    node.shutdown().await;
+    project.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_a_bystander_sends_through_the_relay_ends_the_inner_channel_and_injects_nothing() {
+    let admin = Party::new();
+    let project = Project::start(&[&admin]).await;
+    let (node, _tcp) = plain_node("admin");
+    let mut admin_client = project.connect(&node, &admin).await;
+    let b_party = project
+        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
+        .await;
+    let c_party = project
+        .enroll(&mut admin_client, &node, &[("component", "web")])
+        .await;
+    let d_party = project
+        .enroll(&mut admin_client, &node, &[("component", "bystander")])
+        .await;
+    let mut b = Relayed::start(&project, b_party, "b");
+    let mut b_client = b.client(&project).await;
+    b_client.create_relay("db").await.unwrap();
+
+    let (c_node, _c_tcp) = plain_node("c");
+    let outer = Outer::open(&project, &c_node, &c_party).await;
+    let before = channel_ends(&b.node);
+    let inner = outer.inner_channel("db", &[], &c_party, &b).await;
+    let b_inner: BTreeSet<Address> = channel_ends(&b.node).difference(&before).cloned().collect();
+    assert_eq!(
+        b_inner.len(),
+        2,
+        "b's end of the inner channel: {b_inner:?}"
+    );
+    let b_decryptor = b_inner
+        .iter()
+        .find(|a| !a.value().starts_with("sc-enc-"))
+        .cloned()
+        .unwrap();
+    let mut c = c_node.client().unwrap();
+    let through = Route::from(vec![inner.encryptor.clone(), Address::local(WHOAMI)]);
+    c.request(through.clone(), "before", WAIT).await.unwrap();
+    b.next_seen().await;
+
+    // d, a member with a channel of its own to the project node, knows b's decryptor and
+    // sends it something that is not from c's channel.
+    let (d_node, _d_tcp) = plain_node("d");
+    let d_channel = Outer::open(&project, &d_node, &d_party).await;
+    let garbage: Vec<u8> = (0..96u8).map(|i| i.wrapping_mul(37)).collect();
+    d_channel
+        .client
+        .send(
+            Route::from(vec![
+                d_channel.channel.encryptor.clone(),
+                Address::local(relay::relay_address("db")),
+                b_decryptor.clone(),
+            ]),
+            garbage,
+        )
+        .await
+        .unwrap();
+    until("b to end the inner channel", || {
+        channel_ends(&b.node).is_disjoint(&b_inner)
+    })
+    .await;
+    b.nothing_seen().await;
+    let after = c.request(through, "after", NO_ANSWER).await;
+    assert!(
+        after.is_err(),
+        "the inner channel outlived garbage: {after:?}"
+    );
+    b.nothing_seen().await;
+
+    d_node.shutdown().await;
+    c_node.shutdown().await;
+    b.node.shutdown().await;
+    node.shutdown().await;
+    project.stop().await;
+}
+
+// ---- 6. the back address, and who may send through the relay -----------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_owners_answers_pass_the_back_address_and_only_into_a_secure_channel() {
+    let admin = Party::new();
+    let project = Project::start(&[&admin]).await;
+    let p = project.node.node.clone();
+    // Workers on the project node the back address must not lead to: one open to every
+    // origin, and one for this node only (which a relay that passed messages on as local
+    // ones would open to the relayed node). Neither answers, so what they record is all
+    // that reached them.
+    let (open_tx, mut open_seen) = mpsc::channel(64);
+    p.start_worker_with_policy(
+        [Address::local("open")],
+        Arc::new(AllowAll),
+        Recorder {
+            seen: open_tx,
+            answer: false,
+        },
+    )
+    .unwrap();
+    let (local_tx, mut local_seen) = mpsc::channel(64);
+    p.start_worker(
+        "local-only",
+        Recorder {
+            seen: local_tx,
+            answer: false,
+        },
+    )
+    .unwrap();
+    let (node, _tcp) = plain_node("admin");
+    let mut admin_client = project.connect(&node, &admin).await;
+    let b_party = project
+        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
+        .await;
+    let c_party = project
+        .enroll(&mut admin_client, &node, &[("component", "web")])
+        .await;
+    let d_party = project
+        .enroll(&mut admin_client, &node, &[("component", "bystander")])
+        .await;
+    let mut b = Relayed::start(&project, b_party, "b");
+    let mut b_client = b.client(&project).await;
+    b_client.create_relay("db").await.unwrap();
+
+    // c sends through the relay; b's answer comes back through the back address into c's
+    // channel. What b sees tells the back address and c's channel's encryptor on P.
+    let (c_node, _c_tcp) = plain_node("c");
+    let mut c = Outer::open(&project, &c_node, &c_party).await;
+    c.send_through("db", "hello").await;
+    let seen = b.next_seen().await;
+    let answer = c.client.receive(WAIT).await.unwrap();
+    assert_eq!(&answer.payload[..], b"hello");
+    let hops: Vec<Address> = seen.return_route.iter().cloned().collect();
+    assert_eq!(hops.len(), 4, "{}", seen.return_route);
+    let (back, c_encryptor) = (hops[1].clone(), hops[2].clone());
+    assert!(back.value().starts_with("relay-back-"), "{back}");
+    assert!(c_encryptor.value().starts_with("sc-enc-"), "{c_encryptor}");
+    assert_eq!(&hops[3], c.client.address());
+    let c_mailbox = hops[3].clone();
+    let to_c = |first: &Address| {
+        Route::from(vec![
+            first.clone(),
+            back.clone(),
+            c_encryptor.clone(),
+            c_mailbox.clone(),
+        ])
+    };
+
+    // The owner, through any channel of its own, reaches c that way (the control)…
+    let owner = Outer::open(&project, &b.node, &b.party).await;
+    owner
+        .client
+        .send(to_c(&owner.channel.encryptor), "from the owner")
+        .await
+        .unwrap();
+    let got = c.client.receive(WAIT).await.unwrap();
+    assert_eq!(&got.payload[..], b"from the owner");
+    // …a bystander member does not.
+    let (d_node, _d_tcp) = plain_node("d");
+    let d = Outer::open(&project, &d_node, &d_party).await;
+    d.client
+        .send(to_c(&d.channel.encryptor), "forged answer")
+        .await
+        .unwrap();
+    assert!(
+        c.no_answer().await,
+        "a non-owner's answer passed the back address"
+    );
+
+    // The owner cannot use the back address to reach anything but a channel's encryptor:
+    // not a worker open to all (control: it reaches that worker directly)…
+    let owner_mailbox = b.node.client().unwrap();
+    let direct = Route::from(vec![
+        owner.channel.encryptor.clone(),
+        Address::local("open"),
+    ]);
+    owner_mailbox.send(direct, "direct").await.unwrap();
+    let got = tokio::time::timeout(WAIT, open_seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got.payload[..], b"direct");
+    assert!(matches!(got.origin, Origin::SecureChannel { .. }));
+    let via_back = |rest: Vec<Address>| {
+        let mut hops = vec![owner.channel.encryptor.clone(), back.clone()];
+        hops.extend(rest);
+        Route::from(hops)
+    };
+    owner_mailbox
+        .send(via_back(vec![Address::local("open")]), "via back")
+        .await
+        .unwrap();
+    // …not a worker for the project node's own use…
+    owner_mailbox
+        .send(via_back(vec![Address::local("local-only")]), "as local")
+        .await
+        .unwrap();
+    // …and not a dial out to an address of its choosing.
+    let observer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let observed = Address::try_new(TCP, observer.local_addr().unwrap().to_string()).unwrap();
+    owner_mailbox
+        .send(
+            via_back(vec![observed, Address::local("echo")]),
+            "dial out for me",
+        )
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(SILENCE, observer.accept())
+            .await
+            .is_err(),
+        "the project node dialed out for the relayed node"
+    );
+    assert!(
+        open_seen.try_recv().is_err(),
+        "the back address led to a worker that is not a channel"
+    );
+    assert!(
+        local_seen.try_recv().is_err(),
+        "a local-only worker took a message from the back address"
+    );
+
+    // Through `forward_to_db`, a sender needs a credential from this project (control: c
+    // above); an identity without one gets nothing to b.
+    let stranger = Party::new();
+    let (e_node, _e_tcp) = plain_node("e");
+    let mut e = Outer::open(&project, &e_node, &stranger).await;
+    e.send_through("db", "from a stranger").await;
+    assert!(e.no_answer().await);
+    b.nothing_seen().await;
+    // None of it harmed the relay: a member's message and b's answer still pass.
+    c.echo_through("db", &mut b, "still fine").await;
+
+    for n in [&e_node, &d_node, &c_node, &b.node, &node] {
+        n.shutdown().await;
+    }
+    project.stop().await;
+}
+
+// ---- 7. the keeper --------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_keeper_registers_again_when_the_project_node_comes_back_on_the_same_port() {
+    let admin = Party::new();
+    let mut project = Project::start(&[&admin]).await;
+    let (node, _tcp) = plain_node("admin");
+    let mut admin_client = project.connect(&node, &admin).await;
+    let b_party = project
+        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
+        .await;
+    let c_party = project
+        .enroll(&mut admin_client, &node, &[("component", "web")])
+        .await;
+    drop(admin_client);
+    let mut b = Relayed::start(&project, b_party, "b");
+    let settings = SharedSettings::new(b.party.settings(project.trust()));
+    let mut keeper = RelayKeeper::start(&b.node, settings, project.keeper_config("db"))
+        .await
+        .unwrap();
+    let status = keeper.status();
+    assert!(matches!(status.state, RelayState::Up { .. }), "{status:?}");
+    assert_eq!(
+        status.relay.as_ref().unwrap().owner,
+        b.party.identifier.to_string()
+    );
+    assert_eq!(status.reconnections, 0);
+    assert_eq!(status.last_error, None);
+
+    let (c_node, _c_tcp) = plain_node("c");
+    let mut c = Outer::open(&project, &c_node, &c_party).await;
+    c.echo_through("db", &mut b, "before the restart").await;
+
+    // The project node goes away: the heartbeat fails, and reconnecting fails while it is
+    // down.
+    let port = project.port;
+    project.shut_down_node().await;
+    let down = keeper
+        .wait_for(WAIT, |s| matches!(s.state, RelayState::Reconnecting { .. }))
+        .await;
+    assert!(
+        matches!(down.state, RelayState::Reconnecting { .. }),
+        "{down:?}"
+    );
+    assert!(down.last_error.is_some(), "{down:?}");
+    let failing = keeper
+        .wait_for(
+            WAIT,
+            |s| matches!(s.state, RelayState::Reconnecting { attempts, .. } if attempts >= 1),
+        )
+        .await;
+    let Some((_, error)) = &failing.last_error else {
+        panic!("no error while reconnecting: {failing:?}");
+    };
+    assert!(
+        matches!(failing.state, RelayState::Reconnecting { attempts, .. } if attempts >= 1),
+        "{failing:?}"
+    );
+    assert!(error.contains("cannot open a secure channel"), "{error}");
+
+    // A new project node process-object, same identity and store, on the same port.
+    project.start_node_on(&format!("127.0.0.1:{port}")).await;
+    assert_eq!(project.port, port);
+    let up = keeper
+        .wait_for(WAIT, |s| matches!(s.state, RelayState::Up { .. }))
+        .await;
+    assert!(matches!(up.state, RelayState::Up { .. }), "{up:?}");
+    assert_eq!(up.reconnections, 1);
+    assert!(up.last_error.is_some());
+    assert_eq!(
+        up.relay.as_ref().unwrap().owner,
+        b.party.identifier.to_string()
+    );
+
+    let (c2_node, _c2_tcp) = plain_node("c2");
+    let mut c2 = Outer::open(&project, &c2_node, &c_party).await;
+    c2.echo_through("db", &mut b, "after the restart").await;
+
+    keeper.stop();
+    for n in [&c2_node, &c_node, &b.node, &node] {
+        n.shutdown().await;
+    }
+    project.stop().await;
+}
+
+// ---- helpers --------------------------------------------------------------------------------
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn attributes(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn code_of(ticket: &CreatedTicket) -> OneTimeCode {
+    OneTimeCode::from_bytes(hex::decode(&ticket.code).unwrap().try_into().unwrap())
+}
+
+/// The authority's refusal in `outcome`.
+#[track_caller]
+fn refusal<T: std::fmt::Debug>(outcome: Result<T, ClientError>) -> api::ApiError {
+    match outcome {
+        Err(ClientError::Refused(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn relay_names(admin: &mut AuthorityClient) -> Vec<String> {
+    admin
+        .list_relays()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+/// The relay addresses registered on the project node.
+fn relay_addresses(project: &Project) -> Vec<String> {
+    project
+        .node
+        .node
+        .addresses()
+        .into_iter()
+        .filter(|a| a.value().starts_with(RELAY_ADDRESS_PREFIX))
+        .map(|a| a.value().to_owned())
+        .collect()
+}
+
+/// The addresses of every secure channel end on `node`.
+fn channel_ends(node: &Node) -> BTreeSet<Address> {
+    node.addresses()
+        .into_iter()
+        .filter(|a| a.value().starts_with("sc-"))
+        .collect()
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+fn plain_node(name: &str) -> (Node, TcpTransport) {
+    let node = Node::new(name);
+    let tcp = TcpTransport::start(&node);
+    (node, tcp)
+}
+
+/// An identity, the credentials it presents, and fresh channel settings on demand.
+struct Party {
+    identity: Identity,
+    secret: IdentitySecret,
+    identifier: Identifier,
+    credentials: Vec<CredentialAndPurposeKey>,
+}
+
+impl Party {
+    fn new() -> Self {
+        let (identity, secret) = Identity::create(now());
+        Self {
+            identifier: *identity.identifier(),
+            identity,
+            secret,
+            credentials: Vec::new(),
+        }
+    }
+
+    fn settings(&self, trust: Arc<Trust>) -> ChannelSettings {
+        let key = SecureChannelKey::generate(&self.identity, &self.secret, now() - 5, now() + 3600);
+        let local = LocalIdentity {
+            identity: self.identity.clone(),
+            key,
+            credentials: self.credentials.clone(),
+        };
+        let mut settings = ChannelSettings::new(Arc::new(local), trust);
+        settings.handshake_timeout = WAIT;
+        settings
+    }
+}
+
+/// What a recording worker saw of one message.
+#[derive(Debug)]
+struct Seen {
+    origin: Origin,
+    payload: Vec<u8>,
+    return_route: Route,
+}
+
+/// Records every message it gets and, if `answer`, sends its payload back.
+struct Recorder {
+    seen: mpsc::Sender<Seen>,
+    answer: bool,
+}
+
+impl Worker for Recorder {
+    async fn handle_message(
+        &mut self,
+        ctx: &mut Context,
+        message: Message,
+    ) -> Result<(), WorkerError> {
+        // Full only if a test stopped reading; dropping the record then is harmless.
+        let _ = self.seen.try_send(Seen {
+            origin: message.origin().clone(),
+            payload: message.payload.to_vec(),
+            return_route: message.return_route.clone(),
+        });
+        if self.answer {
+            ctx.send(message.return_route, message.payload).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A relayed node: TCP without a listener (it only dials out), a secure-channel listener
+/// for channels that come through its relay, `echo`, and [`WHOAMI`], which records and
+/// answers.
+struct Relayed {
+    party: Party,
+    node: Node,
+    _tcp: TcpTransport,
+    seen: mpsc::Receiver<Seen>,
+}
+
+impl Relayed {
+    fn start(project: &Project, party: Party, name: &str) -> Self {
+        let (node, tcp) = plain_node(name);
+        secure_channel::listen(&node, DEFAULT_LISTENER, party.settings(project.trust())).unwrap();
+        node.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
+            .unwrap();
+        let (tx, seen) = mpsc::channel(64);
+        node.start_worker_with_policy(
+            [Address::local(WHOAMI)],
+            Arc::new(AllowAll),
+            Recorder {
+                seen: tx,
+                answer: true,
+            },
+        )
+        .unwrap();
+        Self {
+            party,
+            node,
+            _tcp: tcp,
+            seen,
+        }
+    }
+
+    /// A client of the project node's services from this node, as this party.
+    async fn client(&self, project: &Project) -> AuthorityClient {
+        project.connect(&self.node, &self.party).await
+    }
+
+    async fn next_seen(&mut self) -> Seen {
+        tokio::time::timeout(WAIT, self.seen.recv())
+            .await
+            .expect("the relayed node got a message in time")
+            .expect("the recorder is running")
+    }
+
+    async fn nothing_seen(&mut self) {
+        if let Ok(Some(seen)) = tokio::time::timeout(SILENCE, self.seen.recv()).await {
+            panic!("the relayed node got a message it should not have: {seen:?}");
+        }
+    }
+}
+
+/// A party's secure channel to the project node, and a mailbox to send through it.
+struct Outer {
+    node: Node,
+    channel: SecureChannel,
+    client: Client,
+}
+
+impl Outer {
+    async fn open(project: &Project, node: &Node, party: &Party) -> Self {
+        let settings = party.settings(project.admitting(project.identifier));
+        let channel = tokio::time::timeout(
+            WAIT,
+            secure_channel::create(node, project.listener_route(), &settings),
+        )
+        .await
+        .expect("the channel to the project node opened in time")
+        .expect("the project node admitted us");
+        Self {
+            node: node.clone(),
+            channel,
+            client: node.client().unwrap(),
+        }
+    }
+
+    /// The route through this channel and relay `name` to `service` on the relayed node.
+    fn through(&self, name: &str, service: &str) -> Route {
+        Route::from(vec![
+            self.channel.encryptor.clone(),
+            Address::local(relay::relay_address(name)),
+            Address::local(service),
+        ])
+    }
+
+    async fn send_through(&self, name: &str, payload: &'static str) {
+        self.client
+            .send(self.through(name, WHOAMI), payload)
+            .await
+            .unwrap();
+    }
+
+    /// Send `payload` to `relayed`'s recorder through relay `name`; it must arrive, and its
+    /// answer must come back.
+    async fn echo_through(&mut self, name: &str, relayed: &mut Relayed, payload: &'static str) {
+        self.send_through(name, payload).await;
+        let seen = relayed.next_seen().await;
+        assert_eq!(&seen.payload[..], payload.as_bytes());
+        let answer = self.client.receive(WAIT).await.unwrap();
+        assert_eq!(&answer.payload[..], payload.as_bytes());
+    }
+
+    /// Whether nothing arrives in [`SILENCE`].
+    async fn no_answer(&mut self) -> bool {
+        matches!(
+            self.client.receive(SILENCE).await,
+            Err(RequestError::Timeout(_))
+        )
+    }
+
+    /// A secure channel from `party` through this channel and relay `name` (and `via`, on
+    /// the relayed node) to `relayed`'s listener, admitting only `relayed`'s identity.
+    async fn inner_channel(
+        &self,
+        name: &str,
+        via: &[&str],
+        party: &Party,
+        relayed: &Relayed,
+    ) -> SecureChannel {
+        let mut hops = vec![
+            self.channel.encryptor.clone(),
+            Address::local(relay::relay_address(name)),
+        ];
+        hops.extend(via.iter().map(Address::local));
+        hops.push(Address::local(DEFAULT_LISTENER));
+        let settings = party.settings(Arc::new(Trust {
+            authorities: self.authorities(),
+            admission: Admission::Identifiers(BTreeSet::from([relayed.party.identifier])),
+        }));
+        tokio::time::timeout(
+            WAIT,
+            secure_channel::create(&self.node, Route::from(hops), &settings),
+        )
+        .await
+        .expect("the inner channel opened in time")
+        .expect("the relayed node admitted us")
+    }
+
+    /// The project's authority: the project node's own identity.
+    fn authorities(&self) -> Vec<Identity> {
+        vec![self.channel.peer.identity.clone()]
+    }
+}
+
+/// One project node: the authority's services, the relay service, a secure-channel listener
+/// that trusts the project's authority, and its own store and vault handles.
+struct ProjectNode {
+    node: Node,
+    _tcp: TcpTransport,
+    store: MembershipStore,
+    vault: Vault,
+}
+
+/// A project: the authority identity in a vault file, the membership store in a SQLite file,
+/// and the project node on a loopback port.
+struct Project {
+    _dir: TempDir,
+    vault_path: std::path::PathBuf,
+    location: String,
+    identity: Identity,
+    identifier: Identifier,
+    admins: BTreeSet<Identifier>,
+    node: ProjectNode,
+    port: u16,
+}
+
+impl Project {
+    async fn start(admins: &[&Party]) -> Self {
+        let dir = TempDir::new().unwrap();
+        let vault_path = dir.path().join("vault.sqlite");
+        let vault = Vault::open(&vault_path).await.unwrap();
+        let stored = vault.create_identity(AUTHORITY_NAME, now()).await.unwrap();
+        vault.close().await;
+        let location = dir
+            .path()
+            .join("authority.sqlite")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let identity = stored.identity;
+        let admins = admins.iter().map(|p| p.identifier).collect();
+        let (node, port) =
+            Self::node_on(&vault_path, &location, &identity, &admins, "127.0.0.1:0").await;
+        Self {
+            _dir: dir,
+            vault_path,
+            location,
+            identifier: *identity.identifier(),
+            identity,
+            admins,
+            node,
+            port,
+        }
+    }
+
+    async fn node_on(
+        vault_path: &std::path::Path,
+        location: &str,
+        identity: &Identity,
+        admins: &BTreeSet<Identifier>,
+        bind: &str,
+    ) -> (ProjectNode, u16) {
+        let vault = Vault::open(vault_path).await.unwrap();
+        let store = MembershipStore::open(location).await.unwrap();
+        let node = Node::new("project");
+        let tcp = TcpTransport::start(&node);
+        let key = vault
+            .secure_channel_key(AUTHORITY_NAME, now())
+            .await
+            .unwrap();
+        let local = LocalIdentity {
+            identity: identity.clone(),
+            key,
+            credentials: vec![],
+        };
+        // The project node trusts its own authority: members' credentials then carry their
+        // attributes (and the project id) into every message they send.
+        let trust = Arc::new(Trust {
+            authorities: vec![identity.clone()],
+            admission: Admission::AnyIdentity,
+        });
+        let mut settings = ChannelSettings::new(Arc::new(local), trust);
+        settings.handshake_timeout = WAIT;
+        secure_channel::listen(&node, DEFAULT_LISTENER, settings).unwrap();
+        let authority = Authority::new(
+            store.clone(),
+            vault.clone(),
+            AUTHORITY_NAME.into(),
+            AuthorityConfig {
+                project_id: PROJECT_ID.into(),
+                admins: admins.clone(),
+                credential_ttl: CREDENTIAL_TTL,
+            },
+        );
+        authority.start(&node).unwrap();
+        relay::start(&authority, &node).unwrap();
+        let port = tcp.listen(bind).await.unwrap().port();
+        (
+            ProjectNode {
+                node,
+                _tcp: tcp,
+                store,
+                vault,
+            },
+            port,
+        )
+    }
+
+    /// Shut the project node down (its store and vault handles closed).
+    async fn shut_down_node(&self) {
+        self.node.node.shutdown().await;
+        self.node.store.close().await;
+        self.node.vault.close().await;
+    }
+
+    /// A new project node, same identity, vault and store, listening on `bind`.
+    async fn start_node_on(&mut self, bind: &str) {
+        let (node, port) = Self::node_on(
+            &self.vault_path,
+            &self.location,
+            &self.identity,
+            &self.admins,
+            bind,
+        )
+        .await;
+        self.node = node;
+        self.port = port;
+    }
+
+    fn listener_route(&self) -> Route {
+        Route::from(vec![
+            Address::try_new(TCP, format!("127.0.0.1:{}", self.port)).unwrap(),
+            Address::local(DEFAULT_LISTENER),
+        ])
+    }
+
+    /// Trust in the project's authority, admitting anyone.
+    fn trust(&self) -> Arc<Trust> {
+        Arc::new(Trust {
+            authorities: vec![self.identity.clone()],
+            admission: Admission::AnyIdentity,
+        })
+    }
+
+    /// Trust in the project's authority, admitting only `peer`.
+    fn admitting(&self, peer: Identifier) -> Arc<Trust> {
+        Arc::new(Trust {
+            authorities: vec![self.identity.clone()],
+            admission: Admission::Identifiers(BTreeSet::from([peer])),
+        })
+    }
+
+    async fn connect(&self, from: &Node, party: &Party) -> AuthorityClient {
+        AuthorityClient::connect(
+            from,
+            self.listener_route(),
+            &self.identifier,
+            &party.settings(self.trust()),
+            WAIT,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A new member enrolled the real way: an admin's ticket with `attrs`, redeemed through
+    /// the member's own channel; it presents the credential it got from then on.
+    async fn enroll(
+        &self,
+        admin: &mut AuthorityClient,
+        from: &Node,
+        attrs: &[(&str, &str)],
+    ) -> Party {
+        let ticket = admin
+            .create_ticket(attributes(attrs), Duration::from_secs(600), 1)
+            .await
+            .unwrap();
+        let mut party = Party::new();
+        let enrolled = self
+            .connect(from, &party)
+            .await
+            .redeem(&code_of(&ticket))
+            .await
+            .unwrap();
+        party
+            .credentials
+            .push(decode_credential(&enrolled).unwrap());
+        party
+    }
+
+    /// The authority's credential signing key, for credentials with hand-picked validity.
+    async fn signing_key(&self) -> CredentialSigningKey {
+        self.node
+            .vault
+            .credential_signing_key(AUTHORITY_NAME, now())
+            .await
+            .unwrap()
+    }
+
+    fn keeper_config(&self, name: &str) -> KeeperConfig {
+        KeeperConfig {
+            name: name.into(),
+            listener: self.listener_route(),
+            project_node: self.identifier,
+            timeout: NO_ANSWER,
+            heartbeat: Duration::from_millis(200),
+        }
+    }
+
+    async fn stop(self) {
+        self.shut_down_node().await;
+    }
+}
