@@ -335,6 +335,7 @@ fn start(
             sending: None,
             queue: VecDeque::new(),
             busy: false,
+            direct: false,
             closed: false,
         }),
         inbound_queued: Notify::new(),
@@ -421,6 +422,11 @@ struct Outbound {
     queue: VecDeque<Message>,
     /// The task took a message off `queue` and has not finished routing it.
     busy: bool,
+    /// A sender sealed a message and is handing it on itself, outside the lock. Until it is
+    /// done, later messages queue and the task routes none, so that nonces leave in order
+    /// even when several tasks send on one channel (a slow hand-on overtaken by more than a
+    /// replay window's worth of messages would end the channel at the peer).
+    direct: bool,
     /// Closing: nothing more is sealed except the final `Close`.
     closed: bool,
 }
@@ -517,12 +523,6 @@ impl Channel {
         self.inbound_queued.notify_one();
     }
 
-    /// Queue a sealed message for the task.
-    fn queue_outbound(&self, sealed: Message) {
-        lock(&self.outbound).queue.push_back(sealed);
-        self.outbound_queued.notify_one();
-    }
-
     /// Act on an opened message without waiting: deliver it now, or queue it for the task.
     fn act_now(&self, opened: Opened) {
         match opened {
@@ -605,7 +605,10 @@ impl Channel {
         loop {
             {
                 let mut st = lock(&self.outbound);
-                if let Some(m) = st.queue.pop_front() {
+                if st.direct {
+                    // The sender handing on an earlier message wakes us when it is done.
+                    st.busy = false;
+                } else if let Some(m) = st.queue.pop_front() {
                     st.busy = true;
                     drop(st);
                     self.outbound_room.notify_waiters();
@@ -912,18 +915,30 @@ impl MessageSink for EncryptorSink {
             let Some(sealed) = ch.seal(&mut st, &inner) else {
                 return Ok(());
             };
-            if !st.queue.is_empty() || st.busy {
+            if !st.queue.is_empty() || st.busy || st.direct {
                 st.queue.push_back(sealed);
                 drop(st);
                 ch.outbound_queued.notify_one();
                 return Ok(());
             }
+            st.direct = true;
             sealed
         };
-        match ch.node.try_route(sealed) {
+        let blocked = match ch.node.try_route(sealed) {
             // The node has counted and logged what it could not deliver.
-            Ok(()) | Err(TryRouteError::Failed(_)) => {}
-            Err(TryRouteError::WouldBlock(sealed)) => ch.queue_outbound(sealed),
+            Ok(()) | Err(TryRouteError::Failed(_)) => None,
+            Err(TryRouteError::WouldBlock(sealed)) => Some(sealed),
+        };
+        let mut st = lock(&ch.outbound);
+        st.direct = false;
+        if let Some(sealed) = blocked {
+            // Ahead of whatever was sealed after it.
+            st.queue.push_front(sealed);
+        }
+        let wake = !st.queue.is_empty();
+        drop(st);
+        if wake {
+            ch.outbound_queued.notify_one();
         }
         Ok(())
     }

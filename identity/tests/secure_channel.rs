@@ -595,3 +595,70 @@ async fn replacing_a_listeners_settings_applies_from_the_next_handshake() {
         Bytes::from("still")
     );
 }
+
+/// Counts what reaches it.
+struct Count(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Worker for Count {
+    async fn handle_message(&mut self, _: &mut Context, _: Message) -> Result<(), WorkerError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Several tasks sending on one channel at once (a relay's traffic and its heartbeat
+/// answers share one): nonces must leave in order, or a sender overtaken by more than the
+/// replay window makes the peer end the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_tasks_sending_on_one_channel_keep_it_up_and_lose_nothing() {
+    const SENDERS: usize = 8;
+    const EACH: usize = 3_000;
+    let a = side("a", local(|_| vec![]), open_trust(), WAIT).await;
+    let b = side("b", local(|_| vec![]), open_trust(), WAIT).await;
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    b.node
+        .start_worker_with_policy(
+            [Address::local("count")],
+            Arc::new(AllowAll),
+            Count(seen.clone()),
+        )
+        .unwrap();
+    let channel =
+        secure_channel::create(&a.node, to(&b.listener, &[DEFAULT_LISTENER]), &a.settings)
+            .await
+            .unwrap();
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..SENDERS {
+        let client = a.node.client().unwrap();
+        let route = Route::from(vec![channel.encryptor.clone(), Address::local("count")]);
+        senders.spawn(async move {
+            for i in 0..EACH {
+                client
+                    .send(route.clone(), Bytes::from(vec![0u8; 32]))
+                    .await
+                    .unwrap();
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+    }
+    while let Some(done) = senders.join_next().await {
+        done.unwrap();
+    }
+    let total = SENDERS * EACH;
+    until("every message to arrive", || {
+        seen.load(std::sync::atomic::Ordering::Relaxed) == total
+    })
+    .await;
+    assert_eq!(
+        channel_workers(&a.node),
+        2,
+        "a's end of the channel is gone"
+    );
+    assert_eq!(
+        channel_workers(&b.node),
+        2,
+        "b's end of the channel is gone"
+    );
+}
