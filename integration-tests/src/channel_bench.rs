@@ -179,17 +179,20 @@ pub fn run_all(
     Ok(all)
 }
 
-async fn round_trips(
+/// The round-trip times of `count` 64-byte requests from `client` along `route` (to an
+/// `echo`), after `warmup` unmeasured ones.
+pub(crate) async fn round_trips(
     client: &mut kith_node::Client,
     route: &Route,
-    config: &ChannelBenchConfig,
+    warmup: usize,
+    count: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     let body = Bytes::from(vec![0xAB; 64]);
-    let mut samples = Vec::with_capacity(config.round_trips);
-    for i in 0..config.warmup_round_trips + config.round_trips {
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..warmup + count {
         let started = Instant::now();
         client.request(route.clone(), body.clone(), WAIT).await?;
-        if i >= config.warmup_round_trips {
+        if i >= warmup {
             samples.push(started.elapsed());
         }
     }
@@ -204,14 +207,24 @@ pub async fn latency(config: &ChannelBenchConfig) -> anyhow::Result<Vec<BenchRec
     );
     let p = pair().await?;
     let mut client = p.a.client()?;
-    let plain = round_trips(&mut client, &p.plain("echo")?, config)
-        .await
-        .context("plain routed")?;
+    let plain = round_trips(
+        &mut client,
+        &p.plain("echo")?,
+        config.warmup_round_trips,
+        config.round_trips,
+    )
+    .await
+    .context("plain routed")?;
     let enc = p.channel().await?;
     let through = Route::from(vec![enc, Address::local("echo")]);
-    let secure = round_trips(&mut client, &through, config)
-        .await
-        .context("through the channel")?;
+    let secure = round_trips(
+        &mut client,
+        &through,
+        config.warmup_round_trips,
+        config.round_trips,
+    )
+    .await
+    .context("through the channel")?;
     p.shutdown().await;
     Ok(vec![
         BenchRecord::new(
@@ -247,9 +260,18 @@ impl Worker for Counter {
     }
 }
 
-async fn pump(p: &Pair, first_hop: Address, n: usize, name: &str) -> anyhow::Result<Duration> {
+/// How long `n` 16 KiB messages take from a client on `from` to a fresh counting worker
+/// `name` on `to`, sent along `[first_hop, name]` one after another (each send waits only
+/// for room on the path, not for delivery), until the last one is counted.
+pub(crate) async fn pump(
+    from: &Node,
+    to: &Node,
+    first_hop: Address,
+    n: usize,
+    name: &str,
+) -> anyhow::Result<Duration> {
     let (tx, rx) = oneshot::channel();
-    p.b.start_worker_with_policy(
+    to.start_worker_with_policy(
         [Address::local(name)],
         Arc::new(AllowAll),
         Counter {
@@ -259,7 +281,7 @@ async fn pump(p: &Pair, first_hop: Address, n: usize, name: &str) -> anyhow::Res
         },
     )?;
     let route = Route::from(vec![first_hop, Address::local(name)]);
-    let client = p.a.client()?;
+    let client = from.client()?;
     let body = Bytes::from(vec![0xCD; 16 * 1024]);
     let started = Instant::now();
     for _ in 0..n {
@@ -280,11 +302,11 @@ pub async fn throughput(config: &ChannelBenchConfig) -> anyhow::Result<Vec<Bench
     let p = pair().await?;
     let n = config.large_messages;
     let tcp = Address::try_new(TCP, p.b_addr.as_str())?;
-    pump(&p, tcp.clone(), n / 10 + 1, "warm-plain").await?;
-    let plain = pump(&p, tcp, n, "plain").await?;
+    pump(&p.a, &p.b, tcp.clone(), n / 10 + 1, "warm-plain").await?;
+    let plain = pump(&p.a, &p.b, tcp, n, "plain").await?;
     let enc = p.channel().await?;
-    pump(&p, enc.clone(), n / 10 + 1, "warm-secure").await?;
-    let secure = pump(&p, enc, n, "secure").await?;
+    pump(&p.a, &p.b, enc.clone(), n / 10 + 1, "warm-secure").await?;
+    let secure = pump(&p.a, &p.b, enc, n, "secure").await?;
     p.shutdown().await;
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     Ok(vec![BenchRecord::new(

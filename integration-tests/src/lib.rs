@@ -13,3 +13,4 @@ pub mod authority_bench;
 pub mod bench;
 pub mod channel_bench;
 pub mod postgres;
+pub mod relay_bench;

@@ -2,6 +2,7 @@
 //! be well-formed. The numbers themselves are not checked; `cargo bench` is for those.
 
 use kith_integration_tests::bench::{self, BenchConfig, BenchRecord};
+use kith_integration_tests::relay_bench::{self, RelayBenchConfig};
 
 /// The name of the test that becomes a memory-bench child when this binary is re-executed.
 const CHILD_TEST: &str = "memory_bench_child_entry";
@@ -36,6 +37,28 @@ fn quick_foundation_bench_emits_well_formed_json_records() {
             "oneway_16KiB_bytes",
             "idle_rss",
             "rss_per_idle_conn",
+        ]
+    );
+    for r in &records {
+        assert_well_formed(r);
+    }
+}
+
+#[test]
+fn quick_relay_bench_emits_well_formed_json_records() {
+    let records = relay_bench::run_all(&RelayBenchConfig::quick(), |r| {
+        eprintln!("{}", r.to_json_line())
+    })
+    .expect("the quick relay bench failed");
+
+    let names: Vec<&str> = records.iter().map(|r| r.bench.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "relay_rtt_p50_64B",
+            "relay_rtt_p99_64B",
+            "relay_oneway_16KiB_msgs",
+            "relay_oneway_16KiB_bytes",
         ]
     );
     for r in &records {
