@@ -15,9 +15,10 @@
 //!   project's id) and sends them through the owner's channel: the onward route becomes
 //!   `[owner's encryptor, …rest]`, and the relay puts its back address at the front of the
 //!   return route.
-//! - the back address takes the owner's answers and passes them on to a client, only into a
-//!   secure channel's encryptor on this node: the owner chooses the rest of the route, so
-//!   it must not be able to reach this node's other services, or dial out, through us. The
+//! - the back address takes the owner's answers and passes them on to a client, only into
+//!   the encryptor of a channel that sent through this relay: the owner chooses the rest of
+//!   the route, so it must not be able to reach this node's other services, dial out, or
+//!   speak (as this node) to channels that never asked for it, through us. The
 //!   answer's return route then starts at `forward_to_N` instead of the owner's channel, so
 //!   the client's next message comes through the relay again.
 //!
@@ -29,7 +30,7 @@
 //! Registrations live in memory: when the project node restarts, relayed nodes notice at
 //! their next heartbeat and register again.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -372,6 +373,7 @@ impl RelayService {
             inbound: Address::local(relay_address(name)),
             back: Address::random_local("relay-back"),
             forward: Mutex::new(caller.channel.clone()),
+            clients: Clients::default(),
             queue: Mutex::new(Queue::default()),
             closed: AtomicBool::new(false),
             queued: Notify::new(),
@@ -463,12 +465,45 @@ struct Relay {
     back: Address,
     /// The encryptor of the owner's channel on this node.
     forward: Mutex<Address>,
+    /// The channels (their encryptors here) that sent through the relay lately: the only
+    /// ones the owner's answers may go into.
+    clients: Clients,
     queue: Mutex<Queue>,
     closed: AtomicBool,
     /// Something was queued for the task.
     queued: Notify,
     /// There is room in the queue again.
     room: Notify,
+}
+
+/// The most recent [`MAX_CLIENTS`] channels that sent through a relay, oldest forgotten
+/// first.
+#[derive(Default)]
+struct Clients(Mutex<(HashSet<Address>, VecDeque<Address>)>);
+
+/// 4,096 channels: how many clients of one relay its owner can answer at once. A client
+/// forgotten (after this many newer ones) is remembered again with its next message.
+const MAX_CLIENTS: usize = 4096;
+
+impl Clients {
+    fn remember(&self, channel: &Address) {
+        let mut guard = lock(&self.0);
+        let (known, order) = &mut *guard;
+        if known.contains(channel) {
+            return;
+        }
+        if order.len() >= MAX_CLIENTS
+            && let Some(oldest) = order.pop_front()
+        {
+            known.remove(&oldest);
+        }
+        known.insert(channel.clone());
+        order.push_back(channel.clone());
+    }
+
+    fn contains(&self, channel: &Address) -> bool {
+        lock(&self.0).0.contains(channel)
+    }
 }
 
 #[derive(Default)]
@@ -518,6 +553,13 @@ impl Relay {
             if !into_channel {
                 return Err("an answer not addressed to a secure channel on this node");
             }
+            let to_a_client = message
+                .onward_route
+                .next()
+                .is_some_and(|a| self.clients.contains(a));
+            if !to_a_client {
+                return Err("an answer into a channel that never sent through this relay");
+            }
             // The owner's channel put its encryptor here first; the client must answer
             // through the relay instead, which sends on through the owner's channel.
             message.return_route.step();
@@ -525,6 +567,10 @@ impl Relay {
         } else {
             if !member {
                 return Err("a sender without a credential from this project");
+            }
+            // The channel this came through may now be answered through the relay.
+            if let Some(channel) = message.return_route.next() {
+                self.clients.remember(channel);
             }
             message.onward_route.prepend(self.forward());
             message.return_route.prepend(self.back.clone());

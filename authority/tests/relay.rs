@@ -808,6 +808,34 @@ async fn only_the_owners_answers_pass_the_back_address_and_only_into_a_secure_ch
         "a non-owner's answer passed the back address"
     );
 
+    // The owner cannot speak, as the project node, into a channel that never used its relay:
+    // e's channel to P is found as the encryptor P gained when e connected.
+    let before: BTreeSet<Address> = p.addresses().into_iter().collect();
+    let (e_node, _e_tcp) = plain_node("e");
+    let mut e = Outer::open(&project, &e_node, &c_party).await;
+    let e_encryptor = p
+        .addresses()
+        .into_iter()
+        .find(|a| a.value().starts_with("sc-enc-") && !before.contains(a))
+        .expect("P has an encryptor for e's channel");
+    let to_e = Route::from(vec![
+        owner.channel.encryptor.clone(),
+        back.clone(),
+        e_encryptor.clone(),
+        e.client.address().clone(),
+    ]);
+    owner.client.send(to_e.clone(), "unasked").await.unwrap();
+    assert!(
+        e.no_answer().await,
+        "the owner reached a channel that never sent through its relay"
+    );
+    // Control: once e has sent through the relay, the owner may answer it.
+    e.send_through("db", "hi").await;
+    b.next_seen().await;
+    assert_eq!(&e.client.receive(WAIT).await.unwrap().payload[..], b"hi");
+    owner.client.send(to_e, "asked").await.unwrap();
+    assert_eq!(&e.client.receive(WAIT).await.unwrap().payload[..], b"asked");
+
     // The owner cannot use the back address to reach anything but a channel's encryptor:
     // not a worker open to all (control: it reaches that worker directly)…
     let owner_mailbox = b.node.client().unwrap();
