@@ -19,7 +19,10 @@ fn demo_prints_the_echoed_message_and_cleans_up() {
     );
     assert!(out.contains("$ kith project enroll"), "{out}");
     assert!(out.contains("$ kith relay create db --to db-node"), "{out}");
-    assert!(out.contains("forward_to_db/secure/api/service/echo"), "{out}");
+    assert!(
+        out.contains("forward_to_db/secure/api/service/echo"),
+        "{out}"
+    );
     assert!(out.contains("removed the temporary KITH_HOME"), "{out}");
     let v = k.json(&["demo"]);
     assert_eq!(v["reply"], "hello from web");
