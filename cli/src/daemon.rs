@@ -59,8 +59,12 @@ pub struct RunningNode {
     pub credentials_changed: tokio::sync::Notify,
     /// Channels opened with `kith secure-channel create`, kept until deleted or torn down.
     kept: std::sync::Mutex<Vec<(secure_channel::SecureChannel, String)>>,
-    /// Relays the node keeps up, by name, with where they are (`/project/NAME`).
-    relays: tokio::sync::Mutex<BTreeMap<String, (RelayKeeper, String)>>,
+    /// Relays the node keeps up, by name, with where they are (`/project/NAME`). Held only
+    /// for moments, never across a wait, so `list` answers while a create is under way.
+    relays: std::sync::Mutex<BTreeMap<String, (RelayKeeper, String)>>,
+    /// Held by a relay create or delete for its whole course (which talks to the project
+    /// node), so that two of them never work on one relay at once.
+    relay_changes: tokio::sync::Mutex<()>,
     started_at: u64,
 }
 
@@ -248,7 +252,8 @@ impl RunningNode {
             reload_from: None,
             credentials_changed: tokio::sync::Notify::new(),
             kept: std::sync::Mutex::default(),
-            relays: tokio::sync::Mutex::default(),
+            relays: std::sync::Mutex::default(),
+            relay_changes: tokio::sync::Mutex::default(),
             started_at: unix_now(),
         })
     }
@@ -438,8 +443,8 @@ impl RunningNode {
             .channels
             .clone()
             .context("this node has no identity, so it cannot keep relays")?;
-        let mut relays = self.relays.lock().await;
-        if let Some((keeper, kept_at)) = relays.get(name) {
+        let _changing = self.relay_changes.lock().await;
+        if let Some((keeper, kept_at)) = self.kept_relays().get(name) {
             if kept_at != at {
                 bail!("this node already keeps relay {name:?} at {kept_at}; delete it first");
             }
@@ -458,8 +463,15 @@ impl RunningNode {
         });
         home.save_node(&saved)?;
         let view = RelayView::new(self.node.name(), at, keeper.status());
-        relays.insert(name.to_owned(), (keeper, at.to_owned()));
+        self.kept_relays()
+            .insert(name.to_owned(), (keeper, at.to_owned()));
         Ok(view)
+    }
+
+    fn kept_relays(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (RelayKeeper, String)>> {
+        self.relays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Keep the relays of the node's configuration up, without waiting for them.
@@ -467,7 +479,7 @@ impl RunningNode {
         let Some(shared) = self.channels.clone() else {
             return;
         };
-        let mut relays = self.relays.lock().await;
+        let _changing = self.relay_changes.lock().await;
         for r in saved {
             match self
                 .keeper_config(&r.name, &r.at, crate::relays::RELAY_TIMEOUT)
@@ -475,7 +487,8 @@ impl RunningNode {
             {
                 Ok(config) => {
                     let keeper = RelayKeeper::spawn(&self.node, shared.clone(), config);
-                    relays.insert(r.name.clone(), (keeper, r.at.clone()));
+                    self.kept_relays()
+                        .insert(r.name.clone(), (keeper, r.at.clone()));
                 }
                 Err(e) => {
                     warn!(relay = %r.name, at = %r.at, error = %format!("{e:#}"), "cannot keep a saved relay")
@@ -485,9 +498,8 @@ impl RunningNode {
     }
 
     /// The relays the node keeps.
-    pub async fn relay_list(&self) -> Vec<RelayView> {
-        let relays = self.relays.lock().await;
-        relays
+    pub fn relay_list(&self) -> Vec<RelayView> {
+        self.kept_relays()
             .values()
             .map(|(k, at)| RelayView::new(self.node.name(), at, k.status()))
             .collect()
@@ -495,8 +507,9 @@ impl RunningNode {
 
     /// Stop keeping relay `name`, forget it, and delete it at the project node.
     pub async fn relay_delete(&self, name: &str) -> Result<RelayView> {
-        let mut relays = self.relays.lock().await;
-        let Some((keeper, at)) = relays.remove(name) else {
+        let _changing = self.relay_changes.lock().await;
+        let removed = self.kept_relays().remove(name);
+        let Some((keeper, at)) = removed else {
             bail!("node {} keeps no relay {name:?}", self.node.name());
         };
         let mut view = RelayView::new(self.node.name(), &at, keeper.status());
@@ -771,7 +784,7 @@ async fn serve_control(stream: UnixStream, running: Arc<RunningNode>, stop: mpsc
             ),
             false,
         ),
-        Ok(Request::RelayList) => (to_response(Ok(running.relay_list().await)), false),
+        Ok(Request::RelayList) => (to_response(Ok(running.relay_list())), false),
         Ok(Request::RelayDelete { name }) => {
             (to_response(running.relay_delete(&name).await), false)
         }

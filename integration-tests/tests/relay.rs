@@ -216,3 +216,37 @@ fn bad_relay_names_are_refused_clearly_before_anything_is_asked() {
     ]);
     assert!(e.contains("/project/NAME"), "{e}");
 }
+
+#[test]
+fn relay_list_answers_while_a_create_waits_on_a_silent_project_node() {
+    let k = project_with(&[("db-node", &["ockam-relay=db"])]);
+    // The project node's route now leads to a listener that accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let path = k.home().join("projects/acme.json");
+    let mut project: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    project["project_node"]["route"] = format!("/ip4/127.0.0.1/tcp/{port}").into();
+    std::fs::write(&path, project.to_string()).unwrap();
+
+    let mut create = k
+        .command(&[
+            "relay",
+            "create",
+            "db",
+            "--to",
+            "db-node",
+            "--timeout",
+            "20s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The daemon is inside the create once it has dialed the project node.
+    let (_held, _) = silent.accept().unwrap();
+    let listed = k.json(&["relay", "list"]);
+    assert_eq!(listed, serde_json::json!([]));
+    create.kill().unwrap();
+    create.wait().unwrap();
+}
