@@ -8,16 +8,8 @@ use crate::args::SecureChannelCommand;
 use crate::control::{self, ChannelView, Request};
 use crate::home::Home;
 use crate::message::resolve_target;
-use crate::nodes::{NodeState, probe};
+use crate::nodes::running_socket;
 use crate::output::Output;
-
-async fn running(home: &Home, node: &str) -> Result<std::path::PathBuf> {
-    home.load_node(node)?;
-    if let NodeState::Stopped { .. } = probe(home, node).await {
-        bail!("node {node:?} is not running; start it with `kith node start {node}`");
-    }
-    Ok(home.socket_path(node))
-}
 
 fn describe(c: &ChannelView) -> String {
     format!(
@@ -36,7 +28,7 @@ pub async fn run(home: &Home, out: &Output, cmd: SecureChannelCommand) -> Result
                     "--to is the route to a listener, e.g. /node/n2/service/api, without /secure/"
                 );
             }
-            let socket = running(home, &from).await?;
+            let socket = running_socket(home, &from).await?;
             let request = Request::ChannelCreate {
                 to: target.route.iter().map(ToString::to_string).collect(),
                 timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
@@ -51,7 +43,7 @@ pub async fn run(home: &Home, out: &Output, cmd: SecureChannelCommand) -> Result
             ));
         }
         SecureChannelCommand::List { from } => {
-            let socket = running(home, &from).await?;
+            let socket = running_socket(home, &from).await?;
             let v = control::call(&socket, &Request::ChannelList, control::STATUS_TIMEOUT).await?;
             let all: Vec<ChannelView> =
                 serde_json::from_value(v).context("unexpected answer from the node")?;
@@ -66,7 +58,7 @@ pub async fn run(home: &Home, out: &Output, cmd: SecureChannelCommand) -> Result
             );
         }
         SecureChannelCommand::Delete { address, from } => {
-            let socket = running(home, &from).await?;
+            let socket = running_socket(home, &from).await?;
             let address = address.trim_start_matches("/service/").to_owned();
             let v = control::call(
                 &socket,

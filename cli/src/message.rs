@@ -10,7 +10,7 @@ use crate::args::SendMessage;
 use crate::control::{self, ChannelSpec, Request, SendReply};
 use crate::daemon::{ChannelHop, RunningNode, Target, channel_settings};
 use crate::home::Home;
-use crate::nodes::{NodeState, probe};
+use crate::nodes::{NodeState, probe, running_socket};
 use crate::output::Output;
 
 /// The address that dials a listener bound to `listener`; a wildcard becomes loopback.
@@ -94,17 +94,13 @@ pub async fn send(home: &Home, out: &Output, args: SendMessage) -> Result<()> {
     }
     let reply: SendReply = match &args.from {
         Some(from) => {
-            home.load_node(from)?;
             let request = Request::Send {
                 route: target.route.iter().map(ToString::to_string).collect(),
                 payload: args.message,
                 timeout_ms: u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX),
                 channels: target.channels.iter().map(ChannelSpec::from).collect(),
             };
-            let socket = home.socket_path(from);
-            if let NodeState::Stopped { .. } = probe(home, from).await {
-                bail!("node {from:?} is not running; start it with `kith node start {from}`");
-            }
+            let socket = running_socket(home, from).await?;
             let margin = std::time::Duration::from_secs(2);
             let v = control::call(&socket, &request, args.timeout + margin).await?;
             serde_json::from_value(v).context("unexpected answer from the node")?

@@ -52,6 +52,15 @@ pub async fn probe(home: &Home, name: &str) -> NodeState {
     }
 }
 
+/// The control socket of node `name`, which must exist and be running.
+pub async fn running_socket(home: &Home, name: &str) -> Result<std::path::PathBuf> {
+    home.load_node(name)?;
+    if let NodeState::Stopped { .. } = probe(home, name).await {
+        bail!("node {name:?} is not running; start it with `kith node start {name}`");
+    }
+    Ok(home.socket_path(name))
+}
+
 /// Check that `address` looks like `host:port`.
 pub fn validate_listener(address: &str) -> Result<()> {
     let Some((host, port)) = address.rsplit_once(':') else {

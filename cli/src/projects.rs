@@ -119,7 +119,7 @@ impl Retry {
 }
 
 /// Where and as whom to reach an authority.
-struct Reach {
+pub(crate) struct Reach {
     identity: Option<String>,
     scope: Option<String>,
     route: Route,
@@ -128,14 +128,32 @@ struct Reach {
     retry: Retry,
 }
 
+impl Reach {
+    /// The project node (the authority's node) at `route`, pinned to `identifier`, as the
+    /// default identity with no retries: for commands that do not take the project options.
+    pub(crate) fn project_node(route: Route, identifier: Identifier, timeout: Duration) -> Self {
+        Self {
+            identity: None,
+            scope: None,
+            route,
+            authority: identifier,
+            timeout,
+            retry: Retry {
+                count: 0,
+                delay: Duration::ZERO,
+            },
+        }
+    }
+}
+
 /// An embedded node with a channel to the authority.
-struct Session {
+pub(crate) struct Session {
     node: RunningNode,
     client: AuthorityClient,
 }
 
 impl Session {
-    async fn open(home: &Home, out: &Output, reach: &Reach) -> Result<Self> {
+    pub(crate) async fn open(home: &Home, out: &Output, reach: &Reach) -> Result<Self> {
         let (settings, _) = channel_settings_scoped(
             home,
             reach.identity.as_deref(),
@@ -191,7 +209,7 @@ impl Session {
 
 impl Session {
     /// Run `call` against the authority, then close the session whatever it answered.
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         mut self,
         call: impl AsyncFnOnce(&mut AuthorityClient) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {

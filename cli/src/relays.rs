@@ -18,11 +18,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::RelayCommand;
 use crate::control::{self, Request};
-use crate::daemon::{RunningNode, channel_settings, unix_now};
+use crate::daemon::unix_now;
 use crate::duration::{DisplayDuration, unix_time};
-use crate::home::{AdmissionConfig, Home};
-use crate::nodes::{NodeState, probe};
+use crate::home::Home;
+use crate::nodes::{NodeState, probe, running_socket};
 use crate::output::Output;
+use crate::projects::{Reach, Session};
 
 /// 10 s: how long reaching the project node may take when a daemon restores or deletes a
 /// relay (a handshake and one request).
@@ -154,7 +155,7 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
             // The error describes the name without repeating it: it may be 10 KB of anything.
             check_relay_name(&name)?;
             let at = normalize_at(home, at.as_deref())?;
-            let socket = running(home, &to).await?;
+            let socket = running_socket(home, &to).await?;
             let spinner = out.spinner(format!("creating relay {name} at {at}"));
             let request = Request::RelayCreate {
                 name: name.clone(),
@@ -181,7 +182,7 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
         RelayCommand::List { to, at: Some(at) } => {
             debug_assert!(to.is_none());
             let at = normalize_at(home, Some(&at))?;
-            let all = at_project_node(home, &at, async |c| c.list_relays().await).await?;
+            let all = at_project_node(home, out, &at, async |c| c.list_relays().await).await?;
             out.result(
                 || {
                     if all.is_empty() {
@@ -222,7 +223,8 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
             at: Some(at),
         } => {
             let at = normalize_at(home, Some(&at))?;
-            let info = at_project_node(home, &at, async |c| c.delete_relay(&name).await).await?;
+            let info =
+                at_project_node(home, out, &at, async |c| c.delete_relay(&name).await).await?;
             out.result(
                 || {
                     format!(
@@ -235,7 +237,7 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
         }
         RelayCommand::Delete { name, to, at: None } => {
             let view = find(home, &name, to.as_deref()).await?;
-            let socket = running(home, &view.node).await?;
+            let socket = running_socket(home, &view.node).await?;
             let request = Request::RelayDelete { name: name.clone() };
             let v = control::call(&socket, &request, RELAY_TIMEOUT * 2).await?;
             let view: RelayView =
@@ -286,19 +288,11 @@ async fn only_member_node(home: &Home) -> Result<String> {
     }
 }
 
-async fn running(home: &Home, node: &str) -> Result<std::path::PathBuf> {
-    home.load_node(node)?;
-    if let NodeState::Stopped { .. } = probe(home, node).await {
-        bail!("node {node:?} is not running; start it with `kith node start {node}`");
-    }
-    Ok(home.socket_path(node))
-}
-
 /// The relays kept by node `to`, or by every running local node.
 async fn kept(home: &Home, to: Option<&str>) -> Result<Vec<RelayView>> {
     let nodes = match to {
         Some(n) => {
-            running(home, n).await?;
+            running_socket(home, n).await?;
             vec![n.to_owned()]
         }
         None => home.node_names()?,
@@ -337,26 +331,15 @@ async fn find(home: &Home, name: &str, to: Option<&str>) -> Result<RelayView> {
 /// Make one call to the project node at `at` from an embedded node, as the default identity.
 async fn at_project_node<T>(
     home: &Home,
+    out: &Output,
     at: &str,
     call: impl AsyncFnOnce(&mut AuthorityClient) -> Result<T, ClientError>,
 ) -> Result<T> {
     let (listener, project_node) = resolve_at(home, at).await?;
-    let (settings, _) = channel_settings(home, None, &AdmissionConfig::default()).await?;
-    let node = RunningNode::start("cli", None, Some(settings.clone())).await?;
-    let answer = async {
-        let mut client = AuthorityClient::connect(
-            &node.node,
-            listener,
-            &project_node,
-            &settings,
-            RELAY_TIMEOUT,
-        )
-        .await?;
-        let answer = call(&mut client).await;
-        client.close().await;
-        answer
-    }
-    .await;
-    node.node.shutdown().await;
-    answer.map_err(refused)
+    let reach = Reach::project_node(listener, project_node, RELAY_TIMEOUT);
+    Session::open(home, out, &reach)
+        .await?
+        .call(call)
+        .await
+        .map_err(refused)
 }

@@ -178,6 +178,17 @@ fn only_the_name_a_credential_grants_can_be_relayed() {
     let again = k.json(&["relay", "create", "db", "--to", "db-node"]);
     assert_eq!(again["state"], "up");
     assert_eq!(k.json(&["relay", "list"]).as_array().unwrap().len(), 1);
+
+    // The admin (the default identity) sees it at the project node, and can free the name.
+    let held = k.json(&["relay", "list", "--at", "/project/acme"]);
+    assert_eq!(held[0]["name"], "db", "{held}");
+    assert_eq!(held[0]["owner"], identifier(&k, "db-node"));
+    let freed = k.json(&["relay", "delete", "db", "--at", "/project/acme"]);
+    assert_eq!(freed["owner"], identifier(&k, "db-node"));
+    // (db-node's keeper registers db again at its next heartbeat: it still holds the
+    // attribute.) A name nobody holds is an error that says so.
+    let e = k.fails(&["relay", "delete", "nothing", "--at", "/project/acme"]);
+    assert!(e.contains("there is no relay \"nothing\""), "{e}");
 }
 
 #[test]
