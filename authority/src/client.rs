@@ -17,11 +17,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kith_identity::channel::{Admission, HandshakeError, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, SecureChannel, SecureChannelError};
-use kith_identity::{CredentialAndPurposeKey, CredentialError, DecodeError, Identifier, Identity};
+use kith_identity::{
+    CredentialAndPurposeKey, CredentialError, DecodeError, Identifier, Identity, unix_now,
+};
 use kith_node::{Address, Node, Origin, RequestError, Route, RouteError, StartError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -147,14 +149,6 @@ impl fmt::Debug for AuthorityClient {
             .field("timeout", &self.timeout)
             .finish()
     }
-}
-
-/// Unix seconds now.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl AuthorityClient {

@@ -12,11 +12,11 @@
 //! Each reconnection takes the node's channel settings as they are then, so a credential
 //! renewed in the meantime is the one presented.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use kith_identity::Identifier;
 use kith_identity::backoff::Backoff;
 use kith_identity::secure_channel::SharedSettings;
+use kith_identity::{Identifier, unix_now};
 use kith_node::{Node, Route};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -107,13 +107,6 @@ impl std::fmt::Debug for RelayKeeper {
             .field("status", &*self.status.borrow())
             .finish_non_exhaustive()
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// One line for an error, with its causes.

@@ -33,9 +33,8 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use kith_identity::Identifier;
+use kith_identity::{Identifier, unix_now};
 use kith_node::{
     Address, AllowOrigins, Context, Message, MessageSink, Node, Origin, ReadyFuture, Route,
     SinkError, SinkHandle, StartError, TryRouteError, Worker, WorkerError,
@@ -160,13 +159,6 @@ pub struct RelayInfo {
     pub created_at: u64,
     /// When it last moved to a new channel (Unix seconds).
     pub updated_at: u64,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -28,11 +28,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kith_identity::vault::Vault;
 use kith_identity::{
     CredentialAndPurposeKey, CredentialSigningKey, Identifier, MAX_ATTRIBUTES, check_attribute,
+    unix_now,
 };
 use kith_node::{
     Address, AllowOrigins, Context, DisplayChain, Message, Node, Origin, Route, StartError, Worker,
@@ -378,14 +379,6 @@ pub(crate) fn encode_result<T: Serialize>(result: Result<T, ApiError>) -> Vec<u8
         Ok(value) => api::encode(&Reply::Ok(value)),
         Err(refusal) => api::encode(&Reply::<()>::Error(refusal)),
     }
-}
-
-/// Unix seconds now.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn forbidden(message: &str) -> ApiError {

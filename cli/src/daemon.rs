@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
@@ -21,6 +21,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
+
+pub use kith_identity::unix_now;
 
 use crate::control::{
     self, ChannelView, ConnectionView, MAX_LINE, NodeStatus, Request, Response, SendReply,
@@ -626,14 +628,6 @@ fn channel_view(c: &secure_channel::SecureChannel, to: &str) -> ChannelView {
         verification_code: c.verification_code.clone(),
         to: to.to_owned(),
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Run node `name` from `home` until it is told to stop. `on_ready` is called once it serves.

@@ -49,6 +49,15 @@ pub mod sqlite;
 /// The SQLite store of identities and their secret keys.
 pub mod vault;
 
+/// Seconds since the Unix epoch, the unit of every timestamp in identities, attestations and
+/// credentials (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 pub use credential::{
     CLOCK_SKEW, Credential, CredentialAndPurposeKey, MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTE_VALUE,
     MAX_ATTRIBUTES, VerifiedCredential, check_attribute,

@@ -27,7 +27,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use kith_node::{
@@ -44,6 +44,7 @@ use crate::channel::{
     ChannelMessage, DEFAULT_REKEY_INTERVAL, Decryptor, Encryptor, Established, Handshake,
     HandshakeError, LocalIdentity, Peer, Progress, Trust,
 };
+use crate::unix_now as now;
 
 /// 10 s: long enough for a lossy mobile link, short enough that a half-open handshake cannot
 /// pin memory (DESIGN §4).
@@ -66,14 +67,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The default address of a node's secure-channel listener.
 pub const DEFAULT_LISTENER: &str = "api";
-
-/// Unix seconds now.
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// Settings shared by every channel of a node.
 #[derive(Clone)]
