@@ -442,17 +442,14 @@ async fn invalid_relay_names_are_refused_with_bad_request_and_a_clear_message() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_reaches_a_relayed_node_through_an_end_to_end_channel_across_the_relay() {
-    let admin = Party::new();
-    let project = Project::start(&[&admin]).await;
-    let (node, _tcp) = plain_node("admin");
-    let mut admin_client = project.connect(&node, &admin).await;
-    let b_party = project
-        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
-        .await;
-    let c_party = project
-        .enroll(&mut admin_client, &node, &[("component", "web-frontend")])
-        .await;
-    let mut b = Relayed::start(&project, b_party, "b");
+    let Stage {
+        project,
+        mut b,
+        members,
+        admin_node: node,
+        _admin_tcp,
+    } = Stage::start(&[("component", "web-frontend")]).await;
+    let [c_party]: [Party; 1] = members.try_into().ok().expect("one party per member");
     let mut b_client = b.client(&project).await;
     b_client.create_relay("db").await.unwrap();
 
@@ -547,17 +544,14 @@ impl Worker for Tap {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_project_node_relays_ciphertext_only_and_a_changed_message_tears_the_channel_down() {
-    let admin = Party::new();
-    let project = Project::start(&[&admin]).await;
-    let (node, _tcp) = plain_node("admin");
-    let mut admin_client = project.connect(&node, &admin).await;
-    let b_party = project
-        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
-        .await;
-    let c_party = project
-        .enroll(&mut admin_client, &node, &[("component", "web-frontend")])
-        .await;
-    let mut b = Relayed::start(&project, b_party, "b");
+    let Stage {
+        project,
+        mut b,
+        members,
+        admin_node: node,
+        _admin_tcp,
+    } = Stage::start(&[("component", "web-frontend")]).await;
+    let [c_party]: [Party; 1] = members.try_into().ok().expect("one party per member");
     let tapped = Arc::new(Mutex::new(Vec::new()));
     let tamper = Arc::new(AtomicBool::new(false));
     b.node
@@ -645,20 +639,14 @@ async fn the_project_node_relays_ciphertext_only_and_a_changed_message_tears_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garbage_a_bystander_sends_through_the_relay_ends_the_inner_channel_and_injects_nothing() {
-    let admin = Party::new();
-    let project = Project::start(&[&admin]).await;
-    let (node, _tcp) = plain_node("admin");
-    let mut admin_client = project.connect(&node, &admin).await;
-    let b_party = project
-        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
-        .await;
-    let c_party = project
-        .enroll(&mut admin_client, &node, &[("component", "web")])
-        .await;
-    let d_party = project
-        .enroll(&mut admin_client, &node, &[("component", "bystander")])
-        .await;
-    let mut b = Relayed::start(&project, b_party, "b");
+    let Stage {
+        project,
+        mut b,
+        members,
+        admin_node: node,
+        _admin_tcp,
+    } = Stage::start(&[("component", "web"), ("component", "bystander")]).await;
+    let [c_party, d_party]: [Party; 2] = members.try_into().ok().expect("one party per member");
     let mut b_client = b.client(&project).await;
     b_client.create_relay("db").await.unwrap();
 
@@ -722,8 +710,14 @@ async fn garbage_a_bystander_sends_through_the_relay_ends_the_inner_channel_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_the_owners_answers_pass_the_back_address_and_only_into_a_secure_channel() {
-    let admin = Party::new();
-    let project = Project::start(&[&admin]).await;
+    let Stage {
+        project,
+        mut b,
+        members,
+        admin_node: node,
+        _admin_tcp,
+    } = Stage::start(&[("component", "web"), ("component", "bystander")]).await;
+    let [c_party, d_party]: [Party; 2] = members.try_into().ok().expect("one party per member");
     let p = project.node.node.clone();
     // Workers on the project node the back address must not lead to: one open to every
     // origin, and one for this node only (which a relay that passed messages on as local
@@ -748,18 +742,6 @@ async fn only_the_owners_answers_pass_the_back_address_and_only_into_a_secure_ch
         },
     )
     .unwrap();
-    let (node, _tcp) = plain_node("admin");
-    let mut admin_client = project.connect(&node, &admin).await;
-    let b_party = project
-        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
-        .await;
-    let c_party = project
-        .enroll(&mut admin_client, &node, &[("component", "web")])
-        .await;
-    let d_party = project
-        .enroll(&mut admin_client, &node, &[("component", "bystander")])
-        .await;
-    let mut b = Relayed::start(&project, b_party, "b");
     let mut b_client = b.client(&project).await;
     b_client.create_relay("db").await.unwrap();
 
@@ -910,18 +892,14 @@ async fn only_the_owners_answers_pass_the_back_address_and_only_into_a_secure_ch
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_keeper_registers_again_when_the_project_node_comes_back_on_the_same_port() {
-    let admin = Party::new();
-    let mut project = Project::start(&[&admin]).await;
-    let (node, _tcp) = plain_node("admin");
-    let mut admin_client = project.connect(&node, &admin).await;
-    let b_party = project
-        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
-        .await;
-    let c_party = project
-        .enroll(&mut admin_client, &node, &[("component", "web")])
-        .await;
-    drop(admin_client);
-    let mut b = Relayed::start(&project, b_party, "b");
+    let Stage {
+        mut project,
+        mut b,
+        members,
+        admin_node: node,
+        _admin_tcp,
+    } = Stage::start(&[("component", "web")]).await;
+    let [c_party]: [Party; 1] = members.try_into().ok().expect("one party per member");
     let settings = SharedSettings::new(b.party.settings(project.trust()));
     let mut keeper = RelayKeeper::start(&b.node, settings, project.keeper_config("db"))
         .await
@@ -1138,6 +1116,45 @@ impl Worker for Recorder {
 /// A relayed node: TCP without a listener (it only dials out), a secure-channel listener
 /// for channels that come through its relay, `echo`, and [`WHOAMI`], which records and
 /// answers.
+/// What most relay tests start from: a project whose admin enrolled relayed node `b`
+/// (`ockam-relay=db`; running, not yet relaying) and one member per attribute in `members`.
+struct Stage {
+    project: Project,
+    b: Relayed,
+    members: Vec<Party>,
+    /// The admin's node, which did the enrolling.
+    admin_node: Node,
+    _admin_tcp: TcpTransport,
+}
+
+impl Stage {
+    async fn start(members: &[(&str, &str)]) -> Self {
+        let admin = Party::new();
+        let project = Project::start(&[&admin]).await;
+        let (admin_node, admin_tcp) = plain_node("admin");
+        let mut admin_client = project.connect(&admin_node, &admin).await;
+        let b_party = project
+            .enroll(&mut admin_client, &admin_node, &[(RELAY_ATTRIBUTE, "db")])
+            .await;
+        let mut parties = Vec::new();
+        for attribute in members {
+            parties.push(
+                project
+                    .enroll(&mut admin_client, &admin_node, &[*attribute])
+                    .await,
+            );
+        }
+        let b = Relayed::start(&project, b_party, "b");
+        Self {
+            project,
+            b,
+            members: parties,
+            admin_node,
+            _admin_tcp: admin_tcp,
+        }
+    }
+}
+
 struct Relayed {
     party: Party,
     node: Node,
