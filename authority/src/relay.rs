@@ -235,6 +235,7 @@ impl Worker for RelayService {
         let Origin::SecureChannel {
             identifier,
             attributes,
+            ..
         } = message.origin()
         else {
             return Ok(());
@@ -526,6 +527,7 @@ impl Relay {
         let Origin::SecureChannel {
             identifier,
             attributes,
+            ..
         } = message.origin()
         else {
             return Err("not from a secure channel");

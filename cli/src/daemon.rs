@@ -614,6 +614,7 @@ fn services_policy(admission: &AdmissionConfig) -> Result<Arc<dyn IncomingAccess
             Origin::SecureChannel {
                 identifier,
                 attributes,
+                ..
             } => policy.allows(identifier, attributes),
             Origin::Transport { .. } => false,
         },

@@ -174,6 +174,7 @@ impl IncomingAccessControl for PolicyAccessControl {
             Origin::SecureChannel {
                 identifier,
                 attributes,
+                ..
             } => self.0.allows(identifier, attributes),
             Origin::Local | Origin::Transport { .. } => false,
         }
@@ -1212,12 +1213,15 @@ mod tests {
         let peer = |attributes| Origin::SecureChannel {
             identifier: ID.to_owned(),
             attributes,
+            handshake_hash: [0; 32],
+            source: None,
         };
         assert!(ac.is_authorized(&peer(attrs(&[("component", "db")]))));
         assert!(!ac.is_authorized(&peer(attrs(&[("component", "web")]))));
         assert!(!ac.is_authorized(&Origin::Local));
         assert!(!ac.is_authorized(&Origin::Transport {
             connection: kith_node::Address::local("tcp-1"),
+            peer: None,
         }));
         // Even a policy that admits every authenticated peer admits nobody else.
         let all = PolicyAccessControl(parse("true"));
@@ -1226,6 +1230,7 @@ mod tests {
         let negated = PolicyAccessControl(parse(r#"not component = "db""#));
         assert!(!negated.is_authorized(&Origin::Transport {
             connection: kith_node::Address::local("tcp-1"),
+            peer: None,
         }));
     }
 

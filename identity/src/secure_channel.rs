@@ -24,6 +24,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -146,6 +147,9 @@ pub struct SecureChannel {
     pub peer: Peer,
     /// The verification code both ends can compare.
     pub verification_code: String,
+    /// The Noise handshake hash, equal at both ends and unique to this channel; the
+    /// peer's services see it in every message's [`Origin::SecureChannel`].
+    pub handshake_hash: [u8; 32],
 }
 
 /// Why a channel could not be created.
@@ -199,7 +203,7 @@ pub async fn create(
         settings.rekey_interval,
     )?;
     let (tx, rx) = oneshot::channel();
-    let decryptor = start(node, settings, Box::new(handshake), Some(tx), None)
+    let decryptor = start(node, settings, Box::new(handshake), Some(tx), None, None)
         .map_err(|_| SecureChannelError::ShuttingDown)?;
     let message = Message::new(route, Route::from(decryptor.clone()), first);
     if let Err(e) = node.route(message).await {
@@ -282,6 +286,13 @@ impl Worker for Listener {
             settings.rekey_interval,
         )?;
         let reply_to = message.return_route.clone();
+        // Where this handshake came from: the connection it arrived on, or the source of
+        // the outer channel it arrived through.
+        let source = match message.origin() {
+            Origin::Transport { peer, .. } => *peer,
+            Origin::SecureChannel { source, .. } => *source,
+            Origin::Local => None,
+        };
         let (handshake, second) = match handshake.step(&message.payload, now()) {
             Ok(Progress::Continue(h, second)) => (h, second),
             Ok(Progress::Established { .. }) => {
@@ -294,7 +305,7 @@ impl Worker for Listener {
             }
         };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
-        let decryptor = start(ctx.node(), &settings, handshake, None, Some(slot))?;
+        let decryptor = start(ctx.node(), &settings, handshake, None, Some(slot), source)?;
         ctx.send_with_return(reply_to, Route::from(decryptor), second)
             .await?;
         Ok(())
@@ -312,10 +323,12 @@ fn start(
     handshake: Box<Handshake>,
     on_established: Option<OnEstablished>,
     slot: Option<PendingSlot>,
+    source: Option<SocketAddr>,
 ) -> Result<Address, kith_node::StartError> {
     let decryptor = Address::random_local("sc");
     let channel = Arc::new(Channel {
         node: node.clone(),
+        source,
         trust: settings.trust.clone(),
         decryptor: decryptor.clone(),
         encryptor: OnceLock::new(),
@@ -356,6 +369,8 @@ fn start(
 /// One channel, shared by its two sinks and its task.
 struct Channel {
     node: Node,
+    /// Where a responder's handshake came from (see [`Origin::SecureChannel`]).
+    source: Option<SocketAddr>,
     trust: Arc<Trust>,
     decryptor: Address,
     /// Set once, when the handshake completes.
@@ -403,6 +418,9 @@ struct Receiving {
     identifier: String,
     /// Our encryptor: the first hop of the return route of everything we deliver.
     encryptor: Address,
+    /// Stamped on every message delivered, with `source`.
+    handshake_hash: [u8; 32],
+    source: Option<SocketAddr>,
     /// The initiator's channel, handed to `create` when the responder's `Ready` arrives.
     on_ready: Option<(OnEstablished, SecureChannel)>,
 }
@@ -478,6 +496,8 @@ impl Receiving {
                         origin: Origin::SecureChannel {
                             identifier: self.identifier.clone(),
                             attributes: self.peer.attributes.clone(),
+                            handshake_hash: self.handshake_hash,
+                            source: self.source,
                         },
                     },
                 })
@@ -674,7 +694,7 @@ impl Channel {
             encryptor,
             decryptor,
             peer,
-            ..
+            handshake_hash,
         } = channel;
         let address = Address::random_local("sc-enc");
         lock(&self.outbound).sending = Some(Sending { encryptor, remote });
@@ -702,6 +722,7 @@ impl Channel {
                 decryptor: self.decryptor.clone(),
                 peer: peer.clone(),
                 verification_code: code,
+                handshake_hash,
             };
             (tx, channel)
         });
@@ -710,6 +731,8 @@ impl Channel {
             identifier: peer.identifier.to_string(),
             peer,
             encryptor: address,
+            handshake_hash,
+            source: self.source,
             on_ready,
         }));
         if !initiator {

@@ -49,7 +49,13 @@ impl Worker for WhoAmI {
             Origin::SecureChannel {
                 identifier,
                 attributes,
-            } => format!("{identifier} {attributes:?}"),
+                handshake_hash,
+                source,
+            } => format!(
+                "{identifier} {attributes:?} {} {}",
+                kith_identity::hex::encode(handshake_hash),
+                source.map(|s| s.ip().to_string()).unwrap_or_default()
+            ),
             other => format!("not a channel: {other:?}"),
         };
         ctx.send(m.return_route, answer).await?;
@@ -144,7 +150,15 @@ async fn messages_through_a_channel_carry_the_peers_identifier_and_attributes() 
     let through = Route::from(vec![channel.encryptor.clone(), Address::local("whoami")]);
     let reply = client.request(through, "who am I?", WAIT).await.unwrap();
     let text = String::from_utf8(reply.payload.to_vec()).unwrap();
-    assert_eq!(text, format!("{a_identifier} {{\"component\": \"db\"}}"));
+    // It also carries the channel's handshake hash, the same at both ends, and where the
+    // handshake came from.
+    assert_eq!(
+        text,
+        format!(
+            "{a_identifier} {{\"component\": \"db\"}} {} 127.0.0.1",
+            kith_identity::hex::encode(&channel.handshake_hash)
+        )
+    );
     // The reply came back through the channel too, authenticated as b.
     assert!(
         matches!(reply.origin(), Origin::SecureChannel { identifier, .. } if *identifier == b.settings.local.identity.identifier().to_string())

@@ -61,10 +61,13 @@ mod tests {
     fn default_policy_denies_everything_but_local() {
         let tcp = Origin::Transport {
             connection: Address::local("tcp-1"),
+            peer: None,
         };
         let sc = Origin::SecureChannel {
             identifier: "I00".into(),
             attributes: Default::default(),
+            handshake_hash: [0; 32],
+            source: None,
         };
         assert!(AllowLocal.is_authorized(&Origin::Local));
         assert!(!AllowLocal.is_authorized(&tcp));

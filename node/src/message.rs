@@ -1,6 +1,7 @@
 //! Messages and the local information the runtime attaches to them.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 
@@ -16,6 +17,9 @@ pub enum Origin {
     Transport {
         /// The connection's local sender address.
         connection: Address,
+        /// The socket address at the other end of the connection, where the transport
+        /// knows it.
+        peer: Option<SocketAddr>,
     },
     /// An established secure channel; the peer is authenticated.
     SecureChannel {
@@ -23,6 +27,13 @@ pub enum Origin {
         identifier: String,
         /// The peer's attested attributes.
         attributes: BTreeMap<String, String>,
+        /// The channel's Noise handshake hash: equal at both ends of this channel and at no
+        /// other, so a service can bind what it shows to this very channel (verification
+        /// codes).
+        handshake_hash: [u8; 32],
+        /// Where the channel's handshake came from: the socket address of the transport
+        /// connection it arrived on (through any outer channels), if known.
+        source: Option<SocketAddr>,
     },
 }
 

@@ -305,6 +305,7 @@ mod tests {
         remote_origin.local_info = LocalInfo {
             origin: Origin::Transport {
                 connection: Address::local("tcp-1"),
+                peer: None,
             },
         };
         assert!(matches!(

@@ -46,10 +46,13 @@ async fn worker_without_policy_refuses_transport_and_channel_origins() {
     for origin in [
         Origin::Transport {
             connection: Address::local("tcp-1"),
+            peer: None,
         },
         Origin::SecureChannel {
             identifier: "I00".into(),
             attributes: Default::default(),
+            handshake_hash: [0; 32],
+            source: None,
         },
     ] {
         let mut m = Message::new(Route::from("private"), Route::new(), "x");
@@ -75,6 +78,7 @@ async fn transport_origin_reaches_a_worker_that_allows_it() {
     );
     m.local_info.origin = Origin::Transport {
         connection: Address::local("tcp-1"),
+        peer: None,
     };
     node.route(m).await.unwrap();
 }
@@ -105,6 +109,7 @@ async fn forwarding_keeps_the_remote_origin() {
     );
     m.local_info.origin = Origin::Transport {
         connection: Address::local("tcp-1"),
+        peer: None,
     };
     node.route(m).await.unwrap();
     // The forwarder delivers asynchronously; wait for the refusal to be counted.

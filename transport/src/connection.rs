@@ -144,7 +144,7 @@ impl Connection {
         let node = handle.node().clone();
         let stop = handle.stop_token().clone();
         let result = tokio::select! {
-            r = read_frames(read, &node, &return_address, options, counters) => r,
+            r = read_frames(read, &node, &return_address, peer, options, counters) => r,
             r = flush_frames(&outbox, options, &stop) => r,
         };
         outbox.close();
@@ -165,6 +165,7 @@ async fn read_frames(
     mut read: OwnedReadHalf,
     node: &Node,
     return_address: &Address,
+    peer: SocketAddr,
     options: &TcpOptions,
     counters: &Counters,
 ) -> Result<(), ConnectionError> {
@@ -184,7 +185,7 @@ async fn read_frames(
                         counters.invalid.fetch_add(1, Ordering::Relaxed);
                     })?;
                     counters.frames_in.fetch_add(1, Ordering::Relaxed);
-                    deliver(node, return_address, m, counters).await;
+                    deliver(node, return_address, peer, m, counters).await;
                 }
                 FrameStatus::Incomplete { needed } => {
                     if buf.is_empty() && buf.capacity() == 0 {
@@ -213,7 +214,13 @@ async fn read_frames(
     }
 }
 
-async fn deliver(node: &Node, return_address: &Address, m: TransportMessage, counters: &Counters) {
+async fn deliver(
+    node: &Node,
+    return_address: &Address,
+    peer: SocketAddr,
+    m: TransportMessage,
+    counters: &Counters,
+) {
     if m.return_route.len() >= MAX_ROUTE_LEN {
         counters.dropped.fetch_add(1, Ordering::Relaxed);
         warn!(connection = %return_address, "dropped a message whose return route is already at the hop limit");
@@ -228,6 +235,7 @@ async fn deliver(node: &Node, return_address: &Address, m: TransportMessage, cou
         local_info: LocalInfo {
             origin: Origin::Transport {
                 connection: return_address.clone(),
+                peer: Some(peer),
             },
         },
     };
