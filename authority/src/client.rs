@@ -29,9 +29,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    self, ACCEPTOR_SERVICE, AUDIT_SERVICE, ApiError, AuditEntry, AuditRequest, CREDENTIAL_SERVICE,
-    CreatedTicket, CredentialRequest, Enrolled, MEMBERS_SERVICE, MemberInfo, MembersRequest,
-    RedeemRequest, TICKET_SERVICE, TicketInfo, TicketRequest,
+    self, ACCEPTOR_SERVICE, AUDIT_SERVICE, ApiError, AuditEntry, AuditRequest, AutoApproveRule,
+    CREDENTIAL_SERVICE, CreatedTicket, CredentialRequest, Enrolled, JOIN_SERVICE, JOIN_WAIT_HOLD,
+    JoinCall, JoinRequestInfo, JoinWaited, MEMBERS_SERVICE, MemberInfo, MembersRequest,
+    RedeemRequest, RuleAdded, TICKET_SERVICE, TicketInfo, TicketRequest,
 };
 use crate::relay::{RELAY_SERVICE, RelayInfo, RelayRequest};
 use crate::ticket::OneTimeCode;
@@ -152,6 +153,48 @@ impl fmt::Debug for AuthorityClient {
 }
 
 impl AuthorityClient {
+    /// Open a secure channel to whoever answers at `listener_route`, for a requester that
+    /// knows the authority's route but not its identifier: [`AuthorityClient::authority`]
+    /// says who answered, and the caller must have that confirmed (by its fingerprint)
+    /// before it trusts anything the channel brings.
+    pub async fn connect_unpinned(
+        node: &Node,
+        listener_route: Route,
+        settings: &ChannelSettings,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let shown = listener_route.to_string();
+        let mut open = settings.clone();
+        open.trust = Arc::new(Trust {
+            authorities: settings.trust.authorities.clone(),
+            admission: Admission::AnyIdentity,
+        });
+        let created =
+            tokio::time::timeout(timeout, secure_channel::create(node, listener_route, &open))
+                .await;
+        let channel = match created {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(source)) => {
+                return Err(ClientError::Connect {
+                    route: shown,
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(ClientError::ConnectTimeout {
+                    route: shown,
+                    after: timeout,
+                });
+            }
+        };
+        Ok(Self {
+            node: node.clone(),
+            subject: *settings.local.identity.identifier(),
+            channel,
+            timeout,
+        })
+    }
+
     /// Open a secure channel from `node` to the authority's secure-channel listener at
     /// `listener_route` (the route to the authority node and its `api` listener) as the
     /// identity in `settings`, admitting only `authority` at the other end: anyone else
@@ -351,6 +394,125 @@ impl AuthorityClient {
     /// The project node's relays: all for an admin, our own for anyone else.
     pub async fn list_relays(&mut self) -> Result<Vec<RelayInfo>, ClientError> {
         self.call(RELAY_SERVICE, &RelayRequest::List {}).await
+    }
+
+    /// File a join request for `attributes` and a credential `lifetime` (`None`: the
+    /// authority's default), with a `note` for the admin. Returns the request as the
+    /// authority stored it and the verification code of this channel, computed here from
+    /// what we asked for: the admin must see the same code, or someone sits in between.
+    pub async fn file_join_request(
+        &mut self,
+        attributes: BTreeMap<String, String>,
+        lifetime: Option<Duration>,
+        note: &str,
+    ) -> Result<(JoinRequestInfo, String), ClientError> {
+        let call = JoinCall::File {
+            attributes: attributes.clone(),
+            lifetime: lifetime.map(|l| l.as_secs()),
+            note: note.to_owned(),
+        };
+        let filed: JoinRequestInfo = self.call(JOIN_SERVICE, &call).await?;
+        let lifetime = lifetime.map_or(filed.lifetime, |l| l.as_secs());
+        let code = api::join_code(
+            &self.channel.handshake_hash,
+            &filed.id,
+            &self.subject.to_string(),
+            &attributes,
+            lifetime,
+        );
+        Ok((filed, code))
+    }
+
+    /// Wait for a decision on our join request `id`: answered once it is decided, or after
+    /// at most [`JOIN_WAIT_HOLD`] with it still pending. A credential in the answer is
+    /// verified as for [`AuthorityClient::redeem`].
+    pub async fn wait_join_request(&mut self, id: &str) -> Result<JoinWaited, ClientError> {
+        let call = JoinCall::Wait { id: id.to_owned() };
+        let timeout = self.timeout;
+        self.timeout = timeout.max(JOIN_WAIT_HOLD + Duration::from_secs(5));
+        let waited: Result<JoinWaited, ClientError> = self.call(JOIN_SERVICE, &call).await;
+        self.timeout = timeout;
+        let waited = waited?;
+        if let Some(enrolled) = &waited.credential {
+            self.check_credential(enrolled)?;
+        }
+        Ok(waited)
+    }
+
+    /// Join requests: pending ones, or all with `all`. Admins and enrollers only.
+    pub async fn join_requests(&mut self, all: bool) -> Result<Vec<JoinRequestInfo>, ClientError> {
+        self.call(JOIN_SERVICE, &JoinCall::List { all }).await
+    }
+
+    /// Join request `id`. Admins and enrollers only.
+    pub async fn join_request(&mut self, id: &str) -> Result<JoinRequestInfo, ClientError> {
+        let call = JoinCall::Show { id: id.to_owned() };
+        self.call(JOIN_SERVICE, &call).await
+    }
+
+    /// Approve join request `id`, whose verification code is `code`, optionally narrowing
+    /// its attributes and credential lifetime. Admins and enrollers only.
+    pub async fn approve_join_request(
+        &mut self,
+        id: &str,
+        code: &str,
+        attributes: Option<BTreeMap<String, String>>,
+        lifetime: Option<Duration>,
+    ) -> Result<JoinRequestInfo, ClientError> {
+        let call = JoinCall::Approve {
+            id: id.to_owned(),
+            code: code.to_owned(),
+            attributes,
+            lifetime: lifetime.map(|l| l.as_secs()),
+        };
+        self.call(JOIN_SERVICE, &call).await
+    }
+
+    /// Deny join request `id`, telling the requester `reason`. Admins and enrollers only.
+    pub async fn deny_join_request(
+        &mut self,
+        id: &str,
+        reason: &str,
+    ) -> Result<JoinRequestInfo, ClientError> {
+        let call = JoinCall::Deny {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.call(JOIN_SERVICE, &call).await
+    }
+
+    /// Add an auto-approval rule for requests from `netblock` (CIDR) asking only for
+    /// attributes among `attributes`, granting at most `max_credential_lifetime`; the rule
+    /// lasts `lifetime`. Pending requests it covers are approved at once. Admins and
+    /// enrollers only.
+    pub async fn add_auto_approve_rule(
+        &mut self,
+        netblock: &str,
+        attributes: BTreeMap<String, String>,
+        max_credential_lifetime: Option<Duration>,
+        lifetime: Duration,
+    ) -> Result<RuleAdded, ClientError> {
+        let call = JoinCall::AddRule {
+            netblock: netblock.to_owned(),
+            attributes,
+            max_credential_lifetime: max_credential_lifetime.map(|l| l.as_secs()),
+            lifetime: lifetime.as_secs(),
+        };
+        self.call(JOIN_SERVICE, &call).await
+    }
+
+    /// The auto-approval rules in force. Admins and enrollers only.
+    pub async fn auto_approve_rules(&mut self) -> Result<Vec<AutoApproveRule>, ClientError> {
+        self.call(JOIN_SERVICE, &JoinCall::ListRules {}).await
+    }
+
+    /// Delete auto-approval rule `id`. Admins and enrollers only.
+    pub async fn delete_auto_approve_rule(
+        &mut self,
+        id: &str,
+    ) -> Result<AutoApproveRule, ClientError> {
+        let call = JoinCall::DeleteRule { id: id.to_owned() };
+        self.call(JOIN_SERVICE, &call).await
     }
 
     /// The newest `limit` audit entries, newest last. Admins only.

@@ -14,6 +14,8 @@
 pub mod api;
 /// The client side of the authority's services: a pinned secure channel and one call per request.
 pub mod client;
+/// Join requests: asking to become a member without a ticket, decided by an admin.
+pub mod join;
 /// Keeping a relay up from the relayed node: heartbeat, reconnect with backoff, status.
 pub mod keeper;
 /// Project descriptions: what admins and members import to reach and trust a project.

@@ -45,11 +45,13 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{
-    self, ACCEPTOR_SERVICE, AUDIT_SERVICE, ApiError, AuditEntry, AuditRequest, CREDENTIAL_SERVICE,
-    CreatedTicket, CredentialRequest, ENROLLER_ROLE, Enrolled, ErrorKind, MEMBERS_SERVICE,
-    MemberInfo, MembersRequest, PROJECT_ID_ATTRIBUTE, ROLE_ATTRIBUTE, RedeemRequest, Reply,
-    TICKET_SERVICE, TicketInfo, TicketRequest,
+    self, ACCEPTOR_SERVICE, AUDIT_SERVICE, ApiError, AuditEntry, AuditRequest, AutoApproveRule,
+    CREDENTIAL_SERVICE, CreatedTicket, CredentialRequest, ENROLLER_ROLE, Enrolled, ErrorKind,
+    JOIN_SERVICE, JoinRequestInfo, JoinWaited, MEMBERS_SERVICE, MemberInfo, MembersRequest,
+    PROJECT_ID_ATTRIBUTE, ROLE_ATTRIBUTE, RedeemRequest, Reply, RuleAdded, TICKET_SERVICE,
+    TicketInfo, TicketRequest,
 };
+use crate::join::{ChannelSeen, JoinSettings, JoinWaiters};
 use crate::store::{
     AuditEvent, Member, MembershipStore, NewTicket, RedeemError, StoreError, TicketRecord,
 };
@@ -104,8 +106,8 @@ const KEY_FETCH_MARGIN: u64 = 2 * KEY_REUSE_MARGIN;
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// Refusal messages shared by several services. Coarse on purpose: our log has the detail.
-const BUSY: &str = "the authority is busy; try again in a moment";
-const INTERNAL: &str = "the authority could not complete the request; try again later";
+pub(crate) const BUSY: &str = "the authority is busy; try again in a moment";
+pub(crate) const INTERNAL: &str = "the authority could not complete the request; try again later";
 
 /// How an authority is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +118,8 @@ pub struct AuthorityConfig {
     pub admins: BTreeSet<Identifier>,
     /// How long the credentials it issues are valid.
     pub credential_ttl: Duration,
+    /// How join requests are bounded.
+    pub join: JoinSettings,
 }
 
 /// Why [`Authority::start`] did not start the services.
@@ -147,16 +151,18 @@ pub enum StartServicesError {
 /// [`Authority::start`] on two nodes act as one authority.
 #[derive(Clone)]
 pub struct Authority {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
-struct Shared {
-    store: MembershipStore,
+pub(crate) struct Shared {
+    pub(crate) store: MembershipStore,
     vault: Vault,
     identity_name: String,
     config: AuthorityConfig,
     signing_key: KeyCache,
-    in_flight: Arc<Semaphore>,
+    pub(crate) in_flight: Arc<Semaphore>,
+    /// Join requests: who waits for which decision.
+    pub(crate) join: JoinWaiters,
 }
 
 /// The credential signing key in use, and a lock that makes fetching a new one a
@@ -181,7 +187,7 @@ impl fmt::Debug for Authority {
     }
 }
 
-/// The five services, one worker each.
+/// The six services, one worker each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Service {
     Tickets,
@@ -189,15 +195,17 @@ enum Service {
     Credentials,
     Members,
     Audit,
+    Join,
 }
 
 impl Service {
-    const ALL: [Service; 5] = [
+    const ALL: [Service; 6] = [
         Service::Tickets,
         Service::Acceptor,
         Service::Credentials,
         Service::Members,
         Service::Audit,
+        Service::Join,
     ];
 
     fn address(self) -> &'static str {
@@ -207,6 +215,7 @@ impl Service {
             Service::Credentials => CREDENTIAL_SERVICE,
             Service::Members => MEMBERS_SERVICE,
             Service::Audit => AUDIT_SERVICE,
+            Service::Join => JOIN_SERVICE,
         }
     }
 }
@@ -228,6 +237,7 @@ impl Authority {
                 config,
                 signing_key: KeyCache::default(),
                 in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+                join: JoinWaiters::default(),
             }),
         }
     }
@@ -279,6 +289,7 @@ impl Authority {
             }
             started.push(address);
         }
+        self.start_join_sweeper(node);
         info!(
             node = %node.name(),
             project = %config.project_id,
@@ -309,13 +320,23 @@ impl Worker for ServiceWorker {
                 warn!(service = self.service.address(), %error, "an authority request task failed");
             }
         }
-        let Origin::SecureChannel { identifier, .. } = message.origin() else {
+        let Origin::SecureChannel {
+            identifier,
+            handshake_hash,
+            source,
+            ..
+        } = message.origin()
+        else {
             // The access policy admits channel messages only; nothing else can get here.
             debug!(
                 service = self.service.address(),
                 "ignored a message that did not come through a secure channel"
             );
             return Ok(());
+        };
+        let channel = ChannelSeen {
+            handshake_hash: *handshake_hash,
+            source: *source,
         };
         let node = ctx.node().clone();
         let from = Route::from(ctx.address().clone());
@@ -339,8 +360,13 @@ impl Worker for ServiceWorker {
         let payload = message.payload;
         self.tasks.spawn(
             async move {
-                let _permit: OwnedSemaphorePermit = permit;
-                let reply = authority.answer(service, &caller, &payload).await;
+                let reply = if service == Service::Join {
+                    // Waiting for a decision gives the permit back while it waits.
+                    authority.answer_join(&caller, &channel, &payload, permit).await
+                } else {
+                    let _permit: OwnedSemaphorePermit = permit;
+                    authority.answer(service, &caller, &payload).await
+                };
                 send_reply(&node, reply_to, from, reply).await;
             }
             .instrument(span),
@@ -381,16 +407,16 @@ pub(crate) fn encode_result<T: Serialize>(result: Result<T, ApiError>) -> Vec<u8
     }
 }
 
-fn forbidden(message: &str) -> ApiError {
+pub(crate) fn forbidden(message: &str) -> ApiError {
     ApiError::new(ErrorKind::Forbidden, message)
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::BadRequest, message)
 }
 
 /// Log a store failure in full and give the peer a coarse answer.
-fn store_failed(what: &str, error: &StoreError) -> ApiError {
+pub(crate) fn store_failed(what: &str, error: &StoreError) -> ApiError {
     warn!(error = %DisplayChain(error), "{what}: the membership store failed");
     match error {
         StoreError::Busy { .. } => ApiError::new(ErrorKind::Internal, BUSY),
@@ -399,14 +425,14 @@ fn store_failed(what: &str, error: &StoreError) -> ApiError {
 }
 
 /// Whether a stored member is an enroller.
-fn is_enroller(member: &Member) -> bool {
+pub(crate) fn is_enroller(member: &Member) -> bool {
     member.attributes.get(ROLE_ATTRIBUTE).map(String::as_str) == Some(ENROLLER_ROLE)
 }
 
 /// Check the attributes a ticket or an admin gives a member: each name and value valid, no
 /// more than [`MAX_MEMBER_ATTRIBUTES`], and no [`PROJECT_ID_ATTRIBUTE`] (the authority sets
 /// it).
-fn check_member_attributes(attributes: &BTreeMap<String, String>) -> Result<(), ApiError> {
+pub(crate) fn check_member_attributes(attributes: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if attributes.len() > MAX_MEMBER_ATTRIBUTES {
         return Err(bad_request(format!(
             "{} attributes; a member may have at most {MAX_MEMBER_ATTRIBUTES}",
@@ -456,7 +482,7 @@ fn parse_code(text: &str) -> Result<OneTimeCode, ApiError> {
     Ok(OneTimeCode::from_bytes(bytes))
 }
 
-fn parse_identifier(text: &str) -> Result<Identifier, ApiError> {
+pub(crate) fn parse_identifier(text: &str) -> Result<Identifier, ApiError> {
     text.parse()
         .map_err(|e: kith_identity::IdentifierError| bad_request(e.to_string()))
 }
@@ -474,7 +500,7 @@ fn ticket_info(record: TicketRecord) -> TicketInfo {
     }
 }
 
-fn member_info(member: Member) -> MemberInfo {
+pub(crate) fn member_info(member: Member) -> MemberInfo {
     MemberInfo {
         identifier: member.identifier.to_string(),
         attributes: member.attributes,
@@ -525,6 +551,8 @@ impl Authority {
                 Ok(request) => self.audit(caller, request).await.map(Answer::Audit),
                 Err(e) => Err(e),
             },
+            // Answered by `answer_join`.
+            Service::Join => Err(ApiError::new(ErrorKind::Internal, INTERNAL)),
         };
         match result {
             Ok(answer) => answer.encode(),
@@ -535,12 +563,12 @@ impl Authority {
         }
     }
 
-    fn is_admin(&self, caller: &Identifier) -> bool {
+    pub(crate) fn is_admin(&self, caller: &Identifier) -> bool {
         self.shared.config.admins.contains(caller)
     }
 
     /// The caller's membership, read from the store.
-    async fn member(&self, caller: &Identifier) -> Result<Option<Member>, ApiError> {
+    pub(crate) async fn member(&self, caller: &Identifier) -> Result<Option<Member>, ApiError> {
         self.shared
             .store
             .member(caller)
@@ -550,7 +578,7 @@ impl Authority {
 
     /// Whether the caller may manage tickets and read members: `Ok(false)` for an admin,
     /// `Ok(true)` for an enroller who is no admin, a refusal for anyone else.
-    async fn admin_or_enroller(
+    pub(crate) async fn admin_or_enroller(
         &self,
         caller: &Identifier,
         refusal: &str,
@@ -701,15 +729,15 @@ impl Authority {
             Err(e) => return Err(redeem_refusal(&e)),
         };
         info!(ticket = %redeemed.ticket_id, "ticket redeemed; the caller is a member");
-        self.issue(&key, caller, redeemed.attributes, now)
+        self.issue(&key, caller, redeemed.attributes, None, now)
     }
 
     /// A fresh credential for a member (its stored attributes) or an admin who is not one
     /// (the project id only).
-    async fn credential(&self, caller: &Identifier) -> Result<Enrolled, ApiError> {
-        let attributes = match self.member(caller).await? {
-            Some(member) => member.attributes,
-            None if self.is_admin(caller) => BTreeMap::new(),
+    pub(crate) async fn credential(&self, caller: &Identifier) -> Result<Enrolled, ApiError> {
+        let (attributes, ttl) = match self.member(caller).await? {
+            Some(member) => (member.attributes, member.credential_ttl),
+            None if self.is_admin(caller) => (BTreeMap::new(), None),
             None => {
                 return Err(ApiError::new(
                     ErrorKind::NotMember,
@@ -719,21 +747,28 @@ impl Authority {
         };
         let now = unix_now();
         let key = self.signing_key(now).await?;
-        self.issue(&key, caller, attributes, now)
+        self.issue(&key, caller, attributes, ttl, now)
     }
 
     /// Sign a credential for `subject` with `attributes` plus the project id, valid from
     /// `now` for the configured lifetime.
-    fn issue(
+    pub(crate) fn issue(
         &self,
         key: &CredentialSigningKey,
         subject: &Identifier,
         mut attributes: BTreeMap<String, String>,
+        ttl: Option<u64>,
         now: u64,
     ) -> Result<Enrolled, ApiError> {
         let config = &self.shared.config;
         attributes.insert(PROJECT_ID_ATTRIBUTE.to_owned(), config.project_id.clone());
-        let expires_at = now.saturating_add(config.credential_ttl.as_secs());
+        // A member approved for less than the default keeps that limit at every refresh.
+        let ttl = config
+            .credential_ttl
+            .as_secs()
+            .min(ttl.unwrap_or(u64::MAX))
+            .max(1);
+        let expires_at = now.saturating_add(ttl);
         match CredentialAndPurposeKey::issue(key, subject, attributes.clone(), now, expires_at) {
             Ok(credential) => {
                 info!(expires_at, "credential issued");
@@ -757,7 +792,7 @@ impl Authority {
 
     /// The signing key to use at `now`: the cached one while it lasts long enough, else one
     /// from the vault, fetched by one request at a time.
-    async fn signing_key(&self, now: u64) -> Result<Arc<CredentialSigningKey>, ApiError> {
+    pub(crate) async fn signing_key(&self, now: u64) -> Result<Arc<CredentialSigningKey>, ApiError> {
         let ttl = self.shared.config.credential_ttl.as_secs();
         let needed = now.saturating_add(ttl).saturating_add(KEY_REUSE_MARGIN);
         let cache = &self.shared.signing_key;
@@ -840,6 +875,7 @@ impl Authority {
                     added_at: now,
                     added_by: *caller,
                     via: Member::VIA_ADMIN.to_owned(),
+                    credential_ttl: None,
                 };
                 store
                     .add_member(&member, caller, now)
@@ -934,7 +970,7 @@ fn redeem_refusal(error: &RedeemError) -> ApiError {
 }
 
 /// Every kind of successful answer, encoded as the API type each request promises.
-enum Answer {
+pub(crate) enum Answer {
     CreatedTicket(CreatedTicket),
     Tickets(Vec<TicketInfo>),
     Ticket(TicketInfo),
@@ -942,10 +978,16 @@ enum Answer {
     Members(Vec<MemberInfo>),
     Member(MemberInfo),
     Audit(Vec<AuditEntry>),
+    JoinRequest(JoinRequestInfo),
+    JoinRequests(Vec<JoinRequestInfo>),
+    JoinWaited(Box<JoinWaited>),
+    Rule(AutoApproveRule),
+    Rules(Vec<AutoApproveRule>),
+    RuleAdded(RuleAdded),
 }
 
 impl Answer {
-    fn encode(self) -> Vec<u8> {
+    pub(crate) fn encode(self) -> Vec<u8> {
         match self {
             Answer::CreatedTicket(v) => encode_result::<_>(Ok(v)),
             Answer::Tickets(v) => encode_result::<_>(Ok(v)),
@@ -954,6 +996,12 @@ impl Answer {
             Answer::Members(v) => encode_result::<_>(Ok(v)),
             Answer::Member(v) => encode_result::<_>(Ok(v)),
             Answer::Audit(v) => encode_result::<_>(Ok(v)),
+            Answer::JoinRequest(v) => encode_result::<_>(Ok(v)),
+            Answer::JoinRequests(v) => encode_result::<_>(Ok(v)),
+            Answer::JoinWaited(v) => encode_result::<_>(Ok(v)),
+            Answer::Rule(v) => encode_result::<_>(Ok(v)),
+            Answer::Rules(v) => encode_result::<_>(Ok(v)),
+            Answer::RuleAdded(v) => encode_result::<_>(Ok(v)),
         }
     }
 }
@@ -1028,6 +1076,7 @@ mod tests {
                 project_id: "p".into(),
                 admins: BTreeSet::new(),
                 credential_ttl: ttl,
+                join: JoinSettings::default(),
             },
         );
         // Concurrent first requests wait for one fetch instead of each attesting a key.

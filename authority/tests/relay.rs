@@ -16,6 +16,7 @@ use kith_authority::api::{self, CreatedTicket, ErrorKind, PROJECT_ID_ATTRIBUTE, 
 use kith_authority::client::{AuthorityClient, ClientError, decode_credential};
 use kith_authority::keeper::{KeeperConfig, RelayKeeper, RelayState};
 use kith_authority::relay::{self, RELAY_ADDRESS_PREFIX, RelayInfo};
+use kith_authority::join::JoinSettings;
 use kith_authority::service::{Authority, AuthorityConfig};
 use kith_authority::store::MembershipStore;
 use kith_authority::ticket::OneTimeCode;
@@ -1391,6 +1392,7 @@ impl Project {
                 project_id: PROJECT_ID.into(),
                 admins: admins.clone(),
                 credential_ttl: CREDENTIAL_TTL,
+                join: JoinSettings::default(),
             },
         );
         authority.start(&node).unwrap();

@@ -15,7 +15,9 @@ use kith_authority::api::{
     self, ACCEPTOR_SERVICE, AUDIT_SERVICE, CREDENTIAL_SERVICE, CreatedTicket, ENROLLER_ROLE,
     Enrolled, ErrorKind, MEMBERS_SERVICE, PROJECT_ID_ATTRIBUTE, ROLE_ATTRIBUTE, TICKET_SERVICE,
 };
+use kith_authority::api::{JoinRequestInfo, JoinState, JoinWaited};
 use kith_authority::client::{AuthorityClient, ClientError, decode_credential};
+use kith_authority::join::JoinSettings;
 use kith_authority::service::{Authority, AuthorityConfig};
 use kith_authority::store::{AuditEvent, Member, MembershipStore, NewTicket};
 use kith_authority::ticket::OneTimeCode;
@@ -23,7 +25,9 @@ use kith_identity::channel::{Admission, LocalIdentity, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
 use kith_identity::vault::Vault;
 use kith_identity::{Identifier, Identity, SecureChannelKey};
-use kith_node::{Address, Node, RequestError, Route, RouteError, TCP};
+use kith_node::{
+    Address, Context, Message, Node, RequestError, Route, RouteError, TCP, Worker, WorkerError,
+};
 use kith_transport::TcpTransport;
 
 #[path = "../../integration-tests/src/postgres.rs"]
@@ -698,6 +702,464 @@ async fn connecting_to_another_identity_than_the_authority_fails_with_wrong_auth
     world.stop().await;
 }
 
+// ---- join requests --------------------------------------------------------------------------
+
+/// Wait (as the requester) until request `id` is decided.
+async fn decided(client: &mut AuthorityClient, id: &str) -> JoinWaited {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let waited = client.wait_join_request(id).await.unwrap();
+            if waited.request.state != JoinState::Pending {
+                return waited;
+            }
+        }
+    })
+    .await
+    .expect("the request was decided in time")
+}
+
+async fn show(client: &mut AuthorityClient, id: &str) -> JoinRequestInfo {
+    client.join_request(id).await.unwrap()
+}
+
+async fn a_join_request_is_approved_with_its_code_and_the_requester_gets_its_credential(
+    db: &TestDb,
+) {
+    let admin = Party::new();
+    let world = World::start(db, 1, &[&admin]).await;
+    let mut admin_client = world.connect(&admin, 0).await;
+    let requester = Party::new();
+    let mut client = world.connect(&requester, 0).await;
+    let asked = attributes(&[("component", "worker"), ("zone", "a")]);
+    let (filed, code) = client
+        .file_join_request(asked.clone(), Some(Duration::from_secs(3600)), "rack 4")
+        .await
+        .unwrap();
+    // No one in between: the authority stored the code the requester computed.
+    assert_eq!(filed.code, code);
+    assert_eq!(filed.state, JoinState::Pending);
+    assert_eq!(filed.source, "127.0.0.1");
+    assert_eq!(filed.requester, requester.identifier.to_string());
+    assert_eq!((filed.lifetime, filed.note.as_str()), (3600, "rack 4"));
+    // Filing again (same identity, another channel) keeps the request, with the new
+    // channel's code.
+    let mut again = world.connect(&requester, 0).await;
+    let (refiled, new_code) = again
+        .file_join_request(asked.clone(), Some(Duration::from_secs(3600)), "rack 4")
+        .await
+        .unwrap();
+    assert_eq!(refiled.id, filed.id);
+    assert_ne!(new_code, code);
+    assert_eq!(refiled.code, new_code);
+    let code = new_code;
+    drop(again);
+
+    let listed = admin_client.join_requests(false).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].code, code);
+
+    let id = filed.id.clone();
+    let waiter = tokio::spawn(async move {
+        let waited = decided(&mut client, &id).await;
+        (waited, client)
+    });
+
+    // A wrong code is refused and changes nothing.
+    let e = refusal(
+        admin_client
+            .approve_join_request(&filed.id, "0000-0000", None, None)
+            .await,
+    );
+    assert_eq!(e.kind, ErrorKind::WrongCode, "{e:?}");
+    assert_eq!(
+        show(&mut admin_client, &filed.id).await.state,
+        JoinState::Pending
+    );
+    // Approval may narrow, never widen.
+    let e = refusal(
+        admin_client
+            .approve_join_request(&filed.id, &code, Some(attributes(&[("zone", "b")])), None)
+            .await,
+    );
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+    let e = refusal(
+        admin_client
+            .approve_join_request(&filed.id, &code, None, Some(Duration::from_secs(7200)))
+            .await,
+    );
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+    assert!(!waiter.is_finished());
+
+    let approved = admin_client
+        .approve_join_request(
+            &filed.id.to_lowercase(),
+            &code.replace('-', ""),
+            Some(attributes(&[("component", "worker")])),
+            Some(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(approved.state, JoinState::Approved);
+    assert_eq!(approved.granted_lifetime, Some(600));
+    assert_eq!(
+        approved.decided_by.as_deref(),
+        Some(admin.identifier.to_string().as_str())
+    );
+
+    let (waited, mut client) = waiter.await.unwrap();
+    assert_eq!(waited.request.state, JoinState::Approved);
+    let enrolled = waited.credential.expect("a credential with the approval");
+    verify(&world, &requester, &enrolled);
+    assert_eq!(
+        enrolled.attributes,
+        attributes(&[("component", "worker"), (PROJECT_ID_ATTRIBUTE, PROJECT_ID)])
+    );
+    assert!(enrolled.expires_at <= now() + 600);
+    // It is a member like any other; its refreshed credentials keep the shorter lifetime.
+    let refreshed = client.credential().await.unwrap();
+    assert!(refreshed.expires_at <= now() + 600);
+    let member = world
+        .store
+        .member(&requester.identifier)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(member.via, format!("request:{}", filed.id));
+    assert_eq!(member.added_by, admin.identifier);
+
+    // Decided is decided.
+    let e = refusal(
+        admin_client
+            .approve_join_request(&filed.id, &code, None, None)
+            .await,
+    );
+    assert_eq!(e.kind, ErrorKind::RequestClosed, "{e:?}");
+    let audit = admin_client.audit(100).await.unwrap();
+    for action in ["request.filed", "request.approved", "member.added"] {
+        assert!(
+            audit
+                .iter()
+                .any(|a| a.action == action && (a.subject == filed.id || action == "member.added")),
+            "{action} in {audit:?}"
+        );
+    }
+    drop((client, admin_client));
+    world.stop().await;
+}
+
+/// A node that poses as the authority: it answers the requester's handshake with its own
+/// identity and passes every join call on through its own channel to the real authority.
+struct Middleman {
+    to_authority: Address,
+}
+
+impl Worker for Middleman {
+    async fn handle_message(&mut self, ctx: &mut Context, m: Message) -> Result<(), WorkerError> {
+        let mut client = ctx.node().client()?;
+        let route = Route::from(vec![
+            self.to_authority.clone(),
+            Address::local(api::JOIN_SERVICE),
+        ]);
+        if let Ok(answer) = client.request(route, m.payload.clone(), WAIT).await {
+            ctx.send(m.return_route, answer.payload).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn a_man_in_the_middle_shows_the_admin_another_code_than_the_requester(db: &TestDb) {
+    let admin = Party::new();
+    let world = World::start(db, 1, &[&admin]).await;
+    let mut admin_client = world.connect(&admin, 0).await;
+
+    // The middleman: its own identity, a listener, and a channel to the authority.
+    let middle = Party::new();
+    let (middle_node, middle_tcp) = client_node("middle");
+    let to_authority =
+        secure_channel::create(&middle_node, world.listener_route(0), &middle.settings)
+            .await
+            .unwrap();
+    secure_channel::listen(&middle_node, DEFAULT_LISTENER, middle.settings.clone()).unwrap();
+    middle_node
+        .start_worker_with_policy(
+            [Address::local(api::JOIN_SERVICE)],
+            Arc::new(kith_node::AllowAll),
+            Middleman {
+                to_authority: to_authority.encryptor.clone(),
+            },
+        )
+        .unwrap();
+    let middle_listener = middle_tcp.listen("127.0.0.1:0").await.unwrap().to_string();
+
+    // The requester accepted the wrong fingerprint (or was given a doctored route).
+    let requester = Party::new();
+    let route = Route::from(vec![
+        Address::try_new(TCP, &middle_listener).unwrap(),
+        Address::local(DEFAULT_LISTENER),
+    ]);
+    let mut client =
+        AuthorityClient::connect_unpinned(&world.client.0, route, &requester.settings, WAIT)
+            .await
+            .unwrap();
+    assert_eq!(*client.authority().identifier(), middle.identifier);
+    let (filed, requester_code) = client
+        .file_join_request(attributes(&[("component", "worker")]), None, "")
+        .await
+        .unwrap();
+
+    // The admin sees the request (filed, in fact, by the middleman) with another code.
+    let listed = admin_client.join_requests(false).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, filed.id);
+    assert_ne!(listed[0].code, requester_code);
+    assert_eq!(listed[0].requester, middle.identifier.to_string());
+    // The code the requester reads out does not approve it.
+    let e = refusal(
+        admin_client
+            .approve_join_request(&filed.id, &requester_code, None, None)
+            .await,
+    );
+    assert_eq!(e.kind, ErrorKind::WrongCode, "{e:?}");
+    assert_eq!(
+        show(&mut admin_client, &filed.id).await.state,
+        JoinState::Pending
+    );
+    drop((client, admin_client));
+    middle_node.shutdown().await;
+    world.stop().await;
+}
+
+async fn join_requests_are_capped_per_address_and_expire(db: &TestDb) {
+    let admin = Party::new();
+    let join = JoinSettings {
+        request_ttl: Duration::from_secs(2),
+        max_pending_per_source: 5,
+        max_pending: 1000,
+    };
+    let world = World::start_with(db, 1, &[&admin], join).await;
+    let mut admin_client = world.connect(&admin, 0).await;
+    let mut filed = Vec::new();
+    for _ in 0..5 {
+        let party = Party::new();
+        let mut client = world.connect(&party, 0).await;
+        let (info, _) = client
+            .file_join_request(BTreeMap::new(), None, "")
+            .await
+            .unwrap();
+        filed.push((info, client));
+    }
+    let sixth = Party::new();
+    let mut sixth_client = world.connect(&sixth, 0).await;
+    let e = refusal(
+        sixth_client
+            .file_join_request(BTreeMap::new(), None, "")
+            .await,
+    );
+    assert_eq!(e.kind, ErrorKind::TooManyRequests, "{e:?}");
+    assert!(e.message.contains("127.0.0.1"), "{}", e.message);
+
+    // Undecided, they expire; a waiter learns it, and an expired one cannot be approved.
+    let (first, mut first_client) = filed.remove(0);
+    let waited = decided(&mut first_client, &first.id).await;
+    assert_eq!(waited.request.state, JoinState::Expired);
+    assert!(waited.credential.is_none());
+    let e = refusal(
+        admin_client
+            .approve_join_request(&first.id, &first.code, None, None)
+            .await,
+    );
+    assert_eq!(e.kind, ErrorKind::RequestClosed, "{e:?}");
+    // Expired requests no longer count against the address.
+    sixth_client
+        .file_join_request(BTreeMap::new(), None, "")
+        .await
+        .unwrap();
+    drop((filed, first_client, sixth_client, admin_client));
+    world.stop().await;
+}
+
+async fn only_admins_and_enrollers_decide_join_requests(db: &TestDb) {
+    let admin = Party::new();
+    let world = World::start(db, 1, &[&admin]).await;
+    let mut admin_client = world.connect(&admin, 0).await;
+    let (member, enroller) = (Party::new(), Party::new());
+    for (party, attrs) in [
+        (&member, attributes(&[("component", "db")])),
+        (&enroller, attributes(&[(ROLE_ATTRIBUTE, ENROLLER_ROLE)])),
+    ] {
+        admin_client
+            .add_member(&party.identifier, attrs)
+            .await
+            .unwrap();
+    }
+    let requester = Party::new();
+    let mut client = world.connect(&requester, 0).await;
+    let (filed, code) = client
+        .file_join_request(attributes(&[(ROLE_ATTRIBUTE, ENROLLER_ROLE)]), None, "")
+        .await
+        .unwrap();
+
+    let mut member_client = world.connect(&member, 0).await;
+    let forbidden = |e: api::ApiError| {
+        assert_eq!(e.kind, ErrorKind::Forbidden, "{e:?}");
+        assert!(e.message.contains("admins and enrollers"), "{}", e.message);
+    };
+    forbidden(refusal(member_client.join_requests(true).await));
+    forbidden(refusal(member_client.join_request(&filed.id).await));
+    forbidden(refusal(
+        member_client
+            .approve_join_request(&filed.id, &code, None, None)
+            .await,
+    ));
+    forbidden(refusal(
+        member_client.deny_join_request(&filed.id, "no").await,
+    ));
+    forbidden(refusal(
+        member_client
+            .add_auto_approve_rule("0.0.0.0/0", BTreeMap::new(), None, Duration::from_secs(60))
+            .await,
+    ));
+    forbidden(refusal(member_client.auto_approve_rules().await));
+    forbidden(refusal(member_client.delete_auto_approve_rule("X").await));
+    // Nor may anyone wait on someone else's request.
+    let e = refusal(member_client.wait_join_request(&filed.id).await);
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e:?}");
+
+    // An enroller may list, but not make an enroller.
+    let mut enroller_client = world.connect(&enroller, 0).await;
+    assert_eq!(enroller_client.join_requests(false).await.unwrap().len(), 1);
+    let e = refusal(
+        enroller_client
+            .approve_join_request(&filed.id, &code, None, None)
+            .await,
+    );
+    assert_eq!(e.kind, ErrorKind::Forbidden, "{e:?}");
+    let e = refusal(
+        enroller_client
+            .add_auto_approve_rule(
+                "10.0.0.0/8",
+                attributes(&[(ROLE_ATTRIBUTE, ENROLLER_ROLE)]),
+                None,
+                Duration::from_secs(60),
+            )
+            .await,
+    );
+    assert_eq!(e.kind, ErrorKind::Forbidden, "{e:?}");
+    // The enroller denies; the requester learns why.
+    let denied = enroller_client
+        .deny_join_request(&filed.id, "enrollers are made by hand")
+        .await
+        .unwrap();
+    assert_eq!(denied.state, JoinState::Denied);
+    let waited = decided(&mut client, &filed.id).await;
+    assert_eq!(waited.request.state, JoinState::Denied);
+    assert_eq!(
+        waited.request.reason.as_deref(),
+        Some("enrollers are made by hand")
+    );
+    assert!(waited.credential.is_none());
+    assert!(
+        world
+            .store
+            .member(&requester.identifier)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    drop((client, member_client, enroller_client, admin_client));
+    world.stop().await;
+}
+
+async fn auto_approval_rules_approve_matching_requests_now_and_later(db: &TestDb) {
+    let admin = Party::new();
+    let world = World::start(db, 1, &[&admin]).await;
+    let mut admin_client = world.connect(&admin, 0).await;
+    let (worker, db_party) = (Party::new(), Party::new());
+    let mut worker_client = world.connect(&worker, 0).await;
+    let (worker_req, _) = worker_client
+        .file_join_request(attributes(&[("component", "worker")]), None, "")
+        .await
+        .unwrap();
+    let mut db_client = world.connect(&db_party, 0).await;
+    let (db_req, _) = db_client
+        .file_join_request(attributes(&[("component", "db")]), None, "")
+        .await
+        .unwrap();
+
+    // A rule for another netblock approves nothing.
+    let elsewhere = admin_client
+        .add_auto_approve_rule(
+            "10.0.0.0/8",
+            attributes(&[("component", "worker")]),
+            None,
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    assert!(elsewhere.approved.is_empty());
+    let e = refusal(
+        admin_client
+            .add_auto_approve_rule(
+                "10.0.0.0/33",
+                BTreeMap::new(),
+                None,
+                Duration::from_secs(60),
+            )
+            .await,
+    );
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+
+    // Loopback workers are approved at once, for at most 5 minutes; the db request waits.
+    let added = admin_client
+        .add_auto_approve_rule(
+            "127.0.0.0/8",
+            attributes(&[("component", "worker")]),
+            Some(Duration::from_secs(300)),
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.approved, vec![worker_req.id.clone()]);
+    let waited = decided(&mut worker_client, &worker_req.id).await;
+    let enrolled = waited.credential.unwrap();
+    assert!(enrolled.expires_at <= now() + 300);
+    assert_eq!(
+        show(&mut admin_client, &db_req.id).await.state,
+        JoinState::Pending
+    );
+    // A later matching request is approved as it is filed.
+    let later = Party::new();
+    let mut later_client = world.connect(&later, 0).await;
+    let (later_req, _) = later_client
+        .file_join_request(BTreeMap::new(), None, "")
+        .await
+        .unwrap();
+    assert_eq!(later_req.state, JoinState::Approved);
+    assert!(later_req.decided_by.unwrap().contains(&added.rule.id));
+
+    let rules = admin_client.auto_approve_rules().await.unwrap();
+    assert_eq!(rules.len(), 2);
+    admin_client
+        .delete_auto_approve_rule(&added.rule.id)
+        .await
+        .unwrap();
+    let last = Party::new();
+    let mut last_client = world.connect(&last, 0).await;
+    let (last_req, _) = last_client
+        .file_join_request(BTreeMap::new(), None, "")
+        .await
+        .unwrap();
+    assert_eq!(last_req.state, JoinState::Pending);
+    drop((
+        worker_client,
+        db_client,
+        later_client,
+        last_client,
+        admin_client,
+    ));
+    world.stop().await;
+}
+
 /// Run the same scenarios on each database, as `sqlite::<name>` and `postgres::<name>`.
 macro_rules! on_both_databases {
     ($($scenario:ident),* $(,)?) => {
@@ -730,6 +1192,11 @@ on_both_databases!(
     malformed_requests_are_answered_with_bad_request,
     roles_decide_who_may_manage_tickets_and_members,
     credentials_follow_the_store,
+    a_join_request_is_approved_with_its_code_and_the_requester_gets_its_credential,
+    a_man_in_the_middle_shows_the_admin_another_code_than_the_requester,
+    join_requests_are_capped_per_address_and_expire,
+    only_admins_and_enrollers_decide_join_requests,
+    auto_approval_rules_approve_matching_requests_now_and_later,
 );
 
 // ---- helpers ------------------------------------------------------------------------------
@@ -866,10 +1333,20 @@ struct World {
     store: MembershipStore,
     client: (Node, TcpTransport),
     location: String,
+    join: JoinSettings,
 }
 
 impl World {
     async fn start(db: &TestDb, authorities: usize, admins: &[&Party]) -> Self {
+        Self::start_with(db, authorities, admins, JoinSettings::default()).await
+    }
+
+    async fn start_with(
+        db: &TestDb,
+        authorities: usize,
+        admins: &[&Party],
+        join: JoinSettings,
+    ) -> Self {
         let admins: BTreeSet<Identifier> = admins.iter().map(|p| p.identifier).collect();
         let dir = TempDir::new().unwrap();
         let vault_path = dir.path().join("vault.sqlite");
@@ -886,6 +1363,7 @@ impl World {
             store: MembershipStore::open(&location).await.unwrap(),
             client: client_node("client"),
             location,
+            join,
         };
         for i in 0..authorities {
             let node = world.start_node(i, admins.clone()).await;
@@ -920,6 +1398,7 @@ impl World {
                 project_id: PROJECT_ID.into(),
                 admins,
                 credential_ttl: CREDENTIAL_TTL,
+                join: self.join,
             },
         );
         authority.start(&node).unwrap();

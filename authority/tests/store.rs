@@ -14,7 +14,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kith_authority::store::{
-    AuditEvent, Member, MembershipStore, NewTicket, RedeemError, StoreError,
+    AuditEvent, DecideError, Decision, FileError, Filed, JoinLimits, JoinRecord, JoinState, Member,
+    MembershipStore, NewJoinRequest, NewTicket, RedeemError, RuleRecord, StoreError,
 };
 use kith_identity::Identifier;
 use sha2::{Digest, Sha256};
@@ -572,7 +573,7 @@ async fn processes_opening_a_new_database_at_once_all_migrate(db: &TestDb) {
 
 async fn both_databases_have_the_same_columns(db: &TestDb) {
     db.open().await.close().await;
-    let expected: [(&str, &[(&str, bool)]); 3] = [
+    let expected: [(&str, &[(&str, bool)]); 5] = [
         (
             "tickets",
             &[
@@ -595,6 +596,7 @@ async fn both_databases_have_the_same_columns(db: &TestDb) {
                 ("added_at", true),
                 ("added_by", true),
                 ("via", true),
+                ("credential_ttl", false),
             ],
         ),
         (
@@ -606,6 +608,38 @@ async fn both_databases_have_the_same_columns(db: &TestDb) {
                 ("action", true),
                 ("subject", true),
                 ("detail", true),
+            ],
+        ),
+        (
+            "join_requests",
+            &[
+                ("id", true),
+                ("requester", true),
+                ("source", true),
+                ("attributes", true),
+                ("lifetime", true),
+                ("note", true),
+                ("code", true),
+                ("created_at", true),
+                ("expires_at", true),
+                ("state", true),
+                ("decided_at", false),
+                ("decided_by", false),
+                ("reason", false),
+                ("granted_attributes", false),
+                ("granted_lifetime", false),
+            ],
+        ),
+        (
+            "auto_approve_rules",
+            &[
+                ("id", true),
+                ("netblock", true),
+                ("attributes", true),
+                ("max_credential_lifetime", true),
+                ("created_at", true),
+                ("created_by", true),
+                ("expires_at", true),
             ],
         ),
     ];
@@ -656,7 +690,852 @@ on_both_databases!(
     the_audit_log_returns_the_newest_events_last,
     processes_opening_a_new_database_at_once_all_migrate,
     both_databases_have_the_same_columns,
+    a_join_request_is_filed_listed_and_audited,
+    filing_again_keeps_the_id_and_creation_and_updates_the_code,
+    a_taken_request_id_is_refused,
+    the_per_source_cap_admits_five_and_refuses_the_sixth,
+    the_total_cap_does_not_count_expired_requests,
+    expired_requests_are_marked_once_and_audited,
+    approving_makes_the_requester_a_member_with_the_granted_lifetime,
+    a_decision_with_a_stale_code_is_refused_and_the_request_stays_pending,
+    denying_records_the_reason_and_adds_no_member,
+    a_decided_or_expired_request_cannot_be_decided,
+    corrupt_join_requests_are_errors_not_panics,
+    rules_are_added_listed_until_they_expire_and_deleted,
+    twenty_filings_at_once_from_one_source_file_exactly_five,
+    one_requester_filing_ten_times_at_once_has_one_request,
 );
+
+// ---- join requests and auto-approval rules -----------------------------------------------
+
+async fn a_join_request_is_filed_listed_and_audited(db: &TestDb) {
+    let store = db.open().await;
+    let requester = identifier();
+    let mut request = join_request("AAAA-0001", &requester, "192.0.2.1");
+    request.attributes = attributes(&[("role", "member")]);
+    request.note = "alice's laptop".to_owned();
+    let filed = file(&store, &request, LIMITS, NOW).await.unwrap();
+    assert!(!filed.refiled);
+    let record = filed.record;
+    assert_eq!(
+        (record.id.as_str(), record.requester, record.source.as_str()),
+        ("AAAA-0001", requester, "192.0.2.1")
+    );
+    assert_eq!(record.attributes, request.attributes);
+    assert_eq!(
+        (record.lifetime, record.note.as_str()),
+        (HOUR, "alice's laptop")
+    );
+    assert_eq!(record.code, "code-AAAA-0001");
+    assert_eq!((record.created_at, record.expires_at), (NOW, NOW + HOUR));
+    assert_eq!(record.state, JoinState::Pending);
+    assert_eq!(
+        (record.decided_at, &record.decided_by, &record.reason),
+        (None, &None, &None)
+    );
+    assert_eq!(
+        (&record.granted_attributes, record.granted_lifetime),
+        (&None, None)
+    );
+
+    assert_eq!(
+        store.join_request("AAAA-0001").await.unwrap(),
+        Some(record.clone())
+    );
+    assert_eq!(store.join_request("ZZZZ-9999").await.unwrap(), None);
+    assert_eq!(
+        store.join_requests(false, NOW + 1).await.unwrap(),
+        std::slice::from_ref(&record)
+    );
+    assert_eq!(store.join_requests(true, NOW + 1).await.unwrap(), [record]);
+
+    let audit = store.audit_log(100).await.unwrap();
+    let [filed] = audit.as_slice() else {
+        panic!("expected one event: {audit:?}");
+    };
+    assert_eq!(
+        (filed.at, filed.action.as_str(), filed.subject.as_str()),
+        (NOW, AuditEvent::REQUEST_FILED, "AAAA-0001")
+    );
+    assert_eq!(filed.actor, requester.to_string());
+    assert_eq!(
+        filed.detail,
+        r#"source=192.0.2.1 attributes={"role":"member"} lifetime=3600 refiled=false"#
+    );
+    store.close().await;
+}
+
+async fn filing_again_keeps_the_id_and_creation_and_updates_the_code(db: &TestDb) {
+    let store = db.open().await;
+    let requester = identifier();
+    file(
+        &store,
+        &join_request("AAAA-0001", &requester, "192.0.2.1"),
+        LIMITS,
+        NOW,
+    )
+    .await
+    .unwrap();
+
+    // Filed again from elsewhere, through another channel: the caller picked a new id and
+    // computed a code for it, but the request keeps its first id and gets that id's code.
+    let mut again = join_request("BBBB-0002", &requester, "198.51.100.7");
+    again.attributes = attributes(&[("role", "enroller")]);
+    again.lifetime = 2 * HOUR;
+    again.note = "second try".to_owned();
+    again.expires_at = NOW + 2 * HOUR;
+    let code_for = |id: &str| format!("second-{id}");
+    let filed = store
+        .file_join_request(&again, &code_for, LIMITS, NOW + 10)
+        .await
+        .unwrap();
+    assert!(filed.refiled);
+    let record = filed.record;
+    assert_eq!(record.id, "AAAA-0001");
+    assert_eq!(record.code, "second-AAAA-0001");
+    assert_eq!(record.source, "198.51.100.7");
+    assert_eq!(record.attributes, again.attributes);
+    assert_eq!(
+        (record.lifetime, record.note.as_str()),
+        (2 * HOUR, "second try")
+    );
+    assert_eq!((record.created_at, record.expires_at), (NOW, NOW + HOUR));
+    assert_eq!(record.state, JoinState::Pending);
+    assert_eq!(store.join_requests(true, NOW + 10).await.unwrap(), [record]);
+
+    let audit = store.audit_log(100).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[1].action, AuditEvent::REQUEST_FILED);
+    assert_eq!(audit[1].subject, "AAAA-0001");
+    assert!(
+        audit[1].detail.ends_with("refiled=true"),
+        "{}",
+        audit[1].detail
+    );
+    assert!(audit[1].detail.starts_with("source=198.51.100.7 "));
+
+    // Once that request is decided, the requester's next filing is a new request.
+    store
+        .decide_join_request(
+            "AAAA-0001",
+            "second-AAAA-0001",
+            &Decision::Deny {
+                reason: "no".to_owned(),
+            },
+            &identifier(),
+            "admin",
+            NOW + 20,
+        )
+        .await
+        .unwrap();
+    let filed = file(&store, &again, LIMITS, NOW + 30).await.unwrap();
+    assert!(!filed.refiled);
+    assert_eq!(filed.record.id, "BBBB-0002");
+    assert_eq!(store.join_requests(true, NOW + 30).await.unwrap().len(), 2);
+    store.close().await;
+}
+
+async fn a_taken_request_id_is_refused(db: &TestDb) {
+    let store = db.open().await;
+    file(
+        &store,
+        &join_request("SAME-0001", &identifier(), "192.0.2.1"),
+        LIMITS,
+        NOW,
+    )
+    .await
+    .unwrap();
+    let outcome = file(
+        &store,
+        &join_request("SAME-0001", &identifier(), "192.0.2.2"),
+        LIMITS,
+        NOW + 1,
+    )
+    .await;
+    assert!(
+        matches!(&outcome, Err(FileError::IdTaken { id }) if id == "SAME-0001"),
+        "{outcome:?}"
+    );
+    assert_eq!(store.join_requests(true, NOW + 1).await.unwrap().len(), 1);
+    assert_eq!(store.audit_log(100).await.unwrap().len(), 1);
+    store.close().await;
+}
+
+async fn the_per_source_cap_admits_five_and_refuses_the_sixth(db: &TestDb) {
+    let store = db.open().await;
+    let limits = JoinLimits {
+        per_source: 5,
+        total: 100,
+    };
+    let mut first_five = Vec::new();
+    for i in 0..5 {
+        let requester = identifier();
+        file(
+            &store,
+            &join_request(&format!("SRC-{i}"), &requester, "192.0.2.1"),
+            limits,
+            NOW + i,
+        )
+        .await
+        .unwrap();
+        first_five.push(requester);
+    }
+    let sixth = join_request("SRC-5", &identifier(), "192.0.2.1");
+    let outcome = file(&store, &sixth, limits, NOW + 5).await;
+    match outcome {
+        Err(FileError::PerSource {
+            ref source_address,
+            pending: 5,
+            max: 5,
+        }) if source_address == "192.0.2.1" => {}
+        other => panic!("expected PerSource, got {other:?}"),
+    }
+    // Other sources are not affected, and a requester already pending files again.
+    file(
+        &store,
+        &join_request("OTHER-0", &identifier(), "192.0.2.2"),
+        limits,
+        NOW + 5,
+    )
+    .await
+    .unwrap();
+    let again = file(
+        &store,
+        &join_request("IGNORED", &first_five[0], "192.0.2.1"),
+        limits,
+        NOW + 5,
+    )
+    .await
+    .unwrap();
+    assert!(again.refiled);
+    assert_eq!(store.join_requests(false, NOW + 5).await.unwrap().len(), 6);
+
+    // Decided requests no longer count.
+    store
+        .decide_join_request(
+            "SRC-0",
+            "code-SRC-0",
+            &Decision::Deny {
+                reason: "no".to_owned(),
+            },
+            &identifier(),
+            "admin",
+            NOW + 6,
+        )
+        .await
+        .unwrap();
+    let filed = file(&store, &sixth, limits, NOW + 7).await.unwrap();
+    assert!(!filed.refiled);
+    store.close().await;
+}
+
+async fn the_total_cap_does_not_count_expired_requests(db: &TestDb) {
+    let store = db.open().await;
+    let limits = JoinLimits {
+        per_source: 10,
+        total: 3,
+    };
+    let mut early = join_request("TOT-0", &identifier(), "192.0.2.1");
+    early.expires_at = NOW + 100;
+    file(&store, &early, limits, NOW).await.unwrap();
+    for i in 1..3 {
+        let request = join_request(&format!("TOT-{i}"), &identifier(), &format!("192.0.2.{i}"));
+        file(&store, &request, limits, NOW).await.unwrap();
+    }
+    let fourth = join_request("TOT-3", &identifier(), "203.0.113.9");
+    let outcome = file(&store, &fourth, limits, NOW + 99).await;
+    assert!(
+        matches!(outcome, Err(FileError::Total { pending: 3, max: 3 })),
+        "{outcome:?}"
+    );
+    // At the second `early` expires it stops counting; the filing marks it expired.
+    let filed = file(&store, &fourth, limits, NOW + 100).await.unwrap();
+    assert!(!filed.refiled);
+    let early = store.join_request("TOT-0").await.unwrap().unwrap();
+    assert_eq!(early.state, JoinState::Expired);
+    assert_eq!(early.decided_at, Some(NOW + 100));
+    let actions: Vec<_> = store
+        .audit_log(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.subject))
+        .collect();
+    assert_eq!(
+        actions[3..],
+        [
+            (AuditEvent::REQUEST_EXPIRED.to_owned(), "TOT-0".to_owned()),
+            (AuditEvent::REQUEST_FILED.to_owned(), "TOT-3".to_owned()),
+        ]
+    );
+    store.close().await;
+}
+
+async fn expired_requests_are_marked_once_and_audited(db: &TestDb) {
+    let store = db.open().await;
+    let (first, second, third) = (identifier(), identifier(), identifier());
+    let mut a = join_request("EXP-A", &first, "192.0.2.1");
+    a.expires_at = NOW + 10;
+    let mut b = join_request("EXP-B", &second, "192.0.2.2");
+    b.expires_at = NOW + 20;
+    let c = join_request("EXP-C", &third, "192.0.2.3");
+    for request in [&a, &b, &c] {
+        file(&store, request, LIMITS, NOW).await.unwrap();
+    }
+    // Past its expiry but not yet swept, a request is still stored as pending, yet neither
+    // listed as pending nor decidable.
+    let unswept = store.join_request("EXP-A").await.unwrap().unwrap();
+    assert_eq!(unswept.state, JoinState::Pending);
+    assert_eq!(unswept.state_at(NOW + 10), JoinState::Expired);
+    assert_eq!(unswept.state_at(NOW + 9), JoinState::Pending);
+    let pending = store.join_requests(false, NOW + 10).await.unwrap();
+    assert_eq!(ids(&pending), ["EXP-B", "EXP-C"]);
+
+    let expired = store.expire_join_requests(NOW + 25).await.unwrap();
+    assert_eq!(ids(&expired), ["EXP-A", "EXP-B"]);
+    assert!(
+        expired
+            .iter()
+            .all(|r| r.state == JoinState::Expired && r.decided_at == Some(NOW + 25))
+    );
+    // A second sweep finds nothing more and audits nothing.
+    assert!(
+        store
+            .expire_join_requests(NOW + 26)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&store.join_requests(false, NOW + 26).await.unwrap()),
+        ["EXP-C"]
+    );
+    assert_eq!(
+        ids(&store.join_requests(true, NOW + 26).await.unwrap()),
+        ["EXP-A", "EXP-B", "EXP-C"]
+    );
+
+    let audit = store.audit_log(100).await.unwrap();
+    let expiries: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == AuditEvent::REQUEST_EXPIRED)
+        .collect();
+    assert_eq!(expiries.len(), 2);
+    assert_eq!(
+        (
+            expiries[0].subject.as_str(),
+            expiries[0].actor.clone(),
+            expiries[0].at
+        ),
+        ("EXP-A", first.to_string(), NOW + 25)
+    );
+    assert_eq!(
+        expiries[0].detail,
+        format!("requester={first} source=192.0.2.1 expires_at={}", NOW + 10)
+    );
+    assert_eq!(expiries[1].subject, "EXP-B");
+    store.close().await;
+}
+
+async fn approving_makes_the_requester_a_member_with_the_granted_lifetime(db: &TestDb) {
+    let store = db.open().await;
+    let admin = identifier();
+    let requester = identifier();
+    let mut request = join_request("APP-0001", &requester, "192.0.2.1");
+    request.attributes = attributes(&[("role", "enroller")]);
+    file(&store, &request, LIMITS, NOW).await.unwrap();
+
+    let granted = attributes(&[("role", "member")]);
+    let decided = store
+        .decide_join_request(
+            "APP-0001",
+            "code-APP-0001",
+            &Decision::Approve {
+                attributes: granted.clone(),
+                lifetime: 600,
+            },
+            &admin,
+            &admin.to_string(),
+            NOW + 5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(decided.state, JoinState::Approved);
+    assert_eq!(decided.decided_at, Some(NOW + 5));
+    assert_eq!(decided.decided_by, Some(admin.to_string()));
+    assert_eq!(decided.granted_attributes, Some(granted.clone()));
+    assert_eq!(decided.granted_lifetime, Some(600));
+    assert_eq!(decided.reason, None);
+    // What was asked for stays on record.
+    assert_eq!(decided.attributes, request.attributes);
+    assert_eq!(store.join_request("APP-0001").await.unwrap(), Some(decided));
+    assert!(
+        store
+            .join_requests(false, NOW + 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let member = store
+        .member(&requester)
+        .await
+        .unwrap()
+        .expect("a member now");
+    assert_eq!(
+        member,
+        Member {
+            identifier: requester,
+            attributes: granted,
+            added_at: NOW + 5,
+            added_by: admin,
+            via: "request:APP-0001".to_owned(),
+            credential_ttl: Some(600),
+        }
+    );
+    let audit = store.audit_log(100).await.unwrap();
+    let [_, approved, added] = audit.as_slice() else {
+        panic!("expected filed, approved, added: {audit:?}");
+    };
+    assert_eq!(
+        (
+            approved.action.as_str(),
+            approved.subject.as_str(),
+            approved.at
+        ),
+        (AuditEvent::REQUEST_APPROVED, "APP-0001", NOW + 5)
+    );
+    assert_eq!(approved.actor, admin.to_string());
+    assert_eq!(
+        approved.detail,
+        format!(
+            r#"requester={requester} attributes={{"role":"member"}} lifetime=600 decided_by="{admin}""#
+        )
+    );
+    assert_eq!(
+        (
+            added.action.as_str(),
+            added.subject.clone(),
+            added.actor.clone()
+        ),
+        (
+            AuditEvent::MEMBER_ADDED,
+            requester.to_string(),
+            admin.to_string()
+        )
+    );
+    assert_eq!(
+        added.detail,
+        r#"via=request:APP-0001 attributes={"role":"member"} credential_ttl=600"#
+    );
+
+    // The limit survives a reopen, and redeeming a ticket later lifts it.
+    store.close().await;
+    let store = db.open().await;
+    assert_eq!(
+        store
+            .member(&requester)
+            .await
+            .unwrap()
+            .unwrap()
+            .credential_ttl,
+        Some(600)
+    );
+    let (_, hash) = code();
+    store
+        .create_ticket(&new_ticket("lift", hash, 1, &admin), NOW + 6)
+        .await
+        .unwrap();
+    store
+        .redeem_ticket(&hash, &requester, NOW + 7)
+        .await
+        .unwrap();
+    let member = store.member(&requester).await.unwrap().unwrap();
+    assert_eq!(
+        (member.via.as_str(), member.credential_ttl),
+        ("ticket:lift", None)
+    );
+    store.close().await;
+}
+
+async fn a_decision_with_a_stale_code_is_refused_and_the_request_stays_pending(db: &TestDb) {
+    let store = db.open().await;
+    let requester = identifier();
+    let request = join_request("STALE-01", &requester, "192.0.2.1");
+    file(&store, &request, LIMITS, NOW).await.unwrap();
+    // Filed again through another channel: the code the admin saw is no longer current.
+    let code_for = |id: &str| format!("new-{id}");
+    store
+        .file_join_request(&request, &code_for, LIMITS, NOW + 1)
+        .await
+        .unwrap();
+    let audit_before = store.audit_log(100).await.unwrap();
+    for decision in [
+        Decision::Approve {
+            attributes: BTreeMap::new(),
+            lifetime: 600,
+        },
+        Decision::Deny {
+            reason: "no".to_owned(),
+        },
+    ] {
+        let outcome = store
+            .decide_join_request(
+                "STALE-01",
+                "code-STALE-01",
+                &decision,
+                &identifier(),
+                "admin",
+                NOW + 2,
+            )
+            .await;
+        assert!(
+            matches!(outcome, Err(DecideError::CodeChanged)),
+            "{outcome:?}"
+        );
+    }
+    let record = store.join_request("STALE-01").await.unwrap().unwrap();
+    assert_eq!(record.state, JoinState::Pending);
+    assert_eq!(record.code, "new-STALE-01");
+    assert!(store.member(&requester).await.unwrap().is_none());
+    assert_eq!(store.audit_log(100).await.unwrap(), audit_before);
+    // With the current code it is decided.
+    store
+        .decide_join_request(
+            "STALE-01",
+            "new-STALE-01",
+            &Decision::Approve {
+                attributes: BTreeMap::new(),
+                lifetime: 600,
+            },
+            &identifier(),
+            "admin",
+            NOW + 3,
+        )
+        .await
+        .unwrap();
+    store.close().await;
+}
+
+async fn denying_records_the_reason_and_adds_no_member(db: &TestDb) {
+    let store = db.open().await;
+    let admin = identifier();
+    let requester = identifier();
+    file(
+        &store,
+        &join_request("DENY-001", &requester, "192.0.2.1"),
+        LIMITS,
+        NOW,
+    )
+    .await
+    .unwrap();
+    let decided = store
+        .decide_join_request(
+            "DENY-001",
+            "code-DENY-001",
+            &Decision::Deny {
+                reason: "who are you?".to_owned(),
+            },
+            &admin,
+            &admin.to_string(),
+            NOW + 5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(decided.state, JoinState::Denied);
+    assert_eq!(decided.decided_at, Some(NOW + 5));
+    assert_eq!(decided.decided_by, Some(admin.to_string()));
+    assert_eq!(decided.reason.as_deref(), Some("who are you?"));
+    assert_eq!(
+        (decided.granted_attributes, decided.granted_lifetime),
+        (None, None)
+    );
+    assert!(store.member(&requester).await.unwrap().is_none());
+    let audit = store.audit_log(100).await.unwrap();
+    let [_, denied] = audit.as_slice() else {
+        panic!("expected filed, denied: {audit:?}");
+    };
+    assert_eq!(
+        (
+            denied.action.as_str(),
+            denied.subject.as_str(),
+            denied.actor.clone()
+        ),
+        (AuditEvent::REQUEST_DENIED, "DENY-001", admin.to_string())
+    );
+    assert_eq!(
+        denied.detail,
+        format!(r#"requester={requester} decided_by="{admin}" reason="who are you?""#)
+    );
+    store.close().await;
+}
+
+async fn a_decided_or_expired_request_cannot_be_decided(db: &TestDb) {
+    let store = db.open().await;
+    let admin = identifier();
+    let approve = Decision::Approve {
+        attributes: BTreeMap::new(),
+        lifetime: 600,
+    };
+    let deny = Decision::Deny {
+        reason: "no".to_owned(),
+    };
+    let decide = |id: &'static str, decision: &Decision, now: u64| {
+        let (store, decision) = (store.clone(), decision.clone());
+        async move {
+            store
+                .decide_join_request(id, &format!("code-{id}"), &decision, &admin, "admin", now)
+                .await
+        }
+    };
+    for (id, expires_at) in [
+        ("TWICE", NOW + HOUR),
+        ("LATE", NOW + 10),
+        ("SWEPT", NOW + 10),
+    ] {
+        let mut request = join_request(id, &identifier(), "192.0.2.1");
+        request.expires_at = expires_at;
+        file(&store, &request, LIMITS, NOW).await.unwrap();
+    }
+
+    decide("TWICE", &approve, NOW + 1).await.unwrap();
+    for decision in [&approve, &deny] {
+        let outcome = decide("TWICE", decision, NOW + 2).await;
+        assert!(
+            matches!(
+                outcome,
+                Err(DecideError::Closed {
+                    state: JoinState::Approved
+                })
+            ),
+            "{outcome:?}"
+        );
+    }
+    // At the second it expires, a request can no longer be decided.
+    let outcome = decide("LATE", &approve, NOW + 10).await;
+    assert!(
+        matches!(outcome, Err(DecideError::Expired { expires_at }) if expires_at == NOW + 10),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        store.join_request("LATE").await.unwrap().unwrap().state,
+        JoinState::Pending
+    );
+    store.expire_join_requests(NOW + 11).await.unwrap();
+    let outcome = decide("SWEPT", &deny, NOW + 11).await;
+    assert!(
+        matches!(
+            outcome,
+            Err(DecideError::Closed {
+                state: JoinState::Expired
+            })
+        ),
+        "{outcome:?}"
+    );
+    let outcome = decide("NOPE", &approve, NOW + 11).await;
+    assert!(matches!(outcome, Err(DecideError::NotFound)), "{outcome:?}");
+    // One member, from the one approval.
+    assert_eq!(store.members().await.unwrap().len(), 1);
+    store.close().await;
+}
+
+async fn corrupt_join_requests_are_errors_not_panics(db: &TestDb) {
+    let store = db.open().await;
+    file(
+        &store,
+        &join_request("BAD-0001", &identifier(), "192.0.2.1"),
+        LIMITS,
+        NOW,
+    )
+    .await
+    .unwrap();
+    db.execute("UPDATE join_requests SET attributes = '[1]'")
+        .await;
+    match store.join_requests(true, NOW).await {
+        Err(e @ StoreError::Corrupt { .. }) => {
+            assert!(
+                e.to_string()
+                    .contains("attributes of join request \"BAD-0001\""),
+                "{e}"
+            )
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    db.execute("UPDATE join_requests SET attributes = '{}', requester = 'nobody'")
+        .await;
+    assert!(matches!(
+        store.join_request("BAD-0001").await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    db.execute(&format!(
+        "UPDATE join_requests SET requester = '{}', created_at = -1",
+        identifier()
+    ))
+    .await;
+    assert!(matches!(
+        store.join_request("BAD-0001").await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    store.close().await;
+}
+
+async fn rules_are_added_listed_until_they_expire_and_deleted(db: &TestDb) {
+    let store = db.open().await;
+    let admin = identifier();
+    let office = RuleRecord {
+        id: "office".to_owned(),
+        netblock: "192.0.2.0/24".to_owned(),
+        attributes: attributes(&[("role", "member")]),
+        max_credential_lifetime: 600,
+        created_at: NOW,
+        created_by: admin,
+        expires_at: NOW + HOUR,
+    };
+    let event = RuleRecord {
+        id: "event".to_owned(),
+        netblock: "2001:db8::/32".to_owned(),
+        attributes: BTreeMap::new(),
+        max_credential_lifetime: 60,
+        created_at: NOW + 1,
+        created_by: admin,
+        expires_at: NOW + 100,
+    };
+    store.add_rule(&office, NOW).await.unwrap();
+    store.add_rule(&event, NOW + 1).await.unwrap();
+    assert!(
+        store.add_rule(&office, NOW + 2).await.is_err(),
+        "a rule id is added once"
+    );
+    assert_eq!(
+        store.rules(NOW + 2).await.unwrap(),
+        [office.clone(), event.clone()]
+    );
+    // At the second a rule expires it stops being listed.
+    assert_eq!(
+        store.rules(NOW + 100).await.unwrap(),
+        std::slice::from_ref(&office)
+    );
+
+    let deleter = identifier();
+    assert_eq!(
+        store
+            .delete_rule("office", &deleter, NOW + 3)
+            .await
+            .unwrap(),
+        Some(office)
+    );
+    assert_eq!(
+        store
+            .delete_rule("office", &deleter, NOW + 4)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.rules(NOW + 5).await.unwrap(), [event]);
+
+    let audit = store.audit_log(100).await.unwrap();
+    let actions: Vec<_> = audit
+        .iter()
+        .map(|e| (e.action.as_str(), e.subject.as_str(), e.at))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (AuditEvent::RULE_ADDED, "office", NOW),
+            (AuditEvent::RULE_ADDED, "event", NOW + 1),
+            (AuditEvent::RULE_DELETED, "office", NOW + 3),
+        ]
+    );
+    assert_eq!(audit[0].actor, admin.to_string());
+    assert_eq!(
+        audit[0].detail,
+        format!(
+            r#"netblock=192.0.2.0/24 attributes={{"role":"member"}} max_credential_lifetime=600 expires_at={}"#,
+            NOW + HOUR
+        )
+    );
+    assert_eq!(audit[2].actor, deleter.to_string());
+    store.close().await;
+}
+
+async fn twenty_filings_at_once_from_one_source_file_exactly_five(db: &TestDb) {
+    // Two pools: two authority processes sharing the database.
+    let stores = [db.open().await, db.open().await];
+    let limits = JoinLimits {
+        per_source: 5,
+        total: 1000,
+    };
+    let start = Arc::new(Barrier::new(FILERS));
+    let mut filers = JoinSet::new();
+    for i in 0..FILERS {
+        let store = stores[i % stores.len()].clone();
+        let start = Arc::clone(&start);
+        filers.spawn(async move {
+            let request = join_request(&format!("RACE-{i:02}"), &identifier(), "192.0.2.1");
+            start.wait().await;
+            file(&store, &request, limits, NOW).await
+        });
+    }
+    let outcomes = tokio::time::timeout(CONCURRENCY_LIMIT, async {
+        let mut outcomes = Vec::new();
+        while let Some(joined) = filers.join_next().await {
+            outcomes.push(joined.unwrap());
+        }
+        outcomes
+    })
+    .await
+    .expect("the filings finish well within the limit");
+    let mut filed = 0;
+    for outcome in outcomes {
+        match outcome {
+            Ok(Filed { refiled: false, .. }) => filed += 1,
+            Err(FileError::PerSource {
+                pending: 5, max: 5, ..
+            }) => {}
+            other => panic!("a filing ended otherwise: {other:?}"),
+        }
+    }
+    assert_eq!(filed, 5);
+    assert_eq!(stores[1].join_requests(false, NOW).await.unwrap().len(), 5);
+    let audit = stores[0].audit_log(1000).await.unwrap();
+    assert_eq!(audit.len(), 5);
+    assert!(audit.iter().all(|e| e.action == AuditEvent::REQUEST_FILED));
+    for store in stores {
+        store.close().await;
+    }
+}
+
+async fn one_requester_filing_ten_times_at_once_has_one_request(db: &TestDb) {
+    let stores = [db.open().await, db.open().await];
+    let requester = identifier();
+    let start = Arc::new(Barrier::new(10));
+    let mut filers = JoinSet::new();
+    for i in 0..10 {
+        let store = stores[i % stores.len()].clone();
+        let start = Arc::clone(&start);
+        filers.spawn(async move {
+            let request = join_request(&format!("ONE-{i}"), &requester, "192.0.2.1");
+            start.wait().await;
+            file(&store, &request, LIMITS, NOW).await
+        });
+    }
+    let outcomes = tokio::time::timeout(CONCURRENCY_LIMIT, async {
+        let mut outcomes = Vec::new();
+        while let Some(joined) = filers.join_next().await {
+            outcomes.push(joined.unwrap().expect("every filing succeeds"));
+        }
+        outcomes
+    })
+    .await
+    .expect("the filings finish well within the limit");
+    assert_eq!(outcomes.iter().filter(|f| !f.refiled).count(), 1);
+    let stored = stores[0].join_requests(true, NOW).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(outcomes.iter().all(|f| f.record.id == stored[0].id));
+    for store in stores {
+        store.close().await;
+    }
+}
 
 // ---- backend-specific ---------------------------------------------------------------------
 
@@ -764,6 +1643,47 @@ async fn enrolls_exactly(stores: &[MembershipStore], n: u32) {
     assert_eq!(count(AuditEvent::MEMBER_ADDED), n as usize);
 }
 
+/// Caps loose enough not to matter, for tests that are not about them.
+const LIMITS: JoinLimits = JoinLimits {
+    per_source: 100,
+    total: 1000,
+};
+
+/// 20: how many distinct requesters file at once from one source in the concurrency test.
+const FILERS: usize = 20;
+
+/// A request from `requester` at `source`, asking for nothing for an hour, expiring in an
+/// hour; its code is `code-<id>`.
+fn join_request(id: &str, requester: &Identifier, source: &str) -> NewJoinRequest {
+    NewJoinRequest {
+        id: id.to_owned(),
+        requester: *requester,
+        source: source.to_owned(),
+        attributes: BTreeMap::new(),
+        lifetime: HOUR,
+        note: String::new(),
+        code: format!("code-{id}"),
+        expires_at: NOW + HOUR,
+    }
+}
+
+/// File `request` with codes `code-<id>`.
+async fn file(
+    store: &MembershipStore,
+    request: &NewJoinRequest,
+    limits: JoinLimits,
+    now: u64,
+) -> Result<Filed, FileError> {
+    let code_for = |id: &str| format!("code-{id}");
+    store
+        .file_join_request(request, &code_for, limits, now)
+        .await
+}
+
+fn ids(records: &[JoinRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.id.as_str()).collect()
+}
+
 fn identifier() -> Identifier {
     Identifier::from_bytes(rand::random())
 }
@@ -792,6 +1712,7 @@ fn admin_member(identifier: &Identifier, admin: &Identifier) -> Member {
         added_at: NOW,
         added_by: *admin,
         via: Member::VIA_ADMIN.to_owned(),
+        credential_ttl: None,
     }
 }
 

@@ -34,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, ensure};
 use kith_authority::api::RELAY_ATTRIBUTE;
 use kith_authority::client::{AuthorityClient, decode_credential};
+use kith_authority::join::JoinSettings;
 use kith_authority::keeper::{HEARTBEAT, KeeperConfig, RelayKeeper};
 use kith_authority::relay::{self, relay_address};
 use kith_authority::service::{Authority, AuthorityConfig};
@@ -268,6 +269,7 @@ impl World {
                 project_id: PROJECT_ID.into(),
                 admins: BTreeSet::from([admin.identifier()]),
                 credential_ttl: LIFETIME,
+                join: JoinSettings::default(),
             },
         );
         service.start(&project)?;

@@ -37,7 +37,10 @@ use sqlx::{Postgres, Sqlite};
 
 mod ops;
 mod postgres;
+mod requests;
 mod sqlite;
+
+pub use crate::api::JoinState;
 
 use ops::Db;
 
@@ -117,9 +120,12 @@ pub struct Member {
     pub added_at: u64,
     /// On whose authority: the admin who added it, or the creator of the ticket it redeemed.
     pub added_by: Identifier,
-    /// How: [`Member::VIA_ADMIN`], or `ticket:<id>` ([`Member::via_ticket`]); later
-    /// `request:<id>`.
+    /// How: [`Member::VIA_ADMIN`], `ticket:<id>` ([`Member::via_ticket`]) or
+    /// `request:<id>` ([`Member::via_request`]).
     pub via: String,
+    /// The longest lifetime of the credentials it gets, seconds, if shorter than the
+    /// authority's default (a join request approved for less).
+    pub credential_ttl: Option<u64>,
 }
 
 impl Member {
@@ -129,6 +135,11 @@ impl Member {
     /// `via` of a member enrolled by redeeming ticket `ticket_id`.
     pub fn via_ticket(ticket_id: &str) -> String {
         format!("ticket:{ticket_id}")
+    }
+
+    /// `via` of a member admitted by approving join request `request_id`.
+    pub fn via_request(request_id: &str) -> String {
+        format!("request:{request_id}")
     }
 }
 
@@ -158,6 +169,18 @@ impl AuditEvent {
     pub const MEMBER_ADDED: &'static str = "member.added";
     /// A member was deleted; the subject is its identifier.
     pub const MEMBER_DELETED: &'static str = "member.deleted";
+    /// A join request was filed (or filed again); the subject is its id.
+    pub const REQUEST_FILED: &'static str = "request.filed";
+    /// A join request was approved; the subject is its id.
+    pub const REQUEST_APPROVED: &'static str = "request.approved";
+    /// A join request was denied; the subject is its id.
+    pub const REQUEST_DENIED: &'static str = "request.denied";
+    /// A join request expired undecided; the subject is its id.
+    pub const REQUEST_EXPIRED: &'static str = "request.expired";
+    /// An auto-approval rule was added; the subject is its id.
+    pub const RULE_ADDED: &'static str = "auto_approve.added";
+    /// An auto-approval rule was deleted; the subject is its id.
+    pub const RULE_DELETED: &'static str = "auto_approve.deleted";
 }
 
 /// Why a membership store operation failed. Messages name the store (a file path, or a
@@ -256,6 +279,188 @@ pub enum StoreError {
         /// What is wrong, and what to use instead.
         reason: String,
     },
+}
+
+/// A join request to file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJoinRequest {
+    /// Its id, chosen by the caller (a short random handle); used only if the requester
+    /// has no pending request.
+    pub id: String,
+    /// Who asks.
+    pub requester: Identifier,
+    /// The IP address it came from, or `unknown`.
+    pub source: String,
+    /// The attributes asked for.
+    pub attributes: BTreeMap<String, String>,
+    /// The credential lifetime asked for, seconds.
+    pub lifetime: u64,
+    /// The requester's note.
+    pub note: String,
+    /// Its verification code. It depends on the id, so the caller computes it for `id` and,
+    /// through `code_for`, for an existing pending request's id.
+    pub code: String,
+    /// When it expires if undecided, Unix seconds.
+    pub expires_at: u64,
+}
+
+/// A stored join request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRecord {
+    /// Its id.
+    pub id: String,
+    /// Who asks.
+    pub requester: Identifier,
+    /// The IP address it came from, or `unknown`.
+    pub source: String,
+    /// The attributes asked for.
+    pub attributes: BTreeMap<String, String>,
+    /// The credential lifetime asked for, seconds.
+    pub lifetime: u64,
+    /// The requester's note.
+    pub note: String,
+    /// Its verification code.
+    pub code: String,
+    /// When it was filed, Unix seconds.
+    pub created_at: u64,
+    /// When it expires if undecided, Unix seconds.
+    pub expires_at: u64,
+    /// Where it stands. A pending request past `expires_at` that no sweep has marked yet is
+    /// still `Pending` here; [`JoinRecord::state_at`] tells.
+    pub state: JoinState,
+    /// When it was decided or marked expired.
+    pub decided_at: Option<u64>,
+    /// Who decided it.
+    pub decided_by: Option<String>,
+    /// Why it was denied.
+    pub reason: Option<String>,
+    /// The attributes granted, if approved.
+    pub granted_attributes: Option<BTreeMap<String, String>>,
+    /// The credential lifetime granted, seconds, if approved.
+    pub granted_lifetime: Option<u64>,
+}
+
+impl JoinRecord {
+    /// Where it stands at `now`: a pending request past its expiry is expired.
+    pub fn state_at(&self, now: u64) -> JoinState {
+        if self.state == JoinState::Pending && self.expires_at <= now {
+            JoinState::Expired
+        } else {
+            self.state
+        }
+    }
+}
+
+/// Caps on pending (unexpired) join requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinLimits {
+    /// From one source address.
+    pub per_source: u32,
+    /// In all.
+    pub total: u32,
+}
+
+/// What filing did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filed {
+    /// The request as stored.
+    pub record: JoinRecord,
+    /// Whether it updated the requester's pending request instead of adding one.
+    pub refiled: bool,
+}
+
+/// Why a join request was not filed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Too many pending requests from this source.
+    #[error("{pending} join requests from {source_address} are pending already; at most {max} may be")]
+    PerSource {
+        /// The source.
+        source_address: String,
+        /// How many are pending.
+        pending: u32,
+        /// The cap.
+        max: u32,
+    },
+    /// Too many pending requests in all.
+    #[error("{pending} join requests are pending already; at most {max} may be")]
+    Total {
+        /// How many are pending.
+        pending: u32,
+        /// The cap.
+        max: u32,
+    },
+    /// A request with this id exists already (pick another id).
+    #[error("a join request with id {id:?} exists already")]
+    IdTaken {
+        /// The id.
+        id: String,
+    },
+    /// The store failed; nothing was filed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a join request was not approved or denied. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    /// No request has this id.
+    #[error("there is no join request with this id")]
+    NotFound,
+    /// It was decided already (or marked expired).
+    #[error("this join request is {} already", .state.as_str())]
+    Closed {
+        /// Where it stands.
+        state: JoinState,
+    },
+    /// It expired undecided.
+    #[error("this join request expired at Unix time {expires_at}")]
+    Expired {
+        /// When.
+        expires_at: u64,
+    },
+    /// Its code is no longer the one given: it was filed again meanwhile.
+    #[error("this join request was filed again since; look at its new verification code")]
+    CodeChanged,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How a join request is decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Make the requester a member with these attributes and credential lifetime (seconds).
+    Approve {
+        /// Granted attributes.
+        attributes: BTreeMap<String, String>,
+        /// Granted credential lifetime, seconds.
+        lifetime: u64,
+    },
+    /// Refuse, telling the requester why.
+    Deny {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An auto-approval rule as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRecord {
+    /// Its id.
+    pub id: String,
+    /// The netblock, CIDR text as given (checked by the caller).
+    pub netblock: String,
+    /// The attributes a request may ask for.
+    pub attributes: BTreeMap<String, String>,
+    /// The longest credential lifetime granted, seconds.
+    pub max_credential_lifetime: u64,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Who added it.
+    pub created_by: Identifier,
+    /// When it stops applying, Unix seconds.
+    pub expires_at: u64,
 }
 
 /// Why a ticket's code did not enroll anyone. Each refusal names a different thing to do;
@@ -451,6 +656,81 @@ impl MembershipStore {
     /// The newest `limit` audit events, oldest of them first (newest last).
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         on_backend!(self, db => db.audit_log(limit).await)
+    }
+}
+
+/// Join requests and auto-approval rules.
+impl MembershipStore {
+    /// File `request` at `now`, in one transaction: mark the requests past their expiry
+    /// expired (auditing [`AuditEvent::REQUEST_EXPIRED`]); if the requester has a pending
+    /// request, update its source, attributes, lifetime, note and code (`code_for(id)`
+    /// gives the code for that id) and keep its id, creation and expiry; otherwise check
+    /// `limits` (pending requests from `request.source`, and in all) and insert it. Audits
+    /// [`AuditEvent::REQUEST_FILED`].
+    pub async fn file_join_request(
+        &self,
+        request: &NewJoinRequest,
+        code_for: &(dyn Fn(&str) -> String + Sync),
+        limits: JoinLimits,
+        now: u64,
+    ) -> Result<Filed, FileError> {
+        on_backend!(self, db => db.file_join_request(request, code_for, limits, now).await)
+    }
+
+    /// The join request `id`.
+    pub async fn join_request(&self, id: &str) -> Result<Option<JoinRecord>, StoreError> {
+        on_backend!(self, db => db.join_request(id).await)
+    }
+
+    /// Join requests, oldest first: those pending and unexpired at `now`, or every one
+    /// with `all`.
+    pub async fn join_requests(&self, all: bool, now: u64) -> Result<Vec<JoinRecord>, StoreError> {
+        on_backend!(self, db => db.join_requests(all, now).await)
+    }
+
+    /// Decide the pending, unexpired request `id` whose code is still `code`, on behalf of
+    /// `actor` (`decided_by` is `decided_by`) at `now`. Approving makes the requester a
+    /// member (via `request:<id>`, added by `actor`, with the granted attributes and
+    /// credential lifetime) in the same transaction. Audits
+    /// [`AuditEvent::REQUEST_APPROVED`] (and [`AuditEvent::MEMBER_ADDED`]) or
+    /// [`AuditEvent::REQUEST_DENIED`].
+    pub async fn decide_join_request(
+        &self,
+        id: &str,
+        code: &str,
+        decision: &Decision,
+        actor: &Identifier,
+        decided_by: &str,
+        now: u64,
+    ) -> Result<JoinRecord, DecideError> {
+        on_backend!(self, db => db.decide_join_request(id, code, decision, actor, decided_by, now).await)
+    }
+
+    /// Mark every pending request past its expiry at `now` expired, auditing each
+    /// ([`AuditEvent::REQUEST_EXPIRED`]); returns them.
+    pub async fn expire_join_requests(&self, now: u64) -> Result<Vec<JoinRecord>, StoreError> {
+        on_backend!(self, db => db.expire_join_requests(now).await)
+    }
+
+    /// Store `rule`, auditing [`AuditEvent::RULE_ADDED`].
+    pub async fn add_rule(&self, rule: &RuleRecord, now: u64) -> Result<(), StoreError> {
+        on_backend!(self, db => db.add_rule(rule, now).await)
+    }
+
+    /// The rules that have not expired at `now`, oldest first.
+    pub async fn rules(&self, now: u64) -> Result<Vec<RuleRecord>, StoreError> {
+        on_backend!(self, db => db.rules(now).await)
+    }
+
+    /// Delete rule `id` on behalf of `actor`, auditing [`AuditEvent::RULE_DELETED`];
+    /// returns it, or `None` if there is no such rule.
+    pub async fn delete_rule(
+        &self,
+        id: &str,
+        actor: &Identifier,
+        now: u64,
+    ) -> Result<Option<RuleRecord>, StoreError> {
+        on_backend!(self, db => db.delete_rule(id, actor, now).await)
     }
 }
 

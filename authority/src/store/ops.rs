@@ -21,6 +21,11 @@ pub(super) trait Dialect: Database {
     /// The statement that opens a transaction that will write.
     const BEGIN_WRITE: &'static str;
 
+    /// The statement that a transaction filing or expiring join requests runs first, so
+    /// that such transactions take turns and the caps on pending requests hold; `None`
+    /// where [`Dialect::BEGIN_WRITE`] serializes writers already.
+    const LOCK_JOIN_REQUESTS: Option<&'static str>;
+
     /// Whether `error` is contention that clears if the transaction is run again: nothing
     /// was committed, and a later attempt can succeed.
     fn is_transient(error: &sqlx::Error) -> bool;
@@ -43,7 +48,7 @@ const TICKET_COLUMNS: &str =
     "id, attributes, usage_count, uses_left, created_at, expires_at, created_by, revoked_at";
 
 /// The columns of `members` that [`Db::member_row`] reads.
-const MEMBER_COLUMNS: &str = "identifier, attributes, added_at, added_by, via";
+const MEMBER_COLUMNS: &str = "identifier, attributes, added_at, added_by, via, credential_ttl";
 
 /// The one statement that decides a redemption: it takes a use only from a ticket that is
 /// known, unexpired, unrevoked and not used up, and the row lock it takes makes concurrent
@@ -55,10 +60,12 @@ const TAKE_USE: &str = "UPDATE tickets SET uses_left = uses_left - 1 \
 const INSERT_AUDIT: &str =
     "INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)";
 
-const UPSERT_MEMBER: &str = "INSERT INTO members (identifier, attributes, added_at, added_by, via) \
-     VALUES ($1, $2, $3, $4, $5) \
+const UPSERT_MEMBER: &str = "INSERT INTO members \
+     (identifier, attributes, added_at, added_by, via, credential_ttl) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
      ON CONFLICT (identifier) DO UPDATE SET attributes = excluded.attributes, \
-     added_at = excluded.added_at, added_by = excluded.added_by, via = excluded.via";
+     added_at = excluded.added_at, added_by = excluded.added_by, via = excluded.via, \
+     credential_ttl = excluded.credential_ttl";
 
 /// A store on database `DB`: its pool and how messages name it. Cloning shares the pool.
 pub(super) struct Db<DB: Database> {
@@ -162,7 +169,7 @@ impl<DB: Database> Db<DB> {
     }
 
     /// A row that is not what the store wrote, with no further cause.
-    fn corrupt(&self, what: String) -> StoreError {
+    pub(super) fn corrupt(&self, what: String) -> StoreError {
         StoreError::Corrupt {
             store: self.location.to_string(),
             what,
@@ -171,7 +178,7 @@ impl<DB: Database> Db<DB> {
     }
 
     /// A row that does not decode, with the error that says why.
-    fn corrupt_by<E>(&self, what: String, source: E) -> StoreError
+    pub(super) fn corrupt_by<E>(&self, what: String, source: E) -> StoreError
     where
         E: std::error::Error + Send + Sync + 'static,
     {
@@ -190,6 +197,7 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
     for<'a> &'a str: ColumnIndex<DB::Row>,
 {
     pub(super) async fn create_ticket(
@@ -414,6 +422,7 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
     for<'a> &'a str: ColumnIndex<DB::Row>,
 {
     /// Insert `ticket` and audit it, in the caller's transaction.
@@ -604,6 +613,8 @@ where
             added_at: now,
             added_by,
             via: Member::via_ticket(&id),
+            // A ticket grants the authority's default lifetime, lifting any earlier limit.
+            credential_ttl: None,
         };
         let actor = member.to_string();
         let detail = format!("member={member} uses_left={uses_left}");
@@ -659,7 +670,7 @@ where
     }
 
     /// Insert or replace `member`, and audit it as done by `actor` at `now`.
-    async fn upsert_member(
+    pub(super) async fn upsert_member(
         &self,
         conn: &mut DB::Connection,
         member: &Member,
@@ -674,10 +685,14 @@ where
             .bind(sql_time(member.added_at))
             .bind(member.added_by.to_string())
             .bind(member.via.clone())
+            .bind(member.credential_ttl.map(sql_time))
             .execute(&mut *conn)
             .await
             .map_err(|e| self.db(e))?;
-        let detail = format!("via={} attributes={attributes}", member.via);
+        let mut detail = format!("via={} attributes={attributes}", member.via);
+        if let Some(ttl) = member.credential_ttl {
+            detail.push_str(&format!(" credential_ttl={ttl}"));
+        }
         self.audit(
             conn,
             now,
@@ -690,7 +705,7 @@ where
     }
 
     /// Append an audit event, in the caller's transaction.
-    async fn audit(
+    pub(super) async fn audit(
         &self,
         conn: &mut DB::Connection,
         at: u64,
@@ -713,7 +728,7 @@ where
 
     /// A transaction that will write: on SQLite it holds the write lock from the start, so
     /// that concurrent writers queue instead of failing half-way.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
+    pub(super) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
         self.pool
             .begin_with(DB::BEGIN_WRITE)
             .await
@@ -722,7 +737,7 @@ where
 
     /// Run `op` until it succeeds or fails with something other than transient contention,
     /// retrying that with a doubling, jittered backoff for at most [`BUSY_RETRY_BUDGET`].
-    async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    pub(super) async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -782,6 +797,8 @@ where
             added_at: self.time(row, "added_at", || what("time added"))?,
             added_by: self.identifier(row, "added_by", || what("adder"))?,
             via: self.column(row, "via", || what("origin"))?,
+            credential_ttl: self
+                .optional_time(row, "credential_ttl", || what("credential lifetime"))?,
             identifier,
         })
     }
@@ -798,7 +815,7 @@ where
         })
     }
 
-    fn column<'r, T>(
+    pub(super) fn column<'r, T>(
         &self,
         row: &'r DB::Row,
         column: &str,
@@ -812,7 +829,7 @@ where
     }
 
     /// A time in Unix seconds: stored as a signed 64-bit integer, never negative.
-    fn time(
+    pub(super) fn time(
         &self,
         row: &DB::Row,
         column: &str,
@@ -822,7 +839,7 @@ where
         u64::try_from(value).map_err(|e| self.corrupt_by(what(), e))
     }
 
-    fn optional_time(
+    pub(super) fn optional_time(
         &self,
         row: &DB::Row,
         column: &str,
@@ -845,7 +862,7 @@ where
         u32::try_from(value).map_err(|e| self.corrupt_by(what(), e))
     }
 
-    fn identifier(
+    pub(super) fn identifier(
         &self,
         row: &DB::Row,
         column: &str,
@@ -856,7 +873,7 @@ where
     }
 
     /// Attributes: a JSON object of strings.
-    fn attributes(
+    pub(super) fn attributes(
         &self,
         row: &DB::Row,
         column: &str,
@@ -869,7 +886,7 @@ where
 }
 
 /// Attributes as stored: compact JSON with sorted keys, so equal attributes are equal text.
-fn attributes_json(attributes: &BTreeMap<String, String>) -> String {
+pub(super) fn attributes_json(attributes: &BTreeMap<String, String>) -> String {
     let object: serde_json::Map<String, serde_json::Value> = attributes
         .iter()
         .map(|(key, value)| (key.clone(), serde_json::Value::String(value.clone())))
@@ -879,6 +896,6 @@ fn attributes_json(attributes: &BTreeMap<String, String>) -> String {
 
 /// A time as the databases store it: a signed 64-bit integer. Times past the year 292
 /// billion saturate, which keeps "expires after now" true for them.
-fn sql_time(t: u64) -> i64 {
+pub(super) fn sql_time(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
 }

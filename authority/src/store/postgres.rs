@@ -44,6 +44,12 @@ const DEADLOCK_DETECTED: &str = "40P01";
 impl Dialect for Postgres {
     const BEGIN_WRITE: &'static str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
+    /// SHARE ROW EXCLUSIVE conflicts with itself and with the ROW EXCLUSIVE lock that every
+    /// `UPDATE` takes, yet not with plain reads: a filing's count of pending requests stays
+    /// true until it commits, in any number of processes, while listings go on.
+    const LOCK_JOIN_REQUESTS: Option<&'static str> =
+        Some("LOCK TABLE join_requests IN SHARE ROW EXCLUSIVE MODE");
+
     fn is_transient(error: &sqlx::Error) -> bool {
         match error {
             sqlx::Error::Database(e) => e

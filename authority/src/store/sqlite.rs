@@ -39,6 +39,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 impl Dialect for Sqlite {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
 
+    /// `BEGIN IMMEDIATE` already makes writers take turns.
+    const LOCK_JOIN_REQUESTS: Option<&'static str> = None;
+
     fn is_transient(error: &sqlx::Error) -> bool {
         kith_identity::sqlite::is_busy(error)
     }

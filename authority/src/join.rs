@@ -1,0 +1,1017 @@
+//! Join requests (DESIGN §5): a node without a ticket asks to become a member and waits
+//! until an admin or enroller approves it out of band — HTCondor's token-request workflow,
+//! made safe against a man in the middle and durable across restarts.
+//!
+//! - **Filing** (anyone with a channel): the request is stored with the requester's
+//!   identifier (authenticated by the channel), the IP address the channel's handshake came
+//!   from, and a verification code derived from the channel's handshake hash and the
+//!   request ([`join_code`]). The requester computes the same code from its end; a man in
+//!   the middle runs two channels with two handshake hashes, so the two codes differ and an
+//!   admin comparing them out of band sees it. Filing again while a request is pending
+//!   updates that request (same id, the new channel's code): one pending request per
+//!   requester identity.
+//! - **Bounds**: pending requests expire after [`JoinSettings::request_ttl`]; at most
+//!   [`JoinSettings::max_pending_per_source`] pending per source address and
+//!   [`JoinSettings::max_pending`] in all, expired ones not counted (the store checks and
+//!   inserts in one transaction). A requester waits with [`JoinCall::Wait`], held here for
+//!   at most [`JOIN_WAIT_HOLD`], at most [`MAX_WAITS_PER_REQUESTER`] at once per identity and
+//!   [`MAX_WAITERS`] in all: polling costs a requester one answer per hold, however fast it
+//!   asks.
+//! - **Deciding** (admins and enrollers): approval checks the code in constant time, may
+//!   narrow the attributes and the lifetime but never widen them, and makes the requester a
+//!   member in the same transaction; an enroller cannot approve `ockam-role=enroller`.
+//!   Auto-approval rules approve requests from a netblock that ask only for attributes the
+//!   rule allows; adding a rule re-checks the pending requests. Every decision and expiry
+//!   is in the audit log (the store writes it with the change).
+//! - **Durability**: everything is in the membership store, so a restarted authority knows
+//!   every request; a waiting requester reconnects and waits again with the same id.
+//!
+//! Decisions wake the waiters of this process at once; waiters on another authority
+//! process sharing the PostgreSQL database learn of a decision at their next hold.
+//!
+//! [`join_code`]: crate::api::join_code
+//! [`JoinCall::Wait`]: crate::api::JoinCall::Wait
+//! [`JOIN_WAIT_HOLD`]: crate::api::JOIN_WAIT_HOLD
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use kith_identity::{Identifier, unix_now};
+use kith_node::Node;
+use rand::Rng;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::{info, warn};
+
+use crate::api::{
+    self, ApiError, AutoApproveRule, ENROLLER_ROLE, ErrorKind, JOIN_WAIT_HOLD, JoinCall,
+    JoinRequestInfo, JoinState, JoinWaited, MAX_JOIN_NOTE, ROLE_ATTRIBUTE, RuleAdded,
+};
+use crate::service::{
+    Answer, Authority, BUSY, bad_request, check_member_attributes, encode_result, forbidden,
+    store_failed,
+};
+use crate::store::{
+    DecideError, Decision, FileError, JoinLimits, JoinRecord, NewJoinRequest, RuleRecord,
+};
+
+/// 2: how many waits one requester identity may have held at once. One is the normal case;
+/// the second covers a requester whose old channel died with a wait still held here.
+pub const MAX_WAITS_PER_REQUESTER: u32 = 2;
+
+/// 4,096 waits: how many [`JoinCall::Wait`]s are held at once in all, four times the
+/// default cap on pending requests. Past it a wait is answered "busy" at once.
+///
+/// [`JoinCall::Wait`]: crate::api::JoinCall::Wait
+pub const MAX_WAITERS: usize = 4096;
+
+/// 15 s: how often pending requests past their expiry are marked expired (and audited),
+/// and their waiters told. Filing sweeps too, so caps never count an expired request.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
+
+/// 3 attempts: how often a fresh random id is tried when the one drawn is taken (40 bits;
+/// a clash means something else is wrong).
+const ID_ATTEMPTS: usize = 3;
+
+/// 365 days: the longest an auto-approval rule may last.
+const MAX_RULE_LIFETIME: u64 = 365 * 24 * 60 * 60;
+
+/// The alphabet of request and rule ids: Crockford's base 32, no I, L, O or U to misread.
+const ID_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// How join requests are bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinSettings {
+    /// How long a request stays pending before it expires (default 1 h).
+    pub request_ttl: Duration,
+    /// How many requests may be pending from one source address (default 5).
+    pub max_pending_per_source: u32,
+    /// How many may be pending in all (default 1,000).
+    pub max_pending: u32,
+}
+
+impl Default for JoinSettings {
+    fn default() -> Self {
+        Self {
+            request_ttl: Duration::from_secs(60 * 60),
+            max_pending_per_source: 5,
+            max_pending: 1000,
+        }
+    }
+}
+
+/// What a service knows of the channel a call came through.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChannelSeen {
+    pub(crate) handshake_hash: [u8; 32],
+    pub(crate) source: Option<SocketAddr>,
+}
+
+/// The waiters of this process: per request id, a notification for its decision; per
+/// requester, how many waits it has held.
+pub(crate) struct JoinWaiters {
+    decided: Mutex<HashMap<String, Arc<Notify>>>,
+    per_requester: Mutex<HashMap<Identifier, u32>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Default for JoinWaiters {
+    fn default() -> Self {
+        Self {
+            decided: Mutex::default(),
+            per_requester: Mutex::default(),
+            slots: Arc::new(Semaphore::new(MAX_WAITERS)),
+        }
+    }
+}
+
+impl JoinWaiters {
+    /// The notification for request `id`, created if no one waits on it yet.
+    fn watch(&self, id: &str) -> Arc<Notify> {
+        self.decided
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Drop the notification for `id` if no one else holds it.
+    fn unwatch(&self, id: &str, notify: Arc<Notify>) {
+        let mut decided = self.decided.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(notify);
+        if decided.get(id).is_some_and(|n| Arc::strong_count(n) == 1) {
+            decided.remove(id);
+        }
+    }
+
+    /// Wake everyone waiting on request `id`.
+    fn wake(&self, id: &str) {
+        let notify = self
+            .decided
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned();
+        if let Some(n) = notify {
+            n.notify_waiters();
+        }
+    }
+
+    /// Count a wait by `requester`; `false` if it has as many as it may.
+    fn enter(&self, requester: &Identifier) -> bool {
+        let mut counts = self
+            .per_requester
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(*requester).or_default();
+        if *n >= MAX_WAITS_PER_REQUESTER {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, requester: &Identifier) {
+        let mut counts = self
+            .per_requester
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(requester) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(requester);
+            }
+        }
+    }
+}
+
+/// A random id: `XXXX-XXXX` in [`ID_ALPHABET`].
+fn random_id() -> String {
+    let mut rng = rand::rng();
+    let mut id = String::with_capacity(9);
+    for i in 0..8 {
+        if i == 4 {
+            id.push('-');
+        }
+        let c = ID_ALPHABET
+            .get(rng.random_range(0..ID_ALPHABET.len()))
+            .copied()
+            .unwrap_or(b'0');
+        id.push(char::from(c));
+    }
+    id
+}
+
+/// An id as typed: upper case, surrounding blanks dropped.
+fn normalize_id(id: &str) -> String {
+    id.trim().to_ascii_uppercase()
+}
+
+/// The source address a request is counted under: the IP (not the port) of the
+/// connection its channel's handshake arrived on.
+fn source_text(source: Option<SocketAddr>) -> String {
+    match source {
+        Some(addr) => addr.ip().to_canonical().to_string(),
+        None => "unknown".to_owned(),
+    }
+}
+
+/// Parse a netblock: `10.0.0.0/8`, `2001:db8::/32`, or a single address. Host bits are
+/// cleared, so `10.1.2.3/8` is `10.0.0.0/8`.
+pub fn parse_netblock(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    Err(format!(
+        "{:?} is not a netblock; write it as CIDR, e.g. 10.0.0.0/8 or 2001:db8::/32",
+        text.chars().take(64).collect::<String>()
+    ))
+}
+
+/// Whether `rule` approves a request from `source` asking for `attributes`.
+fn rule_covers(rule: &RuleRecord, source: &str, attributes: &BTreeMap<String, String>) -> bool {
+    let (Ok(net), Ok(ip)) = (parse_netblock(&rule.netblock), source.parse::<IpAddr>()) else {
+        return false;
+    };
+    net.contains(&ip)
+        && attributes
+            .iter()
+            .all(|(k, v)| rule.attributes.get(k) == Some(v))
+}
+
+/// Free text from a peer that an admin's terminal will show: bounded, and no control
+/// characters (which could rewrite what the terminal displays).
+fn check_text(what: &str, text: &str) -> Result<(), ApiError> {
+    if text.len() > MAX_JOIN_NOTE {
+        return Err(bad_request(format!(
+            "the {what} is {} bytes; at most {MAX_JOIN_NOTE}",
+            text.len()
+        )));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(bad_request(format!(
+            "the {what} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn request_info(record: JoinRecord, now: u64) -> JoinRequestInfo {
+    JoinRequestInfo {
+        state: record.state_at(now),
+        id: record.id,
+        requester: record.requester.to_string(),
+        source: record.source,
+        attributes: record.attributes,
+        lifetime: record.lifetime,
+        note: record.note,
+        code: record.code,
+        created_at: record.created_at,
+        expires_at: record.expires_at,
+        decided_at: record.decided_at,
+        decided_by: record.decided_by,
+        reason: record.reason,
+        granted_attributes: record.granted_attributes,
+        granted_lifetime: record.granted_lifetime,
+    }
+}
+
+fn rule_info(rule: RuleRecord) -> AutoApproveRule {
+    AutoApproveRule {
+        id: rule.id,
+        netblock: rule.netblock,
+        attributes: rule.attributes,
+        max_credential_lifetime: rule.max_credential_lifetime,
+        created_at: rule.created_at,
+        created_by: rule.created_by.to_string(),
+        expires_at: rule.expires_at,
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        "there is no join request with this id; `kith project requests list --all` shows them",
+    )
+}
+
+/// The peer's answer to a decision the store refused.
+fn decide_refusal(error: &DecideError) -> ApiError {
+    match error {
+        DecideError::NotFound => not_found(),
+        DecideError::Closed { state } => ApiError::new(
+            ErrorKind::RequestClosed,
+            format!("this join request is {} already", state.as_str()),
+        ),
+        DecideError::Expired { expires_at } => ApiError::new(
+            ErrorKind::RequestClosed,
+            format!(
+                "this join request expired (at Unix time {expires_at}) before it was decided; the requester must ask again"
+            ),
+        ),
+        DecideError::CodeChanged => ApiError::new(
+            ErrorKind::WrongCode,
+            "this join request was filed again meanwhile, with a new verification code; compare the new code with the requester",
+        ),
+        DecideError::Store(e) => store_failed("deciding a join request", e),
+    }
+}
+
+/// Join requests.
+impl Authority {
+    /// The encoded answer to a call to the join service. `permit` is this call's share of
+    /// the authority's requests in flight; a wait gives it back while it waits.
+    pub(crate) async fn answer_join(
+        &self,
+        caller: &Identifier,
+        channel: &ChannelSeen,
+        payload: &[u8],
+        permit: OwnedSemaphorePermit,
+    ) -> Vec<u8> {
+        let result = match api::decode_request::<JoinCall>(payload) {
+            Ok(JoinCall::Wait { id }) => self.wait(caller, &normalize_id(&id), permit).await,
+            Ok(call) => {
+                let _permit = permit;
+                self.join_call(caller, channel, call).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(answer) => answer.encode(),
+            Err(refusal) => {
+                info!(kind = ?refusal.kind, reason = %refusal.message, "refused a join request call");
+                encode_result::<()>(Err(refusal))
+            }
+        }
+    }
+
+    async fn join_call(
+        &self,
+        caller: &Identifier,
+        channel: &ChannelSeen,
+        call: JoinCall,
+    ) -> Result<Answer, ApiError> {
+        const DECIDERS: &str = "only the project's admins and enrollers may list, approve or deny join requests, or manage auto-approval rules";
+        match call {
+            JoinCall::File {
+                attributes,
+                lifetime,
+                note,
+            } => self
+                .file(caller, channel, attributes, lifetime, note)
+                .await
+                .map(Answer::JoinRequest),
+            JoinCall::Wait { .. } => Err(ApiError::new(ErrorKind::Internal, BUSY)),
+            JoinCall::List { all } => {
+                self.admin_or_enroller(caller, DECIDERS).await?;
+                let now = unix_now();
+                let records = self
+                    .store()
+                    .join_requests(all, now)
+                    .await
+                    .map_err(|e| store_failed("listing join requests", &e))?;
+                Ok(Answer::JoinRequests(
+                    records.into_iter().map(|r| request_info(r, now)).collect(),
+                ))
+            }
+            JoinCall::Show { id } => {
+                self.admin_or_enroller(caller, DECIDERS).await?;
+                let record = self.request(&normalize_id(&id)).await?;
+                Ok(Answer::JoinRequest(request_info(record, unix_now())))
+            }
+            JoinCall::Approve {
+                id,
+                code,
+                attributes,
+                lifetime,
+            } => {
+                let enroller = self.admin_or_enroller(caller, DECIDERS).await?;
+                self.approve(
+                    caller,
+                    enroller,
+                    &normalize_id(&id),
+                    &code,
+                    attributes,
+                    lifetime,
+                )
+                .await
+                .map(Answer::JoinRequest)
+            }
+            JoinCall::Deny { id, reason } => {
+                self.admin_or_enroller(caller, DECIDERS).await?;
+                self.deny(caller, &normalize_id(&id), &reason)
+                    .await
+                    .map(Answer::JoinRequest)
+            }
+            JoinCall::AddRule {
+                netblock,
+                attributes,
+                max_credential_lifetime,
+                lifetime,
+            } => {
+                let enroller = self.admin_or_enroller(caller, DECIDERS).await?;
+                self.add_rule(
+                    caller,
+                    enroller,
+                    &netblock,
+                    attributes,
+                    max_credential_lifetime,
+                    lifetime,
+                )
+                .await
+                .map(Answer::RuleAdded)
+            }
+            JoinCall::ListRules {} => {
+                self.admin_or_enroller(caller, DECIDERS).await?;
+                let rules = self
+                    .store()
+                    .rules(unix_now())
+                    .await
+                    .map_err(|e| store_failed("listing auto-approval rules", &e))?;
+                Ok(Answer::Rules(rules.into_iter().map(rule_info).collect()))
+            }
+            JoinCall::DeleteRule { id } => {
+                self.admin_or_enroller(caller, DECIDERS).await?;
+                let deleted = self
+                    .store()
+                    .delete_rule(&normalize_id(&id), caller, unix_now())
+                    .await
+                    .map_err(|e| store_failed("deleting an auto-approval rule", &e))?;
+                match deleted {
+                    Some(rule) => {
+                        info!(rule = %rule.id, "auto-approval rule deleted");
+                        Ok(Answer::Rule(rule_info(rule)))
+                    }
+                    None => Err(ApiError::new(
+                        ErrorKind::NotFound,
+                        "there is no auto-approval rule with this id; `kith project requests auto-approve list` shows them",
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn request(&self, id: &str) -> Result<JoinRecord, ApiError> {
+        self.store()
+            .join_request(id)
+            .await
+            .map_err(|e| store_failed("reading a join request", &e))?
+            .ok_or_else(not_found)
+    }
+
+    /// File (or file again) the caller's request.
+    async fn file(
+        &self,
+        caller: &Identifier,
+        channel: &ChannelSeen,
+        attributes: BTreeMap<String, String>,
+        lifetime: Option<u64>,
+        note: String,
+    ) -> Result<JoinRequestInfo, ApiError> {
+        check_member_attributes(&attributes)?;
+        check_text("note", &note)?;
+        let default_ttl = self.config().credential_ttl.as_secs();
+        let lifetime = match lifetime {
+            None => default_ttl,
+            Some(0) => return Err(bad_request("a credential lifetime of 0 s cannot be used")),
+            Some(l) if l > default_ttl => {
+                return Err(bad_request(format!(
+                    "this project's credentials last at most {default_ttl} s; {l} s was asked for"
+                )));
+            }
+            Some(l) => l,
+        };
+        let settings = self.config().join;
+        let limits = JoinLimits {
+            per_source: settings.max_pending_per_source,
+            total: settings.max_pending,
+        };
+        let source = source_text(channel.source);
+        let requester = caller.to_string();
+        let code_for = |id: &str| {
+            api::join_code(
+                &channel.handshake_hash,
+                id,
+                &requester,
+                &attributes,
+                lifetime,
+            )
+        };
+        let now = unix_now();
+        let mut filed = None;
+        for _ in 0..ID_ATTEMPTS {
+            let id = random_id();
+            let request = NewJoinRequest {
+                code: code_for(&id),
+                id,
+                requester: *caller,
+                source: source.clone(),
+                attributes: attributes.clone(),
+                lifetime,
+                note: note.clone(),
+                expires_at: now.saturating_add(settings.request_ttl.as_secs()),
+            };
+            match self
+                .store()
+                .file_join_request(&request, &code_for, limits, now)
+                .await
+            {
+                Ok(f) => {
+                    filed = Some(f);
+                    break;
+                }
+                Err(FileError::IdTaken { .. }) => continue,
+                Err(FileError::PerSource {
+                    source_address,
+                    pending,
+                    max,
+                }) => {
+                    warn!(source = %source_address, pending, max, "refused a join request: too many pending from its address");
+                    return Err(ApiError::new(
+                        ErrorKind::TooManyRequests,
+                        format!(
+                            "{pending} join requests from your address ({source_address}) are waiting for a decision already, the most allowed ({max}); wait until they are decided or expire"
+                        ),
+                    ));
+                }
+                Err(FileError::Total { pending, max }) => {
+                    warn!(pending, max, "refused a join request: too many pending");
+                    return Err(ApiError::new(
+                        ErrorKind::TooManyRequests,
+                        format!(
+                            "the authority has {pending} join requests waiting for a decision, the most it keeps; try again later"
+                        ),
+                    ));
+                }
+                Err(FileError::Store(e)) => return Err(store_failed("filing a join request", &e)),
+            }
+        }
+        let Some(filed) = filed else {
+            warn!(
+                attempts = ID_ATTEMPTS,
+                "every random join request id tried was taken"
+            );
+            return Err(ApiError::new(ErrorKind::Internal, crate::service::INTERNAL));
+        };
+        let record = filed.record;
+        info!(request = %record.id, source = %record.source, refiled = filed.refiled, attributes = ?record.attributes, lifetime = record.lifetime, "join request filed");
+        // The admins may have said yes in advance.
+        let record = match self.auto_approve(&record, now).await {
+            Some(approved) => approved,
+            None => record,
+        };
+        Ok(request_info(record, now))
+    }
+
+    /// Approve `record` by the first rule in force that covers it; the approved request,
+    /// or `None` if no rule does (or the approval failed, which is logged: the request
+    /// stays pending for an admin).
+    async fn auto_approve(&self, record: &JoinRecord, now: u64) -> Option<JoinRecord> {
+        let rules = match self.store().rules(now).await {
+            Ok(rules) => rules,
+            Err(e) => {
+                store_failed("reading auto-approval rules", &e);
+                return None;
+            }
+        };
+        let rule = rules
+            .iter()
+            .find(|rule| rule_covers(rule, &record.source, &record.attributes))?;
+        self.approve_by_rule(rule, record, now).await
+    }
+
+    async fn approve_by_rule(
+        &self,
+        rule: &RuleRecord,
+        record: &JoinRecord,
+        now: u64,
+    ) -> Option<JoinRecord> {
+        let decision = Decision::Approve {
+            attributes: record.attributes.clone(),
+            lifetime: record.lifetime.min(rule.max_credential_lifetime),
+        };
+        let decided_by = format!("{} (auto-approve rule {})", rule.created_by, rule.id);
+        match self
+            .store()
+            .decide_join_request(
+                &record.id,
+                &record.code,
+                &decision,
+                &rule.created_by,
+                &decided_by,
+                now,
+            )
+            .await
+        {
+            Ok(approved) => {
+                info!(request = %approved.id, rule = %rule.id, "join request approved by an auto-approval rule");
+                self.shared.join.wake(&approved.id);
+                Some(approved)
+            }
+            Err(e) => {
+                let refusal = decide_refusal(&e);
+                info!(request = %record.id, rule = %rule.id, reason = %refusal.message, "an auto-approval rule did not approve a request");
+                None
+            }
+        }
+    }
+
+    async fn approve(
+        &self,
+        caller: &Identifier,
+        enroller: bool,
+        id: &str,
+        code: &str,
+        attributes: Option<BTreeMap<String, String>>,
+        lifetime: Option<u64>,
+    ) -> Result<JoinRequestInfo, ApiError> {
+        let record = self.request(id).await?;
+        let now = unix_now();
+        let state = record.state_at(now);
+        if state != JoinState::Pending {
+            return Err(decide_refusal(&match state {
+                JoinState::Expired => DecideError::Expired {
+                    expires_at: record.expires_at,
+                },
+                state => DecideError::Closed { state },
+            }));
+        }
+        if !api::codes_match(code, &record.code) {
+            warn!(request = %id, "approval with a wrong verification code refused: a mistyped code, or someone between the requester and us");
+            return Err(ApiError::new(
+                ErrorKind::WrongCode,
+                "the verification code does not match this request's; the request stays pending. Compare the code with the requester again: if theirs differs from the one `kith project requests show` prints, someone sits between them and the authority",
+            ));
+        }
+        let granted = match attributes {
+            None => record.attributes.clone(),
+            Some(narrowed) => {
+                if let Some((k, v)) = narrowed
+                    .iter()
+                    .find(|(k, v)| record.attributes.get(*k) != Some(*v))
+                {
+                    return Err(bad_request(format!(
+                        "{k}={v} was not asked for; approval may narrow the attributes asked for, never widen them"
+                    )));
+                }
+                narrowed
+            }
+        };
+        let granted_lifetime = match lifetime {
+            None => record.lifetime,
+            Some(0) => return Err(bad_request("a credential lifetime of 0 s cannot be used")),
+            Some(l) if l > record.lifetime => {
+                return Err(bad_request(format!(
+                    "the request asked for credentials lasting {} s; approval may shorten that, never lengthen it ({l} s)",
+                    record.lifetime
+                )));
+            }
+            Some(l) => l,
+        };
+        if enroller && granted.get(ROLE_ATTRIBUTE).map(String::as_str) == Some(ENROLLER_ROLE) {
+            return Err(forbidden(
+                "only admins may approve a request for ockam-role=enroller; approve it without that attribute (-a) or ask an admin",
+            ));
+        }
+        let decision = Decision::Approve {
+            attributes: granted,
+            lifetime: granted_lifetime,
+        };
+        let approved = self
+            .store()
+            .decide_join_request(
+                id,
+                &record.code,
+                &decision,
+                caller,
+                &caller.to_string(),
+                now,
+            )
+            .await
+            .map_err(|e| decide_refusal(&e))?;
+        info!(request = %id, requester = %approved.requester, attributes = ?approved.granted_attributes, lifetime = ?approved.granted_lifetime, "join request approved");
+        self.shared.join.wake(id);
+        Ok(request_info(approved, now))
+    }
+
+    async fn deny(
+        &self,
+        caller: &Identifier,
+        id: &str,
+        reason: &str,
+    ) -> Result<JoinRequestInfo, ApiError> {
+        check_text("reason", reason)?;
+        let record = self.request(id).await?;
+        let now = unix_now();
+        let decision = Decision::Deny {
+            reason: reason.to_owned(),
+        };
+        let denied = self
+            .store()
+            .decide_join_request(
+                id,
+                &record.code,
+                &decision,
+                caller,
+                &caller.to_string(),
+                now,
+            )
+            .await
+            .map_err(|e| decide_refusal(&e))?;
+        info!(request = %id, requester = %denied.requester, "join request denied");
+        self.shared.join.wake(id);
+        Ok(request_info(denied, now))
+    }
+
+    async fn add_rule(
+        &self,
+        caller: &Identifier,
+        enroller: bool,
+        netblock: &str,
+        attributes: BTreeMap<String, String>,
+        max_credential_lifetime: Option<u64>,
+        lifetime: u64,
+    ) -> Result<RuleAdded, ApiError> {
+        let net = parse_netblock(netblock).map_err(bad_request)?;
+        check_member_attributes(&attributes)?;
+        if enroller && attributes.get(ROLE_ATTRIBUTE).map(String::as_str) == Some(ENROLLER_ROLE) {
+            return Err(forbidden(
+                "only admins may add a rule that approves ockam-role=enroller",
+            ));
+        }
+        let default_ttl = self.config().credential_ttl.as_secs();
+        let max_credential_lifetime = match max_credential_lifetime {
+            None => default_ttl,
+            Some(0) => return Err(bad_request("a credential lifetime of 0 s cannot be used")),
+            Some(l) => l.min(default_ttl),
+        };
+        if !(1..=MAX_RULE_LIFETIME).contains(&lifetime) {
+            return Err(bad_request(format!(
+                "a rule must last 1 s to {MAX_RULE_LIFETIME} s (365 days); {lifetime} s was asked for"
+            )));
+        }
+        let now = unix_now();
+        let mut rule = RuleRecord {
+            id: random_id(),
+            netblock: net.to_string(),
+            attributes,
+            max_credential_lifetime,
+            created_at: now,
+            created_by: *caller,
+            expires_at: now.saturating_add(lifetime),
+        };
+        let mut added = Err(ApiError::new(ErrorKind::Internal, crate::service::INTERNAL));
+        for _ in 0..ID_ATTEMPTS {
+            match self.store().add_rule(&rule, now).await {
+                Ok(()) => {
+                    added = Ok(());
+                    break;
+                }
+                Err(e) => {
+                    added = Err(store_failed("adding an auto-approval rule", &e));
+                    rule.id = random_id();
+                }
+            }
+        }
+        added?;
+        info!(rule = %rule.id, netblock = %rule.netblock, attributes = ?rule.attributes, "auto-approval rule added");
+        // The rule applies to the requests already waiting, too.
+        let pending = self
+            .store()
+            .join_requests(false, now)
+            .await
+            .map_err(|e| store_failed("listing join requests", &e))?;
+        let mut approved = Vec::new();
+        for record in pending
+            .iter()
+            .filter(|r| rule_covers(&rule, &r.source, &r.attributes))
+        {
+            if let Some(done) = self.approve_by_rule(&rule, record, now).await {
+                approved.push(done.id);
+            }
+        }
+        Ok(RuleAdded {
+            rule: rule_info(rule),
+            approved,
+        })
+    }
+
+    /// Answer the requester's wait for request `id`: at once if it is decided, else when
+    /// it is, or after [`JOIN_WAIT_HOLD`].
+    async fn wait(
+        &self,
+        caller: &Identifier,
+        id: &str,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Answer, ApiError> {
+        let waiters = &self.shared.join;
+        if !waiters.enter(caller) {
+            return Err(ApiError::new(
+                ErrorKind::TooManyRequests,
+                format!(
+                    "you are waiting on {MAX_WAITS_PER_REQUESTER} calls already; wait for their answers"
+                ),
+            ));
+        }
+        let notify = waiters.watch(id);
+        let result = self.hold(caller, id, &notify, permit).await;
+        waiters.unwatch(id, notify);
+        waiters.leave(caller);
+        result
+    }
+
+    async fn hold(
+        &self,
+        caller: &Identifier,
+        id: &str,
+        notify: &Notify,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Answer, ApiError> {
+        // Listen before reading, so that a decision between the read and the wait wakes us.
+        let mut decided = pin!(notify.notified());
+        decided.as_mut().enable();
+        let mut record = self.own_request(caller, id).await?;
+        let now = unix_now();
+        if record.state_at(now) == JoinState::Pending {
+            drop(permit);
+            let Ok(_slot) = self.shared.join.slots.clone().try_acquire_owned() else {
+                return Err(ApiError::new(ErrorKind::Internal, BUSY));
+            };
+            let until_expiry = Duration::from_secs(record.expires_at.saturating_sub(now));
+            let hold = JOIN_WAIT_HOLD.min(until_expiry + Duration::from_secs(1));
+            let _ = tokio::time::timeout(hold, decided).await;
+            let _permit = self
+                .shared
+                .in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ApiError::new(ErrorKind::Internal, BUSY))?;
+            record = self.own_request(caller, id).await?;
+            return self.waited(caller, record).await;
+        }
+        let _permit = permit;
+        self.waited(caller, record).await
+    }
+
+    /// The caller's request `id`: someone else's is not found, as if it did not exist.
+    async fn own_request(&self, caller: &Identifier, id: &str) -> Result<JoinRecord, ApiError> {
+        match self.store().join_request(id).await {
+            Ok(Some(record)) if record.requester == *caller => Ok(record),
+            Ok(_) => Err(ApiError::new(
+                ErrorKind::NotFound,
+                "you have no join request with this id; file one with `kith project request`",
+            )),
+            Err(e) => Err(store_failed("reading a join request", &e)),
+        }
+    }
+
+    /// The answer to a wait: the request, and the credential once it is approved.
+    async fn waited(&self, caller: &Identifier, record: JoinRecord) -> Result<Answer, ApiError> {
+        let now = unix_now();
+        let credential = match record.state_at(now) {
+            JoinState::Approved => Some(self.credential(caller).await?),
+            _ => None,
+        };
+        Ok(Answer::JoinWaited(Box::new(JoinWaited {
+            request: request_info(record, now),
+            credential,
+        })))
+    }
+
+    /// Mark expired requests now and every [`SWEEP_INTERVAL`] while `node` runs, waking
+    /// their waiters (the store audits each expiry).
+    pub(crate) fn start_join_sweeper(&self, node: &Node) {
+        let authority = self.clone();
+        node.spawn(async move {
+            loop {
+                match authority.store().expire_join_requests(unix_now()).await {
+                    Ok(expired) => {
+                        for record in expired {
+                            info!(request = %record.id, requester = %record.requester, "join request expired undecided");
+                            authority.shared.join.wake(&record.id);
+                        }
+                    }
+                    Err(e) => {
+                        store_failed("expiring join requests", &e);
+                    }
+                }
+                tokio::time::sleep(SWEEP_INTERVAL).await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids_are_nine_characters_of_the_alphabet() {
+        for _ in 0..100 {
+            let id = random_id();
+            assert_eq!(id.len(), 9);
+            assert_eq!(id.as_bytes()[4], b'-');
+            assert!(
+                id.bytes()
+                    .enumerate()
+                    .all(|(i, b)| i == 4 || ID_ALPHABET.contains(&b))
+            );
+            assert_eq!(normalize_id(&format!(" {} ", id.to_lowercase())), id);
+        }
+    }
+
+    #[test]
+    fn netblocks_parse_as_cidr_or_single_addresses() {
+        assert_eq!(
+            parse_netblock("10.1.2.3/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_netblock("192.0.2.7").unwrap().to_string(),
+            "192.0.2.7/32"
+        );
+        assert_eq!(
+            parse_netblock("2001:db8::1/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        for bad in ["", "10.0.0.0/33", "example.com", "10.0.0/8", "1.2.3.4/-1"] {
+            assert!(parse_netblock(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_rule_covers_its_netblock_and_at_most_its_attributes() {
+        let attrs = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let rule = RuleRecord {
+            id: "R".into(),
+            netblock: "10.0.0.0/8".into(),
+            attributes: attrs(&[("component", "worker"), ("zone", "a")]),
+            max_credential_lifetime: 60,
+            created_at: 0,
+            created_by: "I0000000000000000000000000000000000000000".parse().unwrap(),
+            expires_at: 100,
+        };
+        assert!(rule_covers(&rule, "10.9.8.7", &attrs(&[])));
+        assert!(rule_covers(
+            &rule,
+            "10.9.8.7",
+            &attrs(&[("component", "worker")])
+        ));
+        assert!(!rule_covers(
+            &rule,
+            "11.0.0.1",
+            &attrs(&[("component", "worker")])
+        ));
+        assert!(!rule_covers(
+            &rule,
+            "10.0.0.1",
+            &attrs(&[("component", "db")])
+        ));
+        assert!(!rule_covers(
+            &rule,
+            "10.0.0.1",
+            &attrs(&[("component", "worker"), ("ockam-role", "enroller")])
+        ));
+        assert!(!rule_covers(&rule, "unknown", &attrs(&[])));
+    }
+
+    #[test]
+    fn notes_with_control_characters_are_refused() {
+        assert!(check_text("note", "rack 4, host 12").is_ok());
+        assert!(check_text("note", "\u{1b}[2Jgotcha").is_err());
+        assert!(check_text("note", &"x".repeat(MAX_JOIN_NOTE + 1)).is_err());
+    }
+
+    #[test]
+    fn a_requester_may_hold_two_waits_at_once() {
+        let waiters = JoinWaiters::default();
+        let me: Identifier = "I0000000000000000000000000000000000000000".parse().unwrap();
+        assert!(waiters.enter(&me));
+        assert!(waiters.enter(&me));
+        assert!(!waiters.enter(&me));
+        waiters.leave(&me);
+        assert!(waiters.enter(&me));
+    }
+
+    proptest! {
+        #[test]
+        fn netblock_parsing_never_panics(text in ".{0,64}") {
+            let _ = parse_netblock(&text);
+        }
+    }
+}
