@@ -543,7 +543,8 @@ Examples:
   kith authority create --project acme --tcp-listener-address 127.0.0.1:4000
   kith authority create auth2 --project acme2 --admin I6c20e814b56579306f55c64e8747e6c1b4a53d9a
   kith authority create --project acme --database-url postgres://kith:kith@127.0.0.1/acme
-  kith authority create --project acme --credential-ttl 7d")]
+  kith authority create --project acme --credential-ttl 7d
+  kith authority create --project acme --request-ttl 2h --max-pending-per-address 20")]
     Create(CreateAuthority),
 }
 
@@ -569,6 +570,16 @@ pub struct CreateAuthority {
     /// How long credentials last (ms, s, m, h, d; bare number = seconds).
     #[arg(long, default_value = "30d", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
     pub credential_ttl: std::time::Duration,
+    /// How long a join request (`kith project request`) waits for a decision before it
+    /// expires.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub request_ttl: std::time::Duration,
+    /// How many join requests may wait from one address at once.
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_per_address: u32,
+    /// How many join requests may wait in all.
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_requests: u32,
     /// The identity the authority runs as (and signs credentials with); default: a new
     /// identity named after the node.
     #[arg(long, value_name = "NAME")]
@@ -666,6 +677,37 @@ Examples:
   KITH_ENROLLMENT_TICKET=$(cat ticket.txt) kith project enroll --identity alice
   kith project ticket | kith project enroll -")]
     Enroll(Box<EnrollArgs>),
+    /// Ask to join a project without a ticket: file a join request with its authority and
+    /// wait until an admin approves it; the identity then holds its credential.
+    #[command(after_help = "\
+Examples:
+  kith project request --project-file acme.json -a component=worker --lifetime 7d
+  kith project request --node worker-1 --note \"rack 4, ticket INC-1234\"
+  kith project request --authority-route /ip4/10.0.0.5/tcp/4000 --accept-authority I6c20e814b56579306f55c64e8747e6c1b4a53d9a
+  ID=$(kith project request --no-wait) && kith project request --resume \"$ID\"
+  kith project request --file - > credential.hex
+
+The request ID and the verification code go to standard error: tell the admin the ID, and
+approve only if the admin sees the same code (someone sitting in between makes them differ).
+The credential is stored for the identity, as `kith project enroll` does; --file writes it
+to a file (- for standard output) instead. The authority is the default project's unless
+--project-file, --project or --authority-route says otherwise; with --authority-route and no
+--authority-identity, the identifier of whoever answers is shown for you to confirm (or
+checked against --accept-authority). While waiting, a lost connection is re-established,
+for the same request, until --timeout.")]
+    Request(Box<RequestArgs>),
+    /// Join requests: list, show, approve and deny them; rules that approve them
+    /// automatically (admins and enrollers).
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  kith project requests list
+  kith project requests approve 4KQ7-ZP2M --code 3184-4213
+  kith project requests deny 4KQ7-ZP2M --reason \"unknown host\"
+  kith project requests auto-approve add --netblock 10.1.0.0/16 --lifetime 1h"
+    )]
+    Requests(RequestsCommand),
     /// List, show, add and delete members (admins; enrollers may list and show).
     #[command(
         subcommand,
@@ -832,6 +874,202 @@ pub enum MemberCommand {
     Delete {
         /// The member's identifier.
         identifier: String,
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+}
+
+/// `kith project request`
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// An attribute asked for, key=value (repeatable); the admin may grant fewer.
+    #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = crate::credentials::parse_attribute)]
+    pub attributes: Vec<(String, String)>,
+    /// The credential lifetime asked for (ms, s, m, h, d); default: the authority's.
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub lifetime: Option<std::time::Duration>,
+    /// A note for the admin (who you are, why), at most 1 KiB.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub note: String,
+    /// Ask as this identity; default: the default identity.
+    #[arg(long, value_name = "NAME", conflicts_with = "node")]
+    pub identity: Option<String>,
+    /// Ask as the identity this node runs as (a running node then presents the credential).
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// The project's description, as `kith project export` prints it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["project", "authority_route"])]
+    pub project_file: Option<PathBuf>,
+    /// A project known here; default: the default project.
+    #[arg(long, value_name = "NAME", conflicts_with = "authority_route")]
+    pub project: Option<String>,
+    /// The route to the authority node, e.g. /ip4/10.0.0.5/tcp/4000, for a project not
+    /// known here.
+    #[arg(long, value_name = "ROUTE")]
+    pub authority_route: Option<String>,
+    /// The authority's identifier (I…), or its identity (a vault name, or the hex key
+    /// history); only it may answer at --authority-route.
+    #[arg(long, value_name = "IDENTIFIER", requires = "authority_route")]
+    pub authority_identity: Option<String>,
+    /// Trust whoever answers at --authority-route if its identifier is this one (the
+    /// fingerprint the admin reads from `kith project show`), without asking.
+    #[arg(
+        long,
+        value_name = "IDENTIFIER",
+        requires = "authority_route",
+        conflicts_with = "authority_identity"
+    )]
+    pub accept_authority: Option<String>,
+    /// Write the credential (hex) to this file, or - for standard output, instead of
+    /// storing it for the identity.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// How long to wait for a decision.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// File the request, print its ID, and return; wait later with --resume ID.
+    #[arg(long, conflicts_with_all = ["resume", "file"])]
+    pub no_wait: bool,
+    /// Wait for a request filed earlier (with --no-wait, or a wait that timed out) instead
+    /// of filing one.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["attributes", "lifetime", "note"])]
+    pub resume: Option<String>,
+    /// Retry this many times if the authority cannot be reached at first [env:
+    /// KITH_RETRY_COUNT]. (Once the request is filed, a lost connection is always retried.)
+    #[arg(long, value_name = "N")]
+    pub retry_count: Option<u32>,
+    /// Wait this long between retries [env: KITH_RETRY_DELAY; default 1s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub retry_delay: Option<std::time::Duration>,
+    /// Never retry reaching the authority at first.
+    #[arg(long)]
+    pub no_retry: bool,
+}
+
+/// `kith project requests …`
+#[derive(Debug, Subcommand)]
+pub enum RequestsCommand {
+    /// List pending join requests (all of them with --all).
+    #[command(after_help = "\
+Examples:
+  kith project requests list
+  kith project requests list --all --output json")]
+    List {
+        /// Approved, denied and expired requests too.
+        #[arg(long)]
+        all: bool,
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+    /// Show one join request: who, from where, what it asks for, its code and its state.
+    #[command(after_help = "Examples:\n  kith project requests show 4KQ7-ZP2M")]
+    Show {
+        /// The request's ID.
+        id: String,
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+    /// Approve a pending join request: the requester becomes a member and receives its
+    /// credential. Compare the verification code with the requester's first.
+    #[command(after_help = "\
+Examples:
+  kith project requests approve 4KQ7-ZP2M --code 3184-4213
+  kith project requests approve 4KQ7-ZP2M                      shows the code, asks to confirm
+  kith project requests approve 4KQ7-ZP2M --code 3184-4213 -a component=worker --lifetime 1d
+
+-a and --lifetime narrow what was asked for (exactly these attributes, each one asked for;
+a shorter lifetime); they never widen it.")]
+    Approve {
+        /// The request's ID.
+        id: String,
+        /// The verification code the requester sees; without it, the request's code is
+        /// shown and you are asked to confirm (on a terminal).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+        /// Grant exactly these attributes, key=value (repeatable); default: as asked.
+        #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = crate::credentials::parse_attribute)]
+        attributes: Vec<(String, String)>,
+        /// Grant this credential lifetime (ms, s, m, h, d); default: as asked.
+        #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+        lifetime: Option<std::time::Duration>,
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+    /// Deny a pending join request; the requester is told the reason.
+    #[command(after_help = "\
+Examples:
+  kith project requests deny 4KQ7-ZP2M
+  kith project requests deny 4KQ7-ZP2M --reason \"not one of our hosts\"")]
+    Deny {
+        /// The request's ID.
+        id: String,
+        /// Why, for the requester.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+    /// Rules that approve join requests from a netblock automatically, for a while.
+    #[command(
+        subcommand,
+        name = "auto-approve",
+        after_help = "\
+Examples:
+  kith project requests auto-approve add --netblock 10.1.0.0/16 --lifetime 1h --allow-attribute component=worker
+  kith project requests auto-approve list
+  kith project requests auto-approve delete 7Q2M-X4KD"
+    )]
+    AutoApprove(AutoApproveCommand),
+}
+
+/// `kith project requests auto-approve …`
+#[derive(Debug, Subcommand)]
+pub enum AutoApproveCommand {
+    /// Add a rule: requests from NETBLOCK that ask only for allowed attributes are approved
+    /// at once, for as long as the rule lasts; pending ones it covers are approved now.
+    #[command(after_help = "\
+Examples:
+  kith project requests auto-approve add --netblock 10.1.0.0/16 --lifetime 1h
+  kith project requests auto-approve add --netblock 192.0.2.0/24 --lifetime 30m \\
+      --allow-attribute component=worker --max-credential-lifetime 1d")]
+    Add {
+        /// Requests from this netblock (CIDR, e.g. 10.1.0.0/16).
+        #[arg(long, value_name = "CIDR")]
+        netblock: String,
+        /// How long the rule lasts.
+        #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+        lifetime: std::time::Duration,
+        /// The longest credential lifetime it grants; default: the authority's.
+        #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+        max_credential_lifetime: Option<std::time::Duration>,
+        /// An attribute a request may ask for, key=value (repeatable); a request asking
+        /// for any other is left for an admin. Default: none.
+        #[arg(long = "allow-attribute", value_name = "KEY=VALUE", value_parser = crate::credentials::parse_attribute)]
+        allow_attributes: Vec<(String, String)>,
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+    /// List the rules in force.
+    #[command(after_help = "\
+Examples:
+  kith project requests auto-approve list
+  kith project requests auto-approve list --output json")]
+    List {
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+    /// Delete a rule.
+    #[command(after_help = "Examples:\n  kith project requests auto-approve delete 7Q2M-X4KD")]
+    Delete {
+        /// The rule's ID.
+        id: String,
         /// How to reach the authority.
         #[command(flatten)]
         access: ProjectAccess,

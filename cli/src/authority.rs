@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use kith_authority::join::JoinSettings;
 use kith_authority::project::{self, Project};
 use kith_authority::service::{Authority, AuthorityConfig};
 use kith_authority::store::MembershipStore;
@@ -25,6 +26,9 @@ pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<
     validate_listener(&args.tcp_listener_address)?;
     home.ensure_no_node(&args.name)?;
     project::check_name(&args.project).context("--project")?;
+    if args.credential_ttl.as_secs() == 0 || args.request_ttl.as_secs() == 0 {
+        anyhow::bail!("--credential-ttl and --request-ttl must be at least 1s");
+    }
     if home.project_path(&args.project).is_file() {
         anyhow::bail!(
             "a project named {:?} is already known here; choose another --project name",
@@ -80,6 +84,9 @@ pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<
             admins: admins.clone(),
             database_url: args.database_url.clone(),
             credential_ttl: args.credential_ttl.as_secs(),
+            request_ttl: args.request_ttl.as_secs(),
+            max_pending_per_address: args.max_pending_per_address,
+            max_pending: args.max_pending_requests,
         }),
         relays: Vec::new(),
     };
@@ -178,6 +185,11 @@ pub async fn start_services(
             project_id: authority.project_id.clone(),
             admins,
             credential_ttl: Duration::from_secs(authority.credential_ttl),
+            join: JoinSettings {
+                request_ttl: Duration::from_secs(authority.request_ttl),
+                max_pending_per_source: authority.max_pending_per_address,
+                max_pending: authority.max_pending,
+            },
         },
     );
     service

@@ -76,6 +76,29 @@ pub struct AuthorityNodeConfig {
     pub database_url: Option<String>,
     /// How long credentials last, seconds.
     pub credential_ttl: u64,
+    /// How long a join request stays pending, seconds (default 1 h).
+    #[serde(default = "default_request_ttl")]
+    pub request_ttl: u64,
+    /// How many join requests may be pending from one address (default 5).
+    #[serde(default = "default_max_pending_per_address")]
+    pub max_pending_per_address: u32,
+    /// How many join requests may be pending in all (default 1,000).
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u32,
+}
+
+fn default_request_ttl() -> u64 {
+    kith_authority::join::JoinSettings::default()
+        .request_ttl
+        .as_secs()
+}
+
+fn default_max_pending_per_address() -> u32 {
+    kith_authority::join::JoinSettings::default().max_pending_per_source
+}
+
+fn default_max_pending() -> u32 {
+    kith_authority::join::JoinSettings::default().max_pending
 }
 
 /// Who may open secure channels to a node, and whose credentials it accepts.

@@ -20,6 +20,7 @@ pub mod output;
 mod projects;
 mod refresh;
 pub mod relays;
+mod requests;
 pub mod run;
 
 pub use duration::{DisplayDuration, DurationError, parse_duration};

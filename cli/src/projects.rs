@@ -220,7 +220,7 @@ impl Session {
 }
 
 /// Reach the authority as `access` says, make one call, and turn a refusal into one line.
-async fn ask<T>(
+pub(crate) async fn ask<T>(
     home: &Home,
     out: &Output,
     access: &ProjectAccess,
@@ -307,7 +307,7 @@ pub async fn api_route(home: &Home, project: &Project) -> Result<Route> {
 }
 
 /// Turn a refusal into one clear line.
-fn refused(e: ClientError) -> anyhow::Error {
+pub(crate) fn refused(e: ClientError) -> anyhow::Error {
     match e {
         ClientError::Refused(api) => anyhow::anyhow!("the authority refused: {}", api.message),
         other => anyhow::Error::new(other),
@@ -403,6 +403,8 @@ pub async fn run(home: &Home, out: &Output, cmd: ProjectCommand) -> Result<()> {
         ProjectCommand::Ticket(args) => ticket(home, out, *args).await,
         ProjectCommand::Enroll(args) => enroll(home, out, *args).await,
         ProjectCommand::Member(cmd) => member(home, out, cmd).await,
+        ProjectCommand::Request(args) => crate::requests::request(home, out, *args).await,
+        ProjectCommand::Requests(cmd) => crate::requests::requests(home, out, cmd).await,
         ProjectCommand::Audit { access, limit } => {
             let entries = ask(home, out, &access, async |c| c.audit(limit).await).await?;
             out.result(
