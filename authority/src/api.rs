@@ -464,6 +464,9 @@ pub enum ErrorKind {
     WrongCode,
     /// The authority failed; try again.
     Internal,
+    /// The authority is busy (too many requests at once, or the store is contended); the
+    /// same request may succeed in a moment.
+    Busy,
 }
 
 /// A refusal: a kind for programs and a message for people.

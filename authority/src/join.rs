@@ -369,7 +369,7 @@ impl Authority {
                 .file(caller, channel, attributes, lifetime, note)
                 .await
                 .map(Answer::JoinRequest),
-            JoinCall::Wait { .. } => Err(ApiError::new(ErrorKind::Internal, BUSY)),
+            JoinCall::Wait { .. } => Err(ApiError::new(ErrorKind::Busy, BUSY)),
             JoinCall::List { all } => {
                 self.admin_or_enroller(caller, DECIDERS).await?;
                 let now = unix_now();
@@ -815,7 +815,7 @@ impl Authority {
         let waiters = &self.shared.join;
         if !waiters.enter(caller) {
             return Err(ApiError::new(
-                ErrorKind::TooManyRequests,
+                ErrorKind::Busy,
                 format!(
                     "you are waiting on {MAX_WAITS_PER_REQUESTER} calls already; wait for their answers"
                 ),
@@ -843,7 +843,7 @@ impl Authority {
         if record.state_at(now) == JoinState::Pending {
             drop(permit);
             let Ok(_slot) = self.shared.join.slots.clone().try_acquire_owned() else {
-                return Err(ApiError::new(ErrorKind::Internal, BUSY));
+                return Err(ApiError::new(ErrorKind::Busy, BUSY));
             };
             let until_expiry = Duration::from_secs(record.expires_at.saturating_sub(now));
             let hold = JOIN_WAIT_HOLD.min(until_expiry + Duration::from_secs(1));
@@ -854,7 +854,7 @@ impl Authority {
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| ApiError::new(ErrorKind::Internal, BUSY))?;
+                .map_err(|_| ApiError::new(ErrorKind::Busy, BUSY))?;
             record = self.own_request(caller, id).await?;
             return self.waited(caller, record).await;
         }

@@ -351,7 +351,7 @@ impl Worker for ServiceWorker {
             info_span!("authority_request", service = self.service.address(), peer = %caller);
         let Ok(permit) = self.authority.shared.in_flight.clone().try_acquire_owned() else {
             warn!(parent: &span, max = MAX_IN_FLIGHT, "refused a request: too many requests in flight");
-            let refusal = ApiError::new(ErrorKind::Internal, BUSY);
+            let refusal = ApiError::new(ErrorKind::Busy, BUSY);
             send_reply(&node, reply_to, from, encode_result::<()>(Err(refusal))).await;
             return Ok(());
         };
@@ -362,7 +362,9 @@ impl Worker for ServiceWorker {
             async move {
                 let reply = if service == Service::Join {
                     // Waiting for a decision gives the permit back while it waits.
-                    authority.answer_join(&caller, &channel, &payload, permit).await
+                    authority
+                        .answer_join(&caller, &channel, &payload, permit)
+                        .await
                 } else {
                     let _permit: OwnedSemaphorePermit = permit;
                     authority.answer(service, &caller, &payload).await
@@ -419,7 +421,7 @@ pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
 pub(crate) fn store_failed(what: &str, error: &StoreError) -> ApiError {
     warn!(error = %DisplayChain(error), "{what}: the membership store failed");
     match error {
-        StoreError::Busy { .. } => ApiError::new(ErrorKind::Internal, BUSY),
+        StoreError::Busy { .. } => ApiError::new(ErrorKind::Busy, BUSY),
         _ => ApiError::new(ErrorKind::Internal, INTERNAL),
     }
 }
@@ -432,7 +434,9 @@ pub(crate) fn is_enroller(member: &Member) -> bool {
 /// Check the attributes a ticket or an admin gives a member: each name and value valid, no
 /// more than [`MAX_MEMBER_ATTRIBUTES`], and no [`PROJECT_ID_ATTRIBUTE`] (the authority sets
 /// it).
-pub(crate) fn check_member_attributes(attributes: &BTreeMap<String, String>) -> Result<(), ApiError> {
+pub(crate) fn check_member_attributes(
+    attributes: &BTreeMap<String, String>,
+) -> Result<(), ApiError> {
     if attributes.len() > MAX_MEMBER_ATTRIBUTES {
         return Err(bad_request(format!(
             "{} attributes; a member may have at most {MAX_MEMBER_ATTRIBUTES}",
@@ -792,7 +796,10 @@ impl Authority {
 
     /// The signing key to use at `now`: the cached one while it lasts long enough, else one
     /// from the vault, fetched by one request at a time.
-    pub(crate) async fn signing_key(&self, now: u64) -> Result<Arc<CredentialSigningKey>, ApiError> {
+    pub(crate) async fn signing_key(
+        &self,
+        now: u64,
+    ) -> Result<Arc<CredentialSigningKey>, ApiError> {
         let ttl = self.shared.config.credential_ttl.as_secs();
         let needed = now.saturating_add(ttl).saturating_add(KEY_REUSE_MARGIN);
         let cache = &self.shared.signing_key;

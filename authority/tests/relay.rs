@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kith_authority::api::{self, CreatedTicket, ErrorKind, PROJECT_ID_ATTRIBUTE, RELAY_ATTRIBUTE};
 use kith_authority::client::{AuthorityClient, ClientError, decode_credential};
+use kith_authority::join::JoinSettings;
 use kith_authority::keeper::{KeeperConfig, RelayKeeper, RelayState};
 use kith_authority::relay::{self, RELAY_ADDRESS_PREFIX, RelayInfo};
-use kith_authority::join::JoinSettings;
 use kith_authority::service::{Authority, AuthorityConfig};
 use kith_authority::store::MembershipStore;
 use kith_authority::ticket::OneTimeCode;

@@ -659,7 +659,7 @@ impl Waiting<'_> {
                     ),
                 },
                 Err(ClientError::Refused(e))
-                    if matches!(e.kind, ErrorKind::TooManyRequests | ErrorKind::Internal) =>
+                    if matches!(e.kind, ErrorKind::Busy | ErrorKind::Internal) =>
                 {
                     progress.set_doing(format!(
                         "the authority says: {}; waiting again",

@@ -373,7 +373,9 @@ pub struct Filed {
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// Too many pending requests from this source.
-    #[error("{pending} join requests from {source_address} are pending already; at most {max} may be")]
+    #[error(
+        "{pending} join requests from {source_address} are pending already; at most {max} may be"
+    )]
     PerSource {
         /// The source.
         source_address: String,
