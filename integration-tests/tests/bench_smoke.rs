@@ -2,6 +2,7 @@
 //! be well-formed. The numbers themselves are not checked; `cargo bench` is for those.
 
 use kith_integration_tests::bench::{self, BenchConfig, BenchRecord};
+use kith_integration_tests::join_bench::{self, JoinBenchConfig};
 use kith_integration_tests::relay_bench::{self, RelayBenchConfig};
 
 /// The name of the test that becomes a memory-bench child when this binary is re-executed.
@@ -59,6 +60,27 @@ fn quick_relay_bench_emits_well_formed_json_records() {
             "relay_rtt_p99_64B",
             "relay_oneway_16KiB_msgs",
             "relay_oneway_16KiB_bytes",
+        ]
+    );
+    for r in &records {
+        assert_well_formed(r);
+    }
+}
+
+#[test]
+fn quick_join_bench_emits_well_formed_json_records() {
+    let records = join_bench::run_all(&JoinBenchConfig::quick(), |r| {
+        eprintln!("{}", r.to_json_line())
+    })
+    .expect("the quick join bench failed");
+
+    let names: Vec<&str> = records.iter().map(|r| r.bench.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "join_approve_to_credential_p50",
+            "join_approve_to_credential_p99",
+            "join_approve_throughput",
         ]
     );
     for r in &records {
