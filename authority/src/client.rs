@@ -163,36 +163,15 @@ impl AuthorityClient {
         settings: &ChannelSettings,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let shown = listener_route.to_string();
-        let mut open = settings.clone();
-        open.trust = Arc::new(Trust {
-            authorities: settings.trust.authorities.clone(),
-            admission: Admission::AnyIdentity,
-        });
-        let created =
-            tokio::time::timeout(timeout, secure_channel::create(node, listener_route, &open))
-                .await;
-        let channel = match created {
-            Ok(Ok(channel)) => channel,
-            Ok(Err(source)) => {
-                return Err(ClientError::Connect {
-                    route: shown,
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(ClientError::ConnectTimeout {
-                    route: shown,
-                    after: timeout,
-                });
-            }
-        };
-        Ok(Self {
-            node: node.clone(),
-            subject: *settings.local.identity.identifier(),
-            channel,
+        let channel = Self::open(
+            node,
+            listener_route,
+            settings,
+            Admission::AnyIdentity,
             timeout,
-        })
+        )
+        .await?;
+        Ok(Self::with(node, settings, channel, timeout))
     }
 
     /// Open a secure channel from `node` to the authority's secure-channel listener at
@@ -208,37 +187,19 @@ impl AuthorityClient {
         settings: &ChannelSettings,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let shown = listener_route.to_string();
-        let mut pinned = settings.clone();
-        pinned.trust = Arc::new(Trust {
-            authorities: settings.trust.authorities.clone(),
-            admission: Admission::Identifiers(BTreeSet::from([*authority])),
-        });
-        let created = tokio::time::timeout(
-            timeout,
-            secure_channel::create(node, listener_route, &pinned),
-        )
-        .await;
-        let channel = match created {
-            Ok(Ok(channel)) => channel,
-            Ok(Err(SecureChannelError::Handshake(HandshakeError::NotAdmitted(found, _)))) => {
+        let only = Admission::Identifiers(BTreeSet::from([*authority]));
+        let channel = match Self::open(node, listener_route, settings, only, timeout).await {
+            Ok(channel) => channel,
+            Err(ClientError::Connect {
+                source: SecureChannelError::Handshake(HandshakeError::NotAdmitted(found, _)),
+                ..
+            }) => {
                 return Err(ClientError::WrongAuthority {
                     expected: *authority,
                     found,
                 });
             }
-            Ok(Err(source)) => {
-                return Err(ClientError::Connect {
-                    route: shown,
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(ClientError::ConnectTimeout {
-                    route: shown,
-                    after: timeout,
-                });
-            }
+            Err(e) => return Err(e),
         };
         // The admission rule already ensures this; checked again because everything below
         // trusts it.
@@ -249,12 +210,47 @@ impl AuthorityClient {
                 found: channel.peer.identifier,
             });
         }
-        Ok(Self {
+        Ok(Self::with(node, settings, channel, timeout))
+    }
+
+    /// A channel to `listener_route` admitting, at the other end, whom `admission` says.
+    async fn open(
+        node: &Node,
+        listener_route: Route,
+        settings: &ChannelSettings,
+        admission: Admission,
+        timeout: Duration,
+    ) -> Result<SecureChannel, ClientError> {
+        let route = listener_route.to_string();
+        let mut ours = settings.clone();
+        ours.trust = Arc::new(Trust {
+            authorities: settings.trust.authorities.clone(),
+            admission,
+        });
+        match tokio::time::timeout(timeout, secure_channel::create(node, listener_route, &ours))
+            .await
+        {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(source)) => Err(ClientError::Connect { route, source }),
+            Err(_) => Err(ClientError::ConnectTimeout {
+                route,
+                after: timeout,
+            }),
+        }
+    }
+
+    fn with(
+        node: &Node,
+        settings: &ChannelSettings,
+        channel: SecureChannel,
+        timeout: Duration,
+    ) -> Self {
+        Self {
             node: node.clone(),
             subject: *settings.local.identity.identifier(),
             channel,
             timeout,
-        })
+        }
     }
 
     /// The authority's identity, as it proved it in the handshake: what a member trusts to

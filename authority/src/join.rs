@@ -600,20 +600,11 @@ impl Authority {
         };
         let decided_by = format!("{} (auto-approve rule {})", rule.created_by, rule.id);
         match self
-            .store()
-            .decide_join_request(
-                &record.id,
-                &record.code,
-                &decision,
-                &rule.created_by,
-                &decided_by,
-                now,
-            )
+            .decide(record, &decision, &rule.created_by, &decided_by, now)
             .await
         {
             Ok(approved) => {
                 info!(request = %approved.id, rule = %rule.id, "join request approved by an auto-approval rule");
-                self.shared.join.wake(&approved.id);
                 Some(approved)
             }
             Err(e) => {
@@ -686,19 +677,10 @@ impl Authority {
             lifetime: granted_lifetime,
         };
         let approved = self
-            .store()
-            .decide_join_request(
-                id,
-                &record.code,
-                &decision,
-                caller,
-                &caller.to_string(),
-                now,
-            )
+            .decide(&record, &decision, caller, &caller.to_string(), now)
             .await
             .map_err(|e| decide_refusal(&e))?;
         info!(request = %id, requester = %approved.requester, attributes = ?approved.granted_attributes, lifetime = ?approved.granted_lifetime, "join request approved");
-        self.shared.join.wake(id);
         Ok(request_info(approved, now))
     }
 
@@ -715,20 +697,29 @@ impl Authority {
             reason: reason.to_owned(),
         };
         let denied = self
-            .store()
-            .decide_join_request(
-                id,
-                &record.code,
-                &decision,
-                caller,
-                &caller.to_string(),
-                now,
-            )
+            .decide(&record, &decision, caller, &caller.to_string(), now)
             .await
             .map_err(|e| decide_refusal(&e))?;
         info!(request = %id, requester = %denied.requester, "join request denied");
-        self.shared.join.wake(id);
         Ok(request_info(denied, now))
+    }
+
+    /// Decide `record` as read (a refiling since changes its code, and the decision is
+    /// refused), and wake whoever waits on it.
+    async fn decide(
+        &self,
+        record: &JoinRecord,
+        decision: &Decision,
+        actor: &Identifier,
+        decided_by: &str,
+        now: u64,
+    ) -> Result<JoinRecord, DecideError> {
+        let decided = self
+            .store()
+            .decide_join_request(&record.id, &record.code, decision, actor, decided_by, now)
+            .await?;
+        self.shared.join.wake(&decided.id);
+        Ok(decided)
     }
 
     async fn add_rule(

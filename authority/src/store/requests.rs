@@ -272,19 +272,9 @@ where
         })
         .await
     }
-}
 
-/// The parts of the transactions above.
-impl<DB> Db<DB>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> Option<i64>: Encode<'q, DB>,
-    for<'a> &'a str: ColumnIndex<DB::Row>,
-{
+    // The parts of the transactions above.
+
     /// One filing transaction: expire, then file again or check the caps and insert.
     async fn try_file(
         &self,
