@@ -418,22 +418,14 @@ pub fn join_code(
         }
     }
     h.update(lifetime.to_be_bytes());
-    let d = h.finalize();
-    let mut n = [0u8; 8];
-    n.copy_from_slice(d.get(..8).unwrap_or(&[0; 8]));
-    let v = u64::from_be_bytes(n) % 100_000_000;
-    format!("{:04}-{:04}", v / 10_000, v % 10_000)
+    kith_identity::channel::code_of_digest(&h.finalize().into())
 }
 
 /// Whether two verification codes are equal, in time independent of where they differ.
 /// Dashes and spaces are ignored, so `12345678` matches `1234-5678`.
 pub fn codes_match(given: &str, expected: &str) -> bool {
     let digits = |s: &str| -> Vec<u8> { s.bytes().filter(|b| *b != b'-' && *b != b' ').collect() };
-    let (a, b) = (digits(given), digits(expected));
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(&b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    kith_identity::channel::constant_time_eq(&digits(given), &digits(expected))
 }
 
 /// Why a request was refused.

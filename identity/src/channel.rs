@@ -347,12 +347,7 @@ impl snow::types::Dh for X25519 {
         }
         self.secret = secret;
         // Our own static key: its public half is known. Anything else is derived.
-        let same = self
-            .secret
-            .iter()
-            .zip(self.known.secret.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+        let same = constant_time_eq(self.secret.as_ref(), self.known.secret.as_ref());
         if same && privkey.len() == 32 {
             self.public = self.known.public;
         } else {
@@ -572,10 +567,22 @@ pub fn verification_code(handshake_hash: &[u8; 32]) -> String {
         .chain_update(CODE_TAG)
         .chain_update(handshake_hash)
         .finalize();
+    code_of_digest(&d.into())
+}
+
+/// The eight-digit code `1234-5678` a digest stands for: what people read out to each
+/// other to compare two digests (channel and join-request verification codes).
+pub fn code_of_digest(digest: &[u8; 32]) -> String {
     let mut n = [0u8; 8];
-    n.copy_from_slice(d.get(..8).unwrap_or(&[0; 8]));
+    n.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
     let v = u64::from_be_bytes(n) % 100_000_000;
     format!("{:04}-{:04}", v / 10_000, v % 10_000)
+}
+
+/// Whether `a` and `b` are equal, in time that depends on their lengths only, not on
+/// where they differ: for comparing secrets and codes.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// An AES-256-GCM key in the Noise cipher-function shape.
@@ -896,6 +903,24 @@ mod tests {
     use crate::{CredentialSigningKey, IdentitySecret};
 
     const NOW: u64 = 1_000_000;
+
+    #[test]
+    fn constant_time_eq_compares_whole_slices() {
+        assert!(constant_time_eq(b"", b""));
+        assert!(constant_time_eq(b"1234", b"1234"));
+        assert!(!constant_time_eq(b"1234", b"1235"));
+        assert!(!constant_time_eq(b"1234", b"123"));
+        assert!(!constant_time_eq(b"123", b"1234"));
+    }
+
+    #[test]
+    fn codes_of_digests_are_eight_digits_in_two_groups() {
+        assert_eq!(code_of_digest(&[0; 32]), "0000-0000");
+        let code = code_of_digest(&[0xff; 32]);
+        assert_eq!(code.len(), 9);
+        assert_eq!(code.as_bytes()[4], b'-');
+        assert_ne!(code, code_of_digest(&[0xfe; 32]));
+    }
 
     struct Party {
         local: Arc<LocalIdentity>,
