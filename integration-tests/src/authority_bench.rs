@@ -37,13 +37,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use kith_authority::client::AuthorityClient;
 use kith_authority::ticket::OneTimeCode;
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
+use kith_identity::unix_now;
 use kith_identity::{Identifier, Identity, SecureChannelKey};
 use kith_node::{Address, Node, Route, TCP};
 use kith_transport::TcpTransport;
@@ -718,13 +719,6 @@ async fn join_all(mut workers: JoinSet<anyhow::Result<()>>) -> anyhow::Result<()
 
 fn rate(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The one-time code in a created ticket (64 hex digits).

@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use bytes::Bytes;
 use kith_identity::channel::{Admission, Handshake, LocalIdentity, Progress, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
+use kith_identity::unix_now;
 use kith_identity::{CredentialAndPurposeKey, CredentialSigningKey, Identity, SecureChannelKey};
 use kith_node::{Address, AllowAll, Context, Echo, Message, Node, Route, TCP, Worker, WorkerError};
 use kith_transport::TcpTransport;
@@ -63,17 +64,10 @@ impl ChannelBenchConfig {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// An identity with an attested channel key and, if `authority` is given, a credential.
 fn local(authority: Option<&CredentialSigningKey>) -> anyhow::Result<Arc<LocalIdentity>> {
-    let (identity, secret) = Identity::create(now());
-    let key = SecureChannelKey::generate(&identity, &secret, now() - 5, now() + 3600);
+    let (identity, secret) = Identity::create(unix_now());
+    let key = SecureChannelKey::generate(&identity, &secret, unix_now() - 5, unix_now() + 3600);
     let mut credentials = Vec::new();
     if let Some(a) = authority {
         let attrs: BTreeMap<String, String> =
@@ -82,8 +76,8 @@ fn local(authority: Option<&CredentialSigningKey>) -> anyhow::Result<Arc<LocalId
             a,
             identity.identifier(),
             attrs,
-            now() - 5,
-            now() + 3600,
+            unix_now() - 5,
+            unix_now() + 3600,
         )?);
     }
     Ok(Arc::new(LocalIdentity {
@@ -321,15 +315,16 @@ pub async fn throughput(config: &ChannelBenchConfig) -> anyhow::Result<Vec<Bench
 /// credential verified against a trusted authority; against bare snow XX handshakes.
 pub fn handshakes(config: &ChannelBenchConfig) -> anyhow::Result<Vec<BenchRecord>> {
     eprintln!("secure channel: {} handshakes", config.handshakes);
-    let (auth, auth_secret) = Identity::create(now());
-    let signing = CredentialSigningKey::generate(&auth, &auth_secret, now() - 5, now() + 3600);
+    let (auth, auth_secret) = Identity::create(unix_now());
+    let signing =
+        CredentialSigningKey::generate(&auth, &auth_secret, unix_now() - 5, unix_now() + 3600);
     let initiator = local(Some(&signing))?;
     let responder = local(Some(&signing))?;
     let trust = Arc::new(Trust {
         authorities: vec![auth],
         admission: Admission::CredentialHolders,
     });
-    let t = now();
+    let t = unix_now();
     let started = Instant::now();
     for _ in 0..config.handshakes {
         let (hi, m1) = Handshake::initiate(initiator.clone(), trust.clone(), 1 << 20)?;

@@ -35,7 +35,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use kith_authority::api::{JOIN_WAIT_HOLD, JoinState};
@@ -46,8 +46,9 @@ use kith_authority::store::MembershipStore;
 use kith_authority::ticket::OneTimeCode;
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
+use kith_identity::unix_now;
 use kith_identity::vault::Vault;
-use kith_identity::{Identifier, Identity, IdentitySecret, SecureChannelKey, hex};
+use kith_identity::{Identifier, Identity, hex};
 use kith_node::{Address, AllowAll, Echo, Node, Route, TCP};
 use kith_transport::TcpTransport;
 use tempfile::TempDir;
@@ -56,6 +57,7 @@ use tokio::task::JoinSet;
 
 use crate::bench::{BenchRecord, micros, percentile};
 use crate::channel_bench::round_trips;
+use crate::party::Party;
 
 /// 10 s: bounds each handshake, each request other than a wait, and the time for every
 /// requester to have filed and be about to wait. Loopback answers in milliseconds.
@@ -149,50 +151,12 @@ pub fn run_all(
 // ---------------------------------------------------------------------------------------
 // The world
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// An identity that gets a fresh attested channel key for each set of settings.
-struct Party {
-    identity: Identity,
-    secret: IdentitySecret,
-}
-
-impl Party {
-    fn new() -> Self {
-        let (identity, secret) = Identity::create(now());
-        Self { identity, secret }
-    }
-
-    fn identifier(&self) -> Identifier {
-        *self.identity.identifier()
-    }
-
-    /// Settings with no credential, trusting `authority` (the client pins it).
-    fn settings(&self, authority: &Identity) -> ChannelSettings {
-        let key = SecureChannelKey::generate(
-            &self.identity,
-            &self.secret,
-            now() - 5,
-            now() + LIFETIME.as_secs(),
-        );
-        let local = LocalIdentity {
-            identity: self.identity.clone(),
-            key,
-            credentials: vec![],
-        };
-        let trust = Arc::new(Trust {
-            authorities: vec![authority.clone()],
-            admission: Admission::Identifiers(BTreeSet::from([*authority.identifier()])),
-        });
-        let mut settings = ChannelSettings::new(Arc::new(local), trust);
-        settings.handshake_timeout = WAIT;
-        settings
-    }
+/// Trust that admits only `authority` (the client pins it) and accepts its credentials.
+fn pinned(authority: &Identity) -> Arc<Trust> {
+    Arc::new(Trust {
+        authorities: vec![authority.clone()],
+        admission: Admission::Identifiers(BTreeSet::from([*authority.identifier()])),
+    })
 }
 
 /// The authority node, its store and vault, and the admin's channel to it.
@@ -213,7 +177,7 @@ impl World {
     async fn start(config: &JoinBenchConfig) -> anyhow::Result<Self> {
         let dir = TempDir::new()?;
         let vault = Vault::open(&dir.path().join("vault.sqlite")).await?;
-        let stored = vault.create_identity(AUTHORITY_NAME, now()).await?;
+        let stored = vault.create_identity(AUTHORITY_NAME, unix_now()).await?;
         let authority = stored.identity.clone();
         let store = MembershipStore::open_sqlite(&dir.path().join("authority.sqlite")).await?;
         let admin = Party::new();
@@ -221,7 +185,7 @@ impl World {
         let project = Node::new("join-bench-project");
         let local = LocalIdentity {
             identity: stored.identity,
-            key: vault.secure_channel_key(AUTHORITY_NAME, now()).await?,
+            key: vault.secure_channel_key(AUTHORITY_NAME, unix_now()).await?,
             credentials: vec![],
         };
         // Requesters have no credential yet: the listener admits anyone.
@@ -268,7 +232,7 @@ impl World {
             &admin_node,
             listener.clone(),
             authority.identifier(),
-            &admin.settings(&authority),
+            &admin.settings(vec![], pinned(&authority)),
             WAIT,
         )
         .await
@@ -414,7 +378,7 @@ async fn round(config: &JoinBenchConfig, world: &mut World, r: usize) -> anyhow:
     for i in 0..n {
         let node = Node::new(format!("join-bench-requester-{r}-{i}"));
         TcpTransport::start(&node);
-        settings.push(Party::new().settings(&world.authority));
+        settings.push(Party::new().settings(vec![], pinned(&world.authority)));
         nodes.push(node);
     }
     // Capacity n: each requester sends once, so a send never waits for room.
@@ -593,7 +557,7 @@ async fn redemptions(world: &mut World, nodes: &[Node]) -> anyhow::Result<f64> {
             node,
             world.listener.clone(),
             world.authority.identifier(),
-            &Party::new().settings(&world.authority),
+            &Party::new().settings(vec![], pinned(&world.authority)),
             WAIT,
         )
         .await

@@ -13,5 +13,6 @@ pub mod authority_bench;
 pub mod bench;
 pub mod channel_bench;
 pub mod join_bench;
+pub mod party;
 pub mod postgres;
 pub mod relay_bench;

@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use kith_authority::api::RELAY_ATTRIBUTE;
@@ -42,10 +42,9 @@ use kith_authority::store::MembershipStore;
 use kith_authority::ticket::OneTimeCode;
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER, SharedSettings};
+use kith_identity::unix_now;
 use kith_identity::vault::Vault;
-use kith_identity::{
-    CredentialAndPurposeKey, Identifier, Identity, IdentitySecret, SecureChannelKey, hex,
-};
+use kith_identity::{Identity, hex};
 use kith_node::{Address, AllowAll, Echo, Node, Route, TCP};
 use kith_transport::TcpTransport;
 use nix::sys::resource::{UsageWho, getrusage};
@@ -53,6 +52,7 @@ use tempfile::TempDir;
 
 use crate::bench::{BenchRecord, LARGE_PAYLOAD, micros, percentile};
 use crate::channel_bench::{pump, round_trips};
+use crate::party::Party;
 
 /// 0.7: the relay path's throughput should be at least this share of the direct path's.
 pub const THROUGHPUT_TARGET: f64 = 0.7;
@@ -153,51 +153,6 @@ pub fn run_all(
 // ---------------------------------------------------------------------------------------
 // The world
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// An identity that gets a fresh attested channel key for each set of settings.
-struct Party {
-    identity: Identity,
-    secret: IdentitySecret,
-}
-
-impl Party {
-    fn new() -> Self {
-        let (identity, secret) = Identity::create(now());
-        Self { identity, secret }
-    }
-
-    fn identifier(&self) -> Identifier {
-        *self.identity.identifier()
-    }
-
-    fn settings(
-        &self,
-        credentials: Vec<CredentialAndPurposeKey>,
-        trust: Arc<Trust>,
-    ) -> ChannelSettings {
-        let key = SecureChannelKey::generate(
-            &self.identity,
-            &self.secret,
-            now() - 5,
-            now() + LIFETIME.as_secs(),
-        );
-        let local = LocalIdentity {
-            identity: self.identity.clone(),
-            key,
-            credentials,
-        };
-        let mut settings = ChannelSettings::new(Arc::new(local), trust);
-        settings.handshake_timeout = WAIT;
-        settings
-    }
-}
-
 /// The three nodes, P's store and vault, and the keeper of B's relay.
 struct World {
     _dir: TempDir,
@@ -241,7 +196,7 @@ impl World {
     async fn start() -> anyhow::Result<Self> {
         let dir = TempDir::new()?;
         let vault = Vault::open(&dir.path().join("vault.sqlite")).await?;
-        let stored = vault.create_identity(AUTHORITY_NAME, now()).await?;
+        let stored = vault.create_identity(AUTHORITY_NAME, unix_now()).await?;
         let authority = stored.identity.clone();
         let store = MembershipStore::open_sqlite(&dir.path().join("authority.sqlite")).await?;
         let admin = Party::new();
@@ -251,7 +206,7 @@ impl World {
         let project = Node::new("relay-bench-project");
         let local = LocalIdentity {
             identity: stored.identity,
-            key: vault.secure_channel_key(AUTHORITY_NAME, now()).await?,
+            key: vault.secure_channel_key(AUTHORITY_NAME, unix_now()).await?,
             credentials: vec![],
         };
         let project_trust = Arc::new(Trust {
