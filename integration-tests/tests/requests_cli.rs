@@ -503,7 +503,7 @@ fn an_auto_approve_rule_approves_a_waiting_request() {
         "auto-approve",
         "add",
         "--netblock",
-        "127.0.0.1",
+        "10.0.0.0/33",
         "--lifetime",
         "10m",
     ]);
