@@ -839,12 +839,12 @@ impl Authority {
             let until_expiry = Duration::from_secs(record.expires_at.saturating_sub(now));
             let hold = JOIN_WAIT_HOLD.min(until_expiry + Duration::from_secs(1));
             let _ = tokio::time::timeout(hold, decided).await;
+            // As for any request: past the cap, "busy" at once rather than a queue.
             let _permit = self
                 .shared
                 .in_flight
                 .clone()
-                .acquire_owned()
-                .await
+                .try_acquire_owned()
                 .map_err(|_| ApiError::new(ErrorKind::Busy, BUSY))?;
             record = self.own_request(caller, id).await?;
             return self.waited(caller, record).await;
