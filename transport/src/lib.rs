@@ -25,6 +25,8 @@ mod connection;
 mod error;
 pub mod frame;
 mod multiaddr;
+/// TCP portals: inlets, outlets and the sessions between them.
+pub mod portal;
 mod tcp;
 
 pub use codec::{MAX_PAYLOAD_LEN, PROTOCOL_VERSION, TransportMessage};

@@ -1,0 +1,138 @@
+//! TCP portals: carry a TCP connection's bytes between an inlet and an outlet over routes
+//! (DESIGN §3).
+//!
+//! An [`Outlet`] is a service on a node next to a TCP server: for each `Open` its policy
+//! admits, it connects to its target and becomes one end of a portal session. An [`Inlet`]
+//! listens on a local port next to the clients: for each connection it accepts, it asks its
+//! [`Connector`] for a route to the outlet (usually through fresh secure channels), sends
+//! `Open`, and becomes the other end. From then on both ends run the same loop
+//! ([`session`]): bytes in order, half-close passed on, credit-based flow control so no node
+//! buffers more than a window per session, heartbeats so a vanished end is noticed, and a
+//! failure at either end resets both sockets so no application mistakes a cut transfer for a
+//! complete one.
+
+mod inlet;
+mod message;
+mod outlet;
+mod session;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kith_node::{IncomingAccessControl, Origin};
+
+pub use inlet::{ConnectFuture, Connector, Inlet, PortalRoute};
+pub use message::{MAX_CHUNK, MAX_REASON_LEN, PortalDecodeError, PortalMessage};
+pub use outlet::Outlet;
+pub use session::{DATA_OVERHEAD, MAX_WINDOW, MIN_WINDOW};
+
+/// How portal sessions behave. The defaults suit loopback and the Internet alike.
+#[derive(Debug, Clone)]
+pub struct PortalOptions {
+    /// 512 KiB: the credit this end grants the other, so the most it ever buffers for one
+    /// session.
+    pub window: u32,
+    /// 3 s: an end that has sent nothing this long sends a heartbeat.
+    pub ping_interval: Duration,
+    /// 15 s: an end that has heard nothing this long from the other gives the session up.
+    pub idle_timeout: Duration,
+    /// 15 s: how long an inlet may take to reach the outlet and have it open a session,
+    /// channels included; the client's connection waits that long at most.
+    pub open_timeout: Duration,
+    /// 5 s: how long an outlet may take to connect to its target.
+    pub connect_timeout: Duration,
+    /// 1,024: sessions an inlet or an outlet carries at once. An inlet accepts no more
+    /// connections until one ends; an outlet refuses more `Open`s.
+    pub max_sessions: usize,
+}
+
+impl Default for PortalOptions {
+    fn default() -> Self {
+        Self {
+            window: 512 * 1024,
+            ping_interval: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(15),
+            open_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            max_sessions: 1024,
+        }
+    }
+}
+
+/// What an inlet or outlet has done.
+#[derive(Debug, Default)]
+pub struct PortalStats {
+    /// Sessions open now.
+    pub open: AtomicU64,
+    /// Sessions that ended cleanly.
+    pub finished: AtomicU64,
+    /// Sessions that ended with an error.
+    pub failed: AtomicU64,
+    /// Sessions that never opened: refused by the outlet, unreachable, or denied.
+    pub refused: AtomicU64,
+    /// Bytes read from local sockets and sent on.
+    pub bytes_in: AtomicU64,
+    /// Bytes received and written to local sockets.
+    pub bytes_out: AtomicU64,
+}
+
+impl PortalStats {
+    /// A snapshot.
+    pub fn view(&self) -> StatsView {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsView {
+            open: get(&self.open),
+            finished: get(&self.finished),
+            failed: get(&self.failed),
+            refused: get(&self.refused),
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
+        }
+    }
+}
+
+/// A snapshot of [`PortalStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsView {
+    /// Sessions open now.
+    pub open: u64,
+    /// Sessions that ended cleanly.
+    pub finished: u64,
+    /// Sessions that ended with an error.
+    pub failed: u64,
+    /// Sessions that never opened.
+    pub refused: u64,
+    /// Bytes read from local sockets and sent on.
+    pub bytes_in: u64,
+    /// Bytes received and written to local sockets.
+    pub bytes_out: u64,
+}
+
+/// Admits only messages from where a session's `Open` came from: the same secure channel
+/// (same handshake), the same connection, or this node. Session addresses are random, but
+/// this makes them useless to anyone who learns one.
+pub(crate) struct SameOrigin(pub Origin);
+
+impl IncomingAccessControl for SameOrigin {
+    fn is_authorized(&self, origin: &Origin) -> bool {
+        match (&self.0, origin) {
+            (Origin::Local, Origin::Local) => true,
+            (Origin::Transport { connection: a, .. }, Origin::Transport { connection: b, .. }) => {
+                a == b
+            }
+            (
+                Origin::SecureChannel {
+                    identifier: a,
+                    handshake_hash: ha,
+                    ..
+                },
+                Origin::SecureChannel {
+                    identifier: b,
+                    handshake_hash: hb,
+                    ..
+                },
+            ) => a == b && ha == hb,
+            _ => false,
+        }
+    }
+}
