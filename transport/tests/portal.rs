@@ -141,11 +141,10 @@ async fn a_stalled_reader_stops_the_sender_after_one_window() {
     let mut client = TcpStream::connect(p.inlet.address()).await.unwrap();
     // Wait until the flood stalls: no progress for a while.
     let mut last = 0;
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), written_rx.changed()).await {
-            Ok(_) => last = *written_rx.borrow(),
-            Err(_) => break,
-        }
+    while let Ok(Ok(())) =
+        tokio::time::timeout(Duration::from_millis(500), written_rx.changed()).await
+    {
+        last = *written_rx.borrow();
     }
     let outlet = p.outlet.stats().view();
     let inlet = p.inlet.stats().view();
