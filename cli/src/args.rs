@@ -103,6 +103,21 @@ pub enum Command {
         after_help = "Examples:\n  kith relay create db --to db-node\n  kith relay show db\n  kith relay list --at /project/acme"
     )]
     Relay(RelayCommand),
+    /// TCP outlets: carry portal sessions from inlets to a TCP server next to a node.
+    #[command(
+        subcommand,
+        name = "tcp-outlet",
+        after_help = "Examples:\n  kith tcp-outlet create --at db-node --to 127.0.0.1:5432 --allow 'component = \"web\"'\n  kith tcp-outlet list"
+    )]
+    TcpOutlet(TcpOutletCommand),
+    /// TCP inlets: local ports whose connections are carried to an outlet, through secure
+    /// channels and relays.
+    #[command(
+        subcommand,
+        name = "tcp-inlet",
+        after_help = "Examples:\n  kith tcp-inlet create --at web-node --from 127.0.0.1:15432 --to /project/acme/service/forward_to_db/secure/api/service/outlet\n  kith tcp-inlet list"
+    )]
+    TcpInlet(TcpInletCommand),
     /// Run a walkthrough in a temporary KITH_HOME: two nodes, a message between them.
     #[command(after_help = "Examples:\n  kith demo\n  kith demo --output json")]
     Demo,
@@ -431,6 +446,137 @@ Examples:
         to: Option<String>,
         /// Delete it at the project node as an admin (or its owner), with no local node.
         #[arg(long, value_name = "ROUTE")]
+        at: Option<String>,
+    },
+}
+
+/// `kith tcp-outlet …`
+#[derive(Debug, Subcommand)]
+pub enum TcpOutletCommand {
+    /// Serve an outlet on a node: every portal session an inlet opens to it becomes a
+    /// connection to HOST:PORT. Only peers that are members of the node's project (and
+    /// satisfy --allow, if given) may open sessions. Kept across node restarts.
+    #[command(after_help = "\
+Examples:
+  # next to PostgreSQL, on a host with no inbound connections
+  kith tcp-outlet create --at db-node --to 127.0.0.1:5432 --allow 'component = \"web\"'
+  kith relay create db --to db-node
+  # an HTTP server, reachable only by one identity
+  kith tcp-outlet create --to 127.0.0.1:8080 --from web --allow 'identifier = \"I6c20…\"'")]
+    Create {
+        /// Where sessions connect: HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        to: String,
+        /// The node; default: the one running node that is not an authority.
+        #[arg(long, value_name = "NODE")]
+        at: Option<String>,
+        /// The outlet's service name on the node (routes end /service/NAME).
+        #[arg(long, value_name = "NAME", default_value = "outlet")]
+        from: String,
+        /// Who else must be satisfied: a policy over the peer's attested attributes, e.g.
+        /// 'component = "web"'; on a node in no project, the whole rule.
+        #[arg(long, value_name = "POLICY")]
+        allow: Option<String>,
+    },
+    /// List the outlets running nodes serve, with their sessions.
+    #[command(
+        after_help = "Examples:\n  kith tcp-outlet list\n  kith tcp-outlet list --at db-node --output json"
+    )]
+    List {
+        /// Only this node's.
+        #[arg(long, value_name = "NODE")]
+        at: Option<String>,
+    },
+    /// Show an outlet: its target, policy and sessions.
+    #[command(
+        after_help = "Examples:\n  kith tcp-outlet show outlet\n  kith tcp-outlet show web --at web-node --output json"
+    )]
+    Show {
+        /// The outlet's name.
+        name: String,
+        /// The node; default: whichever running node serves it.
+        #[arg(long, value_name = "NODE")]
+        at: Option<String>,
+    },
+    /// Delete an outlet: its open sessions are closed, and it is not restored again.
+    #[command(
+        after_help = "Examples:\n  kith tcp-outlet delete outlet\n  kith tcp-outlet delete web --at web-node"
+    )]
+    Delete {
+        /// The outlet's name.
+        name: String,
+        /// The node; default: whichever running node serves it.
+        #[arg(long, value_name = "NODE")]
+        at: Option<String>,
+    },
+}
+
+/// `kith tcp-inlet …`
+#[derive(Debug, Subcommand)]
+pub enum TcpInletCommand {
+    /// Listen on a local port and carry every connection to an outlet: each connection
+    /// opens fresh secure channels along --to, so it works again as soon as a relay that
+    /// went away is back. The node at the end must be a member of this node's project (and
+    /// satisfy --allow, if given). Kept across node restarts.
+    #[command(after_help = "\
+Examples:
+  # next to the app; the outlet's node is reached through relay db
+  kith tcp-inlet create --at web-node --from 127.0.0.1:15432 \\
+      --to /project/acme/service/forward_to_db/secure/api/service/outlet
+  psql -h 127.0.0.1 -p 15432 -U app app
+  # straight to a local node
+  kith tcp-inlet create --from 8080 --to /node/db-node/secure/api/service/outlet --alias web")]
+    Create {
+        /// Where to listen: IP:PORT, or a port on 127.0.0.1 (0 picks one).
+        #[arg(long, value_name = "ADDR")]
+        from: String,
+        /// The route to the outlet, through at least one secure channel.
+        #[arg(long, value_name = "ROUTE")]
+        to: String,
+        /// The node; default: the one running node that is not an authority.
+        #[arg(long, value_name = "NODE")]
+        at: Option<String>,
+        /// A name for the inlet; default: the address it listens on.
+        #[arg(long, value_name = "NAME")]
+        alias: Option<String>,
+        /// What the outlet's node must also satisfy: a policy over its attested attributes.
+        #[arg(long, value_name = "POLICY")]
+        allow: Option<String>,
+        /// How long a new connection may wait for the outlet (while a relay reconnects, say)
+        /// before it is reset.
+        #[arg(long, default_value = "15s", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// List the inlets running nodes listen on, with their sessions.
+    #[command(
+        after_help = "Examples:\n  kith tcp-inlet list\n  kith tcp-inlet list --at web-node --output json"
+    )]
+    List {
+        /// Only this node's.
+        #[arg(long, value_name = "NODE")]
+        at: Option<String>,
+    },
+    /// Show an inlet: where it listens, its route, policy and sessions.
+    #[command(
+        after_help = "Examples:\n  kith tcp-inlet show 127.0.0.1:15432\n  kith tcp-inlet show web --output json"
+    )]
+    Show {
+        /// The inlet's alias (its listen address unless --alias named it).
+        alias: String,
+        /// The node; default: whichever running node has it.
+        #[arg(long, value_name = "NODE")]
+        at: Option<String>,
+    },
+    /// Delete an inlet: its port closes, its open sessions are closed, and it is not
+    /// restored again.
+    #[command(
+        after_help = "Examples:\n  kith tcp-inlet delete 127.0.0.1:15432\n  kith tcp-inlet delete web --at web-node"
+    )]
+    Delete {
+        /// The inlet's alias.
+        alias: String,
+        /// The node; default: whichever running node has it.
+        #[arg(long, value_name = "NODE")]
         at: Option<String>,
     },
 }

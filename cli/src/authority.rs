@@ -89,6 +89,8 @@ pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<
             max_pending: args.max_pending_requests,
         }),
         relays: Vec::new(),
+        outlets: Vec::new(),
+        inlets: Vec::new(),
     };
     home.create_node(&config)?;
     let spinner = out.spinner(format!("starting authority node {}", args.name));

@@ -65,6 +65,24 @@ pub enum Request {
         /// The relay's name.
         name: String,
     },
+    /// Serve a TCP outlet and save it in the node's configuration.
+    OutletCreate(crate::home::OutletConfig),
+    /// The outlets the node serves.
+    OutletList,
+    /// Stop and forget an outlet.
+    OutletDelete {
+        /// Its service address.
+        name: String,
+    },
+    /// Listen for a TCP inlet and save it in the node's configuration.
+    InletCreate(crate::home::InletConfig),
+    /// The inlets the node listens on.
+    InletList,
+    /// Stop and forget an inlet.
+    InletDelete {
+        /// Its alias.
+        alias: String,
+    },
     /// Close a kept channel by its address (`sc-enc-…`).
     ChannelDelete {
         /// The channel's address.

@@ -67,6 +67,8 @@ pub struct RunningNode {
     /// Held by a relay create or delete for its whole course (which talks to the project
     /// node), so that two of them never work on one relay at once.
     relay_changes: tokio::sync::Mutex<()>,
+    /// TCP outlets and inlets the node keeps.
+    pub(crate) portals: crate::portals::Portals,
     started_at: u64,
 }
 
@@ -256,8 +258,15 @@ impl RunningNode {
             kept: std::sync::Mutex::default(),
             relays: std::sync::Mutex::default(),
             relay_changes: tokio::sync::Mutex::default(),
+            portals: crate::portals::Portals::default(),
             started_at: unix_now(),
         })
+    }
+
+    /// The node's channel settings as shared with its listener, if it has an identity: what
+    /// a long-lived user (an inlet) reads afresh for every channel it opens.
+    pub(crate) fn shared_settings(&self) -> Option<SharedSettings> {
+        self.channels.clone()
     }
 
     /// The node's current channel settings, if it has an identity.
@@ -339,46 +348,10 @@ impl RunningNode {
         hops: &[ChannelHop],
         timeout: Duration,
     ) -> Result<Vec<secure_channel::SecureChannel>> {
-        let mut open: Vec<secure_channel::SecureChannel> = Vec::with_capacity(hops.len());
-        let result = async {
-            for hop in hops {
-                let mut settings = self
-                    .settings()
-                    .context("this node has no identity, so it cannot open secure channels")?;
-                if let Some(peer) = hop.peer {
-                    settings.trust = Arc::new(Trust {
-                        authorities: settings.trust.authorities.clone(),
-                        admission: Admission::Identifiers([peer].into()),
-                    });
-                }
-                let mut hops = Vec::new();
-                if let Some(outer) = open.last() {
-                    hops.push(outer.encryptor.clone());
-                }
-                hops.extend(hop.route.iter().cloned());
-                let route = Route::try_from_iter(hops)?;
-                let shown = hop.route.to_string();
-                let channel = tokio::time::timeout(
-                    timeout,
-                    secure_channel::create(&self.node, route, &settings),
-                )
-                .await
-                .map_err(|_| anyhow::anyhow!("no secure channel to {shown} within {timeout:?}"))?
-                .with_context(|| format!("cannot open a secure channel to {shown}"))?;
-                open.push(channel);
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => Ok(open),
-            Err(e) => {
-                for c in open.iter().rev() {
-                    secure_channel::close(&self.node, c);
-                }
-                Err(e)
-            }
-        }
+        let settings = self
+            .settings()
+            .context("this node has no identity, so it cannot open secure channels")?;
+        open_channels(&self.node, &settings, hops, timeout).await
     }
 
     /// Send `payload` to `target` and wait for one reply; through fresh secure channels
@@ -418,7 +391,7 @@ impl RunningNode {
         })
     }
 
-    fn home(&self) -> Result<&Home> {
+    pub(crate) fn home(&self) -> Result<&Home> {
         self.reload_from
             .as_ref()
             .map(|r| &r.home)
@@ -600,6 +573,54 @@ impl RunningNode {
     }
 }
 
+/// Open the channels `hops` from `node` with `settings`, each inside the one before, each
+/// within `timeout`. On failure the ones already open are closed.
+pub async fn open_channels(
+    node: &Node,
+    settings: &ChannelSettings,
+    hops: &[ChannelHop],
+    timeout: Duration,
+) -> Result<Vec<secure_channel::SecureChannel>> {
+    let mut open: Vec<secure_channel::SecureChannel> = Vec::with_capacity(hops.len());
+    let result = async {
+        for hop in hops {
+            let mut settings = settings.clone();
+            if let Some(peer) = hop.peer {
+                settings.trust = Arc::new(Trust {
+                    authorities: settings.trust.authorities.clone(),
+                    admission: Admission::Identifiers([peer].into()),
+                });
+            }
+            let mut hops = Vec::new();
+            if let Some(outer) = open.last() {
+                hops.push(outer.encryptor.clone());
+            }
+            hops.extend(hop.route.iter().cloned());
+            let route = Route::try_from_iter(hops)?;
+            let shown = hop.route.to_string();
+            let channel =
+                tokio::time::timeout(timeout, secure_channel::create(node, route, &settings))
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!("no secure channel to {shown} within {timeout:?}")
+                    })?
+                    .with_context(|| format!("cannot open a secure channel to {shown}"))?;
+            open.push(channel);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(open),
+        Err(e) => {
+            for c in open.iter().rev() {
+                secure_channel::close(node, c);
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Who may use a node's services: anyone, or local workers and the secure-channel peers
 /// that satisfy the node's `--allow` policy.
 fn services_policy(admission: &AdmissionConfig) -> Result<Arc<dyn IncomingAccessControl>> {
@@ -705,6 +726,9 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
 
     let running = Arc::new(running);
     running.restore_relays(&config.relays).await;
+    running
+        .restore_portals(&config.outlets, &config.inlets)
+        .await;
     let refresher = tokio::spawn(crate::refresh::run(
         home.clone(),
         identity.clone(),
@@ -785,6 +809,20 @@ async fn serve_control(stream: UnixStream, running: Arc<RunningNode>, stop: mpsc
         }
         Ok(Request::ChannelDelete { address }) => {
             (to_response(running.close_channel(&address)), false)
+        }
+        Ok(Request::OutletCreate(config)) => {
+            (to_response(running.outlet_create(config).await), false)
+        }
+        Ok(Request::OutletList) => (to_response(Ok(running.outlet_list())), false),
+        Ok(Request::OutletDelete { name }) => {
+            (to_response(running.outlet_delete(&name).await), false)
+        }
+        Ok(Request::InletCreate(config)) => {
+            (to_response(running.inlet_create(config).await), false)
+        }
+        Ok(Request::InletList) => (to_response(Ok(running.inlet_list())), false),
+        Ok(Request::InletDelete { alias }) => {
+            (to_response(running.inlet_delete(&alias).await), false)
         }
         Ok(Request::Stop) => (Response::Ok(serde_json::Value::Null), true),
         Ok(Request::ReloadCredentials) => (

@@ -50,6 +50,42 @@ pub struct NodeConfig {
     /// Relays the node keeps up (`kith relay create`), restored when it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relays: Vec<RelayConfig>,
+    /// TCP outlets the node serves, restored when it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outlets: Vec<OutletConfig>,
+    /// TCP inlets the node listens on, restored when it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inlets: Vec<InletConfig>,
+}
+
+/// A TCP outlet a node serves (`kith tcp-outlet create`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OutletConfig {
+    /// Its service address on the node (`outlet` by default).
+    pub name: String,
+    /// Where it connects: `host:port`.
+    pub to: String,
+    /// The `--allow` policy as given, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<String>,
+}
+
+/// A TCP inlet a node listens on (`kith tcp-inlet create`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InletConfig {
+    /// Its name (the listen address unless `--alias` gave one).
+    pub alias: String,
+    /// The address it listens on; a port of 0 is replaced by the bound port.
+    pub from: String,
+    /// The route to the outlet, as given.
+    pub to: String,
+    /// The `--allow` policy over the outlet's node, as given, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<String>,
+    /// How long a new connection may wait for the outlet, in milliseconds.
+    pub open_timeout_ms: u64,
 }
 
 /// A relay a node keeps.
@@ -377,6 +413,8 @@ mod tests {
             identity: Some("default".into()),
             authority: None,
             relays: Vec::new(),
+            outlets: Vec::new(),
+            inlets: Vec::new(),
             admission: Default::default(),
         };
         home.create_node(&cfg).unwrap();

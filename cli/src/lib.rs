@@ -17,6 +17,7 @@ pub mod identities;
 mod message;
 pub mod nodes;
 pub mod output;
+pub mod portals;
 mod projects;
 mod refresh;
 pub mod relays;

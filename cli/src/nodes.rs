@@ -107,6 +107,8 @@ pub async fn create(home: &Home, out: &Output, args: CreateNode) -> Result<()> {
         admission,
         authority: None,
         relays: Vec::new(),
+        outlets: Vec::new(),
+        inlets: Vec::new(),
     };
     home.create_node(&config)?;
     let started = if args.foreground {

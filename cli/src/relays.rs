@@ -268,7 +268,7 @@ fn info_line(r: &RelayInfo, at: &str) -> String {
 }
 
 /// The one running local node that is not an authority's, for commands given no --to.
-async fn only_member_node(home: &Home) -> Result<String> {
+pub(crate) async fn only_member_node(home: &Home) -> Result<String> {
     let mut found = Vec::new();
     for name in home.node_names()? {
         if home.load_node(&name)?.authority.is_some() {

@@ -7,7 +7,8 @@ use crate::args::{Cli, Command, MessageCommand, NodeCommand, kith_home};
 use crate::home::Home;
 use crate::output::Output;
 use crate::{
-    authority, channels, credentials, daemon, demo, identities, message, nodes, projects, relays,
+    authority, channels, credentials, daemon, demo, identities, message, nodes, portals, projects,
+    relays,
 };
 
 fn home() -> Result<Home> {
@@ -49,6 +50,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Credential(cmd) => credentials::run(&home()?, &out, cmd).await,
         Command::SecureChannel(cmd) => channels::run(&home()?, &out, cmd).await,
         Command::Relay(cmd) => relays::run(&home()?, &out, cmd).await,
+        Command::TcpOutlet(cmd) => portals::run_outlet(&home()?, &out, cmd).await,
+        Command::TcpInlet(cmd) => portals::run_inlet(&home()?, &out, cmd).await,
         Command::Demo => demo::run(&out).await,
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kith", &mut std::io::stdout());

@@ -456,6 +456,8 @@ enum Opened {
     Ready(OnEstablished, SecureChannel),
     /// Close the channel.
     TearDown(String),
+    /// The peer closed the channel: end ours without answering, as a normal event.
+    PeerClosed,
     /// Nothing more to do.
     Done,
 }
@@ -519,7 +521,7 @@ impl Receiving {
                     Err(e) => Opened::TearDown(format!("invalid refreshed credential: {e}")),
                 }
             }
-            Ok(ChannelMessage::Close) => Opened::TearDown("closed by the peer".to_owned()),
+            Ok(ChannelMessage::Close) => Opened::PeerClosed,
             Ok(ChannelMessage::Ready) => match self.on_ready.take() {
                 Some((tx, channel)) => Opened::Ready(tx, channel),
                 None => Opened::Done,
@@ -554,6 +556,24 @@ impl Channel {
                 let _ = tx.send(Ok(channel));
             }
             Opened::TearDown(why) => self.tear_down(&why),
+            Opened::PeerClosed => {
+                // The peer's end is gone: a `Close` back would only be dropped there.
+                {
+                    let mut out = lock(&self.outbound);
+                    out.closed = true;
+                    out.sending = None;
+                }
+                let was = {
+                    let mut st = lock(&self.inbound);
+                    st.queue.clear();
+                    std::mem::replace(&mut st.phase, Phase::Closed)
+                };
+                self.inbound_room.notify_waiters();
+                if let Phase::Established(rx) = was {
+                    debug!(peer = %rx.peer.identifier, decryptor = %self.decryptor, "secure channel closed by the peer");
+                }
+                self.stop();
+            }
             Opened::Deliver(_) | Opened::Done => {}
         }
     }
