@@ -440,8 +440,7 @@ async fn admission_config(
         authorities.push(kith_identity::hex::encode(&identity.export()));
     }
     if let Some(policy) = &args.allow {
-        kith_identity::policy::Policy::parse(policy)
-            .map_err(|e| anyhow::anyhow!("--allow is not a policy: {e}\n{}", e.render(policy)))?;
+        parse_allow(policy)?;
     }
     Ok(crate::home::AdmissionConfig {
         allow_identities: allow,
@@ -472,4 +471,10 @@ pub async fn reload_credentials(home: &Home, name: &str) -> Result<()> {
         .with_context(|| format!("node {name:?} did not take up the new credential"))?;
     }
     Ok(())
+}
+
+/// An `--allow` policy, or an error that points at what is wrong in it.
+pub(crate) fn parse_allow(text: &str) -> Result<kith_identity::policy::Policy> {
+    kith_identity::policy::Policy::parse(text)
+        .map_err(|e| anyhow::anyhow!("--allow is not a policy: {e}\n{}", e.render(text)))
 }

@@ -181,11 +181,7 @@ fn projects(settings: &ChannelSettings) -> BTreeSet<String> {
 /// The policy a portal applies: membership of this node's projects, narrowed by `allow`;
 /// `allow` alone for a node that is a member of no project.
 fn effective_policy(settings: &ChannelSettings, allow: Option<&str>, what: &str) -> Result<Policy> {
-    let allow = allow
-        .map(|text| {
-            Policy::parse(text).map_err(|e| anyhow!("--allow does not parse: {}", e.render(text)))
-        })
-        .transpose()?;
+    let allow = allow.map(crate::nodes::parse_allow).transpose()?;
     let projects = projects(settings);
     let membership = match projects.len() {
         0 => None,
@@ -637,8 +633,7 @@ pub async fn run_outlet(home: &Home, out: &Output, cmd: TcpOutletCommand) -> Res
         } => {
             check_target(&to)?;
             if let Some(text) = &allow {
-                Policy::parse(text)
-                    .map_err(|e| anyhow!("--allow does not parse:\n{}", e.render(text)))?;
+                crate::nodes::parse_allow(text)?;
             }
             let at = match at {
                 Some(at) => at,
@@ -745,8 +740,7 @@ pub async fn run_inlet(home: &Home, out: &Output, cmd: TcpInletCommand) -> Resul
         } => {
             listen_address(&from)?;
             if let Some(text) = &allow {
-                Policy::parse(text)
-                    .map_err(|e| anyhow!("--allow does not parse:\n{}", e.render(text)))?;
+                crate::nodes::parse_allow(text)?;
             }
             let target = crate::message::resolve_target(home, &to).await?;
             if target.channels.is_empty() {

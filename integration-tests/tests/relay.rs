@@ -6,47 +6,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Kith;
+use common::{identifier, log, project_with};
 
 /// 5 s: how soon after the relayed node is back messages must flow again (issue 6).
 const BACK_WITHIN: Duration = Duration::from_secs(5);
 
 /// Where relay `db` of project `acme` reaches its node's echo, end to end.
 const THROUGH_RELAY: &str = "/project/acme/service/forward_to_db/secure/api/service/echo";
-
-fn identifier(k: &Kith, name: &str) -> String {
-    k.json(&["identity", "show", name])["identifier"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// A home with project `acme` and, for each `(node, ticket attributes)`, an identity of the
-/// node's name, a daemon node running as it, and its enrollment with those attributes.
-/// `db-node` serves only members with `component=web`.
-fn project_with(nodes: &[(&str, &[&str])]) -> Kith {
-    let k = Kith::new();
-    k.json(&["authority", "create", "--project", "acme"]);
-    for (node, attributes) in nodes {
-        let mut args = vec!["project", "ticket"];
-        for a in *attributes {
-            args.extend(["--attribute", a]);
-        }
-        let ticket = k.ok(&args);
-        k.ok(&["identity", "create", node]);
-        let mut create = vec!["node", "create", node, "--identity", node];
-        if *node == "db-node" {
-            create.extend(["--allow", r#"component = "web""#]);
-        }
-        k.json(&create);
-        k.ok(&["project", "enroll", ticket.trim(), "--node", node]);
-    }
-    k
-}
-
-fn log(k: &Kith, node: &str) -> String {
-    std::fs::read_to_string(k.home().join(format!("nodes/{node}/node.log"))).unwrap_or_default()
-}
 
 #[test]
 fn a_relay_carries_an_end_to_end_channel_and_comes_back_after_kill_9() {

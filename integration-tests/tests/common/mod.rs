@@ -174,3 +174,37 @@ pub fn ip4_route(listener: &str, service: &str) -> String {
     let (host, port) = listener.rsplit_once(':').unwrap();
     format!("/ip4/{host}/tcp/{port}/service/{service}")
 }
+
+pub fn identifier(k: &Kith, name: &str) -> String {
+    k.json(&["identity", "show", name])["identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A home with project `acme` and, for each `(node, ticket attributes)`, an identity of the
+/// node's name, a daemon node running as it, and its enrollment with those attributes.
+/// `db-node` serves only members with `component=web`.
+pub fn project_with(nodes: &[(&str, &[&str])]) -> Kith {
+    let k = Kith::new();
+    k.json(&["authority", "create", "--project", "acme"]);
+    for (node, attributes) in nodes {
+        let mut args = vec!["project", "ticket"];
+        for a in *attributes {
+            args.extend(["--attribute", a]);
+        }
+        let ticket = k.ok(&args);
+        k.ok(&["identity", "create", node]);
+        let mut create = vec!["node", "create", node, "--identity", node];
+        if *node == "db-node" {
+            create.extend(["--allow", r#"component = "web""#]);
+        }
+        k.json(&create);
+        k.ok(&["project", "enroll", ticket.trim(), "--node", node]);
+    }
+    k
+}
+
+pub fn log(k: &Kith, node: &str) -> String {
+    std::fs::read_to_string(k.home().join(format!("nodes/{node}/node.log"))).unwrap_or_default()
+}

@@ -72,6 +72,11 @@ enum Outcome {
     Finished,
     /// It failed here; tell the other end (if `tell`) and abort the socket.
     Failed { reason: String, tell: bool },
+    /// An application closed with a reset after the other application had finished
+    /// sending: how some servers and clients end a connection (PostgreSQL after a client's
+    /// Terminate, say). Passed on like a failure, so nothing can mistake it for a clean end,
+    /// but not reported as one.
+    Reset { reason: String, tell: bool },
 }
 
 enum Event {
@@ -198,8 +203,15 @@ pub(crate) async fn run(end: End) {
                         }
                         PortalMessage::End => peer_ended = true,
                         PortalMessage::Close { reason } => {
+                            let reason = format!("the other end failed: {reason}");
+                            if !reading {
+                                break Outcome::Reset {
+                                    reason,
+                                    tell: false,
+                                };
+                            }
                             break Outcome::Failed {
-                                reason: format!("the other end failed: {reason}"),
+                                reason,
                                 tell: false,
                             };
                         }
@@ -245,10 +257,11 @@ pub(crate) async fn run(end: End) {
                     }
                 }
                 Event::Wrote(Err(e)) => {
-                    break Outcome::Failed {
-                        reason: format!("writing to {} failed: {e}", shown(local_peer)),
-                        tell: true,
-                    };
+                    let reason = format!("writing to {} failed: {e}", shown(local_peer));
+                    if !reading && is_reset(&e) {
+                        break Outcome::Reset { reason, tell: true };
+                    }
+                    break Outcome::Failed { reason, tell: true };
                 }
                 Event::Read(Ok(0)) => {
                     reading = false;
@@ -273,10 +286,11 @@ pub(crate) async fn run(end: End) {
                     last_sent = Instant::now();
                 }
                 Event::Read(Err(e)) => {
-                    break Outcome::Failed {
-                        reason: format!("reading from {} failed: {e}", shown(local_peer)),
-                        tell: true,
-                    };
+                    let reason = format!("reading from {} failed: {e}", shown(local_peer));
+                    if peer_ended && is_reset(&e) {
+                        break Outcome::Reset { reason, tell: true };
+                    }
+                    break Outcome::Failed { reason, tell: true };
                 }
                 Event::Tick => {
                     if last_heard.elapsed() >= options.idle_timeout {
@@ -302,14 +316,20 @@ pub(crate) async fn run(end: End) {
         }
     };
     stats.open.fetch_sub(1, Ordering::Relaxed);
+    let quiet = matches!(outcome, Outcome::Reset { .. });
     match outcome {
         Outcome::Finished => {
             stats.finished.fetch_add(1, Ordering::Relaxed);
             debug!(portal = %label, peer = %shown(local_peer), "portal session finished");
         }
-        Outcome::Failed { reason, tell } => {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            warn!(portal = %label, peer = %shown(local_peer), %reason, "portal session closed with an error");
+        Outcome::Failed { reason, tell } | Outcome::Reset { reason, tell } => {
+            if quiet {
+                stats.finished.fetch_add(1, Ordering::Relaxed);
+                debug!(portal = %label, peer = %shown(local_peer), %reason, "portal session ended with a reset after its end of stream");
+            } else {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                warn!(portal = %label, peer = %shown(local_peer), %reason, "portal session closed with an error");
+            }
             if tell {
                 let close = PortalMessage::Close {
                     reason: reason.clone(),
@@ -352,6 +372,15 @@ pub(crate) fn abort(stream: &TcpStream) {
     if let Err(e) = stream.set_linger(Some(Duration::ZERO)) {
         debug!(error = %e, "cannot set the socket to reset on close");
     }
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted
+    )
 }
 
 pub(crate) fn shown(addr: Option<SocketAddr>) -> String {
