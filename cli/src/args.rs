@@ -118,7 +118,8 @@ pub enum Command {
         after_help = "Examples:\n  kith tcp-inlet create --at web-node --from 127.0.0.1:15432 --to /project/acme/service/forward_to_db/secure/api/service/outlet\n  kith tcp-inlet list"
     )]
     TcpInlet(TcpInletCommand),
-    /// Run a walkthrough in a temporary KITH_HOME: two nodes, a message between them.
+    /// Run a walkthrough in a temporary KITH_HOME: a project, two members, a relay, a message
+    /// and a web page through a TCP portal between them.
     #[command(after_help = "Examples:\n  kith demo\n  kith demo --output json")]
     Demo,
     /// Print shell completions.

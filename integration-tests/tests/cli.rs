@@ -9,8 +9,20 @@ use std::time::Duration;
 
 use common::{Kith, ip4_route};
 
+/// The directory a demo's first step says it created.
+fn demo_home(first_step: &str) -> String {
+    first_step
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 #[test]
-fn demo_prints_the_echoed_message_and_cleans_up() {
+fn demo_prints_the_echoed_message_and_the_portal_page_and_cleans_up() {
     let k = Kith::new();
     let out = k.ok(&["demo"]);
     assert!(
@@ -23,7 +35,30 @@ fn demo_prints_the_echoed_message_and_cleans_up() {
         out.contains("forward_to_db/secure/api/service/echo"),
         "{out}"
     );
+    // The portal: an outlet on the relayed node for component=web only, an inlet on a free
+    // port through the relay, and the page fetched from it.
+    assert!(
+        out.contains("$ kith tcp-outlet create --at db-node --to 127.0.0.1:"),
+        "{out}"
+    );
+    assert!(out.contains(r#"--allow 'component = "web"'"#), "{out}");
+    assert!(
+        out.contains(
+            "$ kith tcp-inlet create --at web-node --from 127.0.0.1:0 \
+             --to /project/demo/service/forward_to_db/secure/api/service/outlet"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("$ curl http://127.0.0.1:"), "{out}");
+    assert!(out.contains("HTTP/1.1 200 OK, "), "{out}");
+    assert!(out.contains("\"Hello from beside db-node\""), "{out}");
     assert!(out.contains("removed the temporary KITH_HOME"), "{out}");
+    let dir = demo_home(out.strip_prefix("1. ").unwrap());
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "the demo left {dir} behind"
+    );
+
     let v = k.json(&["demo"]);
     assert_eq!(v["reply"], "hello from web");
     assert!(v["round_trip_ms"].as_f64().unwrap() > 0.0);
@@ -32,13 +67,29 @@ fn demo_prints_the_echoed_message_and_cleans_up() {
     assert_eq!(v["credential"]["attributes"]["component"], "db");
     assert_eq!(v["credential"]["attributes"]["project_id"], v["project_id"]);
     assert_eq!(v["peer"], v["credential"]["subject"]);
-    let dir = v["steps"][0]["what"]
-        .as_str()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_owned();
+    // The page came back through the inlet, whole.
+    let portal = &v["portal"];
+    assert_eq!(portal["status"], 200, "{portal}");
+    assert_eq!(portal["heading"], "Hello from beside db-node", "{portal}");
+    let body = portal["body"].as_str().unwrap();
+    assert!(body.starts_with("<!doctype html>"), "{body}");
+    assert!(
+        body.contains("<h1>Hello from beside db-node</h1>"),
+        "{body}"
+    );
+    let inlet: std::net::SocketAddr = portal["inlet"].as_str().unwrap().parse().unwrap();
+    let server: std::net::SocketAddr = portal["server"].as_str().unwrap().parse().unwrap();
+    assert!(inlet.ip().is_loopback() && inlet.port() != 0, "{portal}");
+    assert_ne!(inlet, server, "the fetch must go through the inlet");
+    assert!(portal["fetch_ms"].as_f64().unwrap() > 0.0, "{portal}");
+    let steps = v["steps"].as_array().unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["command"] == format!("curl http://{inlet}/")),
+        "{v}"
+    );
+    let dir = demo_home(steps[0]["what"].as_str().unwrap());
     assert!(
         !std::path::Path::new(&dir).exists(),
         "the demo left {dir} behind"
