@@ -348,6 +348,9 @@ impl RunningNode {
         hops: &[ChannelHop],
         timeout: Duration,
     ) -> Result<Vec<secure_channel::SecureChannel>> {
+        if hops.is_empty() {
+            return Ok(Vec::new());
+        }
         let settings = self
             .settings()
             .context("this node has no identity, so it cannot open secure channels")?;
