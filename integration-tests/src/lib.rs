@@ -14,5 +14,7 @@ pub mod bench;
 pub mod channel_bench;
 pub mod join_bench;
 pub mod party;
+/// The portal bench: TCP portals, direct and through a relay, against raw TCP.
+pub mod portal_bench;
 pub mod postgres;
 pub mod relay_bench;
