@@ -178,7 +178,7 @@ async fn open(
     let route = connector.connect().await?;
     let mut mailbox = node
         .register_mailbox(
-            [session::session_address("portal-in")],
+            [kith_node::Address::random_local("portal-in")],
             route.replies.clone(),
         )
         .map_err(|e| e.to_string())?;

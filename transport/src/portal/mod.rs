@@ -91,8 +91,8 @@ impl PortalStats {
     }
 }
 
-/// A snapshot of [`PortalStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A snapshot of [`PortalStats`], as `kith tcp-inlet|tcp-outlet list` print it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatsView {
     /// Sessions open now.
     pub open: u64,

@@ -3,8 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use kith_node::{Address, AllowAll, IncomingAccessControl, Message, Node, Route, StartError};
+use kith_node::{
+    Address, AllowAll, IncomingAccessControl, Message, Node, Route, StartError, TryRouteError,
+};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -19,6 +22,8 @@ pub struct Outlet {
     target: String,
     stats: Arc<PortalStats>,
     stop: CancellationToken,
+    /// One per session, from the `Open` until the session ends (connecting included).
+    permits: Arc<Semaphore>,
 }
 
 impl Outlet {
@@ -42,6 +47,7 @@ impl Outlet {
             target: target.to_owned(),
             stats: Arc::new(PortalStats::default()),
             stop: stop.clone(),
+            permits: Arc::new(Semaphore::new(options.max_sessions)),
         };
         let this = outlet.clone();
         let task_node = node.clone();
@@ -54,8 +60,7 @@ impl Outlet {
                         None => break,
                     },
                 };
-                this.on_message(&task_node, &policy, &options, message)
-                    .await;
+                this.on_message(&task_node, &policy, &options, message);
             }
             drop(mailbox);
             this.stop.cancel();
@@ -84,7 +89,9 @@ impl Outlet {
         self.stop.cancel();
     }
 
-    async fn on_message(
+    /// Admit or refuse one message without waiting, so one slow peer never holds up the
+    /// `Open`s of others.
+    fn on_message(
         &self,
         node: &Node,
         policy: &Arc<dyn IncomingAccessControl>,
@@ -104,30 +111,34 @@ impl Outlet {
         };
         let origin = message.origin().clone();
         let reply_to = message.return_route.clone();
-        let refusal = if !policy.is_authorized(&origin) {
+        let admitted = if !policy.is_authorized(&origin) {
             warn!(outlet = %self.address, from = %who(&origin), "refused a portal session: the outlet's policy does not admit the sender");
-            Some("access denied by the outlet's policy".to_owned())
+            Err("access denied by the outlet's policy".to_owned())
         } else if !window_ok(window) {
-            Some(format!("window {window} is out of range"))
-        } else if self.stats.open.load(Ordering::Relaxed) as usize >= options.max_sessions {
-            warn!(outlet = %self.address, max = options.max_sessions, "refused a portal session: too many open");
-            Some(format!(
-                "the outlet carries {} sessions already; try again later",
-                options.max_sessions
-            ))
+            Err(format!("window {window} is out of range"))
         } else {
-            None
+            self.permits.clone().try_acquire_owned().map_err(|_| {
+                warn!(outlet = %self.address, max = options.max_sessions, "refused a portal session: too many open");
+                format!(
+                    "the outlet carries {} sessions already; try again later",
+                    options.max_sessions
+                )
+            })
         };
-        if let Some(reason) = refusal {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            refuse(node, reply_to, reason).await;
-            return;
-        }
+        let permit = match admitted {
+            Ok(permit) => permit,
+            Err(reason) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                refuse(node, reply_to, reason);
+                return;
+            }
+        };
         let this = self.clone();
         let node2 = node.clone();
         let options = options.clone();
         node.spawn(async move {
-            this.open(node2, origin, reply_to, window, options).await;
+            this.open(node2, origin, reply_to, window, options, permit)
+                .await;
         });
     }
 
@@ -139,6 +150,7 @@ impl Outlet {
         reply_to: Route,
         window: u32,
         options: PortalOptions,
+        _permit: OwnedSemaphorePermit,
     ) {
         let connected =
             tokio::time::timeout(options.connect_timeout, TcpStream::connect(&self.target)).await;
@@ -151,8 +163,7 @@ impl Outlet {
                     &node,
                     reply_to,
                     format!("the outlet cannot connect to {}: {e}", self.target),
-                )
-                .await;
+                );
                 return;
             }
             Err(_) => {
@@ -165,15 +176,14 @@ impl Outlet {
                         "the outlet could not connect to {} within {:?}",
                         self.target, options.connect_timeout
                     ),
-                )
-                .await;
+                );
                 return;
             }
         };
         let _ = stream.set_nodelay(true);
         let local_peer = stream.peer_addr().ok();
         let mailbox = match node.register_mailbox(
-            [session::session_address("portal-out")],
+            [Address::random_local("portal-out")],
             Arc::new(SameOrigin(origin.clone())),
         ) {
             Ok(m) => m,
@@ -187,8 +197,9 @@ impl Outlet {
             }
             .encode(),
         );
-        if let Err(e) = node.route(opened).await {
-            warn!(outlet = %self.address, error = %e, "cannot answer an Open");
+        let answered = tokio::time::timeout(options.open_timeout, node.route(opened)).await;
+        if !matches!(answered, Ok(Ok(()))) {
+            warn!(outlet = %self.address, "cannot answer an Open");
             session::abort(&stream);
             return;
         }
@@ -209,12 +220,27 @@ impl Outlet {
     }
 }
 
-async fn refuse(node: &Node, to: Route, reason: String) {
+/// Answer `Refused` without holding up the outlet's loop: at once if the way back can take
+/// it, otherwise from a task of its own, for at most a second.
+fn refuse(node: &Node, to: Route, reason: String) {
     let message = Message::new(to, Route::new(), PortalMessage::Refused { reason }.encode());
-    if let Err(e) = node.route(message).await {
-        debug!(error = %e, "cannot deliver a refusal");
+    match node.try_route(message) {
+        Ok(()) => {}
+        Err(TryRouteError::Failed(e)) => debug!(error = %e, "cannot deliver a refusal"),
+        Err(TryRouteError::WouldBlock(message)) => {
+            let task_node = node.clone();
+            node.spawn(async move {
+                let sent = tokio::time::timeout(REFUSAL_TIMEOUT, task_node.route(message)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    debug!("cannot deliver a refusal");
+                }
+            });
+        }
     }
 }
+
+/// 1 s: how long a refusal may wait for room on its way back.
+const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn who(origin: &kith_node::Origin) -> String {
     match origin {

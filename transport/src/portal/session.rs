@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use kith_node::{Address, Mailbox, Message, Node, Route};
+use kith_node::{Mailbox, Message, Node, Route};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -107,6 +107,7 @@ pub(crate) async fn run(end: End) {
         node: &node,
         peer: &peer,
         me: &me,
+        limit: options.idle_timeout,
     };
     let window = u64::from(options.window);
     let threshold = window / 4;
@@ -392,6 +393,8 @@ struct Sender<'a> {
     node: &'a Node,
     peer: &'a Route,
     me: &'a Route,
+    /// A send that cannot go within this long means the way to the other end is wedged.
+    limit: Duration,
 }
 
 impl Sender<'_> {
@@ -401,14 +404,13 @@ impl Sender<'_> {
 
     async fn send_raw(&self, payload: Bytes) -> Result<(), String> {
         let message = Message::new(self.peer.clone(), self.me.clone(), payload);
-        self.node
-            .route(message)
-            .await
-            .map_err(|e| format!("cannot reach the other end: {e}"))
+        match tokio::time::timeout(self.limit, self.node.route(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot reach the other end: {e}")),
+            Err(_) => Err(format!(
+                "nothing could be sent to the other end for {:?}",
+                self.limit
+            )),
+        }
     }
-}
-
-/// The address of a new session end.
-pub(crate) fn session_address(prefix: &str) -> Address {
-    Address::random_local(prefix)
 }
