@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use kith_identity::backoff::Backoff;
 use kith_identity::policy::{Policy, PolicyAccessControl};
 use kith_identity::secure_channel::{self, ChannelSettings, SecureChannel, SharedSettings};
 use kith_node::{Address, AllowOrigins, IncomingAccessControl, LOCAL, Node, Origin, Route};
@@ -23,7 +24,6 @@ use kith_transport::portal::{
     ConnectFuture, Connector, Inlet, Outlet, PortalOptions, PortalRoute, StatsView,
 };
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::args::{TcpInletCommand, TcpOutletCommand};
@@ -40,36 +40,6 @@ const PROJECT_ID: &str = "project_id";
 /// its open timeout, so a relay that comes back is used as soon as it is.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Counters of an inlet or outlet, as `list` and `show` print them.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SessionStats {
-    /// Sessions open now.
-    pub open: u64,
-    /// Sessions that ended cleanly.
-    pub finished: u64,
-    /// Sessions that ended with an error.
-    pub failed: u64,
-    /// Connections or `Open`s that never became a session.
-    pub refused: u64,
-    /// Bytes read from local sockets.
-    pub bytes_in: u64,
-    /// Bytes written to local sockets.
-    pub bytes_out: u64,
-}
-
-impl From<StatsView> for SessionStats {
-    fn from(v: StatsView) -> Self {
-        Self {
-            open: v.open,
-            finished: v.finished,
-            failed: v.failed,
-            refused: v.refused,
-            bytes_in: v.bytes_in,
-            bytes_out: v.bytes_out,
-        }
-    }
-}
-
 /// An outlet as `list` and `show` print it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutletView {
@@ -82,7 +52,7 @@ pub struct OutletView {
     /// Who may open sessions, as the outlet applies it.
     pub policy: String,
     /// Sessions and bytes.
-    pub sessions: SessionStats,
+    pub sessions: StatsView,
 }
 
 impl OutletView {
@@ -120,7 +90,7 @@ pub struct InletView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Sessions and bytes.
-    pub sessions: SessionStats,
+    pub sessions: StatsView,
 }
 
 impl InletView {
@@ -261,12 +231,23 @@ struct ChannelConnector {
     open_timeout: Duration,
 }
 
+/// Why one attempt to reach the outlet failed.
+enum Attempt {
+    /// The route may work again soon (a relay reconnecting): try again within the budget.
+    Retry(anyhow::Error),
+    /// Trying again will not help: the node at the end does not satisfy the policy.
+    Fatal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Attempt {
+    fn from(e: anyhow::Error) -> Self {
+        Attempt::Retry(e)
+    }
+}
+
 impl ChannelConnector {
-    async fn attempt(&self, budget: Duration) -> Result<PortalRoute> {
+    async fn attempt(&self, budget: Duration) -> Result<PortalRoute, Attempt> {
         let target = crate::message::resolve_target(&self.home, &self.to).await?;
-        if target.channels.is_empty() {
-            bail!("the route has no secure channel");
-        }
         let settings = self.settings.get();
         let channels = open_channels(&self.node, &settings, &target.channels, budget).await?;
         let guard = ChannelGuard {
@@ -274,22 +255,22 @@ impl ChannelConnector {
             channels,
         };
         let Some(inner) = guard.channels.last() else {
-            bail!("the route has no secure channel");
+            return Err(Attempt::Fatal(anyhow!("the route has no secure channel")));
         };
         let peer = &inner.peer;
         if !self
             .policy
             .allows(&peer.identifier.to_string(), &peer.attributes)
         {
-            bail!(
+            return Err(Attempt::Fatal(anyhow!(
                 "the node at the end of the route, {}, does not satisfy the inlet's policy {}",
                 peer.identifier,
                 self.policy
-            );
+            )));
         }
         let mut hops = vec![inner.encryptor.clone()];
         hops.extend(target.route.iter().cloned());
-        let route = Route::try_from_iter(hops)?;
+        let route = Route::try_from_iter(hops).map_err(anyhow::Error::from)?;
         let hash = inner.handshake_hash;
         let replies: Arc<dyn IncomingAccessControl> = Arc::new(AllowOrigins(
             move |origin: &Origin| matches!(origin, Origin::SecureChannel { handshake_hash, .. } if *handshake_hash == hash),
@@ -305,23 +286,19 @@ impl ChannelConnector {
 impl Connector for ChannelConnector {
     fn connect(&self) -> ConnectFuture<'_> {
         Box::pin(async move {
-            let deadline = Instant::now() + self.open_timeout;
-            let mut pause = Duration::from_millis(100);
+            let mut backoff = Backoff::new(self.open_timeout)
+                .between(Duration::from_millis(100), Duration::from_secs(2));
             loop {
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = self.open_timeout.saturating_sub(backoff.waited());
                 let error = match self.attempt(left.min(ATTEMPT_TIMEOUT)).await {
                     Ok(route) => return Ok(route),
-                    Err(e) => format!("{e:#}"),
+                    Err(Attempt::Fatal(e)) => return Err(format!("{e:#}")),
+                    Err(Attempt::Retry(e)) => e,
                 };
-                // A policy refusal will not change by trying again.
-                if error.contains("does not satisfy") || error.contains("has no secure channel") {
-                    return Err(error);
+                match backoff.next_pause() {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => return Err(format!("cannot reach the outlet: {error:#}")),
                 }
-                if Instant::now() + pause >= deadline {
-                    return Err(format!("cannot reach the outlet: {error}"));
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
             }
         })
     }
@@ -416,7 +393,7 @@ impl RunningNode {
             name: k.config.name.clone(),
             to: k.config.to.clone(),
             policy: k.policy.clone(),
-            sessions: k.outlet.stats().view().into(),
+            sessions: k.outlet.stats().view(),
         }
     }
 
@@ -432,7 +409,7 @@ impl RunningNode {
             sessions: k
                 .inlet
                 .as_ref()
-                .map(|i| i.stats().view().into())
+                .map(|i| i.stats().view())
                 .unwrap_or_default(),
         }
     }
@@ -622,6 +599,60 @@ async fn ask<T: for<'de> Deserialize<'de>>(
     serde_json::from_value(v).context("unexpected answer from the node")
 }
 
+/// Every entry the running nodes (`at`, or all) answer to `list`.
+async fn gather<T: for<'de> Deserialize<'de>>(
+    home: &Home,
+    at: Option<&str>,
+    list: &Request,
+) -> Result<Vec<T>> {
+    let mut all = Vec::new();
+    for node in nodes_to_ask(home, at).await? {
+        all.extend(ask::<Vec<T>>(home, &node, list, control::STATUS_TIMEOUT).await?);
+    }
+    Ok(all)
+}
+
+/// The first entry `wanted` among the running nodes' (`at`, or all) answers to `list`,
+/// with the node that has it.
+async fn locate<T: for<'de> Deserialize<'de>>(
+    home: &Home,
+    at: Option<&str>,
+    list: &Request,
+    wanted: impl Fn(&T) -> bool,
+) -> Result<Option<(String, T)>> {
+    for node in nodes_to_ask(home, at).await? {
+        let views: Vec<T> = ask(home, &node, list, control::STATUS_TIMEOUT).await?;
+        if let Some(v) = views.into_iter().find(&wanted) {
+            return Ok(Some((node, v)));
+        }
+    }
+    Ok(None)
+}
+
+/// `at`, or the one running node that is not an authority's.
+async fn node_or_only(home: &Home, at: Option<String>) -> Result<String> {
+    match at {
+        Some(at) => Ok(at),
+        None => crate::relays::only_member_node(home).await,
+    }
+}
+
+async fn find_outlet(home: &Home, name: &str, at: Option<&str>) -> Result<(String, OutletView)> {
+    locate(home, at, &Request::OutletList, |v: &OutletView| {
+        v.name == name
+    })
+    .await?
+    .ok_or_else(|| anyhow!("no running node serves outlet {name:?}; see `kith tcp-outlet list`"))
+}
+
+async fn find_inlet(home: &Home, alias: &str, at: Option<&str>) -> Result<(String, InletView)> {
+    locate(home, at, &Request::InletList, |v: &InletView| {
+        v.alias == alias
+    })
+    .await?
+    .ok_or_else(|| anyhow!("no running node has inlet {alias:?}; see `kith tcp-inlet list`"))
+}
+
 /// Run a `kith tcp-outlet` command.
 pub async fn run_outlet(home: &Home, out: &Output, cmd: TcpOutletCommand) -> Result<()> {
     match cmd {
@@ -635,10 +666,7 @@ pub async fn run_outlet(home: &Home, out: &Output, cmd: TcpOutletCommand) -> Res
             if let Some(text) = &allow {
                 crate::nodes::parse_allow(text)?;
             }
-            let at = match at {
-                Some(at) => at,
-                None => crate::relays::only_member_node(home).await?,
-            };
+            let at = node_or_only(home, at).await?;
             let socket = running_socket(home, &at).await?;
             let request = Request::OutletCreate(OutletConfig {
                 name: from,
@@ -664,18 +692,7 @@ pub async fn run_outlet(home: &Home, out: &Output, cmd: TcpOutletCommand) -> Res
             );
         }
         TcpOutletCommand::List { at } => {
-            let mut all: Vec<OutletView> = Vec::new();
-            for node in nodes_to_ask(home, at.as_deref()).await? {
-                all.extend(
-                    ask::<Vec<OutletView>>(
-                        home,
-                        &node,
-                        &Request::OutletList,
-                        control::STATUS_TIMEOUT,
-                    )
-                    .await?,
-                );
-            }
+            let all: Vec<OutletView> = gather(home, at.as_deref(), &Request::OutletList).await?;
             out.result(
                 || {
                     if all.is_empty() {
@@ -687,37 +704,13 @@ pub async fn run_outlet(home: &Home, out: &Output, cmd: TcpOutletCommand) -> Res
             );
         }
         TcpOutletCommand::Show { name, at } => {
-            let mut found = None;
-            for node in nodes_to_ask(home, at.as_deref()).await? {
-                let views: Vec<OutletView> =
-                    ask(home, &node, &Request::OutletList, control::STATUS_TIMEOUT).await?;
-                if let Some(v) = views.into_iter().find(|v| v.name == name) {
-                    found = Some(v);
-                    break;
-                }
-            }
-            let view = found.ok_or_else(|| {
-                anyhow!("no running node serves outlet {name:?}; see `kith tcp-outlet list`")
-            })?;
+            let (_, view) = find_outlet(home, &name, at.as_deref()).await?;
             out.result(|| view.line(), &view);
         }
         TcpOutletCommand::Delete { name, at } => {
-            let mut deleted = None;
-            for node in nodes_to_ask(home, at.as_deref()).await? {
-                let views: Vec<OutletView> =
-                    ask(home, &node, &Request::OutletList, control::STATUS_TIMEOUT).await?;
-                if views.iter().any(|v| v.name == name) {
-                    let request = Request::OutletDelete { name: name.clone() };
-                    deleted = Some(
-                        ask::<OutletView>(home, &node, &request, control::STATUS_TIMEOUT * 5)
-                            .await?,
-                    );
-                    break;
-                }
-            }
-            let view = deleted.ok_or_else(|| {
-                anyhow!("no running node serves outlet {name:?}; see `kith tcp-outlet list`")
-            })?;
+            let (node, _) = find_outlet(home, &name, at.as_deref()).await?;
+            let request = Request::OutletDelete { name };
+            let view: OutletView = ask(home, &node, &request, control::STATUS_TIMEOUT * 5).await?;
             out.result(
                 || format!("Deleted outlet {} on node {}.", view.name, view.node),
                 &view,
@@ -742,17 +735,7 @@ pub async fn run_inlet(home: &Home, out: &Output, cmd: TcpInletCommand) -> Resul
             if let Some(text) = &allow {
                 crate::nodes::parse_allow(text)?;
             }
-            let target = crate::message::resolve_target(home, &to).await?;
-            if target.channels.is_empty() {
-                bail!(
-                    "route {to:?} has no secure channel, and portals carry data only through one: \
-                     end it with /secure/api/service/OUTLET (a /project/NAME route has one)"
-                );
-            }
-            let at = match at {
-                Some(at) => at,
-                None => crate::relays::only_member_node(home).await?,
-            };
+            let at = node_or_only(home, at).await?;
             let socket = running_socket(home, &at).await?;
             let request = Request::InletCreate(InletConfig {
                 alias: alias.unwrap_or_default(),
@@ -780,18 +763,7 @@ pub async fn run_inlet(home: &Home, out: &Output, cmd: TcpInletCommand) -> Resul
             );
         }
         TcpInletCommand::List { at } => {
-            let mut all: Vec<InletView> = Vec::new();
-            for node in nodes_to_ask(home, at.as_deref()).await? {
-                all.extend(
-                    ask::<Vec<InletView>>(
-                        home,
-                        &node,
-                        &Request::InletList,
-                        control::STATUS_TIMEOUT,
-                    )
-                    .await?,
-                );
-            }
+            let all: Vec<InletView> = gather(home, at.as_deref(), &Request::InletList).await?;
             out.result(
                 || {
                     if all.is_empty() {
@@ -803,39 +775,13 @@ pub async fn run_inlet(home: &Home, out: &Output, cmd: TcpInletCommand) -> Resul
             );
         }
         TcpInletCommand::Show { alias, at } => {
-            let mut found = None;
-            for node in nodes_to_ask(home, at.as_deref()).await? {
-                let views: Vec<InletView> =
-                    ask(home, &node, &Request::InletList, control::STATUS_TIMEOUT).await?;
-                if let Some(v) = views.into_iter().find(|v| v.alias == alias) {
-                    found = Some(v);
-                    break;
-                }
-            }
-            let view = found.ok_or_else(|| {
-                anyhow!("no running node has inlet {alias:?}; see `kith tcp-inlet list`")
-            })?;
+            let (_, view) = find_inlet(home, &alias, at.as_deref()).await?;
             out.result(|| view.line(), &view);
         }
         TcpInletCommand::Delete { alias, at } => {
-            let mut deleted = None;
-            for node in nodes_to_ask(home, at.as_deref()).await? {
-                let views: Vec<InletView> =
-                    ask(home, &node, &Request::InletList, control::STATUS_TIMEOUT).await?;
-                if views.iter().any(|v| v.alias == alias) {
-                    let request = Request::InletDelete {
-                        alias: alias.clone(),
-                    };
-                    deleted = Some(
-                        ask::<InletView>(home, &node, &request, control::STATUS_TIMEOUT * 5)
-                            .await?,
-                    );
-                    break;
-                }
-            }
-            let view = deleted.ok_or_else(|| {
-                anyhow!("no running node has inlet {alias:?}; see `kith tcp-inlet list`")
-            })?;
+            let (node, _) = find_inlet(home, &alias, at.as_deref()).await?;
+            let request = Request::InletDelete { alias };
+            let view: InletView = ask(home, &node, &request, control::STATUS_TIMEOUT * 5).await?;
             out.result(
                 || format!("Deleted inlet {} on node {}.", view.alias, view.node),
                 &view,
