@@ -556,40 +556,42 @@ impl Channel {
                 let _ = tx.send(Ok(channel));
             }
             Opened::TearDown(why) => self.tear_down(&why),
-            Opened::PeerClosed => {
-                // The peer's end is gone: a `Close` back would only be dropped there.
-                {
-                    let mut out = lock(&self.outbound);
-                    out.closed = true;
-                    out.sending = None;
-                }
-                let was = {
-                    let mut st = lock(&self.inbound);
-                    st.queue.clear();
-                    std::mem::replace(&mut st.phase, Phase::Closed)
-                };
-                self.inbound_room.notify_waiters();
-                if let Phase::Established(rx) = was {
-                    debug!(peer = %rx.peer.identifier, decryptor = %self.decryptor, "secure channel closed by the peer");
-                }
-                self.stop();
-            }
+            Opened::PeerClosed => self.peer_closed(),
             Opened::Deliver(_) | Opened::Done => {}
         }
     }
 
     /// Stop the channel: from now on nothing is opened or delivered, and the task closes it.
     fn tear_down(&self, why: &dyn fmt::Display) {
+        if let Phase::Established(rx) = self.stop_opening() {
+            warn!(peer = %rx.peer.identifier, decryptor = %self.decryptor, reason = %why, "secure channel torn down");
+        }
+        self.stop();
+    }
+
+    /// The peer closed the channel: end ours as a normal event, without a `Close` back (it
+    /// would only be dropped at the peer's end, which is gone).
+    fn peer_closed(&self) {
+        {
+            let mut out = lock(&self.outbound);
+            out.closed = true;
+            out.sending = None;
+        }
+        if let Phase::Established(rx) = self.stop_opening() {
+            debug!(peer = %rx.peer.identifier, decryptor = %self.decryptor, "secure channel closed by the peer");
+        }
+        self.stop();
+    }
+
+    /// Open and deliver nothing more; the phase the channel was in.
+    fn stop_opening(&self) -> Phase {
         let was = {
             let mut st = lock(&self.inbound);
             st.queue.clear();
             std::mem::replace(&mut st.phase, Phase::Closed)
         };
         self.inbound_room.notify_waiters();
-        if let Phase::Established(rx) = was {
-            warn!(peer = %rx.peer.identifier, decryptor = %self.decryptor, reason = %why, "secure channel torn down");
-        }
-        self.stop();
+        was
     }
 
     /// Unregister both ends; the task notices and closes the channel.
