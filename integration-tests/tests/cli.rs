@@ -297,12 +297,7 @@ fn unknown_service_times_out_with_a_clear_message() {
 fn a_killed_node_reads_as_stopped_and_starts_again_on_its_port() {
     let k = Kith::new();
     let listener = k.node("n1");
-    let pid = k.status("n1")["pid"].as_u64().unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    k.kill_9("n1");
     // The process is gone once its control socket stops answering.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while k.status("n1")["status"] == "running" {

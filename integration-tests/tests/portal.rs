@@ -311,12 +311,7 @@ fn killing_the_outlet_node_mid_transfer_resets_the_client() {
     while got < 8 << 20 {
         got += s.read(&mut buf).unwrap();
     }
-    let pid = k.status("db-node")["pid"].as_u64().unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    k.kill_9("db-node");
     // Whatever was in flight may still arrive; then the client must see an error, never a
     // clean end of stream that would pass a cut transfer off as complete.
     let ended = loop {
@@ -449,46 +444,24 @@ fn bad_portal_input_gets_one_clear_line() {
         assert!(line.contains(expect), "{args:?}: {line}");
     }
     // The outlet name is a service address: taken ones are refused.
-    k.json(&[
-        "tcp-outlet",
-        "create",
-        "--at",
-        "web-node",
-        "--to",
-        "127.0.0.1:9",
-    ]);
-    let line = k.fails(&[
-        "tcp-outlet",
-        "create",
-        "--at",
-        "web-node",
-        "--to",
-        "127.0.0.1:9",
-    ]);
+    let outlet = |extra: &[&'static str]| {
+        let mut args = vec![
+            "tcp-outlet",
+            "create",
+            "--at",
+            "web-node",
+            "--to",
+            "127.0.0.1:9",
+        ];
+        args.extend(extra);
+        args
+    };
+    k.json(&outlet(&[]));
+    let line = k.fails(&outlet(&[]));
     assert!(line.contains("already has outlet"), "{line}");
-    let line = k.fails(&[
-        "tcp-outlet",
-        "create",
-        "--at",
-        "web-node",
-        "--to",
-        "127.0.0.1:9",
-        "--from",
-        "echo",
-    ]);
+    let line = k.fails(&outlet(&["--from", "echo"]));
     assert!(line.contains("already has a service"), "{line}");
-    let bad = k.run(&[
-        "tcp-outlet",
-        "create",
-        "--at",
-        "web-node",
-        "--to",
-        "127.0.0.1:9",
-        "--from",
-        "x",
-        "--allow",
-        "component = ",
-    ]);
+    let bad = k.run(&outlet(&["--from", "x", "--allow", "component = "]));
     assert_eq!(bad.code, Some(1));
     assert!(
         bad.stderr.contains("--allow is not a policy"),

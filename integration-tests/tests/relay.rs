@@ -56,12 +56,7 @@ fn a_relay_carries_an_end_to_end_channel_and_comes_back_after_kill_9() {
     assert!(log(&k, "db-node").contains("refused by the incoming policy"));
 
     // kill -9 the relayed node; once it is back, the same relay name works again by itself.
-    let pid = k.status("db-node")["pid"].as_u64().unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    k.kill_9("db-node");
     k.ok(&["node", "start", "db-node"]);
     let back = Instant::now();
     loop {

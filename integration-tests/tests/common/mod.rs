@@ -161,6 +161,16 @@ impl Kith {
     pub fn status(&self, name: &str) -> serde_json::Value {
         self.json(&["node", "show", name])
     }
+
+    /// `kill -9` node `name`'s daemon: no shutdown, no goodbye to its peers.
+    pub fn kill_9(&self, name: &str) {
+        let pid = self.status(name)["pid"].as_u64().unwrap();
+        let killed = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "kill -9 {pid} ({name}) failed");
+    }
 }
 
 impl Drop for Kith {
