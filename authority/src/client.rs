@@ -38,6 +38,10 @@ use crate::relay::{RELAY_SERVICE, RelayInfo, RelayRequest};
 use crate::ticket::OneTimeCode;
 use kith_identity::hex;
 
+/// 5 s: how much longer than [`JOIN_WAIT_HOLD`] a join request wait waits for its answer,
+/// for the answer's trip back and a busy authority's store.
+const WAIT_ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
 /// Why a call to the authority failed. Messages say what failed and what to check; none
 /// contains a one-time code.
 #[derive(Debug, thiserror::Error)]
@@ -424,11 +428,8 @@ impl AuthorityClient {
     /// verified as for [`AuthorityClient::redeem`].
     pub async fn wait_join_request(&mut self, id: &str) -> Result<JoinWaited, ClientError> {
         let call = JoinCall::Wait { id: id.to_owned() };
-        let timeout = self.timeout;
-        self.timeout = timeout.max(JOIN_WAIT_HOLD + Duration::from_secs(5));
-        let waited: Result<JoinWaited, ClientError> = self.call(JOIN_SERVICE, &call).await;
-        self.timeout = timeout;
-        let waited = waited?;
+        let within = self.timeout.max(JOIN_WAIT_HOLD + WAIT_ANSWER_MARGIN);
+        let waited: JoinWaited = self.call_within(JOIN_SERVICE, &call, within).await?;
         if let Some(enrolled) = &waited.credential {
             self.check_credential(enrolled)?;
         }
@@ -532,15 +533,22 @@ impl AuthorityClient {
         service: &'static str,
         request: &impl Serialize,
     ) -> Result<T, ClientError> {
+        self.call_within(service, request, self.timeout).await
+    }
+
+    /// [`AuthorityClient::call`], waiting `timeout` for the answer.
+    async fn call_within<T: DeserializeOwned>(
+        &self,
+        service: &'static str,
+        request: &impl Serialize,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         let mut mailbox = self.node.client().map_err(ClientError::Mailbox)?;
         let route = Route::from(vec![
             self.channel.encryptor.clone(),
             Address::local(service),
         ]);
-        let reply = match mailbox
-            .request(route, api::encode(request), self.timeout)
-            .await
-        {
+        let reply = match mailbox.request(route, api::encode(request), timeout).await {
             Ok(reply) => reply,
             Err(RequestError::Route(source)) => {
                 return Err(ClientError::Send { service, source });

@@ -51,7 +51,7 @@ use crate::api::{
     JoinRequestInfo, JoinState, JoinWaited, MAX_JOIN_NOTE, ROLE_ATTRIBUTE, RuleAdded,
 };
 use crate::service::{
-    Answer, Authority, BUSY, bad_request, check_member_attributes, encode_result, forbidden,
+    Answer, Authority, BUSY, INTERNAL, bad_request, check_member_attributes, forbidden,
     store_failed,
 };
 use crate::store::{
@@ -303,6 +303,51 @@ fn not_found() -> ApiError {
     )
 }
 
+/// The peer's answer to a filing the store refused (`IdTaken`: for the last id tried).
+fn file_refusal(error: FileError) -> ApiError {
+    match error {
+        FileError::PerSource {
+            source_address,
+            pending,
+            max,
+        } => {
+            warn!(source = %source_address, pending, max, "refused a join request: too many pending from its address");
+            ApiError::new(
+                ErrorKind::TooManyRequests,
+                format!(
+                    "{pending} join requests from your address ({source_address}) are waiting for a decision already, the most allowed ({max}); wait until they are decided or expire"
+                ),
+            )
+        }
+        FileError::Total { pending, max } => {
+            warn!(pending, max, "refused a join request: too many pending");
+            ApiError::new(
+                ErrorKind::TooManyRequests,
+                format!(
+                    "the authority has {pending} join requests waiting for a decision, the most it keeps; try again later"
+                ),
+            )
+        }
+        FileError::IdTaken { .. } => {
+            warn!(
+                attempts = ID_ATTEMPTS,
+                "every random join request id tried was taken"
+            );
+            ApiError::new(ErrorKind::Internal, INTERNAL)
+        }
+        FileError::Store(e) => store_failed("filing a join request", &e),
+    }
+}
+
+/// A credential lifetime asked for, seconds: `None` is `default`, and 0 is refused.
+fn lifetime_or(asked: Option<u64>, default: u64) -> Result<u64, ApiError> {
+    match asked {
+        None => Ok(default),
+        Some(0) => Err(bad_request("a credential lifetime of 0 s cannot be used")),
+        Some(l) => Ok(l),
+    }
+}
+
 /// The peer's answer to a decision the store refused.
 fn decide_refusal(error: &DecideError) -> ApiError {
     match error {
@@ -327,37 +372,14 @@ fn decide_refusal(error: &DecideError) -> ApiError {
 
 /// Join requests.
 impl Authority {
-    /// The encoded answer to a call to the join service. `permit` is this call's share of
-    /// the authority's requests in flight; a wait gives it back while it waits.
-    pub(crate) async fn answer_join(
-        &self,
-        caller: &Identifier,
-        channel: &ChannelSeen,
-        payload: &[u8],
-        permit: OwnedSemaphorePermit,
-    ) -> Vec<u8> {
-        let result = match api::decode_request::<JoinCall>(payload) {
-            Ok(JoinCall::Wait { id }) => self.wait(caller, &normalize_id(&id), permit).await,
-            Ok(call) => {
-                let _permit = permit;
-                self.join_call(caller, channel, call).await
-            }
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(answer) => answer.encode(),
-            Err(refusal) => {
-                info!(kind = ?refusal.kind, reason = %refusal.message, "refused a join request call");
-                encode_result::<()>(Err(refusal))
-            }
-        }
-    }
-
-    async fn join_call(
+    /// The answer to `call`. `permit` is this call's share of the authority's requests in
+    /// flight, held until the answer is ready; a wait gives it back while it waits.
+    pub(crate) async fn join_call(
         &self,
         caller: &Identifier,
         channel: &ChannelSeen,
         call: JoinCall,
+        permit: OwnedSemaphorePermit,
     ) -> Result<Answer, ApiError> {
         const DECIDERS: &str = "only the project's admins and enrollers may list, approve or deny join requests, or manage auto-approval rules";
         match call {
@@ -369,7 +391,7 @@ impl Authority {
                 .file(caller, channel, attributes, lifetime, note)
                 .await
                 .map(Answer::JoinRequest),
-            JoinCall::Wait { .. } => Err(ApiError::new(ErrorKind::Busy, BUSY)),
+            JoinCall::Wait { id } => self.wait(caller, &normalize_id(&id), permit).await,
             JoinCall::List { all } => {
                 self.admin_or_enroller(caller, DECIDERS).await?;
                 let now = unix_now();
@@ -479,16 +501,12 @@ impl Authority {
         check_member_attributes(&attributes)?;
         check_text("note", &note)?;
         let default_ttl = self.config().credential_ttl.as_secs();
-        let lifetime = match lifetime {
-            None => default_ttl,
-            Some(0) => return Err(bad_request("a credential lifetime of 0 s cannot be used")),
-            Some(l) if l > default_ttl => {
-                return Err(bad_request(format!(
-                    "this project's credentials last at most {default_ttl} s; {l} s was asked for"
-                )));
-            }
-            Some(l) => l,
-        };
+        let lifetime = lifetime_or(lifetime, default_ttl)?;
+        if lifetime > default_ttl {
+            return Err(bad_request(format!(
+                "this project's credentials last at most {default_ttl} s; {lifetime} s was asked for"
+            )));
+        }
         let settings = self.config().join;
         let limits = JoinLimits {
             per_source: settings.max_pending_per_source,
@@ -506,60 +524,26 @@ impl Authority {
             )
         };
         let now = unix_now();
-        let mut filed = None;
-        for _ in 0..ID_ATTEMPTS {
-            let id = random_id();
+        let expires_at = now.saturating_add(settings.request_ttl.as_secs());
+        let mut attempt = 1;
+        let filed = loop {
             let request = NewJoinRequest {
-                code: code_for(&id),
-                id,
+                id: random_id(),
                 requester: *caller,
                 source: source.clone(),
                 attributes: attributes.clone(),
                 lifetime,
                 note: note.clone(),
-                expires_at: now.saturating_add(settings.request_ttl.as_secs()),
+                expires_at,
             };
             match self
                 .store()
                 .file_join_request(&request, &code_for, limits, now)
                 .await
             {
-                Ok(f) => {
-                    filed = Some(f);
-                    break;
-                }
-                Err(FileError::IdTaken { .. }) => continue,
-                Err(FileError::PerSource {
-                    source_address,
-                    pending,
-                    max,
-                }) => {
-                    warn!(source = %source_address, pending, max, "refused a join request: too many pending from its address");
-                    return Err(ApiError::new(
-                        ErrorKind::TooManyRequests,
-                        format!(
-                            "{pending} join requests from your address ({source_address}) are waiting for a decision already, the most allowed ({max}); wait until they are decided or expire"
-                        ),
-                    ));
-                }
-                Err(FileError::Total { pending, max }) => {
-                    warn!(pending, max, "refused a join request: too many pending");
-                    return Err(ApiError::new(
-                        ErrorKind::TooManyRequests,
-                        format!(
-                            "the authority has {pending} join requests waiting for a decision, the most it keeps; try again later"
-                        ),
-                    ));
-                }
-                Err(FileError::Store(e)) => return Err(store_failed("filing a join request", &e)),
+                Err(FileError::IdTaken { .. }) if attempt < ID_ATTEMPTS => attempt += 1,
+                outcome => break outcome.map_err(file_refusal)?,
             }
-        }
-        let Some(filed) = filed else {
-            warn!(
-                attempts = ID_ATTEMPTS,
-                "every random join request id tried was taken"
-            );
-            return Err(ApiError::new(ErrorKind::Internal, crate::service::INTERNAL));
         };
         let record = filed.record;
         info!(request = %record.id, source = %record.source, refiled = filed.refiled, attributes = ?record.attributes, lifetime = record.lifetime, "join request filed");
@@ -656,17 +640,13 @@ impl Authority {
                 narrowed
             }
         };
-        let granted_lifetime = match lifetime {
-            None => record.lifetime,
-            Some(0) => return Err(bad_request("a credential lifetime of 0 s cannot be used")),
-            Some(l) if l > record.lifetime => {
-                return Err(bad_request(format!(
-                    "the request asked for credentials lasting {} s; approval may shorten that, never lengthen it ({l} s)",
-                    record.lifetime
-                )));
-            }
-            Some(l) => l,
-        };
+        let granted_lifetime = lifetime_or(lifetime, record.lifetime)?;
+        if granted_lifetime > record.lifetime {
+            return Err(bad_request(format!(
+                "the request asked for credentials lasting {} s; approval may shorten that, never lengthen it ({granted_lifetime} s)",
+                record.lifetime
+            )));
+        }
         if enroller && granted.get(ROLE_ATTRIBUTE).map(String::as_str) == Some(ENROLLER_ROLE) {
             return Err(forbidden(
                 "only admins may approve a request for ockam-role=enroller; approve it without that attribute (-a) or ask an admin",
@@ -739,18 +719,15 @@ impl Authority {
             ));
         }
         let default_ttl = self.config().credential_ttl.as_secs();
-        let max_credential_lifetime = match max_credential_lifetime {
-            None => default_ttl,
-            Some(0) => return Err(bad_request("a credential lifetime of 0 s cannot be used")),
-            Some(l) => l.min(default_ttl),
-        };
+        let max_credential_lifetime =
+            lifetime_or(max_credential_lifetime, default_ttl)?.min(default_ttl);
         if !(1..=MAX_RULE_LIFETIME).contains(&lifetime) {
             return Err(bad_request(format!(
                 "a rule must last 1 s to {MAX_RULE_LIFETIME} s (365 days); {lifetime} s was asked for"
             )));
         }
         let now = unix_now();
-        let mut rule = RuleRecord {
+        let rule = RuleRecord {
             id: random_id(),
             netblock: net.to_string(),
             attributes,
@@ -759,20 +736,12 @@ impl Authority {
             created_by: *caller,
             expires_at: now.saturating_add(lifetime),
         };
-        let mut added = Err(ApiError::new(ErrorKind::Internal, crate::service::INTERNAL));
-        for _ in 0..ID_ATTEMPTS {
-            match self.store().add_rule(&rule, now).await {
-                Ok(()) => {
-                    added = Ok(());
-                    break;
-                }
-                Err(e) => {
-                    added = Err(store_failed("adding an auto-approval rule", &e));
-                    rule.id = random_id();
-                }
-            }
-        }
-        added?;
+        // A clash of 40-bit ids among an authority's few rules is not worth a retry: it
+        // fails as a store error, and the admin runs the command again.
+        self.store()
+            .add_rule(&rule, now)
+            .await
+            .map_err(|e| store_failed("adding an auto-approval rule", &e))?;
         info!(rule = %rule.id, netblock = %rule.netblock, attributes = ?rule.attributes, "auto-approval rule added");
         // The rule applies to the requests already waiting, too.
         let pending = self
@@ -837,7 +806,7 @@ impl Authority {
                 return Err(ApiError::new(ErrorKind::Busy, BUSY));
             };
             let until_expiry = Duration::from_secs(record.expires_at.saturating_sub(now));
-            let hold = JOIN_WAIT_HOLD.min(until_expiry + Duration::from_secs(1));
+            let hold = JOIN_WAIT_HOLD.min(until_expiry.saturating_add(Duration::from_secs(1)));
             let _ = tokio::time::timeout(hold, decided).await;
             // As for any request: past the cap, "busy" at once rather than a queue.
             let _permit = self
@@ -957,28 +926,27 @@ mod tests {
             created_by: "I0000000000000000000000000000000000000000".parse().unwrap(),
             expires_at: 100,
         };
-        assert!(rule_covers(&rule, "10.9.8.7", &attrs(&[])));
-        assert!(rule_covers(
-            &rule,
-            "10.9.8.7",
-            &attrs(&[("component", "worker")])
-        ));
-        assert!(!rule_covers(
-            &rule,
-            "11.0.0.1",
-            &attrs(&[("component", "worker")])
-        ));
-        assert!(!rule_covers(
-            &rule,
-            "10.0.0.1",
-            &attrs(&[("component", "db")])
-        ));
-        assert!(!rule_covers(
-            &rule,
-            "10.0.0.1",
-            &attrs(&[("component", "worker"), ("ockam-role", "enroller")])
-        ));
-        assert!(!rule_covers(&rule, "unknown", &attrs(&[])));
+        // Source address, attributes asked for, whether the rule covers them.
+        type Case = (&'static str, &'static [(&'static str, &'static str)], bool);
+        let cases: [Case; 6] = [
+            ("10.9.8.7", &[], true),
+            ("10.9.8.7", &[("component", "worker")], true),
+            ("11.0.0.1", &[("component", "worker")], false),
+            ("10.0.0.1", &[("component", "db")], false),
+            (
+                "10.0.0.1",
+                &[("component", "worker"), ("ockam-role", "enroller")],
+                false,
+            ),
+            ("unknown", &[], false),
+        ];
+        for (source, asked, covered) in cases {
+            assert_eq!(
+                rule_covers(&rule, source, &attrs(asked)),
+                covered,
+                "{source} asking for {asked:?}"
+            );
+        }
     }
 
     #[test]

@@ -360,15 +360,9 @@ impl Worker for ServiceWorker {
         let payload = message.payload;
         self.tasks.spawn(
             async move {
-                let reply = if service == Service::Join {
-                    // Waiting for a decision gives the permit back while it waits.
-                    authority
-                        .answer_join(&caller, &channel, &payload, permit)
-                        .await
-                } else {
-                    let _permit: OwnedSemaphorePermit = permit;
-                    authority.answer(service, &caller, &payload).await
-                };
+                let reply = authority
+                    .answer(service, &caller, &channel, &payload, permit)
+                    .await;
                 send_reply(&node, reply_to, from, reply).await;
             }
             .instrument(span),
@@ -526,8 +520,17 @@ fn audit_entry(event: AuditEvent) -> AuditEntry {
 
 /// Answering requests.
 impl Authority {
-    /// The encoded answer to `payload`, sent to `service` by `caller`.
-    async fn answer(&self, service: Service, caller: &Identifier, payload: &[u8]) -> Vec<u8> {
+    /// The encoded answer to `payload`, sent to `service` by `caller` through `channel`.
+    /// `permit`, the request's share of [`MAX_IN_FLIGHT`], is held until the answer is
+    /// ready; a join request wait gives it back while it waits.
+    async fn answer(
+        &self,
+        service: Service,
+        caller: &Identifier,
+        channel: &ChannelSeen,
+        payload: &[u8],
+        permit: OwnedSemaphorePermit,
+    ) -> Vec<u8> {
         let result = match service {
             Service::Tickets => match api::decode_request(payload) {
                 Ok(request) => self.tickets(caller, request).await,
@@ -555,8 +558,10 @@ impl Authority {
                 Ok(request) => self.audit(caller, request).await.map(Answer::Audit),
                 Err(e) => Err(e),
             },
-            // Answered by `answer_join`.
-            Service::Join => Err(ApiError::new(ErrorKind::Internal, INTERNAL)),
+            Service::Join => match api::decode_request(payload) {
+                Ok(call) => self.join_call(caller, channel, call, permit).await,
+                Err(e) => Err(e),
+            },
         };
         match result {
             Ok(answer) => answer.encode(),

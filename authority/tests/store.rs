@@ -1653,7 +1653,7 @@ const LIMITS: JoinLimits = JoinLimits {
 const FILERS: usize = 20;
 
 /// A request from `requester` at `source`, asking for nothing for an hour, expiring in an
-/// hour; its code is `code-<id>`.
+/// hour.
 fn join_request(id: &str, requester: &Identifier, source: &str) -> NewJoinRequest {
     NewJoinRequest {
         id: id.to_owned(),
@@ -1662,7 +1662,6 @@ fn join_request(id: &str, requester: &Identifier, source: &str) -> NewJoinReques
         attributes: BTreeMap::new(),
         lifetime: HOUR,
         note: String::new(),
-        code: format!("code-{id}"),
         expires_at: NOW + HOUR,
     }
 }

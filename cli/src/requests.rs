@@ -1007,16 +1007,15 @@ fn check_netblock(text: &str) -> Result<()> {
 /// Text from the authority (a requester's note, attributes) made safe for a terminal:
 /// control characters are escaped, so a note cannot rewrite what the admin sees.
 fn clean(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    let mut cleaned = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            cleaned.extend(c.escape_default());
+        } else {
+            cleaned.push(c);
+        }
+    }
+    cleaned
 }
 
 fn attribute_list(attributes: &BTreeMap<String, String>, sep: &str) -> String {
@@ -1025,6 +1024,15 @@ fn attribute_list(attributes: &BTreeMap<String, String>, sep: &str) -> String {
         .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
         .collect::<Vec<_>>()
         .join(sep)
+}
+
+/// Attributes in a table's cell: `k=v,k=v`, or `-` for none.
+fn attribute_cell(attributes: &BTreeMap<String, String>) -> String {
+    if attributes.is_empty() {
+        "-".to_owned()
+    } else {
+        attribute_list(attributes, ",")
+    }
 }
 
 fn seconds(s: u64) -> String {
@@ -1114,16 +1122,11 @@ fn request_table(list: &[JoinRequestInfo], all: bool, now: u64) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|r| {
-            let attrs = attribute_list(&r.attributes, ",");
             let mut row = vec![
                 clean(&r.id),
                 short_identifier(&r.requester),
                 clean(&r.source),
-                if attrs.is_empty() {
-                    "-".to_owned()
-                } else {
-                    attrs
-                },
+                attribute_cell(&r.attributes),
                 seconds(r.lifetime),
                 clean(&r.code),
                 age(now.saturating_sub(r.created_at)),
@@ -1188,15 +1191,10 @@ fn rule_table(rules: &[AutoApproveRule], now: u64) -> String {
     let rows: Vec<Vec<String>> = rules
         .iter()
         .map(|r| {
-            let attrs = attribute_list(&r.attributes, ",");
             vec![
                 clean(&r.id),
                 clean(&r.netblock),
-                if attrs.is_empty() {
-                    "-".to_owned()
-                } else {
-                    attrs
-                },
+                attribute_cell(&r.attributes),
                 seconds(r.max_credential_lifetime),
                 age(r.expires_at.saturating_sub(now)),
                 short_identifier(&r.created_by),

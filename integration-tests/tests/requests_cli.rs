@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::Kith;
+use common::{Kith, identifier};
 
 /// 20 s: no step of these tests should come near this; it only bounds a failure.
 const STEP_LIMIT: Duration = Duration::from_secs(20);
@@ -27,13 +27,6 @@ fn exported(k: &Kith) -> String {
     let path = k.home().join("acme.json");
     std::fs::write(&path, k.ok(&["project", "export", "acme"])).unwrap();
     path.to_str().unwrap().to_owned()
-}
-
-fn identifier(k: &Kith, name: &str) -> String {
-    k.json(&["identity", "show", name])["identifier"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// A `kith project request` running in the background, its stderr read line by line.
@@ -430,32 +423,28 @@ fn an_auto_approve_rule_approves_a_waiting_request() {
         ],
     );
     let (id, _) = req.filed();
+    // A loopback rule for ten minutes, allowing what `allow` says.
+    let add_rule = |allow: &[&str]| {
+        let mut args = vec![
+            "project",
+            "requests",
+            "auto-approve",
+            "add",
+            "--netblock",
+            "127.0.0.0/8",
+            "--lifetime",
+            "10m",
+        ];
+        args.extend(allow);
+        admin.json(&args)
+    };
     // A rule that allows other attributes leaves it pending.
-    let narrow = admin.json(&[
-        "project",
-        "requests",
-        "auto-approve",
-        "add",
-        "--netblock",
-        "127.0.0.0/8",
-        "--lifetime",
-        "10m",
-        "--allow-attribute",
-        "component=db",
-    ]);
+    let narrow = add_rule(&["--allow-attribute", "component=db"]);
     assert!(
         narrow["approved"].as_array().unwrap().is_empty(),
         "{narrow}"
     );
-    let added = admin.json(&[
-        "project",
-        "requests",
-        "auto-approve",
-        "add",
-        "--netblock",
-        "127.0.0.0/8",
-        "--lifetime",
-        "10m",
+    let added = add_rule(&[
         "--allow-attribute",
         "component=worker",
         "--max-credential-lifetime",

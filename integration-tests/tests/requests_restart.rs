@@ -8,20 +8,13 @@ use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Kith;
+use common::{Kith, identifier};
 
 /// 20 requesters (issue 7).
 const REQUESTERS: usize = 20;
 
 /// 90 s: bounds each wait below; a pass takes a few seconds.
 const LIMIT: Duration = Duration::from_secs(90);
-
-fn identifier(k: &Kith, name: &str) -> String {
-    k.json(&["identity", "show", name])["identifier"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
 
 /// The pending requests, by requester identifier: (id, code).
 fn pending(k: &Kith) -> BTreeMap<String, (String, String)> {
@@ -102,12 +95,7 @@ fn twenty_waiting_requesters_survive_a_kill_9_of_the_authority_and_complete_when
     let before = pending(&k);
 
     // kill -9 the authority while they wait, and start it again.
-    let pid = k.status("authority")["pid"].as_u64().unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    k.kill_9("authority");
     k.ok(&["node", "start", "authority"]);
 
     // Nothing was lost, and no requester filed anew.
@@ -129,7 +117,7 @@ fn twenty_waiting_requesters_survive_a_kill_9_of_the_authority_and_complete_when
     let started = Instant::now();
     for mut r in requesters {
         let output = loop {
-            if r.child.try_wait_ok() {
+            if r.child.try_wait().unwrap().is_some() {
                 break r.child.wait_with_output().unwrap();
             }
             assert!(started.elapsed() < LIMIT, "{} did not finish", r.name);
@@ -148,14 +136,4 @@ fn twenty_waiting_requesters_survive_a_kill_9_of_the_authority_and_complete_when
         assert_eq!(result["attributes"]["component"], "worker", "{result}");
     }
     assert!(pending(&k).is_empty());
-}
-
-trait TryWaitOk {
-    fn try_wait_ok(&mut self) -> bool;
-}
-
-impl TryWaitOk for Child {
-    fn try_wait_ok(&mut self) -> bool {
-        matches!(self.try_wait(), Ok(Some(_)))
-    }
 }

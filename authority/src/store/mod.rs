@@ -297,9 +297,6 @@ pub struct NewJoinRequest {
     pub lifetime: u64,
     /// The requester's note.
     pub note: String,
-    /// Its verification code. It depends on the id, so the caller computes it for `id` and,
-    /// through `code_for`, for an existing pending request's id.
-    pub code: String,
     /// When it expires if undecided, Unix seconds.
     pub expires_at: u64,
 }
@@ -665,9 +662,10 @@ impl MembershipStore {
 impl MembershipStore {
     /// File `request` at `now`, in one transaction: mark the requests past their expiry
     /// expired (auditing [`AuditEvent::REQUEST_EXPIRED`]); if the requester has a pending
-    /// request, update its source, attributes, lifetime, note and code (`code_for(id)`
-    /// gives the code for that id) and keep its id, creation and expiry; otherwise check
-    /// `limits` (pending requests from `request.source`, and in all) and insert it. Audits
+    /// request, update its source, attributes, lifetime, note and code and keep its id,
+    /// creation and expiry; otherwise check `limits` (pending requests from
+    /// `request.source`, and in all) and insert it. The verification code depends on the
+    /// id, so the one stored is `code_for` the id the request ends up with. Audits
     /// [`AuditEvent::REQUEST_FILED`].
     pub async fn file_join_request(
         &self,

@@ -37,11 +37,12 @@ pub(super) trait Dialect: Database {
 /// longer is reported as [`StoreError::Busy`].
 const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(10);
 
-/// 3: how often a redemption is attempted when the ticket looked redeemable yet the
-/// redeeming `UPDATE` matched nothing. That needs the ticket to change between the two
-/// statements in a way the database's locking rules out, so a second attempt settles it;
-/// the third is a margin before reporting the row as inconsistent.
-const REDEEM_ATTEMPTS: usize = 3;
+/// 3: how often a write that changes a row only if it is fit (a redemption, a filing, a
+/// decision) is attempted when the change matched nothing, yet the row then looks fit. That
+/// needs the row to change between two statements in a way the database's locking (or, for
+/// filings, their taking turns) rules out, so a second attempt settles it; the third is a
+/// margin before reporting the row as inconsistent.
+const SETTLE_ATTEMPTS: usize = 3;
 
 /// The columns of `tickets` that [`Db::ticket_record`] reads.
 const TICKET_COLUMNS: &str =
@@ -122,7 +123,7 @@ enum Write {
 
 /// What a write came to.
 enum Outcome {
-    Redeemed(Attempt),
+    Redeemed(Attempt<Redeemed, RedeemError>),
     Created,
 }
 
@@ -145,13 +146,14 @@ impl Batch {
     }
 }
 
-/// How one redemption attempt ended.
-enum Attempt {
-    /// A use was taken and the member added (committed).
-    Enrolled(Redeemed),
-    /// The ticket is unknown or unusable; nothing was written.
-    Refused(RedeemError),
-    /// The ticket looked usable, yet no use could be taken: run the attempt again.
+/// How one attempt at a write that changes a row only if it is fit ended.
+pub(super) enum Attempt<T, E> {
+    /// Done: a redemption's use taken and member added, a request filed or decided.
+    Done(T),
+    /// Refused (the ticket is unusable, the request undecidable, a cap is reached): nothing
+    /// was written, but for the expiry marks that a refused filing commits.
+    Refused(E),
+    /// The row looked fit, yet the change matched nothing: run the attempt again.
     Inconclusive,
 }
 
@@ -280,33 +282,27 @@ where
         now: u64,
     ) -> Result<Redeemed, RedeemError> {
         let hash = kith_identity::hex::encode(code_hash);
-        for _ in 0..REDEEM_ATTEMPTS {
-            let outcome = self
-                .grouped(Write::Redeem {
-                    hash: hash.clone(),
+        let hash = hash.as_str();
+        self.settle(
+            "ticket redemption",
+            move || async move {
+                let write = Write::Redeem {
+                    hash: hash.to_owned(),
                     member: *member,
                     now,
-                })
-                .await?;
-            let Outcome::Redeemed(attempt) = outcome else {
-                return Err(self
-                    .corrupt("group commit answered a redemption with a creation".to_owned())
-                    .into());
-            };
-            match attempt {
-                Attempt::Enrolled(redeemed) => return Ok(redeemed),
-                Attempt::Refused(refusal) => return Err(refusal),
-                Attempt::Inconclusive => {
-                    tracing::debug!(store = %self.location, %member, "ticket redemption inconclusive; trying again");
+                };
+                match self.grouped(write).await? {
+                    Outcome::Redeemed(attempt) => Ok(attempt),
+                    Outcome::Created => Err(self
+                        .corrupt("group commit answered a redemption with a creation".to_owned())),
                 }
-            }
-        }
-        Err(self
-            .corrupt(
+            },
+            || {
                 "ticket (it is neither revoked, expired nor used up, yet it cannot be redeemed)"
-                    .to_owned(),
-            )
-            .into())
+                    .to_owned()
+            },
+        )
+        .await
     }
 
     pub(super) async fn add_member(
@@ -563,7 +559,7 @@ where
             }
             let keep = matches!(
                 outcome,
-                Ok(Outcome::Created | Outcome::Redeemed(Attempt::Enrolled(_)))
+                Ok(Outcome::Created | Outcome::Redeemed(Attempt::Done(_)))
             );
             if !keep {
                 sqlx::query("ROLLBACK TO SAVEPOINT write")
@@ -589,7 +585,7 @@ where
         hash: &str,
         member: &Identifier,
         now: u64,
-    ) -> Result<Attempt, StoreError> {
+    ) -> Result<Attempt<Redeemed, RedeemError>, StoreError> {
         let taken = sqlx::query(TAKE_USE)
             .bind(hash.to_owned())
             .bind(sql_time(now))
@@ -628,7 +624,7 @@ where
         )
         .await?;
         self.upsert_member(&mut *tx, &enrolled, &actor, now).await?;
-        Ok(Attempt::Enrolled(Redeemed {
+        Ok(Attempt::Done(Redeemed {
             ticket_id: id,
             attributes: enrolled.attributes,
         }))
@@ -640,7 +636,7 @@ where
         conn: &mut DB::Connection,
         hash: &str,
         now: u64,
-    ) -> Result<Attempt, StoreError> {
+    ) -> Result<Attempt<Redeemed, RedeemError>, StoreError> {
         let row = sqlx::query(
             "SELECT id, usage_count, uses_left, expires_at, revoked_at FROM tickets \
              WHERE code_hash = $1",
@@ -762,6 +758,31 @@ where
             }
         }
     }
+
+    /// Run `attempt` (`what`, for the log) until it is done or refused, at most
+    /// [`SETTLE_ATTEMPTS`] times; past that, the row (`inconsistent` names it) is corrupt.
+    pub(super) async fn settle<T, E, F, Fut>(
+        &self,
+        what: &str,
+        mut attempt: F,
+        inconsistent: impl FnOnce() -> String,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Attempt<T, E>, StoreError>>,
+    {
+        for _ in 0..SETTLE_ATTEMPTS {
+            match attempt().await? {
+                Attempt::Done(done) => return Ok(done),
+                Attempt::Refused(refusal) => return Err(refusal),
+                Attempt::Inconclusive => {
+                    tracing::debug!(store = %self.location, what, "inconclusive; trying again");
+                }
+            }
+        }
+        Err(self.corrupt(inconsistent()).into())
+    }
 }
 
 /// Decoding rows. A value that does not decode means the row was not written by the store.
@@ -880,7 +901,26 @@ where
         what: impl FnOnce() -> String + Copy,
     ) -> Result<BTreeMap<String, String>, StoreError> {
         let text: String = self.column(row, column, what)?;
-        serde_json::from_str(&text)
+        self.attributes_of(&text, what)
+    }
+
+    /// Attributes, or NULL.
+    pub(super) fn optional_attributes(
+        &self,
+        row: &DB::Row,
+        column: &str,
+        what: impl FnOnce() -> String + Copy,
+    ) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+        let text: Option<String> = self.column(row, column, what)?;
+        text.map(|text| self.attributes_of(&text, what)).transpose()
+    }
+
+    fn attributes_of(
+        &self,
+        text: &str,
+        what: impl FnOnce() -> String,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        serde_json::from_str(text)
             .map_err(|e| self.corrupt_by(format!("{} (not a JSON object of strings)", what()), e))
     }
 }

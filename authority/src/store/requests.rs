@@ -8,12 +8,10 @@
 //! its one `UPDATE … WHERE state = 'pending' AND code = …` decides a request at most once,
 //! and only as the admin saw it.
 
-use std::collections::BTreeMap;
-
 use kith_identity::Identifier;
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Transaction, Type};
 
-use super::ops::{Db, Dialect, attributes_json, sql_time};
+use super::ops::{Attempt, Db, Dialect, attributes_json, sql_time};
 use super::{
     AuditEvent, DecideError, Decision, FileError, Filed, JoinLimits, JoinRecord, JoinState, Member,
     NewJoinRequest, RuleRecord, StoreError,
@@ -32,35 +30,11 @@ const RULE_COLUMNS: &str =
 const EXPIRE: &str = "UPDATE join_requests SET state = 'expired', decided_at = $1 \
      WHERE state = 'pending' AND expires_at <= $1";
 
-/// 3: how often a filing is attempted when its insert conflicted with a row that the same
-/// transaction then cannot find. Filings take turns, so that needs a conflicting row to be
-/// committed and changed again between two statements; a second attempt settles it, the
-/// third is a margin before reporting the table as inconsistent.
-const FILE_ATTEMPTS: usize = 3;
+/// How one filing attempt ended. A refused one committed only its expiry marks.
+type FileAttempt = Attempt<Filed, FileError>;
 
-/// 3: how often a decision is attempted when the deciding `UPDATE` matched nothing yet the
-/// request then looks decidable, for the same reasons as [`FILE_ATTEMPTS`].
-const DECIDE_ATTEMPTS: usize = 3;
-
-/// How one filing attempt ended.
-enum FileAttempt {
-    /// Filed or filed again (committed).
-    Filed(Box<Filed>),
-    /// Refused; only expiry marks were committed.
-    Refused(FileError),
-    /// The insert conflicted with a row that has gone since: run the attempt again.
-    Inconclusive,
-}
-
-/// How one decision attempt ended.
-enum DecideAttempt {
-    /// Decided (committed).
-    Decided(Box<JoinRecord>),
-    /// Not decidable; nothing was written.
-    Refused(DecideError),
-    /// Nothing matched, yet the request looks decidable: run the attempt again.
-    Inconclusive,
-}
+/// How one decision attempt ended. A refused one wrote nothing.
+type DecideAttempt = Attempt<JoinRecord, DecideError>;
 
 impl<DB> Db<DB>
 where
@@ -79,24 +53,17 @@ where
         limits: JoinLimits,
         now: u64,
     ) -> Result<Filed, FileError> {
-        for _ in 0..FILE_ATTEMPTS {
-            let attempt = self
-                .retrying(move || self.try_file(request, code_for, limits, now))
-                .await?;
-            match attempt {
-                FileAttempt::Filed(filed) => return Ok(*filed),
-                FileAttempt::Refused(refusal) => return Err(refusal),
-                FileAttempt::Inconclusive => {
-                    tracing::debug!(store = %self.location(), requester = %request.requester, "join request filing conflicted; trying again");
-                }
-            }
-        }
-        Err(self
-            .corrupt(format!(
-                "join request of {} (filing it conflicts with a request that cannot be found)",
-                request.requester
-            ))
-            .into())
+        self.settle(
+            "join request filing",
+            move || self.retrying(move || self.try_file(request, code_for, limits, now)),
+            || {
+                format!(
+                    "join request of {} (filing it conflicts with a request that cannot be found)",
+                    request.requester
+                )
+            },
+        )
+        .await
     }
 
     pub(super) async fn join_request(&self, id: &str) -> Result<Option<JoinRecord>, StoreError> {
@@ -149,24 +116,19 @@ where
         decided_by: &str,
         now: u64,
     ) -> Result<JoinRecord, DecideError> {
-        for _ in 0..DECIDE_ATTEMPTS {
-            let attempt = self
-                .retrying(move || self.try_decide(id, code, decision, actor, decided_by, now))
-                .await?;
-            match attempt {
-                DecideAttempt::Decided(record) => return Ok(*record),
-                DecideAttempt::Refused(refusal) => return Err(refusal),
-                DecideAttempt::Inconclusive => {
-                    tracing::debug!(store = %self.location(), request = id, "join request decision inconclusive; trying again");
-                }
-            }
-        }
-        Err(self
-            .corrupt(format!(
-                "join request {id:?} (it is pending, unexpired and has this code, yet it cannot \
-                 be decided)"
-            ))
-            .into())
+        self.settle(
+            "join request decision",
+            move || {
+                self.retrying(move || self.try_decide(id, code, decision, actor, decided_by, now))
+            },
+            || {
+                format!(
+                    "join request {id:?} (it is pending, unexpired and has this code, yet it \
+                     cannot be decided)"
+                )
+            },
+        )
+        .await
     }
 
     pub(super) async fn expire_join_requests(
@@ -309,7 +271,7 @@ where
         if let Some(refusal) = refusal {
             // What was marked expired stays so.
             tx.commit().await.map_err(|e| self.db(e))?;
-            return Ok(FileAttempt::Refused(refusal));
+            return Ok(Attempt::Refused(refusal));
         }
 
         // DO NOTHING rather than an error on a conflict, so that the transaction goes on
@@ -328,7 +290,7 @@ where
             .bind(attributes_json(&request.attributes))
             .bind(sql_time(request.lifetime))
             .bind(request.note.clone())
-            .bind(request.code.clone())
+            .bind(code_for(&request.id))
             .bind(sql_time(now))
             .bind(sql_time(request.expires_at))
             .fetch_optional(&mut *tx)
@@ -352,12 +314,12 @@ where
             .map_err(|e| self.db(e))?;
         if taken.is_some() {
             tx.commit().await.map_err(|e| self.db(e))?;
-            return Ok(FileAttempt::Refused(FileError::IdTaken {
+            return Ok(Attempt::Refused(FileError::IdTaken {
                 id: request.id.clone(),
             }));
         }
         tx.rollback().await.map_err(|e| self.db(e))?;
-        Ok(FileAttempt::Inconclusive)
+        Ok(Attempt::Inconclusive)
     }
 
     /// Update the requester's pending request with `request` (and the code for its id), if
@@ -422,7 +384,7 @@ where
         )
         .await?;
         tx.commit().await.map_err(|e| self.db(e))?;
-        Ok(FileAttempt::Filed(Box::new(Filed { record, refiled })))
+        Ok(Attempt::Done(Filed { record, refiled }))
     }
 
     /// How many requests are pending and unexpired at `now`: from `source`, or in all.
@@ -557,23 +519,25 @@ where
         };
         let record = self.join_record(&row)?;
         let actor_text = actor.to_string();
-        let detail = match decision {
+        let (action, detail) = match decision {
             Decision::Approve {
                 attributes,
                 lifetime,
-            } => format!(
-                "requester={} attributes={} lifetime={lifetime} decided_by={decided_by:?}",
-                record.requester,
-                attributes_json(attributes)
+            } => (
+                AuditEvent::REQUEST_APPROVED,
+                format!(
+                    "requester={} attributes={} lifetime={lifetime} decided_by={decided_by:?}",
+                    record.requester,
+                    attributes_json(attributes)
+                ),
             ),
-            Decision::Deny { reason } => format!(
-                "requester={} decided_by={decided_by:?} reason={reason:?}",
-                record.requester
+            Decision::Deny { reason } => (
+                AuditEvent::REQUEST_DENIED,
+                format!(
+                    "requester={} decided_by={decided_by:?} reason={reason:?}",
+                    record.requester
+                ),
             ),
-        };
-        let action = match decision {
-            Decision::Approve { .. } => AuditEvent::REQUEST_APPROVED,
-            Decision::Deny { .. } => AuditEvent::REQUEST_DENIED,
         };
         self.audit(&mut tx, now, &actor_text, action, id, &detail)
             .await?;
@@ -594,7 +558,7 @@ where
                 .await?;
         }
         tx.commit().await.map_err(|e| self.db(e))?;
-        Ok(DecideAttempt::Decided(Box::new(record)))
+        Ok(Attempt::Done(record))
     }
 
     /// Why request `id` could not be decided with `code` at `now`.
@@ -611,33 +575,27 @@ where
             .await
             .map_err(|e| self.db(e))?;
         let Some(row) = row else {
-            return Ok(DecideAttempt::Refused(DecideError::NotFound));
+            return Ok(Attempt::Refused(DecideError::NotFound));
         };
         let what = |part: &str| format!("{part} of join request {id:?}");
         let state = self.join_state(&row, "state", || what("state"))?;
         if state != JoinState::Pending {
-            return Ok(DecideAttempt::Refused(DecideError::Closed { state }));
+            return Ok(Attempt::Refused(DecideError::Closed { state }));
         }
         let expires_at = self.time(&row, "expires_at", || what("expiry"))?;
         if expires_at <= now {
-            return Ok(DecideAttempt::Refused(DecideError::Expired { expires_at }));
+            return Ok(Attempt::Refused(DecideError::Expired { expires_at }));
         }
         let current: String = self.column(&row, "code", || what("code"))?;
         if current != code {
-            return Ok(DecideAttempt::Refused(DecideError::CodeChanged));
+            return Ok(Attempt::Refused(DecideError::CodeChanged));
         }
-        Ok(DecideAttempt::Inconclusive)
+        Ok(Attempt::Inconclusive)
     }
-}
 
-/// Decoding rows. A value that does not decode means the row was not written by the store.
-impl<DB> Db<DB>
-where
-    DB: Dialect,
-    for<'q> String: Decode<'q, DB> + Type<DB>,
-    for<'q> i64: Decode<'q, DB> + Type<DB>,
-    for<'a> &'a str: ColumnIndex<DB::Row>,
-{
+    // Decoding rows. A value that does not decode means the row was not written by the
+    // store.
+
     /// A `join_requests` row read with [`JOIN_COLUMNS`].
     fn join_record(&self, row: &DB::Row) -> Result<JoinRecord, StoreError> {
         let id: String = self.column(row, "id", || "join request id".to_owned())?;
@@ -697,21 +655,5 @@ where
         .into_iter()
         .find(|state| state.as_str() == text)
         .ok_or_else(|| self.corrupt(format!("{} ({text:?} is not a state)", what())))
-    }
-
-    /// Attributes (a JSON object of strings) or NULL.
-    fn optional_attributes(
-        &self,
-        row: &DB::Row,
-        column: &str,
-        what: impl FnOnce() -> String + Copy,
-    ) -> Result<Option<BTreeMap<String, String>>, StoreError> {
-        let text: Option<String> = self.column(row, column, what)?;
-        text.map(|text| {
-            serde_json::from_str(&text).map_err(|e| {
-                self.corrupt_by(format!("{} (not a JSON object of strings)", what()), e)
-            })
-        })
-        .transpose()
     }
 }
