@@ -1,7 +1,8 @@
 //! `cargo bench -p kith-integration-tests --bench authority`: JSON lines, one per figure,
 //! each with its same-run baseline. `-- --quick` for tiny counts; `-- --only NAME`
 //! (`sqlite`, `postgres`, `credentials`) for one measurement, e.g. under a profiler;
-//! `-- --uses-per-ticket N` for tickets that enroll N identities each (default 1).
+//! `-- --uses-per-ticket N` for tickets that enroll N identities each (default 1). With
+//! `RUST_LOG` set, this process's client nodes log to stderr.
 //!
 //! The daemons are the release `kith` binary next to this bench (`target/release/kith`).
 //! Cargo does not build another package's binaries for a bench, so unless `KITH_BIN` names
@@ -14,43 +15,28 @@ use std::process::Command;
 use kith_integration_tests::authority_bench::{
     AuthorityBenchConfig, kith_next_to_exe, postgres_url_from_env, run_all,
 };
+use kith_integration_tests::bench::bench_main;
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1).cloned());
-    if std::env::var_os("KITH_BIN").is_none() {
-        build_release_kith()?;
-    }
-    let kith = kith_next_to_exe()?;
-    let postgres = postgres_url_from_env()?;
-    let mut config = if quick {
-        AuthorityBenchConfig::quick(kith, postgres)
-    } else {
-        AuthorityBenchConfig::full(kith, postgres)
-    };
-    config.only = only;
-    if let Some(uses) = args
-        .iter()
-        .position(|a| a == "--uses-per-ticket")
-        .and_then(|i| args.get(i + 1))
-    {
-        config.uses_per_ticket = uses
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--uses-per-ticket {uses:?}: {e}"))?;
-    }
-    run_all(&config, |r| println!("{}", r.to_json_line()))?;
-    Ok(())
+    bench_main(|args, report| {
+        if std::env::var_os("KITH_BIN").is_none() {
+            build_release_kith()?;
+        }
+        let kith = kith_next_to_exe()?;
+        let postgres = postgres_url_from_env()?;
+        let mut config = if args.quick() {
+            AuthorityBenchConfig::quick(kith, postgres)
+        } else {
+            AuthorityBenchConfig::full(kith, postgres)
+        };
+        config.only = args.only()?;
+        if let Some(uses) = args.value("--uses-per-ticket")? {
+            config.uses_per_ticket = uses
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--uses-per-ticket {uses:?}: {e}"))?;
+        }
+        run_all(&config, report)
+    });
 }
 
 /// `cargo build --release -p kith-cli`, with the cargo that runs this bench; its progress

@@ -4,20 +4,22 @@
 //!
 //! `cargo bench -p kith-integration-tests --bench foundation` runs it full-size (under 10 s
 //! of measuring on 2 cores); add `-- --quick` for the smoke-test counts. See
-//! [`kith_integration_tests::bench`] for what each number means.
+//! [`kith_integration_tests::bench`] for what each number means. With `RUST_LOG` set, the
+//! nodes' logs go to stderr.
 
-use kith_integration_tests::bench::{self, BenchConfig};
+use kith_integration_tests::bench::{self, BenchConfig, bench_main};
 
-fn main() -> anyhow::Result<()> {
-    // The memory bench re-executes this binary as its child process.
-    if bench::run_child_if_requested()? {
-        return Ok(());
-    }
-    let config = if std::env::args().any(|a| a == "--quick") {
-        BenchConfig::quick()
-    } else {
-        BenchConfig::full()
-    };
-    bench::run_all(&config, |record| println!("{}", record.to_json_line()))?;
-    Ok(())
+fn main() {
+    bench_main(|args, report| {
+        // The memory bench re-executes this binary as its child process.
+        if bench::run_child_if_requested()? {
+            return Ok(Vec::new());
+        }
+        let config = if args.quick() {
+            BenchConfig::quick()
+        } else {
+            BenchConfig::full()
+        };
+        bench::run_all(&config, report)
+    });
 }

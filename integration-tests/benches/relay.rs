@@ -4,23 +4,16 @@
 //! counts. With `RUST_LOG` set (e.g. `RUST_LOG=warn`), the nodes' logs go to stderr, which
 //! shows why a channel or the relay went down if a run fails.
 
+use kith_integration_tests::bench::bench_main;
+use kith_integration_tests::relay_bench::{RelayBenchConfig, run_all};
+
 fn main() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    let quick = std::env::args().any(|a| a == "--quick");
-    let config = if quick {
-        kith_integration_tests::relay_bench::RelayBenchConfig::quick()
-    } else {
-        kith_integration_tests::relay_bench::RelayBenchConfig::full()
-    };
-    if let Err(e) =
-        kith_integration_tests::relay_bench::run_all(&config, |r| println!("{}", r.to_json_line()))
-    {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    bench_main(|args, report| {
+        let config = if args.quick() {
+            RelayBenchConfig::quick()
+        } else {
+            RelayBenchConfig::full()
+        };
+        run_all(&config, report)
+    });
 }

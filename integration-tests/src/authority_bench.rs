@@ -52,7 +52,8 @@ use tempfile::TempDir;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
-use crate::bench::BenchRecord;
+use crate::bench::{BenchRecord, run_bench, selection, verdict};
+use crate::party::ticket_code;
 use crate::postgres::TempDatabase;
 
 /// 1,000 redemptions/s: what one authority process on SQLite should sustain.
@@ -70,6 +71,9 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
 /// 1 hour: how long the benched tickets stay valid, far beyond any run.
 const TICKET_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The measurements [`AuthorityBenchConfig::only`] may name.
+pub const MEASUREMENTS: &[&str] = &["sqlite", "postgres", "credentials"];
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -168,35 +172,28 @@ pub fn postgres_url_from_env() -> anyhow::Result<String> {
 /// tokio runtime; call it from outside one.
 pub fn run_all(
     config: &AuthorityBenchConfig,
-    mut report: impl FnMut(&BenchRecord),
+    report: impl FnMut(&BenchRecord),
 ) -> anyhow::Result<Vec<BenchRecord>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let mut all = Vec::new();
-    let mut emit = |rs: Vec<BenchRecord>| {
-        for r in rs {
-            report(&r);
-            all.push(r);
-        }
-    };
-    let wanted = |name: &str| config.only.as_deref().is_none_or(|o| o == name);
-    rt.block_on(async {
-        let clients = ClientNodes::start(config.client_nodes);
-        let outcome = async {
-            if wanted("sqlite") || wanted("credentials") {
-                emit(sqlite(config, &clients, wanted("sqlite"), wanted("credentials")).await?);
+    let wanted = selection(config.only.as_deref(), MEASUREMENTS)?;
+    run_bench(report, |rt, out| {
+        rt.block_on(async {
+            let clients = ClientNodes::start(config.client_nodes);
+            let outcome = async {
+                if wanted("sqlite") || wanted("credentials") {
+                    out.emit(
+                        sqlite(config, &clients, wanted("sqlite"), wanted("credentials")).await?,
+                    );
+                }
+                if wanted("postgres") {
+                    out.emit(postgres(config, &clients).await?);
+                }
+                anyhow::Ok(())
             }
-            if wanted("postgres") {
-                emit(postgres(config, &clients).await?);
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        clients.shutdown().await;
-        outcome
-    })?;
-    Ok(all)
+            .await;
+            clients.shutdown().await;
+            outcome
+        })
+    })
 }
 
 /// The SQLite redemption run and, with `credentials`, the credential run on its members.
@@ -227,11 +224,7 @@ async fn sqlite(
         .await?;
         eprintln!(
             "authority (SQLite): {rate:.0} redemptions/s, {baseline:.0} handshakes/s; target {SQLITE_TARGET:.0}/s {}",
-            if rate >= SQLITE_TARGET {
-                "met"
-            } else {
-                "NOT met"
-            }
+            verdict(rate >= SQLITE_TARGET)
         );
         records.push(BenchRecord::new(
             "authority_redemptions_sqlite",
@@ -292,11 +285,7 @@ async fn postgres(
     let (rate, baseline, _) = best_of_rounds(config, clients, &plain, &authorities, &admin).await?;
     eprintln!(
         "authority (PostgreSQL, 2 processes): {rate:.0} redemptions/s, {baseline:.0} handshakes/s; target {POSTGRES_TARGET:.0}/s {}",
-        if rate >= POSTGRES_TARGET {
-            "met"
-        } else {
-            "NOT met"
-        }
+        verdict(rate >= POSTGRES_TARGET)
     );
     // Stop the daemons before the database goes.
     drop((home_a, home_b));
@@ -411,7 +400,7 @@ async fn enroll(
                     .create_ticket(Default::default(), TICKET_LIFETIME, uses)
                     .await
                     .context("creating a ticket")?;
-                let code = code_of(&created.code)?;
+                let code = ticket_code(&created.code)?;
                 for _ in 0..left.min(per_ticket) {
                     tx.send(code.clone())
                         .await
@@ -719,16 +708,6 @@ async fn join_all(mut workers: JoinSet<anyhow::Result<()>>) -> anyhow::Result<()
 
 fn rate(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
-}
-
-/// The one-time code in a created ticket (64 hex digits).
-fn code_of(hex: &str) -> anyhow::Result<OneTimeCode> {
-    ensure!(hex.len() == 64, "a ticket code of {} hex digits", hex.len());
-    let mut bytes = [0u8; 32];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).context("a ticket code")?;
-    }
-    Ok(OneTimeCode::from_bytes(bytes))
 }
 
 /// A private `KITH_HOME` for daemons of the bench; dropping it stops them.

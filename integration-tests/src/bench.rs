@@ -165,9 +165,14 @@ impl BenchRecord {
 
     /// The record as one line of JSON, keys in the order above.
     pub fn to_json_line(&self) -> String {
-        // A struct of strings and floats always serializes; non-finite floats become null.
-        serde_json::to_string(self).unwrap_or_default()
+        json_line(self)
     }
+}
+
+/// A record as one line of JSON. A struct of strings and floats always serializes;
+/// non-finite floats become null.
+pub fn json_line(record: &impl Serialize) -> String {
+    serde_json::to_string(record).unwrap_or_default()
 }
 
 fn significant(x: f64, digits: i32) -> f64 {
@@ -187,24 +192,128 @@ fn round_to(x: f64, scale: f64) -> f64 {
 /// and return them all. Builds its own tokio runtime; call it from outside one.
 pub fn run_all(
     config: &BenchConfig,
-    mut report: impl FnMut(&BenchRecord),
+    report: impl FnMut(&BenchRecord),
 ) -> anyhow::Result<Vec<BenchRecord>> {
-    let mut all = Vec::new();
-    let mut emit = |records: Vec<BenchRecord>| {
+    run_bench(report, |rt, out| {
+        out.emit(rt.block_on(latency(config))?);
+        out.emit(rt.block_on(throughput(config))?);
+        // The children measure their own memory; this process needs no runtime for that.
+        drop(rt);
+        out.emit(memory(config)?);
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// What every bench shares: the runtime, the records, the command line
+
+/// Where a bench's records go: each to a reporter as soon as it is known, and all of them
+/// into the list [`run_bench`] returns.
+pub struct Records<'a, R> {
+    report: &'a mut dyn FnMut(&R),
+    all: Vec<R>,
+}
+
+impl<R> Records<'_, R> {
+    /// Report `records`, in order, and keep them.
+    pub fn emit(&mut self, records: impl IntoIterator<Item = R>) {
         for r in records {
-            report(&r);
-            all.push(r);
+            (self.report)(&r);
+            self.all.push(r);
         }
-    };
+    }
+}
+
+/// Build a multi-threaded tokio runtime and run `body` with it, passing every record it
+/// emits to `report` as soon as it is known; all the records, in order. `body` owns the
+/// runtime, so it may drop it before measuring something outside it. Call it from outside
+/// a runtime.
+pub fn run_bench<R>(
+    mut report: impl FnMut(&R),
+    body: impl FnOnce(tokio::runtime::Runtime, &mut Records<'_, R>) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<R>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("building the bench runtime")?;
-    emit(rt.block_on(latency(config))?);
-    emit(rt.block_on(throughput(config))?);
-    drop(rt);
-    emit(memory(config)?);
-    Ok(all)
+    let mut records = Records {
+        report: &mut report,
+        all: Vec::new(),
+    };
+    body(rt, &mut records)?;
+    Ok(records.all)
+}
+
+/// Which of a bench's measurements to run: all of them, or only `only`, which must be one
+/// of `names` (a typo would otherwise run nothing and print nothing).
+pub fn selection<'a>(
+    only: Option<&'a str>,
+    names: &[&str],
+) -> anyhow::Result<impl Fn(&str) -> bool + 'a> {
+    if let Some(o) = only {
+        ensure!(
+            names.contains(&o),
+            "--only {o:?} is not a measurement of this bench; one of {names:?}"
+        );
+    }
+    Ok(move |name: &str| only.is_none_or(|o| o == name))
+}
+
+/// A bench binary's command line. Arguments it does not know (cargo passes `--bench`) are
+/// ignored.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    args: Vec<String>,
+}
+
+impl BenchArgs {
+    /// This process's arguments.
+    pub fn from_env() -> Self {
+        Self {
+            args: std::env::args().skip(1).collect(),
+        }
+    }
+
+    /// Whether `--quick` (tiny counts) was given.
+    pub fn quick(&self) -> bool {
+        self.args.iter().any(|a| a == "--quick")
+    }
+
+    /// The argument after `flag`, if `flag` was given; an error if nothing follows it.
+    pub fn value(&self, flag: &str) -> anyhow::Result<Option<&str>> {
+        match self.args.iter().position(|a| a == flag) {
+            None => Ok(None),
+            Some(i) => match self.args.get(i + 1) {
+                Some(v) => Ok(Some(v)),
+                None => bail!("{flag} needs a value"),
+            },
+        }
+    }
+
+    /// `--only NAME`: one measurement, e.g. under a profiler.
+    pub fn only(&self) -> anyhow::Result<Option<String>> {
+        Ok(self.value("--only")?.map(str::to_owned))
+    }
+}
+
+/// The `main` of a bench binary. With `RUST_LOG` set (e.g. `RUST_LOG=warn`), the nodes'
+/// logs go to stderr. `run` gets the command line and a reporter that prints each record
+/// as one JSON line on stdout ([`json_line`]); if it fails, the error goes to stderr and
+/// the process exits with status 1.
+pub fn bench_main<R: Serialize>(
+    run: impl FnOnce(&BenchArgs, &mut dyn FnMut(&R)) -> anyhow::Result<Vec<R>>,
+) {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let mut print = |r: &R| println!("{}", json_line(r));
+    if let Err(e) = run(&BenchArgs::from_env(), &mut print) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -349,6 +458,11 @@ pub(crate) fn percentile(samples: &[Duration], q: usize) -> Duration {
     sorted.sort_unstable();
     let rank = (sorted.len() * q).div_ceil(100).saturating_sub(1);
     sorted.get(rank).copied().unwrap_or_default()
+}
+
+/// How stderr says whether a target was met.
+pub(crate) fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
 }
 
 pub(crate) fn micros(d: Duration) -> f64 {

@@ -13,12 +13,19 @@ use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
 use kith_identity::unix_now;
 use kith_identity::{CredentialAndPurposeKey, CredentialSigningKey, Identity, SecureChannelKey};
 use kith_node::{Address, AllowAll, Context, Echo, Message, Node, Route, TCP, Worker, WorkerError};
-use kith_transport::TcpTransport;
+use kith_transport::{PROTOCOL_VERSION, TcpTransport};
 use tokio::sync::oneshot;
 
-use crate::bench::{BenchRecord, micros, percentile, rss_kib};
+use crate::bench::{BenchRecord, micros, percentile, rss_kib, run_bench, selection};
 
+/// 10 s: bounds each request. Loopback answers in microseconds; only a bug takes this long.
 const WAIT: Duration = Duration::from_secs(10);
+
+/// 120 s: bounds one throughput run, sends and deliveries together.
+const RUN_WAIT: Duration = Duration::from_secs(120);
+
+/// The measurements, in the order they run; [`ChannelBenchConfig::only`] names one.
+pub const MEASUREMENTS: &[&str] = &["latency", "throughput", "handshakes", "memory"];
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -142,35 +149,28 @@ impl Pair {
     }
 }
 
-/// Run every measurement, passing each record to `report` as it is known.
+/// Run every measurement, passing each record to `report` as it is known. Builds its own
+/// tokio runtime; call it from outside one.
 pub fn run_all(
     config: &ChannelBenchConfig,
-    mut report: impl FnMut(&BenchRecord),
+    report: impl FnMut(&BenchRecord),
 ) -> anyhow::Result<Vec<BenchRecord>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let mut all = Vec::new();
-    let mut emit = |rs: Vec<BenchRecord>| {
-        for r in rs {
-            report(&r);
-            all.push(r);
+    let wanted = selection(config.only.as_deref(), MEASUREMENTS)?;
+    run_bench(report, |rt, out| {
+        if wanted("latency") {
+            out.emit(rt.block_on(latency(config))?);
         }
-    };
-    let wanted = |name: &str| config.only.as_deref().is_none_or(|o| o == name);
-    if wanted("latency") {
-        emit(rt.block_on(latency(config))?);
-    }
-    if wanted("throughput") {
-        emit(rt.block_on(throughput(config))?);
-    }
-    if wanted("handshakes") {
-        emit(handshakes(config)?);
-    }
-    if wanted("memory") {
-        emit(rt.block_on(memory(config))?);
-    }
-    Ok(all)
+        if wanted("throughput") {
+            out.emit(rt.block_on(throughput(config))?);
+        }
+        if wanted("handshakes") {
+            out.emit(handshakes(config)?);
+        }
+        if wanted("memory") {
+            out.emit(rt.block_on(memory(config))?);
+        }
+        Ok(())
+    })
 }
 
 /// The round-trip times of `count` 64-byte requests from `client` along `route` (to an
@@ -277,14 +277,19 @@ pub(crate) async fn pump(
     let route = Route::from(vec![first_hop, Address::local(name)]);
     let client = from.client()?;
     let body = Bytes::from(vec![0xCD; 16 * 1024]);
-    let started = Instant::now();
-    for _ in 0..n {
-        client.send(route.clone(), body.clone()).await?;
-    }
-    tokio::time::timeout(Duration::from_secs(120), rx)
+    let run = async {
+        let started = Instant::now();
+        for _ in 0..n {
+            client.send(route.clone(), body.clone()).await?;
+        }
+        rx.await?;
+        anyhow::Ok(started.elapsed())
+    };
+    // The sends are bounded too: one waits for room on the path, which a stuck peer never
+    // makes.
+    tokio::time::timeout(RUN_WAIT, run)
         .await
-        .map_err(|_| anyhow!("{name}: not all messages arrived"))??;
-    Ok(started.elapsed())
+        .map_err(|_| anyhow!("{name}: not all {n} messages arrived within {RUN_WAIT:?}"))?
 }
 
 /// 16 KiB one-way throughput through a channel, against the plain routed path.
@@ -386,10 +391,16 @@ pub async fn memory(config: &ChannelBenchConfig) -> anyhow::Result<Vec<BenchReco
     let before = rss_kib(pid)?;
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut s = tokio::net::TcpStream::connect(&p.b_addr).await?;
-        tokio::io::AsyncWriteExt::write_all(&mut s, &[1]).await?;
-        let mut v = [0u8; 1];
-        tokio::io::AsyncReadExt::read_exact(&mut s, &mut v).await?;
+        let preamble = async {
+            let mut s = tokio::net::TcpStream::connect(&p.b_addr).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut s, &[PROTOCOL_VERSION]).await?;
+            let mut v = [0u8; 1];
+            tokio::io::AsyncReadExt::read_exact(&mut s, &mut v).await?;
+            anyhow::Ok(s)
+        };
+        let s = tokio::time::timeout(WAIT, preamble)
+            .await
+            .map_err(|_| anyhow!("node B did not answer the preamble within {WAIT:?}"))??;
         conns.push(s);
     }
     let per_conn = (rss_kib(pid)?.saturating_sub(before)) as f64 / n as f64;

@@ -41,23 +41,16 @@ use anyhow::{Context as _, bail, ensure};
 use kith_authority::api::{JOIN_WAIT_HOLD, JoinState};
 use kith_authority::client::AuthorityClient;
 use kith_authority::join::JoinSettings;
-use kith_authority::service::{Authority, AuthorityConfig};
-use kith_authority::store::MembershipStore;
-use kith_authority::ticket::OneTimeCode;
-use kith_identity::channel::{Admission, LocalIdentity, Trust};
-use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
-use kith_identity::unix_now;
-use kith_identity::vault::Vault;
-use kith_identity::{Identifier, Identity, hex};
-use kith_node::{Address, AllowAll, Echo, Node, Route, TCP};
+use kith_identity::Identifier;
+use kith_identity::secure_channel::{self, ChannelSettings};
+use kith_node::{Address, AllowAll, Echo, Node, Route};
 use kith_transport::TcpTransport;
-use tempfile::TempDir;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::bench::{BenchRecord, micros, percentile};
+use crate::bench::{BenchRecord, micros, percentile, run_bench};
 use crate::channel_bench::round_trips;
-use crate::party::Party;
+use crate::party::{Party, ProjectConfig, ProjectNode, ticket_code};
 
 /// 10 s: bounds each handshake, each request other than a wait, and the time for every
 /// requester to have filed and be about to wait. Loopback answers in milliseconds.
@@ -71,10 +64,7 @@ const COLLECT: Duration = Duration::from_secs(3 * JOIN_WAIT_HOLD.as_secs());
 /// The project's id, carried by every credential the authority issues.
 const PROJECT_ID: &str = "p-join-bench";
 
-/// A's identity in its vault.
-const AUTHORITY_NAME: &str = "project";
-
-/// 1 hour: the lifetime of credentials, channel keys and requests, far beyond any run.
+/// 1 hour: the lifetime of requests and tickets, far beyond any run.
 const LIFETIME: Duration = Duration::from_secs(3600);
 
 /// 200 requests: the least cap on pending requests per source address. Every requester
@@ -124,127 +114,80 @@ impl JoinBenchConfig {
 /// tokio runtime; call it from outside one.
 pub fn run_all(
     config: &JoinBenchConfig,
-    mut report: impl FnMut(&BenchRecord),
+    report: impl FnMut(&BenchRecord),
 ) -> anyhow::Result<Vec<BenchRecord>> {
     ensure!(
         config.requesters > 0 && config.rounds > 0 && config.round_trips > 0,
         "the join bench needs at least one requester, round and round trip: {config:?}"
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the bench runtime")?;
-    let records = rt.block_on(async {
-        let mut world = World::start(config)
-            .await
-            .context("starting the authority")?;
-        let measured = measure(config, &mut world).await;
-        world.shutdown().await;
-        measured
-    })?;
-    for r in &records {
-        report(r);
-    }
-    Ok(records)
+    run_bench(report, |rt, out| {
+        let records = rt.block_on(async {
+            let mut world = World::start(config)
+                .await
+                .context("starting the authority")?;
+            let measured = measure(config, &mut world).await;
+            world.shutdown().await;
+            measured
+        })?;
+        out.emit(records);
+        Ok(())
+    })
 }
 
 // ---------------------------------------------------------------------------------------
 // The world
 
-/// Trust that admits only `authority` (the client pins it) and accepts its credentials.
-fn pinned(authority: &Identity) -> Arc<Trust> {
-    Arc::new(Trust {
-        authorities: vec![authority.clone()],
-        admission: Admission::Identifiers(BTreeSet::from([*authority.identifier()])),
-    })
-}
-
-/// The authority node, its store and vault, and the admin's channel to it.
+/// The authority node (with its store and vault) and the admin's channel to it.
 struct World {
-    _dir: TempDir,
-    store: MembershipStore,
-    vault: Vault,
-    project: Node,
+    /// A: its secure-channel listener admits anyone, since requesters have no credential
+    /// yet; it also runs `echo`.
+    project: ProjectNode,
     admin_node: Node,
     admin: AuthorityClient,
-    /// A's identity: the project's authority.
-    authority: Identity,
     /// `[tcp A, api]`: A's secure-channel listener.
     listener: Route,
 }
 
 impl World {
     async fn start(config: &JoinBenchConfig) -> anyhow::Result<Self> {
-        let dir = TempDir::new()?;
-        let vault = Vault::open(&dir.path().join("vault.sqlite")).await?;
-        let stored = vault.create_identity(AUTHORITY_NAME, unix_now()).await?;
-        let authority = stored.identity.clone();
-        let store = MembershipStore::open_sqlite(&dir.path().join("authority.sqlite")).await?;
         let admin = Party::new();
-
-        let project = Node::new("join-bench-project");
-        let local = LocalIdentity {
-            identity: stored.identity,
-            key: vault.secure_channel_key(AUTHORITY_NAME, unix_now()).await?,
-            credentials: vec![],
-        };
-        // Requesters have no credential yet: the listener admits anyone.
-        let anyone = Arc::new(Trust {
-            authorities: vec![authority.clone()],
-            admission: Admission::AnyIdentity,
-        });
-        let mut settings = ChannelSettings::new(Arc::new(local), anyone);
-        settings.handshake_timeout = WAIT;
-        secure_channel::listen(&project, DEFAULT_LISTENER, settings)?;
         let per_source = u32::try_from(config.requesters)?
             .saturating_mul(2)
             .max(MIN_PENDING_CAP);
-        let join = JoinSettings {
-            request_ttl: LIFETIME,
-            max_pending_per_source: per_source,
-            max_pending: JoinSettings::default().max_pending.max(per_source),
-        };
-        let service = Authority::new(
-            store.clone(),
-            vault.clone(),
-            AUTHORITY_NAME.into(),
-            AuthorityConfig {
-                project_id: PROJECT_ID.into(),
-                admins: BTreeSet::from([admin.identifier()]),
-                credential_ttl: LIFETIME,
-                join,
+        let project = ProjectNode::start(ProjectConfig {
+            node_name: "join-bench-project",
+            project_id: PROJECT_ID,
+            admins: BTreeSet::from([admin.identifier()]),
+            join: JoinSettings {
+                request_ttl: LIFETIME,
+                max_pending_per_source: per_source,
+                max_pending: JoinSettings::default().max_pending.max(per_source),
             },
-        );
-        service.start(&project)?;
-        project.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)?;
-        let project_addr = TcpTransport::start(&project)
-            .listen("127.0.0.1:0")
-            .await?
-            .to_string();
-        let listener = Route::from(vec![
-            Address::try_new(TCP, &project_addr)?,
-            Address::local(DEFAULT_LISTENER),
-        ]);
+            relay: false,
+        })
+        .await?;
+        project.node.start_worker_with_policy(
+            [Address::local("echo")],
+            Arc::new(AllowAll),
+            Echo,
+        )?;
+        let listener = project.listener()?;
 
         let admin_node = Node::new("join-bench-admin");
         TcpTransport::start(&admin_node);
         let admin = AuthorityClient::connect(
             &admin_node,
             listener.clone(),
-            authority.identifier(),
-            &admin.settings(vec![], pinned(&authority)),
+            &project.identifier(),
+            &admin.settings(vec![], project.pinned()),
             WAIT,
         )
         .await
         .context("the admin's channel")?;
         Ok(Self {
-            _dir: dir,
-            store,
-            vault,
             project,
             admin_node,
             admin,
-            authority,
             listener,
         })
     }
@@ -253,8 +196,6 @@ impl World {
         self.admin.close().await;
         self.admin_node.shutdown().await;
         self.project.shutdown().await;
-        self.store.close().await;
-        self.vault.close().await;
     }
 }
 
@@ -371,14 +312,14 @@ async fn requester(
 
 async fn round(config: &JoinBenchConfig, world: &mut World, r: usize) -> anyhow::Result<Round> {
     let n = config.requesters;
-    let authority = *world.authority.identifier();
-    let dropped_before = world.project.stats().dropped();
+    let authority = world.project.identifier();
+    let dropped_before = world.project.node.stats().dropped();
     let mut nodes = Vec::with_capacity(n);
     let mut settings = Vec::with_capacity(n);
     for i in 0..n {
         let node = Node::new(format!("join-bench-requester-{r}-{i}"));
         TcpTransport::start(&node);
-        settings.push(Party::new().settings(vec![], pinned(&world.authority)));
+        settings.push(Party::new().settings(vec![], world.project.pinned()));
         nodes.push(node);
     }
     // Capacity n: each requester sends once, so a send never waits for room.
@@ -519,6 +460,7 @@ async fn round(config: &JoinBenchConfig, world: &mut World, r: usize) -> anyhow:
         let redeem_rate = redemptions(world, &nodes).await?;
         let dropped = world
             .project
+            .node
             .stats()
             .dropped()
             .saturating_sub(dropped_before);
@@ -550,14 +492,14 @@ async fn redemptions(world: &mut World, nodes: &[Node]) -> anyhow::Result<f64> {
         .create_ticket(BTreeMap::new(), LIFETIME, uses)
         .await
         .context("the admin creating a ticket")?;
-    let code = OneTimeCode::from_bytes(hex::decode_array(&ticket.code).context("a ticket code")?);
+    let code = ticket_code(&ticket.code)?;
     let mut clients = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
         let client = AuthorityClient::connect(
             node,
             world.listener.clone(),
-            world.authority.identifier(),
-            &Party::new().settings(vec![], pinned(&world.authority)),
+            &world.project.identifier(),
+            &Party::new().settings(vec![], world.project.pinned()),
             WAIT,
         )
         .await
@@ -602,7 +544,7 @@ async fn measure(config: &JoinBenchConfig, world: &mut World) -> anyhow::Result<
             eprintln!(
                 "join: round {r}: the authority node dropped {} messages while measuring: {:?}",
                 measured.dropped,
-                world.project.stats()
+                world.project.node.stats()
             );
         }
         samples.extend(measured.samples);

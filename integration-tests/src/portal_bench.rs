@@ -52,25 +52,21 @@ use anyhow::{Context as _, bail, ensure};
 use kith_authority::api::PROJECT_ID_ATTRIBUTE;
 use kith_authority::join::JoinSettings;
 use kith_authority::keeper::{HEARTBEAT, KeeperConfig, RelayKeeper};
-use kith_authority::relay::{self, relay_address};
-use kith_authority::service::{Authority, AuthorityConfig};
-use kith_authority::store::MembershipStore;
-use kith_identity::channel::{Admission, LocalIdentity, Trust};
+use kith_authority::relay::relay_address;
+use kith_identity::Identifier;
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER, SecureChannel};
-use kith_identity::vault::Vault;
-use kith_identity::{CredentialAndPurposeKey, Identifier, Identity, unix_now};
-use kith_node::{
-    Address, AllowOrigins, DisplayChain, IncomingAccessControl, Node, Origin, Route, TCP,
-};
+use kith_node::{Address, AllowOrigins, DisplayChain, IncomingAccessControl, Node, Origin, Route};
 use kith_transport::TcpTransport;
 use kith_transport::portal::{ConnectFuture, Connector, Inlet, Outlet, PortalOptions, PortalRoute};
 use serde::Serialize;
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::bench::{BenchRecord, SMALL_PAYLOAD, micros, percentile, rss_kib};
-use crate::party::{HANDSHAKE_TIMEOUT, KEY_LIFETIME, Party};
+use crate::bench::{
+    BenchRecord, SMALL_PAYLOAD, json_line, micros, percentile, rss_kib, run_bench, selection,
+    verdict,
+};
+use crate::party::{Party, ProjectConfig, ProjectNode, only, tcp_route};
 
 /// 0.5: a direct session's bulk throughput should be at least this share of raw TCP's.
 pub const DIRECT_THROUGHPUT_TARGET: f64 = 0.5;
@@ -106,8 +102,8 @@ const RELAY_NAME: &str = "outlet";
 /// The project's id, carried by I's credential.
 const PROJECT_ID: &str = "p-portal-bench";
 
-/// P's identity in its vault.
-const AUTHORITY_NAME: &str = "project";
+/// The measurements, in the order they run; [`PortalBenchConfig::only`] names one.
+pub const MEASUREMENTS: &[&str] = &["stall", "throughput", "latency"];
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -236,8 +232,7 @@ impl PortalRecord {
 
     /// The record as one line of JSON.
     pub fn to_json_line(&self) -> String {
-        // Strings and floats always serialize; non-finite floats become null.
-        serde_json::to_string(self).unwrap_or_default()
+        json_line(self)
     }
 }
 
@@ -245,43 +240,33 @@ impl PortalRecord {
 /// tokio runtime; call it from outside one.
 pub fn run_all(
     config: &PortalBenchConfig,
-    mut report: impl FnMut(&PortalRecord),
+    report: impl FnMut(&PortalRecord),
 ) -> anyhow::Result<Vec<PortalRecord>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the bench runtime")?;
-    let mut all = Vec::new();
-    let mut emit = |records: Vec<PortalRecord>| {
-        for r in records {
-            report(&r);
-            all.push(r);
-        }
-    };
-    let wanted = |name: &str| config.only.as_deref().is_none_or(|o| o == name);
-    rt.block_on(async {
-        let world = World::start().await.context("starting P, O and I")?;
-        let measured = async {
-            if wanted("stall") {
-                emit(vec![stall(config, &world).await.context("the stall")?]);
+    let wanted = selection(config.only.as_deref(), MEASUREMENTS)?;
+    run_bench(report, |rt, out| {
+        rt.block_on(async {
+            let world = World::start().await.context("starting P, O and I")?;
+            let measured = async {
+                if wanted("stall") {
+                    out.emit([stall(config, &world).await.context("the stall")?]);
+                }
+                if wanted("throughput") {
+                    out.emit(
+                        throughput(config, &world)
+                            .await
+                            .context("bulk throughput")?,
+                    );
+                }
+                if wanted("latency") {
+                    out.emit(latency(config, &world).await.context("round trips")?);
+                }
+                anyhow::Ok(())
             }
-            if wanted("throughput") {
-                emit(
-                    throughput(config, &world)
-                        .await
-                        .context("bulk throughput")?,
-                );
-            }
-            if wanted("latency") {
-                emit(latency(config, &world).await.context("round trips")?);
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        world.shutdown().await;
-        measured
-    })?;
-    Ok(all)
+            .await;
+            world.shutdown().await;
+            measured
+        })
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -369,13 +354,10 @@ impl Connector for Channels {
 // ---------------------------------------------------------------------------------------
 // The world
 
-/// The three nodes, P's store and vault, the keeper of O's relay, and the hops of the two
-/// paths from I to O.
+/// The three nodes (P with its store and vault), the keeper of O's relay, and the hops of
+/// the two paths from I to O.
 struct World {
-    _dir: TempDir,
-    store: MembershipStore,
-    vault: Vault,
-    project: Node,
+    project: ProjectNode,
     outlet_node: Node,
     inlet_node: Node,
     keeper: RelayKeeper,
@@ -385,66 +367,21 @@ struct World {
     relayed: Vec<Hop>,
 }
 
-fn tcp_route(addr: SocketAddr, service: &str) -> anyhow::Result<Route> {
-    Ok(Route::from(vec![
-        Address::try_new(TCP, addr.to_string())?,
-        Address::local(service),
-    ]))
-}
-
-/// Trust that admits `who` alone, vouched for by `authorities`.
-fn only(who: Identifier, authorities: Vec<Identity>) -> Arc<Trust> {
-    Arc::new(Trust {
-        authorities,
-        admission: Admission::Identifiers(BTreeSet::from([who])),
-    })
-}
-
 impl World {
     async fn start() -> anyhow::Result<Self> {
-        let dir = TempDir::new()?;
-        let vault = Vault::open(&dir.path().join("vault.sqlite")).await?;
-        let authority = vault
-            .create_identity(AUTHORITY_NAME, unix_now())
-            .await?
-            .identity;
-        let authority_id = *authority.identifier();
-        let store = MembershipStore::open_sqlite(&dir.path().join("authority.sqlite")).await?;
         let (inlet, outlet) = (Party::new(), Party::new());
 
         // P: the authority and its relay service, O an admin; a listener that verifies
         // credentials from P's authority, so that I's channel carries the project's id.
-        let project = Node::new("portal-bench-project");
-        let service = Authority::new(
-            store.clone(),
-            vault.clone(),
-            AUTHORITY_NAME.into(),
-            AuthorityConfig {
-                project_id: PROJECT_ID.into(),
-                admins: BTreeSet::from([outlet.identifier()]),
-                credential_ttl: KEY_LIFETIME,
-                join: JoinSettings::default(),
-            },
-        );
-        service.start(&project)?;
-        relay::start(&service, &project)?;
-        let mut listening = ChannelSettings::new(
-            Arc::new(LocalIdentity {
-                identity: authority.clone(),
-                key: vault.secure_channel_key(AUTHORITY_NAME, unix_now()).await?,
-                credentials: Vec::new(),
-            }),
-            Arc::new(Trust {
-                authorities: vec![authority.clone()],
-                admission: Admission::AnyIdentity,
-            }),
-        );
-        listening.handshake_timeout = HANDSHAKE_TIMEOUT;
-        secure_channel::listen(&project, DEFAULT_LISTENER, listening)?;
-        let to_project = tcp_route(
-            TcpTransport::start(&project).listen("127.0.0.1:0").await?,
-            DEFAULT_LISTENER,
-        )?;
+        let project = ProjectNode::start(ProjectConfig {
+            node_name: "portal-bench-project",
+            project_id: PROJECT_ID,
+            admins: BTreeSet::from([outlet.identifier()]),
+            join: JoinSettings::default(),
+            relay: true,
+        })
+        .await?;
+        let to_project = project.listener()?;
 
         // O: a listener for I alone, its own TCP listener, and the relay.
         let outlet_node = Node::new("portal-bench-outlet");
@@ -461,13 +398,11 @@ impl World {
         )?;
         let keeper = RelayKeeper::start(
             &outlet_node,
-            outlet
-                .settings(vec![], only(authority_id, vec![authority.clone()]))
-                .into(),
+            outlet.settings(vec![], project.pinned()).into(),
             KeeperConfig {
                 name: RELAY_NAME.into(),
                 listener: to_project.clone(),
-                project_node: authority_id,
+                project_node: project.identifier(),
                 timeout: WAIT,
                 heartbeat: HEARTBEAT,
             },
@@ -478,14 +413,12 @@ impl World {
         // I: a member's credential, signed with the authority's key straight from the vault.
         let inlet_node = Node::new("portal-bench-inlet");
         TcpTransport::start(&inlet_node);
-        let now = unix_now();
-        let credential = CredentialAndPurposeKey::issue(
-            &vault.credential_signing_key(AUTHORITY_NAME, now).await?,
-            &inlet.identifier(),
-            BTreeMap::from([(PROJECT_ID_ATTRIBUTE.to_owned(), PROJECT_ID.to_owned())]),
-            now - 5,
-            now + KEY_LIFETIME.as_secs(),
-        )?;
+        let credential = project
+            .issue(
+                &inlet.identifier(),
+                BTreeMap::from([(PROJECT_ID_ATTRIBUTE.to_owned(), PROJECT_ID.to_owned())]),
+            )
+            .await?;
         let end_to_end = Hop {
             route: to_outlet_node,
             settings: inlet.settings(vec![], only(outlet.identifier(), vec![])),
@@ -499,12 +432,9 @@ impl World {
         };
         let to_p = Hop {
             route: to_project,
-            settings: inlet.settings(vec![credential], only(authority_id, vec![authority])),
+            settings: inlet.settings(vec![credential], project.pinned()),
         };
         Ok(Self {
-            _dir: dir,
-            store,
-            vault,
             project,
             outlet_node,
             inlet_node,
@@ -556,7 +486,7 @@ impl World {
                 relay.reconnections, relay.last_error
             );
         }
-        for node in [&self.inlet_node, &self.project, &self.outlet_node] {
+        for node in [&self.inlet_node, &self.project.node, &self.outlet_node] {
             let stats = node.stats();
             if stats.dropped() > 0 {
                 eprintln!(
@@ -573,8 +503,6 @@ impl World {
         self.inlet_node.shutdown().await;
         self.outlet_node.shutdown().await;
         self.project.shutdown().await;
-        self.store.close().await;
-        self.vault.close().await;
     }
 }
 
@@ -658,10 +586,6 @@ async fn flood_server(bytes: u64) -> anyhow::Result<(SocketAddr, Arc<AtomicU64>)
 
 // ---------------------------------------------------------------------------------------
 // Measurements
-
-fn verdict(r: &PortalRecord) -> &'static str {
-    if r.met { "met" } else { "NOT met" }
-}
 
 /// Write `bytes` to the sink at `addr` (itself, or an inlet to it), half-close, and wait
 /// for its count; how long that took.
@@ -776,7 +700,7 @@ async fn throughput(
             r.record.value,
             r.record.ratio,
             r.target,
-            verdict(r)
+            verdict(r.met)
         );
     }
     Ok(records.into())
@@ -846,7 +770,7 @@ async fn latency(config: &PortalBenchConfig, world: &World) -> anyhow::Result<Ve
             r.record.baseline,
             r.record.ratio,
             r.target,
-            verdict(r)
+            verdict(r.met)
         );
     }
     Ok(records)
@@ -936,7 +860,7 @@ async fn stall(config: &PortalBenchConfig, world: &World) -> anyhow::Result<Port
         config.stall_later,
         growth(raw_before, raw_later),
         STALL_GROWTH_TARGET_MIB,
-        verdict(&r)
+        verdict(r.met)
     );
     Ok(r)
 }

@@ -28,6 +28,7 @@
 //! goes, and whether the targets ([`THROUGHPUT_TARGET`], [`LATENCY_TARGET`]) are met.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,23 +37,16 @@ use kith_authority::api::RELAY_ATTRIBUTE;
 use kith_authority::client::{AuthorityClient, decode_credential};
 use kith_authority::join::JoinSettings;
 use kith_authority::keeper::{HEARTBEAT, KeeperConfig, RelayKeeper};
-use kith_authority::relay::{self, relay_address};
-use kith_authority::service::{Authority, AuthorityConfig};
-use kith_authority::store::MembershipStore;
-use kith_authority::ticket::OneTimeCode;
-use kith_identity::channel::{Admission, LocalIdentity, Trust};
+use kith_authority::relay::relay_address;
+use kith_identity::channel::{Admission, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER, SharedSettings};
-use kith_identity::unix_now;
-use kith_identity::vault::Vault;
-use kith_identity::{Identity, hex};
-use kith_node::{Address, AllowAll, Echo, Node, Route, TCP};
+use kith_node::{Address, AllowAll, Echo, Node, Route};
 use kith_transport::TcpTransport;
 use nix::sys::resource::{UsageWho, getrusage};
-use tempfile::TempDir;
 
-use crate::bench::{BenchRecord, LARGE_PAYLOAD, micros, percentile};
+use crate::bench::{BenchRecord, LARGE_PAYLOAD, micros, percentile, run_bench, verdict};
 use crate::channel_bench::{pump, round_trips};
-use crate::party::Party;
+use crate::party::{Party, ProjectConfig, ProjectNode, tcp_route, ticket_code};
 
 /// 0.7: the relay path's throughput should be at least this share of the direct path's.
 pub const THROUGHPUT_TARGET: f64 = 0.7;
@@ -70,10 +64,7 @@ const RELAY_NAME: &str = "db";
 /// The project's id, carried by every credential the authority issues.
 const PROJECT_ID: &str = "p-relay-bench";
 
-/// P's identity in its vault.
-const AUTHORITY_NAME: &str = "project";
-
-/// 1 hour: the lifetime of credentials, channel keys and tickets, far beyond any run.
+/// 1 hour: the lifetime of the tickets, far beyond any run.
 const LIFETIME: Duration = Duration::from_secs(3600);
 
 /// How much to measure.
@@ -115,58 +106,42 @@ impl RelayBenchConfig {
 /// tokio runtime; call it from outside one.
 pub fn run_all(
     config: &RelayBenchConfig,
-    mut report: impl FnMut(&BenchRecord),
+    report: impl FnMut(&BenchRecord),
 ) -> anyhow::Result<Vec<BenchRecord>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the bench runtime")?;
-    let mut all = Vec::new();
-    let mut emit = |records: Vec<BenchRecord>| {
-        for r in records {
-            report(&r);
-            all.push(r);
-        }
-    };
-    rt.block_on(async {
-        let world = World::start().await.context("starting P, B and C")?;
-        let outcome = async {
-            let paths = world.paths().await.context("opening the channels")?;
-            // Closing the enrollment clients drops a message or two; count from here.
-            let before = world.dropped();
-            let measured = async {
-                emit(latency(config, &world, &paths).await?);
-                emit(throughput(config, &world, &paths).await?);
-                anyhow::Ok(())
+    run_bench(report, |rt, out| {
+        rt.block_on(async {
+            let world = World::start().await.context("starting P, B and C")?;
+            let outcome = async {
+                let paths = world.paths().await.context("opening the channels")?;
+                // Closing the enrollment clients drops a message or two; count from here.
+                let before = world.dropped();
+                let measured = async {
+                    out.emit(latency(config, &world, &paths).await?);
+                    out.emit(throughput(config, &world, &paths).await?);
+                    anyhow::Ok(())
+                }
+                .await;
+                world.report_trouble(before);
+                measured
             }
             .await;
-            world.report_trouble(before);
-            measured
-        }
-        .await;
-        world.shutdown().await;
-        outcome
-    })?;
-    Ok(all)
+            world.shutdown().await;
+            outcome
+        })
+    })
 }
 
 // ---------------------------------------------------------------------------------------
 // The world
 
-/// The three nodes, P's store and vault, and the keeper of B's relay.
+/// The three nodes (P with its store and vault) and the keeper of B's relay.
 struct World {
-    _dir: TempDir,
-    store: MembershipStore,
-    vault: Vault,
-    project: Node,
+    /// P; its identity is the project's authority, which C's and B's channels trust.
+    project: ProjectNode,
     relayed: Node,
     client: Node,
-    /// P's identity: the project's authority, which C's and B's channels trust.
-    authority: Identity,
-    /// P's TCP listener.
-    project_addr: String,
     /// B's TCP listener, for the direct path.
-    relayed_addr: String,
+    relayed_addr: SocketAddr,
     /// C's settings, with its credential, admitting only project members (B).
     client_settings: ChannelSettings,
     keeper: RelayKeeper,
@@ -178,73 +153,30 @@ struct Paths {
     relay: Address,
 }
 
-fn tcp_route(addr: &str, service: &str) -> anyhow::Result<Route> {
-    Ok(Route::from(vec![
-        Address::try_new(TCP, addr)?,
-        Address::local(service),
-    ]))
-}
-
-/// The one-time code in a created ticket (64 hex digits).
-fn code_of(hex: &str) -> anyhow::Result<OneTimeCode> {
-    Ok(OneTimeCode::from_bytes(
-        hex::decode_array(hex).context("a ticket code")?,
-    ))
-}
-
 impl World {
     async fn start() -> anyhow::Result<Self> {
-        let dir = TempDir::new()?;
-        let vault = Vault::open(&dir.path().join("vault.sqlite")).await?;
-        let stored = vault.create_identity(AUTHORITY_NAME, unix_now()).await?;
-        let authority = stored.identity.clone();
-        let store = MembershipStore::open_sqlite(&dir.path().join("authority.sqlite")).await?;
         let admin = Party::new();
 
         // P: the authority, the relay service, and a listener that verifies members'
         // credentials against P itself, so that their channels carry the project's id.
-        let project = Node::new("relay-bench-project");
-        let local = LocalIdentity {
-            identity: stored.identity,
-            key: vault.secure_channel_key(AUTHORITY_NAME, unix_now()).await?,
-            credentials: vec![],
-        };
-        let project_trust = Arc::new(Trust {
-            authorities: vec![authority.clone()],
-            admission: Admission::AnyIdentity,
-        });
-        let mut settings = ChannelSettings::new(Arc::new(local), project_trust);
-        settings.handshake_timeout = WAIT;
-        secure_channel::listen(&project, DEFAULT_LISTENER, settings)?;
-        let service = Authority::new(
-            store.clone(),
-            vault.clone(),
-            AUTHORITY_NAME.into(),
-            AuthorityConfig {
-                project_id: PROJECT_ID.into(),
-                admins: BTreeSet::from([admin.identifier()]),
-                credential_ttl: LIFETIME,
-                join: JoinSettings::default(),
-            },
-        );
-        service.start(&project)?;
-        relay::start(&service, &project)?;
-        let project_addr = TcpTransport::start(&project)
-            .listen("127.0.0.1:0")
-            .await?
-            .to_string();
-        let listener = tcp_route(&project_addr, DEFAULT_LISTENER)?;
-        let project_id = *authority.identifier();
+        let project = ProjectNode::start(ProjectConfig {
+            node_name: "relay-bench-project",
+            project_id: PROJECT_ID,
+            admins: BTreeSet::from([admin.identifier()]),
+            join: JoinSettings::default(),
+            relay: true,
+        })
+        .await?;
+        let authority = project.authority.clone();
+        let listener = project.listener()?;
+        let project_id = project.identifier();
 
         // The admin, from C's node, makes one ticket for B (with the relay) and one for C.
         let client = Node::new("relay-bench-client");
         TcpTransport::start(&client);
         let relayed = Node::new("relay-bench-db");
         let tcp_b = TcpTransport::start(&relayed);
-        let pinned = Arc::new(Trust {
-            authorities: vec![authority.clone()],
-            admission: Admission::Identifiers(BTreeSet::from([project_id])),
-        });
+        let pinned = project.pinned();
         let (for_b, for_c) = {
             let mut admin = AuthorityClient::connect(
                 &client,
@@ -277,7 +209,7 @@ impl World {
                     WAIT,
                 )
                 .await?;
-                let enrolled = client.redeem(&code_of(&code)?).await?;
+                let enrolled = client.redeem(&ticket_code(&code)?).await?;
                 client.close().await;
                 let credential = decode_credential(&enrolled)?;
                 anyhow::Ok(party.settings(vec![credential], members_only))
@@ -295,7 +227,7 @@ impl World {
         // B: echo, a listener for members, its own TCP listener, and the relay.
         relayed.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)?;
         secure_channel::listen(&relayed, DEFAULT_LISTENER, relayed_settings.clone())?;
-        let relayed_addr = tcp_b.listen("127.0.0.1:0").await?.to_string();
+        let relayed_addr = tcp_b.listen("127.0.0.1:0").await?;
         let keeper = RelayKeeper::start(
             &relayed,
             relayed_settings,
@@ -310,14 +242,9 @@ impl World {
         .await
         .context("registering the relay")?;
         Ok(Self {
-            _dir: dir,
-            store,
-            vault,
             project,
             relayed,
             client,
-            authority,
-            project_addr,
             relayed_addr,
             client_settings,
             keeper,
@@ -328,24 +255,17 @@ impl World {
     async fn paths(&self) -> anyhow::Result<Paths> {
         let direct = secure_channel::create(
             &self.client,
-            tcp_route(&self.relayed_addr, DEFAULT_LISTENER)?,
+            tcp_route(self.relayed_addr, DEFAULT_LISTENER)?,
             &self.client_settings,
         )
         .await
         .context("the direct channel C → B")?;
         // Channel 1 is to P, which presents no credential: pin it instead.
         let mut to_project = self.client_settings.clone();
-        to_project.trust = Arc::new(Trust {
-            authorities: vec![self.authority.clone()],
-            admission: Admission::Identifiers(BTreeSet::from([*self.authority.identifier()])),
-        });
-        let outer = secure_channel::create(
-            &self.client,
-            tcp_route(&self.project_addr, DEFAULT_LISTENER)?,
-            &to_project,
-        )
-        .await
-        .context("channel 1, C → P")?;
+        to_project.trust = self.project.pinned();
+        let outer = secure_channel::create(&self.client, self.project.listener()?, &to_project)
+            .await
+            .context("channel 1, C → P")?;
         let through_relay = Route::from(vec![
             outer.encryptor,
             Address::local(relay_address(RELAY_NAME)),
@@ -368,7 +288,7 @@ impl World {
 
     /// Messages each node (C, P, B) has dropped so far.
     fn dropped(&self) -> [u64; 3] {
-        [&self.client, &self.project, &self.relayed].map(|n| n.stats().dropped())
+        [&self.client, &self.project.node, &self.relayed].map(|n| n.stats().dropped())
     }
 
     /// Say on stderr if the relay went down or a node dropped messages since `before`
@@ -382,7 +302,7 @@ impl World {
                 relay.reconnections, relay.last_error
             );
         }
-        for (node, before) in [&self.client, &self.project, &self.relayed]
+        for (node, before) in [&self.client, &self.project.node, &self.relayed]
             .into_iter()
             .zip(before)
         {
@@ -402,8 +322,6 @@ impl World {
         self.client.shutdown().await;
         self.relayed.shutdown().await;
         self.project.shutdown().await;
-        self.store.close().await;
-        self.vault.close().await;
     }
 }
 
@@ -433,10 +351,6 @@ async fn with_cpu<T>(
     let out = f.await?;
     let per = micros(cpu_time().saturating_sub(before)) / count.max(1) as f64;
     Ok((out, per))
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "NOT met" }
 }
 
 /// p50 and p99 round trips of 64 bytes to B's `echo`, through the relay and directly.

@@ -20,7 +20,24 @@ fn quick_portal_bench_emits_well_formed_json_lines() {
         assert!(!line.contains('\n'), "one record, one line: {line}");
         let json: serde_json::Value = serde_json::from_str(line).expect("the line is JSON");
         let obj = json.as_object().expect("the line is a JSON object");
-        names.push(obj["bench"].as_str().expect("bench is a string").to_owned());
+        let name = obj["bench"].as_str().expect("bench is a string");
+        names.push(name.to_owned());
+        let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut expected = vec![
+            "baseline",
+            "bench",
+            "met",
+            "ratio",
+            "target",
+            "target_is",
+            "target_on",
+            "unit",
+            "value",
+        ];
+        expected.extend(extra_keys(name));
+        expected.sort_unstable();
+        assert_eq!(keys, expected, "{line}");
         assert!(
             obj["unit"].as_str().is_some_and(|u| !u.is_empty()),
             "{line}: unit must be named"
@@ -56,4 +73,22 @@ fn quick_portal_bench_emits_well_formed_json_lines() {
             "portal_rtt_p99_64B",
         ]
     );
+}
+
+/// The keys a record carries beyond DESIGN §7's five and its target's four.
+fn extra_keys(bench: &str) -> &'static [&'static str] {
+    match bench {
+        "portal_stall_rss_growth" => &[
+            "baseline_is",
+            "later_growth_mib",
+            "raw_tcp_growth_mib",
+            "settled_growth_mib",
+            "stall_bytes",
+            "stall_later_s",
+            "written_before_stall_mib",
+        ],
+        "portal_direct_bulk" => &["bytes", "raw_via_2_proxies_mbps"],
+        "portal_relay_bulk" => &["bytes", "raw_via_3_proxies_mbps"],
+        _ => &[],
+    }
 }
