@@ -9,7 +9,9 @@ use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use kith_authority::keeper::{HEARTBEAT, KeeperConfig, RelayKeeper};
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
-use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER, SharedSettings};
+use kith_identity::secure_channel::{
+    self, ChannelSettings, ChannelStack, DEFAULT_LISTENER, SharedSettings,
+};
 use kith_identity::{Identifier, Identity};
 use kith_node::{
     Address, AllowAll, AllowOrigins, Echo, IncomingAccessControl, Node, Origin, Route,
@@ -347,9 +349,9 @@ impl RunningNode {
         &self,
         hops: &[ChannelHop],
         timeout: Duration,
-    ) -> Result<Vec<secure_channel::SecureChannel>> {
+    ) -> Result<ChannelStack> {
         if hops.is_empty() {
-            return Ok(Vec::new());
+            return Ok(ChannelStack::new(&self.node));
         }
         let settings = self
             .settings()
@@ -367,7 +369,7 @@ impl RunningNode {
     ) -> Result<SendReply> {
         let started = Instant::now();
         let channels = self.open_channels(&target.channels, timeout).await?;
-        let route = match channels.last() {
+        let route = match channels.innermost() {
             None => target.route,
             Some(inner) => {
                 let mut hops = vec![inner.encryptor.clone()];
@@ -379,18 +381,16 @@ impl RunningNode {
         let shown = route.to_string();
         let left = timeout.saturating_sub(started.elapsed());
         let reply = client.request(route, Bytes::from(payload), left).await;
-        for c in channels.iter().rev() {
-            secure_channel::close(&self.node, c);
-        }
+        let inner = channels.innermost().cloned();
+        drop(channels);
         let reply = reply.with_context(|| format!("no reply from {shown}"))?;
-        let inner = channels.last();
         Ok(SendReply {
             reply: String::from_utf8_lossy(&reply.payload).into_owned(),
             route: shown,
             return_route: reply.return_route.to_string(),
             round_trip_ms: started.elapsed().as_secs_f64() * 1000.0,
-            peer: inner.map(|c| c.peer.identifier.to_string()),
-            verification_code: inner.map(|c| c.verification_code.clone()),
+            peer: inner.as_ref().map(|c| c.peer.identifier.to_string()),
+            verification_code: inner.map(|c| c.verification_code),
         })
     }
 
@@ -583,45 +583,30 @@ pub async fn open_channels(
     settings: &ChannelSettings,
     hops: &[ChannelHop],
     timeout: Duration,
-) -> Result<Vec<secure_channel::SecureChannel>> {
-    let mut open: Vec<secure_channel::SecureChannel> = Vec::with_capacity(hops.len());
-    let result = async {
-        for hop in hops {
-            let mut settings = settings.clone();
-            if let Some(peer) = hop.peer {
-                settings.trust = Arc::new(Trust {
-                    authorities: settings.trust.authorities.clone(),
-                    admission: Admission::Identifiers([peer].into()),
-                });
-            }
-            let mut hops = Vec::new();
-            if let Some(outer) = open.last() {
-                hops.push(outer.encryptor.clone());
-            }
-            hops.extend(hop.route.iter().cloned());
-            let route = Route::try_from_iter(hops)?;
-            let shown = hop.route.to_string();
-            let channel =
-                tokio::time::timeout(timeout, secure_channel::create(node, route, &settings))
-                    .await
-                    .map_err(|_| {
-                        anyhow::anyhow!("no secure channel to {shown} within {timeout:?}")
-                    })?
-                    .with_context(|| format!("cannot open a secure channel to {shown}"))?;
-            open.push(channel);
+) -> Result<ChannelStack> {
+    let mut open = ChannelStack::new(node);
+    for hop in hops {
+        let mut settings = settings.clone();
+        if let Some(peer) = hop.peer {
+            settings.trust = Arc::new(Trust {
+                authorities: settings.trust.authorities.clone(),
+                admission: Admission::Identifiers([peer].into()),
+            });
         }
-        anyhow::Ok(())
-    }
-    .await;
-    match result {
-        Ok(()) => Ok(open),
-        Err(e) => {
-            for c in open.iter().rev() {
-                secure_channel::close(node, c);
-            }
-            Err(e)
+        let mut hops = Vec::new();
+        if let Some(outer) = open.innermost() {
+            hops.push(outer.encryptor.clone());
         }
+        hops.extend(hop.route.iter().cloned());
+        let route = Route::try_from_iter(hops)?;
+        let shown = hop.route.to_string();
+        let channel = tokio::time::timeout(timeout, secure_channel::create(node, route, &settings))
+            .await
+            .map_err(|_| anyhow::anyhow!("no secure channel to {shown} within {timeout:?}"))?
+            .with_context(|| format!("cannot open a secure channel to {shown}"))?;
+        open.push(channel);
     }
+    Ok(open)
 }
 
 /// Who may use a node's services: anyone, or local workers and the secure-channel peers

@@ -18,8 +18,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow, bail};
 use kith_identity::backoff::Backoff;
 use kith_identity::policy::{Policy, PolicyAccessControl};
-use kith_identity::secure_channel::{self, ChannelSettings, SecureChannel, SharedSettings};
-use kith_node::{Address, AllowOrigins, IncomingAccessControl, LOCAL, Node, Origin, Route};
+use kith_identity::secure_channel::{ChannelSettings, SharedSettings, ThroughChannel};
+use kith_node::{Address, LOCAL, Node, Route};
 use kith_transport::portal::{
     ConnectFuture, Connector, Inlet, Outlet, PortalOptions, PortalRoute, StatsView,
 };
@@ -206,20 +206,6 @@ fn check_target(to: &str) -> Result<()> {
     Ok(())
 }
 
-/// Closes a session's channels, innermost first, when the session ends.
-struct ChannelGuard {
-    node: Node,
-    channels: Vec<SecureChannel>,
-}
-
-impl Drop for ChannelGuard {
-    fn drop(&mut self) {
-        for c in self.channels.iter().rev() {
-            secure_channel::close(&self.node, c);
-        }
-    }
-}
-
 /// Opens fresh channels along an inlet's route for every session, retrying within the
 /// inlet's open timeout, and checks who answered.
 struct ChannelConnector {
@@ -250,11 +236,7 @@ impl ChannelConnector {
         let target = crate::message::resolve_target(&self.home, &self.to).await?;
         let settings = self.settings.get();
         let channels = open_channels(&self.node, &settings, &target.channels, budget).await?;
-        let guard = ChannelGuard {
-            node: self.node.clone(),
-            channels,
-        };
-        let Some(inner) = guard.channels.last() else {
+        let Some(inner) = channels.innermost() else {
             return Err(Attempt::Fatal(anyhow!("the route has no secure channel")));
         };
         let peer = &inner.peer;
@@ -271,14 +253,11 @@ impl ChannelConnector {
         let mut hops = vec![inner.encryptor.clone()];
         hops.extend(target.route.iter().cloned());
         let route = Route::try_from_iter(hops).map_err(anyhow::Error::from)?;
-        let hash = inner.handshake_hash;
-        let replies: Arc<dyn IncomingAccessControl> = Arc::new(AllowOrigins(
-            move |origin: &Origin| matches!(origin, Origin::SecureChannel { handshake_hash, .. } if *handshake_hash == hash),
-        ));
+        let replies = Arc::new(ThroughChannel(inner.handshake_hash));
         Ok(PortalRoute {
             route,
             replies,
-            guard: Box::new(guard),
+            guard: Box::new(channels),
         })
     }
 }

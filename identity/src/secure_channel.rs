@@ -227,6 +227,53 @@ pub fn close(node: &Node, channel: &SecureChannel) -> bool {
     a || b
 }
 
+/// Channels opened one inside another (a route's `/secure/` hops), closed innermost first
+/// when dropped: whoever holds them for a request or a session cannot leak them.
+pub struct ChannelStack {
+    node: Node,
+    channels: Vec<SecureChannel>,
+}
+
+impl ChannelStack {
+    /// None yet, on `node`.
+    pub fn new(node: &Node) -> Self {
+        Self {
+            node: node.clone(),
+            channels: Vec::new(),
+        }
+    }
+
+    /// Add `channel`, opened inside the ones before it.
+    pub fn push(&mut self, channel: SecureChannel) {
+        self.channels.push(channel);
+    }
+
+    /// The channel opened last, inside all the others: what a route through the stack
+    /// starts with.
+    pub fn innermost(&self) -> Option<&SecureChannel> {
+        self.channels.last()
+    }
+}
+
+impl Drop for ChannelStack {
+    fn drop(&mut self) {
+        for channel in self.channels.iter().rev() {
+            close(&self.node, channel);
+        }
+    }
+}
+
+/// Admits only messages that came through the channel with this handshake hash: the
+/// replies to what was sent through one channel, and nothing from any other.
+#[derive(Debug, Clone, Copy)]
+pub struct ThroughChannel(pub [u8; 32]);
+
+impl kith_node::IncomingAccessControl for ThroughChannel {
+    fn is_authorized(&self, origin: &Origin) -> bool {
+        matches!(origin, Origin::SecureChannel { handshake_hash, .. } if *handshake_hash == self.0)
+    }
+}
+
 struct Listener {
     settings: SharedSettings,
     stats: Arc<ListenerStats>,

@@ -54,7 +54,9 @@ use kith_authority::join::JoinSettings;
 use kith_authority::keeper::{HEARTBEAT, KeeperConfig, RelayKeeper};
 use kith_authority::relay::relay_address;
 use kith_identity::Identifier;
-use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER, SecureChannel};
+use kith_identity::secure_channel::{
+    self, ChannelSettings, ChannelStack, DEFAULT_LISTENER, ThroughChannel,
+};
 use kith_node::{Address, AllowOrigins, DisplayChain, IncomingAccessControl, Node, Origin, Route};
 use kith_transport::TcpTransport;
 use kith_transport::portal::{ConnectFuture, Connector, Inlet, Outlet, PortalOptions, PortalRoute};
@@ -288,28 +290,6 @@ struct Channels {
     outlet: Address,
 }
 
-/// A session's channels, closed innermost first when the session ends.
-struct CloseOnDrop {
-    node: Node,
-    channels: Vec<SecureChannel>,
-}
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        for channel in self.channels.iter().rev() {
-            secure_channel::close(&self.node, channel);
-        }
-    }
-}
-
-/// Admits messages from the secure channel whose handshake hash is `hash`, and no others.
-fn from_channel(hash: [u8; 32]) -> Arc<dyn IncomingAccessControl> {
-    Arc::new(AllowOrigins(move |origin: &Origin| match origin {
-        Origin::SecureChannel { handshake_hash, .. } => *handshake_hash == hash,
-        _ => false,
-    }))
-}
-
 /// Admits messages from secure channels whose peer is `who`, and no others.
 fn from_identity(who: Identifier) -> Arc<dyn IncomingAccessControl> {
     let who = who.to_string();
@@ -322,25 +302,21 @@ fn from_identity(who: Identifier) -> Arc<dyn IncomingAccessControl> {
 impl Connector for Channels {
     fn connect(&self) -> ConnectFuture<'_> {
         Box::pin(async move {
-            let mut opened = CloseOnDrop {
-                node: self.node.clone(),
-                channels: Vec::with_capacity(self.hops.len()),
-            };
+            let mut opened = ChannelStack::new(&self.node);
             for hop in &self.hops {
                 let mut route = hop.route.clone();
-                if let Some(outer) = opened.channels.last() {
+                if let Some(outer) = opened.innermost() {
                     route.prepend(outer.encryptor.clone());
                 }
                 let channel = secure_channel::create(&self.node, route, &hop.settings)
                     .await
                     .map_err(|e| DisplayChain(&e).to_string())?;
-                opened.channels.push(channel);
+                opened.push(channel);
             }
             let inner = opened
-                .channels
-                .last()
+                .innermost()
                 .ok_or_else(|| "a connector with no hops".to_owned())?;
-            let replies = from_channel(inner.handshake_hash);
+            let replies = Arc::new(ThroughChannel(inner.handshake_hash));
             let route = Route::from(vec![inner.encryptor.clone(), self.outlet.clone()]);
             Ok(PortalRoute {
                 route,
