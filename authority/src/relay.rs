@@ -64,10 +64,6 @@ pub const MAX_RELAYS: usize = 10_000;
 /// secure channel does; past it, senders wait.
 const BACKLOG: usize = 64;
 
-/// The prefix of a secure channel encryptor's address: the only next hop the back address
-/// passes an answer to.
-const ENCRYPTOR_PREFIX: &str = "sc-enc-";
-
 /// Why a relay name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayNameError {
@@ -271,14 +267,10 @@ impl Worker for RelayService {
 }
 
 impl RelayService {
-    fn is_admin(&self, who: &Identifier) -> bool {
-        self.authority.config().admins.contains(who)
-    }
-
     /// May `caller` hold relay `name`? Admins may hold any; a member needs this project's
     /// credential with `ockam-relay=name`, and to be a member still.
     async fn may_create(&self, caller: &Caller<'_>, name: &str) -> Result<(), ApiError> {
-        if self.is_admin(&caller.identifier) {
+        if self.authority.is_admin(&caller.identifier) {
             return Ok(());
         }
         let needs = format!(
@@ -306,19 +298,12 @@ impl RelayService {
             }
             Some(_) => {}
         }
-        match self.authority.store().member(&caller.identifier).await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(ApiError::new(
+        match self.authority.member(&caller.identifier).await? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::new(
                 ErrorKind::NotMember,
                 format!("{needs}; you are no longer a member of the project"),
             )),
-            Err(error) => {
-                warn!(error = %kith_node::DisplayChain(&error), "cannot look up a relay creator");
-                Err(ApiError::new(
-                    ErrorKind::Internal,
-                    "the project node could not check your membership; try again later",
-                ))
-            }
         }
     }
 
@@ -422,7 +407,7 @@ impl RelayService {
                 format!("there is no relay {name:?}"),
             ));
         };
-        if held.owner != caller.identifier && !self.is_admin(&caller.identifier) {
+        if held.owner != caller.identifier && !self.authority.is_admin(&caller.identifier) {
             return Err(ApiError::new(
                 ErrorKind::Forbidden,
                 format!("relay {name:?} is not yours; only its owner or an admin may delete it"),
@@ -435,7 +420,7 @@ impl RelayService {
     }
 
     fn list(&self, caller: &Caller<'_>) -> Vec<RelayInfo> {
-        let all = self.is_admin(&caller.identifier);
+        let all = self.authority.is_admin(&caller.identifier);
         self.relays
             .iter()
             .filter(|(_, r)| all || r.owner == caller.identifier)
@@ -543,7 +528,7 @@ impl Relay {
             let into_channel = message
                 .onward_route
                 .next()
-                .is_some_and(|a| a.is_local() && a.value().starts_with(ENCRYPTOR_PREFIX));
+                .is_some_and(kith_identity::secure_channel::is_encryptor);
             if !into_channel {
                 return Err("an answer not addressed to a secure channel on this node");
             }
@@ -577,7 +562,6 @@ impl Relay {
 
     /// Route what is queued, in order, until the relay is deleted or the node stops.
     async fn send_queued(self: Arc<Self>) {
-        let stop = self.node.shutdown_token();
         loop {
             let next = {
                 let mut q = lock(&self.queue);
@@ -590,10 +574,9 @@ impl Relay {
                 if self.closed.load(Ordering::Acquire) {
                     return;
                 }
-                tokio::select! {
-                    () = self.queued.notified() => continue,
-                    () = stop.cancelled() => return,
-                }
+                // `Node::spawn` drops this task at shutdown; `close` leaves a permit here.
+                self.queued.notified().await;
+                continue;
             };
             self.room.notify_waiters();
             // The node counts and logs what it cannot deliver.

@@ -10,12 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kith_authority::api::{self, CreatedTicket, ErrorKind, PROJECT_ID_ATTRIBUTE, RELAY_ATTRIBUTE};
 use kith_authority::client::{AuthorityClient, ClientError, decode_credential};
 use kith_authority::join::JoinSettings;
-use kith_authority::keeper::{KeeperConfig, RelayKeeper, RelayState};
+use kith_authority::keeper::{KeeperConfig, RelayKeeper, RelayState, RelayStatus};
 use kith_authority::relay::{self, RELAY_ADDRESS_PREFIX, RelayInfo};
 use kith_authority::service::{Authority, AuthorityConfig};
 use kith_authority::store::MembershipStore;
@@ -27,7 +27,7 @@ use kith_identity::secure_channel::{
 use kith_identity::vault::Vault;
 use kith_identity::{
     CredentialAndPurposeKey, CredentialSigningKey, Identifier, Identity, IdentitySecret,
-    SecureChannelKey, hex,
+    SecureChannelKey, hex, unix_now,
 };
 use kith_node::{
     Address, AllowAll, Client, Context, Echo, Message, Node, Origin, RequestError, Route, TCP,
@@ -58,10 +58,7 @@ const WHOAMI: &str = "whoami";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_without_ockam_relay_for_the_name_is_refused_with_the_missing_attribute() {
-    let admin = Party::new();
-    let project = Project::start(&[&admin]).await;
-    let (node, _tcp) = plain_node("members");
-    let mut admin_client = project.connect(&node, &admin).await;
+    let (project, _, node, mut admin_client) = project_with_admin("members").await;
     let no_relay = project
         .enroll(&mut admin_client, &node, &[("component", "web")])
         .await;
@@ -69,27 +66,21 @@ async fn a_member_without_ockam_relay_for_the_name_is_refused_with_the_missing_a
         .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "other")])
         .await;
 
-    let refused = refusal(
+    refused(
         project
             .connect(&node, &no_relay)
             .await
             .create_relay("db")
             .await,
-    );
-    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
-    assert!(refused.message.contains("ockam-relay=db"), "{refused:?}");
-    assert!(
-        refused.message.contains("no ockam-relay attribute"),
-        "{refused:?}"
+        ErrorKind::Forbidden,
+        &["ockam-relay=db", "no ockam-relay attribute"],
     );
 
     let mut other = project.connect(&node, &other_relay).await;
-    let refused = refusal(other.create_relay("db").await);
-    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
-    assert!(refused.message.contains("ockam-relay=db"), "{refused:?}");
-    assert!(
-        refused.message.contains("yours has ockam-relay=other"),
-        "{refused:?}"
+    refused(
+        other.create_relay("db").await,
+        ErrorKind::Forbidden,
+        &["ockam-relay=db", "yours has ockam-relay=other"],
     );
     // The name it was granted, it may create: the refusal above was about the name.
     let made = other.create_relay("other").await.unwrap();
@@ -98,13 +89,11 @@ async fn a_member_without_ockam_relay_for_the_name_is_refused_with_the_missing_a
     // A keeper is refused at once, with the project node's reason, and does not retry.
     let settings = SharedSettings::new(no_relay.settings(project.trust()));
     let started = std::time::Instant::now();
-    match RelayKeeper::start(&node, settings, project.keeper_config("db")).await {
-        Err(ClientError::Refused(e)) => {
-            assert_eq!(e.kind, ErrorKind::Forbidden);
-            assert!(e.message.contains("ockam-relay=db"), "{e:?}");
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    refused(
+        RelayKeeper::start(&node, settings, project.keeper_config("db")).await,
+        ErrorKind::Forbidden,
+        &["ockam-relay=db"],
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "refused at once"
@@ -112,90 +101,53 @@ async fn a_member_without_ockam_relay_for_the_name_is_refused_with_the_missing_a
 
     assert_eq!(relay_names(&mut admin_client).await, ["other"]);
     assert_eq!(relay_addresses(&project), ["forward_to_other"]);
-    node.shutdown().await;
-    project.stop().await;
+    shut_down(&[&node], project).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_non_member_is_refused_with_or_without_a_credential_from_another_authority() {
-    let admin = Party::new();
-    let project = Project::start(&[&admin]).await;
-    let (node, _tcp) = plain_node("strangers");
-    let mut admin_client = project.connect(&node, &admin).await;
+    let (project, _, node, mut admin_client) = project_with_admin("strangers").await;
 
     // No credential at all.
     let stranger = Party::new();
-    let refused = refusal(
-        project
-            .connect(&node, &stranger)
-            .await
-            .create_relay("db")
-            .await,
-    );
-    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
-    assert!(refused.message.contains("ockam-relay=db"), "{refused:?}");
-    assert!(
-        refused.message.contains("presents no valid credential"),
-        "{refused:?}"
-    );
-
     // A credential that says everything the relay wants (this project's id, ockam-relay=db)
     // but from an authority the project node does not trust: ignored, so no attributes.
-    let (rogue, rogue_secret) = Identity::create(now());
-    let rogue_key = CredentialSigningKey::generate(&rogue, &rogue_secret, now() - 5, now() + 3600);
-    let mut forged = Party::new();
-    forged.credentials.push(
-        CredentialAndPurposeKey::issue(
-            &rogue_key,
-            &forged.identifier,
-            attributes(&[(PROJECT_ID_ATTRIBUTE, PROJECT_ID), (RELAY_ATTRIBUTE, "db")]),
-            now() - 5,
-            now() + 3600,
-        )
-        .unwrap(),
+    let (rogue, rogue_secret) = Identity::create(unix_now());
+    let rogue_key =
+        CredentialSigningKey::generate(&rogue, &rogue_secret, unix_now() - 5, unix_now() + 3600);
+    let forged = Party::credentialed(
+        &rogue_key,
+        attributes(&[(PROJECT_ID_ATTRIBUTE, PROJECT_ID), (RELAY_ATTRIBUTE, "db")]),
+        unix_now() - 5,
+        unix_now() + 3600,
     );
-    let refused = refusal(
-        project
-            .connect(&node, &forged)
-            .await
-            .create_relay("db")
-            .await,
-    );
-    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
-    assert!(refused.message.contains("ockam-relay=db"), "{refused:?}");
-    assert!(
-        refused.message.contains("presents no valid credential"),
-        "{refused:?}"
-    );
+    for party in [&stranger, &forged] {
+        refused(
+            project.connect(&node, party).await.create_relay("db").await,
+            ErrorKind::Forbidden,
+            &["ockam-relay=db", "presents no valid credential"],
+        );
+    }
 
     assert!(relay_names(&mut admin_client).await.is_empty());
     assert!(relay_addresses(&project).is_empty());
-    node.shutdown().await;
-    project.stop().await;
+    shut_down(&[&node], project).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expired_credential_creates_no_relay_whether_expired_before_or_after_the_handshake() {
-    let admin = Party::new();
-    let project = Project::start(&[&admin]).await;
-    let (node, _tcp) = plain_node("expiring");
-    let mut admin_client = project.connect(&node, &admin).await;
+    let (project, _, node, mut admin_client) = project_with_admin("expiring").await;
     let signing_key = project.signing_key().await;
     let grant = attributes(&[(PROJECT_ID_ATTRIBUTE, PROJECT_ID), (RELAY_ATTRIBUTE, "db")]);
 
     // Expired before the handshake: the project node verifies credentials from its own
     // authority and fails the handshake, so no channel (the initiator, never told it was
     // admitted, gives up at its handshake timeout).
-    let mut expired = Party::new();
-    expired.credentials.push(
-        CredentialAndPurposeKey::issue(
-            &signing_key,
-            &expired.identifier,
-            grant.clone(),
-            now() - 100,
-            now() - 1,
-        )
-        .unwrap(),
+    let expired = Party::credentialed(
+        &signing_key,
+        grant.clone(),
+        unix_now() - 100,
+        unix_now() - 1,
     );
     let mut settings = expired.settings(project.trust());
     settings.handshake_timeout = NO_ANSWER;
@@ -217,18 +169,8 @@ async fn an_expired_credential_creates_no_relay_whether_expired_before_or_after_
 
     // Valid at the handshake, expired by the time it asks: the project node tears the
     // channel down when the request arrives, and nothing answers.
-    let mut expiring = Party::new();
-    let expires_at = now() + 2;
-    expiring.credentials.push(
-        CredentialAndPurposeKey::issue(
-            &signing_key,
-            &expiring.identifier,
-            grant,
-            now() - 5,
-            expires_at,
-        )
-        .unwrap(),
-    );
+    let expires_at = unix_now() + 2;
+    let expiring = Party::credentialed(&signing_key, grant, unix_now() - 5, expires_at);
     // The project needs the identity as a member too, so that only the expiry can refuse.
     admin_client
         .add_member(&expiring.identifier, attributes(&[(RELAY_ATTRIBUTE, "db")]))
@@ -238,7 +180,7 @@ async fn an_expired_credential_creates_no_relay_whether_expired_before_or_after_
     client.set_timeout(NO_ANSWER);
     // Control: while the credential is valid the same channel gets answers.
     assert!(client.list_relays().await.unwrap().is_empty());
-    until("the credential to expire", || now() >= expires_at).await;
+    until("the credential to expire", || unix_now() >= expires_at).await;
     match client.create_relay("db").await {
         Err(ClientError::Timeout { .. }) => {}
         other => panic!("expected no answer on a channel whose credential expired, got {other:?}"),
@@ -246,16 +188,12 @@ async fn an_expired_credential_creates_no_relay_whether_expired_before_or_after_
 
     assert!(relay_names(&mut admin_client).await.is_empty());
     assert!(relay_addresses(&project).is_empty());
-    node.shutdown().await;
-    project.stop().await;
+    shut_down(&[&node], project).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_deleted_from_the_store_after_enrollment_is_refused_as_not_member() {
-    let admin = Party::new();
-    let project = Project::start(&[&admin]).await;
-    let (node, _tcp) = plain_node("deleted");
-    let mut admin_client = project.connect(&node, &admin).await;
+    let (project, _, node, mut admin_client) = project_with_admin("deleted").await;
     let member = project
         .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
         .await;
@@ -266,12 +204,10 @@ async fn a_member_deleted_from_the_store_after_enrollment_is_refused_as_not_memb
         .unwrap();
 
     // Its channel still presents a valid credential with ockam-relay=db; the store decides.
-    let refused = refusal(client.create_relay("db").await);
-    assert_eq!(refused.kind, ErrorKind::NotMember, "{refused:?}");
-    assert!(refused.message.contains("ockam-relay=db"), "{refused:?}");
-    assert!(
-        refused.message.contains("no longer a member"),
-        "{refused:?}"
+    refused(
+        client.create_relay("db").await,
+        ErrorKind::NotMember,
+        &["ockam-relay=db", "no longer a member"],
     );
     assert!(relay_names(&mut admin_client).await.is_empty());
 
@@ -282,16 +218,12 @@ async fn a_member_deleted_from_the_store_after_enrollment_is_refused_as_not_memb
         .unwrap();
     client.create_relay("db").await.unwrap();
     assert_eq!(relay_names(&mut admin_client).await, ["db"]);
-    node.shutdown().await;
-    project.stop().await;
+    shut_down(&[&node], project).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_with_ockam_relay_db_creates_db_and_an_admin_without_credential_any_name() {
-    let admin = Party::new();
-    let project = Project::start(&[&admin]).await;
-    let (node, _tcp) = plain_node("creators");
-    let mut admin_client = project.connect(&node, &admin).await;
+    let (project, admin, node, mut admin_client) = project_with_admin("creators").await;
     let member = project
         .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
         .await;
@@ -301,7 +233,7 @@ async fn a_member_with_ockam_relay_db_creates_db_and_an_admin_without_credential
     assert_eq!(made.name, "db");
     assert_eq!(made.address, "forward_to_db");
     assert_eq!(made.owner, member.identifier.to_string());
-    assert!(made.created_at.abs_diff(now()) <= 5);
+    assert!(made.created_at.abs_diff(unix_now()) <= 5);
     assert_eq!(client.check_relay("db").await.unwrap().owner, made.owner);
 
     // The admin presents no credential at all.
@@ -321,18 +253,14 @@ async fn a_member_with_ockam_relay_db_creates_db_and_an_admin_without_credential
     // A member lists only its own.
     let mine: Vec<RelayInfo> = client.list_relays().await.unwrap();
     assert_eq!(mine, vec![made]);
-    node.shutdown().await;
-    project.stop().await;
+    shut_down(&[&node], project).await;
 }
 
 // ---- 2. a name belongs to one identity ------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_name_stays_with_its_owner_across_channels_until_an_admin_frees_it() {
-    let admin = Party::new();
-    let project = Project::start(&[&admin]).await;
-    let (node, _tcp) = plain_node("members");
-    let mut admin_client = project.connect(&node, &admin).await;
+    let (project, _, node, mut admin_client) = project_with_admin("members").await;
     let first = project
         .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
         .await;
@@ -344,23 +272,22 @@ async fn a_relay_name_stays_with_its_owner_across_channels_until_an_admin_frees_
         .await;
     let mut b1 = Relayed::start(&project, first, "b1");
     let mut b2 = Relayed::start(&project, second, "b2");
-    let (user_node, _user_tcp) = plain_node("user");
+    let user_node = plain_node("user");
     let mut user_channel = Outer::open(&project, &user_node, &user).await;
 
     let mut old = b1.client(&project).await;
     let created = old.create_relay("db").await.unwrap();
     let mut other = b2.client(&project).await;
-    let refused = refusal(other.create_relay("db").await);
-    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
-    assert!(
-        refused
-            .message
-            .contains(&format!("held by {}", b1.party.identifier)),
-        "{refused:?}"
+    refused(
+        other.create_relay("db").await,
+        ErrorKind::Forbidden,
+        &[&format!("held by {}", b1.party.identifier)],
     );
-    let refused = refusal(other.delete_relay("db").await);
-    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
-    assert!(refused.message.contains("not yours"), "{refused:?}");
+    refused(
+        other.delete_relay("db").await,
+        ErrorKind::Forbidden,
+        &["not yours"],
+    );
 
     // The owner comes back through a new channel and takes the relay along.
     let mut new = b1.client(&project).await;
@@ -368,9 +295,11 @@ async fn a_relay_name_stays_with_its_owner_across_channels_until_an_admin_frees_
     assert_eq!(moved.owner, created.owner);
     assert_eq!(moved.created_at, created.created_at);
     assert!(moved.updated_at >= created.updated_at);
-    let gone = refusal(old.check_relay("db").await);
-    assert_eq!(gone.kind, ErrorKind::NotFound, "{gone:?}");
-    assert!(gone.message.contains("through this channel"), "{gone:?}");
+    refused(
+        old.check_relay("db").await,
+        ErrorKind::NotFound,
+        &["through this channel"],
+    );
     new.check_relay("db").await.unwrap();
     // With the old channel closed, messages still reach b1: through the new one.
     old.close().await;
@@ -390,8 +319,7 @@ async fn a_relay_name_stays_with_its_owner_across_channels_until_an_admin_frees_
     // Now the other identity may create it, and then the first one may not delete it.
     let taken = other.create_relay("db").await.unwrap();
     assert_eq!(taken.owner, b2.party.identifier.to_string());
-    let refused = refusal(new.delete_relay("db").await);
-    assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
+    refused(new.delete_relay("db").await, ErrorKind::Forbidden, &[]);
     user_channel
         .echo_through("db", &mut b2, "to the new owner")
         .await;
@@ -400,21 +328,14 @@ async fn a_relay_name_stays_with_its_owner_across_channels_until_an_admin_frees_
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].owner, b2.party.identifier.to_string());
 
-    b1.node.shutdown().await;
-    b2.node.shutdown().await;
-    user_node.shutdown().await;
-    node.shutdown().await;
-    project.stop().await;
+    shut_down(&[&b1.node, &b2.node, &user_node, &node], project).await;
 }
 
 // ---- 3. names -------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invalid_relay_names_are_refused_with_bad_request_and_a_clear_message() {
-    let admin = Party::new();
-    let project = Project::start(&[&admin]).await;
-    let (node, _tcp) = plain_node("names");
-    let mut admin_client = project.connect(&node, &admin).await;
+    let (project, _, node, mut admin_client) = project_with_admin("names").await;
     let long = "x".repeat(10 * 1024);
     let cases: [(&str, &str); 5] = [
         ("a/b", "'/' at position 2"),
@@ -425,38 +346,28 @@ async fn invalid_relay_names_are_refused_with_bad_request_and_a_clear_message() 
     ];
     for (name, says) in cases {
         // Checked before anything else: an admin, who may create any name, is refused too.
-        let refused = refusal(admin_client.create_relay(name).await);
-        assert_eq!(refused.kind, ErrorKind::BadRequest, "{name:?}: {refused:?}");
-        assert!(
-            refused.message.contains(says),
-            "{name:?}: {refused:?} does not say {says:?}"
+        let refusal = refused(
+            admin_client.create_relay(name).await,
+            ErrorKind::BadRequest,
+            &[says],
         );
-        assert!(refused.message.len() < 200, "{refused:?} echoes the name");
+        assert!(refusal.message.len() < 200, "{refusal:?} echoes the name");
     }
     assert!(relay_names(&mut admin_client).await.is_empty());
     assert!(relay_addresses(&project).is_empty());
-    node.shutdown().await;
-    project.stop().await;
+    shut_down(&[&node], project).await;
 }
 
 // ---- 4. end to end --------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_reaches_a_relayed_node_through_an_end_to_end_channel_across_the_relay() {
-    let Stage {
-        project,
-        mut b,
-        members,
-        admin_node: node,
-        _admin_tcp,
-    } = Stage::start(&[("component", "web-frontend")]).await;
-    let [c_party]: [Party; 1] = members.try_into().ok().expect("one party per member");
-    let mut b_client = b.client(&project).await;
-    b_client.create_relay("db").await.unwrap();
+    let (project, mut b, [c_party]) = stage([("component", "web-frontend")]).await;
+    let _b_client = b.relay(&project, "db").await;
 
-    let (c_node, _c_tcp) = plain_node("c");
+    let c_node = plain_node("c");
     let outer = Outer::open(&project, &c_node, &c_party).await;
-    let inner = outer.inner_channel("db", &[], &c_party, &b).await;
+    let (inner, _) = outer.inner_channel("db", &[], &c_party, &b).await;
     // The inner channel is with b itself, proven end to end: b's identity and credential.
     assert_eq!(inner.peer.identifier, b.party.identifier);
     assert_ne!(inner.peer.identifier, project.identifier);
@@ -512,10 +423,7 @@ async fn a_member_reaches_a_relayed_node_through_an_end_to_end_channel_across_th
         b.next_seen().await;
     }
     secure_channel::close(&c_node, &inner);
-    c_node.shutdown().await;
-    b.node.shutdown().await;
-    node.shutdown().await;
-    project.stop().await;
+    shut_down(&[&c_node, &b.node], project).await;
 }
 
 // ---- 5. ciphertext only, and tampering ------------------------------------------------------
@@ -551,14 +459,7 @@ impl Worker for Tap {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_project_node_relays_ciphertext_only_and_a_changed_message_tears_the_channel_down() {
-    let Stage {
-        project,
-        mut b,
-        members,
-        admin_node: node,
-        _admin_tcp,
-    } = Stage::start(&[("component", "web-frontend")]).await;
-    let [c_party]: [Party; 1] = members.try_into().ok().expect("one party per member");
+    let (project, mut b, [c_party]) = stage([("component", "web-frontend")]).await;
     let tapped = Arc::new(Mutex::new(Vec::new()));
     let tamper = Arc::new(AtomicBool::new(false));
     b.node
@@ -571,19 +472,11 @@ async fn the_project_node_relays_ciphertext_only_and_a_changed_message_tears_the
             },
         )
         .unwrap();
-    let mut b_client = b.client(&project).await;
-    b_client.create_relay("db").await.unwrap();
+    let mut b_client = b.relay(&project, "db").await;
 
-    let (c_node, _c_tcp) = plain_node("c");
+    let c_node = plain_node("c");
     let mut outer = Outer::open(&project, &c_node, &c_party).await;
-    let before = channel_ends(&b.node);
-    let inner = outer.inner_channel("db", &["tap"], &c_party, &b).await;
-    let b_inner: BTreeSet<Address> = channel_ends(&b.node).difference(&before).cloned().collect();
-    assert_eq!(
-        b_inner.len(),
-        2,
-        "b's end of the inner channel: {b_inner:?}"
-    );
+    let (inner, b_inner) = outer.inner_channel("db", &["tap"], &c_party, &b).await;
 
     let marker = b"kith relay plaintext marker 6b1f";
     let mut c = c_node.client().unwrap();
@@ -638,38 +531,21 @@ async fn the_project_node_relays_ciphertext_only_and_a_changed_message_tears_the
         .echo_through("db", &mut b, "the relay still works")
         .await;
 
-    c_node.shutdown().await;
-    b.node.shutdown().await;
-    node.shutdown().await;
-    project.stop().await;
+    shut_down(&[&c_node, &b.node], project).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garbage_a_bystander_sends_through_the_relay_ends_the_inner_channel_and_injects_nothing() {
-    let Stage {
-        project,
-        mut b,
-        members,
-        admin_node: node,
-        _admin_tcp,
-    } = Stage::start(&[("component", "web"), ("component", "bystander")]).await;
-    let [c_party, d_party]: [Party; 2] = members.try_into().ok().expect("one party per member");
-    let mut b_client = b.client(&project).await;
-    b_client.create_relay("db").await.unwrap();
+    let (project, mut b, [c_party, d_party]) =
+        stage([("component", "web"), ("component", "bystander")]).await;
+    let _b_client = b.relay(&project, "db").await;
 
-    let (c_node, _c_tcp) = plain_node("c");
+    let c_node = plain_node("c");
     let outer = Outer::open(&project, &c_node, &c_party).await;
-    let before = channel_ends(&b.node);
-    let inner = outer.inner_channel("db", &[], &c_party, &b).await;
-    let b_inner: BTreeSet<Address> = channel_ends(&b.node).difference(&before).cloned().collect();
-    assert_eq!(
-        b_inner.len(),
-        2,
-        "b's end of the inner channel: {b_inner:?}"
-    );
+    let (inner, b_inner) = outer.inner_channel("db", &[], &c_party, &b).await;
     let b_decryptor = b_inner
         .iter()
-        .find(|a| !a.value().starts_with("sc-enc-"))
+        .find(|a| !kith_identity::secure_channel::is_encryptor(a))
         .cloned()
         .unwrap();
     let mut c = c_node.client().unwrap();
@@ -679,7 +555,7 @@ async fn garbage_a_bystander_sends_through_the_relay_ends_the_inner_channel_and_
 
     // d, a member with a channel of its own to the project node, knows b's decryptor and
     // sends it something that is not from c's channel.
-    let (d_node, _d_tcp) = plain_node("d");
+    let d_node = plain_node("d");
     let d_channel = Outer::open(&project, &d_node, &d_party).await;
     let garbage: Vec<u8> = (0..96u8).map(|i| i.wrapping_mul(37)).collect();
     d_channel
@@ -706,55 +582,30 @@ async fn garbage_a_bystander_sends_through_the_relay_ends_the_inner_channel_and_
     );
     b.nothing_seen().await;
 
-    d_node.shutdown().await;
-    c_node.shutdown().await;
-    b.node.shutdown().await;
-    node.shutdown().await;
-    project.stop().await;
+    shut_down(&[&d_node, &c_node, &b.node], project).await;
 }
 
 // ---- 6. the back address, and who may send through the relay -----------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_the_owners_answers_pass_the_back_address_and_only_into_a_secure_channel() {
-    let Stage {
-        project,
-        mut b,
-        members,
-        admin_node: node,
-        _admin_tcp,
-    } = Stage::start(&[("component", "web"), ("component", "bystander")]).await;
-    let [c_party, d_party]: [Party; 2] = members.try_into().ok().expect("one party per member");
+    let (project, mut b, [c_party, d_party]) =
+        stage([("component", "web"), ("component", "bystander")]).await;
     let p = project.node.node.clone();
     // Workers on the project node the back address must not lead to: one open to every
     // origin, and one for this node only (which a relay that passed messages on as local
     // ones would open to the relayed node). Neither answers, so what they record is all
     // that reached them.
-    let (open_tx, mut open_seen) = mpsc::channel(64);
-    p.start_worker_with_policy(
-        [Address::local("open")],
-        Arc::new(AllowAll),
-        Recorder {
-            seen: open_tx,
-            answer: false,
-        },
-    )
-    .unwrap();
-    let (local_tx, mut local_seen) = mpsc::channel(64);
-    p.start_worker(
-        "local-only",
-        Recorder {
-            seen: local_tx,
-            answer: false,
-        },
-    )
-    .unwrap();
-    let mut b_client = b.client(&project).await;
-    b_client.create_relay("db").await.unwrap();
+    let (open, mut open_seen) = Recorder::new(false);
+    p.start_worker_with_policy([Address::local("open")], Arc::new(AllowAll), open)
+        .unwrap();
+    let (local_only, mut local_seen) = Recorder::new(false);
+    p.start_worker("local-only", local_only).unwrap();
+    let _b_client = b.relay(&project, "db").await;
 
     // c sends through the relay; b's answer comes back through the back address into c's
     // channel. What b sees tells the back address and c's channel's encryptor on P.
-    let (c_node, _c_tcp) = plain_node("c");
+    let c_node = plain_node("c");
     let mut c = Outer::open(&project, &c_node, &c_party).await;
     c.send_through("db", "hello").await;
     let seen = b.next_seen().await;
@@ -764,7 +615,10 @@ async fn only_the_owners_answers_pass_the_back_address_and_only_into_a_secure_ch
     assert_eq!(hops.len(), 4, "{}", seen.return_route);
     let (back, c_encryptor) = (hops[1].clone(), hops[2].clone());
     assert!(back.value().starts_with("relay-back-"), "{back}");
-    assert!(c_encryptor.value().starts_with("sc-enc-"), "{c_encryptor}");
+    assert!(
+        kith_identity::secure_channel::is_encryptor(&c_encryptor),
+        "{c_encryptor}"
+    );
     assert_eq!(&hops[3], c.client.address());
     let c_mailbox = hops[3].clone();
     let to_c = |first: &Address| {
@@ -786,7 +640,7 @@ async fn only_the_owners_answers_pass_the_back_address_and_only_into_a_secure_ch
     let got = c.client.receive(WAIT).await.unwrap();
     assert_eq!(&got.payload[..], b"from the owner");
     // …a bystander member does not.
-    let (d_node, _d_tcp) = plain_node("d");
+    let d_node = plain_node("d");
     let d = Outer::open(&project, &d_node, &d_party).await;
     d.client
         .send(to_c(&d.channel.encryptor), "forged answer")
@@ -800,12 +654,12 @@ async fn only_the_owners_answers_pass_the_back_address_and_only_into_a_secure_ch
     // The owner cannot speak, as the project node, into a channel that never used its relay:
     // e's channel to P is found as the encryptor P gained when e connected.
     let before: BTreeSet<Address> = p.addresses().into_iter().collect();
-    let (e_node, _e_tcp) = plain_node("e");
+    let e_node = plain_node("e");
     let mut e = Outer::open(&project, &e_node, &c_party).await;
     let e_encryptor = p
         .addresses()
         .into_iter()
-        .find(|a| a.value().starts_with("sc-enc-") && !before.contains(a))
+        .find(|a| kith_identity::secure_channel::is_encryptor(a) && !before.contains(a))
         .expect("P has an encryptor for e's channel");
     let to_e = Route::from(vec![
         owner.channel.encryptor.clone(),
@@ -881,7 +735,7 @@ async fn only_the_owners_answers_pass_the_back_address_and_only_into_a_secure_ch
     // Through `forward_to_db`, a sender needs a credential from this project (control: c
     // above); an identity without one gets nothing to b.
     let stranger = Party::new();
-    let (e_node, _e_tcp) = plain_node("e");
+    let e_node = plain_node("e");
     let mut e = Outer::open(&project, &e_node, &stranger).await;
     e.send_through("db", "from a stranger").await;
     assert!(e.no_answer().await);
@@ -889,24 +743,14 @@ async fn only_the_owners_answers_pass_the_back_address_and_only_into_a_secure_ch
     // None of it harmed the relay: a member's message and b's answer still pass.
     c.echo_through("db", &mut b, "still fine").await;
 
-    for n in [&e_node, &d_node, &c_node, &b.node, &node] {
-        n.shutdown().await;
-    }
-    project.stop().await;
+    shut_down(&[&e_node, &d_node, &c_node, &b.node], project).await;
 }
 
 // ---- 7. the keeper --------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_keeper_registers_again_when_the_project_node_comes_back_on_the_same_port() {
-    let Stage {
-        mut project,
-        mut b,
-        members,
-        admin_node: node,
-        _admin_tcp,
-    } = Stage::start(&[("component", "web")]).await;
-    let [c_party]: [Party; 1] = members.try_into().ok().expect("one party per member");
+    let (mut project, mut b, [c_party]) = stage([("component", "web")]).await;
     let settings = SharedSettings::new(b.party.settings(project.trust()));
     let mut keeper = RelayKeeper::start(&b.node, settings, project.keeper_config("db"))
         .await
@@ -920,7 +764,7 @@ async fn the_keeper_registers_again_when_the_project_node_comes_back_on_the_same
     assert_eq!(status.reconnections, 0);
     assert_eq!(status.last_error, None);
 
-    let (c_node, _c_tcp) = plain_node("c");
+    let c_node = plain_node("c");
     let mut c = Outer::open(&project, &c_node, &c_party).await;
     c.echo_through("db", &mut b, "before the restart").await;
 
@@ -928,36 +772,29 @@ async fn the_keeper_registers_again_when_the_project_node_comes_back_on_the_same
     // down.
     let port = project.port;
     project.shut_down_node().await;
-    let down = keeper
-        .wait_for(WAIT, |s| matches!(s.state, RelayState::Reconnecting { .. }))
-        .await;
-    assert!(
-        matches!(down.state, RelayState::Reconnecting { .. }),
-        "{down:?}"
-    );
+    let down = reached(&mut keeper, "reconnecting", |s| {
+        matches!(s.state, RelayState::Reconnecting { .. })
+    })
+    .await;
     assert!(down.last_error.is_some(), "{down:?}");
-    let failing = keeper
-        .wait_for(
-            WAIT,
-            |s| matches!(s.state, RelayState::Reconnecting { attempts, .. } if attempts >= 1),
-        )
-        .await;
+    let failing = reached(
+        &mut keeper,
+        "reconnecting after a failed attempt",
+        |s| matches!(s.state, RelayState::Reconnecting { attempts, .. } if attempts >= 1),
+    )
+    .await;
     let Some((_, error)) = &failing.last_error else {
         panic!("no error while reconnecting: {failing:?}");
     };
-    assert!(
-        matches!(failing.state, RelayState::Reconnecting { attempts, .. } if attempts >= 1),
-        "{failing:?}"
-    );
     assert!(error.contains("cannot open a secure channel"), "{error}");
 
     // A new project node process-object, same identity and store, on the same port.
     project.start_node_on(&format!("127.0.0.1:{port}")).await;
     assert_eq!(project.port, port);
-    let up = keeper
-        .wait_for(WAIT, |s| matches!(s.state, RelayState::Up { .. }))
-        .await;
-    assert!(matches!(up.state, RelayState::Up { .. }), "{up:?}");
+    let up = reached(&mut keeper, "up again", |s| {
+        matches!(s.state, RelayState::Up { .. })
+    })
+    .await;
     assert_eq!(up.reconnections, 1);
     assert!(up.last_error.is_some());
     assert_eq!(
@@ -965,25 +802,15 @@ async fn the_keeper_registers_again_when_the_project_node_comes_back_on_the_same
         b.party.identifier.to_string()
     );
 
-    let (c2_node, _c2_tcp) = plain_node("c2");
+    let c2_node = plain_node("c2");
     let mut c2 = Outer::open(&project, &c2_node, &c_party).await;
     c2.echo_through("db", &mut b, "after the restart").await;
 
     keeper.stop();
-    for n in [&c2_node, &c_node, &b.node, &node] {
-        n.shutdown().await;
-    }
-    project.stop().await;
+    shut_down(&[&c2_node, &c_node, &b.node], project).await;
 }
 
 // ---- helpers --------------------------------------------------------------------------------
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn attributes(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -1000,13 +827,25 @@ fn code_of(ticket: &CreatedTicket) -> OneTimeCode {
     OneTimeCode::from_bytes(hex::decode(&ticket.code).unwrap().try_into().unwrap())
 }
 
-/// The authority's refusal in `outcome`.
+/// The authority's refusal in `outcome`, which must be of `kind` and say each of `says`.
 #[track_caller]
-fn refusal<T: std::fmt::Debug>(outcome: Result<T, ClientError>) -> api::ApiError {
-    match outcome {
+fn refused<T: std::fmt::Debug>(
+    outcome: Result<T, ClientError>,
+    kind: ErrorKind,
+    says: &[&str],
+) -> api::ApiError {
+    let refusal = match outcome {
         Err(ClientError::Refused(e)) => e,
         other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(refusal.kind, kind, "{refusal:?}");
+    for said in says {
+        assert!(
+            refusal.message.contains(said),
+            "{refusal:?} does not say {said:?}"
+        );
     }
+    refusal
 }
 
 async fn relay_names(admin: &mut AuthorityClient) -> Vec<String> {
@@ -1049,10 +888,68 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
-fn plain_node(name: &str) -> (Node, TcpTransport) {
+/// Wait for `keeper`'s relay to be `what` (as `f` says); its state then.
+async fn reached(
+    keeper: &mut RelayKeeper,
+    what: &str,
+    f: impl Fn(&RelayStatus) -> bool,
+) -> RelayStatus {
+    let status = keeper.wait_for(WAIT, &f).await;
+    assert!(
+        f(&status),
+        "the relay was not {what} within {WAIT:?}: {status:?}"
+    );
+    status
+}
+
+/// A node with TCP (which it keeps registered) and no listener.
+fn plain_node(name: &str) -> Node {
     let node = Node::new(name);
-    let tcp = TcpTransport::start(&node);
-    (node, tcp)
+    TcpTransport::start(&node);
+    node
+}
+
+/// Shut `nodes` down, then the project node.
+async fn shut_down(nodes: &[&Node], project: Project) {
+    for node in nodes {
+        node.shutdown().await;
+    }
+    project.stop().await;
+}
+
+/// A project with one admin, connected from a node of its own that the test's other parties
+/// may share.
+async fn project_with_admin(node_name: &str) -> (Project, Party, Node, AuthorityClient) {
+    let admin = Party::new();
+    let project = Project::start(&[&admin]).await;
+    let node = plain_node(node_name);
+    let admin_client = project.connect(&node, &admin).await;
+    (project, admin, node, admin_client)
+}
+
+/// What most relay tests start from: a project whose admin enrolled relayed node `b`
+/// (`ockam-relay=db`; running, not yet relaying) and one member per attribute in `members`.
+/// The admin's node, done with enrolling, is shut down.
+async fn stage<const N: usize>(members: [(&str, &str); N]) -> (Project, Relayed, [Party; N]) {
+    let (project, _, admin_node, mut admin_client) = project_with_admin("admin").await;
+    let b_party = project
+        .enroll(&mut admin_client, &admin_node, &[(RELAY_ATTRIBUTE, "db")])
+        .await;
+    let mut parties = Vec::new();
+    for attribute in members {
+        parties.push(
+            project
+                .enroll(&mut admin_client, &admin_node, &[attribute])
+                .await,
+        );
+    }
+    admin_client.close().await;
+    admin_node.shutdown().await;
+    let b = Relayed::start(&project, b_party, "b");
+    let Ok(parties) = <[Party; N]>::try_from(parties) else {
+        unreachable!("one party per member");
+    };
+    (project, b, parties)
 }
 
 /// An identity, the credentials it presents, and fresh channel settings on demand.
@@ -1065,7 +962,7 @@ struct Party {
 
 impl Party {
     fn new() -> Self {
-        let (identity, secret) = Identity::create(now());
+        let (identity, secret) = Identity::create(unix_now());
         Self {
             identifier: *identity.identifier(),
             identity,
@@ -1074,8 +971,35 @@ impl Party {
         }
     }
 
+    /// A new party presenting one credential with `attributes`, signed by `key`, valid from
+    /// `created_at` to `expires_at` (Unix seconds; both may be past, for an expired one).
+    fn credentialed(
+        key: &CredentialSigningKey,
+        attributes: BTreeMap<String, String>,
+        created_at: u64,
+        expires_at: u64,
+    ) -> Self {
+        let mut party = Self::new();
+        party.credentials.push(
+            CredentialAndPurposeKey::issue(
+                key,
+                &party.identifier,
+                attributes,
+                created_at,
+                expires_at,
+            )
+            .unwrap(),
+        );
+        party
+    }
+
     fn settings(&self, trust: Arc<Trust>) -> ChannelSettings {
-        let key = SecureChannelKey::generate(&self.identity, &self.secret, now() - 5, now() + 3600);
+        let key = SecureChannelKey::generate(
+            &self.identity,
+            &self.secret,
+            unix_now() - 5,
+            unix_now() + 3600,
+        );
         let local = LocalIdentity {
             identity: self.identity.clone(),
             key,
@@ -1095,10 +1019,21 @@ struct Seen {
     return_route: Route,
 }
 
+/// 64 records: what a recorder keeps unread, more than any test sends before it reads.
+const RECORDED: usize = 64;
+
 /// Records every message it gets and, if `answer`, sends its payload back.
 struct Recorder {
     seen: mpsc::Sender<Seen>,
     answer: bool,
+}
+
+impl Recorder {
+    /// A recorder, and where what it records arrives.
+    fn new(answer: bool) -> (Self, mpsc::Receiver<Seen>) {
+        let (seen, records) = mpsc::channel(RECORDED);
+        (Self { seen, answer }, records)
+    }
 }
 
 impl Worker for Recorder {
@@ -1123,79 +1058,35 @@ impl Worker for Recorder {
 /// A relayed node: TCP without a listener (it only dials out), a secure-channel listener
 /// for channels that come through its relay, `echo`, and [`WHOAMI`], which records and
 /// answers.
-/// What most relay tests start from: a project whose admin enrolled relayed node `b`
-/// (`ockam-relay=db`; running, not yet relaying) and one member per attribute in `members`.
-struct Stage {
-    project: Project,
-    b: Relayed,
-    members: Vec<Party>,
-    /// The admin's node, which did the enrolling.
-    admin_node: Node,
-    _admin_tcp: TcpTransport,
-}
-
-impl Stage {
-    async fn start(members: &[(&str, &str)]) -> Self {
-        let admin = Party::new();
-        let project = Project::start(&[&admin]).await;
-        let (admin_node, admin_tcp) = plain_node("admin");
-        let mut admin_client = project.connect(&admin_node, &admin).await;
-        let b_party = project
-            .enroll(&mut admin_client, &admin_node, &[(RELAY_ATTRIBUTE, "db")])
-            .await;
-        let mut parties = Vec::new();
-        for attribute in members {
-            parties.push(
-                project
-                    .enroll(&mut admin_client, &admin_node, &[*attribute])
-                    .await,
-            );
-        }
-        let b = Relayed::start(&project, b_party, "b");
-        Self {
-            project,
-            b,
-            members: parties,
-            admin_node,
-            _admin_tcp: admin_tcp,
-        }
-    }
-}
-
 struct Relayed {
     party: Party,
     node: Node,
-    _tcp: TcpTransport,
     seen: mpsc::Receiver<Seen>,
 }
 
 impl Relayed {
     fn start(project: &Project, party: Party, name: &str) -> Self {
-        let (node, tcp) = plain_node(name);
+        let node = plain_node(name);
         secure_channel::listen(&node, DEFAULT_LISTENER, party.settings(project.trust())).unwrap();
         node.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
             .unwrap();
-        let (tx, seen) = mpsc::channel(64);
-        node.start_worker_with_policy(
-            [Address::local(WHOAMI)],
-            Arc::new(AllowAll),
-            Recorder {
-                seen: tx,
-                answer: true,
-            },
-        )
-        .unwrap();
-        Self {
-            party,
-            node,
-            _tcp: tcp,
-            seen,
-        }
+        let (whoami, seen) = Recorder::new(true);
+        node.start_worker_with_policy([Address::local(WHOAMI)], Arc::new(AllowAll), whoami)
+            .unwrap();
+        Self { party, node, seen }
     }
 
     /// A client of the project node's services from this node, as this party.
     async fn client(&self, project: &Project) -> AuthorityClient {
         project.connect(&self.node, &self.party).await
+    }
+
+    /// Relay `name`, created through a new channel to the project node; the relay leads here
+    /// for as long as the returned client (and so its channel) lives.
+    async fn relay(&self, project: &Project, name: &str) -> AuthorityClient {
+        let mut client = self.client(project).await;
+        client.create_relay(name).await.unwrap();
+        client
     }
 
     async fn next_seen(&mut self) -> Seen {
@@ -1271,14 +1162,16 @@ impl Outer {
     }
 
     /// A secure channel from `party` through this channel and relay `name` (and `via`, on
-    /// the relayed node) to `relayed`'s listener, admitting only `relayed`'s identity.
+    /// the relayed node) to `relayed`'s listener, admitting only `relayed`'s identity; and
+    /// `relayed`'s end of it (the two channel workers it gained).
     async fn inner_channel(
         &self,
         name: &str,
         via: &[&str],
         party: &Party,
         relayed: &Relayed,
-    ) -> SecureChannel {
+    ) -> (SecureChannel, BTreeSet<Address>) {
+        let before = channel_ends(&relayed.node);
         let mut hops = vec![
             self.channel.encryptor.clone(),
             Address::local(relay::relay_address(name)),
@@ -1289,13 +1182,23 @@ impl Outer {
             authorities: self.authorities(),
             admission: Admission::Identifiers(BTreeSet::from([relayed.party.identifier])),
         }));
-        tokio::time::timeout(
+        let channel = tokio::time::timeout(
             WAIT,
             secure_channel::create(&self.node, Route::from(hops), &settings),
         )
         .await
         .expect("the inner channel opened in time")
-        .expect("the relayed node admitted us")
+        .expect("the relayed node admitted us");
+        let ends: BTreeSet<Address> = channel_ends(&relayed.node)
+            .difference(&before)
+            .cloned()
+            .collect();
+        assert_eq!(
+            ends.len(),
+            2,
+            "the relayed end of the inner channel: {ends:?}"
+        );
+        (channel, ends)
     }
 
     /// The project's authority: the project node's own identity.
@@ -1308,7 +1211,6 @@ impl Outer {
 /// that trusts the project's authority, and its own store and vault handles.
 struct ProjectNode {
     node: Node,
-    _tcp: TcpTransport,
     store: MembershipStore,
     vault: Vault,
 }
@@ -1331,7 +1233,10 @@ impl Project {
         let dir = TempDir::new().unwrap();
         let vault_path = dir.path().join("vault.sqlite");
         let vault = Vault::open(&vault_path).await.unwrap();
-        let stored = vault.create_identity(AUTHORITY_NAME, now()).await.unwrap();
+        let stored = vault
+            .create_identity(AUTHORITY_NAME, unix_now())
+            .await
+            .unwrap();
         vault.close().await;
         let location = dir
             .path()
@@ -1367,7 +1272,7 @@ impl Project {
         let node = Node::new("project");
         let tcp = TcpTransport::start(&node);
         let key = vault
-            .secure_channel_key(AUTHORITY_NAME, now())
+            .secure_channel_key(AUTHORITY_NAME, unix_now())
             .await
             .unwrap();
         let local = LocalIdentity {
@@ -1398,15 +1303,7 @@ impl Project {
         authority.start(&node).unwrap();
         relay::start(&authority, &node).unwrap();
         let port = tcp.listen(bind).await.unwrap().port();
-        (
-            ProjectNode {
-                node,
-                _tcp: tcp,
-                store,
-                vault,
-            },
-            port,
-        )
+        (ProjectNode { node, store, vault }, port)
     }
 
     /// Shut the project node down (its store and vault handles closed).
@@ -1494,7 +1391,7 @@ impl Project {
     async fn signing_key(&self) -> CredentialSigningKey {
         self.node
             .vault
-            .credential_signing_key(AUTHORITY_NAME, now())
+            .credential_signing_key(AUTHORITY_NAME, unix_now())
             .await
             .unwrap()
     }

@@ -66,6 +66,19 @@ pub const CHANNEL_BACKLOG: usize = 64;
 /// 1 s: how long a closing channel may take to send what it has queued and its `Close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What every channel encryptor's (random, local) address starts with.
+const ENCRYPTOR_PREFIX: &str = "sc-enc";
+
+/// Whether `address` names a channel encryptor on this node: where a route into a secure
+/// channel starts.
+pub fn is_encryptor(address: &Address) -> bool {
+    address.is_local()
+        && address
+            .value()
+            .strip_prefix(ENCRYPTOR_PREFIX)
+            .is_some_and(|rest| rest.starts_with('-'))
+}
+
 /// The default address of a node's secure-channel listener.
 pub const DEFAULT_LISTENER: &str = "api";
 
@@ -765,7 +778,7 @@ impl Channel {
             peer,
             handshake_hash,
         } = channel;
-        let address = Address::random_local("sc-enc");
+        let address = Address::random_local(ENCRYPTOR_PREFIX);
         lock(&self.outbound).sending = Some(Sending { encryptor, remote });
         let handle = self
             .node
