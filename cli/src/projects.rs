@@ -147,6 +147,43 @@ impl Reach {
 }
 
 /// An embedded node with a channel to the authority.
+/// Connect with `connect` under a spinner, trying again `retry.count` times, `retry.delay`
+/// apart, while the authority cannot be reached (any other failure ends it at once).
+pub(crate) async fn connect_retrying<F, Fut>(
+    out: &Output,
+    shown: &str,
+    retry: Retry,
+    mut connect: F,
+) -> Result<AuthorityClient, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<AuthorityClient, ClientError>>,
+{
+    let spinner = out.spinner(format!("contacting the authority at {shown}"));
+    let mut attempt = 0;
+    let client = loop {
+        match connect().await {
+            Ok(c) => break Ok(c),
+            Err(e @ (ClientError::Connect { .. } | ClientError::ConnectTimeout { .. }))
+                if attempt < retry.count =>
+            {
+                attempt += 1;
+                out.note(format!(
+                    "cannot reach the authority ({e}); retry {attempt} of {} in {}",
+                    retry.count,
+                    DisplayDuration(retry.delay)
+                ));
+                tokio::time::sleep(retry.delay).await;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    client
+}
+
 pub(crate) struct Session {
     node: RunningNode,
     client: AuthorityClient,
@@ -162,36 +199,16 @@ impl Session {
         )
         .await?;
         let node = RunningNode::start("cli", None, Some(settings.clone())).await?;
-        let spinner = out.spinner(format!("contacting the authority at {}", reach.route));
-        let mut attempt = 0;
-        let client = loop {
-            match AuthorityClient::connect(
+        let client = connect_retrying(out, &reach.route.to_string(), reach.retry, || {
+            AuthorityClient::connect(
                 &node.node,
                 reach.route.clone(),
                 &reach.authority,
                 &settings,
                 reach.timeout,
             )
-            .await
-            {
-                Ok(c) => break Ok(c),
-                Err(e @ (ClientError::Connect { .. } | ClientError::ConnectTimeout { .. }))
-                    if attempt < reach.retry.count =>
-                {
-                    attempt += 1;
-                    out.note(format!(
-                        "cannot reach the authority ({e}); retry {attempt} of {} in {}",
-                        reach.retry.count,
-                        DisplayDuration(reach.retry.delay)
-                    ));
-                    tokio::time::sleep(reach.retry.delay).await;
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        if let Some(s) = spinner {
-            s.finish_and_clear();
-        }
+        })
+        .await;
         match client {
             Ok(client) => Ok(Self { node, client }),
             Err(e) => {

@@ -35,7 +35,7 @@ use crate::duration::{DisplayDuration, unix_time};
 use crate::home::{AdmissionConfig, Home};
 use crate::identities;
 use crate::output::Output;
-use crate::projects::{Retry, ask, load_project, refused, save_project};
+use crate::projects::{Retry, ask, connect_retrying, load_project, refused, save_project};
 
 /// 10 s: how long one handshake with the authority may take; as for every other command
 /// that reaches it.
@@ -490,10 +490,8 @@ async fn first_connection(
     authority: &Authority,
     retry: Retry,
 ) -> Result<(AuthorityClient, Identity)> {
-    let spinner = out.spinner(format!("contacting the authority at {}", authority.shown));
-    let mut attempt = 0;
-    let connected = loop {
-        let tried = match &authority.pinned {
+    let connected = connect_retrying(out, &authority.shown.to_string(), retry, || async {
+        match &authority.pinned {
             Some(id) => {
                 AuthorityClient::connect(
                     &node.node,
@@ -513,26 +511,9 @@ async fn first_connection(
                 )
                 .await
             }
-        };
-        match tried {
-            Ok(c) => break Ok(c),
-            Err(e @ (ClientError::Connect { .. } | ClientError::ConnectTimeout { .. }))
-                if attempt < retry.count =>
-            {
-                attempt += 1;
-                out.note(format!(
-                    "cannot reach the authority ({e}); retry {attempt} of {} in {}",
-                    retry.count,
-                    DisplayDuration(retry.delay)
-                ));
-                tokio::time::sleep(retry.delay).await;
-            }
-            Err(e) => break Err(e),
         }
-    };
-    if let Some(s) = spinner {
-        s.finish_and_clear();
-    }
+    })
+    .await;
     let client = connected.context("cannot reach the project's authority")?;
     let identity = client.authority().clone();
     if authority.pinned.is_none() {
