@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use kith_authority::keeper::RelayStatus;
+use kith_authority::relay::relay_address;
+use kith_transport::portal::StatsView;
+
+use crate::home::Home;
+
 /// 1 MiB: the longest request or response line; a message payload fits with room to spare.
 pub const MAX_LINE: u64 = 1024 * 1024;
 
@@ -99,15 +105,6 @@ pub struct ChannelSpec {
     /// The only identity admitted at the other end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
-}
-
-impl From<&crate::daemon::ChannelHop> for ChannelSpec {
-    fn from(hop: &crate::daemon::ChannelHop) -> Self {
-        Self {
-            to: hop.route.iter().map(ToString::to_string).collect(),
-            peer: hop.peer.map(|p| p.to_string()),
-        }
-    }
 }
 
 /// A secure channel a daemon keeps open.
@@ -228,6 +225,108 @@ pub async fn stop(socket: &Path, timeout: Duration) -> Result<()> {
         .await
         .map_err(|_| anyhow!("the node did not stop within {timeout:?}"))??;
     Ok(())
+}
+
+/// Whether a node runs.
+#[derive(Debug, Clone)]
+pub enum NodeState {
+    /// It answers on its control socket.
+    Running(Box<NodeStatus>),
+    /// It does not; `crashed` if it did not shut down cleanly (its pid file is left).
+    Stopped {
+        /// The last run ended without a clean shutdown.
+        crashed: bool,
+    },
+}
+
+/// Ask node `name` for its status.
+pub async fn probe(home: &Home, name: &str) -> NodeState {
+    let answer = call(&home.socket_path(name), &Request::Status, STATUS_TIMEOUT).await;
+    match answer
+        .ok()
+        .and_then(|v| serde_json::from_value::<NodeStatus>(v).ok())
+    {
+        Some(status) => NodeState::Running(Box::new(status)),
+        None => NodeState::Stopped {
+            crashed: home.pid_path(name).exists(),
+        },
+    }
+}
+
+/// The control socket of node `name`, which must exist and be running.
+pub async fn running_socket(home: &Home, name: &str) -> Result<std::path::PathBuf> {
+    home.load_node(name)?;
+    if let NodeState::Stopped { .. } = probe(home, name).await {
+        bail!("node {name:?} is not running; start it with `kith node start {name}`");
+    }
+    Ok(home.socket_path(name))
+}
+
+/// A relay a node keeps, as `list` and `show` print it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayView {
+    /// The node that keeps it.
+    pub node: String,
+    /// Where: `/project/NAME`.
+    pub at: String,
+    /// Its state.
+    #[serde(flatten)]
+    pub status: RelayStatus,
+    /// The route that reaches the node through it.
+    pub route: String,
+    /// After `delete`: whether the project node freed the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at_project_node: Option<String>,
+}
+
+impl RelayView {
+    /// The view of relay `status` kept by `node` at `at`.
+    pub fn new(node: &str, at: &str, status: RelayStatus) -> Self {
+        Self {
+            node: node.to_owned(),
+            at: at.to_owned(),
+            route: format!("{at}/service/{}", relay_address(&status.name)),
+            status,
+            deleted_at_project_node: None,
+        }
+    }
+}
+
+/// An outlet as `list` and `show` print it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutletView {
+    /// The node that serves it.
+    pub node: String,
+    /// Its service address on the node.
+    pub name: String,
+    /// Where it connects.
+    pub to: String,
+    /// Who may open sessions, as the outlet applies it.
+    pub policy: String,
+    /// Sessions and bytes.
+    pub sessions: StatsView,
+}
+
+/// An inlet as `list` and `show` print it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InletView {
+    /// The node that listens.
+    pub node: String,
+    /// Its name.
+    pub alias: String,
+    /// Where it listens.
+    pub from: String,
+    /// The route to the outlet.
+    pub to: String,
+    /// Which outlet nodes it accepts, as it applies it.
+    pub policy: String,
+    /// Whether it is listening; if not, why.
+    pub listening: bool,
+    /// Why it is not listening.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Sessions and bytes.
+    pub sessions: StatsView,
 }
 
 #[cfg(test)]

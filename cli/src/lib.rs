@@ -1,27 +1,19 @@
-//! The `kith` command: local state, node daemons, the control socket, and every subcommand.
+//! The `kith` command: the command line, and the node host it runs as a daemon.
 //!
 //! The library holds everything but `main`, so integration tests and fuzz targets can reach
 //! the parsers the binary uses. It does not implement networking or cryptography itself:
-//! that is the job of the crates below it.
+//! that is the job of the crates below it. Imports point one way:
+//! `commands` → `node` → (`control`, `home`, `duration`).
 
-pub mod args;
-mod authority;
-mod channels;
+/// The command line: one module per command group (parse, call the node, print).
+pub mod commands;
+/// The protocol between the command line and a node daemon, over its control socket.
 pub mod control;
-pub mod credentials;
-pub mod daemon;
-mod demo;
+/// Durations as users write and read them: `90s`, `15m`, `30d`.
 pub mod duration;
+/// Local state in `$KITH_HOME`: nodes, the vault, projects, and routes resolved against them.
 pub mod home;
-pub mod identities;
-mod message;
-pub mod nodes;
-pub mod output;
-pub mod portals;
-mod projects;
-mod refresh;
-pub mod relays;
-mod requests;
-pub mod run;
+/// The node host: the runtime a daemon runs and the parts it keeps.
+pub mod node;
 
 pub use duration::{DisplayDuration, DurationError, parse_duration};

@@ -5,12 +5,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kith_cli::args::Cli;
+use kith_cli::commands::args::Cli;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let daemon = kith_cli::run::runs_a_node(&cli);
+    let daemon = kith_cli::commands::runs_a_node(&cli);
     init_logging(&cli, daemon);
     let runtime = if daemon {
         tokio::runtime::Builder::new_multi_thread()
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(kith_cli::run::run(cli)) {
+    match runtime.block_on(kith_cli::commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let line = format!("{e:#}").replace('\n', " ");

@@ -30,7 +30,11 @@ fn command_paths() -> Vec<Vec<String>> {
         }
     }
     let mut out = Vec::new();
-    walk(&kith_cli::args::Cli::command(), &mut Vec::new(), &mut out);
+    walk(
+        &kith_cli::commands::args::Cli::command(),
+        &mut Vec::new(),
+        &mut out,
+    );
     out
 }
 

@@ -9,55 +9,21 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use kith_authority::client::{AuthorityClient, ClientError};
-use kith_authority::keeper::{RelayState, RelayStatus};
-use kith_authority::relay::{RelayInfo, check_relay_name, relay_address};
-use kith_identity::Identifier;
-use kith_node::Route;
-use kith_transport::{MultiAddr, PROJECT_LISTENER};
-use serde::{Deserialize, Serialize};
+use kith_authority::keeper::RelayState;
+use kith_authority::relay::{RelayInfo, check_relay_name};
+use kith_identity::unix_now;
+use kith_transport::MultiAddr;
 
-use crate::args::RelayCommand;
-use crate::control::{self, Request};
-use crate::daemon::unix_now;
+use super::args::RelayCommand;
+use super::output::Output;
+use super::reach::{Reach, Session};
+use crate::control::{self, NodeState, RelayView, Request, probe, running_socket};
 use crate::duration::{DisplayDuration, unix_time};
 use crate::home::Home;
-use crate::nodes::{NodeState, probe, running_socket};
-use crate::output::Output;
-use crate::projects::{Reach, Session};
-
-/// 10 s: how long reaching the project node may take when a daemon restores or deletes a
-/// relay (a handshake and one request).
-pub const RELAY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A relay a node keeps, as `list` and `show` print it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RelayView {
-    /// The node that keeps it.
-    pub node: String,
-    /// Where: `/project/NAME`.
-    pub at: String,
-    /// Its state.
-    #[serde(flatten)]
-    pub status: RelayStatus,
-    /// The route that reaches the node through it.
-    pub route: String,
-    /// After `delete`: whether the project node freed the name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deleted_at_project_node: Option<String>,
-}
+use crate::home::routes::resolve_at;
+use crate::node::{RELAY_TIMEOUT, refused};
 
 impl RelayView {
-    /// The view of relay `status` kept by `node` at `at`.
-    pub fn new(node: &str, at: &str, status: RelayStatus) -> Self {
-        Self {
-            node: node.to_owned(),
-            at: at.to_owned(),
-            route: format!("{at}/service/{}", relay_address(&status.name)),
-            status,
-            deleted_at_project_node: None,
-        }
-    }
-
     fn line(&self, now: u64) -> String {
         let state = match &self.status.state {
             RelayState::Up { since } => format!("up since {}", ago(*since, now)),
@@ -94,7 +60,7 @@ fn ago(at: u64, now: u64) -> String {
 fn normalize_at(home: &Home, at: Option<&str>) -> Result<String> {
     let name = match at {
         None => {
-            crate::projects::load_project(home, None)
+            crate::home::projects::load_project(home, None)
                 .context("no --at given, and no default project")?
                 .name
         }
@@ -110,32 +76,10 @@ fn normalize_at(home: &Home, at: Option<&str>) -> Result<String> {
             if m.protocols().len() != 1 {
                 bail!("--at is the project alone, /project/{name}, without more hops");
             }
-            crate::projects::load_project(home, Some(name))?.name
+            crate::home::projects::load_project(home, Some(name))?.name
         }
     };
     Ok(format!("/project/{name}"))
-}
-
-/// The project node's listener route and identifier for `/project/NAME`.
-pub async fn resolve_at(home: &Home, at: &str) -> Result<(Route, Identifier)> {
-    let m: MultiAddr = at
-        .parse()
-        .with_context(|| format!("relay location {at:?} is not a route"))?;
-    let name = m
-        .project()
-        .ok_or_else(|| anyhow!("relay location {at:?} is not /project/NAME"))?;
-    let project = crate::projects::load_project(home, Some(name))?;
-    let text = format!("{}/service/{PROJECT_LISTENER}", project.project_route);
-    let target = crate::message::resolve_target(home, &text).await?;
-    Ok((target.route, project.project_identifier))
-}
-
-/// A refusal from the project node, as one line that says who refused and why.
-pub fn refused(e: ClientError) -> anyhow::Error {
-    match e {
-        ClientError::Refused(api) => anyhow!("the project node refused: {}", api.message),
-        other => anyhow::Error::new(other).context("cannot reach the project node"),
-    }
 }
 
 /// Run a relay command.

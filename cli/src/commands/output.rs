@@ -7,7 +7,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::args::{GlobalArgs, OutputFormat};
+use super::args::{GlobalArgs, OutputFormat};
 
 /// Where results and progress go, per the global options.
 #[derive(Debug, Clone)]

@@ -4,12 +4,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::args::SecureChannelCommand;
-use crate::control::{self, ChannelView, Request};
+use super::args::SecureChannelCommand;
+use super::output::Output;
+use crate::control::{self, ChannelView, Request, running_socket};
 use crate::home::Home;
-use crate::message::resolve_target;
-use crate::nodes::running_socket;
-use crate::output::Output;
+use crate::home::routes::resolve_target;
 
 fn describe(c: &ChannelView) -> String {
     format!(

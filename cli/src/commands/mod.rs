@@ -1,15 +1,28 @@
-//! Dispatch: one function per command, given the parsed arguments.
+//! The command line: one module per command group. Each parses its arguments, calls a node
+//! (a daemon over its control socket, or a node embedded for the command's duration) and
+//! prints the answer; protocol logic lives in the library crates and the node host.
+
+pub mod args;
+mod authority;
+mod channels;
+mod credentials;
+mod demo;
+mod identities;
+mod message;
+mod nodes;
+pub mod output;
+mod portals;
+mod projects;
+mod reach;
+mod relays;
+mod requests;
 
 use anyhow::{Context as _, Result};
 use clap::CommandFactory;
 
-use crate::args::{Cli, Command, MessageCommand, NodeCommand, kith_home};
 use crate::home::Home;
-use crate::output::Output;
-use crate::{
-    authority, channels, credentials, daemon, demo, identities, message, nodes, portals, projects,
-    relays,
-};
+use args::{Cli, Command, MessageCommand, NodeCommand, kith_home};
+use output::Output;
 
 fn home() -> Result<Home> {
     let root = kith_home().context("cannot find a state directory: set KITH_HOME or HOME")?;
@@ -31,7 +44,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 NodeCommand::Delete(a) => nodes::delete(&home, &out, a).await,
                 NodeCommand::Logs(a) => nodes::logs(&home, a),
                 NodeCommand::Run(a) => {
-                    daemon::run(&home, &a.name, |ready| {
+                    crate::node::run(&home, &a.name, |ready| {
                         // The spawning command reads this one line; nothing else goes to stdout.
                         if let Ok(line) = serde_json::to_string(ready) {
                             println!("{line}");
@@ -44,7 +57,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Message(MessageCommand::Send(a)) => message::send(&home()?, &out, a).await,
         Command::Identity(cmd) => identities::run(&home()?, &out, cmd).await,
         Command::Authority(cmd) => match *cmd {
-            crate::args::AuthorityCommand::Create(a) => authority::create(&home()?, &out, a).await,
+            args::AuthorityCommand::Create(a) => authority::create(&home()?, &out, a).await,
         },
         Command::Project(cmd) => projects::run(&home()?, &out, cmd).await,
         Command::Credential(cmd) => credentials::run(&home()?, &out, cmd).await,
@@ -65,11 +78,11 @@ pub fn runs_a_node(cli: &Cli) -> bool {
     matches!(
         &cli.command,
         Command::Node(NodeCommand::Run(_))
-            | Command::Node(NodeCommand::Create(crate::args::CreateNode {
+            | Command::Node(NodeCommand::Create(args::CreateNode {
                 foreground: true,
                 ..
             }))
-            | Command::Node(NodeCommand::Start(crate::args::StartNode {
+            | Command::Node(NodeCommand::Start(args::StartNode {
                 foreground: true,
                 ..
             }))

@@ -8,11 +8,14 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::args::{CreateNode, DeleteNode, NodeLogs, StartNode, StopNode};
-use crate::control::{self, NodeStatus, Request};
-use crate::daemon::{self, Ready, unix_now};
+use kith_identity::unix_now;
+
+use super::args::{CreateNode, DeleteNode, NodeLogs, StartNode, StopNode};
+use super::output::Output;
+use crate::control::{self, NodeState, Request, probe};
+use crate::home::vault::{identity_arg, open_vault, resolve_identity};
 use crate::home::{Home, NodeConfig, validate_node_name};
-use crate::output::Output;
+use crate::node::{self, Ready, parse_allow};
 
 /// 20 s: how long `create`/`start` wait for a daemon to report that it serves. Starting takes
 /// milliseconds; the margin covers a loaded machine.
@@ -20,46 +23,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// 15 s: the runtime's 5 s shutdown grace plus margin for flushing state.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Whether a node runs.
-#[derive(Debug, Clone)]
-pub enum NodeState {
-    /// It answers on its control socket.
-    Running(Box<NodeStatus>),
-    /// It does not; `crashed` if it did not shut down cleanly (its pid file is left).
-    Stopped {
-        /// The last run ended without a clean shutdown.
-        crashed: bool,
-    },
-}
-
-/// Ask node `name` for its status.
-pub async fn probe(home: &Home, name: &str) -> NodeState {
-    let answer = control::call(
-        &home.socket_path(name),
-        &Request::Status,
-        control::STATUS_TIMEOUT,
-    )
-    .await;
-    match answer
-        .ok()
-        .and_then(|v| serde_json::from_value::<NodeStatus>(v).ok())
-    {
-        Some(status) => NodeState::Running(Box::new(status)),
-        None => NodeState::Stopped {
-            crashed: home.pid_path(name).exists(),
-        },
-    }
-}
-
-/// The control socket of node `name`, which must exist and be running.
-pub async fn running_socket(home: &Home, name: &str) -> Result<std::path::PathBuf> {
-    home.load_node(name)?;
-    if let NodeState::Stopped { .. } = probe(home, name).await {
-        bail!("node {name:?} is not running; start it with `kith node start {name}`");
-    }
-    Ok(home.socket_path(name))
-}
 
 /// Check that `address` looks like `host:port`.
 pub fn validate_listener(address: &str) -> Result<()> {
@@ -87,9 +50,9 @@ pub async fn create(home: &Home, out: &Output, args: CreateNode) -> Result<()> {
     home.ensure_no_node(&name)?;
     // Settle the identity first, so a missing one fails before anything is made.
     let (identity, admission) = {
-        let vault = crate::identities::vault(home).await?;
+        let vault = open_vault(home).await?;
         let found = async {
-            let name = crate::identities::resolve(&vault, args.identity.as_deref())
+            let name = resolve_identity(&vault, args.identity.as_deref())
                 .await?
                 .name;
             let admission = admission_config(&vault, &args.admission).await?;
@@ -138,7 +101,7 @@ pub async fn start(home: &Home, out: &Output, args: StartNode) -> Result<()> {
 
 async fn run_foreground(home: &Home, out: &Output, name: &str) -> Result<()> {
     let out = out.clone();
-    daemon::run(home, name, |ready| {
+    node::run(home, name, |ready| {
         out.event(
             || {
                 format!(
@@ -423,7 +386,7 @@ pub fn logs(home: &Home, args: NodeLogs) -> Result<()> {
 /// Check `--allow-identity` and `--trust-authority` and turn them into what the node saves.
 async fn admission_config(
     vault: &kith_identity::vault::Vault,
-    args: &crate::args::AdmissionArgs,
+    args: &crate::commands::args::AdmissionArgs,
 ) -> Result<crate::home::AdmissionConfig> {
     let mut allow = Vec::new();
     for id in &args.allow_identity {
@@ -434,7 +397,7 @@ async fn admission_config(
     }
     let mut authorities = Vec::new();
     for a in &args.trust_authority {
-        let identity = crate::credentials::identity_arg(vault, a)
+        let identity = identity_arg(vault, a)
             .await
             .with_context(|| format!("--trust-authority {a:?}"))?;
         authorities.push(kith_identity::hex::encode(&identity.export()));
@@ -471,10 +434,4 @@ pub async fn reload_credentials(home: &Home, name: &str) -> Result<()> {
         .with_context(|| format!("node {name:?} did not take up the new credential"))?;
     }
     Ok(())
-}
-
-/// An `--allow` policy, or an error that points at what is wrong in it.
-pub(crate) fn parse_allow(text: &str) -> Result<kith_identity::policy::Policy> {
-    kith_identity::policy::Policy::parse(text)
-        .map_err(|e| anyhow::anyhow!("--allow is not a policy: {e}\n{}", e.render(text)))
 }

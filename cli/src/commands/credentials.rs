@@ -5,47 +5,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use kith_identity::vault::{StoredCredential, Vault};
-use kith_identity::{CredentialAndPurposeKey, Identifier, Identity, VerifiedCredential};
+use kith_identity::{CredentialAndPurposeKey, Identifier, VerifiedCredential};
 
-use crate::args::{CredentialCommand, HolderArgs};
-use crate::daemon::unix_now;
+use kith_identity::unix_now;
+
+use super::args::{CredentialCommand, HolderArgs};
+use super::output::Output;
 use crate::home::Home;
-use crate::identities::{self, vault};
-use crate::output::Output;
-
-/// Decode hex given on the command line or in a file (surrounding whitespace ignored),
-/// naming `what` it was meant to be when it is not.
-pub fn from_hex(text: &str, what: &str) -> Result<Vec<u8>> {
-    let text = text.trim();
-    if text.is_empty() {
-        bail!("{what} is empty");
-    }
-    kith_identity::hex::decode(text).map_err(|e| anyhow::anyhow!("{what} is not hex: {e}"))
-}
-
-/// An identity given on the command line: the name of one in the vault, or the hex key
-/// history `kith identity show --full` prints (`changes_hex`).
-pub async fn identity_arg(vault: &Vault, arg: &str) -> Result<Identity> {
-    let arg = arg.trim();
-    // A key history is well over 64 hex digits (a key and two signatures at least), and a
-    // name is at most 64 characters, so the length tells them apart.
-    if arg.len() <= kith_identity::vault::MAX_NAME_LEN {
-        return Ok(vault.identity(arg).await?.identity);
-    }
-    let bytes = from_hex(arg, "the identity")?;
-    Identity::import(&bytes, None).context(
-        "the identity's key history does not verify; copy `changes_hex` from `kith identity show NAME --full`",
-    )
-}
-
-/// Parse `key=value`.
-pub fn parse_attribute(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not key=value"))?;
-    kith_identity::check_attribute(k, v).map_err(|e| e.to_string())?;
-    Ok((k.to_owned(), v.to_owned()))
-}
+use crate::home::vault::{from_hex, identity_arg, open_vault, resolve_identity};
 
 /// The vault name of the identity a `--identity` / `--node` pair points at.
 pub async fn holder_name(home: &Home, vault: &Vault, holder: &HolderArgs) -> Result<String> {
@@ -54,7 +21,7 @@ pub async fn holder_name(home: &Home, vault: &Vault, holder: &HolderArgs) -> Res
         (None, Some(node)) => home.load_node(node)?.identity,
         (None, None) => None,
     };
-    Ok(identities::resolve(vault, name.as_deref()).await?.name)
+    Ok(resolve_identity(vault, name.as_deref()).await?.name)
 }
 
 fn status(stored: &StoredCredential, now: u64) -> (String, Option<VerifiedCredential>) {
@@ -100,7 +67,7 @@ fn describe(c: &CredentialAndPurposeKey, issuer: &Identifier) -> String {
 
 /// Run a credential command.
 pub async fn run(home: &Home, out: &Output, cmd: CredentialCommand) -> Result<()> {
-    let vault = vault(home).await?;
+    let vault = open_vault(home).await?;
     let result = run_with(home, out, &vault, cmd).await;
     vault.close().await;
     result
@@ -270,7 +237,7 @@ async fn run_with(home: &Home, out: &Output, vault: &Vault, cmd: CredentialComma
             attributes,
             ttl,
         } => {
-            let issuer = identities::resolve(vault, as_identity.as_deref()).await?;
+            let issuer = resolve_identity(vault, as_identity.as_deref()).await?;
             let subject: Identifier = subject.parse().with_context(|| {
                 format!("--for {subject:?} is not an identifier (I + 40 hex digits)")
             })?;

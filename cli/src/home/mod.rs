@@ -9,6 +9,12 @@
 //! Directories are mode 0700 and files 0600, so only the owner can read or control a node.
 //! Files are replaced atomically (write a temporary file, then rename), so a crash never
 //! leaves half a configuration.
+//!
+//! Both the command line and the node host read this state; neither is imported here.
+
+pub mod projects;
+pub mod routes;
+pub mod vault;
 
 use std::fs;
 use std::io::Write;

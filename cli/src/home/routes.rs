@@ -1,17 +1,17 @@
-//! `kith message send`, and resolving command-line routes against local nodes.
+//! Routes given on the command line, resolved against local state: `/node/NAME` becomes that
+//! running node's listener, `/project/NAME` the project node's route with a channel pinned to
+//! its identity.
 
 use std::collections::HashMap;
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use kith_authority::project::Project;
+use kith_identity::Identifier;
 use kith_node::{Address, Route, TCP};
-use kith_transport::{MultiAddr, Protocol};
+use kith_transport::{MultiAddr, PROJECT_LISTENER, Protocol};
 
-use crate::args::SendMessage;
-use crate::control::{self, ChannelSpec, Request, SendReply};
-use crate::daemon::{ChannelHop, RunningNode, Target, channel_settings};
-use crate::home::Home;
-use crate::nodes::{NodeState, probe, running_socket};
-use crate::output::Output;
+use super::Home;
+use crate::control::{ChannelSpec, NodeState, probe};
 
 /// The address that dials a listener bound to `listener`; a wildcard becomes loopback.
 fn dialable(listener: &str) -> String {
@@ -34,7 +34,7 @@ pub async fn resolve_target(home: &Home, text: &str) -> Result<Target> {
         .with_context(|| format!("invalid route {text:?}"))?;
     let mut pinned = None;
     if let Some(name) = addr.project() {
-        let project = crate::projects::load_project(home, Some(name))
+        let project = crate::home::projects::load_project(home, Some(name))
             .with_context(|| format!("route {text:?} names project {name:?}"))?;
         pinned = Some(project.project_identifier);
         addr = addr
@@ -83,49 +83,55 @@ async fn resolve(home: &Home, text: &str, addr: &MultiAddr) -> Result<Route> {
     })
 }
 
-/// `kith message send`
-pub async fn send(home: &Home, out: &Output, args: SendMessage) -> Result<()> {
-    let target = resolve_target(home, &args.to).await?;
-    if target.route.is_empty() {
-        bail!(
-            "route {:?} has nothing after its last hop; end it with /service/NAME",
-            args.to
-        );
-    }
-    let reply: SendReply = match &args.from {
-        Some(from) => {
-            let request = Request::Send {
-                route: target.route.iter().map(ToString::to_string).collect(),
-                payload: args.message,
-                timeout_ms: u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX),
-                channels: target.channels.iter().map(ChannelSpec::from).collect(),
-            };
-            let socket = running_socket(home, from).await?;
-            let margin = std::time::Duration::from_secs(2);
-            let v = control::call(&socket, &request, args.timeout + margin).await?;
-            serde_json::from_value(v).context("unexpected answer from the node")?
+/// Where a message goes: through secure channels, each opened inside the one before, then
+/// along `route` inside the last (or plainly, if there are none).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The channels to open first.
+    pub channels: Vec<ChannelHop>,
+    /// The route (after the last channel's encryptor, if any).
+    pub route: Route,
+}
+
+/// One secure channel of a [`Target`].
+#[derive(Debug, Clone)]
+pub struct ChannelHop {
+    /// The route to its listener, inside the channel before it.
+    pub route: Route,
+    /// The only identity that may answer, if known (a project node's).
+    pub peer: Option<Identifier>,
+}
+
+/// The project node's listener route and identifier for `/project/NAME`.
+pub async fn resolve_at(home: &Home, at: &str) -> Result<(Route, Identifier)> {
+    let m: MultiAddr = at
+        .parse()
+        .with_context(|| format!("relay location {at:?} is not a route"))?;
+    let name = m
+        .project()
+        .ok_or_else(|| anyhow!("relay location {at:?} is not /project/NAME"))?;
+    let project = crate::home::projects::load_project(home, Some(name))?;
+    let text = format!("{}/service/{PROJECT_LISTENER}", project.project_route);
+    let target = crate::home::routes::resolve_target(home, &text).await?;
+    Ok((target.route, project.project_identifier))
+}
+
+/// The route to the project authority's secure-channel listener.
+pub async fn api_route(home: &Home, project: &Project) -> Result<Route> {
+    let text = format!(
+        "{}/service/{}",
+        project.authority_route,
+        kith_identity::secure_channel::DEFAULT_LISTENER
+    );
+    let target = crate::home::routes::resolve_target(home, &text).await?;
+    Ok(target.route)
+}
+
+impl From<&ChannelHop> for ChannelSpec {
+    fn from(hop: &ChannelHop) -> Self {
+        Self {
+            to: hop.route.iter().map(ToString::to_string).collect(),
+            peer: hop.peer.map(|p| p.to_string()),
         }
-        None => {
-            // An identity only if the route needs one: a plain message needs no vault.
-            let channels = match target.channels.first() {
-                Some(_) => Some(
-                    channel_settings(home, None, &crate::home::AdmissionConfig::default())
-                        .await?
-                        .0,
-                ),
-                None => None,
-            };
-            let node = RunningNode::start("cli", None, channels).await?;
-            let reply = node.send(target, args.message, args.timeout).await;
-            node.node.shutdown().await;
-            reply?
-        }
-    };
-    out.result(|| reply.reply.clone(), &reply);
-    if let (Some(peer), Some(code)) = (&reply.peer, &reply.verification_code) {
-        out.note(format!(
-            "(through a secure channel with {peer}, verification code {code})"
-        ));
     }
-    Ok(())
 }

@@ -8,62 +8,19 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use kith_authority::api::{self, ErrorKind};
-use kith_authority::client::{AuthorityClient, ClientError};
+use kith_authority::client::ClientError;
 use kith_authority::project::Project;
 use kith_authority::ticket::{Encoding, OneTimeCode, Ticket};
-use kith_identity::Identifier;
-use kith_node::Route;
+use kith_identity::{Identifier, unix_now};
 
-use crate::args::{
-    EnrollArgs, MemberCommand, ProjectAccess, ProjectCommand, TicketArgs, TicketCommand,
-};
-use crate::credentials::identity_arg;
-use crate::daemon::{RunningNode, channel_settings_scoped, unix_now};
+use super::args::{EnrollArgs, MemberCommand, ProjectCommand, TicketArgs, TicketCommand};
+use super::output::Output;
+use super::reach::{Reach, Retry, Session, ask, reach, refused};
 use crate::duration::{DisplayDuration, unix_time};
-use crate::home::{AdmissionConfig, Home};
-use crate::identities;
-use crate::output::Output;
-
-/// The project called `name`, or the default one.
-pub fn load_project(home: &Home, name: Option<&str>) -> Result<Project> {
-    let name = match name {
-        Some(n) => n.to_owned(),
-        None => match home.default_project_name()? {
-            Some(n) => n,
-            None => {
-                let names = home.project_names()?;
-                match names.as_slice() {
-                    [one] => one.clone(),
-                    [] => bail!(
-                        "no project is known here; create one with `kith authority create`, or enroll with a ticket (`kith project enroll`)"
-                    ),
-                    _ => bail!(
-                        "several projects are known here ({}); choose one with --project",
-                        names.join(", ")
-                    ),
-                }
-            }
-        },
-    };
-    let text = home.load_project(&name)?;
-    Project::from_json(&text).with_context(|| format!("the saved project {name:?} is damaged"))
-}
-
-/// Save `project`, refusing to replace a different project of the same name.
-pub fn save_project(home: &Home, project: &Project) -> Result<()> {
-    if let Ok(text) = home.load_project(&project.name)
-        && let Ok(known) = Project::from_json(&text)
-        && known.id != project.id
-    {
-        bail!(
-            "a different project named {:?} (id {}) is already known here; delete {} first if it is gone",
-            project.name,
-            known.id,
-            home.project_path(&project.name).display()
-        );
-    }
-    home.save_project(&project.name, &project.to_json())
-}
+use crate::home::Home;
+use crate::home::projects::{load_project, save_project};
+use crate::home::routes::api_route;
+use crate::home::vault::{open_vault, resolve_identity};
 
 fn project_json(p: &Project) -> serde_json::Value {
     serde_json::json!({
@@ -74,261 +31,6 @@ fn project_json(p: &Project) -> serde_json::Value {
         "project_route": p.project_route.to_string(),
         "project_identifier": p.project_identifier.to_string(),
     })
-}
-
-/// The retry policy of a command: `--no-retry` wins, then the options, then
-/// `KITH_RETRY_COUNT` / `KITH_RETRY_DELAY`; by default, no retries, 1 s apart.
-#[derive(Debug, Clone, Copy)]
-pub struct Retry {
-    /// Extra attempts after the first.
-    pub count: u32,
-    /// Pause between attempts.
-    pub delay: Duration,
-}
-
-impl Retry {
-    /// From the options and the environment.
-    pub fn from_options(
-        count: Option<u32>,
-        delay: Option<Duration>,
-        no_retry: bool,
-    ) -> Result<Self> {
-        let env_count = match std::env::var("KITH_RETRY_COUNT") {
-            Ok(v) if !v.trim().is_empty() => Some(
-                v.trim()
-                    .parse::<u32>()
-                    .with_context(|| format!("KITH_RETRY_COUNT={v:?} is not a whole number"))?,
-            ),
-            _ => None,
-        };
-        let env_delay = match std::env::var("KITH_RETRY_DELAY") {
-            Ok(v) if !v.trim().is_empty() => Some(
-                crate::duration::parse_duration(v.trim())
-                    .with_context(|| format!("KITH_RETRY_DELAY={v:?}"))?,
-            ),
-            _ => None,
-        };
-        let count = if no_retry {
-            0
-        } else {
-            count.or(env_count).unwrap_or(0)
-        };
-        let delay = delay.or(env_delay).unwrap_or(Duration::from_secs(1));
-        Ok(Self { count, delay })
-    }
-}
-
-/// Where and as whom to reach an authority.
-pub(crate) struct Reach {
-    identity: Option<String>,
-    scope: Option<String>,
-    route: Route,
-    authority: Identifier,
-    timeout: Duration,
-    retry: Retry,
-}
-
-impl Reach {
-    /// The project node (the authority's node) at `route`, pinned to `identifier`, as the
-    /// default identity with no retries: for commands that do not take the project options.
-    pub(crate) fn project_node(route: Route, identifier: Identifier, timeout: Duration) -> Self {
-        Self {
-            identity: None,
-            scope: None,
-            route,
-            authority: identifier,
-            timeout,
-            retry: Retry {
-                count: 0,
-                delay: Duration::ZERO,
-            },
-        }
-    }
-}
-
-/// An embedded node with a channel to the authority.
-/// Connect with `connect` under a spinner, trying again `retry.count` times, `retry.delay`
-/// apart, while the authority cannot be reached (any other failure ends it at once).
-pub(crate) async fn connect_retrying<F, Fut>(
-    out: &Output,
-    shown: &str,
-    retry: Retry,
-    mut connect: F,
-) -> Result<AuthorityClient, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<AuthorityClient, ClientError>>,
-{
-    let spinner = out.spinner(format!("contacting the authority at {shown}"));
-    let mut attempt = 0;
-    let client = loop {
-        match connect().await {
-            Ok(c) => break Ok(c),
-            Err(e @ (ClientError::Connect { .. } | ClientError::ConnectTimeout { .. }))
-                if attempt < retry.count =>
-            {
-                attempt += 1;
-                out.note(format!(
-                    "cannot reach the authority ({e}); retry {attempt} of {} in {}",
-                    retry.count,
-                    DisplayDuration(retry.delay)
-                ));
-                tokio::time::sleep(retry.delay).await;
-            }
-            Err(e) => break Err(e),
-        }
-    };
-    if let Some(s) = spinner {
-        s.finish_and_clear();
-    }
-    client
-}
-
-pub(crate) struct Session {
-    node: RunningNode,
-    client: AuthorityClient,
-}
-
-impl Session {
-    pub(crate) async fn open(home: &Home, out: &Output, reach: &Reach) -> Result<Self> {
-        let (settings, _) = channel_settings_scoped(
-            home,
-            reach.identity.as_deref(),
-            &AdmissionConfig::default(),
-            reach.scope.as_deref(),
-        )
-        .await?;
-        let node = RunningNode::start("cli", None, Some(settings.clone())).await?;
-        let client = connect_retrying(out, &reach.route.to_string(), reach.retry, || {
-            AuthorityClient::connect(
-                &node.node,
-                reach.route.clone(),
-                &reach.authority,
-                &settings,
-                reach.timeout,
-            )
-        })
-        .await;
-        match client {
-            Ok(client) => Ok(Self { node, client }),
-            Err(e) => {
-                node.node.shutdown().await;
-                Err(e).context("cannot reach the project's authority")
-            }
-        }
-    }
-
-    async fn close(self) {
-        self.client.close().await;
-        self.node.node.shutdown().await;
-    }
-}
-
-impl Session {
-    /// Run `call` against the authority, then close the session whatever it answered.
-    pub(crate) async fn call<T>(
-        mut self,
-        call: impl AsyncFnOnce(&mut AuthorityClient) -> Result<T, ClientError>,
-    ) -> Result<T, ClientError> {
-        let answer = call(&mut self.client).await;
-        self.close().await;
-        answer
-    }
-}
-
-/// Reach the authority as `access` says, make one call, and turn a refusal into one line.
-pub(crate) async fn ask<T>(
-    home: &Home,
-    out: &Output,
-    access: &ProjectAccess,
-    call: impl AsyncFnOnce(&mut AuthorityClient) -> Result<T, ClientError>,
-) -> Result<T> {
-    let (reach, _) = reach(home, access).await?;
-    Session::open(home, out, &reach)
-        .await?
-        .call(call)
-        .await
-        .map_err(refused)
-}
-
-/// Resolve `access` into where the authority is and which project that is.
-async fn reach(home: &Home, access: &ProjectAccess) -> Result<(Reach, Project)> {
-    let mut project = load_project(home, access.project.as_deref());
-    if let (Some(identity), Some(route)) = (&access.authority_identity, &access.authority_route) {
-        let vault = identities::vault(home).await?;
-        let authority = identity_arg(&vault, identity).await;
-        vault.close().await;
-        let authority = authority.context("--authority-identity")?;
-        let route = route
-            .parse()
-            .with_context(|| format!("--authority-route {route:?} is not a route"))?;
-        let mut p = project.context(
-            "--authority-identity and --authority-route replace how a known project is reached; import the project first (`kith project import`)",
-        )?;
-        p.authority = authority;
-        p.authority_route = route;
-        project = Ok(p);
-    }
-    let project = project?;
-    let retry = Retry::from_options(access.retry_count, access.retry_delay, access.no_retry)?;
-    Ok((
-        Reach {
-            identity: access.identity.clone(),
-            scope: access.credential_scope.clone(),
-            route: api_route(home, &project).await?,
-            authority: *project.authority_identifier(),
-            timeout: access.timeout,
-            retry,
-        },
-        project,
-    ))
-}
-
-/// The route `/ip4/HOST/tcp/PORT` (or ip6) that reaches a listener bound to `listener`.
-pub fn listener_route(listener: &str) -> Result<kith_transport::MultiAddr> {
-    let addr: std::net::SocketAddr = listener
-        .parse()
-        .with_context(|| format!("the listener address {listener:?} is not HOST:PORT"))?;
-    let text = match addr.ip() {
-        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
-            format!("/ip4/127.0.0.1/tcp/{}", addr.port())
-        }
-        std::net::IpAddr::V4(ip) => format!("/ip4/{ip}/tcp/{}", addr.port()),
-        std::net::IpAddr::V6(ip) if ip.is_unspecified() => format!("/ip6/::1/tcp/{}", addr.port()),
-        std::net::IpAddr::V6(ip) => format!("/ip6/{ip}/tcp/{}", addr.port()),
-    };
-    text.parse()
-        .with_context(|| format!("cannot make a route of {listener:?}"))
-}
-
-/// The known project whose authority is `authority`, if any.
-pub fn project_of_authority(home: &Home, authority: &Identifier) -> Result<Option<Project>> {
-    for name in home.project_names()? {
-        let p = load_project(home, Some(&name))?;
-        if p.authority_identifier() == authority {
-            return Ok(Some(p));
-        }
-    }
-    Ok(None)
-}
-
-/// The route to the project authority's secure-channel listener.
-pub async fn api_route(home: &Home, project: &Project) -> Result<Route> {
-    let text = format!(
-        "{}/service/{}",
-        project.authority_route,
-        kith_identity::secure_channel::DEFAULT_LISTENER
-    );
-    let target = crate::message::resolve_target(home, &text).await?;
-    Ok(target.route)
-}
-
-/// Turn a refusal into one clear line.
-pub(crate) fn refused(e: ClientError) -> anyhow::Error {
-    match e {
-        ClientError::Refused(api) => anyhow::anyhow!("the authority refused: {}", api.message),
-        other => anyhow::Error::new(other),
-    }
 }
 
 /// Run a project command.
@@ -420,8 +122,8 @@ pub async fn run(home: &Home, out: &Output, cmd: ProjectCommand) -> Result<()> {
         ProjectCommand::Ticket(args) => ticket(home, out, *args).await,
         ProjectCommand::Enroll(args) => enroll(home, out, *args).await,
         ProjectCommand::Member(cmd) => member(home, out, cmd).await,
-        ProjectCommand::Request(args) => crate::requests::request(home, out, *args).await,
-        ProjectCommand::Requests(cmd) => crate::requests::requests(home, out, cmd).await,
+        ProjectCommand::Request(args) => crate::commands::requests::request(home, out, *args).await,
+        ProjectCommand::Requests(cmd) => crate::commands::requests::requests(home, out, cmd).await,
         ProjectCommand::Audit { access, limit } => {
             let entries = ask(home, out, &access, async |c| c.audit(limit).await).await?;
             out.result(
@@ -683,8 +385,8 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
         (None, None) => None,
     };
     let holder = {
-        let vault = identities::vault(home).await?;
-        let found = identities::resolve(&vault, identity.as_deref()).await;
+        let vault = open_vault(home).await?;
+        let found = resolve_identity(&vault, identity.as_deref()).await;
         vault.close().await;
         found?.name
     };
@@ -714,7 +416,7 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
     })?;
     let credential = kith_authority::client::decode_credential(&enrolled)
         .context("the authority sent a credential we cannot use")?;
-    let vault = identities::vault(home).await?;
+    let vault = open_vault(home).await?;
     let stored = vault
         .store_credential(&holder, &project.authority, &credential, unix_now())
         .await;
@@ -722,7 +424,7 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
     let verified = stored?;
     save_project(home, &project)?;
     if let Some(node) = &args.node
-        && let Err(e) = crate::nodes::reload_credentials(home, node).await
+        && let Err(e) = crate::commands::nodes::reload_credentials(home, node).await
     {
         out.note(format!(
             "warning: {e:#}; restart it to present the credential: kith node stop {node} && kith node start {node}"

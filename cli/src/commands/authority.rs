@@ -1,24 +1,15 @@
 //! `kith authority create`, and running a node's authority services.
 
-use std::time::Duration;
-
 use anyhow::{Context as _, Result};
-use kith_authority::join::JoinSettings;
 use kith_authority::project::{self, Project};
-use kith_authority::service::{Authority, AuthorityConfig};
-use kith_authority::store::MembershipStore;
-use kith_identity::Identifier;
-use kith_node::Node;
+use kith_identity::{Identifier, unix_now};
 
-use crate::args::CreateAuthority;
-use crate::daemon::unix_now;
+use super::args::CreateAuthority;
+use super::nodes::{spawn_daemon, stop_and_delete, validate_listener};
+use super::output::Output;
+use crate::home::projects::{listener_route, save_project};
+use crate::home::vault::{open_vault, resolve_identity};
 use crate::home::{AuthorityNodeConfig, Home, NodeConfig};
-use crate::identities;
-use crate::nodes::{spawn_daemon, validate_listener};
-use crate::output::Output;
-
-/// The SQLite file of an authority that has no `--database-url`.
-pub const STORE_FILE: &str = "authority.sqlite";
 
 /// `kith authority create`
 pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<()> {
@@ -52,9 +43,9 @@ pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<
 
     // The creator (the default identity) is the admin unless --admin says otherwise; it is
     // settled before the authority's own identity, so that one never becomes the default.
-    let vault = identities::vault(home).await?;
+    let vault = open_vault(home).await?;
     let settled = async {
-        let creator = identities::resolve(&vault, None).await?;
+        let creator = resolve_identity(&vault, None).await?;
         let name = args.identity.clone().unwrap_or_else(|| args.name.clone());
         let authority = match vault.identity(&name).await {
             Ok(found) => found,
@@ -112,7 +103,7 @@ pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<
             return Err(e);
         }
     };
-    let route = crate::projects::listener_route(&ready.listener)?;
+    let route = listener_route(&ready.listener)?;
     let project = Project {
         name: args.project.clone(),
         id: project_id,
@@ -121,8 +112,8 @@ pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<
         project_route: route,
         project_identifier: *authority.identifier(),
     };
-    if let Err(e) = crate::projects::save_project(home, &project) {
-        let _ = crate::nodes::stop_and_delete(home, &args.name).await;
+    if let Err(e) = save_project(home, &project) {
+        let _ = stop_and_delete(home, &args.name).await;
         return Err(e);
     }
     out.result(
@@ -150,54 +141,4 @@ pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<
         }),
     );
     Ok(())
-}
-
-/// Start the authority services of node `config` on `node`; the returned store is closed
-/// by the caller at shutdown.
-pub async fn start_services(
-    home: &Home,
-    node: &Node,
-    config: &NodeConfig,
-    authority: &AuthorityNodeConfig,
-) -> Result<(MembershipStore, kith_identity::vault::Vault)> {
-    let location = match &authority.database_url {
-        Some(url) => url.clone(),
-        None => home
-            .node_dir(&config.name)
-            .join(STORE_FILE)
-            .to_string_lossy()
-            .into_owned(),
-    };
-    let store = MembershipStore::open(&location)
-        .await
-        .context("cannot open the authority's store")?;
-    let vault = identities::vault(home).await?;
-    let mut admins = std::collections::BTreeSet::new();
-    for a in &authority.admins {
-        admins.insert(
-            a.parse::<Identifier>()
-                .with_context(|| format!("admin {a:?} in the node's configuration"))?,
-        );
-    }
-    let service = Authority::new(
-        store.clone(),
-        vault.clone(),
-        config.identity.clone().unwrap_or_default(),
-        AuthorityConfig {
-            project_id: authority.project_id.clone(),
-            admins,
-            credential_ttl: Duration::from_secs(authority.credential_ttl),
-            join: JoinSettings {
-                request_ttl: Duration::from_secs(authority.request_ttl),
-                max_pending_per_source: authority.max_pending_per_address,
-                max_pending: authority.max_pending,
-            },
-        },
-    );
-    service
-        .start(node)
-        .context("cannot start the authority services")?;
-    // The project node is the authority's own node: relays live here.
-    kith_authority::relay::start(&service, node).context("cannot start the relay service")?;
-    Ok((store, vault))
 }

@@ -656,7 +656,7 @@ Examples:
         #[arg(long = "for", value_name = "IDENTIFIER")]
         subject: String,
         /// An attribute, key=value (repeatable).
-        #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = crate::credentials::parse_attribute)]
+        #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = parse_attribute)]
         attributes: Vec<(String, String)>,
         /// How long it is valid (ms, s, m, h, d; bare number = seconds).
         #[arg(long, default_value = "30d", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
@@ -886,7 +886,7 @@ pub struct TicketArgs {
     #[command(flatten)]
     pub access: ProjectAccess,
     /// An attribute for the member, key=value (repeatable).
-    #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = crate::credentials::parse_attribute)]
+    #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = parse_attribute)]
     pub attributes: Vec<(String, String)>,
     /// How long the ticket stays valid.
     #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
@@ -1008,7 +1008,7 @@ pub enum MemberCommand {
         /// The member's identifier.
         identifier: String,
         /// An attribute, key=value (repeatable).
-        #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = crate::credentials::parse_attribute)]
+        #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = parse_attribute)]
         attributes: Vec<(String, String)>,
         /// How to reach the authority.
         #[command(flatten)]
@@ -1031,7 +1031,7 @@ pub enum MemberCommand {
 #[derive(Debug, Args)]
 pub struct RequestArgs {
     /// An attribute asked for, key=value (repeatable); the admin may grant fewer.
-    #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = crate::credentials::parse_attribute)]
+    #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = parse_attribute)]
     pub attributes: Vec<(String, String)>,
     /// The credential lifetime asked for (ms, s, m, h, d); default: the authority's.
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
@@ -1137,7 +1137,7 @@ a shorter lifetime); they never widen it.")]
         #[arg(long, value_name = "CODE")]
         code: Option<String>,
         /// Grant exactly these attributes, key=value (repeatable); default: as asked.
-        #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = crate::credentials::parse_attribute)]
+        #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = parse_attribute)]
         attributes: Vec<(String, String)>,
         /// Grant this credential lifetime (ms, s, m, h, d); default: as asked.
         #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
@@ -1196,7 +1196,7 @@ Examples:
         max_credential_lifetime: Option<std::time::Duration>,
         /// An attribute a request may ask for, key=value (repeatable); a request asking
         /// for any other is left for an admin. Default: none.
-        #[arg(long = "allow-attribute", value_name = "KEY=VALUE", value_parser = crate::credentials::parse_attribute)]
+        #[arg(long = "allow-attribute", value_name = "KEY=VALUE", value_parser = parse_attribute)]
         allow_attributes: Vec<(String, String)>,
         /// How to reach the authority.
         #[command(flatten)]
@@ -1221,4 +1221,13 @@ Examples:
         #[command(flatten)]
         access: ProjectAccess,
     },
+}
+
+/// Parse `key=value`.
+pub fn parse_attribute(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not key=value"))?;
+    kith_identity::check_attribute(k, v).map_err(|e| e.to_string())?;
+    Ok((k.to_owned(), v.to_owned()))
 }

@@ -29,13 +29,16 @@ use kith_identity::secure_channel::ChannelSettings;
 use kith_identity::{Identifier, Identity};
 use kith_node::Route;
 
-use crate::args::{AutoApproveCommand, RequestArgs, RequestsCommand};
-use crate::daemon::{RunningNode, channel_settings_scoped, unix_now};
+use kith_identity::unix_now;
+
+use super::args::{AutoApproveCommand, RequestArgs, RequestsCommand};
+use super::output::Output;
+use super::reach::{Retry, ask, connect_retrying, refused};
 use crate::duration::{DisplayDuration, unix_time};
+use crate::home::projects::{load_project, save_project};
+use crate::home::vault::{identity_arg, open_vault};
 use crate::home::{AdmissionConfig, Home};
-use crate::identities;
-use crate::output::Output;
-use crate::projects::{Retry, ask, connect_retrying, load_project, refused, save_project};
+use crate::node::{RunningNode, channel_settings_scoped};
 
 /// 10 s: how long one handshake with the authority may take; as for every other command
 /// that reaches it.
@@ -239,7 +242,7 @@ impl Authority {
             let addr: kith_transport::MultiAddr = route
                 .parse()
                 .with_context(|| format!("--authority-route {route:?} is not a route"))?;
-            let listener = crate::message::resolve_target(
+            let listener = crate::home::routes::resolve_target(
                 home,
                 &format!(
                     "{addr}/service/{}",
@@ -262,7 +265,7 @@ impl Authority {
                 None => None,
             };
             let project = pinned.and_then(|id| {
-                crate::projects::project_of_authority(home, &id)
+                crate::home::projects::project_of_authority(home, &id)
                     .ok()
                     .flatten()
             });
@@ -294,7 +297,7 @@ impl Authority {
             },
         };
         Ok(Self {
-            listener: crate::projects::api_route(home, &project).await?,
+            listener: crate::home::routes::api_route(home, &project).await?,
             shown: project.authority_route.to_string(),
             pinned: Some(*project.authority_identifier()),
             accept: None,
@@ -318,8 +321,8 @@ async fn identifier_arg(home: &Home, text: &str) -> Result<Identifier> {
     if let Ok(id) = text.trim().parse::<Identifier>() {
         return Ok(id);
     }
-    let vault = identities::vault(home).await?;
-    let identity = crate::credentials::identity_arg(&vault, text).await;
+    let vault = open_vault(home).await?;
+    let identity = identity_arg(&vault, text).await;
     vault.close().await;
     Ok(*identity
         .context("--authority-identity is neither an identifier (I…) nor an identity")?
@@ -898,7 +901,7 @@ async fn deliver(
         );
         return Ok(());
     }
-    let vault = identities::vault(home).await?;
+    let vault = open_vault(home).await?;
     let stored = vault
         .store_credential(holder, issuer, &credential, unix_now())
         .await;
@@ -910,7 +913,7 @@ async fn deliver(
         save_project(home, project)?;
     }
     if let Some(node) = &args.node
-        && let Err(e) = crate::nodes::reload_credentials(home, node).await
+        && let Err(e) = crate::commands::nodes::reload_credentials(home, node).await
     {
         out.note(format!(
             "warning: {e:#}; restart it to present the credential: kith node stop {node} && kith node start {node}"

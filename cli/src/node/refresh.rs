@@ -8,8 +8,13 @@ use anyhow::{Context as _, Result};
 use kith_authority::client::{AuthorityClient, decode_credential};
 use kith_identity::vault::StoredCredential;
 
-use crate::daemon::{RunningNode, unix_now};
+use kith_identity::unix_now;
+
+use super::running::RunningNode;
 use crate::home::Home;
+use crate::home::projects::project_of_authority;
+use crate::home::routes::api_route;
+use crate::home::vault::open_vault;
 
 /// A credential is renewed once two thirds of its lifetime have passed.
 const RENEW_AT_FRACTION: u64 = 3;
@@ -55,14 +60,14 @@ pub async fn run(home: Home, identity: String, running: Arc<RunningNode>) {
         tokio::select! {
             _ = tokio::time::sleep(pause.clamp(MIN_SLEEP, MAX_SLEEP)) => {}
             // An enrollment or a renewal stored something new: look again.
-            _ = running.credentials_changed.notified() => {}
+            _ = running.identity.changed.notified() => {}
         }
     }
 }
 
 /// Renew every credential that is due; return how long until the next one is.
 async fn renew_due(home: &Home, identity: &str, running: &RunningNode) -> Result<Duration> {
-    let vault = crate::identities::vault(home).await?;
+    let vault = open_vault(home).await?;
     let held = vault.credentials(identity).await;
     vault.close().await;
     let held = held?;
@@ -72,7 +77,7 @@ async fn renew_due(home: &Home, identity: &str, running: &RunningNode) -> Result
     for c in &held {
         // Only credentials from a known project's authority can be renewed; others (stored
         // by hand with `kith credential store`) are kept as they are.
-        if crate::projects::project_of_authority(home, c.issuer.identifier())?.is_none() {
+        if project_of_authority(home, c.issuer.identifier())?.is_none() {
             continue;
         }
         let due = renew_at(c);
@@ -86,7 +91,7 @@ async fn renew_due(home: &Home, identity: &str, running: &RunningNode) -> Result
         next = Some(next.map_or(due, |n| n.min(due)));
     }
     if renewed > 0 {
-        running.reload_credentials().await?;
+        running.identity.reload().await?;
     }
     Ok(next.map_or(MAX_SLEEP, |n| {
         Duration::from_secs(n.saturating_sub(unix_now()))
@@ -101,9 +106,9 @@ async fn renew(
     old: &StoredCredential,
 ) -> Result<StoredCredential> {
     let issuer = *old.issuer.identifier();
-    let project = crate::projects::project_of_authority(home, &issuer)?
+    let project = project_of_authority(home, &issuer)?
         .with_context(|| format!("no known project has the authority {issuer}, so the credential it issued cannot be renewed"))?;
-    let route = crate::projects::api_route(home, &project).await?;
+    let route = api_route(home, &project).await?;
     let settings = running
         .settings()
         .context("the node has no identity to renew credentials for")?;
@@ -120,7 +125,7 @@ async fn renew(
         )
     })?;
     let credential = decode_credential(&answer)?;
-    let vault = crate::identities::vault(home).await?;
+    let vault = open_vault(home).await?;
     let stored = vault
         .store_credential(identity, &project.authority, &credential, unix_now())
         .await;

@@ -1,35 +1,14 @@
 //! `kith identity …`, and finding the identity a node or command runs as.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use kith_identity::vault::{IdentitySummary, StoredIdentity, Vault};
 
-use crate::args::IdentityCommand;
-use crate::daemon::unix_now;
+use kith_identity::unix_now;
+
+use super::args::IdentityCommand;
+use super::output::Output;
 use crate::home::Home;
-use crate::output::Output;
-
-/// The name given to the identity made on first use.
-pub const DEFAULT_IDENTITY: &str = "default";
-
-/// Open the vault of `home`.
-pub async fn vault(home: &Home) -> Result<Vault> {
-    let path = home.vault_path();
-    Vault::open(&path)
-        .await
-        .with_context(|| format!("cannot open the vault {}", path.display()))
-}
-
-/// The identity called `name`, or the default one; with no identities at all, a new
-/// `default` identity (so a first node or secure channel needs no setup).
-pub async fn resolve(vault: &Vault, name: Option<&str>) -> Result<StoredIdentity> {
-    if let Some(name) = name {
-        return Ok(vault.identity(name).await?);
-    }
-    if let Some(found) = vault.default_identity().await? {
-        return Ok(found);
-    }
-    Ok(vault.create_identity(DEFAULT_IDENTITY, unix_now()).await?)
-}
+use crate::home::vault::open_vault;
 
 fn summary_json(s: &IdentitySummary) -> serde_json::Value {
     serde_json::json!({
@@ -69,7 +48,7 @@ fn nodes_using(home: &Home, name: &str, default_name: Option<&str>) -> Result<Ve
 
 /// Run an identity command.
 pub async fn run(home: &Home, out: &Output, cmd: IdentityCommand) -> Result<()> {
-    let vault = vault(home).await?;
+    let vault = open_vault(home).await?;
     let result = run_with(home, out, &vault, cmd).await;
     vault.close().await;
     result

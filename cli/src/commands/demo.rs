@@ -21,8 +21,8 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::output::Output;
 use crate::home::Home;
-use crate::output::Output;
 
 #[derive(Debug, Serialize)]
 struct Step {

@@ -1,0 +1,151 @@
+//! A node running in this process, and the parts it keeps: each part owns its state, the
+//! node assembles them and answers for its own status.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
+use kith_identity::unix_now;
+use kith_node::{Address, AllowAll, Echo, IncomingAccessControl, Node};
+use kith_transport::{Direction, TcpTransport};
+
+use super::channels::Channels;
+use super::kept::Saved;
+use super::portals::Portals;
+use super::relays::Relays;
+use super::settings::NodeIdentity;
+use crate::control::{ConnectionView, NodeStatus};
+
+/// A node running in this process, and the parts it keeps. Each part owns its state; the
+/// node only assembles them and answers for its own status.
+pub struct RunningNode {
+    /// The runtime.
+    pub node: Node,
+    /// Its TCP transport.
+    pub tcp: TcpTransport,
+    /// Bound listener, if any.
+    pub listener: Option<String>,
+    /// Who the node is in secure channels, if it has an identity.
+    pub identity: NodeIdentity,
+    /// Channels opened with `kith secure-channel create`.
+    pub channels: Channels,
+    /// Relays the node keeps up at project nodes.
+    pub relays: Relays,
+    /// TCP outlets and inlets the node keeps.
+    pub portals: Portals,
+    started_at: u64,
+}
+
+impl RunningNode {
+    /// Start a node named `name` with the echo service, listening on `listen` if given, and
+    /// with a secure-channel listener (`api`) if it has channel settings. It keeps no state:
+    /// what a command runs for its own duration.
+    pub async fn start(
+        name: &str,
+        listen: Option<&str>,
+        channels: Option<ChannelSettings>,
+    ) -> Result<Self> {
+        Self::assemble(
+            name,
+            listen,
+            NodeIdentity::fixed(channels),
+            Arc::new(AllowAll),
+            None,
+        )
+        .await
+    }
+
+    /// Start the runtime and its parts: `identity` for channels, `services` deciding who
+    /// may use the node's services, `saved` where kept things are remembered (a daemon's).
+    pub(crate) async fn assemble(
+        name: &str,
+        listen: Option<&str>,
+        identity: NodeIdentity,
+        services: Arc<dyn IncomingAccessControl>,
+        saved: Option<Saved>,
+    ) -> Result<Self> {
+        let node = Node::new(name);
+        let tcp = TcpTransport::start(&node);
+        node.start_worker_with_policy([Address::local("echo")], services, Echo)
+            .context("cannot start the echo service")?;
+        let shared = identity.shared();
+        if let Some(settings) = &shared {
+            secure_channel::listen(&node, DEFAULT_LISTENER, settings.clone())
+                .context("cannot start the secure channel listener")?;
+        }
+        let listener = match listen {
+            Some(a) => Some(tcp.listen(a).await?.to_string()),
+            None => None,
+        };
+        Ok(Self {
+            channels: Channels::new(&node, shared.clone()),
+            relays: Relays::new(&node, shared.clone(), saved.clone()),
+            portals: Portals::new(&node, shared, saved),
+            node,
+            tcp,
+            listener,
+            identity,
+            started_at: unix_now(),
+        })
+    }
+
+    /// The node's current channel settings, if it has an identity.
+    pub fn settings(&self) -> Option<ChannelSettings> {
+        self.identity.settings()
+    }
+
+    /// The node's status.
+    pub fn status(&self) -> NodeStatus {
+        let n = self.node.stats();
+        let t = self.tcp.stats();
+        NodeStatus {
+            identifier: self
+                .settings()
+                .map(|c| c.local.identity.identifier().to_string())
+                .unwrap_or_default(),
+            name: self.node.name().to_owned(),
+            pid: std::process::id(),
+            listener: self.listener.clone().unwrap_or_default(),
+            started_at: self.started_at,
+            services: self
+                .node
+                .addresses()
+                .into_iter()
+                .filter(|a| {
+                    !a.value().starts_with("tcp-")
+                        && !a.value().starts_with("client-")
+                        && !a.value().starts_with("sc-")
+                })
+                .map(|a| a.to_string())
+                .collect(),
+            connections: self
+                .tcp
+                .connections()
+                .into_iter()
+                .map(|c| ConnectionView {
+                    address: c.address.to_string(),
+                    peer: c.peer.to_string(),
+                    direction: match c.direction {
+                        Direction::Incoming => "incoming",
+                        Direction::Outgoing => "outgoing",
+                    }
+                    .to_owned(),
+                })
+                .collect(),
+            stats: serde_json::json!({
+                "delivered": n.delivered,
+                "dropped": n.dropped(),
+                "dropped_unknown_address": n.dropped_unknown_address,
+                "dropped_denied": n.dropped_denied,
+                "dropped_unreachable": n.dropped_unreachable,
+                "worker_errors": n.worker_errors,
+                "connections_accepted": t.accepted,
+                "connections_dialed": t.dialed,
+                "connections_refused": t.refused,
+                "connections_closed_invalid": t.invalid,
+                "frames_in": t.frames_in,
+                "frames_out": t.frames_out,
+            }),
+        }
+    }
+}
