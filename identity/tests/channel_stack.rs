@@ -14,6 +14,14 @@ use kith_identity::secure_channel::{
 };
 use kith_node::{Address, Origin, Route};
 
+/// `b`'s listener over TCP, answered by `b` alone.
+fn to_listener_of(b: &Peer) -> ChannelHop {
+    ChannelHop {
+        route: b.route(DEFAULT_LISTENER),
+        peer: Some(b.identifier()),
+    }
+}
+
 /// The listener of the node at the far end of the channel before.
 fn inside(peer: Option<kith_identity::Identifier>) -> ChannelHop {
     ChannelHop {
@@ -25,13 +33,7 @@ fn inside(peer: Option<kith_identity::Identifier>) -> ChannelHop {
 #[tokio::test]
 async fn a_stack_opens_each_channel_inside_the_one_before_and_routes_through_the_innermost() {
     let (a, b) = (Peer::start("a").await, Peer::listening("b").await);
-    let hops = [
-        ChannelHop {
-            route: b.route(DEFAULT_LISTENER),
-            peer: Some(b.identifier()),
-        },
-        inside(None),
-    ];
+    let hops = [to_listener_of(&b), inside(None)];
     let stack = ChannelStack::open(&a.node, &a.settings, &hops, WAIT)
         .await
         .unwrap();
@@ -67,14 +69,8 @@ async fn a_stack_opens_each_channel_inside_the_one_before_and_routes_through_the
 #[tokio::test]
 async fn a_hop_answered_by_another_identity_fails_naming_its_route_and_closes_those_before() {
     let (a, b) = (Peer::start("a").await, Peer::listening("b").await);
-    let hops = [
-        ChannelHop {
-            route: b.route(DEFAULT_LISTENER),
-            peer: Some(b.identifier()),
-        },
-        // B answers, but this hop admits only A.
-        inside(Some(a.identifier())),
-    ];
+    // B answers the second hop too, but it admits only A.
+    let hops = [to_listener_of(&b), inside(Some(a.identifier()))];
     let error = match ChannelStack::open(&a.node, &a.settings, &hops, WAIT).await {
         Ok(_) => panic!("the second hop admits only a, and b answered"),
         Err(e) => e,
