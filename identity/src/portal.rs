@@ -12,6 +12,9 @@
 //!
 //! What it does not do: parse routes or read project files (the caller resolves the route
 //! into [`ChannelHop`]s), or decide the policy (the caller's).
+//!
+//! [`Connector`]: kith_transport::portal::Connector
+//! [`ChannelHop`]: crate::secure_channel::ChannelHop
 
 use std::sync::Arc;
 use std::time::Duration;
