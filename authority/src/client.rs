@@ -9,18 +9,30 @@
 //! back through the channel, and every credential the authority hands out is verified
 //! against the authority's identity before it is returned.
 //!
-//! What it does not do: retry (the CLI's `--retry-count` decides that), or store anything.
+//! A [`JoinWait`] waits for the decision on a join request that was filed: it asks again
+//! while the authority holds the request pending, and when the channel ends (the authority
+//! restarted, say) it notices at once by the channel's end signal, reconnects with a capped
+//! backoff to the same authority identity, and keeps waiting for the same request. It never
+//! files a request, so it never files one twice. What it is doing, it tells its caller
+//! through [`JoinEvent`]s; showing them is the caller's business.
+//!
+//! What it does not do: retry single calls (the CLI's `--retry-count` decides that), or
+//! store anything.
 //!
 //! [`AuthorityClient::connect`]: crate::client::AuthorityClient::connect
 //! [`ClientError::WrongAuthority`]: crate::client::ClientError::WrongAuthority
+//! [`JoinWait`]: crate::client::JoinWait
+//! [`JoinEvent`]: crate::client::JoinEvent
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::fmt::{self, Write as _};
+use std::time::{Duration, Instant};
 
-use kith_identity::channel::{Admission, HandshakeError, Trust};
-use kith_identity::secure_channel::{self, ChannelSettings, SecureChannel, SecureChannelError};
+use kith_identity::backoff::Backoff;
+use kith_identity::channel::{Admission, HandshakeError};
+use kith_identity::secure_channel::{
+    self, ChannelSettings, EndSignal, SecureChannel, SecureChannelError,
+};
 use kith_identity::{
     CredentialAndPurposeKey, CredentialError, DecodeError, Identifier, Identity, unix_now,
 };
@@ -30,9 +42,9 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     self, ACCEPTOR_SERVICE, AUDIT_SERVICE, ApiError, AuditEntry, AuditRequest, AutoApproveRule,
-    CREDENTIAL_SERVICE, CreatedTicket, CredentialRequest, Enrolled, JOIN_SERVICE, JOIN_WAIT_HOLD,
-    JoinCall, JoinRequestInfo, JoinWaited, MEMBERS_SERVICE, MemberInfo, MembersRequest,
-    RedeemRequest, RuleAdded, TICKET_SERVICE, TicketInfo, TicketRequest,
+    CREDENTIAL_SERVICE, CreatedTicket, CredentialRequest, Enrolled, ErrorKind, JOIN_SERVICE,
+    JOIN_WAIT_HOLD, JoinCall, JoinRequestInfo, JoinState, JoinWaited, MEMBERS_SERVICE, MemberInfo,
+    MembersRequest, RedeemRequest, RuleAdded, TICKET_SERVICE, TicketInfo, TicketRequest,
 };
 use crate::relay::{RELAY_SERVICE, RelayInfo, RelayRequest};
 use crate::ticket::OneTimeCode;
@@ -226,11 +238,7 @@ impl AuthorityClient {
         timeout: Duration,
     ) -> Result<SecureChannel, ClientError> {
         let route = listener_route.to_string();
-        let mut ours = settings.clone();
-        ours.trust = Arc::new(Trust {
-            authorities: settings.trust.authorities.clone(),
-            admission,
-        });
+        let ours = settings.admitting(admission);
         match tokio::time::timeout(timeout, secure_channel::create(node, listener_route, &ours))
             .await
         {
@@ -267,6 +275,12 @@ impl AuthorityClient {
     /// admin can compare them out of band.
     pub fn verification_code(&self) -> String {
         self.channel.verification_code.clone()
+    }
+
+    /// What tells when the channel to the authority has ended (closed, or its connection
+    /// lost): a caller waiting on a long call selects on it to notice at once.
+    pub fn end_signal(&self) -> EndSignal {
+        self.channel.end_signal()
     }
 
     /// How long each request waits for its answer.
@@ -601,4 +615,375 @@ pub fn decode_credential(
 ) -> Result<CredentialAndPurposeKey, CredentialCheckError> {
     let bytes = hex::decode(&enrolled.credential).map_err(|_| CredentialCheckError::NotHex)?;
     CredentialAndPurposeKey::decode(&bytes).map_err(CredentialCheckError::Decode)
+}
+
+/// 10 s: how long one handshake with the authority may take when a [`JoinWait`]
+/// reconnects; as for every other command that reaches it.
+pub const JOIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// 200 ms: the first pause before reconnecting while waiting (or before asking a busy
+/// authority again); an authority that restarts is often back this fast.
+const FIRST_RECONNECT: Duration = Duration::from_millis(200);
+
+/// 15 s: the longest pause between reconnections, so the requester is back within seconds
+/// of the authority without hammering one that is down for long.
+const MAX_RECONNECT: Duration = Duration::from_secs(15);
+
+/// What a [`JoinWait`] is doing, for its caller to show. The wait starts waiting for a
+/// decision, without an event.
+#[derive(Debug)]
+pub enum JoinEvent<'a> {
+    /// Waiting for a decision again: after a reconnection, or after a busy authority's
+    /// pause.
+    Waiting,
+    /// The authority answered that it is busy (or failed inside); asking again on the same
+    /// channel after a pause. `message` is the authority's, as it sent it: escape control
+    /// characters before showing it.
+    Busy {
+        /// What the authority said.
+        message: &'a str,
+    },
+    /// The channel to the authority ended (no `error`: its end signal fired) or a wait call
+    /// on it failed (`error`); reconnecting.
+    Lost {
+        /// Why the wait call failed, if one did.
+        error: Option<&'a ClientError>,
+    },
+    /// A reconnection failed; trying again after a pause.
+    Unreachable {
+        /// Why it failed.
+        error: &'a ClientError,
+    },
+}
+
+/// The decision a [`JoinWait`] waited for: the request approved, and the credential it
+/// brought, verified against the authority.
+#[derive(Debug)]
+pub struct JoinApproved {
+    /// The request as the authority decided it.
+    pub request: JoinRequestInfo,
+    /// The credential, for the requester's identity.
+    pub credential: Enrolled,
+}
+
+/// Why a [`JoinWait`] ended without a credential. Text that came from the authority is
+/// shown with its control characters escaped.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinWaitError {
+    /// No decision came before the deadline; the request may still be pending.
+    #[error("no decision on request {id} within {after:?}; it may still be pending")]
+    TimedOut {
+        /// The request.
+        id: String,
+        /// How long the wait was given.
+        after: Duration,
+        /// Why the last reconnection failed, if the wait ended reconnecting.
+        #[source]
+        last: Option<ClientError>,
+    },
+    /// The authority approved the request but sent no credential with the approval.
+    #[error(
+        "request {id} was approved, but the authority sent no credential; ask its admin (the authority should have sent one)"
+    )]
+    NoCredential {
+        /// The request.
+        id: String,
+    },
+    /// An admin denied the request.
+    #[error("the request was denied by {}", Denial(.0))]
+    Denied(Box<JoinRequestInfo>),
+    /// The request expired without a decision.
+    #[error("request {id} expired at {at} (Unix seconds) without a decision; file a new one")]
+    Expired {
+        /// The request.
+        id: String,
+        /// When it expired.
+        at: u64,
+    },
+    /// The authority refused to let us wait for the request (not ours, unknown, …).
+    #[error(
+        "cannot wait for request {id}: the authority refused: {}{}",
+        Escaped(&refusal.message),
+        refusal_hint(refusal.kind)
+    )]
+    Refused {
+        /// The request.
+        id: String,
+        /// What the authority said.
+        refusal: ApiError,
+    },
+    /// Reconnecting, another identity than the authority answered at its route.
+    #[error("request {id} is still pending, but another node answers at the authority's route now")]
+    AuthorityChanged {
+        /// The request.
+        id: String,
+        /// The wrong-authority error.
+        #[source]
+        source: ClientError,
+    },
+}
+
+/// A hint for a refusal to wait: a request that is not found or not ours is most often
+/// another identity's, or another authority's.
+fn refusal_hint(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NotFound | ErrorKind::Forbidden => {
+            " (is it a request this identity filed, with this authority?)"
+        }
+        _ => "",
+    }
+}
+
+/// Who denied a request and why, as a denial is shown.
+struct Denial<'a>(&'a JoinRequestInfo);
+
+impl fmt::Display for Denial<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.decided_by {
+            Some(by) => write!(f, "{}", Escaped(by))?,
+            None => f.write_str("an administrator")?,
+        }
+        match self.0.reason.as_deref().map(str::trim) {
+            Some(reason) if !reason.is_empty() => write!(f, ": {}", Escaped(reason)),
+            _ => f.write_str(" (no reason given)"),
+        }
+    }
+}
+
+/// Text from the wire, safe to show on a terminal: control characters are escaped, so a
+/// reason or a message cannot rewrite what the user sees.
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A wait for the decision on a filed join request, until a deadline: reconnecting (pinned
+/// to the authority that answered first) whenever the channel ends, never filing again.
+pub struct JoinWait {
+    node: Node,
+    listener: Route,
+    settings: ChannelSettings,
+    id: String,
+    timeout: Duration,
+    deadline: Instant,
+    connect_timeout: Duration,
+}
+
+impl fmt::Debug for JoinWait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinWait")
+            .field("id", &self.id)
+            .field("listener", &self.listener)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JoinWait {
+    /// A wait from `node`, as the identity in `settings`, for request `id` at the
+    /// authority's listener `listener` (the route it was filed through), for at most
+    /// `timeout` from now.
+    pub fn new(
+        node: &Node,
+        listener: Route,
+        settings: &ChannelSettings,
+        id: &str,
+        timeout: Duration,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            node: node.clone(),
+            listener,
+            settings: settings.clone(),
+            id: id.to_owned(),
+            timeout,
+            // A timeout too large for the clock is as good as none.
+            deadline: now
+                .checked_add(timeout)
+                .unwrap_or(now + Duration::from_secs(u32::MAX.into())),
+            connect_timeout: JOIN_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Give each reconnection's handshake `timeout` instead of [`JOIN_CONNECT_TIMEOUT`].
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// When the wait gives up.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Wait through `client` (the channel the request was filed on, or one to the same
+    /// authority) until the request is approved (its credential, verified), denied or
+    /// expired, or the deadline passes; telling `on_event` what it is doing. Reconnections
+    /// are pinned to `client`'s authority.
+    pub async fn run(
+        &self,
+        client: AuthorityClient,
+        mut on_event: impl FnMut(JoinEvent<'_>),
+    ) -> Result<JoinApproved, JoinWaitError> {
+        let authority = *client.authority().identifier();
+        let mut client = Some(client);
+        // Set while the authority answers "busy" (or "you are waiting already", right after
+        // a reconnection while the old channel's wait is still held there): ask again after
+        // a pause, on the same channel.
+        let mut busy: Option<Backoff> = None;
+        loop {
+            let left = self.left().ok_or_else(|| self.timed_out(None))?;
+            let Some(c) = client.as_mut() else {
+                client = Some(self.reconnect(&authority, &mut on_event).await?);
+                on_event(JoinEvent::Waiting);
+                continue;
+            };
+            // A wait call is held by the authority for up to `JOIN_WAIT_HOLD`, and its
+            // answer waited for a while longer; the end signal notices an authority that
+            // went away (a restart) at once instead.
+            let end = c.end_signal();
+            let waited = tokio::select! {
+                w = tokio::time::timeout(left, c.wait_join_request(&self.id)) => Some(w),
+                _ = end.ended() => None,
+            };
+            let waited = match waited {
+                Some(Err(_)) => return Err(self.timed_out(None)),
+                Some(Ok(w)) => w,
+                None => {
+                    // Dropping the client closes what is left of its channel.
+                    client = None;
+                    on_event(JoinEvent::Lost { error: None });
+                    continue;
+                }
+            };
+            if waited.is_ok() {
+                busy = None;
+            }
+            match waited {
+                Ok(w) => {
+                    if let Some(decided) = self.decided(w) {
+                        return decided;
+                    }
+                }
+                Err(ClientError::Refused(e))
+                    if matches!(e.kind, ErrorKind::Busy | ErrorKind::Internal) =>
+                {
+                    on_event(JoinEvent::Busy {
+                        message: &e.message,
+                    });
+                    let backoff = busy.get_or_insert_with(|| {
+                        Backoff::new(left)
+                            .between(FIRST_RECONNECT, MAX_RECONNECT)
+                            .jittered()
+                    });
+                    match backoff.next_pause() {
+                        Some(pause) => tokio::time::sleep(pause).await,
+                        None => return Err(self.timed_out(None)),
+                    }
+                    on_event(JoinEvent::Waiting);
+                }
+                Err(ClientError::Refused(refusal)) => {
+                    return Err(JoinWaitError::Refused {
+                        id: self.id.clone(),
+                        refusal,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, request = %self.id, "lost the authority while waiting");
+                    client = None;
+                    on_event(JoinEvent::Lost { error: Some(&e) });
+                }
+            }
+        }
+    }
+
+    /// What an answer to a wait call decides, if anything (`None`: still pending).
+    fn decided(&self, waited: JoinWaited) -> Option<Result<JoinApproved, JoinWaitError>> {
+        let id = self.id.clone();
+        let request = waited.request;
+        Some(match request.state {
+            JoinState::Pending => return None,
+            JoinState::Approved => match waited.credential {
+                Some(credential) => Ok(JoinApproved {
+                    request,
+                    credential,
+                }),
+                None => Err(JoinWaitError::NoCredential { id }),
+            },
+            JoinState::Denied => Err(JoinWaitError::Denied(Box::new(request))),
+            JoinState::Expired => Err(JoinWaitError::Expired {
+                id,
+                at: request.decided_at.unwrap_or(request.expires_at),
+            }),
+        })
+    }
+
+    /// A new channel to `authority`, after a capped backoff, until the deadline. Even the
+    /// first attempt waits a first pause: the connection the old channel ran over may still
+    /// be closing (the authority's `Close` arrives just ahead of it), and a handshake sent
+    /// on it would be lost and waited for in vain.
+    async fn reconnect(
+        &self,
+        authority: &Identifier,
+        on_event: &mut impl FnMut(JoinEvent<'_>),
+    ) -> Result<AuthorityClient, JoinWaitError> {
+        let left = self.left().ok_or_else(|| self.timed_out(None))?;
+        let mut backoff = Backoff::new(left)
+            .between(FIRST_RECONNECT, MAX_RECONNECT)
+            .jittered();
+        let mut last = None;
+        loop {
+            match backoff.next_pause() {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Err(self.timed_out(last)),
+            }
+            let Some(left) = self.left() else {
+                return Err(self.timed_out(last));
+            };
+            let tried = AuthorityClient::connect(
+                &self.node,
+                self.listener.clone(),
+                authority,
+                &self.settings,
+                self.connect_timeout.min(left),
+            )
+            .await;
+            match tried {
+                Ok(c) => return Ok(c),
+                Err(source @ ClientError::WrongAuthority { .. }) => {
+                    return Err(JoinWaitError::AuthorityChanged {
+                        id: self.id.clone(),
+                        source,
+                    });
+                }
+                Err(e) => {
+                    on_event(JoinEvent::Unreachable { error: &e });
+                    last = Some(e);
+                }
+            }
+        }
+    }
+
+    /// The time left before the deadline, if any.
+    fn left(&self) -> Option<Duration> {
+        Some(self.deadline.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+    }
+
+    fn timed_out(&self, last: Option<ClientError>) -> JoinWaitError {
+        JoinWaitError::TimedOut {
+            id: self.id.clone(),
+            after: self.timeout,
+            last,
+        }
+    }
 }

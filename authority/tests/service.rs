@@ -16,7 +16,9 @@ use kith_authority::api::{
     Enrolled, ErrorKind, MEMBERS_SERVICE, PROJECT_ID_ATTRIBUTE, ROLE_ATTRIBUTE, TICKET_SERVICE,
 };
 use kith_authority::api::{JoinRequestInfo, JoinState, JoinWaited};
-use kith_authority::client::{AuthorityClient, ClientError, decode_credential};
+use kith_authority::client::{
+    AuthorityClient, ClientError, JoinEvent, JoinWait, decode_credential,
+};
 use kith_authority::join::JoinSettings;
 use kith_authority::service::{Authority, AuthorityConfig};
 use kith_authority::store::{AuditEvent, Member, MembershipStore, NewTicket};
@@ -929,6 +931,87 @@ async fn a_man_in_the_middle_shows_the_admin_another_code_than_the_requester(db:
     world.stop().await;
 }
 
+/// What a join wait told its caller, kept past the event's borrows.
+#[derive(Debug, PartialEq)]
+enum Told {
+    Waiting,
+    Busy,
+    /// Lost the authority; `true` if its channel's end signal said so (no call failed).
+    Lost(bool),
+    Unreachable,
+}
+
+async fn a_waiting_requester_reconnects_when_the_authority_restarts_and_gets_its_credential(
+    db: &TestDb,
+) {
+    let admin = Party::new();
+    let mut world = World::start(db, 1, &[&admin]).await;
+    let requester = Party::new();
+    let mut client = world.connect(&requester, 0).await;
+    let (filed, code) = client
+        .file_join_request(attributes(&[("component", "worker")]), None, "rack 4")
+        .await
+        .unwrap();
+    let wait = JoinWait::new(
+        &world.client.0,
+        world.listener_route(0),
+        &requester.settings,
+        &filed.id,
+        WAIT * 2,
+    );
+    // Room for every event of this run; a full channel would fail the test, not stall it.
+    let (tx, mut told) = tokio::sync::mpsc::channel(64);
+    let waiter = tokio::spawn(async move {
+        wait.run(client, |event| {
+            let _ = tx.try_send(match event {
+                JoinEvent::Waiting => Told::Waiting,
+                JoinEvent::Busy { .. } => Told::Busy,
+                JoinEvent::Lost { error } => Told::Lost(error.is_none()),
+                JoinEvent::Unreachable { .. } => Told::Unreachable,
+            });
+        })
+        .await
+    });
+    let next = async |told: &mut tokio::sync::mpsc::Receiver<Told>| {
+        tokio::time::timeout(WAIT, told.recv())
+            .await
+            .expect("the wait told what it does in time")
+            .expect("the wait is still running")
+    };
+
+    world.restart(0, &[&admin]).await;
+    // Noticed by the channel's end, long before the held wait call would time out.
+    assert_eq!(next(&mut told).await, Told::Lost(true));
+    loop {
+        match next(&mut told).await {
+            Told::Waiting => break,
+            Told::Unreachable => {}
+            other => panic!("{other:?} while reconnecting"),
+        }
+    }
+    assert!(!waiter.is_finished());
+
+    let mut admin_client = world.connect(&admin, 0).await;
+    let approved = admin_client
+        .approve_join_request(&filed.id, &code, None, None)
+        .await
+        .unwrap();
+    assert_eq!(approved.state, JoinState::Approved);
+    let approved = tokio::time::timeout(WAIT, waiter)
+        .await
+        .expect("the waiter got the decision in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(approved.request.id, filed.id);
+    assert_eq!(approved.request.state, JoinState::Approved);
+    verify(&world, &requester, &approved.credential);
+    // It waited on the same request throughout: nothing was filed again.
+    let all = admin_client.join_requests(true).await.unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    drop(admin_client);
+    world.stop().await;
+}
+
 async fn join_requests_are_capped_per_address_and_expire(db: &TestDb) {
     let admin = Party::new();
     let join = JoinSettings {
@@ -1194,6 +1277,7 @@ on_both_databases!(
     credentials_follow_the_store,
     a_join_request_is_approved_with_its_code_and_the_requester_gets_its_credential,
     a_man_in_the_middle_shows_the_admin_another_code_than_the_requester,
+    a_waiting_requester_reconnects_when_the_authority_restarts_and_gets_its_credential,
     join_requests_are_capped_per_address_and_expire,
     only_admins_and_enrollers_decide_join_requests,
     auto_approval_rules_approve_matching_requests_now_and_later,
@@ -1366,13 +1450,18 @@ impl World {
             join,
         };
         for i in 0..authorities {
-            let node = world.start_node(i, admins.clone()).await;
+            let node = world.start_node(i, admins.clone(), "127.0.0.1:0").await;
             world.nodes.push(node);
         }
         world
     }
 
-    async fn start_node(&self, index: usize, admins: BTreeSet<Identifier>) -> AuthorityNode {
+    async fn start_node(
+        &self,
+        index: usize,
+        admins: BTreeSet<Identifier>,
+        bind: &str,
+    ) -> AuthorityNode {
         let vault = Vault::open(&self.vault_path).await.unwrap();
         let store = MembershipStore::open(&self.location).await.unwrap();
         let node = Node::new(format!("authority-{index}"));
@@ -1402,7 +1491,7 @@ impl World {
             },
         );
         authority.start(&node).unwrap();
-        let listener = tcp.listen("127.0.0.1:0").await.unwrap().to_string();
+        let listener = tcp.listen(bind).await.unwrap().to_string();
         AuthorityNode {
             node,
             _tcp: tcp,
@@ -1410,6 +1499,17 @@ impl World {
             store,
             vault,
         }
+    }
+
+    /// Stop authority node `index` and start it again on the same address, as a restarted
+    /// process would be.
+    async fn restart(&mut self, index: usize, admins: &[&Party]) {
+        let old = self.nodes.remove(index);
+        let bind = old.listener.clone();
+        stop_node(old).await;
+        let admins = admins.iter().map(|p| p.identifier).collect();
+        let node = self.start_node(index, admins, &bind).await;
+        self.nodes.insert(index, node);
     }
 
     fn listener_route(&self, index: usize) -> Route {

@@ -8,8 +8,10 @@
 //! which authenticated peers may reach them.
 //!
 //! The formats, signatures and the handshake ([`channel`]) are synchronous, free of I/O and
-//! take the clock as an argument. Two modules do I/O: [`secure_channel`] runs channels as
-//! workers on a node, and [`vault`] keeps identities and secret keys in SQLite (mode 0600).
+//! take the clock as an argument. Three modules do I/O: [`secure_channel`] runs channels
+//! (and stacks of channels, one inside another) as workers on a node, [`portal`] opens them
+//! for an inlet's sessions, and [`vault`] keeps identities and secret keys in SQLite (mode
+//! 0600).
 
 #![cfg_attr(
     not(test),
@@ -39,9 +41,13 @@ mod identifier;
 mod identity;
 /// The attribute-policy language services use to admit peers.
 pub mod policy;
+/// An inlet's way to its outlet: fresh secure channels per portal session, retried within
+/// the open timeout, answered only by a node the inlet's policy admits.
+pub mod portal;
 /// Purpose keys: the channel and credential-signing keys an identity attests.
 mod purpose;
-/// Channels on a node: the listener, and each channel's encryptor and decryptor.
+/// Channels on a node: the listener, each channel's encryptor and decryptor, its end
+/// signal, and stacks of channels opened one inside another.
 pub mod secure_channel;
 /// Owner-only SQLite files: creating, migrating and closing them (the vault's and the
 /// authority store's).

@@ -36,16 +36,21 @@ use kith_node::{
     ReadyFuture, Route, RouteError, SinkError, SinkHandle, TryRouteError, Worker, WorkerError,
 };
 use kith_transport::TransportMessage;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::CredentialAndPurposeKey;
 use crate::channel::{
-    ChannelMessage, DEFAULT_REKEY_INTERVAL, Decryptor, Encryptor, Established, Handshake,
-    HandshakeError, LocalIdentity, Peer, Progress, Trust,
+    Admission, ChannelMessage, DEFAULT_REKEY_INTERVAL, Decryptor, Encryptor, Established,
+    Handshake, HandshakeError, LocalIdentity, Peer, Progress, Trust,
 };
 use crate::unix_now as now;
+
+/// Channels opened one inside another: a route's `/secure/` hops.
+mod stack;
+
+pub use stack::{ChannelHop, ChannelStack, ChannelStackError};
 
 /// 10 s: long enough for a lossy mobile link, short enough that a half-open handshake cannot
 /// pin memory (DESIGN §4).
@@ -108,6 +113,19 @@ impl ChannelSettings {
             max_pending_handshakes: MAX_PENDING_HANDSHAKES,
         }
     }
+
+    /// These settings, admitting at the other end only whom `admission` says; the trusted
+    /// authorities stay. For a channel to a peer known in advance (an authority, a project
+    /// node): anyone else fails the handshake before we present our credentials.
+    pub fn admitting(&self, admission: Admission) -> Self {
+        Self {
+            trust: Arc::new(Trust {
+                authorities: self.trust.authorities.clone(),
+                admission,
+            }),
+            ..self.clone()
+        }
+    }
 }
 
 /// What a listener has done, for status and tests.
@@ -163,6 +181,102 @@ pub struct SecureChannel {
     /// The Noise handshake hash, equal at both ends and unique to this channel; the
     /// peer's services see it in every message's [`Origin::SecureChannel`].
     pub handshake_hash: [u8; 32],
+    end: EndSignal,
+}
+
+impl SecureChannel {
+    /// What tells when this channel has ended (see [`EndSignal`]).
+    pub fn end_signal(&self) -> EndSignal {
+        self.end.clone()
+    }
+}
+
+/// How a channel ended, as its [`EndSignal`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelEnded {
+    /// Its encryptor and decryptor stopped: it was closed here, closed by the peer or torn
+    /// down, or the node shut down.
+    Closed,
+    /// The TCP connection it runs over closed, so nothing reaches it any more. The channel
+    /// does not close itself for that (yet): its owner decides what to do.
+    ConnectionClosed,
+}
+
+/// Tells the owner of a [`SecureChannel`] once the channel has ended: its workers stopped,
+/// or the TCP connection it runs over closed. A client waiting on a long call selects on
+/// [`EndSignal::ended`] to notice a peer that went away at once, instead of after the
+/// call's timeout. A channel nested in another runs over no connection of its own; its
+/// signal fires when it is closed (the owner of the stack watches the outer ones). Clones
+/// watch the same channel.
+#[derive(Clone)]
+pub struct EndSignal(watch::Receiver<Option<ChannelEnded>>);
+
+impl EndSignal {
+    /// How the channel ended, once it has; at once if it already has.
+    pub async fn ended(&self) -> ChannelEnded {
+        let mut end = self.0.clone();
+        match end.wait_for(Option::is_some).await {
+            Ok(ended) => (*ended).unwrap_or(ChannelEnded::Closed),
+            // The channel's task is gone without a word: it never ran (the node was
+            // shutting down).
+            Err(_) => ChannelEnded::Closed,
+        }
+    }
+
+    /// How the channel ended, if it has.
+    pub fn has_ended(&self) -> Option<ChannelEnded> {
+        let ended = *self.0.borrow();
+        ended.or_else(|| {
+            self.0
+                .has_changed()
+                .is_err()
+                .then_some(ChannelEnded::Closed)
+        })
+    }
+}
+
+impl fmt::Debug for EndSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("EndSignal").field(&self.has_ended()).finish()
+    }
+}
+
+/// Record how the channel ended, unless an earlier cause already is.
+fn mark_ended(end: &watch::Sender<Option<ChannelEnded>>, how: ChannelEnded) {
+    end.send_if_modified(|ended| {
+        let first = ended.is_none();
+        if first {
+            *ended = Some(how);
+        }
+        first
+    });
+}
+
+/// Mark the channel ended with [`ChannelEnded::ConnectionClosed`] once `via`, the
+/// connection its handshake arrived on, closes; then wait for ever (the channel's task ends
+/// it otherwise). A channel that does not run straight over a connection waits for nothing.
+async fn watch_connection(
+    node: &Node,
+    via: Option<Address>,
+    end: &watch::Sender<Option<ChannelEnded>>,
+) {
+    if let Some(connection) = via {
+        // No token: the connection has closed already.
+        if let Some(stop) = node.stop_token(&connection) {
+            stop.cancelled().await;
+        }
+        debug!(%connection, "the connection under a secure channel closed");
+        mark_ended(end, ChannelEnded::ConnectionClosed);
+    }
+    std::future::pending::<()>().await;
+}
+
+/// The connection `message` arrived on, if it came straight from one.
+fn arrived_on(message: &Message) -> Option<Address> {
+    match message.origin() {
+        Origin::Transport { connection, .. } => Some(connection.clone()),
+        Origin::SecureChannel { .. } | Origin::Local => None,
+    }
 }
 
 /// Why a channel could not be created.
@@ -238,42 +352,6 @@ pub fn close(node: &Node, channel: &SecureChannel) -> bool {
     let a = node.stop_worker(&channel.encryptor);
     let b = node.stop_worker(&channel.decryptor);
     a || b
-}
-
-/// Channels opened one inside another (a route's `/secure/` hops), closed innermost first
-/// when dropped: whoever holds them for a request or a session cannot leak them.
-pub struct ChannelStack {
-    node: Node,
-    channels: Vec<SecureChannel>,
-}
-
-impl ChannelStack {
-    /// None yet, on `node`.
-    pub fn new(node: &Node) -> Self {
-        Self {
-            node: node.clone(),
-            channels: Vec::new(),
-        }
-    }
-
-    /// Add `channel`, opened inside the ones before it.
-    pub fn push(&mut self, channel: SecureChannel) {
-        self.channels.push(channel);
-    }
-
-    /// The channel opened last, inside all the others: what a route through the stack
-    /// starts with.
-    pub fn innermost(&self) -> Option<&SecureChannel> {
-        self.channels.last()
-    }
-}
-
-impl Drop for ChannelStack {
-    fn drop(&mut self) {
-        for channel in self.channels.iter().rev() {
-            close(&self.node, channel);
-        }
-    }
 }
 
 /// Admits only messages that came through the channel with this handshake hash: the
@@ -386,7 +464,9 @@ fn start(
     source: Option<SocketAddr>,
 ) -> Result<Address, kith_node::StartError> {
     let decryptor = Address::random_local("sc");
+    let (ended, end) = watch::channel(None);
     let channel = Arc::new(Channel {
+        end: EndSignal(end),
         node: node.clone(),
         source,
         trust: settings.trust.clone(),
@@ -422,6 +502,7 @@ fn start(
         on_established,
         slot,
         deadline,
+        ended,
     ));
     Ok(decryptor)
 }
@@ -443,6 +524,8 @@ struct Channel {
     /// Tell waiting senders there is room in a queue again.
     inbound_room: Notify,
     outbound_room: Notify,
+    /// Handed to the initiator's [`SecureChannel`].
+    end: EndSignal,
 }
 
 /// The receiving side: what the decryptor sink and the task share.
@@ -805,6 +888,7 @@ impl Channel {
                 peer: peer.clone(),
                 verification_code: code,
                 handshake_hash,
+                end: self.end.clone(),
             };
             (tx, channel)
         });
@@ -854,15 +938,18 @@ impl Channel {
 }
 
 /// What the channel's task owns, so that however the task ends (even dropped at node
-/// shutdown), the peer is told and the addresses are released.
+/// shutdown), the peer is told, the addresses are released and the owner's [`EndSignal`]
+/// fires.
 struct Owner {
     channel: Arc<Channel>,
     decryptor: SinkHandle,
     encryptor: Option<SinkHandle>,
+    end: watch::Sender<Option<ChannelEnded>>,
 }
 
 impl Drop for Owner {
     fn drop(&mut self) {
+        mark_ended(&self.end, ChannelEnded::Closed);
         let ch = &self.channel;
         lock(&ch.inbound).phase = Phase::Closed;
         ch.inbound_room.notify_waiters();
@@ -883,11 +970,13 @@ async fn run(
     mut on_established: Option<OnEstablished>,
     slot: Option<PendingSlot>,
     deadline: Instant,
+    end: watch::Sender<Option<ChannelEnded>>,
 ) {
     let mut owner = Owner {
         channel: channel.clone(),
         decryptor,
         encryptor: None,
+        end,
     };
     let stopped = owner.decryptor.stop_token().clone();
     // Boxed, and so are the routes below: a channel lives long and mostly idle, and its
@@ -900,9 +989,11 @@ async fn run(
                 Queued::Opened(_) => {}
             }
         };
+        let via = arrived_on(&first);
         channel
             .finish_handshake(handshake, first, &mut on_established)
             .await
+            .map(|encryptor| (encryptor, via))
     });
     let outcome = tokio::select! {
         biased;
@@ -915,14 +1006,19 @@ async fn run(
     };
     drop(slot);
     match outcome {
-        Some(Ok(encryptor)) => {
+        Some(Ok((encryptor, via))) => {
             let encryptor_stopped = encryptor.stop_token().clone();
             owner.encryptor = Some(encryptor);
+            let connection = watch_connection(&channel.node, via, &owner.end);
             tokio::select! {
                 () = stopped.cancelled() => {}
                 () = encryptor_stopped.cancelled() => {}
-                () = async { tokio::join!(channel.send_queued(), channel.receive_queued()); } => {}
+                () = async {
+                    tokio::join!(channel.send_queued(), channel.receive_queued(), connection);
+                } => {}
             }
+            // Ended now, not once the `Close` below is out.
+            mark_ended(&owner.end, ChannelEnded::Closed);
             channel.stop();
             lock(&channel.inbound).phase = Phase::Closed;
             Box::pin(channel.close()).await;

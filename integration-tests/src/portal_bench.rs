@@ -11,9 +11,10 @@
 //!   flood), admitting only I's identity; a secure-channel listener admitting only I; its
 //!   own TCP listener for the direct path; and relay `outlet` at P (O is a project admin,
 //!   so it needs no credential to hold one).
-//! - **I**, the inlet node: one inlet per measurement, whose [`Connector`] opens fresh
-//!   secure channels for every session and closes them when it ends. I presents a
-//!   credential from P's authority (what the relay forwards for).
+//! - **I**, the inlet node: one inlet per measurement, whose connector is the one the
+//!   product's inlets use ([`PortalConnector`]): fresh secure channels for every session,
+//!   each hop pinned to the node that must answer, closed when the session ends. I
+//!   presents a credential from P's authority (what the relay forwards for) on every hop.
 //!
 //! Two paths from I to O's outlets:
 //!
@@ -54,12 +55,12 @@ use kith_authority::join::JoinSettings;
 use kith_authority::keeper::{HEARTBEAT, KeeperConfig, RelayKeeper};
 use kith_authority::relay::relay_address;
 use kith_identity::Identifier;
-use kith_identity::secure_channel::{
-    self, ChannelSettings, ChannelStack, DEFAULT_LISTENER, ThroughChannel,
-};
-use kith_node::{Address, AllowOrigins, DisplayChain, IncomingAccessControl, Node, Origin, Route};
+use kith_identity::policy::Policy;
+use kith_identity::portal::PortalConnector;
+use kith_identity::secure_channel::{self, ChannelHop, DEFAULT_LISTENER, SharedSettings};
+use kith_node::{Address, AllowOrigins, IncomingAccessControl, Node, Origin, Route};
 use kith_transport::TcpTransport;
-use kith_transport::portal::{ConnectFuture, Connector, Inlet, Outlet, PortalOptions, PortalRoute};
+use kith_transport::portal::{Inlet, Outlet, PortalOptions};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -272,23 +273,7 @@ pub fn run_all(
 }
 
 // ---------------------------------------------------------------------------------------
-// Sessions: a connector that opens a chain of secure channels for each one
-
-/// One secure channel of a session's way to the outlet, opened along `route`, behind the
-/// previous hop's channel if there is one.
-#[derive(Clone)]
-struct Hop {
-    route: Route,
-    settings: ChannelSettings,
-}
-
-/// For each session, fresh channels along `hops` from `node`; the session then runs to
-/// `outlet` through the last (innermost) one, and admits answers from that channel only.
-struct Channels {
-    node: Node,
-    hops: Vec<Hop>,
-    outlet: Address,
-}
+// Who may answer
 
 /// Admits messages from secure channels whose peer is `who`, and no others.
 fn from_identity(who: Identifier) -> Arc<dyn IncomingAccessControl> {
@@ -297,34 +282,6 @@ fn from_identity(who: Identifier) -> Arc<dyn IncomingAccessControl> {
         Origin::SecureChannel { identifier, .. } => *identifier == who,
         _ => false,
     }))
-}
-
-impl Connector for Channels {
-    fn connect(&self) -> ConnectFuture<'_> {
-        Box::pin(async move {
-            let mut opened = ChannelStack::new(&self.node);
-            for hop in &self.hops {
-                let mut route = hop.route.clone();
-                if let Some(outer) = opened.innermost() {
-                    route.prepend(outer.encryptor.clone());
-                }
-                let channel = secure_channel::create(&self.node, route, &hop.settings)
-                    .await
-                    .map_err(|e| DisplayChain(&e).to_string())?;
-                opened.push(channel);
-            }
-            let inner = opened
-                .innermost()
-                .ok_or_else(|| "a connector with no hops".to_owned())?;
-            let replies = Arc::new(ThroughChannel(inner.handshake_hash));
-            let route = Route::from(vec![inner.encryptor.clone(), self.outlet.clone()]);
-            Ok(PortalRoute {
-                route,
-                replies,
-                guard: Box::new(opened),
-            })
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -339,8 +296,12 @@ struct World {
     keeper: RelayKeeper,
     /// Admits only I, through a secure channel: every outlet's policy.
     inlet_only: Arc<dyn IncomingAccessControl>,
-    direct: Vec<Hop>,
-    relayed: Vec<Hop>,
+    /// I's channel settings, with its credential.
+    inlet_settings: SharedSettings,
+    /// Admits only O at the end of an inlet's route: every inlet's policy.
+    outlet_only: Policy,
+    direct: Vec<ChannelHop>,
+    relayed: Vec<ChannelHop>,
 }
 
 impl World {
@@ -395,27 +356,34 @@ impl World {
                 BTreeMap::from([(PROJECT_ID_ATTRIBUTE.to_owned(), PROJECT_ID.to_owned())]),
             )
             .await?;
-        let end_to_end = Hop {
+        let end_to_end = ChannelHop {
             route: to_outlet_node,
-            settings: inlet.settings(vec![], only(outlet.identifier(), vec![])),
+            peer: Some(outlet.identifier()),
         };
-        let through_relay = Hop {
+        let through_relay = ChannelHop {
             route: Route::from(vec![
                 Address::local(relay_address(RELAY_NAME)),
                 Address::local(DEFAULT_LISTENER),
             ]),
             ..end_to_end.clone()
         };
-        let to_p = Hop {
+        let to_p = ChannelHop {
             route: to_project,
-            settings: inlet.settings(vec![credential], project.pinned()),
+            peer: Some(project.identifier()),
         };
+        let outlet_only = Policy::parse(&format!(
+            "identifier = {:?}",
+            outlet.identifier().to_string()
+        ))
+        .context("the inlets' policy")?;
         Ok(Self {
+            inlet_settings: inlet.settings(vec![credential], project.pinned()).into(),
             project,
             outlet_node,
             inlet_node,
             keeper,
             inlet_only: from_identity(inlet.identifier()),
+            outlet_only,
             direct: vec![end_to_end],
             relayed: vec![to_p, through_relay],
         })
@@ -427,7 +395,7 @@ impl World {
         &self,
         name: &str,
         target: SocketAddr,
-        hops: &[Hop],
+        hops: &[ChannelHop],
     ) -> anyhow::Result<SocketAddr> {
         let options = PortalOptions::default();
         Outlet::start(
@@ -437,11 +405,14 @@ impl World {
             self.inlet_only.clone(),
             options.clone(),
         )?;
-        let connector = Channels {
-            node: self.inlet_node.clone(),
-            hops: hops.to_vec(),
-            outlet: Address::local(name),
-        };
+        let connector = PortalConnector::new(
+            &self.inlet_node,
+            self.inlet_settings.clone(),
+            hops.to_vec(),
+            Route::from(name),
+            self.outlet_only.clone(),
+            options.open_timeout,
+        );
         let inlet = Inlet::start(
             &self.inlet_node,
             "127.0.0.1:0",

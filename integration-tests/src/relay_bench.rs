@@ -39,7 +39,9 @@ use kith_authority::join::JoinSettings;
 use kith_authority::keeper::{HEARTBEAT, KeeperConfig, RelayKeeper};
 use kith_authority::relay::relay_address;
 use kith_identity::channel::{Admission, Trust};
-use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER, SharedSettings};
+use kith_identity::secure_channel::{
+    self, ChannelHop, ChannelSettings, ChannelStack, DEFAULT_LISTENER, SharedSettings,
+};
 use kith_node::{Address, AllowAll, Echo, Node, Route};
 use kith_transport::TcpTransport;
 use nix::sys::resource::{UsageWho, getrusage};
@@ -151,6 +153,8 @@ struct World {
 struct Paths {
     direct: Address,
     relay: Address,
+    /// The relayed path's channels, open while the paths are used.
+    _relayed: ChannelStack,
 }
 
 impl World {
@@ -260,20 +264,27 @@ impl World {
         )
         .await
         .context("the direct channel C → B")?;
-        // Channel 1 is to P, which presents no credential: pin it instead.
-        let mut to_project = self.client_settings.clone();
-        to_project.trust = self.project.pinned();
-        let outer = secure_channel::create(&self.client, self.project.listener()?, &to_project)
+        let hops = [
+            // Channel 1 is to P, which presents no credential: pin it instead.
+            ChannelHop {
+                route: self.project.listener()?,
+                peer: Some(self.project.identifier()),
+            },
+            // Channel 2, inside it, through the relay to B.
+            ChannelHop {
+                route: Route::from(vec![
+                    Address::local(relay_address(RELAY_NAME)),
+                    Address::local(DEFAULT_LISTENER),
+                ]),
+                peer: None,
+            },
+        ];
+        let relayed = ChannelStack::open(&self.client, &self.client_settings, &hops, WAIT)
             .await
-            .context("channel 1, C → P")?;
-        let through_relay = Route::from(vec![
-            outer.encryptor,
-            Address::local(relay_address(RELAY_NAME)),
-            Address::local(DEFAULT_LISTENER),
-        ]);
-        let inner = secure_channel::create(&self.client, through_relay, &self.client_settings)
-            .await
-            .context("channel 2, C → B through the relay")?;
+            .context("the channels C → P → B through the relay")?;
+        let inner = relayed
+            .innermost()
+            .context("the relayed path has no channel")?;
         ensure!(
             inner.peer.identifier == direct.peer.identifier,
             "the relay led to {}, not to B ({})",
@@ -282,7 +293,8 @@ impl World {
         );
         Ok(Paths {
             direct: direct.encryptor,
-            relay: inner.encryptor,
+            relay: inner.encryptor.clone(),
+            _relayed: relayed,
         })
     }
 

@@ -140,7 +140,7 @@ impl Mailbox {
         self.rx.try_recv().ok()
     }
 
-    /// Cancelled when the mailbox is stopped or the node shuts down.
+    /// Cancelled when the mailbox is stopped, dropped, or the node shuts down.
     pub fn stop_token(&self) -> &CancellationToken {
         &self.stop
     }
@@ -154,6 +154,7 @@ impl Mailbox {
 impl Drop for Mailbox {
     fn drop(&mut self) {
         self.node.unregister(self.id, &self.addresses);
+        self.stop.cancel();
     }
 }
 
@@ -179,7 +180,8 @@ impl SinkHandle {
         &self.primary
     }
 
-    /// Cancelled when the sink is stopped (`Node::stop_worker`) or the node shuts down.
+    /// Cancelled when the sink is stopped (`Node::stop_worker`), dropped, or the node shuts
+    /// down.
     pub fn stop_token(&self) -> &CancellationToken {
         &self.stop
     }
@@ -193,6 +195,7 @@ impl SinkHandle {
 impl Drop for SinkHandle {
     fn drop(&mut self) {
         self.node.unregister(self.id, &self.addresses);
+        self.stop.cancel();
     }
 }
 
@@ -388,6 +391,15 @@ impl Node {
             }
             None => false,
         }
+    }
+
+    /// A token cancelled when what is registered at `address` ends: it is stopped, its
+    /// owner drops it (a connection that closed), or the node shuts down. `None` if nothing
+    /// is registered there now (it has ended already, or never was). How a secure channel
+    /// learns that the connection it runs over has closed.
+    pub fn stop_token(&self, address: &Address) -> Option<CancellationToken> {
+        let map = self.inner.mailboxes.read().ok()?;
+        map.get(address).map(|e| e.stop.clone())
     }
 
     /// A client with a fresh, unguessable address, for sending and awaiting replies from

@@ -207,3 +207,20 @@ async fn shutdown_runs_worker_shutdown_hooks_and_is_idempotent() {
     ));
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_registrations_stop_token_is_cancelled_when_it_is_stopped_or_dropped() {
+    let node = node_with_echo();
+    let echo = node.stop_token(&Address::local("echo")).unwrap();
+    let client = node.client().unwrap();
+    let dropped = node.stop_token(client.address()).unwrap();
+    assert!(node.stop_token(&Address::local("nobody")).is_none());
+    assert!(!echo.is_cancelled() && !dropped.is_cancelled());
+    drop(client);
+    tokio::time::timeout(WAIT, dropped.cancelled())
+        .await
+        .unwrap();
+    assert!(node.stop_worker(&Address::local("echo")));
+    tokio::time::timeout(WAIT, echo.cancelled()).await.unwrap();
+    node.shutdown().await;
+}

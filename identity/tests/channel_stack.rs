@@ -1,0 +1,172 @@
+//! Channels stacked one inside another, and the signal that tells a channel's owner it has
+//! ended, between real nodes over loopback TCP.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Peer, WAIT, eventually};
+use kith_identity::channel::HandshakeError;
+use kith_identity::secure_channel::{
+    self, ChannelEnded, ChannelHop, ChannelStack, ChannelStackError, DEFAULT_LISTENER,
+    SecureChannelError,
+};
+use kith_node::{Address, Origin, Route};
+
+/// `b`'s listener over TCP, answered by `b` alone.
+fn to_listener_of(b: &Peer) -> ChannelHop {
+    ChannelHop {
+        route: b.route(DEFAULT_LISTENER),
+        peer: Some(b.identifier()),
+    }
+}
+
+/// The listener of the node at the far end of the channel before.
+fn inside(peer: Option<kith_identity::Identifier>) -> ChannelHop {
+    ChannelHop {
+        route: Route::from(DEFAULT_LISTENER),
+        peer,
+    }
+}
+
+#[tokio::test]
+async fn a_stack_opens_each_channel_inside_the_one_before_and_routes_through_the_innermost() {
+    let (a, b) = (Peer::start("a").await, Peer::listening("b").await);
+    let hops = [to_listener_of(&b), inside(None)];
+    let stack = ChannelStack::open(&a.node, &a.settings, &hops, WAIT)
+        .await
+        .unwrap();
+    let [outer, inner] = stack.channels() else {
+        panic!("two channels, not {}", stack.channels().len());
+    };
+    assert_eq!(inner.peer.identifier, b.identifier());
+    assert_ne!(outer.handshake_hash, inner.handshake_hash);
+    eventually("b's two channels", || b.channel_ends() == 4).await;
+
+    let route = stack.route_through(&Route::from("echo")).unwrap();
+    assert_eq!(
+        route,
+        Route::from(vec![inner.encryptor.clone(), Address::local("echo")])
+    );
+    let mut client = a.node.client().unwrap();
+    let reply = client.request(route, "through both", WAIT).await.unwrap();
+    assert_eq!(reply.payload, Bytes::from("through both"));
+    assert!(matches!(
+        reply.origin(),
+        Origin::SecureChannel { handshake_hash, .. } if *handshake_hash == inner.handshake_hash
+    ));
+
+    drop(stack);
+    // B's end of the outer channel is told. Its end of the inner one hears nothing: the
+    // inner `Close` would travel through the outer channel, which is closed at once.
+    eventually("both channels to close here and the outer one at b", || {
+        a.channel_ends() == 0 && b.channel_ends() <= 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hop_answered_by_another_identity_fails_naming_its_route_and_closes_those_before() {
+    let (a, b) = (Peer::start("a").await, Peer::listening("b").await);
+    // B answers the second hop too, but it admits only A.
+    let hops = [to_listener_of(&b), inside(Some(a.identifier()))];
+    let error = match ChannelStack::open(&a.node, &a.settings, &hops, WAIT).await {
+        Ok(_) => panic!("the second hop admits only a, and b answered"),
+        Err(e) => e,
+    };
+    let ChannelStackError::Open {
+        route,
+        source: SecureChannelError::Handshake(HandshakeError::NotAdmitted(found, _)),
+    } = &error
+    else {
+        panic!("not a refusal of the second hop: {error:?}");
+    };
+    assert_eq!((route.as_str(), *found), ("[0#api]", b.identifier()));
+    assert!(
+        error
+            .to_string()
+            .starts_with("cannot open a secure channel to [0#api]"),
+        "{error}"
+    );
+    eventually("the first channel to close", || a.channel_ends() == 0).await;
+}
+
+#[tokio::test]
+async fn a_hop_without_a_listener_times_out_naming_its_route() {
+    let (a, b) = (Peer::start("a").await, Peer::start("b").await);
+    let shown = b.route(DEFAULT_LISTENER).to_string();
+    let hops = [ChannelHop {
+        route: b.route(DEFAULT_LISTENER),
+        peer: None,
+    }];
+    let timeout = Duration::from_millis(200);
+    let error = tokio::time::timeout(
+        WAIT,
+        ChannelStack::open(&a.node, &a.settings, &hops, timeout),
+    )
+    .await
+    .unwrap()
+    .err()
+    .unwrap();
+    assert!(
+        matches!(&error, ChannelStackError::Timeout { route, timeout: t } if *route == shown && *t == timeout),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        format!("no secure channel to {shown} within {timeout:?}")
+    );
+}
+
+#[tokio::test]
+async fn no_hops_make_an_empty_stack_whose_route_is_the_route_itself() {
+    let a = Peer::start("a").await;
+    let stack = ChannelStack::open(&a.node, &a.settings, &[], WAIT)
+        .await
+        .unwrap();
+    assert!(stack.innermost().is_none());
+    let route = a.route("echo");
+    assert_eq!(stack.route_through(&route).unwrap(), route);
+}
+
+/// A channel from `a` to `b`'s listener, and its end signal, not yet fired.
+async fn channel(a: &Peer, b: &Peer) -> (secure_channel::SecureChannel, secure_channel::EndSignal) {
+    let channel = secure_channel::create(&a.node, b.route(DEFAULT_LISTENER), &a.settings)
+        .await
+        .unwrap();
+    let end = channel.end_signal();
+    assert_eq!(end.has_ended(), None);
+    (channel, end)
+}
+
+#[tokio::test]
+async fn a_channels_end_signal_fires_when_it_is_closed() {
+    let (a, b) = (Peer::start("a").await, Peer::listening("b").await);
+    let (channel, end) = channel(&a, &b).await;
+    assert!(secure_channel::close(&a.node, &channel));
+    let ended = tokio::time::timeout(WAIT, end.ended()).await.unwrap();
+    assert_eq!(ended, ChannelEnded::Closed);
+    assert_eq!(channel.end_signal().has_ended(), Some(ChannelEnded::Closed));
+}
+
+#[tokio::test]
+async fn a_channels_end_signal_fires_when_the_peer_node_shuts_down() {
+    let (a, b) = (Peer::start("a").await, Peer::listening("b").await);
+    let (_channel, end) = channel(&a, &b).await;
+    b.node.shutdown().await;
+    // The peer's `Close` or the connection's end, whichever is first.
+    tokio::time::timeout(WAIT, end.ended()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_channels_end_signal_fires_when_its_connection_is_dropped() {
+    let (a, b) = (Peer::start("a").await, Peer::listening("b").await);
+    let (_channel, end) = channel(&a, &b).await;
+    // B drops the connection without closing its end of the channel: no `Close` is sent.
+    let connections = b.tcp.connections();
+    assert_eq!(connections.len(), 1);
+    assert!(b.node.stop_worker(&connections[0].address));
+    let ended = tokio::time::timeout(WAIT, end.ended()).await.unwrap();
+    assert_eq!(ended, ChannelEnded::ConnectionClosed);
+}
