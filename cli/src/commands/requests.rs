@@ -12,6 +12,7 @@
 //! What it does not do: decide anything. Limits (pending requests per address, expiry,
 //! narrowing never widening) are the authority's; this module reports its answers.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::Path;
@@ -19,12 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use kith_authority::api::{
-    self, AutoApproveRule, Enrolled, ErrorKind, JoinRequestInfo, JoinState, RuleAdded,
-};
-use kith_authority::client::{AuthorityClient, ClientError};
+use kith_authority::api::{self, AutoApproveRule, Enrolled, JoinRequestInfo, JoinState, RuleAdded};
+use kith_authority::client::{AuthorityClient, JoinApproved, JoinEvent, JoinWait, JoinWaitError};
 use kith_authority::project::Project;
-use kith_identity::backoff::Backoff;
 use kith_identity::secure_channel::ChannelSettings;
 use kith_identity::{Identifier, Identity};
 use kith_node::Route;
@@ -43,18 +41,6 @@ use crate::node::{RunningNode, channel_settings_scoped};
 /// 10 s: how long one handshake with the authority may take; as for every other command
 /// that reaches it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// 200 ms: the first pause before reconnecting while waiting; an authority that restarts is
-/// often back this fast.
-const FIRST_RECONNECT: Duration = Duration::from_millis(200);
-
-/// 15 s: the longest pause between reconnections, so the requester is back within seconds
-/// of the authority without hammering one that is down for long.
-const MAX_RECONNECT: Duration = Duration::from_secs(15);
-
-/// 500 ms: how often a waiting requester looks whether its connection to the authority
-/// is still open (a look at a local table, no traffic).
-const CONNECTION_CHECK: Duration = Duration::from_millis(500);
 
 /// 1 min: how often a requester without a terminal says it is still waiting (not once per
 /// wait call: that would be a line every 10 s for an hour).
@@ -460,24 +446,54 @@ async fn request_through(
             filed.id
         }
     };
-    let deadline = Instant::now() + args.timeout;
-    let waiting = Waiting {
-        out,
-        node,
+    let wait = JoinWait::new(
+        &node.node,
+        authority.listener.clone(),
         settings,
-        authority,
-        authority_id,
-        id: &id,
-        deadline,
-        timeout: args.timeout,
-    };
+        &id,
+        args.timeout,
+    )
+    .with_connect_timeout(CONNECT_TIMEOUT);
+    let progress = RefCell::new(Progress::new(out, &id, wait.deadline()));
+    let run = wait.run(client, |event| {
+        progress.borrow_mut().set_doing(match event {
+            JoinEvent::Waiting => "waiting for approval".to_owned(),
+            JoinEvent::Busy { message } => {
+                format!("the authority says: {}; waiting again", clean(message))
+            }
+            JoinEvent::Lost { error: None } => {
+                "lost the connection to the authority; reconnecting".to_owned()
+            }
+            JoinEvent::Lost { error: Some(e) } => format!("lost the authority ({e}); reconnecting"),
+            JoinEvent::Unreachable { error } => {
+                format!("cannot reach the authority ({error}); reconnecting")
+            }
+        });
+    });
     let decided = tokio::select! {
-        decided = waiting.run(client) => decided?,
+        decided = Progress::ticking(&progress, run) => decided,
         _ = tokio::signal::ctrl_c() => bail!(
             "interrupted; request {id} is still pending: wait for it with `kith project request --resume {id}`"
         ),
     };
-    let (request, enrolled) = decided;
+    drop(progress);
+    let JoinApproved {
+        request,
+        credential: enrolled,
+    } = decided.map_err(|e| match e {
+        JoinWaitError::TimedOut { id, after, last } => {
+            let last = last.map_or(String::new(), |e| format!(" (last: {e})"));
+            anyhow!(
+                "no decision on request {id} within {}{last}; it may still be pending: wait again with `kith project request --resume {id}`",
+                DisplayDuration(after)
+            )
+        }
+        JoinWaitError::Expired { id, at } => anyhow!(
+            "request {id} expired at {} without a decision; file a new one",
+            unix_time(at)
+        ),
+        other => anyhow::Error::new(other),
+    })?;
     deliver(
         home, out, args, authority, &issuer, holder, &request, &enrolled,
     )
@@ -556,214 +572,6 @@ async fn confirm_authority(authority: &Authority, found: &Identifier) -> Result<
     Ok(())
 }
 
-/// A wait for a decision on request `id`, reconnecting as needed until `deadline`.
-struct Waiting<'a> {
-    out: &'a Output,
-    node: &'a RunningNode,
-    settings: &'a ChannelSettings,
-    authority: &'a Authority,
-    /// Who answered first: every reconnection is pinned to it.
-    authority_id: Identifier,
-    id: &'a str,
-    deadline: Instant,
-    timeout: Duration,
-}
-
-impl Waiting<'_> {
-    /// Wait until the request is approved (its credential), denied, expired, or the
-    /// deadline passes.
-    async fn run(&self, client: AuthorityClient) -> Result<(JoinRequestInfo, Enrolled)> {
-        let mut progress = Progress::new(self.out, self.id, self.deadline);
-        let mut carried = self.connections();
-        let mut client = Some(client);
-        // Set while the authority answers "busy" (or "you are waiting already", right after
-        // a reconnection while the old channel's wait is still held there): ask again after
-        // a pause, on the same channel.
-        let mut busy: Option<Backoff> = None;
-        loop {
-            let left = self.left().ok_or_else(|| self.timed_out(None))?;
-            let Some(c) = client.as_mut() else {
-                client = Some(self.reconnect(&mut progress).await?);
-                carried = self.connections();
-                progress.set_doing("waiting for approval".to_owned());
-                continue;
-            };
-            let waited = progress
-                .during(async {
-                    tokio::select! {
-                        w = tokio::time::timeout(left, c.wait_join_request(self.id)) => Some(w),
-                        () = self.connection_lost(&carried) => None,
-                    }
-                })
-                .await;
-            let waited = match waited {
-                Some(Err(_)) => return Err(self.timed_out(None)),
-                Some(Ok(w)) => w,
-                None => {
-                    if let Some(c) = client.take() {
-                        c.close().await;
-                    }
-                    progress
-                        .set_doing("lost the connection to the authority; reconnecting".to_owned());
-                    continue;
-                }
-            };
-            if waited.is_ok() {
-                busy = None;
-            }
-            match waited {
-                Ok(w) => match w.request.state {
-                    JoinState::Pending => {}
-                    JoinState::Approved => {
-                        return match w.credential {
-                            Some(enrolled) => Ok((w.request, enrolled)),
-                            None => Err(anyhow!(
-                                "request {} was approved, but the authority sent no credential; ask its admin (the authority should have sent one)",
-                                self.id
-                            )),
-                        };
-                    }
-                    JoinState::Denied => {
-                        let by = w
-                            .request
-                            .decided_by
-                            .as_deref()
-                            .map_or("an administrator".to_owned(), clean);
-                        return Err(match w.request.reason.as_deref().map(str::trim) {
-                            Some(reason) if !reason.is_empty() => {
-                                anyhow!("the request was denied by {by}: {}", clean(reason))
-                            }
-                            _ => anyhow!("the request was denied by {by} (no reason given)"),
-                        });
-                    }
-                    JoinState::Expired => bail!(
-                        "request {} expired at {} without a decision; file a new one",
-                        self.id,
-                        unix_time(w.request.decided_at.unwrap_or(w.request.expires_at))
-                    ),
-                },
-                Err(ClientError::Refused(e))
-                    if matches!(e.kind, ErrorKind::Busy | ErrorKind::Internal) =>
-                {
-                    progress.set_doing(format!(
-                        "the authority says: {}; waiting again",
-                        clean(&e.message)
-                    ));
-                    let backoff = busy.get_or_insert_with(|| {
-                        Backoff::new(left)
-                            .between(FIRST_RECONNECT, MAX_RECONNECT)
-                            .jittered()
-                    });
-                    match backoff.next_pause() {
-                        Some(pause) => progress.during(tokio::time::sleep(pause)).await,
-                        None => return Err(self.timed_out(None)),
-                    }
-                    progress.set_doing("waiting for approval".to_owned());
-                }
-                Err(ClientError::Refused(e)) => {
-                    let hint = match e.kind {
-                        ErrorKind::NotFound | ErrorKind::Forbidden => {
-                            " (is it a request this identity filed, with this authority?)"
-                        }
-                        _ => "",
-                    };
-                    bail!(
-                        "cannot wait for request {}: the authority refused: {}{hint}",
-                        self.id,
-                        clean(&e.message)
-                    );
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, request = self.id, "lost the authority while waiting");
-                    if let Some(c) = client.take() {
-                        c.close().await;
-                    }
-                    progress.set_doing(format!("lost the authority ({e}); reconnecting"));
-                }
-            }
-        }
-    }
-
-    /// A new channel to the same authority, after a capped backoff, until the deadline.
-    async fn reconnect(&self, progress: &mut Progress<'_>) -> Result<AuthorityClient> {
-        let left = self.left().ok_or_else(|| self.timed_out(None))?;
-        let mut backoff = Backoff::new(left)
-            .between(FIRST_RECONNECT, MAX_RECONNECT)
-            .jittered();
-        loop {
-            let left = self.left().ok_or_else(|| self.timed_out(None))?;
-            let tried = progress
-                .during(AuthorityClient::connect(
-                    &self.node.node,
-                    self.authority.listener.clone(),
-                    &self.authority_id,
-                    self.settings,
-                    CONNECT_TIMEOUT.min(left),
-                ))
-                .await;
-            let error = match tried {
-                Ok(c) => return Ok(c),
-                Err(e @ ClientError::WrongAuthority { .. }) => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "request {} is still pending, but another node answers at the authority's route now",
-                        self.id
-                    )));
-                }
-                Err(e) => e,
-            };
-            progress.set_doing(format!(
-                "cannot reach the authority ({error}); reconnecting"
-            ));
-            match backoff.next_pause() {
-                Some(pause) => progress.during(tokio::time::sleep(pause)).await,
-                None => return Err(self.timed_out(Some(&error))),
-            }
-        }
-    }
-
-    /// The embedded node's open connections: it talks only to the authority, so these are
-    /// what the channel to it travels on.
-    fn connections(&self) -> Vec<kith_node::Address> {
-        self.node
-            .tcp
-            .connections()
-            .into_iter()
-            .map(|c| c.address)
-            .collect()
-    }
-
-    /// Returns once one of the connections in `carried` has closed. A wait call is held by
-    /// the authority for up to [`api::JOIN_WAIT_HOLD`], and its answer waited for a while
-    /// longer; this notices an authority that went away (a restart) within a second instead.
-    async fn connection_lost(&self, carried: &[kith_node::Address]) {
-        if carried.is_empty() {
-            return std::future::pending().await;
-        }
-        let mut tick = tokio::time::interval(CONNECTION_CHECK);
-        loop {
-            tick.tick().await;
-            let open = self.connections();
-            if carried.iter().any(|a| !open.contains(a)) {
-                return;
-            }
-        }
-    }
-
-    fn left(&self) -> Option<Duration> {
-        Some(self.deadline.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
-    }
-
-    fn timed_out(&self, error: Option<&ClientError>) -> anyhow::Error {
-        let last = error.map_or(String::new(), |e| format!(" (last: {e})"));
-        anyhow!(
-            "no decision on request {} within {}{last}; it may still be pending: wait again with `kith project request --resume {}`",
-            self.id,
-            DisplayDuration(self.timeout),
-            self.id
-        )
-    }
-}
-
 /// What the requester sees while it waits: a spinner with the time left on a terminal, a
 /// line a minute otherwise.
 struct Progress<'a> {
@@ -826,15 +634,16 @@ impl<'a> Progress<'a> {
         self.show();
     }
 
-    /// Run `f`, keeping the time left up to date meanwhile.
-    async fn during<F: std::future::Future>(&mut self, f: F) -> F::Output {
+    /// Run `f`, keeping the time left up to date meanwhile (`f` may say what it is doing
+    /// through the same `progress`; neither holds it across a wait).
+    async fn ticking<F: std::future::Future>(progress: &RefCell<Self>, f: F) -> F::Output {
         tokio::pin!(f);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 done = &mut f => return done,
-                _ = tick.tick() => self.show(),
+                _ = tick.tick() => progress.borrow_mut().show(),
             }
         }
     }

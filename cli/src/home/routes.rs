@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use anyhow::{Context as _, Result, anyhow, bail};
 use kith_authority::project::Project;
 use kith_identity::Identifier;
+use kith_identity::secure_channel::ChannelHop;
 use kith_node::{Address, Route, TCP};
 use kith_transport::{MultiAddr, PROJECT_LISTENER, Protocol};
 
@@ -91,15 +92,6 @@ pub struct Target {
     pub channels: Vec<ChannelHop>,
     /// The route (after the last channel's encryptor, if any).
     pub route: Route,
-}
-
-/// One secure channel of a [`Target`].
-#[derive(Debug, Clone)]
-pub struct ChannelHop {
-    /// The route to its listener, inside the channel before it.
-    pub route: Route,
-    /// The only identity that may answer, if known (a project node's).
-    pub peer: Option<Identifier>,
 }
 
 /// The project node's listener route and identifier for `/project/NAME`.

@@ -1,20 +1,19 @@
 //! Secure channels the node opens: the ones `kith secure-channel create` keeps, and the
 //! fresh ones a sent message travels through.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
-use kith_identity::channel::{Admission, Trust};
 use kith_identity::secure_channel::{
-    self, ChannelSettings, ChannelStack, SecureChannel, SharedSettings,
+    self, ChannelHop, ChannelSettings, ChannelStack, SecureChannel, SharedSettings,
 };
 use kith_node::{Address, Node, Route};
 
 use super::kept::lock;
 use crate::control::{ChannelView, SendReply};
-use crate::home::routes::{ChannelHop, Target};
+use crate::home::routes::Target;
 
 /// The channels a node opened on request and keeps until they are deleted or torn down.
 pub struct Channels {
@@ -88,7 +87,7 @@ impl Channels {
         if hops.is_empty() {
             return Ok(ChannelStack::new(&self.node));
         }
-        open_channels(&self.node, &self.settings()?, hops, timeout).await
+        Ok(ChannelStack::open(&self.node, &self.settings()?, hops, timeout).await?)
     }
 
     /// Send `payload` to `target` and wait for one reply; through fresh secure channels
@@ -101,14 +100,7 @@ impl Channels {
     ) -> Result<SendReply> {
         let started = Instant::now();
         let channels = self.open_stack(&target.channels, timeout).await?;
-        let route = match channels.innermost() {
-            None => target.route,
-            Some(inner) => {
-                let mut hops = vec![inner.encryptor.clone()];
-                hops.extend(target.route.iter().cloned());
-                Route::try_from_iter(hops)?
-            }
-        };
+        let route = channels.route_through(&target.route)?;
         let mut client = self.node.client()?;
         let shown = route.to_string();
         let left = timeout.saturating_sub(started.elapsed());
@@ -125,39 +117,6 @@ impl Channels {
             verification_code: inner.map(|c| c.verification_code),
         })
     }
-}
-
-/// Open the channels `hops` from `node` with `settings`, each inside the one before, each
-/// within `timeout`. On failure the ones already open are closed.
-pub async fn open_channels(
-    node: &Node,
-    settings: &ChannelSettings,
-    hops: &[ChannelHop],
-    timeout: Duration,
-) -> Result<ChannelStack> {
-    let mut open = ChannelStack::new(node);
-    for hop in hops {
-        let mut settings = settings.clone();
-        if let Some(peer) = hop.peer {
-            settings.trust = Arc::new(Trust {
-                authorities: settings.trust.authorities.clone(),
-                admission: Admission::Identifiers([peer].into()),
-            });
-        }
-        let mut hops = Vec::new();
-        if let Some(outer) = open.innermost() {
-            hops.push(outer.encryptor.clone());
-        }
-        hops.extend(hop.route.iter().cloned());
-        let route = Route::try_from_iter(hops)?;
-        let shown = hop.route.to_string();
-        let channel = tokio::time::timeout(timeout, secure_channel::create(node, route, &settings))
-            .await
-            .map_err(|_| anyhow::anyhow!("no secure channel to {shown} within {timeout:?}"))?
-            .with_context(|| format!("cannot open a secure channel to {shown}"))?;
-        open.push(channel);
-    }
-    Ok(open)
 }
 
 fn channel_view(c: &secure_channel::SecureChannel, to: &str) -> ChannelView {

@@ -26,7 +26,7 @@ mod server;
 /// The node's identity in channels, and who may use its services.
 mod settings;
 
-pub use channels::{Channels, open_channels};
+pub use channels::Channels;
 pub use daemon::{Ready, run};
 pub use portals::{Portals, check_target, listen_address};
 pub use relays::{RELAY_TIMEOUT, Relays, refused};

@@ -14,25 +14,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use kith_identity::backoff::Backoff;
 use kith_identity::policy::{Policy, PolicyAccessControl};
-use kith_identity::secure_channel::{ChannelSettings, SharedSettings, ThroughChannel};
-use kith_node::{Address, LOCAL, Node, Route};
-use kith_transport::portal::{ConnectFuture, Connector, Inlet, Outlet, PortalOptions, PortalRoute};
+use kith_identity::portal::PortalConnector;
+use kith_identity::secure_channel::{ChannelSettings, SharedSettings};
+use kith_node::{Address, LOCAL, Node};
+use kith_transport::portal::{Inlet, Outlet, PortalOptions};
 use tracing::{info, warn};
 
-use super::channels::open_channels;
 use super::kept::{Kept, Saved};
 use crate::control::{InletView, OutletView};
 use crate::home::routes::resolve_target;
-use crate::home::{Home, InletConfig, OutletConfig};
+use crate::home::{InletConfig, OutletConfig};
 
 /// The attribute every credential an authority issues carries: whose project it is.
 const PROJECT_ID: &str = "project_id";
-
-/// 5 s: the most one attempt at reaching the outlet's node may take; an inlet retries within
-/// its open timeout, so a relay that comes back is used as soon as it is.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct KeptOutlet {
     outlet: Outlet,
@@ -133,14 +128,14 @@ impl Portals {
             );
         }
         let open_timeout = Duration::from_millis(config.open_timeout_ms);
-        let connector = ChannelConnector {
-            node: self.node.clone(),
-            home: self.saved()?.home().clone(),
+        let connector = PortalConnector::new(
+            &self.node,
             settings,
-            to: config.to.clone(),
-            policy: policy.clone(),
+            target.channels,
+            target.route,
+            policy.clone(),
             open_timeout,
-        };
+        );
         let from = listen_address(&config.from)?;
         let options = PortalOptions {
             open_timeout,
@@ -398,83 +393,6 @@ pub fn check_target(to: &str) -> Result<()> {
         bail!("--to takes HOST:PORT, like 127.0.0.1:5432, not {to:?}");
     }
     Ok(())
-}
-
-/// Opens fresh channels along an inlet's route for every session, retrying within the
-/// inlet's open timeout, and checks who answered.
-struct ChannelConnector {
-    node: Node,
-    home: Home,
-    settings: SharedSettings,
-    to: String,
-    policy: Policy,
-    open_timeout: Duration,
-}
-
-/// Why one attempt to reach the outlet failed.
-enum Attempt {
-    /// The route may work again soon (a relay reconnecting): try again within the budget.
-    Retry(anyhow::Error),
-    /// Trying again will not help: the node at the end does not satisfy the policy.
-    Fatal(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Attempt {
-    fn from(e: anyhow::Error) -> Self {
-        Attempt::Retry(e)
-    }
-}
-
-impl ChannelConnector {
-    async fn attempt(&self, budget: Duration) -> Result<PortalRoute, Attempt> {
-        let target = resolve_target(&self.home, &self.to).await?;
-        let settings = self.settings.get();
-        let channels = open_channels(&self.node, &settings, &target.channels, budget).await?;
-        let Some(inner) = channels.innermost() else {
-            return Err(Attempt::Fatal(anyhow!("the route has no secure channel")));
-        };
-        let peer = &inner.peer;
-        if !self
-            .policy
-            .allows(&peer.identifier.to_string(), &peer.attributes)
-        {
-            return Err(Attempt::Fatal(anyhow!(
-                "the node at the end of the route, {}, does not satisfy the inlet's policy {}",
-                peer.identifier,
-                self.policy
-            )));
-        }
-        let mut hops = vec![inner.encryptor.clone()];
-        hops.extend(target.route.iter().cloned());
-        let route = Route::try_from_iter(hops).map_err(anyhow::Error::from)?;
-        let replies = Arc::new(ThroughChannel(inner.handshake_hash));
-        Ok(PortalRoute {
-            route,
-            replies,
-            guard: Box::new(channels),
-        })
-    }
-}
-
-impl Connector for ChannelConnector {
-    fn connect(&self) -> ConnectFuture<'_> {
-        Box::pin(async move {
-            let mut backoff = Backoff::new(self.open_timeout)
-                .between(Duration::from_millis(100), Duration::from_secs(2));
-            loop {
-                let left = self.open_timeout.saturating_sub(backoff.waited());
-                let error = match self.attempt(left.min(ATTEMPT_TIMEOUT)).await {
-                    Ok(route) => return Ok(route),
-                    Err(Attempt::Fatal(e)) => return Err(format!("{e:#}")),
-                    Err(Attempt::Retry(e)) => e,
-                };
-                match backoff.next_pause() {
-                    Some(pause) => tokio::time::sleep(pause).await,
-                    None => return Err(format!("cannot reach the outlet: {error:#}")),
-                }
-            }
-        })
-    }
 }
 
 #[cfg(test)]

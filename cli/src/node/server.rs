@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 
 use super::running::RunningNode;
 use crate::control::{MAX_LINE, Request, Response};
-use crate::home::routes::{ChannelHop, Target};
+use kith_identity::secure_channel::ChannelHop;
+
+use crate::home::routes::Target;
 
 /// Answer the one request on `stream`; a `stop` request also tells the daemon to stop.
 pub(crate) async fn serve(stream: UnixStream, running: Arc<RunningNode>, stop: mpsc::Sender<()>) {
