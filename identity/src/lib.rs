@@ -43,8 +43,8 @@ pub mod policy;
 mod purpose;
 /// Channels on a node: the listener, and each channel's encryptor and decryptor.
 pub mod secure_channel;
-/// Owner-only SQLite files: creating, migrating and closing them (the vault's and the
-/// authority store's).
+/// The SQL plumbing the vault and the authority's store share: owner-only SQLite files,
+/// write transactions, retries under contention, corrupt-row errors.
 pub mod sqlite;
 /// The SQLite store of identities and their secret keys.
 pub mod vault;

@@ -3,6 +3,7 @@
 //! alike. The SQL here is the common subset of both dialects: `$n` parameters (SQLite
 //! accepts them too), `RETURNING`, `ON CONFLICT … DO UPDATE`, 64-bit integers and text.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +11,8 @@ use std::time::Duration;
 
 use kith_identity::Identifier;
 use kith_identity::backoff::Backoff;
+use kith_identity::sqlite::{Cause, SqlStore};
+use sqlx::migrate::MigrateError;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
 use super::{
@@ -155,6 +158,68 @@ pub(super) enum Attempt<T, E> {
     Refused(E),
     /// The row looked fit, yet the change matched nothing: run the attempt again.
     Inconclusive,
+}
+
+impl<DB: Database> Db<DB> {
+    /// A store on `pool`, named `location` in messages and logs.
+    pub(super) fn new(pool: Pool<DB>, location: String) -> Self {
+        Self {
+            pool,
+            location: Arc::from(location),
+            batch: Arc::default(),
+        }
+    }
+}
+
+/// The store's words for what the shared plumbing reports, on every database: every error
+/// names the store; contention is what [`Dialect::is_transient`] says it is.
+impl<DB: Dialect> SqlStore for Db<DB> {
+    type Error = StoreError;
+
+    fn describe(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.location)
+    }
+
+    fn is_transient(source: &sqlx::Error) -> bool {
+        DB::is_transient(source)
+    }
+
+    fn db(&self, source: sqlx::Error) -> StoreError {
+        StoreError::Database {
+            store: self.location.to_string(),
+            source,
+        }
+    }
+
+    fn db_source(error: StoreError) -> Result<sqlx::Error, StoreError> {
+        match error {
+            StoreError::Database { source, .. } => Ok(source),
+            other => Err(other),
+        }
+    }
+
+    fn busy(&self, waited: Duration, source: sqlx::Error) -> StoreError {
+        StoreError::Busy {
+            store: self.location.to_string(),
+            waited,
+            source,
+        }
+    }
+
+    fn migrate_failed(&self, source: MigrateError) -> StoreError {
+        StoreError::Migrate {
+            store: self.location.to_string(),
+            source,
+        }
+    }
+
+    fn corrupt_row(&self, what: String, cause: Option<Cause>) -> StoreError {
+        StoreError::Corrupt {
+            store: self.location.to_string(),
+            what,
+            source: cause,
+        }
+    }
 }
 
 /// Errors and names, for every database.
