@@ -49,8 +49,8 @@ mod purpose;
 /// Channels on a node: the listener, each channel's encryptor and decryptor, its end
 /// signal, and stacks of channels opened one inside another.
 pub mod secure_channel;
-/// Owner-only SQLite files: creating, migrating and closing them (the vault's and the
-/// authority store's).
+/// The SQL plumbing the vault and the authority's store share: owner-only SQLite files,
+/// write transactions, retries under contention, corrupt-row errors.
 pub mod sqlite;
 /// The SQLite store of identities and their secret keys.
 pub mod vault;

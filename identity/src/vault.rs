@@ -22,41 +22,22 @@
 //! time. Every operation that depends on time takes `now` in Unix seconds, so callers and
 //! tests control the clock.
 
+use std::borrow::Cow;
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Row;
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use zeroize::Zeroizing;
 
+use crate::sqlite::{self, Cause, SqlStore, sql_time};
 use crate::{
     CredentialSigningKey, Identifier, Identity, IdentitySecret, MAX_CHANGES, Purpose,
     PurposeKeyAttestation, SecureChannelKey,
 };
-
-/// 5 s: how long SQLite itself waits for a lock another connection holds. Vault writes take
-/// milliseconds, so this rides out a burst of other tasks or another `kith` process; a holder
-/// that keeps the lock longer is stuck, and DESIGN §7 wants that reported, not waited out.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// 10 s: how long one vault operation keeps retrying when SQLite still answers busy or
-/// locked (after [`BUSY_TIMEOUT`], or at once where its busy handler cannot wait, such as a
-/// read snapshot that went stale before a write). DESIGN §7: busy/locked is retried inside
-/// the store with a bounded backoff, never surfaced as a hang. An operation therefore fails
-/// with [`VaultError::Busy`] after at most about this plus one [`BUSY_TIMEOUT`].
-const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(10);
-
-/// 4 connections: SQLite admits one writer at a time anyway; a few connections let reads
-/// proceed during a write (WAL) without holding many file descriptors and worker threads.
-const MAX_CONNECTIONS: u32 = 4;
 
 /// 10 s: how long an operation waits for a free pool connection. Operations hold one for
 /// milliseconds, so running out means something is stuck; report it rather than hang.
@@ -148,9 +129,10 @@ pub enum VaultError {
         what: String,
         /// The decoding or verification error, where there is one.
         #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        source: Option<Cause>,
     },
-    /// SQLite stayed busy or locked for longer than the vault retries.
+    /// SQLite stayed busy or locked for longer than the vault retries
+    /// ([`sqlite::BUSY_RETRY_BUDGET`]).
     #[error(
         "the vault at {path} stayed locked for {waited:?}; another kith process is probably writing to it, so try again when it finishes"
     )]
@@ -264,36 +246,17 @@ impl Vault {
     /// an existing file's permissions to 0600; then bring its tables up to date. The
     /// directory must exist.
     pub async fn open(path: &Path) -> Result<Self, VaultError> {
-        crate::sqlite::secure_files(path)
-            .map_err(|(path, source)| VaultError::Io { path, source })?;
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            // Created above with the right mode; SQLite must not create it with its own.
-            .create_if_missing(false)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a committed key survives a power cut; vault writes are rare enough that
-            // the extra fsync costs nothing noticeable.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true)
-            // Overwrite deleted rows (old keys after a rotation, deleted identities) with
-            // zeros instead of leaving them in free pages of the file.
-            .pragma("secure_delete", "ON");
-        // Lazy: the first connection is made inside `migrate`, under its retries. Making it
-        // switches a new file to WAL, which needs an exclusive lock that SQLite's busy
-        // handler does not always wait for when another process opens the file at once.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
+        // Overwrite deleted rows (old keys after a rotation, deleted identities) with zeros
+        // instead of leaving them in free pages of the file.
+        let pool = sqlite::open_pool(path, ACQUIRE_TIMEOUT, |options| {
+            options.pragma("secure_delete", "ON")
+        })
+        .map_err(|(path, source)| VaultError::Io { path, source })?;
         let vault = Self {
             pool,
             path: Arc::from(path),
         };
-        if let Err(e) = vault.migrate().await {
-            vault.close().await;
-            return Err(e);
-        }
+        sqlite::migrate(&vault, &MIGRATOR, &vault.pool).await?;
         Ok(vault)
     }
 
@@ -301,9 +264,7 @@ impl Vault {
     /// a second) for connections still in use. Operations on this vault (or its clones)
     /// after `close` fail with [`VaultError::Database`].
     pub async fn close(&self) {
-        if let Err(error) = crate::sqlite::close(&self.pool).await {
-            tracing::debug!(vault = %self.path.display(), %error, "no checkpoint before closing the vault");
-        }
+        sqlite::close(self, &self.pool).await;
     }
 
     /// The vault file.
@@ -321,9 +282,8 @@ impl Vault {
         check_name(name)?;
         let (identity, secret) = Identity::create(now);
         let (id, key) = (&identity, &secret);
-        let is_default = self
-            .retrying(move || self.try_create_identity(name, id, key, now))
-            .await?;
+        let is_default =
+            sqlite::retrying(self, move || self.try_create_identity(name, id, key, now)).await?;
         Ok(StoredIdentity {
             name: name.to_owned(),
             identity,
@@ -335,7 +295,7 @@ impl Vault {
 
     /// The identity named `name`.
     pub async fn identity(&self, name: &str) -> Result<StoredIdentity, VaultError> {
-        self.retrying(move || async move {
+        sqlite::retrying(self, move || async move {
             let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
             self.load_by_name(&mut conn, name).await
         })
@@ -349,7 +309,7 @@ impl Vault {
     ) -> Result<StoredIdentity, VaultError> {
         let text = identifier.to_string();
         let text = text.as_str();
-        self.retrying(move || async move {
+        sqlite::retrying(self, move || async move {
             let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
             let sql = format!("SELECT {IDENTITY_COLUMNS} FROM identities WHERE identifier = ?");
             let row = sqlx::query(&sql)
@@ -369,7 +329,7 @@ impl Vault {
 
     /// The default identity, if the vault has any identity.
     pub async fn default_identity(&self) -> Result<Option<StoredIdentity>, VaultError> {
-        self.retrying(move || async move {
+        sqlite::retrying(self, move || async move {
             let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
             let sql = format!("SELECT {IDENTITY_COLUMNS} FROM identities WHERE is_default = 1");
             let row = sqlx::query(&sql)
@@ -383,12 +343,12 @@ impl Vault {
 
     /// Make the identity named `name` the default, in place of the current one.
     pub async fn set_default(&self, name: &str) -> Result<(), VaultError> {
-        self.retrying(move || self.try_set_default(name)).await
+        sqlite::retrying(self, move || self.try_set_default(name)).await
     }
 
     /// Every identity, oldest first, without secrets.
     pub async fn list(&self) -> Result<Vec<IdentitySummary>, VaultError> {
-        self.retrying(move || async move {
+        sqlite::retrying(self, move || async move {
             let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
             let rows = sqlx::query(
                 "SELECT name, identifier, is_default, created_at FROM identities \
@@ -406,7 +366,7 @@ impl Vault {
     /// others remain, the oldest remaining identity becomes the default; that identity is
     /// returned.
     pub async fn delete_identity(&self, name: &str) -> Result<Option<IdentitySummary>, VaultError> {
-        self.retrying(move || self.try_delete_identity(name)).await
+        sqlite::retrying(self, move || self.try_delete_identity(name)).await
     }
 
     /// Replace the current key of the identity named `name` with a fresh one, at `now`. The
@@ -418,8 +378,7 @@ impl Vault {
         name: &str,
         now: u64,
     ) -> Result<StoredIdentity, VaultError> {
-        self.retrying(move || self.try_rotate_identity_key(name, now))
-            .await
+        sqlite::retrying(self, move || self.try_rotate_identity_key(name, now)).await
     }
 
     /// The secure channel key of the identity named `name`: the newest stored one whose
@@ -459,28 +418,6 @@ impl Vault {
     ) -> Result<CredentialSigningKey, VaultError> {
         let until = until.max(now.saturating_add(PURPOSE_KEY_REFRESH));
         self.purpose_key(name, now, until).await
-    }
-}
-
-/// Opening.
-impl Vault {
-    /// Create the vault's tables or bring them up to date, retrying what can pass.
-    async fn migrate(&self) -> Result<(), VaultError> {
-        let failure = match crate::sqlite::migrate(&MIGRATOR, &self.pool).await {
-            Ok(()) => return Ok(()),
-            Err(failure) => failure,
-        };
-        let path = self.path.to_path_buf();
-        let waited = failure.waited;
-        Err(match failure.database_error() {
-            Ok((source, true)) => VaultError::Busy {
-                path,
-                waited,
-                source,
-            },
-            Ok((source, false)) => VaultError::Database { path, source },
-            Err(source) => VaultError::Migrate { path, source },
-        })
     }
 }
 
@@ -625,15 +562,18 @@ impl Vault {
         now: u64,
         valid_until: u64,
     ) -> Result<K, VaultError> {
-        if let Some(key) = self
-            .retrying(move || self.try_purpose_key::<K>(name, now, valid_until, false))
-            .await?
+        if let Some(key) = sqlite::retrying(self, move || {
+            self.try_purpose_key::<K>(name, now, valid_until, false)
+        })
+        .await?
         {
             return Ok(key);
         }
-        self.retrying(move || self.try_purpose_key::<K>(name, now, valid_until, true))
-            .await?
-            .ok_or_else(|| not_found(name))
+        sqlite::retrying(self, move || {
+            self.try_purpose_key::<K>(name, now, valid_until, true)
+        })
+        .await?
+        .ok_or_else(|| not_found(name))
     }
 
     async fn try_purpose_key<K: VaultPurposeKey>(
@@ -707,55 +647,13 @@ impl Vault {
 
 /// Loading rows, and the plumbing every operation shares.
 impl Vault {
-    /// A transaction that holds SQLite's write lock from the start. A deferred transaction
-    /// that reads and then writes can fail at once with `SQLITE_BUSY` when another writer
-    /// committed after its read (the busy handler cannot help there); taking the lock first
-    /// makes concurrent writers wait their turn instead.
+    /// A transaction that holds SQLite's write lock from the start ([`sqlite::BEGIN_WRITE`]),
+    /// so that concurrent writers wait their turn instead of failing half-way.
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, VaultError> {
         self.pool
-            .begin_with("BEGIN IMMEDIATE")
+            .begin_with(sqlite::BEGIN_WRITE)
             .await
             .map_err(|e| self.db(e))
-    }
-
-    /// Run `op` until it succeeds or fails with something other than busy/locked, retrying
-    /// busy/locked with a doubling backoff for at most [`BUSY_RETRY_BUDGET`].
-    async fn retrying<T, F, Fut>(&self, op: F) -> Result<T, VaultError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, VaultError>>,
-    {
-        self.retrying_within(BUSY_RETRY_BUDGET, op).await
-    }
-
-    async fn retrying_within<T, F, Fut>(&self, budget: Duration, mut op: F) -> Result<T, VaultError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, VaultError>>,
-    {
-        let mut backoff = Backoff::new(budget);
-        loop {
-            match op().await {
-                Err(VaultError::Database { path, source }) if is_busy(&source) => {
-                    let waited = backoff.waited();
-                    let Some(pause) = backoff.next_pause() else {
-                        return Err(VaultError::Busy {
-                            path,
-                            waited,
-                            source,
-                        });
-                    };
-                    tracing::debug!(
-                        vault = %path.display(),
-                        waited = ?waited,
-                        error = %source,
-                        "vault busy; retrying"
-                    );
-                    tokio::time::sleep(pause).await;
-                }
-                other => return other,
-            }
-        }
     }
 
     async fn load_by_name(
@@ -777,16 +675,13 @@ impl Vault {
 
     /// Decode and verify an `identities` row read with [`IDENTITY_COLUMNS`].
     fn stored_identity(&self, row: &SqliteRow) -> Result<StoredIdentity, VaultError> {
-        let name: String = self.column(row, "name", "identity name")?;
+        let name: String = self.column(row, "name", || "identity name".to_owned())?;
         let what = |part: &str| format!("{part} of identity {name:?}");
-        let identifier_text: String = self.column(row, "identifier", "identity identifier")?;
-        let identifier: Identifier = identifier_text
-            .parse()
-            .map_err(|e| self.corrupt_by(what("identifier"), e))?;
-        let changes: &[u8] = self.column(row, "changes", "identity key history")?;
+        let identifier = self.identifier(row, "identifier", || what("identifier"))?;
+        let changes: &[u8] = self.column(row, "changes", || what("key history"))?;
         let identity = Identity::import(changes, Some(&identifier))
             .map_err(|e| self.corrupt_by(what("key history"), e))?;
-        let secret_bytes: &[u8] = self.column(row, "secret", "identity secret key")?;
+        let secret_bytes: &[u8] = self.column(row, "secret", || what("secret key"))?;
         let secret_key = self.secret_key(secret_bytes, || what("secret key"))?;
         let secret = IdentitySecret::from_bytes(&secret_key);
         if secret.public_key() != identity.public_key() {
@@ -794,10 +689,8 @@ impl Vault {
                 "secret key (it does not match the current public key)",
             )));
         }
-        let is_default: bool = self.column(row, "is_default", "identity default flag")?;
-        let created_at: i64 = self.column(row, "created_at", "identity creation time")?;
-        let created_at =
-            u64::try_from(created_at).map_err(|e| self.corrupt_by(what("creation time"), e))?;
+        let is_default: bool = self.column(row, "is_default", || what("default flag"))?;
+        let created_at = self.time(row, "created_at", || what("creation time"))?;
         Ok(StoredIdentity {
             name,
             identity,
@@ -809,15 +702,11 @@ impl Vault {
 
     /// Decode a row of `name, identifier, is_default, created_at`.
     fn summary(&self, row: &SqliteRow) -> Result<IdentitySummary, VaultError> {
-        let name: String = self.column(row, "name", "identity name")?;
-        let identifier: String = self.column(row, "identifier", "identity identifier")?;
-        let identifier = identifier
-            .parse()
-            .map_err(|e| self.corrupt_by(format!("identifier of identity {name:?}"), e))?;
-        let is_default: bool = self.column(row, "is_default", "identity default flag")?;
-        let created_at: i64 = self.column(row, "created_at", "identity creation time")?;
-        let created_at = u64::try_from(created_at)
-            .map_err(|e| self.corrupt_by(format!("creation time of identity {name:?}"), e))?;
+        let name: String = self.column(row, "name", || "identity name".to_owned())?;
+        let what = |part: &str| format!("{part} of identity {name:?}");
+        let identifier = self.identifier(row, "identifier", || what("identifier"))?;
+        let is_default: bool = self.column(row, "is_default", || what("default flag"))?;
+        let created_at = self.time(row, "created_at", || what("creation time"))?;
         Ok(IdentitySummary {
             name,
             identifier,
@@ -834,14 +723,14 @@ impl Vault {
         now: u64,
     ) -> Result<K, VaultError> {
         let what = |part: &str| format!("{} {part} of identity {:?}", K::LABEL, stored.name);
-        let encoded: &[u8] = self.column(row, "attestation", "purpose key attestation")?;
+        let encoded: &[u8] = self.column(row, "attestation", || what("key attestation"))?;
         let attestation = PurposeKeyAttestation::decode(encoded)
             .map_err(|e| self.corrupt_by(what("key attestation"), e))?;
         attestation
             .verify(&stored.identity, K::PURPOSE, now, 0)
             .map_err(|e| self.corrupt_by(what("key attestation"), e))?;
-        let created_at: i64 = self.column(row, "created_at", "purpose key creation time")?;
-        let expires_at: i64 = self.column(row, "expires_at", "purpose key expiry")?;
+        let created_at: i64 = self.column(row, "created_at", || what("key creation time"))?;
+        let expires_at: i64 = self.column(row, "expires_at", || what("key expiry"))?;
         if created_at != sql_time(attestation.created_at())
             || expires_at != sql_time(attestation.expires_at())
         {
@@ -849,7 +738,7 @@ impl Vault {
                 "key (its stored period differs from its attestation's)",
             )));
         }
-        let secret_bytes: &[u8] = self.column(row, "secret", "purpose key secret")?;
+        let secret_bytes: &[u8] = self.column(row, "secret", || what("secret key"))?;
         let secret = self.secret_key(secret_bytes, || what("secret key"))?;
         K::from_stored(&secret, attestation)
             .ok_or_else(|| self.corrupt(what("secret key (it does not match its attestation)")))
@@ -874,14 +763,19 @@ impl Vault {
         }
         Ok(secret)
     }
+}
 
-    /// A column of `row`; a value of the wrong type means the file was altered.
-    fn column<'r, T>(&self, row: &'r SqliteRow, column: &str, what: &str) -> Result<T, VaultError>
-    where
-        T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-    {
-        row.try_get(column)
-            .map_err(|e| self.corrupt_by(what.to_owned(), e))
+/// The vault's words for what the shared SQLite plumbing reports: every error names the
+/// vault file.
+impl SqlStore for Vault {
+    type Error = VaultError;
+
+    fn describe(&self) -> Cow<'_, str> {
+        self.path.to_string_lossy()
+    }
+
+    fn is_transient(source: &sqlx::Error) -> bool {
+        sqlite::is_busy(source)
     }
 
     fn db(&self, source: sqlx::Error) -> VaultError {
@@ -891,24 +785,33 @@ impl Vault {
         }
     }
 
-    /// A row that is not what the vault wrote, with no further cause.
-    fn corrupt(&self, what: String) -> VaultError {
-        VaultError::Corrupt {
-            path: self.path.to_path_buf(),
-            what,
-            source: None,
+    fn db_source(error: VaultError) -> Result<sqlx::Error, VaultError> {
+        match error {
+            VaultError::Database { source, .. } => Ok(source),
+            other => Err(other),
         }
     }
 
-    /// A row that does not decode or verify, with the error that says why.
-    fn corrupt_by<E>(&self, what: String, source: E) -> VaultError
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
+    fn busy(&self, waited: Duration, source: sqlx::Error) -> VaultError {
+        VaultError::Busy {
+            path: self.path.to_path_buf(),
+            waited,
+            source,
+        }
+    }
+
+    fn migrate_failed(&self, source: MigrateError) -> VaultError {
+        VaultError::Migrate {
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn corrupt_row(&self, what: String, cause: Option<Cause>) -> VaultError {
         VaultError::Corrupt {
             path: self.path.to_path_buf(),
             what,
-            source: Some(Box::new(source)),
+            source: cause,
         }
     }
 }
@@ -980,14 +883,6 @@ fn purpose_code(purpose: Purpose) -> i64 {
         Purpose::Credentials => 2,
     }
 }
-
-/// SQLite integers are signed; times past year 292 billion are stored as the largest one.
-fn sql_time(t: u64) -> i64 {
-    i64::try_from(t).unwrap_or(i64::MAX)
-}
-
-use crate::backoff::Backoff;
-use crate::sqlite::is_busy;
 
 fn not_found(name: &str) -> VaultError {
     VaultError::NotFound {
@@ -1801,10 +1696,10 @@ mod tests {
     /// A connection that reports busy at once instead of waiting, as SQLite does where its
     /// busy handler cannot help.
     async fn impatient_pool(path: &Path) -> SqlitePool {
-        let options = SqliteConnectOptions::new()
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(path)
             .busy_timeout(Duration::ZERO);
-        SqlitePoolOptions::new()
+        sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options)
             .await
@@ -1828,6 +1723,16 @@ mod tests {
         vault.close().await;
     }
 
+    /// One write transaction on `pool` (an [`impatient_pool`] on the vault's file), failing
+    /// as the vault's operations do.
+    async fn impatient_write(vault: &Vault, pool: &SqlitePool) -> Result<(), VaultError> {
+        let tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| vault.db(e))?;
+        tx.rollback().await.map_err(|e| vault.db(e))
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn busy_is_retried_until_the_lock_is_released() {
         let (_dir, path, vault) = new_vault().await;
@@ -1838,18 +1743,12 @@ mod tests {
             holder.rollback().await.unwrap();
         });
         let attempts = std::sync::atomic::AtomicU32::new(0);
-        let (impatient_ref, attempts_ref, vault_ref) = (&impatient, &attempts, &vault);
-        vault
-            .retrying_within(Duration::from_secs(5), move || async move {
-                attempts_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let tx = impatient_ref
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(|e| vault_ref.db(e))?;
-                tx.rollback().await.map_err(|e| vault_ref.db(e))
-            })
-            .await
-            .unwrap();
+        sqlite::retrying_within(&vault, Duration::from_secs(5), || {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            impatient_write(&vault, &impatient)
+        })
+        .await
+        .unwrap();
         assert!(attempts.into_inner() > 1, "the first attempts met the lock");
         release.await.unwrap();
         impatient.close().await;
@@ -1861,18 +1760,12 @@ mod tests {
         let (_dir, path, vault) = new_vault().await;
         let impatient = impatient_pool(&path).await;
         let holder = vault.pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-        let (impatient_ref, vault_ref) = (&impatient, &vault);
         let started = Instant::now();
-        let err = vault
-            .retrying_within(Duration::from_millis(300), move || async move {
-                let tx = impatient_ref
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(|e| vault_ref.db(e))?;
-                tx.rollback().await.map_err(|e| vault_ref.db(e))
-            })
-            .await
-            .unwrap_err();
+        let err = sqlite::retrying_within(&vault, Duration::from_millis(300), || {
+            impatient_write(&vault, &impatient)
+        })
+        .await
+        .unwrap_err();
         let took = started.elapsed();
         assert!(took < Duration::from_secs(2), "gave up after {took:?}");
         match &err {

@@ -3,14 +3,19 @@
 //! alike. The SQL here is the common subset of both dialects: `$n` parameters (SQLite
 //! accepts them too), `RETURNING`, `ON CONFLICT … DO UPDATE`, 64-bit integers and text.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kith_identity::Identifier;
-use kith_identity::backoff::Backoff;
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+use kith_identity::sqlite::{Cause, SqlStore, retrying};
+use sqlx::migrate::MigrateError;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+
+/// Times are stored as the shared plumbing stores them, on both databases.
+pub(super) use kith_identity::sqlite::sql_time;
 
 use super::{
     AuditEvent, Member, NewTicket, RedeemError, Redeemed, StoreError, TicketRecord, check_ticket,
@@ -30,12 +35,6 @@ pub(super) trait Dialect: Database {
     /// was committed, and a later attempt can succeed.
     fn is_transient(error: &sqlx::Error) -> bool;
 }
-
-/// 10 s: how long one operation keeps retrying transient contention (DESIGN §7: retried
-/// inside the store with a bounded backoff, never surfaced as a hang). Store writes take
-/// milliseconds, so this rides out a burst of hundreds of enrollments; contention that lasts
-/// longer is reported as [`StoreError::Busy`].
-const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(10);
 
 /// 3: how often a write that changes a row only if it is fit (a redemption, a filing, a
 /// decision) is attempted when the change matched nothing, yet the row then looks fit. That
@@ -157,37 +156,68 @@ pub(super) enum Attempt<T, E> {
     Inconclusive,
 }
 
-/// Errors and names, for every database.
 impl<DB: Database> Db<DB> {
+    /// A store on `pool`, named `location` in messages and logs.
+    pub(super) fn new(pool: Pool<DB>, location: String) -> Self {
+        Self {
+            pool,
+            location: Arc::from(location),
+            batch: Arc::default(),
+        }
+    }
+
     pub(super) fn location(&self) -> &str {
         &self.location
     }
+}
 
-    pub(super) fn db(&self, source: sqlx::Error) -> StoreError {
+/// The store's words for what the shared plumbing reports, on every database: every error
+/// names the store; contention is what [`Dialect::is_transient`] says it is.
+impl<DB: Dialect> SqlStore for Db<DB> {
+    type Error = StoreError;
+
+    fn describe(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.location)
+    }
+
+    fn is_transient(source: &sqlx::Error) -> bool {
+        DB::is_transient(source)
+    }
+
+    fn db(&self, source: sqlx::Error) -> StoreError {
         StoreError::Database {
             store: self.location.to_string(),
             source,
         }
     }
 
-    /// A row that is not what the store wrote, with no further cause.
-    pub(super) fn corrupt(&self, what: String) -> StoreError {
-        StoreError::Corrupt {
-            store: self.location.to_string(),
-            what,
-            source: None,
+    fn db_source(error: StoreError) -> Result<sqlx::Error, StoreError> {
+        match error {
+            StoreError::Database { source, .. } => Ok(source),
+            other => Err(other),
         }
     }
 
-    /// A row that does not decode, with the error that says why.
-    pub(super) fn corrupt_by<E>(&self, what: String, source: E) -> StoreError
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
+    fn busy(&self, waited: Duration, source: sqlx::Error) -> StoreError {
+        StoreError::Busy {
+            store: self.location.to_string(),
+            waited,
+            source,
+        }
+    }
+
+    fn migrate_failed(&self, source: MigrateError) -> StoreError {
+        StoreError::Migrate {
+            store: self.location.to_string(),
+            source,
+        }
+    }
+
+    fn corrupt_row(&self, what: String, cause: Option<Cause>) -> StoreError {
         StoreError::Corrupt {
             store: self.location.to_string(),
             what,
-            source: Some(Box::new(source)),
+            source: cause,
         }
     }
 }
@@ -225,7 +255,7 @@ where
     pub(super) async fn list_tickets(&self) -> Result<Vec<TicketRecord>, StoreError> {
         let sql = format!("SELECT {TICKET_COLUMNS} FROM tickets ORDER BY created_at, id");
         let sql = sql.as_str();
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let rows = sqlx::query(sql)
                 .fetch_all(&self.pool)
                 .await
@@ -248,7 +278,7 @@ where
         let select = format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE id = $1");
         let actor = actor.to_string();
         let (revoke, select, actor) = (revoke.as_str(), select.as_str(), actor.as_str());
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let mut tx = self.begin_write().await?;
             let revoked = sqlx::query(revoke)
                 .bind(sql_time(now))
@@ -313,7 +343,7 @@ where
     ) -> Result<(), StoreError> {
         let actor = actor.to_string();
         let actor = actor.as_str();
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let mut tx = self.begin_write().await?;
             self.upsert_member(&mut tx, member, actor, now).await?;
             tx.commit().await.map_err(|e| self.db(e))
@@ -330,7 +360,7 @@ where
         let sql = format!("DELETE FROM members WHERE identifier = $1 RETURNING {MEMBER_COLUMNS}");
         let (identifier, actor) = (identifier.to_string(), actor.to_string());
         let (sql, identifier, actor) = (sql.as_str(), identifier.as_str(), actor.as_str());
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let mut tx = self.begin_write().await?;
             let row = sqlx::query(sql)
                 .bind(identifier.to_owned())
@@ -368,7 +398,7 @@ where
         let sql = format!("SELECT {MEMBER_COLUMNS} FROM members WHERE identifier = $1");
         let identifier = identifier.to_string();
         let (sql, identifier) = (sql.as_str(), identifier.as_str());
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let row = sqlx::query(sql)
                 .bind(identifier.to_owned())
                 .fetch_optional(&self.pool)
@@ -382,7 +412,7 @@ where
     pub(super) async fn members(&self) -> Result<Vec<Member>, StoreError> {
         let sql = format!("SELECT {MEMBER_COLUMNS} FROM members ORDER BY added_at, identifier");
         let sql = sql.as_str();
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let rows = sqlx::query(sql)
                 .fetch_all(&self.pool)
                 .await
@@ -393,7 +423,7 @@ where
     }
 
     pub(super) async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let rows = sqlx::query(
                 "SELECT at, actor, action, subject, detail FROM \
                  (SELECT seq, at, actor, action, subject, detail FROM audit \
@@ -476,11 +506,10 @@ where
         // The writer running our batch was cancelled (its caller went away) before it
         // committed: replies are sent right after the commit with no await in between, so
         // an unanswered write was rolled back. Not corruption; the caller may try again.
-        let lost = || StoreError::Database {
-            store: self.location.to_string(),
-            source: sqlx::Error::Protocol(
+        let lost = || {
+            self.db(sqlx::Error::Protocol(
                 "the group commit carrying this write was cancelled before it committed".to_owned(),
-            ),
+            ))
         };
         loop {
             tokio::select! {
@@ -506,7 +535,7 @@ where
     async fn commit_batch(&self, batch: Vec<Pending>) {
         let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
         let writes = writes.as_slice();
-        match self.retrying(move || self.try_batch(writes)).await {
+        match retrying(self, move || self.try_batch(writes)).await {
             Ok(outcomes) => {
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = pending.reply.send(outcome);
@@ -516,11 +545,10 @@ where
                 let message = error.to_string();
                 let mut first = Some(error);
                 for pending in batch {
-                    let e = first.take().unwrap_or_else(|| StoreError::Database {
-                        store: self.location.to_string(),
-                        source: sqlx::Error::Protocol(format!(
+                    let e = first.take().unwrap_or_else(|| {
+                        self.db(sqlx::Error::Protocol(format!(
                             "the group commit carrying this write failed: {message}"
-                        )),
+                        )))
                     });
                     let _ = pending.reply.send(Err(e));
                 }
@@ -601,7 +629,7 @@ where
         // A corrupt ticket fails here, before anything is written, and the use is given
         // back by the rollback.
         let attributes = self.attributes(&row, "attributes", || what("attributes"))?;
-        let uses_left = self.count(&row, "uses_left", || what("uses left"))?;
+        let uses_left: u32 = self.integer(&row, "uses_left", || what("uses left"))?;
         let added_by = self.identifier(&row, "created_by", || what("creator"))?;
         let enrolled = Member {
             identifier: *member,
@@ -658,8 +686,8 @@ where
         if expires_at <= now {
             return Ok(Attempt::Refused(RedeemError::Expired { expires_at }));
         }
-        if self.count(&row, "uses_left", || what("uses left"))? == 0 {
-            let usage_count = self.count(&row, "usage_count", || what("usage count"))?;
+        if self.integer::<_, u32>(&row, "uses_left", || what("uses left"))? == 0 {
+            let usage_count = self.integer(&row, "usage_count", || what("usage count"))?;
             return Ok(Attempt::Refused(RedeemError::UsedUp { usage_count }));
         }
         Ok(Attempt::Inconclusive)
@@ -731,34 +759,6 @@ where
             .map_err(|e| self.db(e))
     }
 
-    /// Run `op` until it succeeds or fails with something other than transient contention,
-    /// retrying that with a doubling, jittered backoff for at most [`BUSY_RETRY_BUDGET`].
-    pub(super) async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
-    {
-        // Jittered, so that processes that collided do not collide again in step.
-        let mut backoff = Backoff::new(BUSY_RETRY_BUDGET).jittered();
-        loop {
-            match op().await {
-                Err(StoreError::Database { store, source }) if DB::is_transient(&source) => {
-                    let waited = backoff.waited();
-                    let Some(pause) = backoff.next_pause() else {
-                        return Err(StoreError::Busy {
-                            store,
-                            waited,
-                            source,
-                        });
-                    };
-                    tracing::debug!(store, ?waited, error = %source, "membership store busy; retrying");
-                    tokio::time::sleep(pause).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
     /// Run `attempt` (`what`, for the log) until it is done or refused, at most
     /// [`SETTLE_ATTEMPTS`] times; past that, the row (`inconsistent` names it) is corrupt.
     pub(super) async fn settle<T, E, F, Fut>(
@@ -799,8 +799,8 @@ where
         let what = |part: &str| format!("{part} of ticket {id:?}");
         Ok(TicketRecord {
             attributes: self.attributes(row, "attributes", || what("attributes"))?,
-            usage_count: self.count(row, "usage_count", || what("usage count"))?,
-            uses_left: self.count(row, "uses_left", || what("uses left"))?,
+            usage_count: self.integer(row, "usage_count", || what("usage count"))?,
+            uses_left: self.integer(row, "uses_left", || what("uses left"))?,
             created_at: self.time(row, "created_at", || what("creation time"))?,
             expires_at: self.time(row, "expires_at", || what("expiry"))?,
             created_by: self.identifier(row, "created_by", || what("creator"))?,
@@ -834,63 +834,6 @@ where
             subject: self.column(row, "subject", what)?,
             detail: self.column(row, "detail", what)?,
         })
-    }
-
-    pub(super) fn column<'r, T>(
-        &self,
-        row: &'r DB::Row,
-        column: &str,
-        what: impl FnOnce() -> String,
-    ) -> Result<T, StoreError>
-    where
-        T: Decode<'r, DB> + Type<DB>,
-    {
-        row.try_get(column)
-            .map_err(|e| self.corrupt_by(format!("{} (column {column})", what()), e))
-    }
-
-    /// A time in Unix seconds: stored as a signed 64-bit integer, never negative.
-    pub(super) fn time(
-        &self,
-        row: &DB::Row,
-        column: &str,
-        what: impl FnOnce() -> String + Copy,
-    ) -> Result<u64, StoreError> {
-        let value: i64 = self.column(row, column, what)?;
-        u64::try_from(value).map_err(|e| self.corrupt_by(what(), e))
-    }
-
-    pub(super) fn optional_time(
-        &self,
-        row: &DB::Row,
-        column: &str,
-        what: impl FnOnce() -> String + Copy,
-    ) -> Result<Option<u64>, StoreError> {
-        let value: Option<i64> = self.column(row, column, what)?;
-        value
-            .map(|value| u64::try_from(value).map_err(|e| self.corrupt_by(what(), e)))
-            .transpose()
-    }
-
-    /// A usage count: stored as a 64-bit integer, always within `u32`.
-    fn count(
-        &self,
-        row: &DB::Row,
-        column: &str,
-        what: impl FnOnce() -> String + Copy,
-    ) -> Result<u32, StoreError> {
-        let value: i64 = self.column(row, column, what)?;
-        u32::try_from(value).map_err(|e| self.corrupt_by(what(), e))
-    }
-
-    pub(super) fn identifier(
-        &self,
-        row: &DB::Row,
-        column: &str,
-        what: impl FnOnce() -> String + Copy,
-    ) -> Result<Identifier, StoreError> {
-        let text: String = self.column(row, column, what)?;
-        text.parse().map_err(|e| self.corrupt_by(what(), e))
     }
 
     /// Attributes: a JSON object of strings.
@@ -932,10 +875,4 @@ pub(super) fn attributes_json(attributes: &BTreeMap<String, String>) -> String {
         .map(|(key, value)| (key.clone(), serde_json::Value::String(value.clone())))
         .collect();
     serde_json::Value::Object(object).to_string()
-}
-
-/// A time as the databases store it: a signed 64-bit integer. Times past the year 292
-/// billion saturate, which keeps "expires after now" true for them.
-pub(super) fn sql_time(t: u64) -> i64 {
-    i64::try_from(t).unwrap_or(i64::MAX)
 }

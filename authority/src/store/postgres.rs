@@ -8,9 +8,9 @@
 //! deadlocks, which the server may still report under load, are retried by the store.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
+use kith_identity::sqlite::SqlStore;
 use sqlx::Postgres;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -81,11 +81,7 @@ impl Db<Postgres> {
                 store: location.clone(),
                 source,
             })?;
-        let db = Self {
-            pool,
-            location: Arc::from(location),
-            batch: Default::default(),
-        };
+        let db = Self::new(pool, location);
         if let Err(e) = db.migrate().await {
             db.close().await;
             return Err(e);
@@ -111,9 +107,6 @@ impl Db<Postgres> {
         MIGRATOR
             .run(&self.pool)
             .await
-            .map_err(|source| StoreError::Migrate {
-                store: self.location.to_string(),
-                source,
-            })
+            .map_err(|source| self.migrate_failed(source))
     }
 }

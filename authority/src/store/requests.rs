@@ -9,6 +9,7 @@
 //! and only as the admin saw it.
 
 use kith_identity::Identifier;
+use kith_identity::sqlite::{SqlStore, retrying};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Transaction, Type};
 
 use super::ops::{Attempt, Db, Dialect, attributes_json, sql_time};
@@ -55,7 +56,7 @@ where
     ) -> Result<Filed, FileError> {
         self.settle(
             "join request filing",
-            move || self.retrying(move || self.try_file(request, code_for, limits, now)),
+            move || retrying(self, move || self.try_file(request, code_for, limits, now)),
             || {
                 format!(
                     "join request of {} (filing it conflicts with a request that cannot be found)",
@@ -69,7 +70,7 @@ where
     pub(super) async fn join_request(&self, id: &str) -> Result<Option<JoinRecord>, StoreError> {
         let sql = format!("SELECT {JOIN_COLUMNS} FROM join_requests WHERE id = $1");
         let sql = sql.as_str();
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let row = sqlx::query(sql)
                 .bind(id.to_owned())
                 .fetch_optional(&self.pool)
@@ -94,7 +95,7 @@ where
             )
         };
         let sql = sql.as_str();
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let query = sqlx::query(sql);
             let query = if all {
                 query
@@ -119,7 +120,9 @@ where
         self.settle(
             "join request decision",
             move || {
-                self.retrying(move || self.try_decide(id, code, decision, actor, decided_by, now))
+                retrying(self, move || {
+                    self.try_decide(id, code, decision, actor, decided_by, now)
+                })
             },
             || {
                 format!(
@@ -135,7 +138,7 @@ where
         &self,
         now: u64,
     ) -> Result<Vec<JoinRecord>, StoreError> {
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let mut tx = self.begin_write().await?;
             self.lock_join_requests(&mut tx).await?;
             let expired = self.expire_in(&mut tx, now).await?;
@@ -154,7 +157,7 @@ where
         );
         let (attributes, created_by, detail) =
             (attributes.as_str(), created_by.as_str(), detail.as_str());
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let mut tx = self.begin_write().await?;
             sqlx::query(
                 "INSERT INTO auto_approve_rules (id, netblock, attributes, \
@@ -191,7 +194,7 @@ where
              ORDER BY created_at, id"
         );
         let sql = sql.as_str();
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let rows = sqlx::query(sql)
                 .bind(sql_time(now))
                 .fetch_all(&self.pool)
@@ -211,7 +214,7 @@ where
         let sql = format!("DELETE FROM auto_approve_rules WHERE id = $1 RETURNING {RULE_COLUMNS}");
         let actor = actor.to_string();
         let (sql, actor) = (sql.as_str(), actor.as_str());
-        self.retrying(move || async move {
+        retrying(self, move || async move {
             let mut tx = self.begin_write().await?;
             let row = sqlx::query(sql)
                 .bind(id.to_owned())

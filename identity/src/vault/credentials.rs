@@ -2,7 +2,8 @@
 
 use sqlx::sqlite::SqliteRow;
 
-use super::{Vault, VaultError, sql_time};
+use super::{Vault, VaultError};
+use crate::sqlite::{self, SqlStore, sql_time};
 use crate::{CredentialAndPurposeKey, CredentialError, Identity, VerifiedCredential};
 
 /// A credential held by one of the vault's identities, with the identity of its issuer.
@@ -53,7 +54,7 @@ impl Vault {
         let changes = issuer.export();
         let expires_at = sql_time(verified.expires_at);
         let (holder_id, issuer_id, encoded, changes) = (&holder_id, &issuer_id, &encoded, &changes);
-        self.retrying(move || async move {
+        sqlite::retrying(self, move || async move {
             let mut tx = self.begin_write().await?;
             sqlx::query(
                 "INSERT INTO credentials \
@@ -84,7 +85,7 @@ impl Vault {
         let stored = self.identity(holder).await?;
         let holder_id = stored.identifier().to_string();
         let holder_id = holder_id.as_str();
-        self.retrying(move || async move {
+        sqlite::retrying(self, move || async move {
             let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
             let rows = sqlx::query(
                 "SELECT issuer, issuer_changes, credential, stored_at FROM credentials \
@@ -107,7 +108,7 @@ impl Vault {
         let stored = self.identity(holder).await?;
         let holder_id = stored.identifier().to_string();
         let holder_id = holder_id.as_str();
-        self.retrying(move || async move {
+        sqlite::retrying(self, move || async move {
             let mut tx = self.begin_write().await?;
             let done = sqlx::query("DELETE FROM credentials WHERE holder = ? AND issuer = ?")
                 .bind(holder_id)
@@ -128,24 +129,24 @@ impl Vault {
         row: &SqliteRow,
         holder: &str,
     ) -> Result<StoredCredential, VaultError> {
-        let issuer_text: String = self.column(row, "issuer", "credential issuer")?;
+        let issuer_text: String = self.column(row, "issuer", || {
+            format!("issuer of a credential {holder:?} holds")
+        })?;
         let what =
             |part: &str| format!("{part} of the credential {holder:?} holds from {issuer_text}");
         let issuer_id = issuer_text
             .parse()
             .map_err(|e| self.corrupt_by(what("issuer"), e))?;
-        let changes: &[u8] = self.column(row, "issuer_changes", "credential issuer history")?;
+        let changes: &[u8] = self.column(row, "issuer_changes", || what("issuer key history"))?;
         let issuer = Identity::import(changes, Some(&issuer_id))
             .map_err(|e| self.corrupt_by(what("issuer key history"), e))?;
-        let encoded: &[u8] = self.column(row, "credential", "credential")?;
+        let encoded: &[u8] = self.column(row, "credential", || what("encoding"))?;
         let credential = CredentialAndPurposeKey::decode(encoded)
             .map_err(|e| self.corrupt_by(what("encoding"), e))?;
         if credential.purpose_key.subject() != &issuer_id {
             return Err(self.corrupt(what("signing key (attested by another identity)")));
         }
-        let stored_at: i64 = self.column(row, "stored_at", "credential storage time")?;
-        let stored_at =
-            u64::try_from(stored_at).map_err(|e| self.corrupt_by(what("storage time"), e))?;
+        let stored_at = self.time(row, "stored_at", || what("storage time"))?;
         Ok(StoredCredential {
             issuer,
             credential,
