@@ -14,6 +14,8 @@
 pub mod api;
 /// The client side of the authority's services: a pinned secure channel and one call per request.
 pub mod client;
+/// The crate's errors: starting the services, relay names, the store, tickets, projects.
+pub mod error;
 /// Join requests: asking to become a member without a ticket, decided by an admin.
 pub mod join;
 /// Keeping a relay up from the relayed node: heartbeat, reconnect with backoff, status.
@@ -29,3 +31,8 @@ pub mod service;
 pub mod store;
 /// Enrollment tickets: a one-time code plus the project data needed to redeem it.
 pub mod ticket;
+
+pub use error::{
+    DecideError, FileError, ProjectError, RedeemError, RelayNameError, StartServicesError,
+    StoreError, TicketError,
+};

@@ -36,8 +36,7 @@ use kith_identity::{
     unix_now,
 };
 use kith_node::{
-    Address, AllowOrigins, Context, DisplayChain, Message, Node, Origin, Route, StartError, Worker,
-    WorkerError,
+    Address, AllowOrigins, Context, DisplayChain, Message, Node, Origin, Route, Worker, WorkerError,
 };
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -51,6 +50,7 @@ use crate::api::{
     PROJECT_ID_ATTRIBUTE, ROLE_ATTRIBUTE, RedeemRequest, Reply, RuleAdded, TICKET_SERVICE,
     TicketInfo, TicketRequest,
 };
+use crate::error::StartServicesError;
 use crate::join::{ChannelSeen, JoinSettings, JoinWaiters};
 use crate::store::{
     AuditEvent, Member, MembershipStore, NewTicket, RedeemError, StoreError, TicketRecord,
@@ -120,30 +120,6 @@ pub struct AuthorityConfig {
     pub credential_ttl: Duration,
     /// How join requests are bounded.
     pub join: JoinSettings,
-}
-
-/// Why [`Authority::start`] did not start the services.
-#[derive(Debug, thiserror::Error)]
-pub enum StartServicesError {
-    /// The configured project id cannot be a credential attribute's value.
-    #[error("the project id cannot be put in credentials; use a project id from `kith project`")]
-    ProjectId(#[source] kith_identity::CredentialError),
-    /// The configured credential lifetime is under a second.
-    #[error("the credential lifetime is {ttl:?}; give credentials at least 1s of validity")]
-    CredentialTtl {
-        /// The lifetime configured.
-        ttl: Duration,
-    },
-    /// A service's worker could not be started (its address is taken, or the node is
-    /// shutting down). Services started before it are stopped again.
-    #[error("cannot start the authority's {service} service")]
-    Start {
-        /// The service's address.
-        service: &'static str,
-        /// What the node said.
-        #[source]
-        source: StartError,
-    },
 }
 
 /// The authority: the state its services share. Cloning is cheap; clones share the store,
