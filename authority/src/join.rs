@@ -48,14 +48,14 @@ use tracing::{info, warn};
 
 use crate::api::{
     self, ApiError, AutoApproveRule, ENROLLER_ROLE, ErrorKind, JOIN_WAIT_HOLD, JoinCall,
-    JoinRequestInfo, JoinState, JoinWaited, MAX_JOIN_NOTE, ROLE_ATTRIBUTE, RuleAdded,
+    JoinRequestInfo, JoinWaited, MAX_JOIN_NOTE, ROLE_ATTRIBUTE, RuleAdded,
 };
 use crate::service::{
     Answer, Authority, BUSY, INTERNAL, bad_request, check_member_attributes, forbidden,
     store_failed,
 };
 use crate::store::{
-    DecideError, Decision, FileError, JoinLimits, JoinRecord, NewJoinRequest, RuleRecord,
+    DecideError, Decision, FileError, JoinLimits, JoinRecord, JoinState, NewJoinRequest, RuleRecord,
 };
 
 /// 2: how many waits one requester identity may have held at once. One is the normal case;
@@ -266,7 +266,7 @@ fn check_text(what: &str, text: &str) -> Result<(), ApiError> {
 
 fn request_info(record: JoinRecord, now: u64) -> JoinRequestInfo {
     JoinRequestInfo {
-        state: record.state_at(now),
+        state: api_state(record.state_at(now)),
         id: record.id,
         requester: record.requester.to_string(),
         source: record.source,
@@ -281,6 +281,16 @@ fn request_info(record: JoinRecord, now: u64) -> JoinRequestInfo {
         reason: record.reason,
         granted_attributes: record.granted_attributes,
         granted_lifetime: record.granted_lifetime,
+    }
+}
+
+/// A stored state as the API shows it.
+fn api_state(state: JoinState) -> api::JoinState {
+    match state {
+        JoinState::Pending => api::JoinState::Pending,
+        JoinState::Approved => api::JoinState::Approved,
+        JoinState::Denied => api::JoinState::Denied,
+        JoinState::Expired => api::JoinState::Expired,
     }
 }
 
@@ -946,6 +956,18 @@ mod tests {
                 covered,
                 "{source} asking for {asked:?}"
             );
+        }
+    }
+
+    #[test]
+    fn stored_states_show_as_the_api_states_of_the_same_name() {
+        for state in [
+            JoinState::Pending,
+            JoinState::Approved,
+            JoinState::Denied,
+            JoinState::Expired,
+        ] {
+            assert_eq!(api_state(state).as_str(), state.as_str());
         }
     }
 

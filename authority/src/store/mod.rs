@@ -38,7 +38,6 @@ mod postgres;
 mod requests;
 mod sqlite;
 
-pub use crate::api::JoinState;
 pub use crate::error::{DecideError, FileError, RedeemError, StoreError};
 
 use ops::Db;
@@ -200,6 +199,33 @@ pub struct NewJoinRequest {
     pub note: String,
     /// When it expires if undecided, Unix seconds.
     pub expires_at: u64,
+}
+
+/// Where a stored join request stands: the `state` column. The services show it to peers as
+/// the API's own `JoinState`; the two are kept apart so that the wire format and the
+/// stored one change only on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinState {
+    /// Waiting for a decision.
+    Pending,
+    /// Approved: the requester is a member.
+    Approved,
+    /// Denied.
+    Denied,
+    /// Marked expired undecided.
+    Expired,
+}
+
+impl JoinState {
+    /// The name the `state` column holds: `pending`, `approved`, `denied` or `expired`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinState::Pending => "pending",
+            JoinState::Approved => "approved",
+            JoinState::Denied => "denied",
+            JoinState::Expired => "expired",
+        }
+    }
 }
 
 /// A stored join request.
