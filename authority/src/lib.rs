@@ -1,4 +1,10 @@
-//! The project authority: enrollment tickets, members, credentials (DESIGN §5).
+//! The project authority (DESIGN §5): enrollment tickets, enrollment, join requests,
+//! members, credential issuing and the relay policy, served on a node through secure
+//! channels and kept in a membership store (SQLite or PostgreSQL); plus the client side of
+//! those services, project descriptions and the relay keeper that relayed nodes run.
+//!
+//! What it does not do: identities, credentials and secure channels themselves
+//! (`kith-identity`), transports (`kith-transport`), or the command line (`kith-cli`).
 
 #![cfg_attr(
     not(test),
@@ -16,8 +22,6 @@ pub mod api;
 pub mod client;
 /// The crate's errors: starting the services, relay names, the store, tickets, projects.
 pub mod error;
-/// Join requests: asking to become a member without a ticket, decided by an admin.
-pub mod join;
 /// Keeping a relay up from the relayed node: heartbeat, reconnect with backoff, status.
 pub mod keeper;
 /// Project descriptions: what admins and members import to reach and trust a project.
@@ -32,7 +36,11 @@ pub mod store;
 /// Enrollment tickets: a one-time code plus the project data needed to redeem it.
 pub mod ticket;
 
+/// Join requests: asking to become a member without a ticket, decided by an admin.
+pub use service::join;
+
 pub use error::{
     DecideError, FileError, ProjectError, RedeemError, RelayNameError, StartServicesError,
     StoreError, TicketError,
 };
+pub use service::{Authority, AuthorityConfig, JoinSettings};

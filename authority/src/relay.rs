@@ -45,7 +45,8 @@ use tracing::{debug, info, warn};
 
 use crate::api::{self, ApiError, ErrorKind, PROJECT_ID_ATTRIBUTE, RELAY_ATTRIBUTE};
 use crate::error::RelayNameError;
-use crate::service::{Authority, encode_result, send_reply};
+use crate::service::Authority;
+use crate::service::answer::{encode_result, send_reply};
 
 /// The relay service's address on the project node.
 pub const RELAY_SERVICE: &str = "relay";

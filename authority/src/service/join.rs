@@ -33,40 +33,32 @@
 //! [`JoinCall::Wait`]: crate::api::JoinCall::Wait
 //! [`JOIN_WAIT_HOLD`]: crate::api::JOIN_WAIT_HOLD
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ipnet::IpNet;
 use kith_identity::{Identifier, unix_now};
 use kith_node::Node;
 use rand::Rng;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tracing::{info, warn};
 
+use super::answer::{Answer, bad_request, busy, forbidden, internal, store_failed};
+use super::checks::{check_member_attributes, grants_enroller};
+use super::state::Authority;
+use super::wire::{request_info, rule_info};
 use crate::api::{
-    self, ApiError, AutoApproveRule, ENROLLER_ROLE, ErrorKind, JOIN_WAIT_HOLD, JoinCall,
-    JoinRequestInfo, JoinWaited, MAX_JOIN_NOTE, ROLE_ATTRIBUTE, RuleAdded,
-};
-use crate::service::{
-    Answer, Authority, BUSY, INTERNAL, bad_request, check_member_attributes, forbidden,
-    store_failed,
+    self, ApiError, ErrorKind, JOIN_WAIT_HOLD, JoinCall, JoinRequestInfo, JoinWaited,
+    MAX_JOIN_NOTE, RuleAdded,
 };
 use crate::store::{
     DecideError, Decision, FileError, JoinLimits, JoinRecord, JoinState, NewJoinRequest, RuleRecord,
 };
 
-/// 2: how many waits one requester identity may have held at once. One is the normal case;
-/// the second covers a requester whose old channel died with a wait still held here.
-pub const MAX_WAITS_PER_REQUESTER: u32 = 2;
-
-/// 4,096 waits: how many [`JoinCall::Wait`]s are held at once in all, four times the
-/// default cap on pending requests. Past it a wait is answered "busy" at once.
-///
-/// [`JoinCall::Wait`]: crate::api::JoinCall::Wait
-pub const MAX_WAITERS: usize = 4096;
+pub use super::config::JoinSettings;
+pub use super::waiters::{MAX_WAITERS, MAX_WAITS_PER_REQUESTER};
 
 /// 15 s: how often pending requests past their expiry are marked expired (and audited),
 /// and their waiters told. Filing sweeps too, so caps never count an expired request.
@@ -82,111 +74,11 @@ const MAX_RULE_LIFETIME: u64 = 365 * 24 * 60 * 60;
 /// The alphabet of request and rule ids: Crockford's base 32, no I, L, O or U to misread.
 const ID_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-/// How join requests are bounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JoinSettings {
-    /// How long a request stays pending before it expires (default 1 h).
-    pub request_ttl: Duration,
-    /// How many requests may be pending from one source address (default 5).
-    pub max_pending_per_source: u32,
-    /// How many may be pending in all (default 1,000).
-    pub max_pending: u32,
-}
-
-impl Default for JoinSettings {
-    fn default() -> Self {
-        Self {
-            request_ttl: Duration::from_secs(60 * 60),
-            max_pending_per_source: 5,
-            max_pending: 1000,
-        }
-    }
-}
-
 /// What a service knows of the channel a call came through.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChannelSeen {
     pub(crate) handshake_hash: [u8; 32],
     pub(crate) source: Option<SocketAddr>,
-}
-
-/// The waiters of this process: per request id, a notification for its decision; per
-/// requester, how many waits it has held.
-pub(crate) struct JoinWaiters {
-    decided: Mutex<HashMap<String, Arc<Notify>>>,
-    per_requester: Mutex<HashMap<Identifier, u32>>,
-    slots: Arc<Semaphore>,
-}
-
-impl Default for JoinWaiters {
-    fn default() -> Self {
-        Self {
-            decided: Mutex::default(),
-            per_requester: Mutex::default(),
-            slots: Arc::new(Semaphore::new(MAX_WAITERS)),
-        }
-    }
-}
-
-impl JoinWaiters {
-    /// The notification for request `id`, created if no one waits on it yet.
-    fn watch(&self, id: &str) -> Arc<Notify> {
-        self.decided
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    /// Drop the notification for `id` if no one else holds it.
-    fn unwatch(&self, id: &str, notify: Arc<Notify>) {
-        let mut decided = self.decided.lock().unwrap_or_else(PoisonError::into_inner);
-        drop(notify);
-        if decided.get(id).is_some_and(|n| Arc::strong_count(n) == 1) {
-            decided.remove(id);
-        }
-    }
-
-    /// Wake everyone waiting on request `id`.
-    fn wake(&self, id: &str) {
-        let notify = self
-            .decided
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned();
-        if let Some(n) = notify {
-            n.notify_waiters();
-        }
-    }
-
-    /// Count a wait by `requester`; `false` if it has as many as it may.
-    fn enter(&self, requester: &Identifier) -> bool {
-        let mut counts = self
-            .per_requester
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let n = counts.entry(*requester).or_default();
-        if *n >= MAX_WAITS_PER_REQUESTER {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn leave(&self, requester: &Identifier) {
-        let mut counts = self
-            .per_requester
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(requester) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(requester);
-            }
-        }
-    }
 }
 
 /// A random id: `XXXX-XXXX` in [`ID_ALPHABET`].
@@ -264,48 +156,6 @@ fn check_text(what: &str, text: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn request_info(record: JoinRecord, now: u64) -> JoinRequestInfo {
-    JoinRequestInfo {
-        state: api_state(record.state_at(now)),
-        id: record.id,
-        requester: record.requester.to_string(),
-        source: record.source,
-        attributes: record.attributes,
-        lifetime: record.lifetime,
-        note: record.note,
-        code: record.code,
-        created_at: record.created_at,
-        expires_at: record.expires_at,
-        decided_at: record.decided_at,
-        decided_by: record.decided_by,
-        reason: record.reason,
-        granted_attributes: record.granted_attributes,
-        granted_lifetime: record.granted_lifetime,
-    }
-}
-
-/// A stored state as the API shows it.
-fn api_state(state: JoinState) -> api::JoinState {
-    match state {
-        JoinState::Pending => api::JoinState::Pending,
-        JoinState::Approved => api::JoinState::Approved,
-        JoinState::Denied => api::JoinState::Denied,
-        JoinState::Expired => api::JoinState::Expired,
-    }
-}
-
-fn rule_info(rule: RuleRecord) -> AutoApproveRule {
-    AutoApproveRule {
-        id: rule.id,
-        netblock: rule.netblock,
-        attributes: rule.attributes,
-        max_credential_lifetime: rule.max_credential_lifetime,
-        created_at: rule.created_at,
-        created_by: rule.created_by.to_string(),
-        expires_at: rule.expires_at,
-    }
-}
-
 fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
@@ -343,7 +193,7 @@ fn file_refusal(error: FileError) -> ApiError {
                 attempts = ID_ATTEMPTS,
                 "every random join request id tried was taken"
             );
-            ApiError::new(ErrorKind::Internal, INTERNAL)
+            internal()
         }
         FileError::Store(e) => store_failed("filing a join request", &e),
     }
@@ -657,7 +507,7 @@ impl Authority {
                 record.lifetime
             )));
         }
-        if enroller && granted.get(ROLE_ATTRIBUTE).map(String::as_str) == Some(ENROLLER_ROLE) {
+        if enroller && grants_enroller(&granted) {
             return Err(forbidden(
                 "only admins may approve a request for ockam-role=enroller; approve it without that attribute (-a) or ask an admin",
             ));
@@ -723,7 +573,7 @@ impl Authority {
     ) -> Result<RuleAdded, ApiError> {
         let net = parse_netblock(netblock).map_err(bad_request)?;
         check_member_attributes(&attributes)?;
-        if enroller && attributes.get(ROLE_ATTRIBUTE).map(String::as_str) == Some(ENROLLER_ROLE) {
+        if enroller && grants_enroller(&attributes) {
             return Err(forbidden(
                 "only admins may add a rule that approves ockam-role=enroller",
             ));
@@ -813,7 +663,7 @@ impl Authority {
         if record.state_at(now) == JoinState::Pending {
             drop(permit);
             let Ok(_slot) = self.shared.join.slots.clone().try_acquire_owned() else {
-                return Err(ApiError::new(ErrorKind::Busy, BUSY));
+                return Err(busy());
             };
             let until_expiry = Duration::from_secs(record.expires_at.saturating_sub(now));
             let hold = JOIN_WAIT_HOLD.min(until_expiry.saturating_add(Duration::from_secs(1)));
@@ -824,7 +674,7 @@ impl Authority {
                 .in_flight
                 .clone()
                 .try_acquire_owned()
-                .map_err(|_| ApiError::new(ErrorKind::Busy, BUSY))?;
+                .map_err(|_| busy())?;
             record = self.own_request(caller, id).await?;
             return self.waited(caller, record).await;
         }
@@ -960,33 +810,10 @@ mod tests {
     }
 
     #[test]
-    fn stored_states_show_as_the_api_states_of_the_same_name() {
-        for state in [
-            JoinState::Pending,
-            JoinState::Approved,
-            JoinState::Denied,
-            JoinState::Expired,
-        ] {
-            assert_eq!(api_state(state).as_str(), state.as_str());
-        }
-    }
-
-    #[test]
     fn notes_with_control_characters_are_refused() {
         assert!(check_text("note", "rack 4, host 12").is_ok());
         assert!(check_text("note", "\u{1b}[2Jgotcha").is_err());
         assert!(check_text("note", &"x".repeat(MAX_JOIN_NOTE + 1)).is_err());
-    }
-
-    #[test]
-    fn a_requester_may_hold_two_waits_at_once() {
-        let waiters = JoinWaiters::default();
-        let me: Identifier = "I0000000000000000000000000000000000000000".parse().unwrap();
-        assert!(waiters.enter(&me));
-        assert!(waiters.enter(&me));
-        assert!(!waiters.enter(&me));
-        waiters.leave(&me);
-        assert!(waiters.enter(&me));
     }
 
     proptest! {
