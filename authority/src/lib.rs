@@ -20,6 +20,8 @@
 pub mod api;
 /// The client side of the authority's services: a pinned secure channel and one call per request.
 pub mod client;
+/// Where the authority's rules read the time: the system clock, or a manual one in tests.
+pub mod clock;
 /// The crate's errors: starting the services, relay names, the store, tickets, projects.
 pub mod error;
 /// Keeping a relay up from the relayed node: heartbeat, reconnect with backoff, status.
@@ -39,6 +41,7 @@ pub mod ticket;
 /// Join requests: asking to become a member without a ticket, decided by an admin.
 pub use service::join;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{
     DecideError, FileError, ProjectError, RedeemError, RelayNameError, StartServicesError,
     StoreError, TicketError,

@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use kith_identity::{Identifier, unix_now};
+use kith_identity::Identifier;
 use kith_node::{
     Address, AllowOrigins, Context, Message, MessageSink, Node, Origin, ReadyFuture, Route,
     SinkError, SinkHandle, StartError, TryRouteError, Worker, WorkerError,
@@ -294,7 +294,7 @@ impl RelayService {
             warn!(peer = %caller.identifier, relay = name, reason = %refusal, "refused to create a relay");
             return Err(refusal);
         }
-        let now = unix_now();
+        let now = self.authority.now();
         if let Some(held) = self.relays.get_mut(name) {
             if held.owner != caller.identifier {
                 warn!(peer = %caller.identifier, relay = name, owner = %held.owner, "refused to create a relay held by another identity");

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kith_authority::ManualClock;
 use kith_authority::api::{self, CreatedTicket, ErrorKind, PROJECT_ID_ATTRIBUTE, RELAY_ATTRIBUTE};
 use kith_authority::client::{AuthorityClient, ClientError, decode_credential};
 use kith_authority::join::JoinSettings;
@@ -1226,6 +1227,9 @@ struct Project {
     admins: BTreeSet<Identifier>,
     node: ProjectNode,
     port: u16,
+    /// The clock the project node's authority reads, across restarts: set to the wall
+    /// clock at the start, and moved only by the tests.
+    clock: Arc<ManualClock>,
 }
 
 impl Project {
@@ -1246,8 +1250,16 @@ impl Project {
             .to_owned();
         let identity = stored.identity;
         let admins = admins.iter().map(|p| p.identifier).collect();
-        let (node, port) =
-            Self::node_on(&vault_path, &location, &identity, &admins, "127.0.0.1:0").await;
+        let clock = Arc::new(ManualClock::new(unix_now()));
+        let (node, port) = Self::node_on(
+            &vault_path,
+            &location,
+            &identity,
+            &admins,
+            &clock,
+            "127.0.0.1:0",
+        )
+        .await;
         Self {
             _dir: dir,
             vault_path,
@@ -1257,6 +1269,7 @@ impl Project {
             admins,
             node,
             port,
+            clock,
         }
     }
 
@@ -1265,6 +1278,7 @@ impl Project {
         location: &str,
         identity: &Identity,
         admins: &BTreeSet<Identifier>,
+        clock: &Arc<ManualClock>,
         bind: &str,
     ) -> (ProjectNode, u16) {
         let vault = Vault::open(vault_path).await.unwrap();
@@ -1298,6 +1312,7 @@ impl Project {
                 admins: admins.clone(),
                 credential_ttl: CREDENTIAL_TTL,
                 join: JoinSettings::default(),
+                clock: clock.clone(),
             },
         );
         authority.start(&node).unwrap();
@@ -1320,6 +1335,7 @@ impl Project {
             &self.location,
             &self.identity,
             &self.admins,
+            &self.clock,
             bind,
         )
         .await;

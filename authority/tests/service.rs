@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kith_authority::ManualClock;
 use kith_authority::api::{
     self, ACCEPTOR_SERVICE, AUDIT_SERVICE, CREDENTIAL_SERVICE, CreatedTicket, ENROLLER_ROLE,
     Enrolled, ErrorKind, MEMBERS_SERVICE, PROJECT_ID_ATTRIBUTE, ROLE_ATTRIBUTE, TICKET_SERVICE,
@@ -1334,6 +1335,8 @@ struct World {
     client: (Node, TcpTransport),
     location: String,
     join: JoinSettings,
+    /// The clock every authority node of the world reads.
+    clock: Arc<ManualClock>,
 }
 
 impl World {
@@ -1364,6 +1367,7 @@ impl World {
             client: client_node("client"),
             location,
             join,
+            clock: Arc::new(ManualClock::new(now())),
         };
         for i in 0..authorities {
             let node = world.start_node(i, admins.clone()).await;
@@ -1399,6 +1403,7 @@ impl World {
                 admins,
                 credential_ttl: CREDENTIAL_TTL,
                 join: self.join,
+                clock: self.clock.clone(),
             },
         );
         authority.start(&node).unwrap();

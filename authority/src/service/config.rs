@@ -1,13 +1,16 @@
 //! How an authority is set up: the project it serves, its admins, the lifetime of the
-//! credentials it issues, and the bounds on join requests.
+//! credentials it issues, the bounds on join requests, and the clock its rules read.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kith_identity::Identifier;
 
+use crate::clock::Clock;
+
 /// How an authority is set up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct AuthorityConfig {
     /// The project's id: every credential carries it as
     /// [`PROJECT_ID_ATTRIBUTE`](crate::api::PROJECT_ID_ATTRIBUTE).
@@ -18,6 +21,9 @@ pub struct AuthorityConfig {
     pub credential_ttl: Duration,
     /// How join requests are bounded.
     pub join: JoinSettings,
+    /// Where every rule reads the time: [`SystemClock`](crate::clock::SystemClock) in an
+    /// authority, a [`ManualClock`](crate::clock::ManualClock) in tests of the rules.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// How join requests are bounded.

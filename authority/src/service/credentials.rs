@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kith_identity::{CredentialAndPurposeKey, CredentialSigningKey, Identifier, hex, unix_now};
+use kith_identity::{CredentialAndPurposeKey, CredentialSigningKey, Identifier, hex};
 use kith_node::DisplayChain;
 use tracing::{info, warn};
 
@@ -28,7 +28,7 @@ impl Authority {
                 ));
             }
         };
-        let now = unix_now();
+        let now = self.now();
         let key = self.signing_key(now).await?;
         self.issue(&key, caller, attributes, ttl, now)
     }

@@ -5,7 +5,7 @@
 //!
 //! [`ACCEPTOR_SERVICE`]: crate::api::ACCEPTOR_SERVICE
 
-use kith_identity::{Identifier, hex, unix_now};
+use kith_identity::{Identifier, hex};
 use tracing::info;
 
 use super::answer::{bad_request, store_failed};
@@ -65,7 +65,7 @@ impl Authority {
         code: &str,
     ) -> Result<Enrolled, ApiError> {
         let code = parse_code(code)?;
-        let now = unix_now();
+        let now = self.now();
         // The key first: once the ticket is used, nothing that can fail for want of a key
         // stands between the member and its credential.
         let key = self.signing_key(now).await?;

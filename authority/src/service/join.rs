@@ -34,12 +34,13 @@
 //! [`JOIN_WAIT_HOLD`]: crate::api::JOIN_WAIT_HOLD
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use kith_identity::{Identifier, unix_now};
+use kith_identity::Identifier;
 use kith_node::Node;
 use rand::Rng;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
@@ -254,7 +255,7 @@ impl Authority {
             JoinCall::Wait { id } => self.wait(caller, &normalize_id(&id), permit).await,
             JoinCall::List { all } => {
                 self.admin_or_enroller(caller, DECIDERS).await?;
-                let now = unix_now();
+                let now = self.now();
                 let records = self
                     .store()
                     .join_requests(all, now)
@@ -267,7 +268,7 @@ impl Authority {
             JoinCall::Show { id } => {
                 self.admin_or_enroller(caller, DECIDERS).await?;
                 let record = self.request(&normalize_id(&id)).await?;
-                Ok(Answer::JoinRequest(request_info(record, unix_now())))
+                Ok(Answer::JoinRequest(request_info(record, self.now())))
             }
             JoinCall::Approve {
                 id,
@@ -315,7 +316,7 @@ impl Authority {
                 self.admin_or_enroller(caller, DECIDERS).await?;
                 let rules = self
                     .store()
-                    .rules(unix_now())
+                    .rules(self.now())
                     .await
                     .map_err(|e| store_failed("listing auto-approval rules", &e))?;
                 Ok(Answer::Rules(rules.into_iter().map(rule_info).collect()))
@@ -324,7 +325,7 @@ impl Authority {
                 self.admin_or_enroller(caller, DECIDERS).await?;
                 let deleted = self
                     .store()
-                    .delete_rule(&normalize_id(&id), caller, unix_now())
+                    .delete_rule(&normalize_id(&id), caller, self.now())
                     .await
                     .map_err(|e| store_failed("deleting an auto-approval rule", &e))?;
                 match deleted {
@@ -383,7 +384,7 @@ impl Authority {
                 lifetime,
             )
         };
-        let now = unix_now();
+        let now = self.now();
         let expires_at = now.saturating_add(settings.request_ttl.as_secs());
         let mut attempt = 1;
         let filed = loop {
@@ -469,7 +470,7 @@ impl Authority {
         lifetime: Option<u64>,
     ) -> Result<JoinRequestInfo, ApiError> {
         let record = self.request(id).await?;
-        let now = unix_now();
+        let now = self.now();
         let state = record.state_at(now);
         if state != JoinState::Pending {
             return Err(decide_refusal(&match state {
@@ -532,7 +533,7 @@ impl Authority {
     ) -> Result<JoinRequestInfo, ApiError> {
         check_text("reason", reason)?;
         let record = self.request(id).await?;
-        let now = unix_now();
+        let now = self.now();
         let decision = Decision::Deny {
             reason: reason.to_owned(),
         };
@@ -586,7 +587,7 @@ impl Authority {
                 "a rule must last 1 s to {MAX_RULE_LIFETIME} s (365 days); {lifetime} s was asked for"
             )));
         }
-        let now = unix_now();
+        let now = self.now();
         let rule = RuleRecord {
             id: random_id(),
             netblock: net.to_string(),
@@ -659,7 +660,7 @@ impl Authority {
         let mut decided = pin!(notify.notified());
         decided.as_mut().enable();
         let mut record = self.own_request(caller, id).await?;
-        let now = unix_now();
+        let now = self.now();
         if record.state_at(now) == JoinState::Pending {
             drop(permit);
             let Ok(_slot) = self.shared.join.slots.clone().try_acquire_owned() else {
@@ -696,7 +697,7 @@ impl Authority {
 
     /// The answer to a wait: the request, and the credential once it is approved.
     async fn waited(&self, caller: &Identifier, record: JoinRecord) -> Result<Answer, ApiError> {
-        let now = unix_now();
+        let now = self.now();
         let credential = match record.state_at(now) {
             JoinState::Approved => Some(self.credential(caller).await?),
             _ => None,
@@ -711,22 +712,39 @@ impl Authority {
     /// their waiters (the store audits each expiry).
     pub(crate) fn start_join_sweeper(&self, node: &Node) {
         let authority = self.clone();
-        node.spawn(async move {
-            loop {
-                match authority.store().expire_join_requests(unix_now()).await {
-                    Ok(expired) => {
-                        for record in expired {
-                            info!(request = %record.id, requester = %record.requester, "join request expired undecided");
-                            authority.shared.join.wake(&record.id);
-                        }
-                    }
-                    Err(e) => {
-                        store_failed("expiring join requests", &e);
-                    }
+        node.spawn(every(SWEEP_INTERVAL, move || {
+            let authority = authority.clone();
+            async move { authority.sweep_join_requests().await }
+        }));
+    }
+
+    /// Mark the pending requests past their expiry by the authority's clock expired, and
+    /// wake whoever waits on them here.
+    async fn sweep_join_requests(&self) {
+        match self.store().expire_join_requests(self.now()).await {
+            Ok(expired) => {
+                for record in expired {
+                    info!(request = %record.id, requester = %record.requester, "join request expired undecided");
+                    self.shared.join.wake(&record.id);
                 }
-                tokio::time::sleep(SWEEP_INTERVAL).await;
             }
-        });
+            Err(e) => {
+                store_failed("expiring join requests", &e);
+            }
+        }
+    }
+}
+
+/// Run `step` at once, then again `pause` after each run ends, for as long as the task
+/// runs: a slow step delays the next one rather than letting runs bunch up.
+async fn every<F, Fut>(pause: Duration, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    loop {
+        step().await;
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! [`MEMBERS_SERVICE`]: crate::api::MEMBERS_SERVICE
 
-use kith_identity::{Identifier, unix_now};
+use kith_identity::Identifier;
 use tracing::info;
 
 use super::answer::{Answer, store_failed};
@@ -56,7 +56,7 @@ impl Authority {
                 self.admin_only(caller, WRITERS)?;
                 let identifier = parse_identifier(&identifier)?;
                 check_member_attributes(&attributes)?;
-                let now = unix_now();
+                let now = self.now();
                 let member = Member {
                     identifier,
                     attributes,
@@ -76,7 +76,7 @@ impl Authority {
                 self.admin_only(caller, WRITERS)?;
                 let identifier = parse_identifier(&identifier)?;
                 let deleted = store
-                    .delete_member(&identifier, caller, unix_now())
+                    .delete_member(&identifier, caller, self.now())
                     .await
                     .map_err(|e| store_failed("deleting a member", &e))?;
                 match deleted {

@@ -46,6 +46,7 @@ impl fmt::Debug for Authority {
             .field("project_id", &s.config.project_id)
             .field("admins", &s.config.admins)
             .field("credential_ttl", &s.config.credential_ttl)
+            .field("clock", &s.config.clock)
             .field("store", &s.store.location())
             .field("identity", &s.identity_name)
             .finish_non_exhaustive()
@@ -82,5 +83,10 @@ impl Authority {
     /// How this authority is set up.
     pub fn config(&self) -> &AuthorityConfig {
         &self.shared.config
+    }
+
+    /// Now, in Unix seconds, by the configured clock: the time every rule is checked at.
+    pub(crate) fn now(&self) -> u64 {
+        self.shared.config.clock.now()
     }
 }

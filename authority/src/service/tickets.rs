@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kith_identity::{Identifier, hex, unix_now};
+use kith_identity::{Identifier, hex};
 use tracing::{debug, info, warn};
 
 use super::answer::{Answer, bad_request, forbidden, internal, store_failed};
@@ -93,7 +93,7 @@ impl Authority {
             }
             TicketRequest::Revoke { id } => {
                 let revoked = store
-                    .revoke_ticket(&id, caller, unix_now())
+                    .revoke_ticket(&id, caller, self.now())
                     .await
                     .map_err(|e| store_failed("revoking a ticket", &e))?;
                 match revoked {
@@ -117,7 +117,7 @@ impl Authority {
         expires_in: u64,
         usage_count: u32,
     ) -> Result<CreatedTicket, ApiError> {
-        let now = unix_now();
+        let now = self.now();
         let expires_at = now.saturating_add(expires_in);
         for _ in 0..TICKET_ID_ATTEMPTS {
             let code = OneTimeCode::random();
