@@ -751,7 +751,140 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::JoinState as ShownState;
+    use crate::clock::ManualClock;
+    use crate::service::{AuthorityConfig, MAX_IN_FLIGHT};
+    use crate::store::{AuditEvent, MembershipStore};
+    use kith_identity::vault::Vault;
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// 2023-11-14T22:13:20Z: the fixed time the rule tests start at.
+    const NOW: u64 = 1_700_000_000;
+
+    /// 30 s: bounds every wait for something that should happen at once.
+    const WAIT: Duration = Duration::from_secs(30);
+
+    /// An authority on a fresh SQLite store and vault in `dir`, reading `clock`.
+    async fn authority_at(dir: &Path, clock: Arc<ManualClock>) -> Authority {
+        let store = MembershipStore::open_sqlite(&dir.join("store.sqlite"))
+            .await
+            .unwrap();
+        let vault = Vault::open(&dir.join("vault.sqlite")).await.unwrap();
+        Authority::new(
+            store,
+            vault,
+            "authority".into(),
+            AuthorityConfig {
+                project_id: "p".into(),
+                admins: BTreeSet::new(),
+                credential_ttl: Duration::from_secs(3600),
+                join: JoinSettings::default(),
+                clock,
+            },
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_at_the_clocks_time_expires_a_request_and_answers_its_held_wait() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let clock = Arc::new(ManualClock::new(NOW));
+        let authority = authority_at(dir.path(), clock.clone()).await;
+        let ttl = JoinSettings::default().request_ttl;
+        let requester: Identifier = format!("I{:040x}", 0xa1).parse().unwrap();
+        let request = NewJoinRequest {
+            id: "AAAA-0001".into(),
+            requester,
+            source: "192.0.2.1".into(),
+            attributes: BTreeMap::new(),
+            lifetime: 60,
+            note: String::new(),
+            expires_at: NOW + ttl.as_secs(),
+        };
+        let limits = JoinLimits {
+            per_source: 5,
+            total: 10,
+        };
+        let id = authority
+            .store()
+            .file_join_request(&request, &|_| "CODE".to_owned(), limits, NOW)
+            .await
+            .unwrap()
+            .record
+            .id;
+
+        // The requester waits, an hour from the expiry: the wait holds for all of
+        // `JOIN_WAIT_HOLD`, and gives its permit back while it does.
+        let in_flight = authority.shared.in_flight.clone();
+        let permit = in_flight.clone().try_acquire_owned().unwrap();
+        let waiter = {
+            let (authority, id) = (authority.clone(), id.clone());
+            tokio::spawn(async move { authority.wait(&requester, &id, permit).await })
+        };
+        let every_permit = u32::try_from(MAX_IN_FLIGHT).unwrap();
+        drop(
+            tokio::time::timeout(WAIT, in_flight.acquire_many(every_permit))
+                .await
+                .expect("the wait holds")
+                .unwrap(),
+        );
+
+        // A second short of its expiry, a sweep leaves it pending.
+        clock.advance(ttl - Duration::from_secs(1));
+        authority.sweep_join_requests().await;
+        let record = authority.store().join_request(&id).await.unwrap().unwrap();
+        assert_eq!(record.state, JoinState::Pending);
+        assert!(!waiter.is_finished());
+
+        // At its expiry the sweep marks it, and the held wait is answered at once, well
+        // before its hold would end.
+        let expired_at = clock.advance(Duration::from_secs(1));
+        authority.sweep_join_requests().await;
+        let answered = tokio::time::timeout(JOIN_WAIT_HOLD / 2, waiter)
+            .await
+            .expect("the sweep woke the wait")
+            .unwrap();
+        let Ok(Answer::JoinWaited(waited)) = answered else {
+            panic!("expected the wait's answer");
+        };
+        assert_eq!(waited.request.state, ShownState::Expired);
+        assert_eq!(waited.request.decided_at, Some(expired_at));
+        assert!(waited.credential.is_none());
+        let audit = authority.store().audit_log(10).await.unwrap();
+        assert!(
+            audit.iter().any(|e| e.action == AuditEvent::REQUEST_EXPIRED
+                && e.subject == id
+                && e.at == expired_at),
+            "{audit:?}"
+        );
+        authority.store().close().await;
+        authority.shared.vault.close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweeps_run_at_once_then_one_interval_after_each_ends() {
+        /// 2 s: how long each sweep takes here, as a slow store's would.
+        const SWEEP_TAKES: Duration = Duration::from_secs(2);
+        let (ran, mut runs) = tokio::sync::mpsc::channel(4);
+        let started = tokio::time::Instant::now();
+        let sweeper = tokio::spawn(every(SWEEP_INTERVAL, move || {
+            let ran = ran.clone();
+            async move {
+                let at = tokio::time::Instant::now();
+                tokio::time::sleep(SWEEP_TAKES).await;
+                let _ = ran.send(at - started).await;
+            }
+        }));
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(runs.recv().await.unwrap());
+        }
+        sweeper.abort();
+        let period = SWEEP_TAKES + SWEEP_INTERVAL;
+        assert_eq!(seen, [Duration::ZERO, period, 2 * period]);
+    }
 
     #[test]
     fn ids_are_nine_characters_of_the_alphabet() {
