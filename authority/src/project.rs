@@ -13,11 +13,13 @@
 //! [`MAX_PROJECT_JSON`]: crate::project::MAX_PROJECT_JSON
 
 use kith_identity::hex::{self, HexError};
-use kith_identity::{IDENTIFIER_LEN, Identifier, IdentifierError, Identity, IdentityError};
-use kith_transport::{MultiAddr, MultiAddrError};
+use kith_identity::{IDENTIFIER_LEN, Identifier, Identity};
+use kith_transport::MultiAddr;
 use minicbor::{Decoder, Encoder};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+
+use crate::error::ProjectError;
 
 /// 64 KiB: the largest project file accepted. A real one is about 1 KiB (the authority's
 /// identity grows by ~200 bytes per key rotation); the cap bounds what a hostile file costs.
@@ -39,7 +41,7 @@ pub const MAX_CBOR_TEXT: usize = 1024;
 pub const MAX_IDENTITY_LEN: usize = 16 * 1024;
 
 /// The only version of the JSON form.
-const JSON_VERSION: u64 = 1;
+pub(crate) const JSON_VERSION: u64 = 1;
 
 /// Items in the CBOR form: name, id, authority identity, authority route, project node
 /// identifier, project node route.
@@ -63,122 +65,6 @@ pub struct Project {
     pub project_route: MultiAddr,
     /// The project node's identifier.
     pub project_identifier: Identifier,
-}
-
-/// Why a project description was refused. Field names are those of the JSON form
-/// (`authority.identifier`), also for the CBOR form, so a message reads the same whichever
-/// form it came from.
-#[derive(Debug, thiserror::Error)]
-pub enum ProjectError {
-    /// The JSON text is longer than [`MAX_PROJECT_JSON`]; it was not parsed.
-    #[error("project description is {len} bytes; the most accepted is {max}")]
-    TooLarge {
-        /// Its length in bytes.
-        len: usize,
-        /// The maximum.
-        max: usize,
-    },
-    /// Not JSON, or JSON of another shape (an unknown, missing or repeated field, a value of
-    /// the wrong type). The source says which field and where.
-    #[error("project description is not valid project JSON")]
-    Json(#[source] serde_json::Error),
-    /// A version of the JSON form this kith does not read.
-    #[error(
-        "project description version {found} is not supported (this kith reads version {JSON_VERSION}); export it again with this kith's version"
-    )]
-    Version {
-        /// The version found.
-        found: u64,
-    },
-    /// A name that is empty, too long or has characters outside `A-Z a-z 0-9 _ -`.
-    #[error(
-        "project: name {value:?} is invalid: use 1 to {MAX_NAME_LEN} letters, digits, '-' or '_'"
-    )]
-    Name {
-        /// The name (its first 80 characters).
-        value: String,
-    },
-    /// An id that is not 32 lowercase hex digits.
-    #[error("project: id {value:?} is invalid: it must be {ID_LEN} lowercase hex digits")]
-    Id {
-        /// The id (its first 80 characters).
-        value: String,
-    },
-    /// An identifier field that does not parse.
-    #[error("project: {field} is not an identifier")]
-    Identifier {
-        /// The field, e.g. `project_node.identifier`.
-        field: &'static str,
-        /// Why it does not parse.
-        #[source]
-        source: IdentifierError,
-    },
-    /// A hex field with a character that is not a hex digit.
-    #[error("project: {field} is not hex: {character:?} at position {position}")]
-    NotHex {
-        /// The field.
-        field: &'static str,
-        /// The offending character.
-        character: char,
-        /// Its 1-based position in the field.
-        position: usize,
-    },
-    /// A hex field with an odd number of digits.
-    #[error("project: {field} has an odd number of hex digits ({len}); it was probably cut short")]
-    OddHex {
-        /// The field.
-        field: &'static str,
-        /// Its length in digits.
-        len: usize,
-    },
-    /// A field longer than its maximum.
-    #[error("project: {field} is {len} bytes; the most accepted is {max}")]
-    TooLong {
-        /// The field.
-        field: &'static str,
-        /// Its length in bytes.
-        len: usize,
-        /// The maximum.
-        max: usize,
-    },
-    /// The authority's identity does not import: malformed, or its key history does not
-    /// verify.
-    #[error("project: authority.identity is not a valid identity")]
-    Identity(#[source] IdentityError),
-    /// The stated authority identifier is not the identity's own.
-    #[error("project: authority.identifier {stated} does not match its identity ({actual})")]
-    IdentifierMismatch {
-        /// The identifier the description states.
-        stated: Identifier,
-        /// The identifier of the identity it carries.
-        actual: Identifier,
-    },
-    /// A route field that does not parse as a multiaddr.
-    #[error("project: {field} is not a valid route")]
-    Route {
-        /// The field, e.g. `authority.route`.
-        field: &'static str,
-        /// Why it does not parse.
-        #[source]
-        source: MultiAddrError,
-    },
-    /// Malformed CBOR, cut short, or a value of the wrong type.
-    #[error("project: malformed encoding at {field}")]
-    Cbor {
-        /// The field being read.
-        field: &'static str,
-        /// The decoder's error.
-        #[source]
-        source: minicbor::decode::Error,
-    },
-    /// Well-formed CBOR of the wrong shape.
-    #[error("project: malformed encoding: {field} {problem}")]
-    Shape {
-        /// The field being read.
-        field: &'static str,
-        /// What is wrong with it.
-        problem: &'static str,
-    },
 }
 
 impl Project {

@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use kith_identity::{Identifier, unix_now};
+use kith_identity::Identifier;
 use kith_node::{
     Address, AllowOrigins, Context, Message, MessageSink, Node, Origin, ReadyFuture, Route,
     SinkError, SinkHandle, StartError, TryRouteError, Worker, WorkerError,
@@ -44,7 +44,9 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::api::{self, ApiError, ErrorKind, PROJECT_ID_ATTRIBUTE, RELAY_ATTRIBUTE};
-use crate::service::{Authority, encode_result, send_reply};
+use crate::error::RelayNameError;
+use crate::service::Authority;
+use crate::service::answer::{encode_result, send_reply};
 
 /// The relay service's address on the project node.
 pub const RELAY_SERVICE: &str = "relay";
@@ -63,32 +65,6 @@ pub const MAX_RELAYS: usize = 10_000;
 /// 64 messages: what a relay queues for a next hop that cannot take them at once, as a
 /// secure channel does; past it, senders wait.
 const BACKLOG: usize = 64;
-
-/// Why a relay name was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RelayNameError {
-    /// The empty string.
-    #[error(
-        "the relay name is empty; give one of 1 to {MAX_RELAY_NAME} letters, digits, '-', '_' or '.'"
-    )]
-    Empty,
-    /// Longer than [`MAX_RELAY_NAME`].
-    #[error("the relay name is {len} bytes long; the most is {MAX_RELAY_NAME}")]
-    TooLong {
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// A character outside `A-Z a-z 0-9 - _ .`, or a leading `.`.
-    #[error(
-        "the relay name has {character:?} at position {position}; use letters, digits, '-', '_' and '.' (not first)"
-    )]
-    Character {
-        /// The character, shown escaped.
-        character: char,
-        /// Its position, counting characters from 1.
-        position: usize,
-    },
-}
 
 /// Check that `name` can name a relay: 1 to [`MAX_RELAY_NAME`] bytes of `A-Z a-z 0-9 - _ .`,
 /// not starting with `.`. Path separators, spaces and control characters are refused.
@@ -318,7 +294,7 @@ impl RelayService {
             warn!(peer = %caller.identifier, relay = name, reason = %refusal, "refused to create a relay");
             return Err(refusal);
         }
-        let now = unix_now();
+        let now = self.authority.now();
         if let Some(held) = self.relays.get_mut(name) {
             if held.owner != caller.identifier {
                 warn!(peer = %caller.identifier, relay = name, owner = %held.owner, "refused to create a relay held by another identity");

@@ -49,9 +49,7 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use kith_identity::{
-    CredentialError, MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTE_VALUE, MAX_ATTRIBUTES, check_attribute,
-};
+use kith_identity::{MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTE_VALUE, MAX_ATTRIBUTES, check_attribute};
 use minicbor::{Decoder, Encoder};
 use rand::RngCore;
 use serde::de::{Error as _, MapAccess, Visitor};
@@ -60,7 +58,8 @@ use sha2::{Digest, Sha256};
 
 use kith_identity::hex::{self, HexError};
 
-use crate::project::{Project, ProjectError, ProjectJson};
+use crate::error::TicketError;
+use crate::project::{Project, ProjectJson};
 
 /// 32 bytes: the one-time code's length; 256 random bits cannot be guessed.
 pub const CODE_LEN: usize = 32;
@@ -177,142 +176,6 @@ pub enum Encoding {
     Hex,
     /// Lowercase hex of the JSON form (`--legacy`); no checksum.
     Legacy,
-}
-
-/// Why text or bytes are not a ticket. No variant carries the one-time code.
-#[derive(Debug, thiserror::Error)]
-pub enum TicketError {
-    /// Nothing, or only whitespace.
-    #[error(
-        "the ticket is empty; pass the whole ticket as an argument, with --ticket-file, or in KITH_ENROLLMENT_TICKET"
-    )]
-    Empty,
-    /// Longer than [`MAX_TICKET_LEN`]; not decoded.
-    #[error("the ticket is {len} bytes long; the most accepted is {max}")]
-    TooLarge {
-        /// Its length in bytes.
-        len: usize,
-        /// The maximum.
-        max: usize,
-    },
-    /// Whitespace between the ticket's first and last characters.
-    #[error(
-        "the ticket has whitespace ({character:?}) at character {position}; it was probably wrapped across lines: join it into one line"
-    )]
-    Whitespace {
-        /// The whitespace character.
-        character: char,
-        /// Its 1-based position in the ticket (after surrounding whitespace is removed).
-        position: usize,
-    },
-    /// A character that is neither base64url nor hex.
-    #[error(
-        "the ticket has {character:?} at character {position}, which is neither base64url (A-Z a-z 0-9 - _) nor hex; was it copied whole?"
-    )]
-    InvalidCharacter {
-        /// The character.
-        character: char,
-        /// Its 1-based position in the ticket (after surrounding whitespace is removed).
-        position: usize,
-    },
-    /// A hex ticket with an odd number of digits.
-    #[error("the hex ticket has an odd number of digits ({len}); it was probably cut short")]
-    OddHexLength {
-        /// Its length in digits.
-        len: usize,
-    },
-    /// base64url characters that do not decode (a length no encoding produces, or stray bits
-    /// at the end).
-    #[error("the ticket is not valid base64url; it was probably cut short or altered")]
-    Base64(#[source] base64::DecodeError),
-    /// Too short to hold a version byte and a checksum.
-    #[error("the ticket is only {len} bytes; it was probably cut short")]
-    Truncated {
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// A binary form version this kith does not read.
-    #[error(
-        "ticket format version {version} is not supported (this kith reads version {VERSION}); upgrade kith, or ask for a ticket with --legacy"
-    )]
-    UnknownVersion {
-        /// The version byte found.
-        version: u8,
-    },
-    /// The checksum does not match: the ticket was damaged (or cut short) on its way here.
-    #[error("ticket is damaged: checksum mismatch; copy the whole ticket again")]
-    Checksum,
-    /// Malformed CBOR, or a value of the wrong type.
-    #[error("ticket is malformed at {field}")]
-    Cbor {
-        /// The field being read.
-        field: &'static str,
-        /// The decoder's error.
-        #[source]
-        source: minicbor::decode::Error,
-    },
-    /// Well-formed CBOR of the wrong shape.
-    #[error("ticket is malformed: {field} {problem}")]
-    Shape {
-        /// The field being read.
-        field: &'static str,
-        /// What is wrong with it.
-        problem: &'static str,
-    },
-    /// A field longer than its maximum, refused before it is read.
-    #[error("ticket: {field} is {len} bytes; the most accepted is {max}")]
-    TooLong {
-        /// The field.
-        field: &'static str,
-        /// Its length in bytes.
-        len: usize,
-        /// The maximum.
-        max: usize,
-    },
-    /// More attributes than [`MAX_ATTRIBUTES`].
-    #[error("the ticket has {count} attributes; the most accepted is {max}")]
-    TooManyAttributes {
-        /// How many it announces.
-        count: u64,
-        /// The maximum.
-        max: usize,
-    },
-    /// Attribute names not in strictly increasing order (so one is repeated, or the ticket was
-    /// not written by kith).
-    #[error("ticket attribute {name:?} is out of order or repeated")]
-    AttributeOrder {
-        /// The name (its first 40 characters).
-        name: String,
-    },
-    /// An attribute that breaks the attribute rules.
-    #[error("ticket attribute {name:?} is invalid")]
-    Attribute {
-        /// The name (its first 40 characters).
-        name: String,
-        /// The rule it breaks.
-        #[source]
-        source: CredentialError,
-    },
-    /// Bytes after the CBOR array.
-    #[error("the ticket has {count} unexpected bytes after its contents")]
-    TrailingBytes {
-        /// How many.
-        count: usize,
-    },
-    /// Valid content in an encoding kith never writes (say, a number in more bytes than it
-    /// needs). Refused so that every accepted binary ticket has exactly one form.
-    #[error("the ticket is not in canonical form; it was not written by kith")]
-    NonCanonical,
-    /// A legacy ticket's `one_time_code` that is not 64 hex digits.
-    #[error("legacy ticket: one_time_code must be 64 hex digits")]
-    Code,
-    /// A legacy ticket that is not JSON of the expected shape (unknown, missing or repeated
-    /// field, wrong type). The source says which field.
-    #[error("legacy ticket is not valid ticket JSON")]
-    Json(#[source] serde_json::Error),
-    /// The project description inside is invalid; the source says which field.
-    #[error("the ticket's project description is invalid")]
-    Project(#[source] ProjectError),
 }
 
 /// The checksum of a binary ticket's leading bytes (everything before the checksum):
@@ -668,6 +531,7 @@ fn bounded_attributes<'de, D: Deserializer<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ProjectError;
     use crate::project::tests::{any_project, project};
     use proptest::prelude::*;
 

@@ -20,6 +20,7 @@ use kith_authority::relay::{self, RELAY_ADDRESS_PREFIX, RelayInfo};
 use kith_authority::service::{Authority, AuthorityConfig};
 use kith_authority::store::MembershipStore;
 use kith_authority::ticket::OneTimeCode;
+use kith_authority::{Clock, ManualClock};
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
 use kith_identity::secure_channel::{
     self, ChannelSettings, DEFAULT_LISTENER, SecureChannel, SecureChannelError, SharedSettings,
@@ -233,7 +234,8 @@ async fn a_member_with_ockam_relay_db_creates_db_and_an_admin_without_credential
     assert_eq!(made.name, "db");
     assert_eq!(made.address, "forward_to_db");
     assert_eq!(made.owner, member.identifier.to_string());
-    assert!(made.created_at.abs_diff(unix_now()) <= 5);
+    assert_eq!(made.created_at, project.clock.now());
+    assert_eq!(made.updated_at, made.created_at);
     assert_eq!(client.check_relay("db").await.unwrap().owner, made.owner);
 
     // The admin presents no credential at all.
@@ -290,11 +292,12 @@ async fn a_relay_name_stays_with_its_owner_across_channels_until_an_admin_frees_
     );
 
     // The owner comes back through a new channel and takes the relay along.
+    project.clock.advance(Duration::from_secs(5));
     let mut new = b1.client(&project).await;
     let moved = new.create_relay("db").await.unwrap();
     assert_eq!(moved.owner, created.owner);
     assert_eq!(moved.created_at, created.created_at);
-    assert!(moved.updated_at >= created.updated_at);
+    assert_eq!(moved.updated_at, created.updated_at + 5);
     refused(
         old.check_relay("db").await,
         ErrorKind::NotFound,
@@ -1226,6 +1229,9 @@ struct Project {
     admins: BTreeSet<Identifier>,
     node: ProjectNode,
     port: u16,
+    /// The clock the project node's authority reads, across restarts: set to the wall
+    /// clock at the start, and moved only by the tests.
+    clock: Arc<ManualClock>,
 }
 
 impl Project {
@@ -1246,8 +1252,16 @@ impl Project {
             .to_owned();
         let identity = stored.identity;
         let admins = admins.iter().map(|p| p.identifier).collect();
-        let (node, port) =
-            Self::node_on(&vault_path, &location, &identity, &admins, "127.0.0.1:0").await;
+        let clock = Arc::new(ManualClock::new(unix_now()));
+        let (node, port) = Self::node_on(
+            &vault_path,
+            &location,
+            &identity,
+            &admins,
+            &clock,
+            "127.0.0.1:0",
+        )
+        .await;
         Self {
             _dir: dir,
             vault_path,
@@ -1257,6 +1271,7 @@ impl Project {
             admins,
             node,
             port,
+            clock,
         }
     }
 
@@ -1265,6 +1280,7 @@ impl Project {
         location: &str,
         identity: &Identity,
         admins: &BTreeSet<Identifier>,
+        clock: &Arc<ManualClock>,
         bind: &str,
     ) -> (ProjectNode, u16) {
         let vault = Vault::open(vault_path).await.unwrap();
@@ -1298,6 +1314,7 @@ impl Project {
                 admins: admins.clone(),
                 credential_ttl: CREDENTIAL_TTL,
                 join: JoinSettings::default(),
+                clock: clock.clone(),
             },
         );
         authority.start(&node).unwrap();
@@ -1320,6 +1337,7 @@ impl Project {
             &self.location,
             &self.identity,
             &self.admins,
+            &self.clock,
             bind,
         )
         .await;

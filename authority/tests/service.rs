@@ -2,6 +2,11 @@
 //! real secure channels, and a real membership store. Every scenario runs once on a fresh
 //! SQLite file and once on a fresh PostgreSQL database (DESIGN §5: same behaviour on both).
 //!
+//! The authority reads time from a [`ManualClock`] set when the world starts: every
+//! timestamp an answer carries is known exactly, and "later" is the clock moved forward, not
+//! a wait. It stays within a minute of the wall clock wherever a credential it issues is
+//! then verified (channels and clients check credentials against the wall clock).
+//!
 //! The PostgreSQL half needs a server: `KITH_TEST_POSTGRES_URL` names a role that may create
 //! databases (each test makes its own and drops it). `eval "$(bash .ci/postgres)"` starts one
 //! and sets the variable. Without it those tests fail; they never skip silently.
@@ -21,8 +26,9 @@ use kith_authority::client::{
 };
 use kith_authority::join::JoinSettings;
 use kith_authority::service::{Authority, AuthorityConfig};
-use kith_authority::store::{AuditEvent, Member, MembershipStore, NewTicket};
+use kith_authority::store::{AuditEvent, Member, MembershipStore};
 use kith_authority::ticket::OneTimeCode;
+use kith_authority::{Clock, ManualClock};
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
 use kith_identity::vault::Vault;
@@ -75,6 +81,7 @@ async fn an_admins_ticket_enrolls_a_new_identity_with_a_credential_that_verifies
     assert_eq!(ticket.id.len(), 12);
     assert_eq!(ticket.attributes, attributes);
     assert_eq!(ticket.usage_count, 1);
+    assert_eq!(ticket.expires_at, world.clock.now() + 600);
 
     let newcomer = Party::new();
     let mut client = world.connect(&newcomer, 0).await;
@@ -100,7 +107,7 @@ async fn an_admins_ticket_enrolls_a_new_identity_with_a_credential_that_verifies
         verified.expires_at - verified.created_at,
         CREDENTIAL_TTL.as_secs()
     );
-    assert!(verified.created_at.abs_diff(now()) <= 5);
+    assert_eq!(verified.created_at, world.clock.now());
     // Not for anyone else.
     assert!(
         decode_credential(&enrolled)
@@ -272,32 +279,6 @@ async fn expired_revoked_unknown_and_used_up_codes_get_distinct_refusals(db: &Te
     )
     .await;
 
-    // An expired ticket, written straight into the store: it was made 100 s ago and expired
-    // 10 s ago.
-    let expired = OneTimeCode::random();
-    world
-        .store
-        .create_ticket(
-            &NewTicket {
-                id: "expired0".into(),
-                code_hash: expired.hash(),
-                attributes: BTreeMap::new(),
-                usage_count: 1,
-                expires_at: now() - 10,
-                created_by: admin.identifier,
-            },
-            now() - 100,
-        )
-        .await
-        .unwrap();
-    redeem_refused(
-        &mut client,
-        &expired,
-        ErrorKind::TicketExpired,
-        &mut refusals,
-    )
-    .await;
-
     let single = admin_client
         .create_ticket(BTreeMap::new(), Duration::from_secs(600), 1)
         .await
@@ -316,6 +297,26 @@ async fn expired_revoked_unknown_and_used_up_codes_get_distinct_refusals(db: &Te
         &mut refusals,
     )
     .await;
+
+    // A ticket past its expiry by the authority's clock; at its expiry time it is refused.
+    let expiring = admin_client
+        .create_ticket(BTreeMap::new(), Duration::from_secs(30), 1)
+        .await
+        .unwrap();
+    assert_eq!(expiring.expires_at, world.clock.now() + 30);
+    world.clock.advance(Duration::from_secs(30));
+    redeem_refused(
+        &mut client,
+        &code_of(&expiring),
+        ErrorKind::TicketExpired,
+        &mut refusals,
+    )
+    .await;
+    let expired = &refusals[&format!("{:?}", ErrorKind::TicketExpired)];
+    assert!(
+        expired.contains(&expiring.expires_at.to_string()),
+        "{expired}"
+    );
     let messages: BTreeSet<&String> = refusals.values().collect();
     assert_eq!(messages.len(), 4, "{refusals:?}");
     // No refusal made the redeemer a member.
@@ -552,9 +553,15 @@ async fn credentials_follow_the_store(db: &TestDb) {
         fresh.attributes,
         attributes(&[("component", "web"), (PROJECT_ID_ATTRIBUTE, PROJECT_ID)])
     );
+    assert_eq!(
+        fresh.expires_at,
+        world.clock.now() + CREDENTIAL_TTL.as_secs()
+    );
     verify(&world, &member, &fresh);
 
-    // The stored attributes change; the next credential carries the new ones.
+    // The stored attributes change; the next credential carries the new ones, valid from
+    // the time it is issued.
+    world.clock.advance(Duration::from_secs(30));
     admin_client
         .add_member(
             &member.identifier,
@@ -570,6 +577,10 @@ async fn credentials_follow_the_store(db: &TestDb) {
             ("tier", "2"),
             (PROJECT_ID_ATTRIBUTE, PROJECT_ID)
         ])
+    );
+    assert_eq!(
+        fresh.expires_at,
+        world.clock.now() + CREDENTIAL_TTL.as_secs()
     );
     verify(&world, &member, &fresh);
 
@@ -599,6 +610,7 @@ async fn credentials_follow_the_store(db: &TestDb) {
     assert_eq!(audit.len(), 2);
     assert_eq!(audit[1].action, AuditEvent::MEMBER_DELETED);
     assert_eq!(audit[1].subject, member.identifier.to_string());
+    assert_eq!(audit[1].at, world.clock.now());
     world.stop().await;
 }
 
@@ -816,10 +828,11 @@ async fn a_join_request_is_approved_with_its_code_and_the_requester_gets_its_cre
         enrolled.attributes,
         attributes(&[("component", "worker"), (PROJECT_ID_ATTRIBUTE, PROJECT_ID)])
     );
-    assert!(enrolled.expires_at <= now() + 600);
+    assert_eq!(enrolled.expires_at, world.clock.now() + 600);
     // It is a member like any other; its refreshed credentials keep the shorter lifetime.
+    world.clock.advance(Duration::from_secs(10));
     let refreshed = client.credential().await.unwrap();
-    assert!(refreshed.expires_at <= now() + 600);
+    assert_eq!(refreshed.expires_at, world.clock.now() + 600);
     let member = world
         .store
         .member(&requester.identifier)
@@ -1015,7 +1028,7 @@ async fn a_waiting_requester_reconnects_when_the_authority_restarts_and_gets_its
 async fn join_requests_are_capped_per_address_and_expire(db: &TestDb) {
     let admin = Party::new();
     let join = JoinSettings {
-        request_ttl: Duration::from_secs(2),
+        request_ttl: Duration::from_secs(3600),
         max_pending_per_source: 5,
         max_pending: 1000,
     };
@@ -1029,6 +1042,7 @@ async fn join_requests_are_capped_per_address_and_expire(db: &TestDb) {
             .file_join_request(BTreeMap::new(), None, "")
             .await
             .unwrap();
+        assert_eq!(info.expires_at, world.clock.now() + 3600);
         filed.push((info, client));
     }
     let sixth = Party::new();
@@ -1041,8 +1055,18 @@ async fn join_requests_are_capped_per_address_and_expire(db: &TestDb) {
     assert_eq!(e.kind, ErrorKind::TooManyRequests, "{e:?}");
     assert!(e.message.contains("127.0.0.1"), "{}", e.message);
 
-    // Undecided, they expire; a waiter learns it, and an expired one cannot be approved.
+    // Undecided, they expire at their expiry time; a waiter learns it, and an expired one
+    // cannot be approved.
     let (first, mut first_client) = filed.remove(0);
+    assert_eq!(
+        show(&mut admin_client, &first.id).await.state,
+        JoinState::Pending
+    );
+    world.clock.advance(Duration::from_secs(3600));
+    assert_eq!(
+        show(&mut admin_client, &first.id).await.state,
+        JoinState::Expired
+    );
     let waited = decided(&mut first_client, &first.id).await;
     assert_eq!(waited.request.state, JoinState::Expired);
     assert!(waited.credential.is_none());
@@ -1205,7 +1229,8 @@ async fn auto_approval_rules_approve_matching_requests_now_and_later(db: &TestDb
     assert_eq!(added.approved, vec![worker_req.id.clone()]);
     let waited = decided(&mut worker_client, &worker_req.id).await;
     let enrolled = waited.credential.unwrap();
-    assert!(enrolled.expires_at <= now() + 300);
+    assert_eq!(waited.request.granted_lifetime, Some(300));
+    assert_eq!(enrolled.expires_at, world.clock.now() + 300);
     assert_eq!(
         show(&mut admin_client, &db_req.id).await.state,
         JoinState::Pending
@@ -1233,11 +1258,38 @@ async fn auto_approval_rules_approve_matching_requests_now_and_later(db: &TestDb
         .await
         .unwrap();
     assert_eq!(last_req.state, JoinState::Pending);
+
+    // A rule approves only until its expiry.
+    let brief = admin_client
+        .add_auto_approve_rule(
+            "127.0.0.0/8",
+            BTreeMap::new(),
+            None,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(brief.rule.expires_at, world.clock.now() + 60);
+    assert_eq!(brief.approved, vec![last_req.id.clone()]);
+    world.clock.advance(Duration::from_secs(60));
+    let rules = admin_client.auto_approve_rules().await.unwrap();
+    assert_eq!(
+        rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        [elsewhere.rule.id.as_str()]
+    );
+    let after = Party::new();
+    let mut after_client = world.connect(&after, 0).await;
+    let (after_req, _) = after_client
+        .file_join_request(BTreeMap::new(), None, "")
+        .await
+        .unwrap();
+    assert_eq!(after_req.state, JoinState::Pending);
     drop((
         worker_client,
         db_client,
         later_client,
         last_client,
+        after_client,
         admin_client,
     ));
     world.stop().await;
@@ -1418,6 +1470,8 @@ struct World {
     client: (Node, TcpTransport),
     location: String,
     join: JoinSettings,
+    /// The clock every authority node of the world reads.
+    clock: Arc<ManualClock>,
 }
 
 impl World {
@@ -1448,6 +1502,7 @@ impl World {
             client: client_node("client"),
             location,
             join,
+            clock: Arc::new(ManualClock::new(now())),
         };
         for i in 0..authorities {
             let node = world.start_node(i, admins.clone(), "127.0.0.1:0").await;
@@ -1488,6 +1543,7 @@ impl World {
                 admins,
                 credential_ttl: CREDENTIAL_TTL,
                 join: self.join,
+                clock: self.clock.clone(),
             },
         );
         authority.start(&node).unwrap();

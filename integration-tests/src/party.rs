@@ -169,6 +169,7 @@ impl ProjectNode {
                 admins: config.admins,
                 credential_ttl: KEY_LIFETIME,
                 join: config.join,
+                clock: Arc::new(kith_authority::SystemClock),
             },
         );
         service.start(&node)?;

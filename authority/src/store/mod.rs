@@ -28,11 +28,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use kith_identity::Identifier;
-use sqlx::migrate::MigrateError;
 use sqlx::{Postgres, Sqlite};
 
 mod ops;
@@ -40,7 +38,7 @@ mod postgres;
 mod requests;
 mod sqlite;
 
-pub use crate::api::JoinState;
+pub use crate::error::{DecideError, FileError, RedeemError, StoreError};
 
 use ops::Db;
 
@@ -183,104 +181,6 @@ impl AuditEvent {
     pub const RULE_DELETED: &'static str = "auto_approve.deleted";
 }
 
-/// Why a membership store operation failed. Messages name the store (a file path, or a
-/// PostgreSQL user, host and database — never a password) and never contain secrets.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The PostgreSQL URL does not parse.
-    #[error(
-        "invalid PostgreSQL URL for the membership store; write postgres://USER:PASSWORD@HOST:PORT/DATABASE"
-    )]
-    InvalidUrl {
-        /// What the URL parser reported (it does not repeat the URL).
-        #[source]
-        source: sqlx::Error,
-    },
-    /// The database could not be reached or refused the login.
-    #[error(
-        "cannot connect to the membership store ({store}); check that the server runs and that the URL's user and password are right"
-    )]
-    Connect {
-        /// The store, without password.
-        store: String,
-        /// What the driver reported.
-        #[source]
-        source: sqlx::Error,
-    },
-    /// Creating the SQLite file or restricting its permissions failed.
-    #[error(
-        "cannot create the membership store file {path} or make it readable by its owner only; check that its directory exists and belongs to you"
-    )]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The store's tables could not be created or brought up to date.
-    #[error(
-        "cannot prepare the tables of the membership store ({store}); if a newer kith wrote it, use that version"
-    )]
-    Migrate {
-        /// The store.
-        store: String,
-        /// What the migrator reported.
-        #[source]
-        source: MigrateError,
-    },
-    /// The database stayed busy (locked, or in conflict with other writers) for longer than
-    /// the store retries.
-    #[error(
-        "the membership store ({store}) stayed busy for {waited:?}; another authority process is probably writing a lot, so try again"
-    )]
-    Busy {
-        /// The store.
-        store: String,
-        /// How long the operation waited and retried.
-        waited: Duration,
-        /// The last busy or conflict error.
-        #[source]
-        source: sqlx::Error,
-    },
-    /// Any other database error.
-    #[error("the membership store ({store}) failed")]
-    Database {
-        /// The store.
-        store: String,
-        /// What the database or driver reported.
-        #[source]
-        source: sqlx::Error,
-    },
-    /// A stored row does not decode: the database was damaged or edited by hand.
-    #[error(
-        "the membership store ({store}) holds a corrupt {what}; correct or delete that row, or restore the store from a backup"
-    )]
-    Corrupt {
-        /// The store.
-        store: String,
-        /// What is corrupt and how.
-        what: String,
-        /// The decoding error, where there is one.
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
-    },
-    /// A ticket with this id (or, impossibly for random codes, this code) exists already.
-    #[error("a ticket with id {id:?} exists already; create the ticket again with a new id")]
-    TicketExists {
-        /// The id asked for.
-        id: String,
-    },
-    /// The ticket to create is not acceptable.
-    #[error("cannot store ticket {id:?}: {reason}")]
-    InvalidTicket {
-        /// The id asked for (at most 80 characters of it).
-        id: String,
-        /// What is wrong, and what to use instead.
-        reason: String,
-    },
-}
-
 /// A join request to file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewJoinRequest {
@@ -299,6 +199,33 @@ pub struct NewJoinRequest {
     pub note: String,
     /// When it expires if undecided, Unix seconds.
     pub expires_at: u64,
+}
+
+/// Where a stored join request stands: the `state` column. The services show it to peers as
+/// the API's own `JoinState`; the two are kept apart so that the wire format and the
+/// stored one change only on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinState {
+    /// Waiting for a decision.
+    Pending,
+    /// Approved: the requester is a member.
+    Approved,
+    /// Denied.
+    Denied,
+    /// Marked expired undecided.
+    Expired,
+}
+
+impl JoinState {
+    /// The name the `state` column holds: `pending`, `approved`, `denied` or `expired`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinState::Pending => "pending",
+            JoinState::Approved => "approved",
+            JoinState::Denied => "denied",
+            JoinState::Expired => "expired",
+        }
+    }
 }
 
 /// A stored join request.
@@ -366,66 +293,6 @@ pub struct Filed {
     pub refiled: bool,
 }
 
-/// Why a join request was not filed.
-#[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    /// Too many pending requests from this source.
-    #[error(
-        "{pending} join requests from {source_address} are pending already; at most {max} may be"
-    )]
-    PerSource {
-        /// The source.
-        source_address: String,
-        /// How many are pending.
-        pending: u32,
-        /// The cap.
-        max: u32,
-    },
-    /// Too many pending requests in all.
-    #[error("{pending} join requests are pending already; at most {max} may be")]
-    Total {
-        /// How many are pending.
-        pending: u32,
-        /// The cap.
-        max: u32,
-    },
-    /// A request with this id exists already (pick another id).
-    #[error("a join request with id {id:?} exists already")]
-    IdTaken {
-        /// The id.
-        id: String,
-    },
-    /// The store failed; nothing was filed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Why a join request was not approved or denied. Nothing was written.
-#[derive(Debug, thiserror::Error)]
-pub enum DecideError {
-    /// No request has this id.
-    #[error("there is no join request with this id")]
-    NotFound,
-    /// It was decided already (or marked expired).
-    #[error("this join request is {} already", .state.as_str())]
-    Closed {
-        /// Where it stands.
-        state: JoinState,
-    },
-    /// It expired undecided.
-    #[error("this join request expired at Unix time {expires_at}")]
-    Expired {
-        /// When.
-        expires_at: u64,
-    },
-    /// Its code is no longer the one given: it was filed again meanwhile.
-    #[error("this join request was filed again since; look at its new verification code")]
-    CodeChanged,
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// How a join request is decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -460,41 +327,6 @@ pub struct RuleRecord {
     pub created_by: Identifier,
     /// When it stops applying, Unix seconds.
     pub expires_at: u64,
-}
-
-/// Why a ticket's code did not enroll anyone. Each refusal names a different thing to do;
-/// none reveals whether other tickets exist.
-#[derive(Debug, thiserror::Error)]
-pub enum RedeemError {
-    /// No ticket has this code.
-    #[error(
-        "this enrollment ticket is not known to the authority; check that it was copied whole and is for this project, or ask an admin for a new one"
-    )]
-    Unknown,
-    /// The ticket has expired.
-    #[error("this enrollment ticket expired at Unix time {expires_at}; ask an admin for a new one")]
-    Expired {
-        /// When it expired, Unix seconds.
-        expires_at: u64,
-    },
-    /// An admin revoked the ticket.
-    #[error("this enrollment ticket was revoked at Unix time {at}; ask an admin for a new one")]
-    Revoked {
-        /// When it was revoked, Unix seconds.
-        at: u64,
-    },
-    /// The ticket has enrolled as many identities as it may.
-    #[error(
-        "this enrollment ticket has been used up: it could enroll {usage_count} {}; ask an admin for a new one",
-        if *usage_count == 1 { "identity" } else { "identities" }
-    )]
-    UsedUp {
-        /// How many identities it could enroll in all.
-        usage_count: u32,
-    },
-    /// The store failed; the ticket was not used.
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// The authority's persistent state on SQLite or PostgreSQL. Cloning is cheap and shares

@@ -54,6 +54,7 @@ pub async fn start_services(
                 max_pending_per_source: authority.max_pending_per_address,
                 max_pending: authority.max_pending,
             },
+            clock: std::sync::Arc::new(kith_authority::SystemClock),
         },
     );
     service

@@ -33,40 +33,33 @@
 //! [`JoinCall::Wait`]: crate::api::JoinCall::Wait
 //! [`JOIN_WAIT_HOLD`]: crate::api::JOIN_WAIT_HOLD
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use kith_identity::{Identifier, unix_now};
+use kith_identity::Identifier;
 use kith_node::Node;
 use rand::Rng;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tracing::{info, warn};
 
+use super::answer::{Answer, bad_request, busy, forbidden, internal, store_failed};
+use super::checks::{check_member_attributes, grants_enroller};
+use super::state::Authority;
+use super::wire::{request_info, rule_info};
 use crate::api::{
-    self, ApiError, AutoApproveRule, ENROLLER_ROLE, ErrorKind, JOIN_WAIT_HOLD, JoinCall,
-    JoinRequestInfo, JoinState, JoinWaited, MAX_JOIN_NOTE, ROLE_ATTRIBUTE, RuleAdded,
-};
-use crate::service::{
-    Answer, Authority, BUSY, INTERNAL, bad_request, check_member_attributes, forbidden,
-    store_failed,
+    self, ApiError, ErrorKind, JOIN_WAIT_HOLD, JoinCall, JoinRequestInfo, JoinWaited,
+    MAX_JOIN_NOTE, RuleAdded,
 };
 use crate::store::{
-    DecideError, Decision, FileError, JoinLimits, JoinRecord, NewJoinRequest, RuleRecord,
+    DecideError, Decision, FileError, JoinLimits, JoinRecord, JoinState, NewJoinRequest, RuleRecord,
 };
 
-/// 2: how many waits one requester identity may have held at once. One is the normal case;
-/// the second covers a requester whose old channel died with a wait still held here.
-pub const MAX_WAITS_PER_REQUESTER: u32 = 2;
-
-/// 4,096 waits: how many [`JoinCall::Wait`]s are held at once in all, four times the
-/// default cap on pending requests. Past it a wait is answered "busy" at once.
-///
-/// [`JoinCall::Wait`]: crate::api::JoinCall::Wait
-pub const MAX_WAITERS: usize = 4096;
+pub use super::config::JoinSettings;
+pub use super::waiters::{MAX_WAITERS, MAX_WAITS_PER_REQUESTER};
 
 /// 15 s: how often pending requests past their expiry are marked expired (and audited),
 /// and their waiters told. Filing sweeps too, so caps never count an expired request.
@@ -82,111 +75,11 @@ const MAX_RULE_LIFETIME: u64 = 365 * 24 * 60 * 60;
 /// The alphabet of request and rule ids: Crockford's base 32, no I, L, O or U to misread.
 const ID_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-/// How join requests are bounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JoinSettings {
-    /// How long a request stays pending before it expires (default 1 h).
-    pub request_ttl: Duration,
-    /// How many requests may be pending from one source address (default 5).
-    pub max_pending_per_source: u32,
-    /// How many may be pending in all (default 1,000).
-    pub max_pending: u32,
-}
-
-impl Default for JoinSettings {
-    fn default() -> Self {
-        Self {
-            request_ttl: Duration::from_secs(60 * 60),
-            max_pending_per_source: 5,
-            max_pending: 1000,
-        }
-    }
-}
-
 /// What a service knows of the channel a call came through.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChannelSeen {
     pub(crate) handshake_hash: [u8; 32],
     pub(crate) source: Option<SocketAddr>,
-}
-
-/// The waiters of this process: per request id, a notification for its decision; per
-/// requester, how many waits it has held.
-pub(crate) struct JoinWaiters {
-    decided: Mutex<HashMap<String, Arc<Notify>>>,
-    per_requester: Mutex<HashMap<Identifier, u32>>,
-    slots: Arc<Semaphore>,
-}
-
-impl Default for JoinWaiters {
-    fn default() -> Self {
-        Self {
-            decided: Mutex::default(),
-            per_requester: Mutex::default(),
-            slots: Arc::new(Semaphore::new(MAX_WAITERS)),
-        }
-    }
-}
-
-impl JoinWaiters {
-    /// The notification for request `id`, created if no one waits on it yet.
-    fn watch(&self, id: &str) -> Arc<Notify> {
-        self.decided
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    /// Drop the notification for `id` if no one else holds it.
-    fn unwatch(&self, id: &str, notify: Arc<Notify>) {
-        let mut decided = self.decided.lock().unwrap_or_else(PoisonError::into_inner);
-        drop(notify);
-        if decided.get(id).is_some_and(|n| Arc::strong_count(n) == 1) {
-            decided.remove(id);
-        }
-    }
-
-    /// Wake everyone waiting on request `id`.
-    fn wake(&self, id: &str) {
-        let notify = self
-            .decided
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned();
-        if let Some(n) = notify {
-            n.notify_waiters();
-        }
-    }
-
-    /// Count a wait by `requester`; `false` if it has as many as it may.
-    fn enter(&self, requester: &Identifier) -> bool {
-        let mut counts = self
-            .per_requester
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let n = counts.entry(*requester).or_default();
-        if *n >= MAX_WAITS_PER_REQUESTER {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn leave(&self, requester: &Identifier) {
-        let mut counts = self
-            .per_requester
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(requester) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(requester);
-            }
-        }
-    }
 }
 
 /// A random id: `XXXX-XXXX` in [`ID_ALPHABET`].
@@ -264,38 +157,6 @@ fn check_text(what: &str, text: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn request_info(record: JoinRecord, now: u64) -> JoinRequestInfo {
-    JoinRequestInfo {
-        state: record.state_at(now),
-        id: record.id,
-        requester: record.requester.to_string(),
-        source: record.source,
-        attributes: record.attributes,
-        lifetime: record.lifetime,
-        note: record.note,
-        code: record.code,
-        created_at: record.created_at,
-        expires_at: record.expires_at,
-        decided_at: record.decided_at,
-        decided_by: record.decided_by,
-        reason: record.reason,
-        granted_attributes: record.granted_attributes,
-        granted_lifetime: record.granted_lifetime,
-    }
-}
-
-fn rule_info(rule: RuleRecord) -> AutoApproveRule {
-    AutoApproveRule {
-        id: rule.id,
-        netblock: rule.netblock,
-        attributes: rule.attributes,
-        max_credential_lifetime: rule.max_credential_lifetime,
-        created_at: rule.created_at,
-        created_by: rule.created_by.to_string(),
-        expires_at: rule.expires_at,
-    }
-}
-
 fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
@@ -333,7 +194,7 @@ fn file_refusal(error: FileError) -> ApiError {
                 attempts = ID_ATTEMPTS,
                 "every random join request id tried was taken"
             );
-            ApiError::new(ErrorKind::Internal, INTERNAL)
+            internal()
         }
         FileError::Store(e) => store_failed("filing a join request", &e),
     }
@@ -394,7 +255,7 @@ impl Authority {
             JoinCall::Wait { id } => self.wait(caller, &normalize_id(&id), permit).await,
             JoinCall::List { all } => {
                 self.admin_or_enroller(caller, DECIDERS).await?;
-                let now = unix_now();
+                let now = self.now();
                 let records = self
                     .store()
                     .join_requests(all, now)
@@ -407,7 +268,7 @@ impl Authority {
             JoinCall::Show { id } => {
                 self.admin_or_enroller(caller, DECIDERS).await?;
                 let record = self.request(&normalize_id(&id)).await?;
-                Ok(Answer::JoinRequest(request_info(record, unix_now())))
+                Ok(Answer::JoinRequest(request_info(record, self.now())))
             }
             JoinCall::Approve {
                 id,
@@ -455,7 +316,7 @@ impl Authority {
                 self.admin_or_enroller(caller, DECIDERS).await?;
                 let rules = self
                     .store()
-                    .rules(unix_now())
+                    .rules(self.now())
                     .await
                     .map_err(|e| store_failed("listing auto-approval rules", &e))?;
                 Ok(Answer::Rules(rules.into_iter().map(rule_info).collect()))
@@ -464,7 +325,7 @@ impl Authority {
                 self.admin_or_enroller(caller, DECIDERS).await?;
                 let deleted = self
                     .store()
-                    .delete_rule(&normalize_id(&id), caller, unix_now())
+                    .delete_rule(&normalize_id(&id), caller, self.now())
                     .await
                     .map_err(|e| store_failed("deleting an auto-approval rule", &e))?;
                 match deleted {
@@ -523,7 +384,7 @@ impl Authority {
                 lifetime,
             )
         };
-        let now = unix_now();
+        let now = self.now();
         let expires_at = now.saturating_add(settings.request_ttl.as_secs());
         let mut attempt = 1;
         let filed = loop {
@@ -609,7 +470,7 @@ impl Authority {
         lifetime: Option<u64>,
     ) -> Result<JoinRequestInfo, ApiError> {
         let record = self.request(id).await?;
-        let now = unix_now();
+        let now = self.now();
         let state = record.state_at(now);
         if state != JoinState::Pending {
             return Err(decide_refusal(&match state {
@@ -647,7 +508,7 @@ impl Authority {
                 record.lifetime
             )));
         }
-        if enroller && granted.get(ROLE_ATTRIBUTE).map(String::as_str) == Some(ENROLLER_ROLE) {
+        if enroller && grants_enroller(&granted) {
             return Err(forbidden(
                 "only admins may approve a request for ockam-role=enroller; approve it without that attribute (-a) or ask an admin",
             ));
@@ -672,7 +533,7 @@ impl Authority {
     ) -> Result<JoinRequestInfo, ApiError> {
         check_text("reason", reason)?;
         let record = self.request(id).await?;
-        let now = unix_now();
+        let now = self.now();
         let decision = Decision::Deny {
             reason: reason.to_owned(),
         };
@@ -713,7 +574,7 @@ impl Authority {
     ) -> Result<RuleAdded, ApiError> {
         let net = parse_netblock(netblock).map_err(bad_request)?;
         check_member_attributes(&attributes)?;
-        if enroller && attributes.get(ROLE_ATTRIBUTE).map(String::as_str) == Some(ENROLLER_ROLE) {
+        if enroller && grants_enroller(&attributes) {
             return Err(forbidden(
                 "only admins may add a rule that approves ockam-role=enroller",
             ));
@@ -726,7 +587,7 @@ impl Authority {
                 "a rule must last 1 s to {MAX_RULE_LIFETIME} s (365 days); {lifetime} s was asked for"
             )));
         }
-        let now = unix_now();
+        let now = self.now();
         let rule = RuleRecord {
             id: random_id(),
             netblock: net.to_string(),
@@ -799,11 +660,11 @@ impl Authority {
         let mut decided = pin!(notify.notified());
         decided.as_mut().enable();
         let mut record = self.own_request(caller, id).await?;
-        let now = unix_now();
+        let now = self.now();
         if record.state_at(now) == JoinState::Pending {
             drop(permit);
             let Ok(_slot) = self.shared.join.slots.clone().try_acquire_owned() else {
-                return Err(ApiError::new(ErrorKind::Busy, BUSY));
+                return Err(busy());
             };
             let until_expiry = Duration::from_secs(record.expires_at.saturating_sub(now));
             let hold = JOIN_WAIT_HOLD.min(until_expiry.saturating_add(Duration::from_secs(1)));
@@ -814,7 +675,7 @@ impl Authority {
                 .in_flight
                 .clone()
                 .try_acquire_owned()
-                .map_err(|_| ApiError::new(ErrorKind::Busy, BUSY))?;
+                .map_err(|_| busy())?;
             record = self.own_request(caller, id).await?;
             return self.waited(caller, record).await;
         }
@@ -836,7 +697,7 @@ impl Authority {
 
     /// The answer to a wait: the request, and the credential once it is approved.
     async fn waited(&self, caller: &Identifier, record: JoinRecord) -> Result<Answer, ApiError> {
-        let now = unix_now();
+        let now = self.now();
         let credential = match record.state_at(now) {
             JoinState::Approved => Some(self.credential(caller).await?),
             _ => None,
@@ -851,29 +712,179 @@ impl Authority {
     /// their waiters (the store audits each expiry).
     pub(crate) fn start_join_sweeper(&self, node: &Node) {
         let authority = self.clone();
-        node.spawn(async move {
-            loop {
-                match authority.store().expire_join_requests(unix_now()).await {
-                    Ok(expired) => {
-                        for record in expired {
-                            info!(request = %record.id, requester = %record.requester, "join request expired undecided");
-                            authority.shared.join.wake(&record.id);
-                        }
-                    }
-                    Err(e) => {
-                        store_failed("expiring join requests", &e);
-                    }
+        node.spawn(every(SWEEP_INTERVAL, move || {
+            let authority = authority.clone();
+            async move { authority.sweep_join_requests().await }
+        }));
+    }
+
+    /// Mark the pending requests past their expiry by the authority's clock expired, and
+    /// wake whoever waits on them here.
+    async fn sweep_join_requests(&self) {
+        match self.store().expire_join_requests(self.now()).await {
+            Ok(expired) => {
+                for record in expired {
+                    info!(request = %record.id, requester = %record.requester, "join request expired undecided");
+                    self.shared.join.wake(&record.id);
                 }
-                tokio::time::sleep(SWEEP_INTERVAL).await;
             }
-        });
+            Err(e) => {
+                store_failed("expiring join requests", &e);
+            }
+        }
+    }
+}
+
+/// Run `step` at once, then again `pause` after each run ends, for as long as the task
+/// runs: a slow step delays the next one rather than letting runs bunch up.
+async fn every<F, Fut>(pause: Duration, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    loop {
+        step().await;
+        tokio::time::sleep(pause).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::JoinState as ShownState;
+    use crate::clock::ManualClock;
+    use crate::service::{AuthorityConfig, MAX_IN_FLIGHT};
+    use crate::store::{AuditEvent, MembershipStore};
+    use kith_identity::vault::Vault;
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// 2023-11-14T22:13:20Z: the fixed time the rule tests start at.
+    const NOW: u64 = 1_700_000_000;
+
+    /// 30 s: bounds every wait for something that should happen at once.
+    const WAIT: Duration = Duration::from_secs(30);
+
+    /// An authority on a fresh SQLite store and vault in `dir`, reading `clock`.
+    async fn authority_at(dir: &Path, clock: Arc<ManualClock>) -> Authority {
+        let store = MembershipStore::open_sqlite(&dir.join("store.sqlite"))
+            .await
+            .unwrap();
+        let vault = Vault::open(&dir.join("vault.sqlite")).await.unwrap();
+        Authority::new(
+            store,
+            vault,
+            "authority".into(),
+            AuthorityConfig {
+                project_id: "p".into(),
+                admins: BTreeSet::new(),
+                credential_ttl: Duration::from_secs(3600),
+                join: JoinSettings::default(),
+                clock,
+            },
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_at_the_clocks_time_expires_a_request_and_answers_its_held_wait() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let clock = Arc::new(ManualClock::new(NOW));
+        let authority = authority_at(dir.path(), clock.clone()).await;
+        let ttl = JoinSettings::default().request_ttl;
+        let requester: Identifier = format!("I{:040x}", 0xa1).parse().unwrap();
+        let request = NewJoinRequest {
+            id: "AAAA-0001".into(),
+            requester,
+            source: "192.0.2.1".into(),
+            attributes: BTreeMap::new(),
+            lifetime: 60,
+            note: String::new(),
+            expires_at: NOW + ttl.as_secs(),
+        };
+        let limits = JoinLimits {
+            per_source: 5,
+            total: 10,
+        };
+        let id = authority
+            .store()
+            .file_join_request(&request, &|_| "CODE".to_owned(), limits, NOW)
+            .await
+            .unwrap()
+            .record
+            .id;
+
+        // The requester waits, an hour from the expiry: the wait holds for all of
+        // `JOIN_WAIT_HOLD`, and gives its permit back while it does.
+        let in_flight = authority.shared.in_flight.clone();
+        let permit = in_flight.clone().try_acquire_owned().unwrap();
+        let waiter = {
+            let (authority, id) = (authority.clone(), id.clone());
+            tokio::spawn(async move { authority.wait(&requester, &id, permit).await })
+        };
+        let every_permit = u32::try_from(MAX_IN_FLIGHT).unwrap();
+        drop(
+            tokio::time::timeout(WAIT, in_flight.acquire_many(every_permit))
+                .await
+                .expect("the wait holds")
+                .unwrap(),
+        );
+
+        // A second short of its expiry, a sweep leaves it pending.
+        clock.advance(ttl - Duration::from_secs(1));
+        authority.sweep_join_requests().await;
+        let record = authority.store().join_request(&id).await.unwrap().unwrap();
+        assert_eq!(record.state, JoinState::Pending);
+        assert!(!waiter.is_finished());
+
+        // At its expiry the sweep marks it, and the held wait is answered at once, well
+        // before its hold would end.
+        let expired_at = clock.advance(Duration::from_secs(1));
+        authority.sweep_join_requests().await;
+        let answered = tokio::time::timeout(JOIN_WAIT_HOLD / 2, waiter)
+            .await
+            .expect("the sweep woke the wait")
+            .unwrap();
+        let Ok(Answer::JoinWaited(waited)) = answered else {
+            panic!("expected the wait's answer");
+        };
+        assert_eq!(waited.request.state, ShownState::Expired);
+        assert_eq!(waited.request.decided_at, Some(expired_at));
+        assert!(waited.credential.is_none());
+        let audit = authority.store().audit_log(10).await.unwrap();
+        assert!(
+            audit.iter().any(|e| e.action == AuditEvent::REQUEST_EXPIRED
+                && e.subject == id
+                && e.at == expired_at),
+            "{audit:?}"
+        );
+        authority.store().close().await;
+        authority.shared.vault.close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweeps_run_at_once_then_one_interval_after_each_ends() {
+        /// 2 s: how long each sweep takes here, as a slow store's would.
+        const SWEEP_TAKES: Duration = Duration::from_secs(2);
+        let (ran, mut runs) = tokio::sync::mpsc::channel(4);
+        let started = tokio::time::Instant::now();
+        let sweeper = tokio::spawn(every(SWEEP_INTERVAL, move || {
+            let ran = ran.clone();
+            async move {
+                let at = tokio::time::Instant::now();
+                tokio::time::sleep(SWEEP_TAKES).await;
+                let _ = ran.send(at - started).await;
+            }
+        }));
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(runs.recv().await.unwrap());
+        }
+        sweeper.abort();
+        let period = SWEEP_TAKES + SWEEP_INTERVAL;
+        assert_eq!(seen, [Duration::ZERO, period, 2 * period]);
+    }
 
     #[test]
     fn ids_are_nine_characters_of_the_alphabet() {
@@ -954,17 +965,6 @@ mod tests {
         assert!(check_text("note", "rack 4, host 12").is_ok());
         assert!(check_text("note", "\u{1b}[2Jgotcha").is_err());
         assert!(check_text("note", &"x".repeat(MAX_JOIN_NOTE + 1)).is_err());
-    }
-
-    #[test]
-    fn a_requester_may_hold_two_waits_at_once() {
-        let waiters = JoinWaiters::default();
-        let me: Identifier = "I0000000000000000000000000000000000000000".parse().unwrap();
-        assert!(waiters.enter(&me));
-        assert!(waiters.enter(&me));
-        assert!(!waiters.enter(&me));
-        waiters.leave(&me);
-        assert!(waiters.enter(&me));
     }
 
     proptest! {

@@ -1,0 +1,98 @@
+//! Answers and refusals, shared by every service: the successful answers as the API types
+//! each request promises, their encoding on the wire, the coarse refusals a peer is given
+//! (the detail goes to our log), and sending an answer back along its request's route.
+
+use kith_node::{DisplayChain, Message, Node, Route};
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use crate::api::{
+    self, ApiError, AuditEntry, AutoApproveRule, CreatedTicket, Enrolled, ErrorKind,
+    JoinRequestInfo, JoinWaited, MemberInfo, Reply, RuleAdded, TicketInfo,
+};
+use crate::store::StoreError;
+
+/// Refusal messages shared by several services. Coarse on purpose: our log has the detail.
+pub(crate) const BUSY: &str = "the authority is busy; try again in a moment";
+pub(crate) const INTERNAL: &str = "the authority could not complete the request; try again later";
+
+/// Every kind of successful answer, encoded as the API type each request promises.
+pub(crate) enum Answer {
+    CreatedTicket(CreatedTicket),
+    Tickets(Vec<TicketInfo>),
+    Ticket(TicketInfo),
+    Enrolled(Enrolled),
+    Members(Vec<MemberInfo>),
+    Member(MemberInfo),
+    Audit(Vec<AuditEntry>),
+    JoinRequest(JoinRequestInfo),
+    JoinRequests(Vec<JoinRequestInfo>),
+    JoinWaited(Box<JoinWaited>),
+    Rule(AutoApproveRule),
+    Rules(Vec<AutoApproveRule>),
+    RuleAdded(RuleAdded),
+}
+
+impl Answer {
+    pub(crate) fn encode(self) -> Vec<u8> {
+        match self {
+            Answer::CreatedTicket(v) => encode_result::<_>(Ok(v)),
+            Answer::Tickets(v) => encode_result::<_>(Ok(v)),
+            Answer::Ticket(v) => encode_result::<_>(Ok(v)),
+            Answer::Enrolled(v) => encode_result::<_>(Ok(v)),
+            Answer::Members(v) => encode_result::<_>(Ok(v)),
+            Answer::Member(v) => encode_result::<_>(Ok(v)),
+            Answer::Audit(v) => encode_result::<_>(Ok(v)),
+            Answer::JoinRequest(v) => encode_result::<_>(Ok(v)),
+            Answer::JoinRequests(v) => encode_result::<_>(Ok(v)),
+            Answer::JoinWaited(v) => encode_result::<_>(Ok(v)),
+            Answer::Rule(v) => encode_result::<_>(Ok(v)),
+            Answer::Rules(v) => encode_result::<_>(Ok(v)),
+            Answer::RuleAdded(v) => encode_result::<_>(Ok(v)),
+        }
+    }
+}
+
+/// Send an answer back along the route the request came by (through its secure channel).
+pub(crate) async fn send_reply(node: &Node, reply_to: Route, from: Route, reply: Vec<u8>) {
+    let message = Message::new(reply_to, from, reply);
+    if let Err(error) = node.route(message).await {
+        // The channel closed while we worked; the node has counted the drop.
+        debug!(error = %DisplayChain(&error), "could not send an authority answer");
+    }
+}
+
+/// The reply on the wire for `result`.
+pub(crate) fn encode_result<T: Serialize>(result: Result<T, ApiError>) -> Vec<u8> {
+    match result {
+        Ok(value) => api::encode(&Reply::Ok(value)),
+        Err(refusal) => api::encode(&Reply::<()>::Error(refusal)),
+    }
+}
+
+pub(crate) fn forbidden(message: &str) -> ApiError {
+    ApiError::new(ErrorKind::Forbidden, message)
+}
+
+pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::BadRequest, message)
+}
+
+/// The answer when the authority itself failed; our log says how.
+pub(crate) fn internal() -> ApiError {
+    ApiError::new(ErrorKind::Internal, INTERNAL)
+}
+
+/// The answer past a cap on work in flight.
+pub(crate) fn busy() -> ApiError {
+    ApiError::new(ErrorKind::Busy, BUSY)
+}
+
+/// Log a store failure in full and give the peer a coarse answer.
+pub(crate) fn store_failed(what: &str, error: &StoreError) -> ApiError {
+    warn!(error = %DisplayChain(error), "{what}: the membership store failed");
+    match error {
+        StoreError::Busy { .. } => busy(),
+        _ => internal(),
+    }
+}
