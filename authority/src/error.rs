@@ -1,21 +1,23 @@
 //! The authority crate's errors, one enum per surface a caller reacts to: starting the
 //! services, relay names, the membership store (and the three refusals its writes can end
-//! in), enrollment tickets and project descriptions. The client's errors live with the
-//! client (`crate::client`).
+//! in), enrollment tickets, project descriptions, and the client's calls and join waits.
 //!
 //! Messages name what failed with its values and, where the reader can act, what to do.
 //! None carries a secret: no one-time code, no hash of one, no password of a database URL.
 //! Errors sent to a peer are not these: the services answer with a coarse
 //! [`ApiError`](crate::api::ApiError) and log these in full.
 
+use std::fmt::{self, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kith_identity::{CredentialError, Identifier, IdentifierError, IdentityError};
-use kith_node::StartError;
+use kith_identity::secure_channel::SecureChannelError;
+use kith_identity::{CredentialError, DecodeError, Identifier, IdentifierError, IdentityError};
+use kith_node::{RouteError, StartError};
 use kith_transport::MultiAddrError;
 use sqlx::migrate::MigrateError;
 
+use crate::api::{ApiError, ErrorKind, JoinRequestInfo};
 use crate::project::{ID_LEN, JSON_VERSION, MAX_NAME_LEN};
 use crate::relay::MAX_RELAY_NAME;
 use crate::store::JoinState;
@@ -516,4 +518,198 @@ pub enum ProjectError {
         /// What is wrong with it.
         problem: &'static str,
     },
+}
+
+/// Why a call to the authority failed. Messages say what failed and what to check; none
+/// contains a one-time code.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No secure channel to the authority's listener could be opened.
+    #[error(
+        "cannot open a secure channel to the authority at {route}; check the authority route and that its node is running"
+    )]
+    Connect {
+        /// The route to the listener.
+        route: String,
+        /// What the channel reported.
+        #[source]
+        source: SecureChannelError,
+    },
+    /// The channel's handshake did not finish in time.
+    #[error(
+        "no secure channel to the authority at {route} within {after:?}; check the authority route and that its node is running"
+    )]
+    ConnectTimeout {
+        /// The route to the listener.
+        route: String,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The node at the end of the route proved another identity than the authority's.
+    #[error(
+        "the node at the authority route is {found}, not the project's authority {expected}; a wrong route or a man in the middle: check the project's authority route and identifier"
+    )]
+    WrongAuthority {
+        /// The authority we meant to reach.
+        expected: Identifier,
+        /// Who answered.
+        found: Identifier,
+    },
+    /// The request could not be sent (the channel closed, or the node is shutting down).
+    #[error("cannot send the request to the authority's {service} service")]
+    Send {
+        /// The service.
+        service: &'static str,
+        /// What the node reported.
+        #[source]
+        source: RouteError,
+    },
+    /// The authority did not answer in time.
+    #[error(
+        "the authority's {service} service did not answer within {after:?}; try again, or with a longer timeout"
+    )]
+    Timeout {
+        /// The service.
+        service: &'static str,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The node shut down while we waited.
+    #[error("the node shut down while waiting for the authority")]
+    Closed,
+    /// The authority refused the request; [`ApiError::kind`] says why, for programs.
+    #[error("the authority refused: {0}")]
+    Refused(ApiError),
+    /// An answer arrived that did not come through the authority's channel.
+    #[error(
+        "an answer to the {service} request did not come through the channel to the authority; ignored it"
+    )]
+    UnexpectedReply {
+        /// The service.
+        service: &'static str,
+    },
+    /// The credential the authority sent does not decode or verify.
+    #[error("the authority sent a credential we cannot accept; ask the project's admin")]
+    BadCredential(#[source] CredentialCheckError),
+    /// The node could not register a mailbox for the answer (it is shutting down).
+    #[error("cannot wait for the authority's answer")]
+    Mailbox(#[source] StartError),
+}
+
+/// Why a credential in an [`Enrolled`] answer was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialCheckError {
+    /// The `credential` field is not hex.
+    #[error("the credential is not hex")]
+    NotHex,
+    /// The bytes are not a credential.
+    #[error("the credential does not decode")]
+    Decode(#[source] DecodeError),
+    /// It is not a valid credential for us from the authority.
+    #[error("the credential does not verify")]
+    Verify(#[source] CredentialError),
+    /// It is valid, but not what the answer says it is.
+    #[error("the credential's attributes or expiry differ from what the authority's answer lists")]
+    Mismatch,
+}
+
+/// Why a [`JoinWait`] ended without a credential. Text that came from the authority is
+/// shown with its control characters escaped.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinWaitError {
+    /// No decision came before the deadline; the request may still be pending.
+    #[error("no decision on request {id} within {after:?}; it may still be pending")]
+    TimedOut {
+        /// The request.
+        id: String,
+        /// How long the wait was given.
+        after: Duration,
+        /// Why the last reconnection failed, if the wait ended reconnecting.
+        #[source]
+        last: Option<ClientError>,
+    },
+    /// The authority approved the request but sent no credential with the approval.
+    #[error(
+        "request {id} was approved, but the authority sent no credential; ask its admin (the authority should have sent one)"
+    )]
+    NoCredential {
+        /// The request.
+        id: String,
+    },
+    /// An admin denied the request.
+    #[error("the request was denied by {}", Denial(.0))]
+    Denied(Box<JoinRequestInfo>),
+    /// The request expired without a decision.
+    #[error("request {id} expired at {at} (Unix seconds) without a decision; file a new one")]
+    Expired {
+        /// The request.
+        id: String,
+        /// When it expired.
+        at: u64,
+    },
+    /// The authority refused to let us wait for the request (not ours, unknown, …).
+    #[error(
+        "cannot wait for request {id}: the authority refused: {}{}",
+        Escaped(&refusal.message),
+        refusal_hint(refusal.kind)
+    )]
+    Refused {
+        /// The request.
+        id: String,
+        /// What the authority said.
+        refusal: ApiError,
+    },
+    /// Reconnecting, another identity than the authority answered at its route.
+    #[error("request {id} is still pending, but another node answers at the authority's route now")]
+    AuthorityChanged {
+        /// The request.
+        id: String,
+        /// The wrong-authority error.
+        #[source]
+        source: ClientError,
+    },
+}
+
+/// A hint for a refusal to wait: a request that is not found or not ours is most often
+/// another identity's, or another authority's.
+fn refusal_hint(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NotFound | ErrorKind::Forbidden => {
+            " (is it a request this identity filed, with this authority?)"
+        }
+        _ => "",
+    }
+}
+
+/// Who denied a request and why, as a denial is shown.
+struct Denial<'a>(&'a JoinRequestInfo);
+
+impl fmt::Display for Denial<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.decided_by {
+            Some(by) => write!(f, "{}", Escaped(by))?,
+            None => f.write_str("an administrator")?,
+        }
+        match self.0.reason.as_deref().map(str::trim) {
+            Some(reason) if !reason.is_empty() => write!(f, ": {}", Escaped(reason)),
+            _ => f.write_str(" (no reason given)"),
+        }
+    }
+}
+
+/// Text from the wire, safe to show on a terminal: control characters are escaped, so a
+/// reason or a message cannot rewrite what the user sees.
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
 }
