@@ -332,7 +332,9 @@ fn tighten_if_present(path: &Path) -> Result<(), (PathBuf, io::Error)> {
 /// backoff for a bounded time. SQLite has no advisory lock: two processes opening a new file
 /// at once can both find a migration not yet applied and both run it, and the loser fails
 /// ("table … already exists"); the migrator then runs once more, finds the winner's
-/// migration applied and checks its checksum.
+/// migration applied and checks its checksum. A file with several migrations can be raced on
+/// each of them, so each version may be lost once; the same version failing twice is a real
+/// error.
 ///
 /// On failure the pool is closed (a store that cannot be migrated is not used) and the
 /// error is the store's: [`SqlStore::busy`] if SQLite stayed busy, [`SqlStore::db`] if the
@@ -343,7 +345,8 @@ pub async fn migrate<S: SqlStore>(
     pool: &SqlitePool,
 ) -> Result<(), S::Error> {
     let mut backoff = Backoff::new(MIGRATE_RETRY_BUDGET);
-    let mut raced = false;
+    // The last version whose run lost a race; versions only go up as the migrator advances.
+    let mut raced = None;
     let error = loop {
         let error = match migrator.run(pool).await {
             Ok(()) => return Ok(()),
@@ -351,8 +354,8 @@ pub async fn migrate<S: SqlStore>(
         };
         let retry = match &error {
             MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) if is_busy(e) => true,
-            MigrateError::ExecuteMigration(..) if !raced => {
-                raced = true;
+            MigrateError::ExecuteMigration(_, version) if raced != Some(*version) => {
+                raced = Some(*version);
                 true
             }
             _ => false,
