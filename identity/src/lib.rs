@@ -27,6 +27,8 @@
 pub mod backoff;
 /// The Noise XX handshake that authenticates identities, and the channel ciphers.
 pub mod channel;
+/// The wall clock, in the unit of every timestamp here.
+mod clock;
 /// Strict, bounded CBOR helpers shared by the encodings.
 mod codec;
 /// Credentials: an authority's signed, expiring statement of a member's attributes.
@@ -55,15 +57,7 @@ pub mod sqlite;
 /// The SQLite store of identities and their secret keys.
 pub mod vault;
 
-/// Seconds since the Unix epoch, the unit of every timestamp in identities, attestations and
-/// credentials (0 if the clock is before 1970).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
+pub use clock::unix_now;
 pub use credential::{
     CLOCK_SKEW, Credential, CredentialAndPurposeKey, MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTE_VALUE,
     MAX_ATTRIBUTES, VerifiedCredential, check_attribute,

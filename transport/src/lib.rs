@@ -20,13 +20,19 @@
     )
 )]
 
+/// The transport message: its CBOR encoding, checked before it is decoded.
 mod codec;
+/// One TCP connection: the version preamble, reading frames, the coalescing outbox.
 mod connection;
+/// Error types, one per surface a caller reacts to.
 mod error;
+/// Length-prefixed frames: the check-then-parse deframer.
 pub mod frame;
+/// Routes as the command line writes them: `/ip4/…/tcp/…/secure/api/service/echo`.
 mod multiaddr;
 /// TCP portals: inlets, outlets and the sessions between them.
 pub mod portal;
+/// The transport: listeners, dialing, one connection per peer, persistent connections.
 mod tcp;
 
 pub use codec::{MAX_PAYLOAD_LEN, PROTOCOL_VERSION, TransportMessage};
