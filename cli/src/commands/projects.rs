@@ -18,7 +18,7 @@ use super::output::Output;
 use super::reach::{Reach, Retry, Session, ask, reach, refused};
 use crate::duration::{DisplayDuration, unix_time};
 use crate::home::Home;
-use crate::home::projects::{load_project, save_project};
+use crate::home::projects::{clashing_project, load_project, save_project};
 use crate::home::routes::api_route;
 use crate::home::vault::{open_vault, resolve_identity};
 
@@ -369,10 +369,7 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
     }
     let project = ticket.project.clone();
     // Refuse a clash with a known project before anything is sent or written.
-    if let Ok(text) = home.load_project(&project.name)
-        && let Ok(known) = Project::from_json(&text)
-        && known.id != project.id
-    {
+    if clashing_project(home, &project).is_some() {
         bail!(
             "a different project named {:?} is already known here; this ticket is for project id {}",
             project.name,

@@ -33,7 +33,7 @@ use super::args::{AutoApproveCommand, RequestArgs, RequestsCommand};
 use super::output::Output;
 use super::reach::{Retry, ask, connect_retrying, refused};
 use crate::duration::{DisplayDuration, unix_time};
-use crate::home::projects::{load_project, save_project};
+use crate::home::projects::{clashing_project, load_project, save_project};
 use crate::home::vault::{identity_arg, open_vault};
 use crate::home::{AdmissionConfig, Home};
 use crate::node::{RunningNode, channel_settings_scoped};
@@ -356,10 +356,7 @@ pub(crate) async fn request(home: &Home, out: &Output, args: RequestArgs) -> Res
 /// Refuse a project description that clashes with a known project of the same name, before
 /// anything is sent.
 fn refuse_project_clash(home: &Home, project: &Project) -> Result<()> {
-    if let Ok(text) = home.load_project(&project.name)
-        && let Ok(known) = Project::from_json(&text)
-        && known.id != project.id
-    {
+    if let Some(known) = clashing_project(home, project) {
         bail!(
             "a different project named {:?} (id {}) is already known here; this description is for project id {}",
             project.name,

@@ -32,12 +32,16 @@ pub fn load_project(home: &Home, name: Option<&str>) -> Result<Project> {
     Project::from_json(&text).with_context(|| format!("the saved project {name:?} is damaged"))
 }
 
+/// The project known here under `project`'s name, if it is a different project (another
+/// id): what importing `project` would wrongly replace.
+pub fn clashing_project(home: &Home, project: &Project) -> Option<Project> {
+    let known = Project::from_json(&home.load_project(&project.name).ok()?).ok()?;
+    (known.id != project.id).then_some(known)
+}
+
 /// Save `project`, refusing to replace a different project of the same name.
 pub fn save_project(home: &Home, project: &Project) -> Result<()> {
-    if let Ok(text) = home.load_project(&project.name)
-        && let Ok(known) = Project::from_json(&text)
-        && known.id != project.id
-    {
+    if let Some(known) = clashing_project(home, project) {
         bail!(
             "a different project named {:?} (id {}) is already known here; delete {} first if it is gone",
             project.name,
