@@ -27,5 +27,5 @@ pub use error::{DisplayChain, RequestError, RouteError, StartError, TryRouteErro
 pub use message::{LocalInfo, Message, Origin};
 pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE, SinkHandle};
 pub use router::{MAX_INLINE_DEPTH, ResolveFuture, Transport};
-pub use sink::{MessageSink, ReadyFuture, SinkError};
+pub use sink::{Backlog, DirectOrQueue, Lane, MessageSink, ReadyFuture, SinkError};
 pub use worker::Worker;
