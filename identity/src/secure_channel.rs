@@ -934,6 +934,7 @@ mod tests {
 
     use tokio::sync::Notify;
 
+    use kith_node::testing::until;
     use kith_node::{AllowOrigins, MAILBOX_CAPACITY};
 
     use super::*;
@@ -983,16 +984,6 @@ mod tests {
             }
             Ok(())
         }
-    }
-
-    async fn until(what: &str, mut f: impl FnMut() -> bool) {
-        tokio::time::timeout(WAIT, async {
-            while !f() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,9 @@ mod message;
 mod node;
 mod router;
 mod sink;
+/// Test helpers (feature `test-util`): waiting for a condition without a fixed sleep.
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 mod worker;
 
 pub use access::{AllowAll, AllowLocal, AllowOrigins, AllowTransport, IncomingAccessControl};
