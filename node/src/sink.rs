@@ -355,6 +355,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use tokio::task::JoinHandle;
+
     use super::*;
     use crate::Route;
 
@@ -362,6 +364,30 @@ mod tests {
 
     fn message() -> Message {
         Message::new(Route::default(), Route::default(), "m")
+    }
+
+    /// A drainer's next [`DirectOrQueue::pop`], running on its own task.
+    fn drainer(q: &Arc<Items>) -> JoinHandle<Option<u32>> {
+        let q = q.clone();
+        tokio::spawn(async move { q.pop().await })
+    }
+
+    /// A sender waiting for [`DirectOrQueue::ready`] on its own task, seen to be waiting.
+    async fn waiting_sender(q: &Arc<Items>) -> JoinHandle<()> {
+        let waiting = {
+            let q = q.clone();
+            tokio::spawn(async move { q.ready().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        waiting
+    }
+
+    async fn resolves(task: JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]
@@ -395,10 +421,7 @@ mod tests {
         let q = Arc::new(Items::new(4, ()));
         assert_eq!(q.lock().claim_direct(1), Some(1));
         q.push(2);
-        let drainer = tokio::spawn({
-            let q = q.clone();
-            async move { q.pop().await }
-        });
+        let drainer = drainer(&q);
         tokio::task::yield_now().await;
         assert!(!drainer.is_finished());
         q.finish_direct(Some(1));
@@ -428,10 +451,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_lane_ends_the_drainer_once_it_is_empty() {
         let q = Arc::new(Items::new(4, ()));
-        let drainer = tokio::spawn({
-            let q = q.clone();
-            async move { q.pop().await }
-        });
+        let drainer = drainer(&q);
         tokio::task::yield_now().await;
         q.close();
         assert_eq!(drainer.await.unwrap(), None);
@@ -441,31 +461,15 @@ mod tests {
     async fn ready_resolves_when_the_drainer_makes_room_or_the_lane_closes() {
         let q = Arc::new(Items::new(1, ()));
         q.push(1);
-        let waiting = tokio::spawn({
-            let q = q.clone();
-            async move { q.ready().await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
+        let waiting = waiting_sender(&q).await;
         assert_eq!(q.pop().await, Some(1));
-        tokio::time::timeout(Duration::from_secs(10), waiting)
-            .await
-            .unwrap()
-            .unwrap();
+        resolves(waiting).await;
 
         q.push(2);
-        let waiting = tokio::spawn({
-            let q = q.clone();
-            async move { q.ready().await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
+        let waiting = waiting_sender(&q).await;
         let (backlog, phase) = q.close_with(|()| "ended");
         assert_eq!((backlog, phase), (VecDeque::from([2]), "ended"));
-        tokio::time::timeout(Duration::from_secs(10), waiting)
-            .await
-            .unwrap()
-            .unwrap();
+        resolves(waiting).await;
     }
 
     #[test]
