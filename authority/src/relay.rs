@@ -31,16 +31,14 @@
 //! their next heartbeat and register again.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kith_identity::Identifier;
 use kith_node::{
-    Address, AllowOrigins, Context, Message, MessageSink, Node, Origin, ReadyFuture, Route,
-    SinkError, SinkHandle, StartError, TryRouteError, Worker, WorkerError,
+    Address, AllowOrigins, Context, DirectOrQueue, Message, MessageSink, Node, Origin, ReadyFuture,
+    Route, SinkError, SinkHandle, StartError, TryRouteError, Worker, WorkerError,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::api::{self, ApiError, ErrorKind, PROJECT_ID_ATTRIBUTE, RELAY_ATTRIBUTE};
@@ -328,10 +326,7 @@ impl RelayService {
             back: Address::random_local("relay-back"),
             forward: Mutex::new(caller.channel.clone()),
             clients: Clients::default(),
-            queue: Mutex::new(Queue::default()),
-            closed: AtomicBool::new(false),
-            queued: Notify::new(),
-            room: Notify::new(),
+            queue: DirectOrQueue::new(BACKLOG, ()),
         });
         let handle = node
             .register_sink(
@@ -422,12 +417,9 @@ struct Relay {
     /// The channels (their encryptors here) that sent through the relay lately: the only
     /// ones the owner's answers may go into.
     clients: Clients,
-    queue: Mutex<Queue>,
-    closed: AtomicBool,
-    /// Something was queued for the task.
-    queued: Notify,
-    /// There is room in the queue again.
-    room: Notify,
+    /// What a busy next hop could not take at once, for the relay's task; closed when the
+    /// relay is deleted.
+    queue: DirectOrQueue<VecDeque<Message>>,
 }
 
 /// The most recent [`MAX_CLIENTS`] channels that sent through a relay, oldest forgotten
@@ -460,13 +452,6 @@ impl Clients {
     }
 }
 
-#[derive(Default)]
-struct Queue {
-    items: VecDeque<Message>,
-    /// The task took an item and has not finished routing it.
-    busy: bool,
-}
-
 impl Relay {
     fn forward(&self) -> Address {
         lock(&self.forward).clone()
@@ -477,10 +462,7 @@ impl Relay {
     }
 
     fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        lock(&self.queue).items.clear();
-        self.queued.notify_one();
-        self.room.notify_waiters();
+        self.queue.close();
     }
 
     /// Rewrite `message` for its next hop, or say why it is dropped.
@@ -537,24 +519,9 @@ impl Relay {
     }
 
     /// Route what is queued, in order, until the relay is deleted or the node stops.
+    /// `Node::spawn` drops this task at shutdown; `close` ends it once nothing is left.
     async fn send_queued(self: Arc<Self>) {
-        loop {
-            let next = {
-                let mut q = lock(&self.queue);
-                q.busy = false;
-                let next = q.items.pop_front();
-                q.busy = next.is_some();
-                next
-            };
-            let Some(message) = next else {
-                if self.closed.load(Ordering::Acquire) {
-                    return;
-                }
-                // `Node::spawn` drops this task at shutdown; `close` leaves a permit here.
-                self.queued.notified().await;
-                continue;
-            };
-            self.room.notify_waiters();
+        while let Some(message) = self.queue.pop().await {
             // The node counts and logs what it cannot deliver.
             let _ = Box::pin(self.node.route(message)).await;
         }
@@ -566,53 +533,26 @@ struct RelaySink(Arc<Relay>);
 impl MessageSink for RelaySink {
     fn try_deliver(&self, mut message: Message) -> Result<(), SinkError> {
         let relay = &self.0;
-        if relay.closed.load(Ordering::Acquire) {
-            return Err(SinkError::Closed(message));
-        }
-        {
-            let q = lock(&relay.queue);
-            if q.items.len() >= BACKLOG {
-                return Err(SinkError::Full(message));
-            }
+        if let Some(refuse) = relay.queue.lock().refusal() {
+            return Err(refuse(message));
         }
         if let Err(why) = relay.rewrite(&mut message) {
             debug!(relay = %relay.name, reason = why, "a relay dropped a message");
             return Ok(());
         }
-        {
-            let mut q = lock(&relay.queue);
-            if !q.items.is_empty() || q.busy {
-                q.items.push_back(message);
-                drop(q);
-                relay.queued.notify_one();
-                return Ok(());
-            }
-        }
+        let Some(message) = relay.queue.lock().direct_or_push(message) else {
+            return Ok(());
+        };
         match relay.node.try_route(message) {
             // The node has counted and logged what it could not deliver.
             Ok(()) | Err(TryRouteError::Failed(_)) => {}
-            Err(TryRouteError::WouldBlock(message)) => {
-                lock(&relay.queue).items.push_back(message);
-                relay.queued.notify_one();
-            }
+            Err(TryRouteError::WouldBlock(message)) => relay.queue.push(message),
         }
         Ok(())
     }
 
     fn ready(&self) -> ReadyFuture<'_> {
-        Box::pin(async move {
-            let relay = &self.0;
-            loop {
-                let room = relay.room.notified();
-                tokio::pin!(room);
-                room.as_mut().enable();
-                if relay.closed.load(Ordering::Acquire) || lock(&relay.queue).items.len() < BACKLOG
-                {
-                    return;
-                }
-                room.await;
-            }
-        })
+        Box::pin(self.0.queue.ready())
     }
 }
 

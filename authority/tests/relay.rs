@@ -30,6 +30,7 @@ use kith_identity::{
     CredentialAndPurposeKey, CredentialSigningKey, Identifier, Identity, IdentitySecret,
     SecureChannelKey, hex, unix_now,
 };
+use kith_node::testing::until;
 use kith_node::{
     Address, AllowAll, Client, Context, Echo, Message, Node, Origin, RequestError, Route, TCP,
     Worker, WorkerError,
@@ -879,16 +880,6 @@ fn channel_ends(node: &Node) -> BTreeSet<Address> {
         .into_iter()
         .filter(|a| a.value().starts_with("sc-"))
         .collect()
-}
-
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
 /// Wait for `keeper`'s relay to be `what` (as `f` says); its state then.

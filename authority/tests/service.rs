@@ -33,6 +33,7 @@ use kith_identity::channel::{Admission, LocalIdentity, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
 use kith_identity::vault::Vault;
 use kith_identity::{Identifier, Identity, SecureChannelKey};
+use kith_node::testing::until;
 use kith_node::{
     Address, Context, Message, Node, RequestError, Route, RouteError, TCP, Worker, WorkerError,
 };
@@ -1397,16 +1398,6 @@ fn verify(world: &World, party: &Party, enrolled: &Enrolled) {
         )
         .unwrap();
     assert_eq!(verified.attributes, enrolled.attributes);
-}
-
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
 /// An identity with a channel key, as a client node would hold it (no vault needed).

@@ -27,16 +27,17 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use kith_node::{
-    Address, AllowAll, AllowLocal, Context, LocalInfo, Message, MessageSink, Node, Origin,
-    ReadyFuture, Route, RouteError, SinkError, SinkHandle, TryRouteError, Worker, WorkerError,
+    Address, AllowAll, AllowLocal, Context, DirectOrQueue, LocalInfo, Message, MessageSink, Node,
+    Origin, ReadyFuture, Route, RouteError, SinkError, SinkHandle, TryRouteError, Worker,
+    WorkerError,
 };
 use kith_transport::TransportMessage;
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -472,22 +473,8 @@ fn start(
         trust: settings.trust.clone(),
         decryptor: decryptor.clone(),
         encryptor: OnceLock::new(),
-        inbound: Mutex::new(Inbound {
-            phase: Phase::Handshaking,
-            queue: VecDeque::new(),
-            busy: false,
-        }),
-        outbound: Mutex::new(Outbound {
-            sending: None,
-            queue: VecDeque::new(),
-            busy: false,
-            direct: false,
-            closed: false,
-        }),
-        inbound_queued: Notify::new(),
-        outbound_queued: Notify::new(),
-        inbound_room: Notify::new(),
-        outbound_room: Notify::new(),
+        inbound: DirectOrQueue::new(CHANNEL_BACKLOG, Phase::Handshaking),
+        outbound: DirectOrQueue::new(CHANNEL_BACKLOG, None),
     });
     let handle = node.register_sink(
         [decryptor.clone()],
@@ -516,26 +503,17 @@ struct Channel {
     decryptor: Address,
     /// Set once, when the handshake completes.
     encryptor: OnceLock<Address>,
-    inbound: Mutex<Inbound>,
-    outbound: Mutex<Outbound>,
-    /// Tell the task something was queued for it (a permit is kept if it is not waiting).
-    inbound_queued: Notify,
-    outbound_queued: Notify,
-    /// Tell waiting senders there is room in a queue again.
-    inbound_room: Notify,
-    outbound_room: Notify,
+    /// The receiving side, which the decryptor sink and the task share: messages for the
+    /// task in arrival order, and the phase under the same lock. While the task holds one,
+    /// or anything is queued, new arrivals queue too, so messages are delivered in order.
+    inbound: DirectOrQueue<VecDeque<Queued>, Phase>,
+    /// The sending side, which the encryptor sink and the task share: sealed messages the
+    /// next hop could not take at once, in nonce order, and the sealing state (set when the
+    /// handshake completes) under the same lock. Closed when the channel is closing: nothing
+    /// more is sealed except the final `Close`.
+    outbound: DirectOrQueue<VecDeque<Message>, Option<Sending>>,
     /// Handed to the initiator's [`SecureChannel`].
     end: EndSignal,
-}
-
-/// The receiving side: what the decryptor sink and the task share.
-struct Inbound {
-    phase: Phase,
-    /// Messages for the task, in arrival order.
-    queue: VecDeque<Queued>,
-    /// The task took a message off `queue` and has not finished with it. While it has, or
-    /// anything is queued, new arrivals queue too, so messages are delivered in order.
-    busy: bool,
 }
 
 enum Phase {
@@ -568,23 +546,6 @@ struct Receiving {
     on_ready: Option<(OnEstablished, SecureChannel)>,
 }
 
-/// The sending side: what the encryptor sink and the task share.
-struct Outbound {
-    /// Set when the handshake completes.
-    sending: Option<Sending>,
-    /// Sealed messages the next hop could not take at once, in nonce order.
-    queue: VecDeque<Message>,
-    /// The task took a message off `queue` and has not finished routing it.
-    busy: bool,
-    /// A sender sealed a message and is handing it on itself, outside the lock. Until it is
-    /// done, later messages queue and the task routes none, so that nonces leave in order
-    /// even when several tasks send on one channel (a slow hand-on overtaken by more than a
-    /// replay window's worth of messages would end the channel at the peer).
-    direct: bool,
-    /// Closing: nothing more is sealed except the final `Close`.
-    closed: bool,
-}
-
 struct Sending {
     encryptor: Encryptor,
     /// The route to the peer's decryptor.
@@ -603,10 +564,6 @@ enum Opened {
     PeerClosed,
     /// Nothing more to do.
     Done,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Receiving {
@@ -675,19 +632,13 @@ impl Receiving {
 }
 
 impl Channel {
-    /// Queue `item` for the task.
-    fn queue_inbound(&self, item: Queued) {
-        lock(&self.inbound).queue.push_back(item);
-        self.inbound_queued.notify_one();
-    }
-
     /// Act on an opened message without waiting: deliver it now, or queue it for the task.
     fn act_now(&self, opened: Opened) {
         match opened {
             Opened::Deliver(m) => match self.node.try_route(m) {
                 // The node has counted and logged what it could not deliver.
                 Ok(()) | Err(TryRouteError::Failed(_)) => {}
-                Err(TryRouteError::WouldBlock(m)) => self.queue_inbound(Queued::Opened(m)),
+                Err(TryRouteError::WouldBlock(m)) => self.inbound.push(Queued::Opened(m)),
             },
             other => self.act_on_control(other),
         }
@@ -716,9 +667,9 @@ impl Channel {
     /// would only be dropped at the peer's end, which is gone).
     fn peer_closed(&self) {
         {
-            let mut out = lock(&self.outbound);
-            out.closed = true;
-            out.sending = None;
+            let mut out = self.outbound.lock();
+            out.mark_closed();
+            *out.state_mut() = None;
         }
         if let Phase::Established(rx) = self.stop_opening() {
             debug!(peer = %rx.peer.identifier, decryptor = %self.decryptor, "secure channel closed by the peer");
@@ -728,13 +679,9 @@ impl Channel {
 
     /// Open and deliver nothing more; the phase the channel was in.
     fn stop_opening(&self) -> Phase {
-        let was = {
-            let mut st = lock(&self.inbound);
-            st.queue.clear();
-            std::mem::replace(&mut st.phase, Phase::Closed)
-        };
-        self.inbound_room.notify_waiters();
-        was
+        self.inbound
+            .close_with(|phase| std::mem::replace(phase, Phase::Closed))
+            .1
     }
 
     /// Unregister both ends; the task notices and closes the channel.
@@ -746,8 +693,8 @@ impl Channel {
     }
 
     /// Seal `message` for the peer, if the channel is established.
-    fn seal(&self, out: &mut Outbound, message: &ChannelMessage) -> Option<Message> {
-        let sending = out.sending.as_mut()?;
+    fn seal(&self, sending: &mut Option<Sending>, message: &ChannelMessage) -> Option<Message> {
+        let sending = sending.as_mut()?;
         match sending.encryptor.seal(message) {
             Ok(sealed) => Some(Message::new(
                 sending.remote.clone(),
@@ -761,43 +708,6 @@ impl Channel {
         }
     }
 
-    /// The next message queued for the task, marking the task busy with it.
-    async fn next_inbound(&self) -> Queued {
-        loop {
-            {
-                let mut st = lock(&self.inbound);
-                if let Some(item) = st.queue.pop_front() {
-                    st.busy = true;
-                    drop(st);
-                    self.inbound_room.notify_waiters();
-                    return item;
-                }
-                st.busy = false;
-            }
-            self.inbound_queued.notified().await;
-        }
-    }
-
-    /// The next sealed message queued for the task, marking the task busy with it.
-    async fn next_outbound(&self) -> Message {
-        loop {
-            {
-                let mut st = lock(&self.outbound);
-                if st.direct {
-                    // The sender handing on an earlier message wakes us when it is done.
-                    st.busy = false;
-                } else if let Some(m) = st.queue.pop_front() {
-                    st.busy = true;
-                    drop(st);
-                    self.outbound_room.notify_waiters();
-                    return m;
-                }
-                st.busy = false;
-            }
-            self.outbound_queued.notified().await;
-        }
-    }
-
     /// `node.route`, boxed: only queued messages take this path, and the future is large.
     fn route(
         &self,
@@ -806,21 +716,20 @@ impl Channel {
         Box::pin(self.node.route(message))
     }
 
-    /// Route what is queued for the peer, in order, for as long as the channel lives.
+    /// Route what is queued for the peer, in order, until the sending side closes.
     async fn send_queued(&self) {
-        loop {
-            let sealed = self.next_outbound().await;
+        while let Some(sealed) = self.outbound.pop().await {
             // The node counts and logs what it cannot deliver.
             let _ = self.route(sealed).await;
         }
     }
 
-    /// Open and route what the decryptor queued, in order, for as long as the channel lives.
+    /// Open and route what the decryptor queued, in order, until the receiving side closes.
     async fn receive_queued(&self) {
-        loop {
-            let opened = match self.next_inbound().await {
+        while let Some(queued) = self.inbound.pop().await {
+            let opened = match queued {
                 Queued::Opened(m) => Opened::Deliver(m),
-                Queued::Arrived(m) => match &mut lock(&self.inbound).phase {
+                Queued::Arrived(m) => match self.inbound.lock().state_mut() {
                     Phase::Established(rx) => rx.open(m.payload, &self.trust),
                     // A second handshake message, or anything after the channel closed.
                     Phase::Handshaking | Phase::Closed => Opened::Done,
@@ -862,7 +771,7 @@ impl Channel {
             handshake_hash,
         } = channel;
         let address = Address::random_local(ENCRYPTOR_PREFIX);
-        lock(&self.outbound).sending = Some(Sending { encryptor, remote });
+        *self.outbound.lock().state_mut() = Some(Sending { encryptor, remote });
         let handle = self
             .node
             .register_sink(
@@ -892,7 +801,7 @@ impl Channel {
             };
             (tx, channel)
         });
-        lock(&self.inbound).phase = Phase::Established(Box::new(Receiving {
+        *self.inbound.lock().state_mut() = Phase::Established(Box::new(Receiving {
             decryptor,
             identifier: peer.identifier.to_string(),
             peer,
@@ -902,7 +811,7 @@ impl Channel {
             on_ready,
         }));
         if !initiator {
-            let ready = self.seal(&mut lock(&self.outbound), &ChannelMessage::Ready);
+            let ready = self.seal(self.outbound.lock().state_mut(), &ChannelMessage::Ready);
             if let Some(ready) = ready {
                 let _ = self.node.route(ready).await;
             }
@@ -912,12 +821,7 @@ impl Channel {
 
     /// Send what is still queued for the peer, then `Close`, within [`CLOSE_TIMEOUT`].
     async fn close(&self) {
-        let queued = {
-            let mut st = lock(&self.outbound);
-            st.closed = true;
-            std::mem::take(&mut st.queue)
-        };
-        self.outbound_room.notify_waiters();
+        let queued = self.outbound.close();
         let close = self.seal_close();
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             for m in queued.into_iter().chain(close) {
@@ -929,10 +833,10 @@ impl Channel {
 
     /// The sealed `Close`, once: whoever closes the channel first sends it.
     fn seal_close(&self) -> Option<Message> {
-        let mut st = lock(&self.outbound);
-        st.closed = true;
-        let close = self.seal(&mut st, &ChannelMessage::Close);
-        st.sending = None;
+        let mut out = self.outbound.lock();
+        out.mark_closed();
+        let close = self.seal(out.state_mut(), &ChannelMessage::Close);
+        *out.state_mut() = None;
         close
     }
 }
@@ -951,13 +855,12 @@ impl Drop for Owner {
     fn drop(&mut self) {
         mark_ended(&self.end, ChannelEnded::Closed);
         let ch = &self.channel;
-        lock(&ch.inbound).phase = Phase::Closed;
-        ch.inbound_room.notify_waiters();
+        ch.stop_opening();
         // Best effort, without waiting: only if the task was dropped before it could close.
         if let Some(close) = ch.seal_close() {
             let _ = ch.node.try_route(close);
         }
-        ch.outbound_room.notify_waiters();
+        ch.outbound.wake_senders();
     }
 }
 
@@ -984,9 +887,11 @@ async fn run(
     // all) and a route in progress are kept out of it.
     let handshake = Box::pin(async {
         let first = loop {
-            match channel.next_inbound().await {
-                Queued::Arrived(m) => break m,
-                Queued::Opened(_) => {}
+            match channel.inbound.pop().await {
+                Some(Queued::Arrived(m)) => break m,
+                Some(Queued::Opened(_)) => {}
+                // Only an established channel stops opening; nothing else closes this side.
+                None => return Err(HandshakeError::Unexpected),
             }
         };
         let via = arrived_on(&first);
@@ -1020,7 +925,7 @@ async fn run(
             // Ended now, not once the `Close` below is out.
             mark_ended(&owner.end, ChannelEnded::Closed);
             channel.stop();
-            lock(&channel.inbound).phase = Phase::Closed;
+            channel.stop_opening();
             Box::pin(channel.close()).await;
         }
         Some(Err(e)) => {
@@ -1047,18 +952,16 @@ impl MessageSink for DecryptorSink {
     fn try_deliver(&self, message: Message) -> Result<(), SinkError> {
         let ch = &self.0;
         let opened = {
-            let mut st = lock(&ch.inbound);
-            if st.queue.len() >= CHANNEL_BACKLOG {
-                return Err(SinkError::Full(message));
+            let mut lane = ch.inbound.lock();
+            if let Some(refuse) = lane.refusal() {
+                return Err(refuse(message));
             }
-            let in_order = st.queue.is_empty() && !st.busy;
-            match &mut st.phase {
+            let in_order = lane.is_idle();
+            match lane.state_mut() {
                 Phase::Closed => return Err(SinkError::Closed(message)),
                 Phase::Established(rx) if in_order => rx.open(message.payload, &ch.trust),
                 Phase::Established(_) | Phase::Handshaking => {
-                    st.queue.push_back(Queued::Arrived(message));
-                    drop(st);
-                    ch.inbound_queued.notify_one();
+                    lane.push(Queued::Arrived(message));
                     return Ok(());
                 }
             }
@@ -1068,21 +971,7 @@ impl MessageSink for DecryptorSink {
     }
 
     fn ready(&self) -> ReadyFuture<'_> {
-        Box::pin(async move {
-            let ch = &self.0;
-            loop {
-                let room = ch.inbound_room.notified();
-                tokio::pin!(room);
-                room.as_mut().enable();
-                {
-                    let st = lock(&ch.inbound);
-                    if matches!(st.phase, Phase::Closed) || st.queue.len() < CHANNEL_BACKLOG {
-                        return;
-                    }
-                }
-                room.await;
-            }
-        })
+        Box::pin(self.0.inbound.ready())
     }
 }
 
@@ -1093,12 +982,12 @@ impl MessageSink for EncryptorSink {
     fn try_deliver(&self, mut message: Message) -> Result<(), SinkError> {
         let ch = &self.0;
         let sealed = {
-            let mut st = lock(&ch.outbound);
-            if st.closed || st.sending.is_none() {
+            let mut lane = ch.outbound.lock();
+            if lane.state().is_none() {
                 return Err(SinkError::Closed(message));
             }
-            if st.queue.len() >= CHANNEL_BACKLOG {
-                return Err(SinkError::Full(message));
+            if let Some(refuse) = lane.refusal() {
+                return Err(refuse(message));
             }
             message.onward_route.step();
             let inner = ChannelMessage::Payload(TransportMessage {
@@ -1106,16 +995,17 @@ impl MessageSink for EncryptorSink {
                 return_route: message.return_route,
                 payload: message.payload,
             });
-            let Some(sealed) = ch.seal(&mut st, &inner) else {
+            let Some(sealed) = ch.seal(lane.state_mut(), &inner) else {
                 return Ok(());
             };
-            if !st.queue.is_empty() || st.busy || st.direct {
-                st.queue.push_back(sealed);
-                drop(st);
-                ch.outbound_queued.notify_one();
+            // The sender hands its sealed message on itself, outside the lock, holding the
+            // turn: until it is done, later messages queue and the task routes none, so
+            // nonces leave in order even when several tasks send on one channel (a slow
+            // hand-on overtaken by more than a replay window's worth of messages would end
+            // the channel at the peer).
+            let Some(sealed) = lane.claim_direct(sealed) else {
                 return Ok(());
-            }
-            st.direct = true;
+            };
             sealed
         };
         let blocked = match ch.node.try_route(sealed) {
@@ -1123,47 +1013,32 @@ impl MessageSink for EncryptorSink {
             Ok(()) | Err(TryRouteError::Failed(_)) => None,
             Err(TryRouteError::WouldBlock(sealed)) => Some(sealed),
         };
-        let mut st = lock(&ch.outbound);
-        st.direct = false;
-        if let Some(sealed) = blocked {
-            // Ahead of whatever was sealed after it.
-            st.queue.push_front(sealed);
-        }
-        let wake = !st.queue.is_empty();
-        drop(st);
-        if wake {
-            ch.outbound_queued.notify_one();
-        }
+        // Ahead of whatever was sealed after it.
+        ch.outbound.finish_direct(blocked);
         Ok(())
     }
 
     fn ready(&self) -> ReadyFuture<'_> {
-        Box::pin(async move {
-            let ch = &self.0;
-            loop {
-                let room = ch.outbound_room.notified();
-                tokio::pin!(room);
-                room.as_mut().enable();
-                {
-                    let st = lock(&ch.outbound);
-                    if st.closed || st.queue.len() < CHANNEL_BACKLOG {
-                        return;
-                    }
-                }
-                room.await;
-            }
-        })
+        Box::pin(self.0.outbound.ready())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicU32;
+    use std::sync::{Mutex, MutexGuard};
 
+    use tokio::sync::Notify;
+
+    use kith_node::testing::until;
     use kith_node::{AllowOrigins, MAILBOX_CAPACITY};
 
     use super::*;
     use crate::channel::Admission;
+
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
     use crate::{Identity, SecureChannelKey};
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -1205,16 +1080,6 @@ mod tests {
             }
             Ok(())
         }
-    }
-
-    async fn until(what: &str, mut f: impl FnMut() -> bool) {
-        tokio::time::timeout(WAIT, async {
-            while !f() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

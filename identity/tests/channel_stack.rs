@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Peer, WAIT, eventually};
+use common::{Peer, WAIT, until};
 use kith_identity::channel::HandshakeError;
 use kith_identity::secure_channel::{
     self, ChannelEnded, ChannelHop, ChannelStack, ChannelStackError, DEFAULT_LISTENER,
@@ -42,7 +42,7 @@ async fn a_stack_opens_each_channel_inside_the_one_before_and_routes_through_the
     };
     assert_eq!(inner.peer.identifier, b.identifier());
     assert_ne!(outer.handshake_hash, inner.handshake_hash);
-    eventually("b's two channels", || b.channel_ends() == 4).await;
+    until("b's two channels", || b.channel_ends() == 4).await;
 
     let route = stack.route_through(&Route::from("echo")).unwrap();
     assert_eq!(
@@ -60,7 +60,7 @@ async fn a_stack_opens_each_channel_inside_the_one_before_and_routes_through_the
     drop(stack);
     // B's end of the outer channel is told. Its end of the inner one hears nothing: the
     // inner `Close` would travel through the outer channel, which is closed at once.
-    eventually("both channels to close here and the outer one at b", || {
+    until("both channels to close here and the outer one at b", || {
         a.channel_ends() == 0 && b.channel_ends() <= 2
     })
     .await;
@@ -89,7 +89,7 @@ async fn a_hop_answered_by_another_identity_fails_naming_its_route_and_closes_th
             .starts_with("cannot open a secure channel to [0#api]"),
         "{error}"
     );
-    eventually("the first channel to close", || a.channel_ends() == 0).await;
+    until("the first channel to close", || a.channel_ends() == 0).await;
 }
 
 #[tokio::test]

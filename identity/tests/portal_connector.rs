@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Peer, WAIT, eventually};
+use common::{Peer, WAIT, until};
 use kith_identity::Identifier;
 use kith_identity::policy::{Policy, PolicyAccessControl};
 use kith_identity::portal::PortalConnector;
@@ -96,7 +96,7 @@ async fn a_session_runs_through_fresh_channels_to_an_outlet_the_policy_admits() 
         // One channel per session, open while it runs.
         assert_eq!(i.channel_ends(), 2);
         drop(client);
-        eventually("the session's channel to close", || i.channel_ends() == 0).await;
+        until("the session's channel to close", || i.channel_ends() == 0).await;
     }
 }
 
@@ -116,7 +116,7 @@ async fn an_outlet_node_the_policy_does_not_admit_is_refused_at_once() {
     );
     // Refused on the first answer, not retried until the open timeout.
     assert!(waited < WAIT, "{waited:?}");
-    eventually("the refused channel to close", || i.channel_ends() == 0).await;
+    until("the refused channel to close", || i.channel_ends() == 0).await;
 }
 
 /// `i` with short handshakes, so that an attempt at a node without a listener
@@ -132,7 +132,7 @@ async fn a_session_is_retried_until_the_outlet_nodes_listener_appears() {
     let connector = connector(&i, &o, only(o.identifier()), WAIT);
     let connecting = tokio::spawn(async move { connector.connect().await.map(|r| r.route) });
     // Each attempt's first handshake message reaches o, where no one listens yet.
-    eventually("two attempts to fail", || {
+    until("two attempts to fail", || {
         o.node.stats().dropped_unknown_address >= 2
     })
     .await;

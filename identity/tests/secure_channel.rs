@@ -8,6 +8,7 @@ use bytes::Bytes;
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER, SecureChannelError};
 use kith_identity::{CredentialAndPurposeKey, CredentialSigningKey, Identity, SecureChannelKey};
+use kith_node::testing::until;
 use kith_node::*;
 use kith_transport::TcpTransport;
 
@@ -93,16 +94,6 @@ fn to(peer: &str, hops: &[&str]) -> Route {
     let mut r = vec![Address::try_new(TCP, peer).unwrap()];
     r.extend(hops.iter().map(|h| Address::local(*h)));
     Route::from(r)
-}
-
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
 fn channel_workers(node: &Node) -> usize {

@@ -13,6 +13,8 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use kith_node::testing::until_blocking;
+
 use common::{Kith, identifier, log, project_with};
 use sha2::{Digest, Sha256};
 
@@ -179,16 +181,12 @@ fn sessions(k: &Kith, kind: &str, name: &str, node: &str) -> serde_json::Value {
 }
 
 /// The session counts once no session is open any more (a session ends at the outlet a
-/// moment after its client saw the last byte), or as they are after 10 s.
+/// moment after its client saw the last byte).
 fn settled_sessions(k: &Kith, kind: &str, name: &str, node: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = sessions(k, kind, name, node);
-        if now["open"] == 0 || Instant::now() > deadline {
-            return now;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_blocking("no portal session open at the outlet", || {
+        sessions(k, kind, name, node)["open"] == 0
+    });
+    sessions(k, kind, name, node)
 }
 
 #[test]

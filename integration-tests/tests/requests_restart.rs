@@ -9,6 +9,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Kith, identifier};
+use kith_node::testing::until_blocking;
 
 /// 20 requesters (issue 7).
 const REQUESTERS: usize = 20;
@@ -32,15 +33,6 @@ fn pending(k: &Kith) -> BTreeMap<String, (String, String)> {
             (text("requester"), (text("id"), text("code")))
         })
         .collect()
-}
-
-/// Poll `f` until it holds or [`LIMIT`] passes.
-fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < LIMIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 struct Requester {
@@ -89,7 +81,7 @@ fn twenty_waiting_requesters_survive_a_kill_9_of_the_authority_and_complete_when
             }
         })
         .collect();
-    until("all 20 requests to be listed", || {
+    until_blocking("all 20 requests to be listed", || {
         pending(&k).len() == REQUESTERS
     });
     let before = pending(&k);

@@ -17,6 +17,9 @@ mod message;
 mod node;
 mod router;
 mod sink;
+/// Test helpers (feature `test-util`): waiting for a condition without a fixed sleep.
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 mod worker;
 
 pub use access::{AllowAll, AllowLocal, AllowOrigins, AllowTransport, IncomingAccessControl};
@@ -27,5 +30,5 @@ pub use error::{DisplayChain, RequestError, RouteError, StartError, TryRouteErro
 pub use message::{LocalInfo, Message, Origin};
 pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE, SinkHandle};
 pub use router::{MAX_INLINE_DEPTH, ResolveFuture, Transport};
-pub use sink::{MessageSink, ReadyFuture, SinkError};
+pub use sink::{Backlog, DirectOrQueue, Lane, MessageSink, ReadyFuture, SinkError};
 pub use worker::Worker;

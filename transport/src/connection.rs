@@ -12,19 +12,18 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use kith_node::{
-    Address, AllowAll, DisplayChain, LocalInfo, MAX_ROUTE_LEN, Message, MessageSink, Node, Origin,
-    ReadyFuture, SinkError, SinkHandle, StartError,
+    Address, AllowAll, DirectOrQueue, DisplayChain, LocalInfo, MAX_ROUTE_LEN, Message, MessageSink,
+    Node, Origin, ReadyFuture, SinkError, SinkHandle, StartError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -95,15 +94,13 @@ impl Connection {
         let (read, write) = stream.into_split();
         let outbox = Arc::new(Outbox {
             write,
-            state: Mutex::new(OutState {
-                pending: BytesMut::new(),
-                blocked: false,
-                failed: None,
-                closed: false,
-                last_write: Instant::now(),
-            }),
-            flush: Notify::new(),
-            space: Notify::new(),
+            pending: DirectOrQueue::new(
+                MAX_PENDING,
+                Written {
+                    failed: None,
+                    last_write: Instant::now(),
+                },
+            ),
             max_frame_len: options.max_frame_len,
             counters: counters.clone(),
         });
@@ -252,57 +249,46 @@ async fn flush_frames(
     stop: &CancellationToken,
 ) -> Result<(), ConnectionError> {
     loop {
-        let keepalive_due = outbox.lock().last_write + options.keepalive_interval;
+        let keepalive_due = outbox.pending.lock().state().last_write + options.keepalive_interval;
         tokio::select! {
             () = stop.cancelled() => {
                 let _ = tokio::time::timeout(FINAL_FLUSH, outbox.drain(FINAL_FLUSH)).await;
                 return Ok(());
             }
-            () = outbox.flush.notified() => {}
+            () = outbox.pending.queued() => {}
             () = tokio::time::sleep_until(keepalive_due) => outbox.push_keepalive(options.keepalive_interval),
         }
         outbox.drain(options.write_timeout).await?;
     }
 }
 
-struct OutState {
-    /// Encoded frames not yet written.
-    pending: BytesMut,
-    /// The socket pushed back; the flusher owns writing until `pending` is empty.
-    blocked: bool,
+/// What the outbox keeps about the socket, under the lock of its pending bytes.
+struct Written {
     /// A sender's write failed; the flusher reports it.
     failed: Option<io::Error>,
-    /// The connection is over; senders get their message back.
-    closed: bool,
     last_write: Instant,
 }
 
 /// The connection's sink: encoded frames on their way to the socket.
 struct Outbox {
     write: OwnedWriteHalf,
-    state: Mutex<OutState>,
-    /// Tells the flusher there is something to write.
-    flush: Notify,
-    /// Tells waiting senders there is room again.
-    space: Notify,
+    /// Encoded frames not yet written, bounded by [`MAX_PENDING`] bytes. Draining means the
+    /// socket pushed back: the flusher owns writing until nothing is pending. Closed when
+    /// the connection is over; senders then get their message back.
+    pending: DirectOrQueue<BytesMut, Written>,
     max_frame_len: usize,
     counters: Arc<Counters>,
 }
 
 impl Outbox {
-    fn lock(&self) -> MutexGuard<'_, OutState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn close(&self) {
-        self.lock().closed = true;
-        self.space.notify_waiters();
+        self.pending.close();
     }
 
     fn push_keepalive(&self, interval: Duration) {
-        let mut st = self.lock();
-        if st.pending.is_empty() && st.last_write.elapsed() >= interval {
-            st.pending.extend_from_slice(&KEEPALIVE);
+        let mut lane = self.pending.lock();
+        if lane.backlog().is_empty() && lane.state().last_write.elapsed() >= interval {
+            lane.backlog_mut().extend_from_slice(&KEEPALIVE);
         }
     }
 
@@ -310,28 +296,28 @@ impl Outbox {
     async fn drain(&self, timeout: Duration) -> Result<(), ConnectionError> {
         loop {
             {
-                let mut st = self.lock();
-                if let Some(e) = st.failed.take() {
+                let mut lane = self.pending.lock();
+                if let Some(e) = lane.state_mut().failed.take() {
                     return Err(e.into());
                 }
-                if st.pending.is_empty() {
-                    st.blocked = false;
-                    drop(st);
-                    self.space.notify_waiters();
+                if lane.backlog().is_empty() {
+                    lane.set_draining(false);
+                    drop(lane);
+                    self.pending.wake_senders();
                     return Ok(());
                 }
-                match self.write.try_write(&st.pending) {
+                match self.write.try_write(lane.backlog()) {
                     Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                     Ok(n) => {
-                        let was_full = st.pending.len() >= MAX_PENDING;
-                        st.pending.advance(n);
-                        st.last_write = Instant::now();
-                        if was_full && st.pending.len() < MAX_PENDING {
-                            self.space.notify_waiters();
+                        let was_full = lane.is_full();
+                        lane.backlog_mut().advance(n);
+                        lane.state_mut().last_write = Instant::now();
+                        if was_full && !lane.is_full() {
+                            self.pending.wake_senders();
                         }
                         continue;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.blocked = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => lane.set_draining(true),
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -372,54 +358,42 @@ impl Outbox {
 
 impl MessageSink for Outbox {
     fn try_deliver(&self, message: Message) -> Result<(), SinkError> {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        if st.closed || st.failed.is_some() {
+        let mut lane = self.pending.lock();
+        if lane.state().failed.is_some() {
             return Err(SinkError::Closed(message));
         }
-        if st.pending.len() >= MAX_PENDING {
-            return Err(SinkError::Full(message));
+        if let Some(refuse) = lane.refusal() {
+            return Err(refuse(message));
         }
-        self.encode(message, &mut st.pending);
-        if st.blocked || st.pending.is_empty() {
+        self.encode(message, lane.backlog_mut());
+        if lane.is_draining() || lane.backlog().is_empty() {
             // The flusher owns the socket until the backlog is gone.
             return Ok(());
         }
-        match self.write.try_write(&st.pending) {
+        // Not draining, so nothing was pending before this frame: write it now, from the
+        // sender's task, under the lock that keeps frames in order.
+        match self.write.try_write(lane.backlog()) {
             Ok(n) => {
-                st.pending.advance(n);
-                st.last_write = Instant::now();
-                if !st.pending.is_empty() {
-                    st.blocked = true;
-                    self.flush.notify_one();
+                lane.backlog_mut().advance(n);
+                lane.state_mut().last_write = Instant::now();
+                if !lane.backlog().is_empty() {
+                    lane.set_draining(true);
+                    self.pending.wake_drainer();
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                st.blocked = true;
-                self.flush.notify_one();
+                lane.set_draining(true);
+                self.pending.wake_drainer();
             }
             Err(e) => {
-                st.failed = Some(e);
-                self.flush.notify_one();
+                lane.state_mut().failed = Some(e);
+                self.pending.wake_drainer();
             }
         }
         Ok(())
     }
 
     fn ready(&self) -> ReadyFuture<'_> {
-        Box::pin(async move {
-            loop {
-                let notified = self.space.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                {
-                    let st = self.lock();
-                    if st.closed || st.pending.len() < MAX_PENDING {
-                        return;
-                    }
-                }
-                notified.await;
-            }
-        })
+        Box::pin(self.pending.ready())
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kith_node::testing::until;
 use kith_node::*;
 use kith_transport::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,16 +27,6 @@ fn to(peer: &str, service: &str) -> Route {
         Address::try_new(TCP, peer).unwrap(),
         Address::local(service),
     ])
-}
-
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
 /// Read until the peer closes; returns what was read.

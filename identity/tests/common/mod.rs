@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub use kith_node::testing::until;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,15 +86,4 @@ impl Peer {
             .filter(|a| a.value().starts_with("sc-"))
             .count()
     }
-}
-
-/// Wait until `f` holds, looking again every few milliseconds, for at most [`WAIT`].
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
