@@ -8,18 +8,28 @@
 //!
 //! This crate does no I/O of its own: no sockets, no files, no cryptography.
 
+/// Incoming policies over a message's origin: who may reach a mailbox.
 mod access;
+/// Addresses (`0#echo`, `1#127.0.0.1:4000`) and routes.
 mod address;
+/// What a worker is handed: sending, starting and stopping workers, awaiting replies.
 mod context;
+/// The echo service.
 mod echo;
+/// Error types, one per surface a caller reacts to.
 mod error;
+/// Messages, their local info and origin.
 mod message;
+/// The node: mailboxes, sinks, workers and structured shutdown.
 mod node;
+/// Delivery by the onward route's first hop, and error answers along the return route.
 mod router;
+/// Sinks that take messages without a task, and the bounded direct-or-queue lane they share.
 mod sink;
 /// Test helpers (feature `test-util`): waiting for a condition without a fixed sleep.
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+/// The worker trait.
 mod worker;
 
 pub use access::{AllowAll, AllowLocal, AllowOrigins, AllowTransport, IncomingAccessControl};
