@@ -10,7 +10,7 @@ use kith_identity::{CredentialAndPurposeKey, Identifier, VerifiedCredential};
 use kith_identity::unix_now;
 
 use super::args::{CredentialCommand, HolderArgs};
-use super::output::Output;
+use super::output::{Output, attribute_list};
 use crate::home::Home;
 use crate::home::vault::{from_hex, identity_arg, open_vault, resolve_identity};
 
@@ -98,17 +98,11 @@ async fn run_with(home: &Home, out: &Output, vault: &Vault, cmd: CredentialComma
                     }
                     let mut s = format!("Credentials of identity {name}:");
                     for (c, row) in held.iter().zip(&rows) {
-                        let attrs: Vec<String> = c
-                            .credential
-                            .credential
-                            .attributes()
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect();
+                        let attrs = attribute_list(c.credential.credential.attributes(), ", ");
                         s.push_str(&format!(
                             "\n  from {}  [{}]  {}",
                             c.issuer.identifier(),
-                            attrs.join(", "),
+                            attrs,
                             row["status"].as_str().unwrap_or_default()
                         ));
                     }

@@ -1,6 +1,7 @@
 //! Printing results: plain text for people, one JSON document for scripts. Results go to
 //! stdout; progress and diagnostics go to stderr.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -78,4 +79,27 @@ impl Output {
         bar.enable_steady_tick(Duration::from_millis(100));
         Some(bar)
     }
+}
+
+/// Text from the authority (a requester's note, attributes) made safe for a terminal:
+/// control characters are escaped, so a note cannot rewrite what the admin sees.
+pub(crate) fn clean(text: &str) -> String {
+    let mut cleaned = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            cleaned.extend(c.escape_default());
+        } else {
+            cleaned.push(c);
+        }
+    }
+    cleaned
+}
+
+/// Attributes as `k=v` pairs joined by `sep`, made safe for a terminal.
+pub(crate) fn attribute_list(attributes: &BTreeMap<String, String>, sep: &str) -> String {
+    attributes
+        .iter()
+        .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
+        .collect::<Vec<_>>()
+        .join(sep)
 }

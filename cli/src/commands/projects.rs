@@ -14,7 +14,7 @@ use kith_authority::ticket::{Encoding, OneTimeCode, Ticket};
 use kith_identity::{Identifier, unix_now};
 
 use super::args::{EnrollArgs, MemberCommand, ProjectCommand, TicketArgs, TicketCommand};
-use super::output::Output;
+use super::output::{Output, attribute_list};
 use super::reach::{Reach, Retry, Session, ask, reach, refused};
 use crate::duration::{DisplayDuration, unix_time};
 use crate::home::Home;
@@ -169,12 +169,11 @@ fn ticket_info_line(t: &api::TicketInfo, now: u64) -> String {
             DisplayDuration(Duration::from_secs(t.expires_at - now))
         )
     };
-    let attrs: Vec<String> = t
-        .attributes
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    format!("{:<14} [{}]  {state}", t.id, attrs.join(", "))
+    format!(
+        "{:<14} [{}]  {state}",
+        t.id,
+        attribute_list(&t.attributes, ", ")
+    )
 }
 
 async fn ticket(home: &Home, out: &Output, args: TicketArgs) -> Result<()> {
@@ -213,11 +212,7 @@ async fn ticket(home: &Home, out: &Output, args: TicketArgs) -> Result<()> {
                     DisplayDuration(Duration::from_secs(t.expires_at - now))
                 )
             };
-            let attrs: Vec<String> = t
-                .attributes
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let attrs = attribute_list(&t.attributes, ", ");
             let mut j = project_json(&t.project);
             let j = serde_json::json!({
                 "id": t.id(),
@@ -236,7 +231,7 @@ async fn ticket(home: &Home, out: &Output, args: TicketArgs) -> Result<()> {
                         t.project.id,
                         t.project.authority_identifier(),
                         t.project.authority_route,
-                        attrs.join(", "),
+                        attrs,
                         t.usage_count,
                         if t.usage_count == 1 { "" } else { "s" },
                     )
@@ -427,18 +422,14 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
             "warning: {e:#}; restart it to present the credential: kith node stop {node} && kith node start {node}"
         ));
     }
-    let attrs: Vec<String> = verified
-        .attributes
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let attrs = attribute_list(&verified.attributes, ", ");
     out.result(
         || {
             format!(
                 "Enrolled identity {holder} in project {}.\nCredential from {}: [{}], expires {}",
                 project.name,
                 verified.issuer,
-                attrs.join(", "),
+                attrs,
                 unix_time(verified.expires_at)
             )
         },
@@ -456,12 +447,8 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
 
 async fn member(home: &Home, out: &Output, cmd: MemberCommand) -> Result<()> {
     let member_line = |m: &api::MemberInfo| {
-        let attrs: Vec<String> = m
-            .attributes
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        format!("{}  [{}]  via {}", m.identifier, attrs.join(", "), m.via)
+        let attrs = attribute_list(&m.attributes, ", ");
+        format!("{}  [{}]  via {}", m.identifier, attrs, m.via)
     };
     match cmd {
         MemberCommand::List { access } => {

@@ -30,7 +30,7 @@ use kith_node::Route;
 use kith_identity::unix_now;
 
 use super::args::{AutoApproveCommand, RequestArgs, RequestsCommand};
-use super::output::Output;
+use super::output::{Output, attribute_list, clean};
 use super::reach::{Retry, ask, connect_retrying, refused};
 use crate::duration::{DisplayDuration, unix_time};
 use crate::home::projects::{clashing_project, load_project, save_project};
@@ -792,28 +792,6 @@ fn check_netblock(text: &str) -> Result<()> {
     kith_authority::join::parse_netblock(text)
         .map(drop)
         .map_err(|e| anyhow!("--netblock: {e}"))
-}
-
-/// Text from the authority (a requester's note, attributes) made safe for a terminal:
-/// control characters are escaped, so a note cannot rewrite what the admin sees.
-fn clean(text: &str) -> String {
-    let mut cleaned = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            cleaned.extend(c.escape_default());
-        } else {
-            cleaned.push(c);
-        }
-    }
-    cleaned
-}
-
-fn attribute_list(attributes: &BTreeMap<String, String>, sep: &str) -> String {
-    attributes
-        .iter()
-        .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
-        .collect::<Vec<_>>()
-        .join(sep)
 }
 
 /// Attributes in a table's cell: `k=v,k=v`, or `-` for none.
