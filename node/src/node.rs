@@ -414,24 +414,12 @@ impl Node {
     /// Run `task` owned by this node until it ends or the node shuts down (it is then
     /// dropped at its next await point). For connections and other per-node tasks.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let token = self.inner.workers.clone();
-        self.spawn_owned(async move {
-            tokio::select! {
-                () = token.cancelled() => {}
-                () = task => {}
-            }
-        });
+        self.spawn_owned(until_cancelled(self.inner.workers.clone(), task));
     }
 
     /// Like [`Node::spawn`], for listeners: they are stopped first at shutdown.
     pub fn spawn_listener(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let token = self.inner.listeners.clone();
-        self.spawn_owned(async move {
-            tokio::select! {
-                () = token.cancelled() => {}
-                () = task => {}
-            }
-        });
+        self.spawn_owned(until_cancelled(self.inner.listeners.clone(), task));
     }
 
     fn spawn_owned(&self, task: impl Future<Output = ()> + Send + 'static) {
@@ -504,4 +492,21 @@ async fn run_worker<W: Worker>(mut worker: W, mut ctx: Context, mut mailbox: Mai
     }
     worker.shutdown(&mut ctx).await;
     debug!(node = %ctx.node().name(), address = %mailbox.address(), "worker stopped");
+}
+
+/// `task`, ended early when `token` is cancelled. The task is boxed: a `select!` over it in
+/// an `async move` block would keep it twice (the captured future and the select's own
+/// copy), doubling the memory of every long-lived task (each secure channel and
+/// connection has one) for as long as it lives.
+fn until_cancelled(
+    token: CancellationToken,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let task = Box::pin(task);
+    async move {
+        tokio::select! {
+            () = token.cancelled() => {}
+            () = task => {}
+        }
+    }
 }
