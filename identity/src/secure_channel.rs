@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
@@ -37,8 +37,9 @@ use kith_node::{
     WorkerError,
 };
 use kith_transport::TransportMessage;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::CredentialAndPurposeKey;
@@ -210,29 +211,100 @@ pub enum ChannelEnded {
 /// signal fires when it is closed (the owner of the stack watches the outer ones). Clones
 /// watch the same channel.
 #[derive(Clone)]
-pub struct EndSignal(watch::Receiver<Option<ChannelEnded>>);
+pub struct EndSignal(Arc<EndState>);
+
+/// How a channel ended, written once, and who waits for it. A few dozen bytes: every
+/// channel has one for as long as it lives (a `watch` channel costs several times that).
+#[derive(Default)]
+struct EndState {
+    how: OnceLock<ChannelEnded>,
+    /// Cancelled when the TCP connection the channel runs straight over closes. Watched by
+    /// whoever waits on the signal, so a channel's own task needs no watcher for it.
+    connection: OnceLock<CancellationToken>,
+    waiters: Notify,
+}
 
 impl EndSignal {
     /// How the channel ended, once it has; at once if it already has.
     pub async fn ended(&self) -> ChannelEnded {
-        let mut end = self.0.clone();
-        match end.wait_for(Option::is_some).await {
-            Ok(ended) => (*ended).unwrap_or(ChannelEnded::Closed),
-            // The channel's task is gone without a word: it never ran (the node was
-            // shutting down).
-            Err(_) => ChannelEnded::Closed,
+        loop {
+            let mut notified = pin!(self.0.waiters.notified());
+            // Registered before looking, so an end marked between the look and the wait
+            // still wakes us.
+            notified.as_mut().enable();
+            if let Some(how) = self.has_ended() {
+                return how;
+            }
+            match self.0.connection.get() {
+                Some(connection) => tokio::select! {
+                    () = notified => {}
+                    () = connection.cancelled() => {}
+                },
+                None => notified.await,
+            }
         }
     }
 
     /// How the channel ended, if it has.
     pub fn has_ended(&self) -> Option<ChannelEnded> {
-        let ended = *self.0.borrow();
-        ended.or_else(|| {
-            self.0
-                .has_changed()
-                .is_err()
-                .then_some(ChannelEnded::Closed)
-        })
+        self.0
+            .how
+            .get()
+            .copied()
+            .or_else(|| self.0.connection_closed())
+    }
+}
+
+/// The channel's side of its [`EndSignal`]: marks how it ended, the first cause only.
+/// Dropped unmarked (a task dropped before it ran, at node shutdown), it marks
+/// [`ChannelEnded::Closed`], so no owner waits for ever.
+struct EndMark(Arc<EndState>);
+
+impl EndMark {
+    /// A mark, and the signal its channel's owner watches.
+    fn new() -> (Self, EndSignal) {
+        let state = Arc::new(EndState::default());
+        (Self(state.clone()), EndSignal(state))
+    }
+
+    /// Record how the channel ended, unless an earlier cause already is (a connection that
+    /// closed before is the earlier cause).
+    fn mark(&self, how: ChannelEnded) {
+        let how = self.0.connection_closed().unwrap_or(how);
+        if self.0.how.set(how).is_ok() {
+            self.0.waiters.notify_waiters();
+        }
+    }
+
+    /// The channel runs straight over the connection at `via`: it has ended once that
+    /// closes. A connection already gone ends it now.
+    fn runs_over(&self, node: &Node, via: &Address) {
+        match node.stop_token(via) {
+            Some(stop) => {
+                let _ = self.0.connection.set(stop);
+                // Waiters start watching the connection too.
+                self.0.waiters.notify_waiters();
+            }
+            None => {
+                debug!(connection = %via, "the connection under a secure channel closed");
+                self.mark(ChannelEnded::ConnectionClosed);
+            }
+        }
+    }
+}
+
+impl EndState {
+    fn connection_closed(&self) -> Option<ChannelEnded> {
+        self.connection
+            .get()
+            .filter(|c| c.is_cancelled())
+            .map(|_| ChannelEnded::ConnectionClosed)
+    }
+}
+
+impl Drop for EndMark {
+    fn drop(&mut self) {
+        self.mark(ChannelEnded::Closed);
     }
 }
 
@@ -240,36 +312,6 @@ impl fmt::Debug for EndSignal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("EndSignal").field(&self.has_ended()).finish()
     }
-}
-
-/// Record how the channel ended, unless an earlier cause already is.
-fn mark_ended(end: &watch::Sender<Option<ChannelEnded>>, how: ChannelEnded) {
-    end.send_if_modified(|ended| {
-        let first = ended.is_none();
-        if first {
-            *ended = Some(how);
-        }
-        first
-    });
-}
-
-/// Mark the channel ended with [`ChannelEnded::ConnectionClosed`] once `via`, the
-/// connection its handshake arrived on, closes; then wait for ever (the channel's task ends
-/// it otherwise). A channel that does not run straight over a connection waits for nothing.
-async fn watch_connection(
-    node: &Node,
-    via: Option<Address>,
-    end: &watch::Sender<Option<ChannelEnded>>,
-) {
-    if let Some(connection) = via {
-        // No token: the connection has closed already.
-        if let Some(stop) = node.stop_token(&connection) {
-            stop.cancelled().await;
-        }
-        debug!(%connection, "the connection under a secure channel closed");
-        mark_ended(end, ChannelEnded::ConnectionClosed);
-    }
-    std::future::pending::<()>().await;
 }
 
 /// The connection `message` arrived on, if it came straight from one.
@@ -465,9 +507,9 @@ fn start(
     source: Option<SocketAddr>,
 ) -> Result<Address, kith_node::StartError> {
     let decryptor = Address::random_local("sc");
-    let (ended, end) = watch::channel(None);
+    let (ended, end) = EndMark::new();
     let channel = Arc::new(Channel {
-        end: EndSignal(end),
+        end,
         node: node.clone(),
         source,
         trust: settings.trust.clone(),
@@ -717,8 +759,15 @@ impl Channel {
     }
 
     /// Route what is queued for the peer, in order, until the sending side closes.
+    ///
+    /// `let … else`, not `while let`: a `while let` keeps its scrutinee (the `pop` future and
+    /// the message) alive through the body, doubling the size of this future, which every
+    /// idle channel holds for as long as it lives.
     async fn send_queued(&self) {
-        while let Some(sealed) = self.outbound.pop().await {
+        loop {
+            let Some(sealed) = self.outbound.pop().await else {
+                return;
+            };
             // The node counts and logs what it cannot deliver.
             let _ = self.route(sealed).await;
         }
@@ -726,21 +775,30 @@ impl Channel {
 
     /// Open and route what the decryptor queued, in order, until the receiving side closes.
     async fn receive_queued(&self) {
-        while let Some(queued) = self.inbound.pop().await {
-            let opened = match queued {
-                Queued::Opened(m) => Opened::Deliver(m),
-                Queued::Arrived(m) => match self.inbound.lock().state_mut() {
-                    Phase::Established(rx) => rx.open(m.payload, &self.trust),
-                    // A second handshake message, or anything after the channel closed.
-                    Phase::Handshaking | Phase::Closed => Opened::Done,
-                },
+        loop {
+            // `let … else` for the reason `send_queued` gives.
+            let Some(queued) = self.inbound.pop().await else {
+                return;
             };
-            match opened {
+            match self.open_queued(queued) {
                 Opened::Deliver(m) => {
                     let _ = self.route(m).await;
                 }
                 other => self.act_on_control(other),
             }
+        }
+    }
+
+    /// What the task does with a message the decryptor queued. Synchronous, so that the
+    /// message and the opening state are not part of `receive_queued`'s future.
+    fn open_queued(&self, queued: Queued) -> Opened {
+        match queued {
+            Queued::Opened(m) => Opened::Deliver(m),
+            Queued::Arrived(m) => match self.inbound.lock().state_mut() {
+                Phase::Established(rx) => rx.open(m.payload, &self.trust),
+                // A second handshake message, or anything after the channel closed.
+                Phase::Handshaking | Phase::Closed => Opened::Done,
+            },
         }
     }
 
@@ -848,12 +906,12 @@ struct Owner {
     channel: Arc<Channel>,
     decryptor: SinkHandle,
     encryptor: Option<SinkHandle>,
-    end: watch::Sender<Option<ChannelEnded>>,
+    end: EndMark,
 }
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        mark_ended(&self.end, ChannelEnded::Closed);
+        self.end.mark(ChannelEnded::Closed);
         let ch = &self.channel;
         ch.stop_opening();
         // Best effort, without waiting: only if the task was dropped before it could close.
@@ -873,7 +931,7 @@ async fn run(
     mut on_established: Option<OnEstablished>,
     slot: Option<PendingSlot>,
     deadline: Instant,
-    end: watch::Sender<Option<ChannelEnded>>,
+    end: EndMark,
 ) {
     let mut owner = Owner {
         channel: channel.clone(),
@@ -914,16 +972,16 @@ async fn run(
         Some(Ok((encryptor, via))) => {
             let encryptor_stopped = encryptor.stop_token().clone();
             owner.encryptor = Some(encryptor);
-            let connection = watch_connection(&channel.node, via, &owner.end);
+            if let Some(via) = &via {
+                owner.end.runs_over(&channel.node, via);
+            }
             tokio::select! {
                 () = stopped.cancelled() => {}
                 () = encryptor_stopped.cancelled() => {}
-                () = async {
-                    tokio::join!(channel.send_queued(), channel.receive_queued(), connection);
-                } => {}
+                () = async { tokio::join!(channel.send_queued(), channel.receive_queued()); } => {}
             }
             // Ended now, not once the `Close` below is out.
-            mark_ended(&owner.end, ChannelEnded::Closed);
+            owner.end.mark(ChannelEnded::Closed);
             channel.stop();
             channel.stop_opening();
             Box::pin(channel.close()).await;
