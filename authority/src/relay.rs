@@ -521,7 +521,12 @@ impl Relay {
     /// Route what is queued, in order, until the relay is deleted or the node stops.
     /// `Node::spawn` drops this task at shutdown; `close` ends it once nothing is left.
     async fn send_queued(self: Arc<Self>) {
-        while let Some(message) = self.queue.pop().await {
+        // `let … else`, not `while let`, which would keep the `pop` future and the message
+        // alive through the body, in a future every relay holds for as long as it lives.
+        loop {
+            let Some(message) = self.queue.pop().await else {
+                return;
+            };
             // The node counts and logs what it cannot deliver.
             let _ = Box::pin(self.node.route(message)).await;
         }
