@@ -560,6 +560,29 @@ fn postgresql_reads_the_same_100_mb_through_inlet_relay_and_outlet() {
         &["-c", "8", "-j", "2", "-t", "50", "-n", &through],
     );
     let outlet = settled_sessions(&k, "tcp-outlet", "outlet", "db-node");
-    assert_eq!(outlet["failed"], 0, "{outlet}");
     assert_eq!(outlet["open"], 0, "{outlet}");
+    // PostgreSQL now and then resets a connection as its backend exits after the client's
+    // Terminate (more often on a loaded machine); the portal passes that reset on
+    // faithfully. Every other failure is ours.
+    let ours: Vec<String> = session_errors(&k, &["db-node"])
+        .lines()
+        .filter(|l| !l.contains("reading from 127.0.0.1:5432 failed: Connection reset by peer"))
+        .map(str::to_owned)
+        .collect();
+    assert!(ours.is_empty(), "{outlet}\n{ours:#?}");
+    let resets = session_errors(&k, &["db-node"]).lines().count();
+    assert_eq!(outlet["failed"], resets, "{outlet}");
+}
+
+/// The portal-session errors the nodes logged, to say why a session count is off.
+fn session_errors(k: &Kith, nodes: &[&str]) -> String {
+    let mut out = String::new();
+    for node in nodes {
+        for line in log(k, node).lines() {
+            if line.contains("portal session closed with an error") {
+                out.push_str(&format!("{node}: {line}\n"));
+            }
+        }
+    }
+    out
 }
