@@ -842,6 +842,8 @@ pub enum ChannelMessage {
     Close,
     /// The responder accepted the initiator: the first message it sends.
     Ready,
+    /// A keep-alive: the sender is there, with nothing to say.
+    Ping,
 }
 
 impl ChannelMessage {
@@ -865,6 +867,7 @@ impl ChannelMessage {
             }
             ChannelMessage::Close => dst.put_u8(2),
             ChannelMessage::Ready => dst.put_u8(3),
+            ChannelMessage::Ping => dst.put_u8(4),
         }
     }
 
@@ -879,7 +882,7 @@ impl ChannelMessage {
                 24 + route(&m.onward_route) + route(&m.return_route) + m.payload.len()
             }
             ChannelMessage::RefreshCredential(c) => 1 + c.len(),
-            ChannelMessage::Close | ChannelMessage::Ready => 1,
+            ChannelMessage::Close | ChannelMessage::Ready | ChannelMessage::Ping => 1,
         }
     }
 
@@ -890,6 +893,7 @@ impl ChannelMessage {
             Some(1) => Ok(ChannelMessage::RefreshCredential(bytes.slice(1..))),
             Some(2) if bytes.len() == 1 => Ok(ChannelMessage::Close),
             Some(3) if bytes.len() == 1 => Ok(ChannelMessage::Ready),
+            Some(4) if bytes.len() == 1 => Ok(ChannelMessage::Ping),
             _ => Err(kith_transport::DecodeError::Shape {
                 found: "an unknown channel message kind",
             }),

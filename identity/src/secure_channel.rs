@@ -39,7 +39,6 @@ use kith_node::{
 use kith_transport::TransportMessage;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::CredentialAndPurposeKey;
@@ -69,6 +68,16 @@ pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 /// connection feeding the channel) instead of buffering without bound. Each message is at
 /// most one Noise message, so a channel holds at most 8 MiB this way.
 pub const CHANNEL_BACKLOG: usize = 64;
+
+/// 20 s: how long a channel that has sent nothing waits before it sends a keep-alive, so
+/// that its peer (and any NAT or firewall between) sees it is alive. Well under
+/// [`IDLE_TIMEOUT`], so two keep-alives can be lost before the peer gives up.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// 70 s: how long a channel waits without hearing anything from its peer before it ends
+/// (DESIGN §4): a peer whose host vanished without closing its connection is noticed, and
+/// its state freed, within about a minute. Three keep-alive intervals and a half.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(70);
 
 /// 1 s: how long a closing channel may take to send what it has queued and its `Close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -102,6 +111,10 @@ pub struct ChannelSettings {
     pub rekey_interval: u64,
     /// Unfinished handshakes a listener holds at once.
     pub max_pending_handshakes: usize,
+    /// A channel that has sent nothing for this long sends a keep-alive.
+    pub keepalive_interval: Duration,
+    /// A channel that has heard nothing from its peer for this long ends.
+    pub idle_timeout: Duration,
 }
 
 impl ChannelSettings {
@@ -113,6 +126,8 @@ impl ChannelSettings {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             rekey_interval: DEFAULT_REKEY_INTERVAL,
             max_pending_handshakes: MAX_PENDING_HANDSHAKES,
+            keepalive_interval: KEEPALIVE_INTERVAL,
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 
@@ -199,17 +214,30 @@ pub enum ChannelEnded {
     /// Its encryptor and decryptor stopped: it was closed here, closed by the peer or torn
     /// down, or the node shut down.
     Closed,
-    /// The TCP connection it runs over closed, so nothing reaches it any more. The channel
-    /// does not close itself for that (yet): its owner decides what to do.
+    /// What it runs over ended — the TCP connection, or the channel it is nested in — so
+    /// nothing reaches it any more; it closed itself.
     ConnectionClosed,
+    /// Its peer sent nothing, not even a keep-alive, for longer than the idle timeout.
+    PeerSilent,
 }
 
-/// Tells the owner of a [`SecureChannel`] once the channel has ended: its workers stopped,
-/// or the TCP connection it runs over closed. A client waiting on a long call selects on
-/// [`EndSignal::ended`] to notice a peer that went away at once, instead of after the
-/// call's timeout. A channel nested in another runs over no connection of its own; its
-/// signal fires when it is closed (the owner of the stack watches the outer ones). Clones
-/// watch the same channel.
+impl fmt::Display for ChannelEnded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChannelEnded::Closed => "the secure channel was closed",
+            ChannelEnded::ConnectionClosed => {
+                "the connection (or outer channel) under the secure channel closed"
+            }
+            ChannelEnded::PeerSilent => "the secure channel's peer went silent",
+        })
+    }
+}
+
+/// Tells the owner of a [`SecureChannel`] once the channel has ended: closed here or by the
+/// peer, or because what it runs over ended or its peer went silent (the channel closes
+/// itself then). A client waiting on a long call selects on [`EndSignal::ended`] to notice
+/// a peer that went away at once, instead of after the call's timeout. Clones watch the
+/// same channel.
 #[derive(Clone)]
 pub struct EndSignal(Arc<EndState>);
 
@@ -218,9 +246,6 @@ pub struct EndSignal(Arc<EndState>);
 #[derive(Default)]
 struct EndState {
     how: OnceLock<ChannelEnded>,
-    /// Cancelled when the TCP connection the channel runs straight over closes. Watched by
-    /// whoever waits on the signal, so a channel's own task needs no watcher for it.
-    connection: OnceLock<CancellationToken>,
     waiters: Notify,
 }
 
@@ -235,23 +260,13 @@ impl EndSignal {
             if let Some(how) = self.has_ended() {
                 return how;
             }
-            match self.0.connection.get() {
-                Some(connection) => tokio::select! {
-                    () = notified => {}
-                    () = connection.cancelled() => {}
-                },
-                None => notified.await,
-            }
+            notified.await;
         }
     }
 
     /// How the channel ended, if it has.
     pub fn has_ended(&self) -> Option<ChannelEnded> {
-        self.0
-            .how
-            .get()
-            .copied()
-            .or_else(|| self.0.connection_closed())
+        self.0.how.get().copied()
     }
 }
 
@@ -267,38 +282,11 @@ impl EndMark {
         (Self(state.clone()), EndSignal(state))
     }
 
-    /// Record how the channel ended, unless an earlier cause already is (a connection that
-    /// closed before is the earlier cause).
+    /// Record how the channel ended, unless an earlier cause already is.
     fn mark(&self, how: ChannelEnded) {
-        let how = self.0.connection_closed().unwrap_or(how);
         if self.0.how.set(how).is_ok() {
             self.0.waiters.notify_waiters();
         }
-    }
-
-    /// The channel runs straight over the connection at `via`: it has ended once that
-    /// closes. A connection already gone ends it now.
-    fn runs_over(&self, node: &Node, via: &Address) {
-        match node.stop_token(via) {
-            Some(stop) => {
-                let _ = self.0.connection.set(stop);
-                // Waiters start watching the connection too.
-                self.0.waiters.notify_waiters();
-            }
-            None => {
-                debug!(connection = %via, "the connection under a secure channel closed");
-                self.mark(ChannelEnded::ConnectionClosed);
-            }
-        }
-    }
-}
-
-impl EndState {
-    fn connection_closed(&self) -> Option<ChannelEnded> {
-        self.connection
-            .get()
-            .filter(|c| c.is_cancelled())
-            .map(|_| ChannelEnded::ConnectionClosed)
     }
 }
 
@@ -314,12 +302,16 @@ impl fmt::Debug for EndSignal {
     }
 }
 
-/// The connection `message` arrived on, if it came straight from one.
-fn arrived_on(message: &Message) -> Option<Address> {
-    match message.origin() {
-        Origin::Transport { connection, .. } => Some(connection.clone()),
-        Origin::SecureChannel { .. } | Origin::Local => None,
-    }
+/// What `message` arrived over on this node: the local first hop of its return route — the
+/// TCP connection's sender, the encryptor of the channel it came through, or (between two
+/// channel ends on one node) the other end's decryptor. The channel a handshake message
+/// set up lives only as long as that does.
+fn arrived_over(message: &Message) -> Option<Address> {
+    message
+        .return_route
+        .next()
+        .filter(|hop| hop.is_local())
+        .cloned()
 }
 
 /// Why a channel could not be created.
@@ -517,6 +509,7 @@ fn start(
         encryptor: OnceLock::new(),
         inbound: DirectOrQueue::new(CHANNEL_BACKLOG, Phase::Handshaking),
         outbound: DirectOrQueue::new(CHANNEL_BACKLOG, None),
+        activity: Activity::new(settings),
     });
     let handle = node.register_sink(
         [decryptor.clone()],
@@ -556,6 +549,57 @@ struct Channel {
     outbound: DirectOrQueue<VecDeque<Message>, Option<Sending>>,
     /// Handed to the initiator's [`SecureChannel`].
     end: EndSignal,
+    /// When the channel last heard from its peer and last sent to it.
+    activity: Activity,
+}
+
+/// When a channel last heard from its peer and last sent to it, in milliseconds since it
+/// started: atomics, so the sinks note it without a lock and the task reads it to send
+/// keep-alives and to notice a silent peer.
+struct Activity {
+    born: Instant,
+    heard: AtomicU64,
+    sent: AtomicU64,
+    keepalive: Duration,
+    idle: Duration,
+}
+
+impl Activity {
+    fn new(settings: &ChannelSettings) -> Self {
+        Self {
+            born: Instant::now(),
+            heard: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            keepalive: settings.keepalive_interval,
+            idle: settings.idle_timeout,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn heard(&self) {
+        self.heard.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn sent(&self) {
+        self.sent.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn at(&self, millis: u64) -> Instant {
+        self.born + Duration::from_millis(millis)
+    }
+
+    /// When the peer has been silent past the idle timeout, if nothing arrives before.
+    fn silent_at(&self) -> Instant {
+        self.at(self.heard.load(Ordering::Relaxed)) + self.idle
+    }
+
+    /// When a keep-alive is due, if nothing is sent before.
+    fn keepalive_at(&self) -> Instant {
+        self.at(self.sent.load(Ordering::Relaxed)) + self.keepalive
+    }
 }
 
 enum Phase {
@@ -610,11 +654,12 @@ enum Opened {
 
 impl Receiving {
     /// Open `sealed` and decide what it calls for.
-    fn open(&mut self, sealed: Bytes, trust: &Trust) -> Opened {
+    fn open(&mut self, sealed: Bytes, trust: &Trust, activity: &Activity) -> Opened {
         let plain = match self.decryptor.open(sealed) {
             Ok(p) => p,
             Err(e) => return Opened::TearDown(e.to_string()),
         };
+        activity.heard();
         match ChannelMessage::decode(plain) {
             Ok(ChannelMessage::Payload(TransportMessage {
                 onward_route,
@@ -664,6 +709,8 @@ impl Receiving {
                 }
             }
             Ok(ChannelMessage::Close) => Opened::PeerClosed,
+            // Its work is done: the peer was heard.
+            Ok(ChannelMessage::Ping) => Opened::Done,
             Ok(ChannelMessage::Ready) => match self.on_ready.take() {
                 Some((tx, channel)) => Opened::Ready(tx, channel),
                 None => Opened::Done,
@@ -738,11 +785,14 @@ impl Channel {
     fn seal(&self, sending: &mut Option<Sending>, message: &ChannelMessage) -> Option<Message> {
         let sending = sending.as_mut()?;
         match sending.encryptor.seal(message) {
-            Ok(sealed) => Some(Message::new(
-                sending.remote.clone(),
-                Route::from(self.decryptor.clone()),
-                sealed,
-            )),
+            Ok(sealed) => {
+                self.activity.sent();
+                Some(Message::new(
+                    sending.remote.clone(),
+                    Route::from(self.decryptor.clone()),
+                    sealed,
+                ))
+            }
             Err(e) => {
                 warn!(decryptor = %self.decryptor, error = %e, "dropped a message the channel cannot seal");
                 None
@@ -795,7 +845,7 @@ impl Channel {
         match queued {
             Queued::Opened(m) => Opened::Deliver(m),
             Queued::Arrived(m) => match self.inbound.lock().state_mut() {
-                Phase::Established(rx) => rx.open(m.payload, &self.trust),
+                Phase::Established(rx) => rx.open(m.payload, &self.trust, &self.activity),
                 // A second handshake message, or anything after the channel closed.
                 Phase::Handshaking | Phase::Closed => Opened::Done,
             },
@@ -877,6 +927,36 @@ impl Channel {
         Ok(handle)
     }
 
+    /// Send a keep-alive whenever the channel has sent nothing for the keep-alive interval;
+    /// return once the peer has been silent past the idle timeout.
+    async fn keep_alive(&self) -> ChannelEnded {
+        loop {
+            let now = Instant::now();
+            let silent = self.activity.silent_at();
+            if now >= silent {
+                return ChannelEnded::PeerSilent;
+            }
+            let due = self.activity.keepalive_at();
+            if now >= due {
+                self.send_keepalive();
+                continue;
+            }
+            tokio::time::sleep_until(silent.min(due)).await;
+        }
+    }
+
+    /// Queue a keep-alive behind whatever is queued, so nonces stay in order. A full queue
+    /// is sending already, and a closing channel sends nothing more: either counts as sent.
+    fn send_keepalive(&self) {
+        let mut lane = self.outbound.lock();
+        if lane.refusal().is_none()
+            && let Some(ping) = self.seal(lane.state_mut(), &ChannelMessage::Ping)
+        {
+            lane.push(ping);
+        }
+        self.activity.sent();
+    }
+
     /// Send what is still queued for the peer, then `Close`, within [`CLOSE_TIMEOUT`].
     async fn close(&self) {
         let queued = self.outbound.close();
@@ -952,7 +1032,7 @@ async fn run(
                 None => return Err(HandshakeError::Unexpected),
             }
         };
-        let via = arrived_on(&first);
+        let via = arrived_over(&first);
         channel
             .finish_handshake(handshake, first, &mut on_established)
             .await
@@ -972,16 +1052,34 @@ async fn run(
         Some(Ok((encryptor, via))) => {
             let encryptor_stopped = encryptor.stop_token().clone();
             owner.encryptor = Some(encryptor);
-            if let Some(via) = &via {
-                owner.end.runs_over(&channel.node, via);
-            }
-            tokio::select! {
-                () = stopped.cancelled() => {}
-                () = encryptor_stopped.cancelled() => {}
-                () = async { tokio::join!(channel.send_queued(), channel.receive_queued()); } => {}
+            // What the channel runs over: a channel outlives neither its connection nor
+            // the channel it is nested in.
+            let under = via.map(|via| channel.node.stop_token(&via));
+            let ended = if let Some(None) = under {
+                ChannelEnded::ConnectionClosed
+            } else {
+                let under = under.flatten();
+                tokio::select! {
+                    biased;
+                    () = stopped.cancelled() => ChannelEnded::Closed,
+                    () = encryptor_stopped.cancelled() => ChannelEnded::Closed,
+                    () = async {
+                        match &under {
+                            Some(under) => under.cancelled().await,
+                            None => std::future::pending().await,
+                        }
+                    } => ChannelEnded::ConnectionClosed,
+                    how = channel.keep_alive() => how,
+                    () = async { tokio::join!(channel.send_queued(), channel.receive_queued()); } => {
+                        ChannelEnded::Closed
+                    }
+                }
+            };
+            if ended != ChannelEnded::Closed {
+                info!(decryptor = %channel.decryptor, reason = %ended, "secure channel ended");
             }
             // Ended now, not once the `Close` below is out.
-            owner.end.mark(ChannelEnded::Closed);
+            owner.end.mark(ended);
             channel.stop();
             channel.stop_opening();
             Box::pin(channel.close()).await;
@@ -1017,7 +1115,9 @@ impl MessageSink for DecryptorSink {
             let in_order = lane.is_idle();
             match lane.state_mut() {
                 Phase::Closed => return Err(SinkError::Closed(message)),
-                Phase::Established(rx) if in_order => rx.open(message.payload, &ch.trust),
+                Phase::Established(rx) if in_order => {
+                    rx.open(message.payload, &ch.trust, &ch.activity)
+                }
                 Phase::Established(_) | Phase::Handshaking => {
                     lane.push(Queued::Arrived(message));
                     return Ok(());

@@ -170,3 +170,86 @@ async fn a_channels_end_signal_fires_when_its_connection_is_dropped() {
     let ended = tokio::time::timeout(WAIT, end.ended()).await.unwrap();
     assert_eq!(ended, ChannelEnded::ConnectionClosed);
 }
+
+#[tokio::test]
+async fn both_ends_of_a_channel_close_themselves_when_its_connection_is_dropped() {
+    let (a, b) = (Peer::start("a").await, Peer::listening("b").await);
+    let (_channel, end) = channel(&a, &b).await;
+    until("b's end of the channel", || b.channel_ends() == 2).await;
+    let connections = b.tcp.connections();
+    assert_eq!(connections.len(), 1);
+    assert!(b.node.stop_worker(&connections[0].address));
+    let ended = tokio::time::timeout(WAIT, end.ended()).await.unwrap();
+    assert_eq!(ended, ChannelEnded::ConnectionClosed);
+    // Nobody closed either end: each noticed that its connection was gone, and freed it.
+    until("both ends to free their channel", || {
+        a.channel_ends() == 0 && b.channel_ends() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_channel_nested_in_another_closes_with_it_at_both_ends() {
+    let (a, b) = (Peer::start("a").await, Peer::listening("b").await);
+    let hops = [to_listener_of(&b), inside(None)];
+    let stack = ChannelStack::open(&a.node, &a.settings, &hops, WAIT)
+        .await
+        .unwrap();
+    let [outer, inner] = stack.channels() else {
+        panic!("two channels");
+    };
+    let inner_end = inner.end_signal();
+    until("b's two channels", || b.channel_ends() == 4).await;
+    // Only the outer channel is closed, here; the inner one is left to notice.
+    assert!(secure_channel::close(&a.node, outer));
+    let ended = tokio::time::timeout(WAIT, inner_end.ended()).await.unwrap();
+    assert_eq!(ended, ChannelEnded::ConnectionClosed);
+    until("every channel end to be freed on both nodes", || {
+        a.channel_ends() == 0 && b.channel_ends() == 0
+    })
+    .await;
+    drop(stack);
+}
+
+#[tokio::test]
+async fn a_channel_whose_peer_goes_silent_ends_after_the_idle_timeout() {
+    let (mut a, mut b) = (Peer::start("a").await, Peer::start("b").await);
+    // A never sends a keep-alive; b gives up on a silent peer after 300 ms.
+    a.settings.keepalive_interval = Duration::from_secs(3600);
+    b.settings.idle_timeout = Duration::from_millis(300);
+    b.listen();
+    let (_channel, end) = channel(&a, &b).await;
+    until("b's end of the channel", || b.channel_ends() == 2).await;
+    let started = std::time::Instant::now();
+    until("b to end the channel with its silent peer", || {
+        b.channel_ends() == 0
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "ended after {:?}, before the idle timeout",
+        started.elapsed()
+    );
+    // B's `Close` reaches a, whose end closes too.
+    let ended = tokio::time::timeout(WAIT, end.ended()).await.unwrap();
+    assert_eq!(ended, ChannelEnded::Closed);
+}
+
+#[tokio::test]
+async fn keep_alives_hold_a_quiet_healthy_channel_open_past_the_idle_timeout() {
+    let (mut a, mut b) = (Peer::start("a").await, Peer::start("b").await);
+    for peer in [&mut a, &mut b] {
+        peer.settings.keepalive_interval = Duration::from_millis(50);
+        peer.settings.idle_timeout = Duration::from_millis(300);
+    }
+    b.listen();
+    let (channel, end) = channel(&a, &b).await;
+    // Quiet for five idle timeouts: not a synchronisation, the behaviour under test is that
+    // nothing ends while time passes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(end.has_ended(), None);
+    let mut client = a.node.client().unwrap();
+    let route = Route::from(vec![channel.encryptor.clone(), Address::local("echo")]);
+    let reply = client.request(route, "still here", WAIT).await.unwrap();
+    assert_eq!(reply.payload, Bytes::from("still here"));
+}
