@@ -27,8 +27,11 @@
 //! read it, and anything it (or anyone else) changes fails to open at the far end and tears
 //! that channel down.
 //!
-//! Registrations live in memory: when the project node restarts, relayed nodes notice at
-//! their next heartbeat and register again.
+//! A relay lives as long as its owner's channel to the project node: when that channel
+//! ends (the relayed node stopped, its connection dropped, its peer went silent), the relay
+//! is removed and its name freed at once, so a sender is told there is no such relay
+//! instead of waiting on a dead channel. Registrations live in memory: when the project
+//! node restarts, relayed nodes notice their channel ended and register again.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -39,6 +42,7 @@ use kith_node::{
     Route, SinkError, SinkHandle, StartError, TryRouteError, Worker, WorkerError,
 };
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::api::{self, ApiError, ErrorKind, PROJECT_ID_ATTRIBUTE, RELAY_ATTRIBUTE};
@@ -145,17 +149,65 @@ pub fn start(authority: &Authority, node: &Node) -> Result<(), StartError> {
         Arc::new(only_channels),
         RelayService {
             authority: authority.clone(),
-            relays: BTreeMap::new(),
+            relays: Relays::default(),
         },
     )?;
     info!(node = %node.name(), "relay service started");
     Ok(())
 }
 
-/// The relay service: the registry of relays, owned by its worker.
+/// The relay service: the registry of relays, shared by its worker and the watchers that
+/// remove a relay whose owner's channel ended.
 struct RelayService {
     authority: Authority,
-    relays: BTreeMap<String, Registered>,
+    relays: Relays,
+}
+
+/// The relays by name. Locked only for moments, never across an await.
+#[derive(Clone, Default)]
+struct Relays(Arc<Mutex<BTreeMap<String, Registered>>>);
+
+impl Relays {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Registered>> {
+        lock(&self.0)
+    }
+
+    /// Remove relay `name` once the channel at `channel` ends, if it still forwards there
+    /// then; give up when the relay is deleted or moved first (its registration's `gone`).
+    fn remove_when_closed(
+        &self,
+        node: &Node,
+        name: &str,
+        channel: &Address,
+        gone: CancellationToken,
+    ) {
+        let Some(ended) = node.stop_token(channel) else {
+            self.remove_if_through(name, channel);
+            return;
+        };
+        let relays = self.clone();
+        let (name, channel) = (name.to_owned(), channel.clone());
+        node.spawn(async move {
+            tokio::select! {
+                () = ended.cancelled() => relays.remove_if_through(&name, &channel),
+                () = gone.cancelled() => {}
+            }
+        });
+    }
+
+    fn remove_if_through(&self, name: &str, channel: &Address) {
+        let mut relays = self.lock();
+        if relays
+            .get(name)
+            .is_some_and(|held| held.relay.forward() == *channel)
+        {
+            relays.remove(name);
+            info!(
+                relay = name,
+                "relay removed: its node's channel to the project node ended"
+            );
+        }
+    }
 }
 
 /// A relay and its registration; dropping it unregisters the relay's addresses.
@@ -164,6 +216,9 @@ struct Registered {
     created_at: u64,
     updated_at: u64,
     relay: Arc<Relay>,
+    /// Cancelled when the registration goes or moves to another channel: the watcher of
+    /// the channel it forwarded through stops.
+    moved_or_gone: CancellationToken,
     _handle: SinkHandle,
 }
 
@@ -181,6 +236,7 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        self.moved_or_gone.cancel();
         self.relay.close();
     }
 }
@@ -293,7 +349,8 @@ impl RelayService {
             return Err(refusal);
         }
         let now = self.authority.now();
-        if let Some(held) = self.relays.get_mut(name) {
+        let mut relays = self.relays.lock();
+        if let Some(held) = relays.get_mut(name) {
             if held.owner != caller.identifier {
                 warn!(peer = %caller.identifier, relay = name, owner = %held.owner, "refused to create a relay held by another identity");
                 return Err(ApiError::new(
@@ -308,10 +365,17 @@ impl RelayService {
             // channel this request came through.
             held.relay.set_forward(caller.channel.clone());
             held.updated_at = now;
+            held.moved_or_gone.cancel();
+            held.moved_or_gone = CancellationToken::new();
+            let watch = held.moved_or_gone.clone();
+            let info = held.info(name);
+            drop(relays);
+            self.relays
+                .remove_when_closed(node, name, &caller.channel, watch);
             info!(peer = %caller.identifier, relay = name, "relay moved to a new channel");
-            return Ok(held.info(name));
+            return Ok(info);
         }
-        if self.relays.len() >= MAX_RELAYS {
+        if relays.len() >= MAX_RELAYS {
             return Err(ApiError::new(
                 ErrorKind::Internal,
                 format!("the project node holds {MAX_RELAYS} relays, its most; delete unused ones"),
@@ -344,21 +408,26 @@ impl RelayService {
                 )
             })?;
         node.spawn(relay.clone().send_queued());
+        let watch = CancellationToken::new();
         let registered = Registered {
             owner: caller.identifier,
             created_at: now,
             updated_at: now,
             relay,
+            moved_or_gone: watch.clone(),
             _handle: handle,
         };
         let info = registered.info(name);
-        self.relays.insert(name.to_owned(), registered);
+        relays.insert(name.to_owned(), registered);
+        drop(relays);
+        self.relays
+            .remove_when_closed(node, name, &caller.channel, watch);
         info!(peer = %caller.identifier, relay = name, "relay created");
         Ok(info)
     }
 
     fn check(&self, caller: &Caller<'_>, name: &str) -> Result<RelayInfo, ApiError> {
-        match self.relays.get(name) {
+        match self.relays.lock().get(name) {
             Some(held)
                 if held.owner == caller.identifier && held.relay.forward() == caller.channel =>
             {
@@ -372,7 +441,8 @@ impl RelayService {
     }
 
     fn delete(&mut self, caller: &Caller<'_>, name: &str) -> Result<RelayInfo, ApiError> {
-        let Some(held) = self.relays.get(name) else {
+        let mut relays = self.relays.lock();
+        let Some(held) = relays.get(name) else {
             return Err(ApiError::new(
                 ErrorKind::NotFound,
                 format!("there is no relay {name:?}"),
@@ -385,7 +455,7 @@ impl RelayService {
             ));
         }
         let info = held.info(name);
-        self.relays.remove(name);
+        relays.remove(name);
         info!(peer = %caller.identifier, relay = name, "relay deleted");
         Ok(info)
     }
@@ -393,6 +463,7 @@ impl RelayService {
     fn list(&self, caller: &Caller<'_>) -> Vec<RelayInfo> {
         let all = self.authority.is_admin(&caller.identifier);
         self.relays
+            .lock()
             .iter()
             .filter(|(_, r)| all || r.owner == caller.identifier)
             .map(|(name, r)| r.info(name))

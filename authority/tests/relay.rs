@@ -335,6 +335,38 @@ async fn a_relay_name_stays_with_its_owner_across_channels_until_an_admin_frees_
     shut_down(&[&b1.node, &b2.node, &user_node, &node], project).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_goes_with_its_owners_channel_and_its_name_is_free_at_once() {
+    let (project, _, node, mut admin_client) = project_with_admin("goes").await;
+    let member = project
+        .enroll(&mut admin_client, &node, &[(RELAY_ATTRIBUTE, "db")])
+        .await;
+    let relayed = Relayed::start(&project, member, "relayed");
+    let owner = relayed.relay(&project, "db").await;
+    assert_eq!(relay_names(&mut admin_client).await, ["db"]);
+
+    // The relayed node's channel ends (it stopped, say); nobody deleted the relay.
+    owner.close().await;
+    until("the relay to be removed at the project node", || {
+        relay_addresses(&project).is_empty()
+    })
+    .await;
+    assert!(relay_names(&mut admin_client).await.is_empty());
+
+    // Moved to a new channel, it survives the old one's end and goes with the new one's.
+    let first = relayed.relay(&project, "db").await;
+    let mut second = relayed.relay(&project, "db").await;
+    first.close().await;
+    second.check_relay("db").await.unwrap();
+    assert_eq!(relay_addresses(&project), ["forward_to_db"]);
+    second.close().await;
+    until("the moved relay to go with its channel", || {
+        relay_addresses(&project).is_empty()
+    })
+    .await;
+    shut_down(&[&relayed.node, &node], project).await;
+}
+
 // ---- 3. names -------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
