@@ -98,6 +98,14 @@ impl RunningNode {
     pub fn status(&self) -> NodeStatus {
         let n = self.node.stats();
         let t = self.tcp.stats();
+        let addresses = self.node.addresses();
+        // A channel is one decryptor (registered at its first handshake message, so an
+        // unfinished handshake counts too) and, once established, one encryptor: counting
+        // decryptors counts channels, whichever side opened them.
+        let channels = addresses
+            .iter()
+            .filter(|a| a.value().starts_with("sc-") && !secure_channel::is_encryptor(a))
+            .count();
         NodeStatus {
             identifier: self
                 .settings()
@@ -107,9 +115,7 @@ impl RunningNode {
             pid: std::process::id(),
             listener: self.listener.clone().unwrap_or_default(),
             started_at: self.started_at,
-            services: self
-                .node
-                .addresses()
+            services: addresses
                 .into_iter()
                 .filter(|a| {
                     !a.value().starts_with("tcp-")
@@ -145,6 +151,7 @@ impl RunningNode {
                 "connections_closed_invalid": t.invalid,
                 "frames_in": t.frames_in,
                 "frames_out": t.frames_out,
+                "channels": channels,
             }),
         }
     }
