@@ -740,7 +740,7 @@ pub fn memory(config: &BenchConfig) -> anyhow::Result<Vec<BenchRecord>> {
 
 /// Raise this process's soft limit on open files to `needed` if it is lower. Children
 /// inherit it. Only the soft limit moves, up to the hard limit, which needs no privilege.
-fn ensure_fd_limit(needed: u64) -> anyhow::Result<()> {
+pub fn ensure_fd_limit(needed: u64) -> anyhow::Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading the open-file limit")?;
     if soft >= needed {
@@ -918,8 +918,9 @@ fn measure_child(kind: ChildKind, config: &BenchConfig) -> anyhow::Result<ChildM
 }
 
 /// VmRSS of `pid` once three readings 10 ms apart agree (at most half a second of them):
-/// the child is idle, so this only waits out its last allocations.
-fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
+/// for an idle process (a child, a daemon between rounds) this only waits out its last
+/// allocations.
+pub fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let mut last = rss_kib(pid)?;
     let mut same = 0;
     for _ in 0..50 {
@@ -935,7 +936,7 @@ fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// VmRSS of `pid` in KiB, from `/proc/<pid>/status`.
-pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = PathBuf::from(format!("/proc/{pid}/status"));
     let status =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

@@ -12,6 +12,8 @@
 pub mod authority_bench;
 pub mod bench;
 pub mod channel_bench;
+/// Client processes that open many channels to a node and are killed with SIGKILL.
+pub mod churn;
 pub mod join_bench;
 pub mod party;
 /// The portal bench: TCP portals, direct and through a relay, against raw TCP.
