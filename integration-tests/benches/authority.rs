@@ -10,10 +10,8 @@
 //! so that the authority measured is always built from the same sources as the bench.
 //! PostgreSQL comes from `KITH_TEST_POSTGRES_URL` (`eval "$(bash .ci/postgres)"`).
 
-use std::process::Command;
-
 use kith_integration_tests::authority_bench::{
-    AuthorityBenchConfig, kith_next_to_exe, postgres_url_from_env, run_all,
+    AuthorityBenchConfig, build_release_kith, kith_next_to_exe, postgres_url_from_env, run_all,
 };
 use kith_integration_tests::bench::bench_main;
 
@@ -37,20 +35,4 @@ fn main() {
         }
         run_all(&config, report)
     });
-}
-
-/// `cargo build --release -p kith-cli`, with the cargo that runs this bench; its progress
-/// goes to our stderr.
-fn build_release_kith() -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "kith-cli"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    anyhow::ensure!(
-        status.success(),
-        "`cargo build --release -p kith-cli` failed; the bench needs the release kith binary (or KITH_BIN)"
-    );
-    Ok(())
 }

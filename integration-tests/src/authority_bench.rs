@@ -162,6 +162,22 @@ pub fn kith_next_to_exe() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// `cargo build --release -p kith-cli`, with the cargo that runs this bench; its progress
+/// goes to our stderr.
+pub fn build_release_kith() -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "-p", "kith-cli"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "`cargo build --release -p kith-cli` failed; the bench needs the release kith binary (or KITH_BIN)"
+    );
+    Ok(())
+}
+
 /// The PostgreSQL URL the environment names, or an error that says how to get one.
 pub fn postgres_url_from_env() -> anyhow::Result<String> {
     crate::postgres::server_url("the authority bench (two authority processes share one)")
