@@ -19,4 +19,5 @@ pub mod party;
 /// The portal bench: TCP portals, direct and through a relay, against raw TCP.
 pub mod portal_bench;
 pub mod postgres;
+pub mod refusal_bench;
 pub mod relay_bench;
