@@ -1,6 +1,6 @@
 //! Errors of the runtime, one enum per thing a caller reacts to.
 
-use crate::{Address, Message};
+use crate::{Address, AddressError, Message};
 
 /// Why a message could not be routed. The runtime also logs and counts every drop.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,49 @@ pub enum RequestError {
     /// The reply mailbox was closed (node shutdown).
     #[error("the node shut down while waiting for a reply")]
     Closed,
+}
+
+/// Why bytes are not an [`crate::Undeliverable`] payload. The whole payload is always at
+/// hand, so running out of bytes is invalid input, not a wait for more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UndeliverableDecodeError {
+    /// The payload ended inside a field.
+    #[error("error message is truncated: it ends inside its {field}")]
+    Truncated {
+        /// The field that was cut short.
+        field: &'static str,
+    },
+    /// A version this node does not read.
+    #[error("error message version {0} is not supported (this node reads {v})", v = crate::UNDELIVERABLE_VERSION)]
+    Version(u8),
+    /// The announced node name is longer than [`crate::MAX_NODE_NAME_LEN`].
+    #[error("error message names a node of {len} bytes; the most is {max}")]
+    NodeNameTooLong {
+        /// Announced length.
+        len: usize,
+        /// [`crate::MAX_NODE_NAME_LEN`].
+        max: usize,
+    },
+    /// The announced address is longer than [`crate::MAX_ADDRESS_LEN`].
+    #[error("error message names an address of {len} bytes; the most is {max}")]
+    AddressTooLong {
+        /// Announced length.
+        len: usize,
+        /// [`crate::MAX_ADDRESS_LEN`].
+        max: usize,
+    },
+    /// A text field is not UTF-8, or the node name holds a control character.
+    #[error("error message's {field} is not printable UTF-8 text")]
+    NotText {
+        /// The field.
+        field: &'static str,
+    },
+    /// The address is not a valid address.
+    #[error("error message's address is invalid")]
+    Address(#[source] AddressError),
+    /// Bytes followed the error message.
+    #[error("{0} trailing bytes after the error message")]
+    TrailingBytes(usize),
 }
 
 /// What a worker's `handle_message` may fail with; logged and counted, the worker goes on.

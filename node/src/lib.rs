@@ -29,6 +29,8 @@ mod sink;
 /// Test helpers (feature `test-util`): waiting for a condition without a fixed sleep.
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+/// The error message's payload: which node gave up, at which hop, and why.
+mod undeliverable;
 /// The worker trait.
 mod worker;
 
@@ -36,9 +38,13 @@ pub use access::{AllowAll, AllowLocal, AllowOrigins, AllowTransport, IncomingAcc
 pub use address::{Address, AddressError, LOCAL, MAX_ADDRESS_LEN, MAX_ROUTE_LEN, Route, TCP};
 pub use context::{Client, Context};
 pub use echo::Echo;
-pub use error::{DisplayChain, RequestError, RouteError, StartError, TryRouteError, WorkerError};
+pub use error::{
+    DisplayChain, RequestError, RouteError, StartError, TryRouteError, UndeliverableDecodeError,
+    WorkerError,
+};
 pub use message::{LocalInfo, Message, Origin};
 pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE, SinkHandle};
 pub use router::{MAX_INLINE_DEPTH, ResolveFuture, Transport};
 pub use sink::{Backlog, DirectOrQueue, Lane, MessageSink, ReadyFuture, SinkError};
+pub use undeliverable::{ErrorClass, MAX_NODE_NAME_LEN, UNDELIVERABLE_VERSION, Undeliverable};
 pub use worker::Worker;
