@@ -42,7 +42,7 @@ pub use error::{
     DisplayChain, RequestError, RouteError, StartError, TryRouteError, UndeliverableDecodeError,
     WorkerError,
 };
-pub use message::{LocalInfo, Message, Origin};
+pub use message::{LocalInfo, Message, MessageKind, Origin};
 pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE, SinkHandle};
 pub use router::{MAX_INLINE_DEPTH, ResolveFuture, Transport};
 pub use sink::{Backlog, DirectOrQueue, Lane, MessageSink, ReadyFuture, SinkError};

@@ -229,6 +229,7 @@ async fn deliver(
         onward_route: m.onward_route,
         return_route,
         payload: m.payload,
+        kind: m.kind,
         local_info: LocalInfo {
             origin: Origin::Transport {
                 connection: return_address.clone(),
@@ -339,6 +340,7 @@ impl Outbox {
             onward_route: m.onward_route,
             return_route: m.return_route,
             payload: m.payload,
+            kind: m.kind,
         };
         match t.encode_frame(pending, self.max_frame_len) {
             Some(_) => {
