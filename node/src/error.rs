@@ -1,6 +1,6 @@
 //! Errors of the runtime, one enum per thing a caller reacts to.
 
-use crate::{Address, AddressError, Message};
+use crate::{Address, AddressError, Message, Undeliverable};
 
 /// Why a message could not be routed. The runtime also logs and counts every drop.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,12 @@ pub enum RequestError {
     /// The reply mailbox was closed (node shutdown).
     #[error("the node shut down while waiting for a reply")]
     Closed,
+    /// A node on the way could not deliver the message and answered with why.
+    #[error("{0}")]
+    Undeliverable(Undeliverable),
+    /// An error message arrived, but its payload could not be read.
+    #[error("a node on the way could not deliver the message; its error message was malformed")]
+    MalformedErrorReply(#[source] UndeliverableDecodeError),
 }
 
 /// Why bytes are not an [`crate::Undeliverable`] payload. The whole payload is always at
