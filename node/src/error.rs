@@ -1,6 +1,6 @@
 //! Errors of the runtime, one enum per thing a caller reacts to.
 
-use crate::{Address, AddressError, Message, Undeliverable};
+use crate::{Address, AddressError, ErrorClass, Message, Undeliverable};
 
 /// Why a message could not be routed. The runtime also logs and counts every drop.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +38,39 @@ pub enum RouteError {
     /// node's own workers may make it dial.
     #[error("{0} is not connected, and only local senders may open connections")]
     NotConnected(Address),
+    /// The next hop refused this message for good (a sink's [`crate::SinkError::Refused`]):
+    /// too large for the connection, say. Other messages may still get through.
+    #[error("cannot send to {address}: {class}")]
+    Refused {
+        /// The hop that refused it.
+        address: Address,
+        /// Why, coarsely: what a remote sender is told.
+        class: ErrorClass,
+        /// What the hop saw, where it says more (`300017 bytes, at most 262144`).
+        #[source]
+        reason: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+}
+
+impl RouteError {
+    /// The class an error message reports for this failure; `None` for the failures no
+    /// error message answers (an empty onward route names no hop; a node shutting down
+    /// sends nothing).
+    pub fn class(&self) -> Option<ErrorClass> {
+        match self {
+            Self::UnknownAddress(_) => Some(ErrorClass::UnknownAddress),
+            Self::Denied(_) => Some(ErrorClass::Denied),
+            Self::Closed(_) => Some(ErrorClass::Closed),
+            Self::NoTransport { .. } | Self::Unreachable { .. } | Self::NotConnected(_) => {
+                Some(ErrorClass::Unreachable)
+            }
+            Self::Refused { class, .. } => Some(*class),
+            Self::EmptyRoute | Self::ShuttingDown => None,
+        }
+    }
 }
 
 /// Why [`crate::Node::try_route`] did not deliver a message now.
@@ -134,6 +164,18 @@ pub enum UndeliverableDecodeError {
     /// Bytes followed the error message.
     #[error("{0} trailing bytes after the error message")]
     TrailingBytes(usize),
+}
+
+/// How far a message is over what a hop takes: the reason behind an
+/// [`ErrorClass::TooLarge`] refusal, for the local sender and our log (a remote sender learns
+/// the class only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{len} bytes, at most {max}")]
+pub struct MessageTooLarge {
+    /// The message's size as the hop measures it (an encoded frame, say).
+    pub len: usize,
+    /// The most the hop takes.
+    pub max: usize,
 }
 
 /// What a worker's `handle_message` may fail with; logged and counted, the worker goes on.

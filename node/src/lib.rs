@@ -39,8 +39,8 @@ pub use address::{Address, AddressError, LOCAL, MAX_ADDRESS_LEN, MAX_ROUTE_LEN, 
 pub use context::{Client, Context};
 pub use echo::Echo;
 pub use error::{
-    DisplayChain, RequestError, RouteError, StartError, TryRouteError, UndeliverableDecodeError,
-    WorkerError,
+    DisplayChain, MessageTooLarge, RequestError, RouteError, StartError, TryRouteError,
+    UndeliverableDecodeError, WorkerError,
 };
 pub use message::{LocalInfo, Message, MessageKind, Origin};
 pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE, SinkHandle};

@@ -49,6 +49,7 @@ pub(crate) struct Counters {
     pub(crate) dropped_closed: AtomicU64,
     pub(crate) dropped_no_transport: AtomicU64,
     pub(crate) dropped_unreachable: AtomicU64,
+    pub(crate) dropped_refused: AtomicU64,
     pub(crate) worker_errors: AtomicU64,
 }
 
@@ -69,6 +70,8 @@ pub struct NodeStats {
     pub dropped_no_transport: u64,
     /// Messages dropped because the peer could not be reached.
     pub dropped_unreachable: u64,
+    /// Messages a sink refused for good (too large for a connection, say).
+    pub dropped_refused: u64,
     /// Errors returned by workers' `handle_message`.
     pub worker_errors: u64,
 }
@@ -82,6 +85,7 @@ impl NodeStats {
             + self.dropped_closed
             + self.dropped_no_transport
             + self.dropped_unreachable
+            + self.dropped_refused
     }
 }
 
@@ -235,6 +239,7 @@ impl Node {
             dropped_closed: l(&s.dropped_closed),
             dropped_no_transport: l(&s.dropped_no_transport),
             dropped_unreachable: l(&s.dropped_unreachable),
+            dropped_refused: l(&s.dropped_refused),
             worker_errors: l(&s.worker_errors),
         }
     }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
 
 use crate::node::{Entry, Target};
-use crate::{Address, Message, Node, RouteError, SinkError, TryRouteError};
+use crate::{Address, ErrorClass, Message, Node, RouteError, SinkError, TryRouteError};
 
 /// 4 sinks: how deeply [`Node::try_route`] nests deliveries into sinks on one thread. A sink
 /// may deliver onwards from inside its own `try_deliver` (a secure channel's decryptor hands
@@ -78,7 +78,7 @@ impl Node {
                 .await?;
             message.onward_route.replace_next(local);
         }
-        self.deliver_local(message).await
+        self.deliver_local(message, next).await
     }
 
     async fn resolve_remote(&self, next: &Address, may_dial: bool) -> Result<Address, RouteError> {
@@ -152,6 +152,18 @@ impl Node {
                     Ok(()) => Ok(()),
                     Err(SinkError::Full(m)) => return Err(TryRouteError::WouldBlock(m)),
                     Err(SinkError::Closed(m)) => Err(m),
+                    Err(SinkError::Refused {
+                        message,
+                        class,
+                        reason,
+                    }) => {
+                        let hop = message
+                            .onward_route
+                            .next()
+                            .cloned()
+                            .unwrap_or_else(|| Address::local("invalid"));
+                        return Err(TryRouteError::Failed(self.refused(hop, class, reason)));
+                    }
                 }
             }
         };
@@ -215,10 +227,39 @@ impl Node {
         RouteError::Closed(to)
     }
 
-    async fn deliver_local(&self, message: Message) -> Result<(), RouteError> {
+    /// Count and log a message a sink refused for good; `hop` is its first hop as the sender
+    /// named it.
+    fn refused(
+        &self,
+        hop: Address,
+        class: ErrorClass,
+        reason: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> RouteError {
+        self.inner
+            .stats
+            .dropped_refused
+            .fetch_add(1, Ordering::Relaxed);
+        match &reason {
+            Some(reason) => {
+                warn!(node = %self.name(), address = %hop, %class, reason = %crate::DisplayChain(reason.as_ref()), "dropped a message its next hop refused")
+            }
+            None => {
+                warn!(node = %self.name(), address = %hop, %class, "dropped a message its next hop refused")
+            }
+        }
+        RouteError::Refused {
+            address: hop,
+            class,
+            reason,
+        }
+    }
+
+    /// Deliver to the local first hop; `hop` is the first hop as the sender named it (a
+    /// peer's transport address rather than the connection it resolved to).
+    async fn deliver_local(&self, message: Message, hop: Address) -> Result<(), RouteError> {
         let entry = self.authorized_entry(&message)?;
         let result = match &entry.target {
-            Target::Mailbox(tx) => tx.send(message).await.map_err(|e| e.0),
+            Target::Mailbox(tx) => tx.send(message).await.map_err(|e| SinkError::Closed(e.0)),
             Target::Sink(sink) => {
                 let mut message = message;
                 loop {
@@ -227,12 +268,11 @@ impl Node {
                         sink.try_deliver(message)
                     };
                     match attempt {
-                        Ok(()) => break Ok(()),
-                        Err(SinkError::Closed(m)) => break Err(m),
                         Err(SinkError::Full(m)) => {
                             message = m;
                             sink.ready().await;
                         }
+                        other => break other,
                     }
                 }
             }
@@ -242,7 +282,8 @@ impl Node {
                 self.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(m) => Err(self.closed(&m)),
+            Err(SinkError::Refused { class, reason, .. }) => Err(self.refused(hop, class, reason)),
+            Err(SinkError::Closed(m) | SinkError::Full(m)) => Err(self.closed(&m)),
         }
     }
 

@@ -9,6 +9,56 @@ use kith_node::*;
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// A sink that takes nothing larger than `max` payload bytes.
+struct Small {
+    max: usize,
+}
+
+impl MessageSink for Small {
+    fn try_deliver(&self, message: Message) -> Result<(), SinkError> {
+        if message.payload.len() > self.max {
+            let len = message.payload.len();
+            return Err(SinkError::too_large(message, len, self.max));
+        }
+        Ok(())
+    }
+
+    fn ready(&self) -> ReadyFuture<'_> {
+        Box::pin(async {})
+    }
+}
+
+fn with_small_sink(node: &Node) -> SinkHandle {
+    node.register_sink(
+        [Address::local("small")],
+        Arc::new(AllowAll),
+        Arc::new(Small { max: 4 }),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_sink_refusal_is_a_refused_error_for_a_local_sender() {
+    let node = Node::new("db-node");
+    let _small = with_small_sink(&node);
+    let client = node.client().unwrap();
+    let err = client.send("small", "too long").await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RouteError::Refused { address, class: ErrorClass::TooLarge, .. } if *address == Address::local("small")
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        DisplayChain(&err).to_string(),
+        "cannot send to 0#small: the message is too large: 8 bytes, at most 4"
+    );
+    // The sink stays open for messages it takes.
+    client.send("small", "fits").await.unwrap();
+    assert_eq!(node.stats().dropped_refused, 1);
+}
+
 #[tokio::test]
 async fn echo_does_not_answer_an_error_message() {
     let node = Node::new("db-node");

@@ -207,15 +207,31 @@ async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
 }
 
 #[tokio::test]
-async fn oversized_outgoing_message_is_dropped_and_counted() {
+async fn an_oversized_outgoing_message_is_refused_to_its_sender_as_too_large() {
     let (a, ta, _) = node("a", TcpOptions::default()).await;
-    let (_b, _tb, b_addr) = node("b", TcpOptions::default()).await;
+    let (_b, tb, b_addr) = node("b", TcpOptions::default()).await;
     let client = a.client().unwrap();
-    client
+    let err = client
         .send(to(&b_addr, "echo"), vec![0u8; 300 * 1024])
         .await
-        .unwrap();
-    until("the drop", || ta.stats().dropped == 1).await;
+        .unwrap_err();
+    let peer = Address::try_new(TCP, b_addr.as_str()).unwrap();
+    assert!(
+        matches!(&err, RouteError::Refused { address, class: ErrorClass::TooLarge, .. } if *address == peer),
+        "{err:?}"
+    );
+    let shown = DisplayChain(&err).to_string();
+    let max = kith_transport::frame::DEFAULT_MAX_FRAME_LEN;
+    assert!(
+        shown.starts_with(&format!(
+            "cannot send to {peer}: the message is too large: 307"
+        )) && shown.ends_with(&format!(" bytes, at most {max}")),
+        "{shown}"
+    );
+    // Refused before it was taken: nothing was written.
+    assert_eq!((ta.stats().dropped, ta.stats().frames_out), (1, 0));
+    assert_eq!(tb.stats().frames_in, 0);
+    assert_eq!(a.stats().dropped_refused, 1);
     // The connection is still usable.
     let mut client = a.client().unwrap();
     assert!(
