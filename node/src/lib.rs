@@ -4,7 +4,10 @@
 //! [`Route`]. Local addresses (kind 0) name worker mailboxes; every other address kind is
 //! handed to the [`Transport`] registered for it (TCP lives in `kith-transport`). Every mailbox
 //! has an incoming policy over the message's [`Origin`], stamped by the runtime or a transport,
-//! never read from the wire; without one a mailbox accepts [`Origin::Local`] only.
+//! never read from the wire; without one a mailbox accepts [`Origin::Local`] only. A message
+//! from another node that cannot be delivered is answered along its return route with an
+//! error message ([`MessageKind::Undeliverable`], carrying an [`Undeliverable`]), at a
+//! bounded rate per sender; error messages themselves are never answered.
 //!
 //! This crate does no I/O of its own: no sockets, no files, no cryptography.
 
@@ -22,6 +25,8 @@ mod error;
 mod message;
 /// The node: mailboxes, sinks, workers and structured shutdown.
 mod node;
+/// Per-sender token buckets that bound how many error messages a node sends.
+mod reply_limit;
 /// Delivery by the onward route's first hop, and error answers along the return route.
 mod router;
 /// Sinks that take messages without a task, and the bounded direct-or-queue lane they share.
@@ -44,6 +49,7 @@ pub use error::{
 };
 pub use message::{LocalInfo, Message, MessageKind, Origin};
 pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE, SinkHandle};
+pub use reply_limit::{DEFAULT_ERROR_REPLY_RATE, ErrorReplyRate, MAX_ERROR_REPLY_SENDERS};
 pub use router::{MAX_INLINE_DEPTH, ResolveFuture, Transport};
 pub use sink::{Backlog, DirectOrQueue, Lane, MessageSink, ReadyFuture, SinkError};
 pub use undeliverable::{ErrorClass, MAX_NODE_NAME_LEN, UNDELIVERABLE_VERSION, Undeliverable};

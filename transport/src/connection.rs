@@ -238,8 +238,8 @@ async fn deliver(
             },
         },
     };
-    // The node logs and counts every drop; one undeliverable message does not end the
-    // connection.
+    // The node logs and counts every drop, and answers the sender with an error message;
+    // one undeliverable message does not end the connection.
     let _ = node.route(message).await;
 }
 
