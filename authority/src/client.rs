@@ -477,6 +477,9 @@ impl AuthorityClient {
                 return Err(ClientError::Timeout { service, after });
             }
             Err(RequestError::Closed) => return Err(ClientError::Closed),
+            Err(
+                source @ (RequestError::Undeliverable(_) | RequestError::MalformedErrorReply(_)),
+            ) => return Err(ClientError::NotDelivered { service, source }),
         };
         let through_channel = matches!(
             reply.origin(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use kith_identity::secure_channel::SecureChannelError;
 use kith_identity::{CredentialError, DecodeError, Identifier, IdentifierError, IdentityError};
-use kith_node::{RouteError, StartError};
+use kith_node::{RequestError, RouteError, StartError};
 use kith_transport::MultiAddrError;
 use sqlx::migrate::MigrateError;
 
@@ -577,6 +577,16 @@ pub enum ClientError {
     /// The node shut down while we waited.
     #[error("the node shut down while waiting for the authority")]
     Closed,
+    /// A node on the way could not deliver the request, and answered with why.
+    #[error("the request to the authority's {service} service was not delivered")]
+    NotDelivered {
+        /// The service.
+        service: &'static str,
+        /// The error message that came back ([`RequestError::Undeliverable`] or a malformed
+        /// one).
+        #[source]
+        source: RequestError,
+    },
     /// The authority refused the request; [`ApiError::kind`] says why, for programs.
     #[error("the authority refused: {0}")]
     Refused(ApiError),

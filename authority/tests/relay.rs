@@ -33,7 +33,7 @@ use kith_identity::{
 use kith_node::testing::until;
 use kith_node::{
     Address, AllowAll, Client, Context, Echo, Message, Node, Origin, RequestError, Route, TCP,
-    Worker, WorkerError,
+    Undeliverable, Worker, WorkerError,
 };
 use kith_transport::TcpTransport;
 use tempfile::TempDir;
@@ -317,7 +317,8 @@ async fn a_relay_name_stays_with_its_owner_across_channels_until_an_admin_frees_
     assert_eq!(deleted.owner, b1.party.identifier.to_string());
     assert!(relay_addresses(&project).is_empty());
     user_channel.send_through("db", "to no one").await;
-    assert!(user_channel.no_answer().await);
+    let error = user_channel.undeliverable().await;
+    assert_eq!(error.to_string(), "project has no relay named db");
     b1.nothing_seen().await;
 
     // Now the other identity may create it, and then the first one may not delete it.
@@ -1177,6 +1178,14 @@ impl Outer {
         assert_eq!(&seen.payload[..], payload.as_bytes());
         let answer = self.client.receive(WAIT).await.unwrap();
         assert_eq!(&answer.payload[..], payload.as_bytes());
+    }
+
+    /// The error message that answers what was sent through this channel.
+    async fn undeliverable(&mut self) -> Undeliverable {
+        match self.client.receive(WAIT).await {
+            Err(RequestError::Undeliverable(error)) => error,
+            other => panic!("expected an error message, got {other:?}"),
+        }
     }
 
     /// Whether nothing arrives in [`SILENCE`].

@@ -35,7 +35,8 @@ use kith_identity::vault::Vault;
 use kith_identity::{Identifier, Identity, SecureChannelKey};
 use kith_node::testing::until;
 use kith_node::{
-    Address, Context, Message, Node, RequestError, Route, RouteError, TCP, Worker, WorkerError,
+    Address, Context, ErrorClass, Message, Node, RequestError, Route, RouteError, TCP, Worker,
+    WorkerError,
 };
 use kith_transport::TcpTransport;
 
@@ -638,7 +639,8 @@ async fn a_message_without_a_secure_channel_reaches_no_service() {
         MEMBERS_SERVICE,
         AUDIT_SERVICE,
     ];
-    // Straight over TCP: the node's access control drops it, nothing answers.
+    // Straight over TCP: the node's access control refuses it before any service sees it,
+    // and answers with an error message that says so, never with the service's answer.
     for service in services {
         let route = Route::from(vec![
             Address::try_new(TCP, &auth.listener).unwrap(),
@@ -646,9 +648,13 @@ async fn a_message_without_a_secure_channel_reaches_no_service() {
         ]);
         raw.send(route, create.clone()).await.unwrap();
     }
-    match raw.receive(SILENCE).await {
-        Err(RequestError::Timeout(_)) => {}
-        other => panic!("a service answered a plain TCP message: {other:?}"),
+    for service in services {
+        match raw.receive(WAIT).await {
+            Err(RequestError::Undeliverable(error))
+                if error.class == ErrorClass::Denied
+                    && error.address == Address::local(service) => {}
+            other => panic!("{service} did not refuse a plain TCP message: {other:?}"),
+        }
     }
     until("the refusals to be counted", || {
         auth.node.stats().dropped_denied >= denied_before + services.len() as u64

@@ -1613,6 +1613,7 @@ mod tests {
             onward_route: kith_node::Route::from("echo"),
             return_route: kith_node::Route::from("client"),
             payload: Bytes::from(vec![5u8; 16 * 1024]),
+            kind: kith_node::MessageKind::Data,
         });
         let sealed = a.encryptor.seal(&m).unwrap();
         let at = sealed.as_ptr_range();
@@ -1648,6 +1649,7 @@ mod tests {
             onward_route: kith_node::Route::from("echo"),
             return_route: kith_node::Route::from("sc-1"),
             payload: Bytes::from_static(b"hi"),
+            kind: kith_node::MessageKind::Data,
         });
         for m in [
             m,

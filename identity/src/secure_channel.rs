@@ -665,6 +665,7 @@ impl Receiving {
                 onward_route,
                 mut return_route,
                 payload,
+                kind,
             })) => {
                 // The attributes a peer's credentials gave it last only as long as they do:
                 // once the earliest expires without a refresh, the channel ends (the peer
@@ -681,6 +682,7 @@ impl Receiving {
                     onward_route,
                     return_route,
                     payload,
+                    kind,
                     local_info: LocalInfo {
                         origin: Origin::SecureChannel {
                             identifier: self.identifier.clone(),
@@ -1152,6 +1154,7 @@ impl MessageSink for EncryptorSink {
                 onward_route: message.onward_route,
                 return_route: message.return_route,
                 payload: message.payload,
+                kind: message.kind,
             });
             let Some(sealed) = ch.seal(lane.state_mut(), &inner) else {
                 return Ok(());

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use kith_identity::secure_channel::{
     self, ChannelEnded, ChannelHop, ChannelStack, ChannelStackError, DEFAULT_LISTENER,
     SecureChannelError,
 };
-use kith_node::{Address, Origin, Route};
+use kith_node::{Address, AllowAll, Origin, Route};
 
 /// `b`'s listener over TCP, answered by `b` alone.
 fn to_listener_of(b: &Peer) -> ChannelHop {
@@ -93,11 +94,16 @@ async fn a_hop_answered_by_another_identity_fails_naming_its_route_and_closes_th
 }
 
 #[tokio::test]
-async fn a_hop_without_a_listener_times_out_naming_its_route() {
+async fn a_hop_whose_end_never_answers_times_out_naming_its_route() {
     let (a, b) = (Peer::start("a").await, Peer::start("b").await);
-    let shown = b.route(DEFAULT_LISTENER).to_string();
+    // Takes the handshake and says nothing, as a listener that hung would.
+    let _silent = b
+        .node
+        .register_mailbox([Address::local("silent")], Arc::new(AllowAll))
+        .unwrap();
+    let shown = b.route("silent").to_string();
     let hops = [ChannelHop {
-        route: b.route(DEFAULT_LISTENER),
+        route: b.route("silent"),
         peer: None,
     }];
     let timeout = Duration::from_millis(200);
@@ -117,6 +123,31 @@ async fn a_hop_without_a_listener_times_out_naming_its_route() {
         error.to_string(),
         format!("no secure channel to {shown} within {timeout:?}")
     );
+}
+
+#[tokio::test]
+async fn a_hop_without_a_listener_fails_before_its_timeout_naming_its_route() {
+    let (a, b) = (Peer::start("a").await, Peer::start("b").await);
+    let shown = b.route(DEFAULT_LISTENER).to_string();
+    let hops = [ChannelHop {
+        route: b.route(DEFAULT_LISTENER),
+        peer: None,
+    }];
+    // b answers the first handshake message with an error message (no service `api`), so
+    // the stack fails at once rather than after the handshake timeout.
+    let error = tokio::time::timeout(
+        WAIT,
+        ChannelStack::open(&a.node, &a.settings, &hops, WAIT * 10),
+    )
+    .await
+    .expect("the error message ends the wait, not the handshake timeout")
+    .err()
+    .unwrap();
+    assert!(
+        matches!(&error, ChannelStackError::Open { route, .. } if *route == shown),
+        "{error:?}"
+    );
+    assert_eq!(b.node.stats().error_replies_sent, 1);
 }
 
 #[tokio::test]

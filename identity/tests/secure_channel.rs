@@ -168,22 +168,18 @@ async fn messages_through_a_channel_carry_the_peers_identifier_and_attributes() 
 }
 
 #[tokio::test]
-async fn a_channel_only_service_is_unreachable_without_a_channel() {
+async fn a_channel_only_service_refuses_a_sender_without_a_channel_as_denied() {
     let a = side("a", local(|_| vec![]), open_trust(), WAIT).await;
     let b = side("b", local(|_| vec![]), open_trust(), WAIT).await;
     let mut client = a.node.client().unwrap();
     let err = client
-        .request(
-            to(&b.listener, &["whoami"]),
-            "hi",
-            Duration::from_millis(300),
-        )
+        .request(to(&b.listener, &["whoami"]), "hi", WAIT)
         .await;
-    assert!(matches!(err, Err(RequestError::Timeout(_))));
-    until("the refusal to be counted", || {
-        b.node.stats().dropped_denied == 1
-    })
-    .await;
+    assert!(
+        matches!(&err, Err(RequestError::Undeliverable(u)) if u.class == ErrorClass::Denied && u.address == Address::local("whoami")),
+        "{err:?}"
+    );
+    assert_eq!(b.node.stats().dropped_denied, 1);
 }
 
 #[tokio::test]

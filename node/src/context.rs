@@ -105,16 +105,19 @@ impl Client {
         self.mailbox.node().route(message).await
     }
 
-    /// The next message, waiting at most `timeout`.
+    /// The next message, waiting at most `timeout`. An error message (a node on the way
+    /// could not deliver what this client sent) is returned as
+    /// [`RequestError::Undeliverable`].
     pub async fn receive(&mut self, timeout: Duration) -> Result<Message, RequestError> {
         match tokio::time::timeout(timeout, self.mailbox.recv()).await {
-            Ok(Some(m)) => Ok(m),
+            Ok(Some(m)) => data_or_error(m),
             Ok(None) => Err(RequestError::Closed),
             Err(_) => Err(RequestError::Timeout(timeout)),
         }
     }
 
-    /// Send and wait for one reply; `timeout` bounds both, connecting included.
+    /// Send and wait for one reply; `timeout` bounds both, connecting included. An error
+    /// message in reply is returned as [`RequestError::Undeliverable`].
     pub async fn request(
         &mut self,
         route: impl Into<Route>,
@@ -129,9 +132,18 @@ impl Client {
             Err(_) => return Err(RequestError::Timeout(timeout)),
         }
         match tokio::time::timeout_at(deadline, self.mailbox.recv()).await {
-            Ok(Some(m)) => Ok(m),
+            Ok(Some(m)) => data_or_error(m),
             Ok(None) => Err(RequestError::Closed),
             Err(_) => Err(RequestError::Timeout(timeout)),
         }
+    }
+}
+
+/// `message` if it carries data; the error it carries if it is an error message.
+fn data_or_error(message: Message) -> Result<Message, RequestError> {
+    match message.undeliverable() {
+        None => Ok(message),
+        Some(Ok(error)) => Err(RequestError::Undeliverable(error)),
+        Some(Err(malformed)) => Err(RequestError::MalformedErrorReply(malformed)),
     }
 }

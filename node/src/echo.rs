@@ -1,9 +1,10 @@
 //! The echo service: answers every message with its payload.
 
-use crate::{Context, Message, Worker, WorkerError};
+use crate::{Context, Message, MessageKind, Worker, WorkerError};
 
 /// Replies to each message's return route with the same payload. Every node runs one at
-/// `echo`, open to every origin, so reachability can be checked end to end.
+/// `echo`, open to every origin, so reachability can be checked end to end. Error messages
+/// are not echoed: they are never answered.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Echo;
 
@@ -13,6 +14,9 @@ impl Worker for Echo {
         ctx: &mut Context,
         message: Message,
     ) -> Result<(), WorkerError> {
+        if message.kind == MessageKind::Undeliverable {
+            return Ok(());
+        }
         ctx.send(message.return_route, message.payload).await?;
         Ok(())
     }

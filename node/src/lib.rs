@@ -4,7 +4,10 @@
 //! [`Route`]. Local addresses (kind 0) name worker mailboxes; every other address kind is
 //! handed to the [`Transport`] registered for it (TCP lives in `kith-transport`). Every mailbox
 //! has an incoming policy over the message's [`Origin`], stamped by the runtime or a transport,
-//! never read from the wire; without one a mailbox accepts [`Origin::Local`] only.
+//! never read from the wire; without one a mailbox accepts [`Origin::Local`] only. A message
+//! from another node that cannot be delivered is answered along its return route with an
+//! error message ([`MessageKind::Undeliverable`], carrying an [`Undeliverable`]), at a
+//! bounded rate per sender; error messages themselves are never answered.
 //!
 //! This crate does no I/O of its own: no sockets, no files, no cryptography.
 
@@ -22,6 +25,8 @@ mod error;
 mod message;
 /// The node: mailboxes, sinks, workers and structured shutdown.
 mod node;
+/// Per-sender token buckets that bound how many error messages a node sends.
+mod reply_limit;
 /// Delivery by the onward route's first hop, and error answers along the return route.
 mod router;
 /// Sinks that take messages without a task, and the bounded direct-or-queue lane they share.
@@ -29,6 +34,8 @@ mod sink;
 /// Test helpers (feature `test-util`): waiting for a condition without a fixed sleep.
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+/// The error message's payload: which node gave up, at which hop, and why.
+mod undeliverable;
 /// The worker trait.
 mod worker;
 
@@ -36,9 +43,14 @@ pub use access::{AllowAll, AllowLocal, AllowOrigins, AllowTransport, IncomingAcc
 pub use address::{Address, AddressError, LOCAL, MAX_ADDRESS_LEN, MAX_ROUTE_LEN, Route, TCP};
 pub use context::{Client, Context};
 pub use echo::Echo;
-pub use error::{DisplayChain, RequestError, RouteError, StartError, TryRouteError, WorkerError};
-pub use message::{LocalInfo, Message, Origin};
+pub use error::{
+    DisplayChain, MessageTooLarge, RequestError, RouteError, StartError, TryRouteError,
+    UndeliverableDecodeError, WorkerError,
+};
+pub use message::{LocalInfo, Message, MessageKind, Origin};
 pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE, SinkHandle};
+pub use reply_limit::{DEFAULT_ERROR_REPLY_RATE, ErrorReplyRate, MAX_ERROR_REPLY_SENDERS};
 pub use router::{MAX_INLINE_DEPTH, ResolveFuture, Transport};
 pub use sink::{Backlog, DirectOrQueue, Lane, MessageSink, ReadyFuture, SinkError};
+pub use undeliverable::{ErrorClass, MAX_NODE_NAME_LEN, UNDELIVERABLE_VERSION, Undeliverable};
 pub use worker::Worker;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use crate::{Address, Route};
+use crate::{Address, Route, Undeliverable, UndeliverableDecodeError};
 
 /// Who handed a message to this node. Stamped by the runtime, a transport or a secure
 /// channel; never decoded from the wire.
@@ -59,6 +59,17 @@ impl Default for LocalInfo {
     }
 }
 
+/// What a message's payload is. Travels on the wire with the message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// Application bytes.
+    #[default]
+    Data,
+    /// An error message: a node could not deliver a message and says why, as an encoded
+    /// [`Undeliverable`]. Never answered, so errors cannot loop or multiply.
+    Undeliverable,
+}
+
 /// A routed message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -66,20 +77,32 @@ pub struct Message {
     pub onward_route: Route,
     /// How to answer; each forwarding hop prepends itself.
     pub return_route: Route,
-    /// The application bytes.
+    /// The application bytes, or an encoded [`Undeliverable`].
     pub payload: Bytes,
+    /// What the payload is.
+    pub kind: MessageKind,
     /// Runtime-only information.
     pub local_info: LocalInfo,
 }
 
 impl Message {
-    /// A local-origin message.
+    /// A local-origin data message.
     pub fn new(onward_route: Route, return_route: Route, payload: impl Into<Bytes>) -> Self {
         Self {
             onward_route,
             return_route,
             payload: payload.into(),
+            kind: MessageKind::Data,
             local_info: LocalInfo::default(),
+        }
+    }
+
+    /// The error this message carries: `None` for a data message, else its decoded payload
+    /// (an error if the payload is malformed).
+    pub fn undeliverable(&self) -> Option<Result<Undeliverable, UndeliverableDecodeError>> {
+        match self.kind {
+            MessageKind::Data => None,
+            MessageKind::Undeliverable => Some(Undeliverable::decode(&self.payload)),
         }
     }
 

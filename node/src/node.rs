@@ -11,9 +11,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::reply_limit::ReplyLimiter;
 use crate::{
-    Address, AllowAll, AllowLocal, Client, Context, IncomingAccessControl, Message, MessageSink,
-    StartError, Transport, Worker,
+    Address, AllowAll, AllowLocal, Client, Context, DEFAULT_ERROR_REPLY_RATE, ErrorReplyRate,
+    IncomingAccessControl, MAX_ERROR_REPLY_SENDERS, Message, MessageSink, StartError, Transport,
+    Worker,
 };
 
 /// 256 messages: enough to absorb a burst from a fast connection while the worker catches
@@ -49,6 +51,10 @@ pub(crate) struct Counters {
     pub(crate) dropped_closed: AtomicU64,
     pub(crate) dropped_no_transport: AtomicU64,
     pub(crate) dropped_unreachable: AtomicU64,
+    pub(crate) dropped_refused: AtomicU64,
+    pub(crate) error_replies_sent: AtomicU64,
+    pub(crate) error_replies_suppressed: AtomicU64,
+    pub(crate) undeliverable_dropped: AtomicU64,
     pub(crate) worker_errors: AtomicU64,
 }
 
@@ -69,6 +75,17 @@ pub struct NodeStats {
     pub dropped_no_transport: u64,
     /// Messages dropped because the peer could not be reached.
     pub dropped_unreachable: u64,
+    /// Messages a sink refused for good (too large for a connection, say).
+    pub dropped_refused: u64,
+    /// Error messages this node sent back along the return route of a message it could not
+    /// deliver (DESIGN §2, "Router"); at most one per such message.
+    pub error_replies_sent: u64,
+    /// Error messages this node did not send because the sender had used up its
+    /// [`ErrorReplyRate`], or the table of senders was full.
+    pub error_replies_suppressed: u64,
+    /// Error messages, ours or a peer's, that could not be delivered in turn: dropped, never
+    /// answered. Each is also counted under its reason above.
+    pub undeliverable_dropped: u64,
     /// Errors returned by workers' `handle_message`.
     pub worker_errors: u64,
 }
@@ -82,6 +99,7 @@ impl NodeStats {
             + self.dropped_closed
             + self.dropped_no_transport
             + self.dropped_unreachable
+            + self.dropped_refused
     }
 }
 
@@ -90,6 +108,8 @@ pub(crate) struct Inner {
     pub(crate) mailboxes: RwLock<HashMap<Address, Arc<Entry>>>,
     pub(crate) transports: RwLock<HashMap<u8, Arc<dyn Transport>>>,
     pub(crate) stats: Counters,
+    /// Who may draw how many error messages; locked briefly, never across an `.await`.
+    pub(crate) error_replies: Mutex<ReplyLimiter>,
     tasks: Mutex<JoinSet<()>>,
     next_id: AtomicU64,
     listeners: CancellationToken,
@@ -208,6 +228,10 @@ impl Node {
                 mailboxes: RwLock::default(),
                 transports: RwLock::default(),
                 stats: Counters::default(),
+                error_replies: Mutex::new(ReplyLimiter::new(
+                    DEFAULT_ERROR_REPLY_RATE,
+                    MAX_ERROR_REPLY_SENDERS,
+                )),
                 tasks: Mutex::new(JoinSet::new()),
                 next_id: AtomicU64::new(1),
                 listeners: CancellationToken::new(),
@@ -235,8 +259,31 @@ impl Node {
             dropped_closed: l(&s.dropped_closed),
             dropped_no_transport: l(&s.dropped_no_transport),
             dropped_unreachable: l(&s.dropped_unreachable),
+            dropped_refused: l(&s.dropped_refused),
+            error_replies_sent: l(&s.error_replies_sent),
+            error_replies_suppressed: l(&s.error_replies_suppressed),
+            undeliverable_dropped: l(&s.undeliverable_dropped),
             worker_errors: l(&s.worker_errors),
         }
+    }
+
+    /// Answer each sender's undeliverable messages at most at `rate` (default
+    /// [`DEFAULT_ERROR_REPLY_RATE`]). Every sender starts again with a full burst.
+    pub fn set_error_reply_rate(&self, rate: ErrorReplyRate) {
+        *self.error_replies() = ReplyLimiter::new(rate, MAX_ERROR_REPLY_SENDERS);
+    }
+
+    /// The rate at which each sender's undeliverable messages are answered.
+    pub fn error_reply_rate(&self) -> ErrorReplyRate {
+        self.error_replies().rate()
+    }
+
+    pub(crate) fn error_replies(&self) -> std::sync::MutexGuard<'_, ReplyLimiter> {
+        // The table holds only counters; one left half-updated by a panic is still usable.
+        self.inner
+            .error_replies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Local addresses with a registered mailbox, sorted.

@@ -5,6 +5,12 @@
 //! mailbox of the connection that carries messages there. Only local senders may make a
 //! transport dial: a message from another node can use connections that exist, never open
 //! new ones, so kith dials only addresses its own user configured.
+//!
+//! A data message from another node that cannot be delivered is answered (DESIGN §2,
+//! "Router"): one error message, along its return route, naming this node, the hop that
+//! failed and a coarse class, never the payload. Error messages are never answered, so one
+//! failed message costs at most one error message and errors cannot loop; each sender draws
+//! them at a bounded rate. A local sender gets the error itself instead.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -12,11 +18,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::runtime::Handle;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::node::{Entry, Target};
-use crate::{Address, Message, Node, RouteError, SinkError, TryRouteError};
+use crate::reply_limit::Sender;
+use crate::{
+    Address, Message, MessageKind, Node, Route, RouteError, SinkError, TryRouteError, Undeliverable,
+};
 
 /// 4 sinks: how deeply [`Node::try_route`] nests deliveries into sinks on one thread. A sink
 /// may deliver onwards from inside its own `try_deliver` (a secure channel's decryptor hands
@@ -61,24 +72,101 @@ pub trait Transport: Send + Sync + 'static {
     fn resolve<'a>(&'a self, address: &'a Address, may_dial: bool) -> ResolveFuture<'a>;
 }
 
+/// A message the router could not deliver, handed back with why, so that its sender can be
+/// answered without the message being copied on the way that succeeds.
+pub(crate) struct Undelivered {
+    error: RouteError,
+    message: Message,
+    /// The hop that failed, as the message named it (a peer's transport address, not the
+    /// connection it resolved to); `None` for an empty onward route.
+    hop: Option<Address>,
+}
+
+impl Undelivered {
+    fn new(error: RouteError, message: Message, hop: Option<Address>) -> Box<Self> {
+        Box::new(Self {
+            error,
+            message,
+            hop,
+        })
+    }
+}
+
+/// Why [`Node::try_deliver`] did not deliver a message.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the message is handed back by value so the slow path costs no allocation"
+)]
+enum NotNow {
+    /// Delivering would mean waiting; the message is handed back untouched.
+    WouldBlock(Message),
+    /// The message cannot be delivered.
+    Failed(Box<Undelivered>),
+}
+
 impl Node {
-    /// Route `message` by its onward route. Every failure is also logged and counted.
-    pub async fn route(&self, mut message: Message) -> Result<(), RouteError> {
+    /// Route `message` by its onward route. Every failure is also logged and counted; a data
+    /// message from another node that cannot be delivered is also answered along its return
+    /// route with an error message ([`crate::MessageKind::Undeliverable`]), at most at the
+    /// node's [`crate::ErrorReplyRate`] per sender. Error messages are never answered.
+    pub async fn route(&self, message: Message) -> Result<(), RouteError> {
+        let may_dial = message.origin().is_local();
+        match self.deliver(message, may_dial).await {
+            Ok(()) => Ok(()),
+            Err(undelivered) => {
+                let (error, reply) = self.error_reply(*undelivered);
+                if let Some(reply) = reply {
+                    self.send_error(reply).await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Deliver `message` to its first hop, resolving a transport address first (dialing only
+    /// if `may_dial`).
+    async fn deliver(&self, mut message: Message, may_dial: bool) -> Result<(), Box<Undelivered>> {
         let Some(next) = message.onward_route.next().cloned() else {
-            self.inner
-                .stats
-                .dropped_empty
-                .fetch_add(1, Ordering::Relaxed);
-            debug!(node = %self.name(), "dropped a message with an empty onward route");
-            return Err(RouteError::EmptyRoute);
+            return Err(self.empty_route(message));
         };
         if !next.is_local() {
-            let local = self
-                .resolve_remote(&next, message.origin().is_local())
-                .await?;
-            message.onward_route.replace_next(local);
+            match self.resolve_remote(&next, may_dial).await {
+                Ok(local) => {
+                    message.onward_route.replace_next(local);
+                }
+                Err(error) => return Err(Undelivered::new(error, message, Some(next))),
+            }
         }
-        self.deliver_local(message).await
+        let entry = match self.authorized_entry(&message) {
+            Ok(entry) => entry,
+            Err(error) => return Err(Undelivered::new(error, message, Some(next))),
+        };
+        let result = match &entry.target {
+            Target::Mailbox(tx) => tx.send(message).await.map_err(|e| SinkError::Closed(e.0)),
+            Target::Sink(sink) => {
+                let mut message = message;
+                loop {
+                    let attempt = {
+                        let _level = InlineLevel::enter();
+                        sink.try_deliver(message)
+                    };
+                    match attempt {
+                        Err(SinkError::Full(m)) => {
+                            message = m;
+                            sink.ready().await;
+                        }
+                        other => break other,
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(refused) => Err(self.not_taken(refused, next)),
+        }
     }
 
     async fn resolve_remote(&self, next: &Address, may_dial: bool) -> Result<Address, RouteError> {
@@ -117,41 +205,57 @@ impl Node {
     /// where nothing may wait: if this returns [`TryRouteError::WouldBlock`], queue the
     /// message and [`Node::route`] it from a task. The first hop must be a local address (a
     /// transport may have to resolve any other) with room for the message now. Delivered and
-    /// dropped messages are counted and logged as by [`Node::route`].
+    /// dropped messages are counted, logged and answered as by [`Node::route`].
     #[expect(
         clippy::result_large_err,
         reason = "the message is handed back by value so the slow path costs no allocation"
     )]
     pub fn try_route(&self, message: Message) -> Result<(), TryRouteError> {
+        match self.try_deliver(message) {
+            Ok(()) => Ok(()),
+            Err(NotNow::WouldBlock(m)) => Err(TryRouteError::WouldBlock(m)),
+            Err(NotNow::Failed(undelivered)) => {
+                let (error, reply) = self.error_reply(*undelivered);
+                if let Some(reply) = reply {
+                    self.try_send_error(reply);
+                }
+                Err(TryRouteError::Failed(error))
+            }
+        }
+    }
+
+    #[expect(
+        clippy::result_large_err,
+        reason = "the message is handed back by value so the slow path costs no allocation"
+    )]
+    fn try_deliver(&self, message: Message) -> Result<(), NotNow> {
         let Some(next) = message.onward_route.next() else {
-            self.inner
-                .stats
-                .dropped_empty
-                .fetch_add(1, Ordering::Relaxed);
-            debug!(node = %self.name(), "dropped a message with an empty onward route");
-            return Err(TryRouteError::Failed(RouteError::EmptyRoute));
+            return Err(NotNow::Failed(self.empty_route(message)));
         };
         if !next.is_local() {
-            return Err(TryRouteError::WouldBlock(message));
+            return Err(NotNow::WouldBlock(message));
         }
-        let entry = self
-            .authorized_entry(&message)
-            .map_err(TryRouteError::Failed)?;
+        let entry = match self.authorized_entry(&message) {
+            Ok(entry) => entry,
+            Err(error) => {
+                let hop = message.onward_route.next().cloned();
+                return Err(NotNow::Failed(Undelivered::new(error, message, hop)));
+            }
+        };
         let result = match &entry.target {
             Target::Mailbox(tx) => match tx.try_send(message) {
                 Ok(()) => Ok(()),
-                Err(TrySendError::Full(m)) => return Err(TryRouteError::WouldBlock(m)),
-                Err(TrySendError::Closed(m)) => Err(m),
+                Err(TrySendError::Full(m)) => return Err(NotNow::WouldBlock(m)),
+                Err(TrySendError::Closed(m)) => Err(SinkError::Closed(m)),
             },
             Target::Sink(sink) => {
                 if INLINE_DEPTH.get() >= MAX_INLINE_DEPTH {
-                    return Err(TryRouteError::WouldBlock(message));
+                    return Err(NotNow::WouldBlock(message));
                 }
                 let _level = InlineLevel::enter();
                 match sink.try_deliver(message) {
-                    Ok(()) => Ok(()),
-                    Err(SinkError::Full(m)) => return Err(TryRouteError::WouldBlock(m)),
-                    Err(SinkError::Closed(m)) => Err(m),
+                    Err(SinkError::Full(m)) => return Err(NotNow::WouldBlock(m)),
+                    other => other,
                 }
             }
         };
@@ -160,7 +264,14 @@ impl Node {
                 self.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(m) => Err(TryRouteError::Failed(self.closed(&m))),
+            Err(refused) => {
+                let hop = refused_message(&refused)
+                    .onward_route
+                    .next()
+                    .cloned()
+                    .unwrap_or_else(|| Address::local("invalid"));
+                Err(NotNow::Failed(self.not_taken(refused, hop)))
+            }
         }
     }
 
@@ -176,12 +287,17 @@ impl Node {
             .read()
             .ok()
             .and_then(|m| m.get(next).cloned());
+        // An error message that finds no one is routine (its client gave up and went): it is
+        // counted and logged at debug level where it is dropped, not warned about here.
+        let data = message.kind == MessageKind::Data;
         let Some(entry) = entry else {
             self.inner
                 .stats
                 .dropped_unknown
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(node = %self.name(), address = %next, "dropped a message for an unknown address");
+            if data {
+                warn!(node = %self.name(), address = %next, "dropped a message for an unknown address");
+            }
             return Err(RouteError::UnknownAddress(next.clone()));
         };
         if !entry.policy.is_authorized(message.origin()) {
@@ -189,60 +305,148 @@ impl Node {
                 .stats
                 .dropped_denied
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(
-                node = %self.name(),
-                address = %next,
-                origin = origin_kind(message.origin()),
-                "dropped a message refused by the incoming policy"
-            );
+            if data {
+                warn!(
+                    node = %self.name(),
+                    address = %next,
+                    origin = origin_kind(message.origin()),
+                    "dropped a message refused by the incoming policy"
+                );
+            }
             return Err(RouteError::Denied(next.clone()));
         }
         Ok(entry)
     }
 
-    /// Count and log a message dropped because its worker or sink has stopped.
-    fn closed(&self, message: &Message) -> RouteError {
-        let to = message
-            .onward_route
-            .next()
-            .cloned()
-            .unwrap_or_else(|| Address::local("invalid"));
+    /// Count and log a message with an empty onward route.
+    fn empty_route(&self, message: Message) -> Box<Undelivered> {
         self.inner
             .stats
-            .dropped_closed
+            .dropped_empty
             .fetch_add(1, Ordering::Relaxed);
-        debug!(node = %self.name(), address = %to, "dropped a message for a stopped worker");
-        RouteError::Closed(to)
+        debug!(node = %self.name(), "dropped a message with an empty onward route");
+        Undelivered::new(RouteError::EmptyRoute, message, None)
     }
 
-    async fn deliver_local(&self, message: Message) -> Result<(), RouteError> {
-        let entry = self.authorized_entry(&message)?;
-        let result = match &entry.target {
-            Target::Mailbox(tx) => tx.send(message).await.map_err(|e| e.0),
-            Target::Sink(sink) => {
-                let mut message = message;
-                loop {
-                    let attempt = {
-                        let _level = InlineLevel::enter();
-                        sink.try_deliver(message)
-                    };
-                    match attempt {
-                        Ok(()) => break Ok(()),
-                        Err(SinkError::Closed(m)) => break Err(m),
-                        Err(SinkError::Full(m)) => {
-                            message = m;
-                            sink.ready().await;
-                        }
+    /// Count and log a message its mailbox or sink did not take (`hop` is the first hop as
+    /// the sender named it). Never called with [`SinkError::Full`], which is a wait, not a
+    /// failure.
+    fn not_taken(&self, refused: SinkError, hop: Address) -> Box<Undelivered> {
+        match refused {
+            SinkError::Refused {
+                message,
+                class,
+                reason,
+            } => {
+                self.inner
+                    .stats
+                    .dropped_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                match &reason {
+                    Some(reason) => {
+                        warn!(node = %self.name(), address = %hop, %class, reason = %crate::DisplayChain(reason.as_ref()), "dropped a message its next hop refused")
+                    }
+                    None => {
+                        warn!(node = %self.name(), address = %hop, %class, "dropped a message its next hop refused")
                     }
                 }
+                let error = RouteError::Refused {
+                    address: hop.clone(),
+                    class,
+                    reason,
+                };
+                Undelivered::new(error, message, Some(hop))
             }
+            SinkError::Closed(message) | SinkError::Full(message) => {
+                let to = message
+                    .onward_route
+                    .next()
+                    .cloned()
+                    .unwrap_or_else(|| Address::local("invalid"));
+                self.inner
+                    .stats
+                    .dropped_closed
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(node = %self.name(), address = %to, "dropped a message for a stopped worker");
+                Undelivered::new(RouteError::Closed(to), message, Some(hop))
+            }
+        }
+    }
+
+    /// The error to return for a message that could not be delivered, and the error message
+    /// that answers its sender, if one is due (DESIGN §2, "Router"): the message came from
+    /// another node (a local sender has the error itself), carries data (error messages are
+    /// never answered, so errors cannot loop or multiply), has a return route, failed at a
+    /// hop, and its sender has not used up its [`crate::ErrorReplyRate`]. The answer goes
+    /// along the return route with an empty return route of its own, from this node, and
+    /// carries the node's name, the hop and a coarse class: never the payload.
+    fn error_reply(&self, undelivered: Undelivered) -> (RouteError, Option<Message>) {
+        let Undelivered {
+            error,
+            message,
+            hop,
+        } = undelivered;
+        let stats = &self.inner.stats;
+        if message.kind == MessageKind::Undeliverable {
+            stats.undeliverable_dropped.fetch_add(1, Ordering::Relaxed);
+            debug!(node = %self.name(), error = %crate::DisplayChain(&error), "dropped an error message that could not be delivered; error messages are never answered");
+            return (error, None);
+        }
+        if message.origin().is_local() || message.return_route.is_empty() {
+            return (error, None);
+        }
+        let (Some(class), Some(hop), Some(sender)) = (error.class(), hop, Sender::of(&message))
+        else {
+            return (error, None);
         };
-        match result {
-            Ok(()) => {
-                self.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+        if !self.error_replies().allow(sender, Instant::now()) {
+            stats
+                .error_replies_suppressed
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(node = %self.name(), address = %hop, %class, "not answering an undeliverable message: its sender is over the error message rate");
+            return (error, None);
+        }
+        stats.error_replies_sent.fetch_add(1, Ordering::Relaxed);
+        let payload = Undeliverable {
+            node: self.name().to_owned(),
+            address: hop,
+            class,
+        }
+        .encode();
+        let mut reply = Message::new(message.return_route, Route::new(), payload);
+        reply.kind = MessageKind::Undeliverable;
+        (error, Some(reply))
+    }
+
+    /// Deliver an error message, waiting as need be. It may use a connection that exists but
+    /// never dial one: its route came from another node. If it cannot be delivered it is
+    /// counted and dropped, never answered.
+    async fn send_error(&self, reply: Message) {
+        if let Err(undelivered) = self.deliver(reply, false).await {
+            let _ = self.error_reply(*undelivered);
+        }
+    }
+
+    /// Deliver an error message now, or from a task if that would mean waiting.
+    fn try_send_error(&self, reply: Message) {
+        match self.try_deliver(reply) {
+            Ok(()) => {}
+            Err(NotNow::Failed(undelivered)) => {
+                let _ = self.error_reply(*undelivered);
             }
-            Err(m) => Err(self.closed(&m)),
+            // Nothing can wait without a runtime (a synchronous caller): count it as lost.
+            Err(NotNow::WouldBlock(reply)) if Handle::try_current().is_err() => {
+                self.inner
+                    .stats
+                    .undeliverable_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(node = %self.name(), "dropped an error message: it would have to wait, and there is no runtime to wait in");
+                drop(reply);
+            }
+            Err(NotNow::WouldBlock(reply)) => {
+                let node = self.clone();
+                self.spawn(async move { node.send_error(reply).await });
+            }
         }
     }
 
@@ -251,6 +455,14 @@ impl Node {
         if let Ok(mut t) = self.inner.transports.write() {
             t.insert(transport.kind(), transport);
         }
+    }
+}
+
+/// The message a sink handed back.
+fn refused_message(refused: &SinkError) -> &Message {
+    match refused {
+        SinkError::Full(m) | SinkError::Closed(m) => m,
+        SinkError::Refused { message, .. } => message,
     }
 }
 

@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
-use crate::Message;
+use crate::{ErrorClass, Message, MessageTooLarge};
 
 /// Why a sink did not take a message; the message is handed back.
 #[derive(Debug)]
@@ -28,6 +28,28 @@ pub enum SinkError {
     Full(Message),
     /// Closed for good.
     Closed(Message),
+    /// This message will never be taken (it is too large, say); the sink stays open for
+    /// others. The router reports it to a local sender as [`crate::RouteError::Refused`] and
+    /// answers a remote one with an error message of `class`.
+    Refused {
+        /// The message, untouched.
+        message: Message,
+        /// Why, coarsely: what a remote sender is told.
+        class: ErrorClass,
+        /// What the sink saw, for the local sender and our log.
+        reason: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+}
+
+impl SinkError {
+    /// Refuse `message` for good: it is `len` bytes where the sink takes at most `max`.
+    pub fn too_large(message: Message, len: usize, max: usize) -> Self {
+        Self::Refused {
+            message,
+            class: ErrorClass::TooLarge,
+            reason: Some(Box::new(MessageTooLarge { len, max })),
+        }
+    }
 }
 
 /// What [`MessageSink::ready`] returns.

@@ -1,13 +1,15 @@
-//! The transport message: `{0: version, 1: onward_route, 2: return_route, 3: payload}` in CBOR.
+//! The transport message: `{0: version, 1: onward_route, 2: return_route, 3: payload}` in CBOR,
+//! and `4: 1` after them for an error message ([`MessageKind::Undeliverable`]).
 //!
-//! Encoded as a definite map with integer keys in order; a route is a definite array of
+//! Encoded as a definite map with integer keys in order; a data message has exactly the four
+//! fields it always had, so nodes that predate error messages read it unchanged; a route is a definite array of
 //! addresses, an address a two-element array `[kind, value]`. Decoding is strict (exact shape,
 //! definite lengths, every count checked against a named maximum before the loop that reads
 //! it, no trailing bytes) and borrows from the frame, so a hostile length can make us read
 //! nothing that is not there and allocate nothing it did not send.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kith_node::{Address, MAX_ROUTE_LEN, Route};
+use kith_node::{Address, MAX_ROUTE_LEN, MessageKind, Route};
 use minicbor::{Decoder, Encoder};
 
 use crate::DecodeError;
@@ -19,6 +21,10 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// Largest payload that fits in a default-size frame with room for two full routes.
 pub const MAX_PAYLOAD_LEN: usize = DEFAULT_MAX_FRAME_LEN - 24 * 1024;
 
+/// The value of field 4 for an error message. A data message has no field 4: its only
+/// encoding is the four-field map, so `4: 0` is refused as non-canonical.
+const KIND_UNDELIVERABLE: u8 = 1;
+
 /// One message on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportMessage {
@@ -26,8 +32,10 @@ pub struct TransportMessage {
     pub onward_route: Route,
     /// How to answer, as seen from the sending node.
     pub return_route: Route,
-    /// Application bytes.
+    /// Application bytes, or an encoded [`kith_node::Undeliverable`].
     pub payload: Bytes,
+    /// What the payload is.
+    pub kind: MessageKind,
 }
 
 impl TransportMessage {
@@ -59,14 +67,24 @@ impl TransportMessage {
         }
     }
 
+    /// The length of [`TransportMessage::encode`]'s output, without encoding.
+    pub fn encoded_len(&self) -> usize {
+        encoded_len(
+            self.onward_route.iter(),
+            &self.return_route,
+            self.payload.len(),
+            self.kind,
+        )
+    }
+
     /// Decode a frame body. The payload is a slice of `body`, not a copy.
     pub fn decode(body: &Bytes) -> Result<Self, DecodeError> {
         let mut d = Decoder::new(body);
-        match d.map().map_err(DecodeError::Cbor)? {
-            Some(4) => {}
+        let fields = match d.map().map_err(DecodeError::Cbor)? {
+            Some(n @ (4 | 5)) => n,
             Some(_) => {
                 return Err(DecodeError::Shape {
-                    found: "a map with other than 4 fields",
+                    found: "a map with other than 4 or 5 fields",
                 });
             }
             None => {
@@ -74,7 +92,7 @@ impl TransportMessage {
                     found: "an indefinite-length map",
                 });
             }
-        }
+        };
         expect_key(&mut d, 0)?;
         let version = d.u8().map_err(DecodeError::Cbor)?;
         if version != PROTOCOL_VERSION {
@@ -87,6 +105,19 @@ impl TransportMessage {
         expect_key(&mut d, 3)?;
         let payload = d.bytes().map_err(DecodeError::Cbor)?;
         let payload = body.slice_ref(payload);
+        let kind = if fields == 5 {
+            expect_key(&mut d, 4)?;
+            match d.u8().map_err(DecodeError::Cbor)? {
+                KIND_UNDELIVERABLE => MessageKind::Undeliverable,
+                _ => {
+                    return Err(DecodeError::Shape {
+                        found: "a message kind other than 1 (an error message) in field 4",
+                    });
+                }
+            }
+        } else {
+            MessageKind::Data
+        };
         let rest = body.len().saturating_sub(d.position());
         if rest != 0 {
             return Err(DecodeError::TrailingBytes(rest));
@@ -95,7 +126,50 @@ impl TransportMessage {
             onward_route,
             return_route,
             payload,
+            kind,
         })
+    }
+}
+
+/// The encoded length of a message with these parts: what [`TransportMessage::encoded_len`]
+/// computes, for a sender that has the parts but no [`TransportMessage`] yet.
+pub(crate) fn encoded_len<'a>(
+    onward_route: impl ExactSizeIterator<Item = &'a Address>,
+    return_route: &Route,
+    payload_len: usize,
+    kind: MessageKind,
+) -> usize {
+    // map header, then keys 0..=3 and the version: one byte each.
+    let fields = 1 + 4 + 1;
+    let kind_field = match kind {
+        MessageKind::Data => 0,
+        MessageKind::Undeliverable => 2,
+    };
+    fields
+        + kind_field
+        + route_len(onward_route)
+        + route_len(return_route.iter())
+        + head_len(payload_len)
+        + payload_len
+}
+
+fn route_len<'a>(route: impl ExactSizeIterator<Item = &'a Address>) -> usize {
+    let header = head_len(route.len());
+    route.fold(header, |sum, a| {
+        // array(2), the kind as an unsigned integer, the value as text.
+        let kind = if a.kind() < 24 { 1 } else { 2 };
+        sum + 1 + kind + head_len(a.value().len()) + a.value().len()
+    })
+}
+
+/// Bytes of a CBOR head (major type and argument) for the argument `n`.
+fn head_len(n: usize) -> usize {
+    match n {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
     }
 }
 
@@ -103,11 +177,18 @@ fn encode_into<W: minicbor::encode::Write>(
     e: &mut Encoder<W>,
     m: &TransportMessage,
 ) -> Result<(), minicbor::encode::Error<W::Error>> {
-    e.map(4)?.u8(0)?.u8(PROTOCOL_VERSION)?.u8(1)?;
+    let fields = match m.kind {
+        MessageKind::Data => 4,
+        MessageKind::Undeliverable => 5,
+    };
+    e.map(fields)?.u8(0)?.u8(PROTOCOL_VERSION)?.u8(1)?;
     encode_route(e, &m.onward_route)?;
     e.u8(2)?;
     encode_route(e, &m.return_route)?;
     e.u8(3)?.bytes(&m.payload)?;
+    if m.kind == MessageKind::Undeliverable {
+        e.u8(4)?.u8(KIND_UNDELIVERABLE)?;
+    }
     Ok(())
 }
 
@@ -172,7 +253,65 @@ mod tests {
                 "1#127.0.0.1:4000".parse().unwrap(),
             ]),
             payload: Bytes::from_static(b"hello"),
+            kind: MessageKind::Data,
         }
+    }
+
+    fn encoded(m: &TransportMessage) -> Bytes {
+        let mut buf = BytesMut::new();
+        m.encode(&mut buf);
+        buf.freeze()
+    }
+
+    #[test]
+    fn a_data_message_is_the_four_field_map_and_an_error_message_adds_field_4() {
+        let data = encoded(&sample());
+        assert_eq!(
+            data[0], 0xa4,
+            "map(4): what nodes before error messages read"
+        );
+        let error = TransportMessage {
+            kind: MessageKind::Undeliverable,
+            ..sample()
+        };
+        let bytes = encoded(&error);
+        assert_eq!(bytes[0], 0xa5);
+        assert_eq!(&bytes[bytes.len() - 2..], [0x04, 0x01]);
+        assert_eq!(&bytes[1..bytes.len() - 2], &data[1..]);
+        assert_eq!(TransportMessage::decode(&bytes).unwrap(), error);
+    }
+
+    #[test]
+    fn a_fifth_field_that_is_not_an_error_kind_is_refused() {
+        let data = encoded(&sample());
+        for field in [[0x04, 0x00], [0x04, 0x02], [0x04, 0x17], [0x05, 0x01]] {
+            let mut v = data.to_vec();
+            v[0] = 0xa5;
+            v.extend_from_slice(&field);
+            assert!(
+                matches!(
+                    TransportMessage::decode(&Bytes::from(v)),
+                    Err(DecodeError::Shape { .. })
+                ),
+                "{field:?}"
+            );
+        }
+        // Six fields, or a kind field in a four-field map, are not shapes either.
+        let mut v = encoded(&TransportMessage {
+            kind: MessageKind::Undeliverable,
+            ..sample()
+        })
+        .to_vec();
+        v[0] = 0xa6;
+        assert!(matches!(
+            TransportMessage::decode(&Bytes::from(v.clone())),
+            Err(DecodeError::Shape { .. })
+        ));
+        v[0] = 0xa4;
+        assert!(matches!(
+            TransportMessage::decode(&Bytes::from(v)),
+            Err(DecodeError::TrailingBytes(2))
+        ));
     }
 
     #[test]
@@ -243,11 +382,28 @@ mod tests {
             onward in arb_route(),
             ret in arb_route(),
             payload in proptest::collection::vec(any::<u8>(), 0..2048),
+            kind in prop_oneof![Just(MessageKind::Data), Just(MessageKind::Undeliverable)],
         ) {
-            let m = TransportMessage { onward_route: onward, return_route: ret, payload: payload.into() };
-            let mut buf = BytesMut::new();
-            m.encode(&mut buf);
-            prop_assert_eq!(TransportMessage::decode(&buf.freeze()).unwrap(), m);
+            let m = TransportMessage { onward_route: onward, return_route: ret, payload: payload.into(), kind };
+            let bytes = encoded(&m);
+            prop_assert_eq!(m.encoded_len(), bytes.len());
+            prop_assert_eq!(TransportMessage::decode(&bytes).unwrap(), m);
+        }
+
+        #[test]
+        fn encoded_len_is_exact_for_long_values_and_large_payloads(
+            kind in any::<u8>(),
+            value_len in prop_oneof![1usize..30, 250usize..=255],
+            payload_len in prop_oneof![0usize..30, 250usize..300, 65_530usize..65_540],
+        ) {
+            let address = Address::try_new(kind, "v".repeat(value_len)).unwrap();
+            let m = TransportMessage {
+                onward_route: Route::from(vec![address.clone(); 24]),
+                return_route: Route::from(address),
+                payload: Bytes::from(vec![0u8; payload_len]),
+                kind: MessageKind::Data,
+            };
+            prop_assert_eq!(m.encoded_len(), encoded(&m).len());
         }
 
         #[test]

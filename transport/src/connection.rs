@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::codec::encoded_len;
 use crate::frame::{self, FrameStatus, KEEPALIVE, LEN_PREFIX};
 use crate::tcp::{Counters, TcpOptions};
 use crate::{ConnectionError, PROTOCOL_VERSION, TransportMessage};
@@ -229,6 +230,7 @@ async fn deliver(
         onward_route: m.onward_route,
         return_route,
         payload: m.payload,
+        kind: m.kind,
         local_info: LocalInfo {
             origin: Origin::Transport {
                 connection: return_address.clone(),
@@ -236,8 +238,8 @@ async fn deliver(
             },
         },
     };
-    // The node logs and counts every drop; one undeliverable message does not end the
-    // connection.
+    // The node logs and counts every drop, and answers the sender with an error message;
+    // one undeliverable message does not end the connection.
     let _ = node.route(message).await;
 }
 
@@ -327,6 +329,20 @@ impl Outbox {
         }
     }
 
+    /// The encoded size of `m` as this connection would frame it, if that is over the frame
+    /// cap: a peer would close the connection on such a frame, so it is never written.
+    fn too_large(&self, m: &Message) -> Option<usize> {
+        // The first hop is this connection's own address; the rest goes on the wire.
+        let len = encoded_len(
+            m.onward_route.iter().skip(1),
+            &m.return_route,
+            m.payload.len(),
+            m.kind,
+        );
+        (len > self.max_frame_len || u32::try_from(len).is_err()).then_some(len)
+    }
+
+    /// Frame `m` onto `pending`. `m` was checked to fit with [`Outbox::too_large`].
     fn encode(&self, mut m: Message, pending: &mut BytesMut) {
         // The first hop is this connection's own address.
         m.onward_route.step();
@@ -339,6 +355,7 @@ impl Outbox {
             onward_route: m.onward_route,
             return_route: m.return_route,
             payload: m.payload,
+            kind: m.kind,
         };
         match t.encode_frame(pending, self.max_frame_len) {
             Some(_) => {
@@ -357,7 +374,13 @@ impl Outbox {
 }
 
 impl MessageSink for Outbox {
+    /// Refuses, and hands back, a message too large for one frame before it takes anything:
+    /// the router tells a local sender and answers a remote one.
     fn try_deliver(&self, message: Message) -> Result<(), SinkError> {
+        if let Some(len) = self.too_large(&message) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(SinkError::too_large(message, len, self.max_frame_len));
+        }
         let mut lane = self.pending.lock();
         if lane.state().failed.is_some() {
             return Err(SinkError::Closed(message));

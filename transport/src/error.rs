@@ -22,8 +22,11 @@ pub enum DecodeError {
     /// The CBOR itself is malformed or truncated, or a value has the wrong type.
     #[error("malformed transport message")]
     Cbor(#[source] minicbor::decode::Error),
-    /// The message is not a map of exactly the fields 0..=3 in order.
-    #[error("transport message must be a map of fields 0, 1, 2, 3 in order; found {found}")]
+    /// The message is not a map of exactly the fields 0..=3 in order, plus field 4 for an
+    /// error message.
+    #[error(
+        "transport message must be a map of fields 0, 1, 2, 3 in order (and 4: 1 after them for an error message); found {found}"
+    )]
     Shape {
         /// What was found instead.
         found: &'static str,

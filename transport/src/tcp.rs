@@ -82,7 +82,8 @@ pub struct TcpStats {
     pub frames_in: u64,
     /// Frames sent carrying a message.
     pub frames_out: u64,
-    /// Messages dropped by the transport (too large, hop limit, nothing to route).
+    /// Messages the transport did not send or deliver: too large for a frame (refused, and
+    /// handed back to the router), at the hop limit, or with nothing to route.
     pub dropped: u64,
     /// Connections open now.
     pub open: u64,

@@ -59,18 +59,26 @@ async fn message_round_trips_over_tcp_with_a_transport_origin() {
 }
 
 #[tokio::test]
-async fn worker_without_transport_policy_is_unreachable_over_tcp() {
+async fn worker_without_transport_policy_refuses_tcp_senders_with_a_denied_error() {
     let (a, _ta, _) = node("a", TcpOptions::default()).await;
     let (b, _tb, b_addr) = node("b", TcpOptions::default()).await;
     let mut client = a.client().unwrap();
     let err = client
-        .request(to(&b_addr, "private"), "x", Duration::from_millis(300))
-        .await;
-    assert!(matches!(err, Err(RequestError::Timeout(_))));
-    until("the refusal to be counted", || {
-        b.stats().dropped_denied == 1
-    })
-    .await;
+        .request(to(&b_addr, "private"), "x", WAIT)
+        .await
+        .unwrap_err();
+    let RequestError::Undeliverable(error) = &err else {
+        panic!("expected b's error message, got {err:?}");
+    };
+    assert_eq!(
+        (error.node.as_str(), error.address.clone(), error.class),
+        ("b", Address::local("private"), ErrorClass::Denied)
+    );
+    assert_eq!(
+        err.to_string(),
+        "b refused: denied by the access policy of service private"
+    );
+    assert_eq!(b.stats().dropped_denied, 1);
 }
 
 #[tokio::test]
@@ -207,15 +215,33 @@ async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
 }
 
 #[tokio::test]
-async fn oversized_outgoing_message_is_dropped_and_counted() {
+async fn an_oversized_outgoing_message_is_refused_to_its_sender_as_too_large() {
     let (a, ta, _) = node("a", TcpOptions::default()).await;
-    let (_b, _tb, b_addr) = node("b", TcpOptions::default()).await;
+    let (_b, tb, b_addr) = node("b", TcpOptions::default()).await;
     let client = a.client().unwrap();
-    client
+    let err = client
         .send(to(&b_addr, "echo"), vec![0u8; 300 * 1024])
         .await
-        .unwrap();
-    until("the drop", || ta.stats().dropped == 1).await;
+        .unwrap_err();
+    let peer = Address::try_new(TCP, b_addr.as_str()).unwrap();
+    assert!(
+        matches!(&err, RouteError::Refused { address, class: ErrorClass::TooLarge, .. } if *address == peer),
+        "{err:?}"
+    );
+    let shown = DisplayChain(&err).to_string();
+    let max = kith_transport::frame::DEFAULT_MAX_FRAME_LEN;
+    assert!(
+        shown.starts_with(&format!(
+            "cannot send to {peer}: the message is too large: 307"
+        )) && shown.ends_with(&format!(" bytes, at most {max}")),
+        "{shown}"
+    );
+    // Refused before it was taken: nothing was written, and the sender, told at once, is
+    // sent no error message as well.
+    assert_eq!((ta.stats().dropped, ta.stats().frames_out), (1, 0));
+    assert_eq!(tb.stats().frames_in, 0);
+    assert_eq!(a.stats().dropped_refused, 1);
+    assert_eq!(a.stats().error_replies_sent, 0);
     // The connection is still usable.
     let mut client = a.client().unwrap();
     assert!(

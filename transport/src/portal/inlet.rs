@@ -197,6 +197,15 @@ async fn open(
         .recv()
         .await
         .ok_or_else(|| "the node is stopping".to_owned())?;
+    match answer.undeliverable() {
+        None => {}
+        Some(Ok(error)) => return Err(format!("cannot reach the outlet: {error}")),
+        Some(Err(e)) => {
+            return Err(format!(
+                "cannot reach the outlet (the error message about it was malformed: {e})"
+            ));
+        }
+    }
     match PortalMessage::decode(&answer.payload) {
         Ok(PortalMessage::Opened { window }) if window_ok(window) => {
             Ok((route, mailbox, answer.return_route, window))

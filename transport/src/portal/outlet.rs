@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use kith_node::{
-    Address, AllowAll, IncomingAccessControl, Message, Node, Route, StartError, TryRouteError,
+    Address, AllowAll, IncomingAccessControl, Message, MessageKind, Node, Route, StartError,
+    TryRouteError,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -98,6 +99,11 @@ impl Outlet {
         options: &PortalOptions,
         message: Message,
     ) {
+        if message.kind == MessageKind::Undeliverable {
+            // An `Opened` or `Refused` of ours that did not reach its inlet: nothing to do.
+            debug!(outlet = %self.address, "ignored an error message");
+            return;
+        }
         let window = match PortalMessage::decode(&message.payload) {
             Ok(PortalMessage::Open { window }) => window,
             Ok(other) => {

@@ -178,6 +178,25 @@ pub(crate) async fn run(end: End) {
                 }
                 Event::Received(Some(m)) => {
                     last_heard = Instant::now();
+                    if let Some(error) = m.undeliverable() {
+                        // The other end only finishes once it has all we sent and has sent
+                        // its end of stream: after that, only a credit or a ping of ours can
+                        // have missed it, and nothing is lost.
+                        if peer_ended {
+                            debug!(portal = %label, "a message to the other end arrived after it finished");
+                            continue;
+                        }
+                        let reason = match error {
+                            Ok(error) => format!("the other end cannot be reached: {error}"),
+                            Err(e) => format!(
+                                "the other end cannot be reached (its error message was malformed: {e})"
+                            ),
+                        };
+                        break Outcome::Failed {
+                            reason,
+                            tell: false,
+                        };
+                    }
                     let message = match PortalMessage::decode(&m.payload) {
                         Ok(message) => message,
                         Err(e) => break violation(format!("{e}")),
