@@ -22,6 +22,7 @@ use std::fmt;
 use std::sync::{Arc, LazyLock};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kith_node::{ErrorClass, Undeliverable};
 use kith_transport::TransportMessage;
 use minicbor::{Decoder, Encoder};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -46,8 +47,20 @@ const TAG_LEN: usize = 16;
 /// Bytes of the clear nonce in front of each transport message.
 pub const NONCE_LEN: usize = 8;
 
+/// The largest sealed channel message (nonce, ciphertext and tag): a default-size transport
+/// frame less 8 KiB for the routes around it. Handshake messages are Noise messages, at
+/// most [`MAX_NOISE_MESSAGE`]; after the handshake, kith seals with its own explicit-nonce
+/// AES-GCM transport (DESIGN §4), which has no such limit, so a channel carries any message
+/// a frame can.
+pub const MAX_SEALED_MESSAGE: usize = kith_transport::frame::DEFAULT_MAX_FRAME_LEN - 8 * 1024;
+
 /// The largest plaintext one channel message carries.
-pub const MAX_CHANNEL_PLAINTEXT: usize = MAX_NOISE_MESSAGE - TAG_LEN;
+pub const MAX_CHANNEL_PLAINTEXT: usize = MAX_SEALED_MESSAGE - NONCE_LEN - TAG_LEN;
+
+/// The largest application payload a channel takes from a sender: the transport's payload
+/// limit, which leaves room for the routes and seals of channels nested around it (a
+/// message through a relay is sealed twice on the way). Larger is refused at the sender.
+pub const MAX_MESSAGE_PAYLOAD: usize = kith_transport::MAX_PAYLOAD_LEN;
 
 /// 8 credentials: a member holds one per project it belongs to; more is abuse.
 pub const MAX_PEER_CREDENTIALS: usize = 8;
@@ -128,10 +141,60 @@ pub enum HandshakeError {
     Credential(#[from] CredentialError),
     /// The peer authenticated but is not admitted.
     #[error("{0} is not admitted: {1}")]
-    NotAdmitted(Identifier, &'static str),
+    NotAdmitted(Identifier, Inadmissible),
     /// A message arrived when none was expected.
     #[error("unexpected handshake message")]
     Unexpected,
+    /// Nothing (or nothing valid) answered before the handshake deadline.
+    #[error("no answer to the secure channel handshake within its deadline")]
+    TimedOut,
+    /// The handshake was given up before it finished: its channel was stopped, or the node
+    /// is shutting down.
+    #[error("the secure channel handshake was abandoned")]
+    Abandoned,
+    /// The responder, or a node on the way to it, answered with a refusal: why, as the
+    /// peer tells it (the class; the detail stays in its log).
+    #[error("{0}")]
+    Refused(Undeliverable),
+}
+
+impl HandshakeError {
+    /// The class of refusal a responder answers this failure with: all an initiator
+    /// learns of it.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            HandshakeError::NotAdmitted(_, Inadmissible::NotAllowed) => ErrorClass::NotAllowed,
+            HandshakeError::NotAdmitted(_, Inadmissible::NoTrustedCredential)
+            | HandshakeError::Credential(_) => ErrorClass::NoTrustedCredential,
+            HandshakeError::Refused(u) => u.class,
+            HandshakeError::Noise(_)
+            | HandshakeError::Bundle(_)
+            | HandshakeError::Identity(_)
+            | HandshakeError::Attestation(_)
+            | HandshakeError::StaticKeyMismatch
+            | HandshakeError::Unexpected
+            | HandshakeError::TimedOut
+            | HandshakeError::Abandoned => ErrorClass::InvalidHandshake,
+        }
+    }
+}
+
+/// Why an authenticated peer is not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inadmissible {
+    /// The admission rule names identifiers, and not this one.
+    NotAllowed,
+    /// The admission rule wants a credential from a trusted authority, and it has none.
+    NoTrustedCredential,
+}
+
+impl fmt::Display for Inadmissible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Inadmissible::NotAllowed => "not on the allowed list",
+            Inadmissible::NoTrustedCredential => "no credential from a trusted authority",
+        })
+    }
 }
 
 /// Why a transport message was refused. The channel goes on; the message is dropped.
@@ -230,14 +293,14 @@ pub fn verify_bundle(
         Admission::Identifiers(_) => {
             return Err(HandshakeError::NotAdmitted(
                 identifier,
-                "not on the allowed list",
+                Inadmissible::NotAllowed,
             ));
         }
         Admission::CredentialHolders if credentials_expire_at.is_some() => {}
         Admission::CredentialHolders => {
             return Err(HandshakeError::NotAdmitted(
                 identifier,
-                "no credential from a trusted authority",
+                Inadmissible::NoTrustedCredential,
             ));
         }
     }
@@ -407,6 +470,16 @@ impl fmt::Debug for Handshake {
 pub enum Progress {
     /// Send these bytes to the peer and wait for its answer.
     Continue(Box<Handshake>, Vec<u8>),
+    /// The responder will not admit the initiator, for `error`. Noise has finished, so the
+    /// refusal can be sealed with `encryptor`, the responder's sending key, and sent as the
+    /// channel's first (and last) message: the initiator learns why at once, and nobody
+    /// else can forge it.
+    Refused {
+        /// Why, in detail, for the responder's log.
+        error: HandshakeError,
+        /// Seals the refusal.
+        encryptor: Box<Encryptor>,
+    },
     /// The channel is up; send `reply` first if there is one.
     Established {
         /// The last handshake message, for the initiator to send.
@@ -496,7 +569,23 @@ impl Handshake {
             .noise
             .get_remote_static()
             .ok_or(HandshakeError::Unexpected)?;
-        let peer = verify_bundle(payload, remote_static, &self.trust, now)?;
+        let peer = match verify_bundle(payload, remote_static, &self.trust, now) {
+            Ok(peer) => peer,
+            Err(error) if !initiator && self.noise.is_handshake_finished() => {
+                let (_, send) = self.noise.dangerously_get_raw_split();
+                let send = Zeroizing::new(send);
+                let cipher = Cipher::new(&send).ok_or(HandshakeError::Unexpected)?;
+                return Ok(Progress::Refused {
+                    error,
+                    encryptor: Box::new(Encryptor {
+                        cipher,
+                        next: 0,
+                        interval: self.rekey_interval,
+                    }),
+                });
+            }
+            Err(error) => return Err(error),
+        };
         let reply = if initiator {
             Some(write_message(&mut self.noise, &encode_bundle(&self.local))?)
         } else {
@@ -772,10 +861,10 @@ impl Decryptor {
         if message.len() < NONCE_LEN + TAG_LEN {
             return Err(ChannelError::Truncated(message.len()));
         }
-        if message.len() > NONCE_LEN + MAX_NOISE_MESSAGE {
+        if message.len() > MAX_SEALED_MESSAGE {
             return Err(ChannelError::TooLarge {
                 len: message.len(),
-                max: NONCE_LEN + MAX_NOISE_MESSAGE,
+                max: MAX_SEALED_MESSAGE,
             });
         }
         let mut nb = [0u8; NONCE_LEN];
@@ -844,6 +933,9 @@ pub enum ChannelMessage {
     Ready,
     /// A keep-alive: the sender is there, with nothing to say.
     Ping,
+    /// The responder refused the initiator: an encoded [`Undeliverable`] saying why, sent
+    /// instead of `Ready`.
+    Refused(Bytes),
 }
 
 impl ChannelMessage {
@@ -868,6 +960,10 @@ impl ChannelMessage {
             ChannelMessage::Close => dst.put_u8(2),
             ChannelMessage::Ready => dst.put_u8(3),
             ChannelMessage::Ping => dst.put_u8(4),
+            ChannelMessage::Refused(r) => {
+                dst.put_u8(5);
+                dst.extend_from_slice(r);
+            }
         }
     }
 
@@ -881,7 +977,7 @@ impl ChannelMessage {
             ChannelMessage::Payload(m) => {
                 24 + route(&m.onward_route) + route(&m.return_route) + m.payload.len()
             }
-            ChannelMessage::RefreshCredential(c) => 1 + c.len(),
+            ChannelMessage::RefreshCredential(c) | ChannelMessage::Refused(c) => 1 + c.len(),
             ChannelMessage::Close | ChannelMessage::Ready | ChannelMessage::Ping => 1,
         }
     }
@@ -894,6 +990,7 @@ impl ChannelMessage {
             Some(2) if bytes.len() == 1 => Ok(ChannelMessage::Close),
             Some(3) if bytes.len() == 1 => Ok(ChannelMessage::Ready),
             Some(4) if bytes.len() == 1 => Ok(ChannelMessage::Ping),
+            Some(5) => Ok(ChannelMessage::Refused(bytes.slice(1..))),
             _ => Err(kith_transport::DecodeError::Shape {
                 found: "an unknown channel message kind",
             }),
@@ -989,12 +1086,28 @@ mod tests {
         else {
             panic!("initiator did not finish")
         };
-        let Progress::Established {
-            reply: None,
-            channel: cb,
-        } = (*hb).step(&m3, NOW)?
-        else {
-            panic!("responder did not finish")
+        let cb = match (*hb).step(&m3, NOW)? {
+            Progress::Established {
+                reply: None,
+                channel: cb,
+            } => cb,
+            Progress::Refused {
+                error,
+                mut encryptor,
+            } => {
+                // The refusal is sealed for the initiator: it opens it with its own keys.
+                let mut ca = ca;
+                let refusal = encryptor
+                    .seal(&ChannelMessage::Refused(Bytes::from_static(b"why")))
+                    .unwrap();
+                let opened = ca.decryptor.open(refusal).unwrap();
+                assert_eq!(
+                    ChannelMessage::decode(opened).unwrap(),
+                    ChannelMessage::Refused(Bytes::from_static(b"why"))
+                );
+                return Err(error);
+            }
+            _ => panic!("responder did not finish"),
         };
         Ok((*ca, *cb))
     }

@@ -31,10 +31,11 @@ use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kith_node::ErrorClass;
 use kith_node::{
-    Address, AllowAll, AllowLocal, Context, DirectOrQueue, LocalInfo, Message, MessageSink, Node,
-    Origin, ReadyFuture, Route, RouteError, SinkError, SinkHandle, TryRouteError, Worker,
-    WorkerError,
+    Address, AllowAll, AllowLocal, Context, DirectOrQueue, LocalInfo, Message, MessageKind,
+    MessageSink, Node, Origin, ReadyFuture, Route, RouteError, SinkError, SinkHandle,
+    TryRouteError, Undeliverable, Worker, WorkerError,
 };
 use kith_transport::TransportMessage;
 use tokio::sync::{Notify, oneshot};
@@ -44,7 +45,7 @@ use tracing::{debug, info, warn};
 use crate::CredentialAndPurposeKey;
 use crate::channel::{
     Admission, ChannelMessage, DEFAULT_REKEY_INTERVAL, Decryptor, Encryptor, Established,
-    Handshake, HandshakeError, LocalIdentity, Peer, Progress, Trust,
+    Handshake, HandshakeError, LocalIdentity, MAX_MESSAGE_PAYLOAD, Peer, Progress, Trust,
 };
 use crate::unix_now as now;
 
@@ -93,6 +94,20 @@ pub fn is_encryptor(address: &Address) -> bool {
             .value()
             .strip_prefix(ENCRYPTOR_PREFIX)
             .is_some_and(|rest| rest.starts_with('-'))
+}
+
+/// Whether `message` carries what a channel nested inside another sealed for its peer:
+/// its last hop is a decryptor (`sc-` and 16 hex digits; an encryptor is `sc-enc-…`). Such
+/// a message was held to the payload limit when it entered the inner channel, and is
+/// carried whatever the seal added to it.
+fn carries_sealed(message: &Message) -> bool {
+    message.onward_route.iter().last().is_some_and(|hop| {
+        hop.is_local()
+            && hop
+                .value()
+                .strip_prefix("sc-")
+                .is_some_and(|rest| rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+    })
 }
 
 /// The default address of a node's secure-channel listener.
@@ -219,6 +234,9 @@ pub enum ChannelEnded {
     ConnectionClosed,
     /// Its peer sent nothing, not even a keep-alive, for longer than the idle timeout.
     PeerSilent,
+    /// A node on the way answered that the peer's end cannot be reached any more (its
+    /// relay or connection is gone); the detail is in our log.
+    PeerUnreachable,
 }
 
 impl fmt::Display for ChannelEnded {
@@ -229,6 +247,7 @@ impl fmt::Display for ChannelEnded {
                 "the connection (or outer channel) under the secure channel closed"
             }
             ChannelEnded::PeerSilent => "the secure channel's peer went silent",
+            ChannelEnded::PeerUnreachable => "the secure channel's peer cannot be reached any more",
         })
     }
 }
@@ -314,6 +333,15 @@ fn arrived_over(message: &Message) -> Option<Address> {
         .cloned()
 }
 
+/// The error a node on the way answered with, if `message` is one; a malformed one is an
+/// invalid handshake.
+fn undeliverable(message: &Message) -> Option<HandshakeError> {
+    message.undeliverable().map(|u| match u {
+        Ok(u) => HandshakeError::Refused(u),
+        Err(_) => HandshakeError::Unexpected,
+    })
+}
+
 /// Why a channel could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum SecureChannelError {
@@ -374,6 +402,10 @@ pub async fn create(
     }
     match tokio::time::timeout(settings.handshake_timeout, rx).await {
         Ok(Ok(Ok(channel))) => Ok(channel),
+        Ok(Ok(Err(HandshakeError::TimedOut))) => {
+            Err(SecureChannelError::Timeout(settings.handshake_timeout))
+        }
+        Ok(Ok(Err(HandshakeError::Abandoned))) => Err(SecureChannelError::ShuttingDown),
         Ok(Ok(Err(e))) => Err(e.into()),
         _ => {
             node.stop_worker(&decryptor);
@@ -451,6 +483,9 @@ impl Worker for Listener {
                 max = settings.max_pending_handshakes,
                 "refused a secure channel handshake: too many unfinished handshakes"
             );
+            ctx.node()
+                .answer_undeliverable(message, ctx.address().clone(), ErrorClass::Busy)
+                .await;
             return Ok(());
         };
         let handshake = Handshake::respond(
@@ -468,12 +503,19 @@ impl Worker for Listener {
         };
         let (handshake, second) = match handshake.step(&message.payload, now()) {
             Ok(Progress::Continue(h, second)) => (h, second),
-            Ok(Progress::Established { .. }) => {
+            Ok(Progress::Established { .. } | Progress::Refused { .. }) => {
                 return Err("handshake finished on its first message".into());
             }
             Err(e) => {
                 self.stats.refused_invalid.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %kith_node::DisplayChain(&e), "refused a secure channel handshake");
+                ctx.node()
+                    .answer_undeliverable(
+                        message,
+                        ctx.address().clone(),
+                        ErrorClass::InvalidHandshake,
+                    )
+                    .await;
                 return Ok(());
             }
         };
@@ -648,11 +690,42 @@ enum Opened {
     TearDown(String),
     /// The peer closed the channel: end ours without answering, as a normal event.
     PeerClosed,
+    /// The responder refused us: tell `create` why, and end without answering.
+    Refused(OnEstablished, Undeliverable),
+    /// The peer's end cannot be reached any more: end the channel.
+    Unreachable(Undeliverable),
     /// Nothing more to do.
     Done,
 }
 
 impl Receiving {
+    /// What an error answered along the way calls for: a node between us and the peer
+    /// could not deliver what we sealed. Before `Ready`, the peer never admitted us;
+    /// after, its end is gone if the hop to it is (the relay, the connection, its
+    /// decryptor), and the channel ends. Other classes concern one message only.
+    fn undeliverable(&mut self, message: &Message) -> Opened {
+        let refusal = match message.undeliverable() {
+            Some(Ok(refusal)) => refusal,
+            Some(Err(e)) => {
+                debug!(peer = %self.peer.identifier, error = %e, "dropped a malformed error reply");
+                return Opened::Done;
+            }
+            None => return Opened::Done,
+        };
+        if let Some((tx, _)) = self.on_ready.take() {
+            return Opened::Refused(tx, refusal);
+        }
+        match refusal.class {
+            ErrorClass::UnknownAddress | ErrorClass::Unreachable | ErrorClass::Closed => {
+                Opened::Unreachable(refusal)
+            }
+            _ => {
+                debug!(peer = %self.peer.identifier, error = %refusal, "a message through the channel was refused on the way");
+                Opened::Done
+            }
+        }
+    }
+
     /// Open `sealed` and decide what it calls for.
     fn open(&mut self, sealed: Bytes, trust: &Trust, activity: &Activity) -> Opened {
         let plain = match self.decryptor.open(sealed) {
@@ -717,6 +790,16 @@ impl Receiving {
                 Some((tx, channel)) => Opened::Ready(tx, channel),
                 None => Opened::Done,
             },
+            Ok(ChannelMessage::Refused(refusal)) => {
+                match (self.on_ready.take(), Undeliverable::decode(&refusal)) {
+                    (Some((tx, _)), Ok(refusal)) => Opened::Refused(tx, refusal),
+                    (_, Err(e)) => Opened::TearDown(format!("undecodable refusal: {e}")),
+                    // Refused after it admitted us: only a broken peer does that.
+                    (None, Ok(refusal)) => {
+                        Opened::TearDown(format!("refused after the handshake: {refusal}"))
+                    }
+                }
+            }
             Err(e) => Opened::TearDown(format!("undecodable channel message: {e}")),
         }
     }
@@ -739,6 +822,15 @@ impl Channel {
         match opened {
             Opened::Ready(tx, channel) => {
                 let _ = tx.send(Ok(channel));
+            }
+            Opened::Unreachable(refusal) => {
+                self.end_as(ChannelEnded::PeerUnreachable);
+                self.tear_down(&refusal);
+            }
+            Opened::Refused(tx, refusal) => {
+                debug!(decryptor = %self.decryptor, reason = %refusal, "the responder refused the secure channel");
+                let _ = tx.send(Err(HandshakeError::Refused(refusal)));
+                self.peer_closed();
             }
             Opened::TearDown(why) => self.tear_down(&why),
             Opened::PeerClosed => self.peer_closed(),
@@ -766,6 +858,13 @@ impl Channel {
             debug!(peer = %rx.peer.identifier, decryptor = %self.decryptor, "secure channel closed by the peer");
         }
         self.stop();
+    }
+
+    /// Say how the channel ended before its task notices that it has.
+    fn end_as(&self, how: ChannelEnded) {
+        if self.end.0.how.set(how).is_ok() {
+            self.end.0.waiters.notify_waiters();
+        }
     }
 
     /// Open and deliver nothing more; the phase the channel was in.
@@ -847,6 +946,7 @@ impl Channel {
         match queued {
             Queued::Opened(m) => Opened::Deliver(m),
             Queued::Arrived(m) => match self.inbound.lock().state_mut() {
+                Phase::Established(rx) if m.kind != MessageKind::Data => rx.undeliverable(&m),
                 Phase::Established(rx) => rx.open(m.payload, &self.trust, &self.activity),
                 // A second handshake message, or anything after the channel closed.
                 Phase::Handshaking | Phase::Closed => Opened::Done,
@@ -862,8 +962,34 @@ impl Channel {
         message: Message,
         on_established: &mut Option<OnEstablished>,
     ) -> Result<SinkHandle, HandshakeError> {
+        if let Some(refusal) = undeliverable(&message) {
+            // A node on the way (or the responder's listener) answered instead of the peer.
+            return Err(refusal);
+        }
         let (reply, channel) = match handshake.step(&message.payload, now())? {
             Progress::Continue(..) => return Err(HandshakeError::Unexpected),
+            Progress::Refused {
+                error,
+                mut encryptor,
+            } => {
+                let refusal = Undeliverable {
+                    node: self.node.name().to_owned(),
+                    address: self.decryptor.clone(),
+                    class: error.class(),
+                };
+                match encryptor.seal(&ChannelMessage::Refused(refusal.encode().into())) {
+                    Ok(sealed) => {
+                        let refused = Message::new(message.return_route, Route::new(), sealed);
+                        if let Err(e) = self.node.route(refused).await {
+                            debug!(decryptor = %self.decryptor, error = %e, "the refusal was not sent");
+                        }
+                    }
+                    Err(e) => {
+                        debug!(decryptor = %self.decryptor, error = %e, "the refusal cannot be sealed");
+                    }
+                }
+                return Err(error);
+            }
             Progress::Established { reply, channel } => (reply, *channel),
         };
         let remote = message.return_route;
@@ -1042,10 +1168,10 @@ async fn run(
     });
     let outcome = tokio::select! {
         biased;
-        () = stopped.cancelled() => None,
+        () = stopped.cancelled() => Some(Err(HandshakeError::Abandoned)),
         () = tokio::time::sleep_until(deadline) => {
             warn!(decryptor = %channel.decryptor, "secure channel handshake timed out; abandoned");
-            None
+            Some(Err(HandshakeError::TimedOut))
         }
         r = handshake => Some(r),
     };
@@ -1087,18 +1213,15 @@ async fn run(
             Box::pin(channel.close()).await;
         }
         Some(Err(e)) => {
-            warn!(decryptor = %channel.decryptor, error = %kith_node::DisplayChain(&e), "secure channel handshake failed");
+            if !matches!(e, HandshakeError::Abandoned | HandshakeError::TimedOut) {
+                warn!(decryptor = %channel.decryptor, error = %kith_node::DisplayChain(&e), "secure channel handshake failed");
+            }
             if let Some(tx) = on_established.take() {
                 let _ = tx.send(Err(e));
             }
             channel.stop();
         }
-        None => {
-            if let Some(tx) = on_established.take() {
-                let _ = tx.send(Err(HandshakeError::Unexpected));
-            }
-            channel.stop();
-        }
+        None => channel.stop(),
     }
     drop(owner);
 }
@@ -1117,6 +1240,9 @@ impl MessageSink for DecryptorSink {
             let in_order = lane.is_idle();
             match lane.state_mut() {
                 Phase::Closed => return Err(SinkError::Closed(message)),
+                Phase::Established(rx) if in_order && message.kind != MessageKind::Data => {
+                    rx.undeliverable(&message)
+                }
                 Phase::Established(rx) if in_order => {
                     rx.open(message.payload, &ch.trust, &ch.activity)
                 }
@@ -1148,6 +1274,10 @@ impl MessageSink for EncryptorSink {
             }
             if let Some(refuse) = lane.refusal() {
                 return Err(refuse(message));
+            }
+            let len = message.payload.len();
+            if len > MAX_MESSAGE_PAYLOAD && !carries_sealed(&message) {
+                return Err(SinkError::too_large(message, len, MAX_MESSAGE_PAYLOAD));
             }
             message.onward_route.step();
             let inner = ChannelMessage::Payload(TransportMessage {

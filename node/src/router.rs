@@ -26,7 +26,8 @@ use tracing::{debug, warn};
 use crate::node::{Entry, Target};
 use crate::reply_limit::Sender;
 use crate::{
-    Address, Message, MessageKind, Node, Route, RouteError, SinkError, TryRouteError, Undeliverable,
+    Address, ErrorClass, Message, MessageKind, Node, Route, RouteError, SinkError, TryRouteError,
+    Undeliverable,
 };
 
 /// 4 sinks: how deeply [`Node::try_route`] nests deliveries into sinks on one thread. A sink
@@ -416,6 +417,27 @@ impl Node {
         let mut reply = Message::new(message.return_route, Route::new(), payload);
         reply.kind = MessageKind::Undeliverable;
         (error, Some(reply))
+    }
+
+    /// Answer `message` with an error message saying that `hop` on this node refused it for
+    /// `class`, as the router answers what it cannot deliver: for refusals decided above the
+    /// router (a secure-channel listener too busy for a handshake, or handed an invalid
+    /// one). The same rules hold: only a data message from another node is answered, at
+    /// most at its sender's [`crate::ErrorReplyRate`], and never with the payload.
+    pub async fn answer_undeliverable(&self, message: Message, hop: Address, class: ErrorClass) {
+        let error = RouteError::Refused {
+            address: hop.clone(),
+            class,
+            reason: None,
+        };
+        let (_, reply) = self.error_reply(Undelivered {
+            error,
+            message,
+            hop: Some(hop),
+        });
+        if let Some(reply) = reply {
+            self.send_error(reply).await;
+        }
     }
 
     /// Deliver an error message, waiting as need be. It may use a connection that exists but
