@@ -147,7 +147,8 @@ pub enum MultiAddrError {
     NoLeadingSlash(String),
     /// An unknown protocol name.
     #[error(
-        "unknown protocol {name:?} at segment {position}; known: ip4, ip6, dnsaddr, tcp, service, node"
+        "unknown protocol {name:?} at segment {position}; known: {}",
+        crate::multiaddr::known_protocols()
     )]
     UnknownProtocol {
         /// The name.
