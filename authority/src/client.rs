@@ -468,7 +468,9 @@ impl AuthorityClient {
             self.channel.encryptor.clone(),
             Address::local(service),
         ]);
-        let reply = match mailbox.request(route, api::encode(request), timeout).await {
+        let request =
+            api::encode(request).map_err(|source| ClientError::Encode { service, source })?;
+        let reply = match mailbox.request(route, request, timeout).await {
             Ok(reply) => reply,
             Err(RequestError::Route(source)) => {
                 return Err(ClientError::Send { service, source });

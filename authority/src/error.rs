@@ -555,6 +555,15 @@ pub enum ClientError {
         /// Who answered.
         found: Identifier,
     },
+    /// The request could not be encoded; nothing was sent.
+    #[error("cannot encode the request to the authority's {service} service")]
+    Encode {
+        /// The service.
+        service: &'static str,
+        /// What the encoder reported.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The request could not be sent (the channel closed, or the node is shutting down).
     #[error("cannot send the request to the authority's {service} service")]
     Send {

@@ -62,13 +62,23 @@ pub(crate) async fn send_reply(node: &Node, reply_to: Route, from: Route, reply:
     }
 }
 
-/// The reply on the wire for `result`.
+/// The reply on the wire for `result`. An answer that does not encode is logged and
+/// answered with [`internal`], so the caller learns the request failed instead of waiting
+/// on a reply it cannot read.
 pub(crate) fn encode_result<T: Serialize>(result: Result<T, ApiError>) -> Vec<u8> {
-    match result {
+    let encoded = match result {
         Ok(value) => api::encode(&Reply::Ok(value)),
         Err(refusal) => api::encode(&Reply::<()>::Error(refusal)),
-    }
+    };
+    encoded.unwrap_or_else(|error| {
+        warn!(error = %DisplayChain(&error), "an authority answer does not encode; answering with an internal error");
+        api::encode(&Reply::<()>::Error(internal())).unwrap_or_else(|_| INTERNAL_REPLY.to_vec())
+    })
 }
+
+/// [`internal`] as it is on the wire, for when even that does not encode (it always does: a
+/// kind and a fixed text). A test keeps the two the same.
+const INTERNAL_REPLY: &[u8] = br#"{"error":{"kind":"internal","message":"the authority could not complete the request; try again later"}}"#;
 
 pub(crate) fn forbidden(message: &str) -> ApiError {
     ApiError::new(ErrorKind::Forbidden, message)
@@ -94,5 +104,30 @@ pub(crate) fn store_failed(what: &str, error: &StoreError) -> ApiError {
     match error {
         StoreError::Busy { .. } => busy(),
         _ => internal(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn an_answer_that_does_not_encode_is_answered_with_an_internal_error() {
+        // JSON maps need text keys: this answer cannot be encoded.
+        let answer: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let reply = encode_result(Ok(answer));
+        assert!(!reply.is_empty());
+        let refusal = api::decode_reply::<BTreeMap<String, u8>>(&reply).unwrap_err();
+        assert_eq!(refusal, internal());
+    }
+
+    #[test]
+    fn the_fixed_internal_reply_is_what_internal_encodes_to() {
+        assert_eq!(
+            api::encode(&Reply::<()>::Error(internal())).unwrap(),
+            INTERNAL_REPLY
+        );
     }
 }
