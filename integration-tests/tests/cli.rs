@@ -5,9 +5,12 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use common::{Kith, ip4_route};
+use common::{Kith, ip4_route, log};
+use kith_node::testing::until_blocking;
 
 /// The directory a demo's first step says it created.
 fn demo_home(first_step: &str) -> String {
@@ -608,4 +611,42 @@ fn kept_secure_channels_are_created_used_listed_and_deleted() {
         "1s",
     ]);
     assert!(e.contains("cannot open a secure channel"), "{e}");
+}
+
+#[test]
+fn a_daemon_out_of_file_descriptors_pauses_between_failed_accepts_and_serves_again() {
+    let k = Kith::new();
+    // The daemon inherits a limit of 48 open files; it starts with a dozen or so.
+    let created = Command::new("sh")
+        .args(["-c", r#"ulimit -n 48 && exec "$0" "$@""#])
+        .arg(common::kith_bin())
+        .args(["node", "create", "n1"])
+        .env("KITH_HOME", k.home())
+        .env_remove("KITH_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    // Control connections that never send a request, until the daemon has no descriptor
+    // left to accept the next one: the ones beyond wait in the socket's backlog.
+    let socket = k.home().join("nodes/n1/control.sock");
+    let held: Vec<UnixStream> = (0..80)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    let failures = || {
+        log(&k, "n1")
+            .matches("control socket accept failed")
+            .count()
+    };
+    until_blocking("a first failed accept", || failures() >= 1);
+    let first = Instant::now();
+    until_blocking("ten more failed accepts", || failures() >= 11);
+    // 100 ms apart, ten take a second; retried at once, they take microseconds.
+    assert!(
+        first.elapsed() >= Duration::from_millis(500),
+        "ten failed accepts within {:?}: the daemon retries without a pause",
+        first.elapsed()
+    );
+    drop(held);
+    assert_eq!(k.status("n1")["name"], "n1");
 }

@@ -295,6 +295,11 @@ impl Transport for TcpTransport {
     }
 }
 
+/// 100 ms: how long a listener pauses after a failed accept (out of file descriptors, say)
+/// before it accepts again. Retrying at once would spin a core on an error that lasts until
+/// some connection closes; a tenth of a second is a delay no client notices.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     let limit = Arc::new(Semaphore::new(inner.options.max_connections));
     loop {
@@ -312,7 +317,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             Err(e) => {
                 // Out of file descriptors and the like: back off and keep serving.
                 warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
             }
         }
     }
