@@ -386,12 +386,23 @@ async fn open_stream(inner: &Inner, peer: &str) -> Result<(TcpStream, SocketAddr
         })?;
     connection::preamble(&mut stream, inner.options.preamble_timeout)
         .await
-        .map_err(|source| TransportError::Preamble {
-            address: remote,
-            source,
-        })?;
+        .map_err(|source| preamble_failed(remote, source))?;
     inner.counters.dialed.fetch_add(1, Ordering::Relaxed);
     Ok((stream, remote))
+}
+
+/// A failed version exchange with `address`, as what is known: silence, a close, or a
+/// version byte we do not speak.
+fn preamble_failed(address: SocketAddr, source: ConnectionError) -> TransportError {
+    match source {
+        ConnectionError::PreambleTimeout(after) => {
+            TransportError::PreambleTimeout { address, after }
+        }
+        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            TransportError::PreambleClosed { address }
+        }
+        source => TransportError::Preamble { address, source },
+    }
 }
 
 async fn dial(inner: &Arc<Inner>, peer: &str) -> Result<Address, TransportError> {
