@@ -535,9 +535,10 @@ pub enum ClientError {
         #[source]
         source: SecureChannelError,
     },
-    /// The channel's handshake did not finish in time.
+    /// The channel's handshake did not finish in time: nothing at the end of the route
+    /// answered it.
     #[error(
-        "no secure channel to the authority at {route} within {after:?}; check the authority route and that its node is running"
+        "the authority at {route} did not answer the secure channel handshake within {after:?}; check the authority route and that its node is running"
     )]
     ConnectTimeout {
         /// The route to the listener.
