@@ -281,6 +281,62 @@ fn unreachable_peer_fails_fast_with_the_reason() {
 }
 
 #[test]
+fn peers_that_never_answer_are_reported_as_not_answering() {
+    let k = Kith::new();
+    k.node("n1");
+    k.node("n2");
+    // Accepts connections (in its backlog) and never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = ip4_route(&listener.local_addr().unwrap().to_string(), "echo");
+    // 11 s: past the channel's own 10 s handshake deadline, which must not be what speaks.
+    let no_listener = [
+        vec![
+            "secure-channel",
+            "create",
+            "--from",
+            "n1",
+            "--to",
+            "/node/n2/service/nothing",
+            "--timeout",
+            "11s",
+        ],
+        vec![
+            "message",
+            "send",
+            "hi",
+            "--from",
+            "n1",
+            "--to",
+            "/node/n2/secure/nothing/service/echo",
+            "--timeout",
+            "11s",
+        ],
+    ];
+    let k = &k;
+    std::thread::scope(|s| {
+        let waits: Vec<_> = no_listener
+            .iter()
+            .map(|args| s.spawn(move || (args, k.fails(args))))
+            .collect();
+        let e = k.fails(&["message", "send", "hi", "--to", &silent]);
+        assert!(
+            e.contains("did not answer the kith version exchange within 10s"),
+            "{e}"
+        );
+        assert!(!e.contains("not a kith node"), "{e}");
+        for wait in waits {
+            let (args, e) = wait.join().unwrap();
+            assert!(
+                e.contains("did not answer the secure channel handshake within 11s"),
+                "{args:?}: {e}"
+            );
+            assert!(!e.contains("unexpected handshake message"), "{args:?}: {e}");
+        }
+    });
+    drop(listener);
+}
+
+#[test]
 fn unknown_service_times_out_with_a_clear_message() {
     let k = Kith::new();
     k.node("n1");
