@@ -151,8 +151,11 @@ impl AuthorityClient {
         let route = listener_route.to_string();
         let mut ours = settings.admitting(admission);
         // Our bound, not the channel's own deadline, is what expires on silence: that one
-        // reports it as an unexpected handshake message.
-        ours.handshake_timeout = timeout.saturating_add(HANDSHAKE_GRACE);
+        // reports it as an unexpected handshake message. A caller that set a shorter
+        // handshake deadline keeps it.
+        if ours.handshake_timeout >= timeout {
+            ours.handshake_timeout = timeout.saturating_add(HANDSHAKE_GRACE);
+        }
         match tokio::time::timeout(timeout, secure_channel::create(node, listener_route, &ours))
             .await
         {
