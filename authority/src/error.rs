@@ -9,6 +9,7 @@
 
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kith_identity::secure_channel::SecureChannelError;
@@ -604,6 +605,17 @@ pub enum ClientError {
     /// The node could not register a mailbox for the answer (it is shutting down).
     #[error("cannot wait for the authority's answer")]
     Mailbox(#[source] StartError),
+}
+
+/// Why a kept relay was not confirmed up (see `keeper::RelayKeeper::confirm`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmError {
+    /// Registering the relay at the project node failed, or the project node refused it.
+    #[error(transparent)]
+    Failed(Arc<ClientError>),
+    /// The keeper is no longer running.
+    #[error("the relay is no longer kept")]
+    Stopped,
 }
 
 /// Why a credential in an [`Enrolled`] answer was not accepted.
