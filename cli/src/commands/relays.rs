@@ -29,7 +29,7 @@ impl RelayView {
             RelayState::Up { since } => format!("up since {}", ago(*since, now)),
             RelayState::Reconnecting { since, attempts } => {
                 format!(
-                    "reconnecting since {} ({attempts} attempts)",
+                    "down since {}, reconnecting ({attempts} attempts)",
                     ago(*since, now)
                 )
             }
@@ -90,6 +90,7 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
             to,
             at,
             timeout,
+            keep_on_failure,
         } => {
             let to = match to {
                 Some(to) => to,
@@ -105,6 +106,7 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
                 name: name.clone(),
                 at: at.clone(),
                 timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                keep_on_failure,
             };
             let answer =
                 control::call(&socket, &request, timeout * 2 + Duration::from_secs(2)).await;
@@ -113,6 +115,14 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
             }
             let view: RelayView =
                 serde_json::from_value(answer?).context("unexpected answer from the node")?;
+            // The node answers success only for a registration confirmed in this call; a
+            // view that is not up anyway is not reported as up.
+            if !matches!(view.status.state, RelayState::Up { .. }) {
+                bail!(
+                    "node {to} answered that relay {name} is not up: {}",
+                    view.line(unix_now())
+                );
+            }
             out.result(
                 || {
                     format!(
