@@ -323,7 +323,7 @@ pub enum TicketError {
     },
     /// A binary form version this kith does not read.
     #[error(
-        "ticket format version {version} is not supported (this kith reads version {VERSION}); upgrade kith, or ask for a ticket with --legacy"
+        "ticket format version {version} is not supported (this kith reads version {VERSION}); upgrade kith, or ask for a ticket made with `kith project ticket --legacy`"
     )]
     UnknownVersion {
         /// The version byte found.

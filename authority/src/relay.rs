@@ -299,7 +299,7 @@ impl RelayService {
                 return Err(ApiError::new(
                     ErrorKind::Forbidden,
                     format!(
-                        "relay {name:?} is held by {}; an admin can free it with `kith relay delete {name} --at PROJECT`",
+                        "relay {name:?} is held by {}; an admin can free it with `kith relay delete {name} --at /project/NAME`",
                         held.owner
                     ),
                 ));

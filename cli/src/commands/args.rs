@@ -386,7 +386,7 @@ pub enum RelayCommand {
     /// Create a relay at the project node towards a node, and keep it up: anyone in the
     /// project may then reach the node at /project/P/service/forward_to_NAME, through an
     /// end-to-end secure channel. Needs a credential with ockam-relay=NAME (a ticket made
-    /// with --relay NAME), or to be an admin.
+    /// with `kith project ticket --relay NAME`), or to be an admin.
     ///
     /// Succeeds only once the project node has registered the relay during this command
     /// (for a relay the node keeps already, it is registered again). If the project node
@@ -574,7 +574,8 @@ Examples:
         after_help = "Examples:\n  kith tcp-inlet show 127.0.0.1:15432\n  kith tcp-inlet show web --output json"
     )]
     Show {
-        /// The inlet's alias (its listen address unless --alias named it).
+        /// The inlet's alias (its listen address, unless `kith tcp-inlet create --alias NAME`
+        /// named it).
         alias: String,
         /// The node; default: whichever running node has it.
         #[arg(long, value_name = "NODE")]

@@ -60,9 +60,7 @@ fn ago(at: u64, now: u64) -> String {
 fn normalize_at(home: &Home, at: Option<&str>) -> Result<String> {
     let name = match at {
         None => {
-            crate::home::projects::load_project(home, None)
-                .context("no --at given, and no default project")?
-                .name
+            crate::home::projects::load_project_or_default(home, None, "--at /project/NAME")?.name
         }
         Some(text) => {
             let m: MultiAddr = text
@@ -76,7 +74,7 @@ fn normalize_at(home: &Home, at: Option<&str>) -> Result<String> {
             if m.protocols().len() != 1 {
                 bail!("--at is the project alone, /project/{name}, without more hops");
             }
-            crate::home::projects::load_project(home, Some(name))?.name
+            crate::home::projects::load_project(home, name)?.name
         }
     };
     Ok(format!("/project/{name}"))
@@ -94,7 +92,7 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
         } => {
             let to = match to {
                 Some(to) => to,
-                None => only_member_node(home).await?,
+                None => only_member_node(home, "--to").await?,
             };
             let name = name.unwrap_or_else(|| to.clone());
             // The error describes the name without repeating it: it may be 10 KB of anything.
@@ -221,8 +219,10 @@ fn info_line(r: &RelayInfo, at: &str) -> String {
     )
 }
 
-/// The one running local node that is not an authority's, for commands given no --to.
-pub(crate) async fn only_member_node(home: &Home) -> Result<String> {
+/// The one running local node that is not an authority's, for commands given no node.
+/// `choose_with` is the calling command's flag for the node, for the hint when there are
+/// several.
+pub(crate) async fn only_member_node(home: &Home, choose_with: &str) -> Result<String> {
     let mut found = Vec::new();
     for name in home.node_names()? {
         if home.load_node(&name)?.authority.is_some() {
@@ -236,7 +236,7 @@ pub(crate) async fn only_member_node(home: &Home) -> Result<String> {
         [one] => Ok(one.clone()),
         [] => bail!("no local node is running to relay to; create one with `kith node create`"),
         _ => bail!(
-            "several nodes are running ({}); choose one with --to",
+            "several nodes are running ({}); choose one with {choose_with} NODE",
             found.join(", ")
         ),
     }
