@@ -706,3 +706,107 @@ fn a_daemon_out_of_file_descriptors_pauses_between_failed_accepts_and_serves_aga
     drop(held);
     assert_eq!(k.status("n1")["name"], "n1");
 }
+
+#[test]
+fn every_hint_names_a_flag_of_the_command_it_answers() {
+    let k = Kith::new();
+    // Two member nodes, so commands that need one must be told which; two projects and no
+    // default, so commands that need one must be told which.
+    k.node("n1");
+    k.node("n2");
+    k.json(&["authority", "create", "auth-a", "--project", "a"]);
+    k.json(&["authority", "create", "auth-b", "--project", "b"]);
+    std::fs::remove_file(k.home().join("projects/default")).unwrap();
+    let inlet_to = "/node/n1/secure/api/service/outlet";
+    let cases: &[(&[&str], &str)] = &[
+        (&["relay", "create", "db"], "choose one with --to NODE"),
+        (
+            &["tcp-outlet", "create", "--to", "127.0.0.1:5432"],
+            "choose one with --at NODE",
+        ),
+        (
+            &[
+                "tcp-inlet",
+                "create",
+                "--from",
+                "127.0.0.1:0",
+                "--to",
+                inlet_to,
+            ],
+            "choose one with --at NODE",
+        ),
+        (
+            &["relay", "create", "db", "--to", "n1"],
+            "choose one with --at /project/NAME",
+        ),
+        (&["project", "show"], "several projects"),
+        (&["project", "export"], "several projects"),
+        (&["project", "ticket"], "choose one with --project NAME"),
+        (&["project", "request"], "--project-file FILE"),
+        (&["project", "member", "list"], "several projects"),
+        (&["project", "requests", "list"], "several projects"),
+        (&["project", "enroll"], "--ticket-file FILE"),
+        (&["project", "enroll", "nonsense"], "--legacy"),
+        (
+            &["tcp-outlet", "create", "--at", "n1", "--to", "nonsense"],
+            "--to takes HOST:PORT",
+        ),
+        (
+            &[
+                "tcp-inlet",
+                "create",
+                "--at",
+                "n1",
+                "--from",
+                "x",
+                "--to",
+                inlet_to,
+            ],
+            "--from takes",
+        ),
+        (
+            &[
+                "secure-channel",
+                "create",
+                "--from",
+                "n1",
+                "--to",
+                "/node/n2/secure/api",
+            ],
+            "--to is the route to a listener",
+        ),
+        (&["credential", "issue", "--for", "nonsense"], "--for"),
+        (
+            &["node", "create", "x", "--allow-identity", "nope"],
+            "--allow-identity",
+        ),
+        (
+            &["project", "ticket", "--project", "a", "--relay", "a/b"],
+            "--relay",
+        ),
+        (
+            &[
+                "authority",
+                "create",
+                "c",
+                "--project",
+                "c",
+                "--credential-ttl",
+                "0s",
+            ],
+            "--credential-ttl",
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (args, says) in cases {
+        let e = k.fails(args);
+        assert!(e.contains(says), "`kith {}`: {e}", args.join(" "));
+        for problem in kith_cli::commands::flags::unknown_flags_in_reply(args, &e) {
+            problems.push(format!(
+                "`kith {}` answered {e:?}: {problem}",
+                args.join(" ")
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
