@@ -179,7 +179,13 @@ impl RelayKeeper {
             last_error: None,
             reconnections: 0,
         };
-        Ok(Self::run(node, settings, config, status, Start::Up(client)))
+        Ok(Self::run(
+            node,
+            settings,
+            config,
+            status,
+            Start::Up(Box::new(client)),
+        ))
     }
 
     /// Keep relay `config.name` up from `node` without a first registration of its own: it
@@ -292,8 +298,8 @@ impl Drop for RelayKeeper {
 
 /// How a keeper's task begins.
 enum Start {
-    /// Up, through this client.
-    Up(AuthorityClient),
+    /// Up, through this client (boxed: it is large, and moved once).
+    Up(Box<AuthorityClient>),
     /// Reconnecting, with a first attempt now.
     Now,
     /// Reconnecting, with a first attempt after a pause (one just failed).
@@ -323,7 +329,7 @@ impl Keeping {
     /// Heartbeat while the relay is up; reconnect with backoff when it is not.
     async fn keep(mut self, start: Start) {
         let (mut client, mut pause_first) = match start {
-            Start::Up(client) => (Some(client), false),
+            Start::Up(client) => (Some(*client), false),
             Start::Now => (None, false),
             Start::AfterPause => (None, true),
         };
