@@ -492,10 +492,11 @@ pub enum Reply<T> {
     Error(ApiError),
 }
 
-/// Encode a request or reply.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing these types (strings, numbers, maps with string keys) cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+/// Encode a request or reply. The API's own types always encode; a value that does not (a
+/// map with keys that are not text, say) is an error for the caller to answer, never an
+/// empty message.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(value)
 }
 
 /// Decode a request, refusing oversized or malformed input with a [`ErrorKind::BadRequest`].
@@ -534,7 +535,7 @@ mod tests {
             expires_in: 600,
             usage_count: 1,
         };
-        let bytes = encode(&r);
+        let bytes = encode(&r).unwrap();
         assert_eq!(decode_request::<TicketRequest>(&bytes).unwrap(), r);
         let e = decode_request::<TicketRequest>(br#"{"op":"list","x":1}"#).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadRequest);
@@ -543,7 +544,8 @@ mod tests {
         let reply: Vec<u8> = encode(&Reply::<CreatedTicket>::Error(ApiError::new(
             ErrorKind::Forbidden,
             "no",
-        )));
+        )))
+        .unwrap();
         assert_eq!(
             decode_reply::<CreatedTicket>(&reply).unwrap_err().kind,
             ErrorKind::Forbidden

@@ -49,6 +49,11 @@ use crate::relay::{RELAY_SERVICE, RelayInfo, RelayRequest};
 use crate::ticket::OneTimeCode;
 use kith_identity::hex;
 
+/// 1 s: how much longer a channel's own handshake deadline runs than the bound a client
+/// puts on it, so that a silent authority is reported as [`ClientError::ConnectTimeout`].
+/// An abandoned handshake lingers this long at most.
+const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
+
 /// 5 s: how much longer than [`JOIN_WAIT_HOLD`] a join request wait waits for its answer,
 /// for the answer's trip back and a busy authority's store.
 const WAIT_ANSWER_MARGIN: Duration = Duration::from_secs(5);
@@ -144,7 +149,13 @@ impl AuthorityClient {
         timeout: Duration,
     ) -> Result<SecureChannel, ClientError> {
         let route = listener_route.to_string();
-        let ours = settings.admitting(admission);
+        let mut ours = settings.admitting(admission);
+        // Our bound, not the channel's own deadline, is what expires on silence: that one
+        // reports it as an unexpected handshake message. A caller that set a shorter
+        // handshake deadline keeps it.
+        if ours.handshake_timeout >= timeout {
+            ours.handshake_timeout = timeout.saturating_add(HANDSHAKE_GRACE);
+        }
         match tokio::time::timeout(timeout, secure_channel::create(node, listener_route, &ours))
             .await
         {
@@ -468,7 +479,9 @@ impl AuthorityClient {
             self.channel.encryptor.clone(),
             Address::local(service),
         ]);
-        let reply = match mailbox.request(route, api::encode(request), timeout).await {
+        let request =
+            api::encode(request).map_err(|source| ClientError::Encode { service, source })?;
+        let reply = match mailbox.request(route, request, timeout).await {
             Ok(reply) => reply,
             Err(RequestError::Route(source)) => {
                 return Err(ClientError::Send { service, source });

@@ -9,6 +9,7 @@
 
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kith_identity::secure_channel::SecureChannelError;
@@ -322,7 +323,7 @@ pub enum TicketError {
     },
     /// A binary form version this kith does not read.
     #[error(
-        "ticket format version {version} is not supported (this kith reads version {VERSION}); upgrade kith, or ask for a ticket with --legacy"
+        "ticket format version {version} is not supported (this kith reads version {VERSION}); upgrade kith, or ask for a ticket made with `kith project ticket --legacy`"
     )]
     UnknownVersion {
         /// The version byte found.
@@ -535,9 +536,10 @@ pub enum ClientError {
         #[source]
         source: SecureChannelError,
     },
-    /// The channel's handshake did not finish in time.
+    /// The channel's handshake did not finish in time: nothing at the end of the route
+    /// answered it.
     #[error(
-        "no secure channel to the authority at {route} within {after:?}; check the authority route and that its node is running"
+        "the authority at {route} did not answer the secure channel handshake within {after:?}; check the authority route and that its node is running"
     )]
     ConnectTimeout {
         /// The route to the listener.
@@ -554,6 +556,15 @@ pub enum ClientError {
         expected: Identifier,
         /// Who answered.
         found: Identifier,
+    },
+    /// The request could not be encoded; nothing was sent.
+    #[error("cannot encode the request to the authority's {service} service")]
+    Encode {
+        /// The service.
+        service: &'static str,
+        /// What the encoder reported.
+        #[source]
+        source: serde_json::Error,
     },
     /// The request could not be sent (the channel closed, or the node is shutting down).
     #[error("cannot send the request to the authority's {service} service")]
@@ -604,6 +615,17 @@ pub enum ClientError {
     /// The node could not register a mailbox for the answer (it is shutting down).
     #[error("cannot wait for the authority's answer")]
     Mailbox(#[source] StartError),
+}
+
+/// Why a kept relay was not confirmed up (see `keeper::RelayKeeper::confirm`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmError {
+    /// Registering the relay at the project node failed, or the project node refused it.
+    #[error(transparent)]
+    Failed(Arc<ClientError>),
+    /// The keeper is no longer running.
+    #[error("the relay is no longer kept")]
+    Stopped,
 }
 
 /// Why a credential in an [`Enrolled`] answer was not accepted.

@@ -6,8 +6,14 @@
 //! The first registration is made by [`RelayKeeper::start`] itself, so that a relay the
 //! project node refuses (a credential without the right `ockam-relay`, a name held by
 //! someone else) is an error for the caller, at once, with the project node's reason. After
-//! that the keeper only reports: [`RelayKeeper::status`] says whether the relay is up, or
-//! since when it is reconnecting and why.
+//! that the keeper reports: [`RelayKeeper::status`] says whether the relay is up, or since
+//! when it is reconnecting and why; and [`RelayKeeper::confirm`] has the project node
+//! confirm the registration now, for a caller that must not report a relay up on the
+//! strength of an older answer.
+//!
+//! The keeper watches its channel's end signal: when the channel to the project node ends
+//! (the project node stopped, the connection was lost), the relay is reported down at once,
+//! with the reason, not at the next heartbeat's timeout.
 //!
 //! Each reconnection takes the node's channel settings as they are then, so a credential
 //! renewed in the meantime is the one presented.
@@ -19,11 +25,15 @@ use kith_identity::secure_channel::SharedSettings;
 use kith_identity::{Identifier, unix_now};
 use kith_node::{Node, Route};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use kith_identity::secure_channel::ChannelEnded;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::api::ErrorKind;
 use crate::client::{AuthorityClient, ClientError};
+pub use crate::error::ConfirmError;
 use crate::relay::RelayInfo;
 
 /// 1 s: how often a relayed node checks that its relay still leads to it. A project node
@@ -42,6 +52,14 @@ pub const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// 5 s: the longest pause between reconnection attempts, so a relay is back within seconds
 /// of its project node, without hammering one that is down for long.
 pub const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// 4: confirmations asked of one keeper at once before the next asker waits for room (each
+/// asker bounds its own wait). A relay is confirmed by one command at a time in practice.
+const CONFIRM_QUEUE: usize = 4;
+
+/// Where a confirmation is answered: the relay as the project node registered it, or why
+/// it did not.
+type Asker = oneshot::Sender<Result<RelayInfo, Arc<ClientError>>>;
 
 /// Where and how to keep a relay.
 #[derive(Debug, Clone)]
@@ -98,6 +116,7 @@ pub struct RelayStatus {
 /// registered at the project node until it is deleted there).
 pub struct RelayKeeper {
     status: watch::Receiver<RelayStatus>,
+    confirms: mpsc::Sender<Asker>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -112,6 +131,17 @@ impl std::fmt::Debug for RelayKeeper {
 /// One line for an error, with its causes.
 fn describe(e: &ClientError) -> String {
     kith_node::DisplayChain(e).to_string()
+}
+
+/// Why a relay went down when its channel to the project node ended.
+fn channel_ended(how: ChannelEnded) -> String {
+    match how {
+        ChannelEnded::ConnectionClosed => {
+            "the connection to the project node closed (it stopped, or the network failed)"
+                .to_owned()
+        }
+        ChannelEnded::Closed => "the secure channel to the project node was closed".to_owned(),
+    }
 }
 
 /// Open a channel to the project node and register the relay through it.
@@ -142,38 +172,105 @@ impl RelayKeeper {
     ) -> Result<Self, ClientError> {
         let (client, info) = register(node, &settings, &config).await?;
         info!(relay = %config.name, address = %info.address, "relay up");
-        let (tx, rx) = watch::channel(RelayStatus {
+        let status = RelayStatus {
             name: config.name.clone(),
             state: RelayState::Up { since: unix_now() },
             relay: Some(info),
             last_error: None,
             reconnections: 0,
-        });
-        let task = tokio::spawn(keep(node.clone(), settings, config, Some(client), tx));
-        Ok(Self { status: rx, task })
+        };
+        Ok(Self::run(
+            node,
+            settings,
+            config,
+            status,
+            Start::Up(Box::new(client)),
+        ))
     }
 
     /// Keep relay `config.name` up from `node` without a first registration of its own: it
     /// starts reconnecting at once, and never fails. For relays a node had before it
     /// restarted, when the project node may be down too.
     pub fn spawn(node: &Node, settings: SharedSettings, config: KeeperConfig) -> Self {
-        let (tx, rx) = watch::channel(RelayStatus {
+        let status = Self::never_up(&config, 0, None);
+        Self::run(node, settings, config, status, Start::Now)
+    }
+
+    /// Keep relay `config.name` up from `node` after a first registration that failed with
+    /// `error`: it is reported down with that error, and tries again after a first pause.
+    /// For a relay its user asked to keep although the project node could not take it yet.
+    pub fn spawn_after_failure(
+        node: &Node,
+        settings: SharedSettings,
+        config: KeeperConfig,
+        error: &ClientError,
+    ) -> Self {
+        let status = Self::never_up(&config, 1, Some((unix_now(), describe(error))));
+        Self::run(node, settings, config, status, Start::AfterPause)
+    }
+
+    fn never_up(config: &KeeperConfig, attempts: u32, error: Option<(u64, String)>) -> RelayStatus {
+        RelayStatus {
             name: config.name.clone(),
             state: RelayState::Reconnecting {
                 since: unix_now(),
-                attempts: 0,
+                attempts,
             },
             relay: None,
-            last_error: None,
+            last_error: error,
             reconnections: 0,
-        });
-        let task = tokio::spawn(keep(node.clone(), settings, config, None, tx));
-        Self { status: rx, task }
+        }
+    }
+
+    fn run(
+        node: &Node,
+        settings: SharedSettings,
+        config: KeeperConfig,
+        status: RelayStatus,
+        start: Start,
+    ) -> Self {
+        let (tx, rx) = watch::channel(status);
+        // Bounded: an asker past the queue waits for room, within its own timeout.
+        let (confirms, asked) = mpsc::channel(CONFIRM_QUEUE);
+        let keeping = Keeping {
+            node: node.clone(),
+            settings,
+            config,
+            status: tx,
+            asked,
+        };
+        let task = tokio::spawn(keeping.keep(start));
+        Self {
+            status: rx,
+            confirms,
+            task,
+        }
     }
 
     /// The relay's state now.
     pub fn status(&self) -> RelayStatus {
         self.status.borrow().clone()
+    }
+
+    /// Have the project node confirm the relay now: registered again through the keeper's
+    /// channel if it is up (which checks the name is still granted), or registered in a new
+    /// channel at once if it is reconnecting. Only an answer the project node gives after
+    /// this call began counts. A failure leaves the keeper reconnecting, as any failure
+    /// does. The caller bounds the wait.
+    /// The future holds no borrow of the keeper, so it can be awaited without holding
+    /// whatever holds the keeper. By the time it answers, [`RelayKeeper::status`] reflects
+    /// the answer.
+    pub fn confirm(&self) -> impl Future<Output = Result<RelayInfo, ConfirmError>> + Send + use<> {
+        let confirms = self.confirms.clone();
+        async move {
+            let (tx, rx) = oneshot::channel();
+            confirms.send(tx).await.map_err(|_| ConfirmError::Stopped)?;
+            match rx.await {
+                Ok(Ok(info)) => Ok(info),
+                Ok(Err(e)) => Err(ConfirmError::Failed(e)),
+                Err(_) => Err(ConfirmError::Stopped),
+            }
+        }
     }
 
     /// Wait until the relay's state satisfies `f`, or `timeout` passes; returns the state
@@ -199,101 +296,188 @@ impl Drop for RelayKeeper {
     }
 }
 
-/// Heartbeat while the relay is up; reconnect with backoff when it is not.
-async fn keep(
+/// How a keeper's task begins.
+enum Start {
+    /// Up, through this client (boxed: it is large, and moved once).
+    Up(Box<AuthorityClient>),
+    /// Reconnecting, with a first attempt now.
+    Now,
+    /// Reconnecting, with a first attempt after a pause (one just failed).
+    AfterPause,
+}
+
+/// A confirmation the heartbeat could not answer itself.
+enum Unanswered {
+    /// The project node refused it, or the check failed: the asker gets that error once the
+    /// relay is marked down.
+    Failed(Asker, ClientError),
+    /// The channel ended under it: the next registration answers it.
+    Retry(Asker),
+}
+
+/// A keeper's task and what it owns.
+struct Keeping {
     node: Node,
     settings: SharedSettings,
     config: KeeperConfig,
-    mut client: Option<AuthorityClient>,
     status: watch::Sender<RelayStatus>,
-) {
-    let name = config.name.as_str();
-    loop {
-        if let Some(mut up) = client.take() {
-            let error = heartbeat(&mut up, &config, &status).await;
-            drop(up);
-            warn!(relay = name, error = %error, "relay down; reconnecting");
-            let now = unix_now();
-            status.send_modify(|s| {
-                s.state = RelayState::Reconnecting {
-                    since: now,
-                    attempts: 0,
-                };
-                s.last_error = Some((now, error));
-            });
-        }
-        client = Some(reconnect(&node, &settings, &config, &status).await);
-    }
+    /// Confirmations asked by [`RelayKeeper::confirm`].
+    asked: mpsc::Receiver<Asker>,
 }
 
-/// Check the relay every heartbeat until something fails; returns what failed.
-async fn heartbeat(
-    client: &mut AuthorityClient,
-    config: &KeeperConfig,
-    status: &watch::Sender<RelayStatus>,
-) -> String {
-    let name = config.name.as_str();
-    client.set_timeout(config.timeout.min(HEARTBEAT_TIMEOUT));
-    loop {
-        tokio::time::sleep(config.heartbeat).await;
-        match client.check_relay(name).await {
-            Ok(_) => {}
-            Err(ClientError::Refused(e)) if e.kind == ErrorKind::NotFound => {
-                // The project node restarted or an admin deleted the relay: register again
-                // through the same channel.
-                debug!(
-                    relay = name,
-                    "relay gone at the project node; registering again"
-                );
-                match client.create_relay(name).await {
-                    Ok(info) => status.send_modify(|s| s.relay = Some(info)),
-                    Err(e) => return describe(&e),
+impl Keeping {
+    /// Heartbeat while the relay is up; reconnect with backoff when it is not.
+    async fn keep(mut self, start: Start) {
+        let (mut client, mut pause_first) = match start {
+            Start::Up(client) => (Some(*client), false),
+            Start::Now => (None, false),
+            Start::AfterPause => (None, true),
+        };
+        let name = self.config.name.clone();
+        loop {
+            let mut waiting = Vec::new();
+            if let Some(mut up) = client.take() {
+                let (error, unanswered) = self.heartbeat(&mut up).await;
+                drop(up);
+                warn!(relay = %name, error = %error, "relay down; reconnecting");
+                let now = unix_now();
+                self.status.send_modify(|s| {
+                    s.state = RelayState::Reconnecting {
+                        since: now,
+                        attempts: 0,
+                    };
+                    s.last_error = Some((now, error));
+                });
+                match unanswered {
+                    Some(Unanswered::Failed(asker, e)) => {
+                        let _ = asker.send(Err(Arc::new(e)));
+                    }
+                    // Asked as the channel ended: the next attempt, at once, answers.
+                    Some(Unanswered::Retry(asker)) => waiting.push(asker),
+                    None => {}
+                }
+                pause_first = false;
+            }
+            client = Some(self.reconnect(waiting, pause_first).await);
+        }
+    }
+
+    /// Check the relay every heartbeat, and whenever a confirmation is asked, until
+    /// something fails or the channel ends; returns what failed, and who asked for a
+    /// confirmation the failure left unanswered.
+    async fn heartbeat(&mut self, client: &mut AuthorityClient) -> (String, Option<Unanswered>) {
+        let name = self.config.name.clone();
+        let ended = client.end_signal();
+        client.set_timeout(self.config.timeout.min(HEARTBEAT_TIMEOUT));
+        loop {
+            let asker = tokio::select! {
+                how = ended.ended() => return (channel_ended(how), None),
+                () = tokio::time::sleep(self.config.heartbeat) => None,
+                Some(asker) = self.asked.recv() => Some(asker),
+            };
+            let checked = tokio::select! {
+                how = ended.ended() => return (channel_ended(how), asker.map(Unanswered::Retry)),
+                checked = check(client, &name, asker.is_some()) => checked,
+            };
+            match checked {
+                Ok(info) => {
+                    if let Some(asker) = asker {
+                        let _ = asker.send(Ok(info.clone()));
+                    }
+                    if self.status.borrow().relay.as_ref() != Some(&info) {
+                        self.status.send_modify(|s| s.relay = Some(info));
+                    }
+                }
+                Err(e) => {
+                    let error = describe(&e);
+                    return (error, asker.map(|a| Unanswered::Failed(a, e)));
                 }
             }
-            Err(e) => return describe(&e),
+        }
+    }
+
+    /// Open a new channel and register the relay, pausing between attempts, until it works.
+    /// A confirmation asked during a pause ends it; one asked during an attempt is answered
+    /// by that attempt. `waiting` are askers already waiting for the next attempt.
+    async fn reconnect(&mut self, mut waiting: Vec<Asker>, pause_first: bool) -> AuthorityClient {
+        let name = self.config.name.clone();
+        let (since, mut attempts) = match self.status.borrow().state {
+            RelayState::Reconnecting { since, attempts } => (since, attempts),
+            RelayState::Up { .. } => (unix_now(), 0),
+        };
+        let mut backoff = Backoff::new(Duration::MAX)
+            .between(FIRST_RETRY, MAX_RETRY)
+            .jittered();
+        let mut pause = pause_first.then(|| backoff.next_pause().unwrap_or(MAX_RETRY));
+        loop {
+            if let Some(pause) = pause.filter(|_| waiting.is_empty()) {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    Some(asker) = self.asked.recv() => waiting.push(asker),
+                }
+            }
+            attempts = attempts.saturating_add(1);
+            let attempt = register(&self.node, &self.settings, &self.config);
+            tokio::pin!(attempt);
+            let registered = loop {
+                tokio::select! {
+                    registered = &mut attempt => break registered,
+                    Some(asker) = self.asked.recv() => waiting.push(asker),
+                }
+            };
+            match registered {
+                Ok((client, info)) => {
+                    info!(relay = %name, attempts, "relay up");
+                    self.status.send_modify(|s| {
+                        if s.relay.is_some() {
+                            s.reconnections = s.reconnections.saturating_add(1);
+                        }
+                        s.state = RelayState::Up { since: unix_now() };
+                        s.relay = Some(info.clone());
+                    });
+                    for asker in waiting.drain(..) {
+                        let _ = asker.send(Ok(info.clone()));
+                    }
+                    return client;
+                }
+                Err(e) => {
+                    let error = describe(&e);
+                    debug!(relay = %name, attempts, error = %error, "relay reconnection failed");
+                    self.status.send_modify(|s| {
+                        s.state = RelayState::Reconnecting { since, attempts };
+                        s.last_error = Some((unix_now(), error));
+                    });
+                    let e = Arc::new(e);
+                    for asker in waiting.drain(..) {
+                        let _ = asker.send(Err(e.clone()));
+                    }
+                }
+            }
+            pause = Some(backoff.next_pause().unwrap_or(MAX_RETRY));
         }
     }
 }
 
-/// Open a new channel and register the relay, pausing between attempts, until it works.
-async fn reconnect(
-    node: &Node,
-    settings: &SharedSettings,
-    config: &KeeperConfig,
-    status: &watch::Sender<RelayStatus>,
-) -> AuthorityClient {
-    let name = config.name.as_str();
-    let since = match status.borrow().state {
-        RelayState::Reconnecting { since, .. } => since,
-        RelayState::Up { .. } => unix_now(),
-    };
-    let mut backoff = Backoff::new(Duration::MAX)
-        .between(FIRST_RETRY, MAX_RETRY)
-        .jittered();
-    let mut attempts = 0u32;
-    loop {
-        attempts = attempts.saturating_add(1);
-        match register(node, settings, config).await {
-            Ok((client, info)) => {
-                info!(relay = name, attempts, "relay up");
-                status.send_modify(|s| {
-                    if s.relay.is_some() {
-                        s.reconnections = s.reconnections.saturating_add(1);
-                    }
-                    s.state = RelayState::Up { since: unix_now() };
-                    s.relay = Some(info);
-                });
-                return client;
-            }
-            Err(e) => {
-                let error = describe(&e);
-                debug!(relay = name, attempts, error = %error, "relay reconnection failed");
-                status.send_modify(|s| {
-                    s.state = RelayState::Reconnecting { since, attempts };
-                    s.last_error = Some((unix_now(), error));
-                });
-            }
+/// Check relay `name` through `client`. A confirmation registers it again (which the
+/// project node answers only if the name is still granted); a heartbeat only checks that it
+/// still leads here, and registers it again if the project node lost it (it restarted, or
+/// an admin deleted it).
+async fn check(
+    client: &mut AuthorityClient,
+    name: &str,
+    confirming: bool,
+) -> Result<RelayInfo, ClientError> {
+    if confirming {
+        return client.create_relay(name).await;
+    }
+    match client.check_relay(name).await {
+        Err(ClientError::Refused(e)) if e.kind == ErrorKind::NotFound => {
+            debug!(
+                relay = name,
+                "relay gone at the project node; registering again"
+            );
+            client.create_relay(name).await
         }
-        tokio::time::sleep(backoff.next_pause().unwrap_or(MAX_RETRY)).await;
+        checked => checked,
     }
 }

@@ -356,7 +356,7 @@ impl RelayService {
                 return Err(ApiError::new(
                     ErrorKind::Forbidden,
                     format!(
-                        "relay {name:?} is held by {}; an admin can free it with `kith relay delete {name} --at PROJECT`",
+                        "relay {name:?} is held by {}; an admin can free it with `kith relay delete {name} --at /project/NAME`",
                         held.owner
                     ),
                 ));
@@ -671,7 +671,7 @@ mod tests {
     #[test]
     fn requests_have_a_stable_json_form() {
         let r = RelayRequest::Create { name: "db".into() };
-        let j = String::from_utf8(api::encode(&r)).unwrap();
+        let j = String::from_utf8(api::encode(&r).unwrap()).unwrap();
         assert_eq!(j, r#"{"op":"create","name":"db"}"#);
         assert_eq!(
             api::decode_request::<RelayRequest>(j.as_bytes()).unwrap(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use kith_authority::api::{self, CreatedTicket, ErrorKind, PROJECT_ID_ATTRIBUTE, RELAY_ATTRIBUTE};
 use kith_authority::client::{AuthorityClient, ClientError, decode_credential};
 use kith_authority::join::JoinSettings;
-use kith_authority::keeper::{KeeperConfig, RelayKeeper, RelayState, RelayStatus};
+use kith_authority::keeper::{ConfirmError, KeeperConfig, RelayKeeper, RelayState, RelayStatus};
 use kith_authority::relay::{self, RELAY_ADDRESS_PREFIX, RelayInfo};
 use kith_authority::service::{Authority, AuthorityConfig};
 use kith_authority::store::MembershipStore;
@@ -845,6 +845,45 @@ async fn the_keeper_registers_again_when_the_project_node_comes_back_on_the_same
 
     keeper.stop();
     shut_down(&[&c2_node, &c_node, &b.node], project).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_keeper_reports_the_relay_down_as_soon_as_its_channel_ends_and_confirms_only_with_the_project_node()
+ {
+    let (project, b, []) = stage([]).await;
+    let settings = SharedSettings::new(b.party.settings(project.trust()));
+    // A heartbeat too slow to notice anything within this test: only the channel's end
+    // signal can.
+    let config = KeeperConfig {
+        heartbeat: WAIT * 2,
+        ..project.keeper_config("db")
+    };
+    let mut keeper = RelayKeeper::start(&b.node, settings, config).await.unwrap();
+    // Confirmed by the project node, now.
+    let confirmed = keeper.confirm().await.unwrap();
+    assert_eq!(confirmed.owner, b.party.identifier.to_string());
+
+    project.shut_down_node().await;
+    let down = reached(&mut keeper, "down", |s| {
+        matches!(s.state, RelayState::Reconnecting { .. })
+    })
+    .await;
+    assert!(down.last_error.is_some(), "{down:?}");
+    // Not confirmed while the project node is gone: an attempt made for the asker fails.
+    match keeper.confirm().await {
+        Err(ConfirmError::Failed(e)) => {
+            assert!(
+                matches!(
+                    *e,
+                    ClientError::Connect { .. } | ClientError::ConnectTimeout { .. }
+                ),
+                "{e:?}"
+            )
+        }
+        other => panic!("confirmed with the project node gone: {other:?}"),
+    }
+    keeper.stop();
+    b.node.shutdown().await;
 }
 
 // ---- helpers --------------------------------------------------------------------------------

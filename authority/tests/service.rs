@@ -629,7 +629,8 @@ async fn a_message_without_a_secure_channel_reaches_no_service() {
         attributes: BTreeMap::new(),
         expires_in: 600,
         usage_count: 1,
-    });
+    })
+    .unwrap();
     let auth = &world.nodes[0];
     let denied_before = auth.node.stats().dropped_denied;
     let services = [

@@ -55,7 +55,8 @@ pub enum Request {
     /// The channels this node keeps open.
     ChannelList,
     /// Create relay `name` at the project node `at` and keep it up (saved in the node's
-    /// configuration once the project node accepted it).
+    /// configuration once the project node accepted it). Answered with success only once
+    /// the project node registered the relay during this request.
     RelayCreate {
         /// The relay's name.
         name: String,
@@ -63,6 +64,10 @@ pub enum Request {
         at: String,
         /// How long reaching the project node may take, in milliseconds.
         timeout_ms: u64,
+        /// Keep (and save) the relay, retrying it, even if the project node cannot take it
+        /// now; the request still fails, saying so.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_on_failure: bool,
     },
     /// The relays this node keeps, with their state.
     RelayList,

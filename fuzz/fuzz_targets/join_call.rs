@@ -14,7 +14,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(call) = api::decode_request::<JoinCall>(data) {
-        let again = api::decode_request::<JoinCall>(&api::encode(&call))
+        let encoded = api::encode(&call)
+            .unwrap_or_else(|e| panic!("{call:?} that decoded does not encode: {e}"));
+        let again = api::decode_request::<JoinCall>(&encoded)
             .unwrap_or_else(|e| panic!("{call:?} does not decode after encoding: {e}"));
         assert_eq!(again, call);
     }

@@ -5,9 +5,12 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use common::{Kith, ip4_route};
+use common::{Kith, ip4_route, log};
+use kith_node::testing::until_blocking;
 
 /// The directory a demo's first step says it created.
 fn demo_home(first_step: &str) -> String {
@@ -275,6 +278,60 @@ fn unreachable_peer_fails_fast_with_the_reason() {
         &ip4_route(&free, "echo"),
     ]);
     assert!(e.contains("Connection refused"), "{e}");
+}
+
+#[test]
+fn a_silent_peer_is_reported_as_not_answering_and_a_missing_listener_at_once() {
+    let k = Kith::new();
+    k.node("n1");
+    k.node("n2");
+    // Accepts connections (in its backlog) and never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = ip4_route(&listener.local_addr().unwrap().to_string(), "echo");
+    // No secure-channel listener at the end: n2 answers at once that it has no such
+    // service, long before the 11 s timeout (or the channel's own 10 s deadline).
+    let no_listener = [
+        vec![
+            "secure-channel",
+            "create",
+            "--from",
+            "n1",
+            "--to",
+            "/node/n2/service/nothing",
+            "--timeout",
+            "11s",
+        ],
+        vec![
+            "message",
+            "send",
+            "hi",
+            "--from",
+            "n1",
+            "--to",
+            "/node/n2/secure/nothing/service/echo",
+            "--timeout",
+            "11s",
+        ],
+    ];
+    let k = &k;
+    std::thread::scope(|s| {
+        let waits: Vec<_> = no_listener
+            .iter()
+            .map(|args| s.spawn(move || (args, k.fails(args))))
+            .collect();
+        let e = k.fails(&["message", "send", "hi", "--to", &silent]);
+        assert!(
+            e.contains("did not answer the kith version exchange within 10s"),
+            "{e}"
+        );
+        assert!(!e.contains("not a kith node"), "{e}");
+        for wait in waits {
+            let (args, e) = wait.join().unwrap();
+            assert!(e.contains("n2 has no service nothing"), "{args:?}: {e}");
+            assert!(!e.contains("unexpected handshake message"), "{args:?}: {e}");
+        }
+    });
+    drop(listener);
 }
 
 #[test]
@@ -609,4 +666,146 @@ fn kept_secure_channels_are_created_used_listed_and_deleted() {
         "1s",
     ]);
     assert!(e.contains("cannot open a secure channel"), "{e}");
+}
+
+#[test]
+fn a_daemon_out_of_file_descriptors_pauses_between_failed_accepts_and_serves_again() {
+    let k = Kith::new();
+    // The daemon inherits a limit of 48 open files; it starts with a dozen or so.
+    let created = Command::new("sh")
+        .args(["-c", r#"ulimit -n 48 && exec "$0" "$@""#])
+        .arg(common::kith_bin())
+        .args(["node", "create", "n1"])
+        .env("KITH_HOME", k.home())
+        .env_remove("KITH_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    // Control connections that never send a request, until the daemon has no descriptor
+    // left to accept the next one: the ones beyond wait in the socket's backlog.
+    let socket = k.home().join("nodes/n1/control.sock");
+    let held: Vec<UnixStream> = (0..80)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    let failures = || {
+        log(&k, "n1")
+            .matches("control socket accept failed")
+            .count()
+    };
+    until_blocking("a first failed accept", || failures() >= 1);
+    let first = Instant::now();
+    until_blocking("ten more failed accepts", || failures() >= 11);
+    // 100 ms apart, ten take a second; retried at once, they take microseconds.
+    assert!(
+        first.elapsed() >= Duration::from_millis(500),
+        "ten failed accepts within {:?}: the daemon retries without a pause",
+        first.elapsed()
+    );
+    drop(held);
+    assert_eq!(k.status("n1")["name"], "n1");
+}
+
+#[test]
+fn every_hint_names_a_flag_of_the_command_it_answers() {
+    let k = Kith::new();
+    // Two member nodes, so commands that need one must be told which; two projects and no
+    // default, so commands that need one must be told which.
+    k.node("n1");
+    k.node("n2");
+    k.json(&["authority", "create", "auth-a", "--project", "a"]);
+    k.json(&["authority", "create", "auth-b", "--project", "b"]);
+    std::fs::remove_file(k.home().join("projects/default")).unwrap();
+    let inlet_to = "/node/n1/secure/api/service/outlet";
+    let cases: &[(&[&str], &str)] = &[
+        (&["relay", "create", "db"], "choose one with --to NODE"),
+        (
+            &["tcp-outlet", "create", "--to", "127.0.0.1:5432"],
+            "choose one with --at NODE",
+        ),
+        (
+            &[
+                "tcp-inlet",
+                "create",
+                "--from",
+                "127.0.0.1:0",
+                "--to",
+                inlet_to,
+            ],
+            "choose one with --at NODE",
+        ),
+        (
+            &["relay", "create", "db", "--to", "n1"],
+            "choose one with --at /project/NAME",
+        ),
+        (&["project", "show"], "several projects"),
+        (&["project", "export"], "several projects"),
+        (&["project", "ticket"], "choose one with --project NAME"),
+        (&["project", "request"], "--project-file FILE"),
+        (&["project", "member", "list"], "several projects"),
+        (&["project", "requests", "list"], "several projects"),
+        (&["project", "enroll"], "--ticket-file FILE"),
+        (&["project", "enroll", "nonsense"], "--legacy"),
+        (
+            &["tcp-outlet", "create", "--at", "n1", "--to", "nonsense"],
+            "--to takes HOST:PORT",
+        ),
+        (
+            &[
+                "tcp-inlet",
+                "create",
+                "--at",
+                "n1",
+                "--from",
+                "x",
+                "--to",
+                inlet_to,
+            ],
+            "--from takes",
+        ),
+        (
+            &[
+                "secure-channel",
+                "create",
+                "--from",
+                "n1",
+                "--to",
+                "/node/n2/secure/api",
+            ],
+            "--to is the route to a listener",
+        ),
+        (&["credential", "issue", "--for", "nonsense"], "--for"),
+        (
+            &["node", "create", "x", "--allow-identity", "nope"],
+            "--allow-identity",
+        ),
+        (
+            &["project", "ticket", "--project", "a", "--relay", "a/b"],
+            "--relay",
+        ),
+        (
+            &[
+                "authority",
+                "create",
+                "c",
+                "--project",
+                "c",
+                "--credential-ttl",
+                "0s",
+            ],
+            "--credential-ttl",
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (args, says) in cases {
+        let e = k.fails(args);
+        assert!(e.contains(says), "`kith {}`: {e}", args.join(" "));
+        for problem in kith_cli::commands::flags::unknown_flags_in_reply(args, &e) {
+            problems.push(format!(
+                "`kith {}` answered {e:?}: {problem}",
+                args.join(" ")
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
 }

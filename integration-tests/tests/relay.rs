@@ -222,3 +222,114 @@ fn relay_list_answers_while_a_create_waits_on_a_silent_project_node() {
     create.kill().unwrap();
     create.wait().unwrap();
 }
+
+/// 2 s: how soon a relay command must fail, or a relay be shown down, once the cause is
+/// known (a refused connection is known at once; a handshake or heartbeat timeout would
+/// take 3 to 10 s).
+const KNOWN_AT_ONCE: Duration = Duration::from_secs(2);
+
+/// Run `kith relay show db` until `f` holds for its JSON, for at most `limit`; its JSON then.
+fn relay_shown(
+    k: &common::Kith,
+    limit: Duration,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let shown = k.json(&["relay", "show", "db"]);
+        if f(&shown) {
+            return shown;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "relay db was not {what} within {limit:?}: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn relay_create_against_a_stopped_project_node_fails_at_once_and_keeps_nothing_unless_asked() {
+    let k = project_with(&[("db-node", &["ockam-relay=db"])]);
+    k.ok(&["node", "stop", "authority"]);
+    let started = Instant::now();
+    let e = k.fails(&["relay", "create", "db", "--to", "db-node"]);
+    assert!(
+        started.elapsed() < KNOWN_AT_ONCE,
+        "a refused connection took {:?} to report",
+        started.elapsed()
+    );
+    assert!(e.contains("cannot reach the project node"), "{e}");
+    assert!(e.contains("Connection refused"), "{e}");
+    assert!(!e.contains("is up"), "{e}");
+    // Nothing half-written: not kept, not saved.
+    assert_eq!(k.json(&["relay", "list"]), serde_json::json!([]));
+    let config = std::fs::read_to_string(k.home().join("nodes/db-node/config.json")).unwrap();
+    assert!(!config.contains("relays"), "{config}");
+
+    // Asked to keep it anyway: the command still fails, and says the relay is kept.
+    let e = k.fails(&[
+        "relay",
+        "create",
+        "db",
+        "--to",
+        "db-node",
+        "--keep-on-failure",
+    ]);
+    assert!(e.contains("Connection refused"), "{e}");
+    assert!(e.contains("node db-node keeps it and retries it"), "{e}");
+    let shown = k.json(&["relay", "show", "db"]);
+    assert_eq!(shown["state"], "reconnecting", "{shown}");
+    assert!(
+        shown["last_error"][1]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{shown}"
+    );
+    let config = std::fs::read_to_string(k.home().join("nodes/db-node/config.json")).unwrap();
+    assert!(config.contains("relays"), "{config}");
+    // Once the project node is back, the kept relay comes up by itself.
+    k.ok(&["node", "start", "authority"]);
+    relay_shown(&k, BACK_WITHIN * 2, "up again", |s| s["state"] == "up");
+}
+
+#[test]
+fn a_kept_relay_is_shown_down_when_its_project_node_stops_and_create_confirms_it_again() {
+    let k = project_with(&[("db-node", &["ockam-relay=db"])]);
+    let created = k.json(&["relay", "create", "db", "--to", "db-node"]);
+    assert_eq!(created["state"], "up", "{created}");
+
+    // The channel to the project node ends with it: down at once, with the reason, not
+    // after a heartbeat times out.
+    k.ok(&["node", "stop", "authority"]);
+    let down = relay_shown(&k, KNOWN_AT_ONCE, "shown down", |s| s["state"] != "up");
+    assert!(down["last_error"][1].is_string(), "{down}");
+
+    // Creating it again is not answered from the kept state: the project node must
+    // confirm it now, and it is gone.
+    let started = Instant::now();
+    let e = k.fails(&["relay", "create", "db", "--to", "db-node"]);
+    assert!(started.elapsed() < KNOWN_AT_ONCE, "{:?}", started.elapsed());
+    assert!(e.contains("cannot reach the project node"), "{e}");
+    assert!(e.contains("still keeps relay db"), "{e}");
+
+    // Back, and confirmed again by create.
+    k.ok(&["node", "start", "authority"]);
+    let again = k.json(&["relay", "create", "db", "--to", "db-node"]);
+    assert_eq!(again["state"], "up", "{again}");
+}
+
+#[test]
+fn a_kept_relay_whose_owner_is_no_longer_a_member_is_not_confirmed_up() {
+    let k = project_with(&[("db-node", &["ockam-relay=db"])]);
+    k.json(&["relay", "create", "db", "--to", "db-node"]);
+    k.ok(&["project", "member", "delete", &identifier(&k, "db-node")]);
+    let started = Instant::now();
+    let e = k.fails(&["relay", "create", "db", "--to", "db-node"]);
+    assert!(started.elapsed() < KNOWN_AT_ONCE, "{:?}", started.elapsed());
+    assert!(e.contains("the project node refused"), "{e}");
+    assert!(e.contains("ockam-relay=db"), "{e}");
+    relay_shown(&k, KNOWN_AT_ONCE, "shown down", |s| s["state"] != "up");
+}

@@ -56,8 +56,11 @@ pub enum ConnectionError {
     /// Socket error.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// The peer wrote a protocol version byte we do not speak.
-    #[error("peer speaks protocol version {theirs}; this node speaks {ours}")]
+    /// The peer wrote a protocol version byte we do not speak. All we know is the byte: the
+    /// peer may be another version of kith, or not kith at all.
+    #[error(
+        "peer sent protocol version {theirs}; this node speaks {ours} (another version of kith, or not kith at all)"
+    )]
     Version {
         /// Their version byte.
         theirs: u8,
@@ -125,8 +128,25 @@ pub enum TransportError {
         /// The timeout.
         timeout: std::time::Duration,
     },
-    /// The peer accepted the connection but the version exchange failed.
-    #[error("{address} is not a kith node")]
+    /// The peer accepted the connection but sent no version byte in time: it may be busy,
+    /// wedged, or something that waits for the client to speak first.
+    #[error(
+        "{address} accepted the connection but did not answer the kith version exchange within {after:?}"
+    )]
+    PreambleTimeout {
+        /// The peer.
+        address: SocketAddr,
+        /// How long we waited.
+        after: std::time::Duration,
+    },
+    /// The peer closed the connection before it sent its version byte.
+    #[error("{address} closed the connection before answering the kith version exchange")]
+    PreambleClosed {
+        /// The peer.
+        address: SocketAddr,
+    },
+    /// The version exchange failed: the peer sent another version, or the socket failed.
+    #[error("the kith version exchange with {address} failed")]
     Preamble {
         /// The peer.
         address: SocketAddr,
@@ -150,7 +170,8 @@ pub enum MultiAddrError {
     NoLeadingSlash(String),
     /// An unknown protocol name.
     #[error(
-        "unknown protocol {name:?} at segment {position}; known: ip4, ip6, dnsaddr, tcp, service, node"
+        "unknown protocol {name:?} at segment {position}; known: {}",
+        crate::multiaddr::known_protocols()
     )]
     UnknownProtocol {
         /// The name.

@@ -39,6 +39,6 @@ pub use codec::{MAX_PAYLOAD_LEN, PROTOCOL_VERSION, TransportMessage};
 pub use error::{ConnectionError, DecodeError, FrameError, MultiAddrError, TransportError};
 pub use multiaddr::{MAX_SECURE_HOPS, MultiAddr, PROJECT_LISTENER, Protocol};
 pub use tcp::{
-    ConnectionInfo, ConnectionState, Direction, PersistentConnection, TcpOptions, TcpStats,
-    TcpTransport,
+    ACCEPT_ERROR_PAUSE, ConnectionInfo, ConnectionState, Direction, PersistentConnection,
+    TcpOptions, TcpStats, TcpTransport,
 };

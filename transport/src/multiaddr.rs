@@ -43,6 +43,85 @@ pub const MAX_SECURE_HOPS: usize = 4;
 /// The listener a `/project/NAME` route opens its channel with.
 pub const PROJECT_LISTENER: &str = "api";
 
+/// One protocol a route may name: its name, an example of its use, and how its value parses.
+struct ProtocolSpec {
+    name: &'static str,
+    example: &'static str,
+    parse: fn(&str) -> Result<Protocol, MultiAddrError>,
+}
+
+/// Every protocol a route may name. The parser looks names up here and the "unknown
+/// protocol" error lists them from here, so what the error offers is what parses.
+const PROTOCOLS: &[ProtocolSpec] = &[
+    ProtocolSpec {
+        name: "ip4",
+        example: "/ip4/127.0.0.1/tcp/4000",
+        parse: |v| {
+            v.parse()
+                .map(Protocol::Ip4)
+                .map_err(|e| invalid("ip4", v, e))
+        },
+    },
+    ProtocolSpec {
+        name: "ip6",
+        example: "/ip6/::1/tcp/4000",
+        parse: |v| {
+            v.parse()
+                .map(Protocol::Ip6)
+                .map_err(|e| invalid("ip6", v, e))
+        },
+    },
+    ProtocolSpec {
+        name: "dnsaddr",
+        example: "/dnsaddr/localhost/tcp/4000",
+        parse: |v| {
+            let host = name("dnsaddr", v)?;
+            if host.starts_with(['-', '.']) || host.contains("..") {
+                return Err(invalid("dnsaddr", v, "not a host name"));
+            }
+            Ok(Protocol::DnsAddr(host))
+        },
+    },
+    ProtocolSpec {
+        name: "tcp",
+        example: "/ip4/127.0.0.1/tcp/4000",
+        parse: |v| match v.parse::<u16>() {
+            Ok(0) => Err(invalid("tcp", v, "port 0 cannot be dialed")),
+            Ok(p) => Ok(Protocol::Tcp(p)),
+            Err(e) => Err(invalid("tcp", v, e)),
+        },
+    },
+    ProtocolSpec {
+        name: "service",
+        example: "/service/echo",
+        parse: |v| name("service", v).map(Protocol::Service),
+    },
+    ProtocolSpec {
+        name: "node",
+        example: "/node/n1",
+        parse: |v| name("node", v).map(Protocol::Node),
+    },
+    ProtocolSpec {
+        name: "secure",
+        example: "/node/n1/secure/api/service/echo",
+        parse: |v| name("secure", v).map(Protocol::Secure),
+    },
+    ProtocolSpec {
+        name: "project",
+        example: "/project/acme/service/forward_to_db",
+        parse: |v| name("project", v).map(Protocol::Project),
+    },
+];
+
+/// The names of the protocols a route may use, as the parser knows them: `ip4, ip6, …`.
+pub(crate) fn known_protocols() -> String {
+    PROTOCOLS
+        .iter()
+        .map(|p| p.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A parsed multiaddr route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MultiAddr(Vec<Protocol>);
@@ -246,47 +325,28 @@ impl FromStr for MultiAddr {
             if out.len() >= MAX_ROUTE_LEN * 2 {
                 return Err(MultiAddrError::TooLong(MAX_ROUTE_LEN));
             }
-            let (protocol, example): (&'static str, &'static str) = match proto {
-                "ip4" => ("ip4", "/ip4/127.0.0.1/tcp/4000"),
-                "ip6" => ("ip6", "/ip6/::1/tcp/4000"),
-                "dnsaddr" => ("dnsaddr", "/dnsaddr/localhost/tcp/4000"),
-                "tcp" => ("tcp", "/ip4/127.0.0.1/tcp/4000"),
-                "service" => ("service", "/service/echo"),
-                "node" => ("node", "/node/n1"),
-                "secure" => ("secure", "/node/n1/secure/api/service/echo"),
-                "project" => ("project", "/project/acme/service/forward_to_db"),
-                "" if position > 1 && parts.clone().next().is_none() => break, // trailing '/'
-                other => {
+            let spec = match PROTOCOLS.iter().find(|p| p.name == proto) {
+                Some(spec) => spec,
+                None if proto.is_empty() && position > 1 && parts.clone().next().is_none() => {
+                    break; // trailing '/'
+                }
+                None => {
                     return Err(MultiAddrError::UnknownProtocol {
-                        name: other.to_owned(),
+                        name: proto.to_owned(),
                         position,
                     });
                 }
             };
             let value = match parts.next() {
                 Some((_, v)) if !v.is_empty() => v,
-                _ => return Err(MultiAddrError::MissingValue { protocol, example }),
-            };
-            out.push(match protocol {
-                "ip4" => Protocol::Ip4(value.parse().map_err(|e| invalid(protocol, value, e))?),
-                "ip6" => Protocol::Ip6(value.parse().map_err(|e| invalid(protocol, value, e))?),
-                "dnsaddr" => {
-                    let host = name(protocol, value)?;
-                    if host.starts_with(['-', '.']) || host.contains("..") {
-                        return Err(invalid(protocol, value, "not a host name"));
-                    }
-                    Protocol::DnsAddr(host)
+                _ => {
+                    return Err(MultiAddrError::MissingValue {
+                        protocol: spec.name,
+                        example: spec.example,
+                    });
                 }
-                "tcp" => match value.parse::<u16>() {
-                    Ok(0) => return Err(invalid(protocol, value, "port 0 cannot be dialed")),
-                    Ok(p) => Protocol::Tcp(p),
-                    Err(e) => return Err(invalid(protocol, value, e)),
-                },
-                "service" => Protocol::Service(name(protocol, value)?),
-                "secure" => Protocol::Secure(name(protocol, value)?),
-                "project" => Protocol::Project(name(protocol, value)?),
-                _ => Protocol::Node(name(protocol, value)?),
-            });
+            };
+            out.push((spec.parse)(value)?);
         }
         let addr = MultiAddr(out);
         // Check structure now so a bad route fails at parse time, before any node is used.
@@ -371,6 +431,42 @@ mod tests {
         assert!(e("/project/acme/tcp/4").contains("/tcp must follow"));
         assert!(e("/project/a%2Fb").contains("invalid project"));
         assert!(e("/node/a/secure/api/tcp/4").contains("/tcp must follow"));
+    }
+
+    #[test]
+    fn the_unknown_protocol_error_lists_exactly_the_protocols_the_parser_takes() {
+        let shown = "/ip5/1.2.3.4".parse::<MultiAddr>().unwrap_err().to_string();
+        let (_, listed) = shown.split_once("known: ").unwrap();
+        let listed: std::collections::BTreeSet<&str> = listed.split(", ").collect();
+        // Exhaustive: a new kind of segment does not compile here until it is named.
+        let name_of = |p: &Protocol| match p {
+            Protocol::Ip4(_) => "ip4",
+            Protocol::Ip6(_) => "ip6",
+            Protocol::DnsAddr(_) => "dnsaddr",
+            Protocol::Tcp(_) => "tcp",
+            Protocol::Service(_) => "service",
+            Protocol::Node(_) => "node",
+            Protocol::Secure(_) => "secure",
+            Protocol::Project(_) => "project",
+        };
+        let every: MultiAddr = "/project/acme/service/forward_to_db/secure/api/node/n1\
+             /ip4/127.0.0.1/tcp/1/ip6/::1/tcp/2/dnsaddr/localhost/tcp/3/service/echo"
+            .parse()
+            .unwrap();
+        let parsed: std::collections::BTreeSet<&str> =
+            every.protocols().iter().map(name_of).collect();
+        assert_eq!(listed, parsed, "{shown}");
+        assert!(
+            listed.contains("secure") && listed.contains("project"),
+            "{shown}"
+        );
+        for name in listed {
+            let e = format!("/{name}/x").parse::<MultiAddr>().err();
+            assert!(
+                !matches!(e, Some(MultiAddrError::UnknownProtocol { .. })),
+                "{name} is listed as known but does not parse: {e:?}"
+            );
+        }
     }
 
     #[test]

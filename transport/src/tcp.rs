@@ -296,6 +296,11 @@ impl Transport for TcpTransport {
     }
 }
 
+/// 100 ms: how long a listener pauses after a failed accept (out of file descriptors, say)
+/// before it accepts again. Retrying at once would spin a core on an error that lasts until
+/// some connection closes; a tenth of a second is a delay no client notices.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     let limit = Arc::new(Semaphore::new(inner.options.max_connections));
     loop {
@@ -313,7 +318,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             Err(e) => {
                 // Out of file descriptors and the like: back off and keep serving.
                 warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
             }
         }
     }
@@ -382,12 +387,23 @@ async fn open_stream(inner: &Inner, peer: &str) -> Result<(TcpStream, SocketAddr
         })?;
     connection::preamble(&mut stream, inner.options.preamble_timeout)
         .await
-        .map_err(|source| TransportError::Preamble {
-            address: remote,
-            source,
-        })?;
+        .map_err(|source| preamble_failed(remote, source))?;
     inner.counters.dialed.fetch_add(1, Ordering::Relaxed);
     Ok((stream, remote))
+}
+
+/// A failed version exchange with `address`, as what is known: silence, a close, or a
+/// version byte we do not speak.
+fn preamble_failed(address: SocketAddr, source: ConnectionError) -> TransportError {
+    match source {
+        ConnectionError::PreambleTimeout(after) => {
+            TransportError::PreambleTimeout { address, after }
+        }
+        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            TransportError::PreambleClosed { address }
+        }
+        source => TransportError::Preamble { address, source },
+    }
 }
 
 async fn dial(inner: &Arc<Inner>, peer: &str) -> Result<Address, TransportError> {

@@ -133,6 +133,55 @@ async fn unreachable_peer_is_an_error_not_a_timeout() {
 }
 
 #[tokio::test]
+async fn a_peer_that_is_silent_closes_or_sends_another_version_is_reported_as_such() {
+    let (a, ta, _) = node(
+        "a",
+        TcpOptions {
+            preamble_timeout: Duration::from_millis(300),
+            ..TcpOptions::default()
+        },
+    )
+    .await;
+    // Three peers that accept: one stays silent, one closes at once, one speaks first with
+    // a byte that is not our version (an SSH server's "S").
+    let peer = |answer: Option<&'static [u8]>| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // Read the dialer's version byte first: closing on unread bytes would be a reset.
+            std::io::Read::read_exact(&mut s, &mut [0u8; 1]).unwrap();
+            if let Some(bytes) = answer {
+                std::io::Write::write_all(&mut s, bytes).unwrap();
+                // Held until the dialer gives up, so what it reads is only this.
+                let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
+            }
+        });
+        address
+    };
+    let silent = peer(Some(b""));
+    let closing = peer(None);
+    let ssh = peer(Some(b"SSH-2.0-OpenSSH_9.6\r\n"));
+    for (peer, says) in [
+        (
+            silent,
+            "did not answer the kith version exchange within 300ms",
+        ),
+        (
+            closing,
+            "closed the connection before answering the kith version exchange",
+        ),
+        (ssh, "sent protocol version 83; this node speaks 1"),
+    ] {
+        let e = ta.connect(&peer).await.unwrap_err();
+        let e = DisplayChain(&e).to_string();
+        assert!(e.contains(says), "{e}");
+        assert!(!e.contains("not a kith node"), "{e}");
+    }
+    drop(a);
+}
+
+#[tokio::test]
 async fn messages_from_peers_cannot_make_a_node_dial() {
     let (a, _ta, _) = node("a", TcpOptions::default()).await;
     let (b, tb, b_addr) = node("b", TcpOptions::default()).await;

@@ -386,13 +386,19 @@ pub enum RelayCommand {
     /// Create a relay at the project node towards a node, and keep it up: anyone in the
     /// project may then reach the node at /project/P/service/forward_to_NAME, through an
     /// end-to-end secure channel. Needs a credential with ockam-relay=NAME (a ticket made
-    /// with --relay NAME), or to be an admin.
+    /// with `kith project ticket --relay NAME`), or to be an admin.
+    ///
+    /// Succeeds only once the project node has registered the relay during this command
+    /// (for a relay the node keeps already, it is registered again). If the project node
+    /// cannot be reached or refuses, the command fails with the reason and nothing is kept
+    /// or saved, unless --keep-on-failure asks for the relay to be kept and retried anyway.
     #[command(after_help = "\
 Examples:
   kith project ticket --relay db > db.ticket          # an admin
   kith project enroll --ticket-file db.ticket --node db-node
   kith relay create db --to db-node
-  kith message send hi --to /project/acme/service/forward_to_db/secure/api/service/echo")]
+  kith message send hi --to /project/acme/service/forward_to_db/secure/api/service/echo
+  kith relay create db --to db-node --keep-on-failure  # the project node may be down now")]
     Create {
         /// The relay's name; default: the node's name.
         name: Option<String>,
@@ -406,6 +412,11 @@ Examples:
         /// How long reaching the project node may take.
         #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
         timeout: std::time::Duration,
+        /// If the project node cannot take the relay now, keep it anyway: the node saves it
+        /// and retries it in the background (`kith relay show` tells when it is up). The
+        /// command still fails, with the reason.
+        #[arg(long)]
+        keep_on_failure: bool,
     },
     /// List the relays local nodes keep, with their state; with --at, the relays the
     /// project node holds (all of them for an admin, your own otherwise).
@@ -422,7 +433,8 @@ Examples:
         #[arg(long, value_name = "ROUTE")]
         at: Option<String>,
     },
-    /// Show a relay's state: up since when, or reconnecting since when, and its last error.
+    /// Show a relay's state: up since when, or down since when (and reconnecting), and its
+    /// last error.
     #[command(
         after_help = "Examples:\n  kith relay show db\n  kith relay show db --to db-node --output json"
     )]
@@ -562,7 +574,8 @@ Examples:
         after_help = "Examples:\n  kith tcp-inlet show 127.0.0.1:15432\n  kith tcp-inlet show web --output json"
     )]
     Show {
-        /// The inlet's alias (its listen address unless --alias named it).
+        /// The inlet's alias (its listen address, unless `kith tcp-inlet create --alias NAME`
+        /// named it).
         alias: String,
         /// The node; default: whichever running node has it.
         #[arg(long, value_name = "NODE")]

@@ -7,6 +7,7 @@ mod authority;
 mod channels;
 mod credentials;
 mod demo;
+pub mod flags;
 mod identities;
 mod message;
 mod nodes;

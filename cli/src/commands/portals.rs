@@ -113,7 +113,7 @@ async fn locate<T: for<'de> Deserialize<'de>>(
 async fn node_or_only(home: &Home, at: Option<String>) -> Result<String> {
     match at {
         Some(at) => Ok(at),
-        None => super::relays::only_member_node(home).await,
+        None => super::relays::only_member_node(home, "--at").await,
     }
 }
 

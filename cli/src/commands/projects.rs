@@ -18,7 +18,9 @@ use super::output::{Output, attribute_list};
 use super::reach::{Reach, Retry, Session, ask, reach, refused};
 use crate::duration::{DisplayDuration, unix_time};
 use crate::home::Home;
-use crate::home::projects::{clashing_project, load_project, save_project};
+use crate::home::projects::{
+    clashing_project, load_project, load_project_or_default, save_project,
+};
 use crate::home::routes::api_route;
 use crate::home::vault::{open_vault, resolve_identity};
 
@@ -37,7 +39,7 @@ fn project_json(p: &Project) -> serde_json::Value {
 pub async fn run(home: &Home, out: &Output, cmd: ProjectCommand) -> Result<()> {
     match cmd {
         ProjectCommand::Show { name } => {
-            let p = load_project(home, name.as_deref())?;
+            let p = load_project_or_default(home, name.as_deref(), "a NAME argument")?;
             let j = project_json(&p);
             out.result(
                 || {
@@ -59,7 +61,7 @@ pub async fn run(home: &Home, out: &Output, cmd: ProjectCommand) -> Result<()> {
             let default = home.default_project_name()?;
             let mut rows = Vec::new();
             for name in home.project_names()? {
-                let p = load_project(home, Some(&name))?;
+                let p = load_project(home, &name)?;
                 let mut j = project_json(&p);
                 j["default"] = (default.as_deref() == Some(name.as_str())).into();
                 rows.push(j);
@@ -115,7 +117,7 @@ pub async fn run(home: &Home, out: &Output, cmd: ProjectCommand) -> Result<()> {
             Ok(())
         }
         ProjectCommand::Export { name } => {
-            let p = load_project(home, name.as_deref())?;
+            let p = load_project_or_default(home, name.as_deref(), "a NAME argument")?;
             println!("{}", p.to_json());
             Ok(())
         }

@@ -12,7 +12,7 @@ use kith_node::Route;
 use super::args::ProjectAccess;
 use super::output::Output;
 use crate::duration::DisplayDuration;
-use crate::home::projects::load_project;
+use crate::home::projects::load_project_or_default;
 use crate::home::routes::api_route;
 use crate::home::vault::{identity_arg, open_vault};
 use crate::home::{AdmissionConfig, Home};
@@ -201,7 +201,7 @@ pub(crate) async fn ask<T>(
 
 /// Resolve `access` into where the authority is and which project that is.
 pub(crate) async fn reach(home: &Home, access: &ProjectAccess) -> Result<(Reach, Project)> {
-    let mut project = load_project(home, access.project.as_deref());
+    let mut project = load_project_or_default(home, access.project.as_deref(), "--project NAME");
     if let (Some(identity), Some(route)) = (&access.authority_identity, &access.authority_route) {
         let vault = open_vault(home).await?;
         let authority = identity_arg(&vault, identity).await;

@@ -29,7 +29,7 @@ impl RelayView {
             RelayState::Up { since } => format!("up since {}", ago(*since, now)),
             RelayState::Reconnecting { since, attempts } => {
                 format!(
-                    "reconnecting since {} ({attempts} attempts)",
+                    "down since {}, reconnecting ({attempts} attempts)",
                     ago(*since, now)
                 )
             }
@@ -60,9 +60,7 @@ fn ago(at: u64, now: u64) -> String {
 fn normalize_at(home: &Home, at: Option<&str>) -> Result<String> {
     let name = match at {
         None => {
-            crate::home::projects::load_project(home, None)
-                .context("no --at given, and no default project")?
-                .name
+            crate::home::projects::load_project_or_default(home, None, "--at /project/NAME")?.name
         }
         Some(text) => {
             let m: MultiAddr = text
@@ -76,7 +74,7 @@ fn normalize_at(home: &Home, at: Option<&str>) -> Result<String> {
             if m.protocols().len() != 1 {
                 bail!("--at is the project alone, /project/{name}, without more hops");
             }
-            crate::home::projects::load_project(home, Some(name))?.name
+            crate::home::projects::load_project(home, name)?.name
         }
     };
     Ok(format!("/project/{name}"))
@@ -90,10 +88,11 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
             to,
             at,
             timeout,
+            keep_on_failure,
         } => {
             let to = match to {
                 Some(to) => to,
-                None => only_member_node(home).await?,
+                None => only_member_node(home, "--to").await?,
             };
             let name = name.unwrap_or_else(|| to.clone());
             // The error describes the name without repeating it: it may be 10 KB of anything.
@@ -105,6 +104,7 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
                 name: name.clone(),
                 at: at.clone(),
                 timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                keep_on_failure,
             };
             let answer =
                 control::call(&socket, &request, timeout * 2 + Duration::from_secs(2)).await;
@@ -113,6 +113,14 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
             }
             let view: RelayView =
                 serde_json::from_value(answer?).context("unexpected answer from the node")?;
+            // The node answers success only for a registration confirmed in this call; a
+            // view that is not up anyway is not reported as up.
+            if !matches!(view.status.state, RelayState::Up { .. }) {
+                bail!(
+                    "node {to} answered that relay {name} is not up: {}",
+                    view.line(unix_now())
+                );
+            }
             out.result(
                 || {
                     format!(
@@ -211,8 +219,10 @@ fn info_line(r: &RelayInfo, at: &str) -> String {
     )
 }
 
-/// The one running local node that is not an authority's, for commands given no --to.
-pub(crate) async fn only_member_node(home: &Home) -> Result<String> {
+/// The one running local node that is not an authority's, for commands given no node.
+/// `choose_with` is the calling command's flag for the node, for the hint when there are
+/// several.
+pub(crate) async fn only_member_node(home: &Home, choose_with: &str) -> Result<String> {
     let mut found = Vec::new();
     for name in home.node_names()? {
         if home.load_node(&name)?.authority.is_some() {
@@ -226,7 +236,7 @@ pub(crate) async fn only_member_node(home: &Home) -> Result<String> {
         [one] => Ok(one.clone()),
         [] => bail!("no local node is running to relay to; create one with `kith node create`"),
         _ => bail!(
-            "several nodes are running ({}); choose one with --to",
+            "several nodes are running ({}); choose one with {choose_with} NODE",
             found.join(", ")
         ),
     }

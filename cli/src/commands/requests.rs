@@ -33,7 +33,9 @@ use super::args::{AutoApproveCommand, RequestArgs, RequestsCommand};
 use super::output::{Output, attribute_list, clean};
 use super::reach::{Retry, ask, connect_retrying, refused};
 use crate::duration::{DisplayDuration, unix_time};
-use crate::home::projects::{clashing_project, load_project, save_project};
+use crate::home::projects::{
+    clashing_project, load_project, load_project_or_default, save_project,
+};
 use crate::home::vault::{identity_arg, open_vault};
 use crate::home::{AdmissionConfig, Home};
 use crate::node::{RunningNode, channel_settings_scoped};
@@ -273,9 +275,9 @@ impl Authority {
                 (project, true)
             }
             None => match &args.project {
-                Some(name) => (load_project(home, Some(name))?, false),
+                Some(name) => (load_project(home, name)?, false),
                 None => (
-                    load_project(home, None).context(
+                    load_project_or_default(home, None, "--project NAME").context(
                         "to join a project not known here, give --project-file FILE or --authority-route ROUTE",
                     )?,
                     false,

@@ -7,8 +7,19 @@ use kith_identity::Identifier;
 
 use super::Home;
 
-/// The project called `name`, or the default one.
-pub fn load_project(home: &Home, name: Option<&str>) -> Result<Project> {
+/// The project called `name`.
+pub fn load_project(home: &Home, name: &str) -> Result<Project> {
+    let text = home.load_project(name)?;
+    Project::from_json(&text).with_context(|| format!("the saved project {name:?} is damaged"))
+}
+
+/// The project called `name`, or the default one. `choose_with` is how the calling command
+/// names a project (`--project NAME`, say), for the hint when there is no default to use.
+pub fn load_project_or_default(
+    home: &Home,
+    name: Option<&str>,
+    choose_with: &str,
+) -> Result<Project> {
     let name = match name {
         Some(n) => n.to_owned(),
         None => match home.default_project_name()? {
@@ -21,15 +32,14 @@ pub fn load_project(home: &Home, name: Option<&str>) -> Result<Project> {
                         "no project is known here; create one with `kith authority create`, or enroll with a ticket (`kith project enroll`)"
                     ),
                     _ => bail!(
-                        "several projects are known here ({}); choose one with --project",
+                        "several projects are known here ({}) and none is the default; choose one with {choose_with}",
                         names.join(", ")
                     ),
                 }
             }
         },
     };
-    let text = home.load_project(&name)?;
-    Project::from_json(&text).with_context(|| format!("the saved project {name:?} is damaged"))
+    load_project(home, &name)
 }
 
 /// The project known here under `project`'s name, if it is a different project (another
@@ -72,7 +82,7 @@ pub fn listener_route(listener: &str) -> Result<kith_transport::MultiAddr> {
 /// The known project whose authority is `authority`, if any.
 pub fn project_of_authority(home: &Home, authority: &Identifier) -> Result<Option<Project>> {
     for name in home.project_names()? {
-        let p = load_project(home, Some(&name))?;
+        let p = load_project(home, &name)?;
         if p.authority_identifier() == authority {
             return Ok(Some(p));
         }

@@ -35,7 +35,7 @@ pub async fn resolve_target(home: &Home, text: &str) -> Result<Target> {
         .with_context(|| format!("invalid route {text:?}"))?;
     let mut pinned = None;
     if let Some(name) = addr.project() {
-        let project = crate::home::projects::load_project(home, Some(name))
+        let project = crate::home::projects::load_project(home, name)
             .with_context(|| format!("route {text:?} names project {name:?}"))?;
         pinned = Some(project.project_identifier);
         addr = addr
@@ -102,7 +102,7 @@ pub async fn resolve_at(home: &Home, at: &str) -> Result<(Route, Identifier)> {
     let name = m
         .project()
         .ok_or_else(|| anyhow!("relay location {at:?} is not /project/NAME"))?;
-    let project = crate::home::projects::load_project(home, Some(name))?;
+    let project = crate::home::projects::load_project(home, name)?;
     let text = format!("{}/service/{PROJECT_LISTENER}", project.project_route);
     let target = crate::home::routes::resolve_target(home, &text).await?;
     Ok((target.route, project.project_identifier))

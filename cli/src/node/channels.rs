@@ -7,13 +7,33 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use kith_identity::secure_channel::{
-    self, ChannelHop, ChannelSettings, ChannelStack, SecureChannel, SharedSettings,
+    self, ChannelHop, ChannelSettings, ChannelStack, ChannelStackError, SecureChannel,
+    SharedSettings,
 };
 use kith_node::{Address, Node, Route};
 
 use super::kept::lock;
 use crate::control::{ChannelView, SendReply};
 use crate::home::routes::Target;
+
+/// 1 s: how much longer a channel's own handshake deadline runs than the bound the node puts
+/// on it. The node's bound is then what expires on a silent peer, and it says so; the
+/// channel's own deadline reports it as an unexpected handshake message. An abandoned
+/// handshake lingers this long at most.
+const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
+
+/// `settings` for a handshake the caller bounds by `timeout`.
+fn bounded_by(mut settings: ChannelSettings, timeout: Duration) -> ChannelSettings {
+    settings.handshake_timeout = timeout.saturating_add(HANDSHAKE_GRACE);
+    settings
+}
+
+/// What a peer that did not finish the handshake in time is told it did.
+fn no_answer(route: &str, timeout: Duration) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{route} did not answer the secure channel handshake within {timeout:?}; is a secure channel listener at the end of the route?"
+    )
+}
 
 /// The channels a node opened on request and keeps until they are deleted or torn down.
 pub struct Channels {
@@ -42,12 +62,12 @@ impl Channels {
 
     /// Open a channel to the listener at the end of `to` and keep it.
     pub async fn open(&self, to: Route, timeout: Duration) -> Result<ChannelView> {
-        let settings = self.settings()?;
+        let settings = bounded_by(self.settings()?, timeout);
         let shown = to.to_string();
         let channel =
             tokio::time::timeout(timeout, secure_channel::create(&self.node, to, &settings))
                 .await
-                .map_err(|_| anyhow::anyhow!("no secure channel to {shown} within {timeout:?}"))?
+                .map_err(|_| no_answer(&shown, timeout))?
                 .with_context(|| format!("cannot open a secure channel to {shown}"))?;
         let view = channel_view(&channel, &shown);
         lock(&self.kept).push((channel, shown));
@@ -87,7 +107,12 @@ impl Channels {
         if hops.is_empty() {
             return Ok(ChannelStack::new(&self.node));
         }
-        Ok(ChannelStack::open(&self.node, &self.settings()?, hops, timeout).await?)
+        let settings = bounded_by(self.settings()?, timeout);
+        match ChannelStack::open(&self.node, &settings, hops, timeout).await {
+            Ok(stack) => Ok(stack),
+            Err(ChannelStackError::Timeout { route, timeout }) => Err(no_answer(&route, timeout)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Send `payload` to `target` and wait for one reply; through fresh secure channels

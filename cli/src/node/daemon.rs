@@ -123,7 +123,12 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
                     while sessions.try_join_next().is_some() {}
                     sessions.spawn(server::serve(stream, running.clone(), stop_tx.clone()));
                 }
-                Err(e) => warn!(error = %e, "control socket accept failed"),
+                Err(e) => {
+                    // Out of file descriptors and the like: pause as the TCP listener does,
+                    // instead of spinning on an error that lasts until something closes.
+                    warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(kith_transport::ACCEPT_ERROR_PAUSE).await;
+                }
             },
         }
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use kith_authority::client::{AuthorityClient, ClientError};
-use kith_authority::keeper::{HEARTBEAT, KeeperConfig, RelayKeeper};
+use kith_authority::keeper::{ConfirmError, HEARTBEAT, KeeperConfig, RelayKeeper};
 use kith_identity::secure_channel::SharedSettings;
 use kith_node::Node;
 use tracing::warn;
@@ -24,6 +24,17 @@ pub fn refused(e: ClientError) -> anyhow::Error {
     match e {
         ClientError::Refused(api) => anyhow!("the project node refused: {}", api.message),
         other => anyhow::Error::new(other).context("cannot reach the project node"),
+    }
+}
+
+/// [`refused`], for an error shared with others who wait on the same answer.
+fn refused_ref(e: &ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Refused(api) => anyhow!("the project node refused: {}", api.message),
+        other => anyhow!(
+            "cannot reach the project node: {}",
+            kith_node::DisplayChain(other)
+        ),
     }
 }
 
@@ -76,33 +87,64 @@ impl Relays {
         })
     }
 
-    /// Create relay `name` at `at` and keep it up; remembered in the node's configuration
-    /// once the project node accepted it.
-    pub async fn create(&self, name: &str, at: &str, timeout: Duration) -> Result<RelayView> {
+    /// Create relay `name` at `at` and keep it up. Succeeds only once the project node has
+    /// registered it during this call: a relay this node keeps already is confirmed again,
+    /// not taken on the word of an older answer. A new relay is remembered in the node's
+    /// configuration only once the project node accepted it, unless `keep_on_failure` asks
+    /// to keep (and retry) it anyway; an error says which happened.
+    pub async fn create(
+        &self,
+        name: &str,
+        at: &str,
+        timeout: Duration,
+        keep_on_failure: bool,
+    ) -> Result<RelayView> {
         kith_authority::relay::check_relay_name(name)?;
         let shared = self
             .settings
             .clone()
             .context("this node has no identity, so it cannot keep relays")?;
+        let node = self.node.name();
         let change = self.kept.change(name).await;
-        let existing = change.current(|k| k.map(|k| (k.at.clone(), self.view(k))));
-        if let Some((kept_at, view)) = existing {
+        let existing = change.current(|k| k.map(|k| (k.at.clone(), k.keeper.confirm())));
+        if let Some((kept_at, confirm)) = existing {
             if kept_at != at {
                 bail!("this node already keeps relay {name:?} at {kept_at}; delete it first");
             }
-            return Ok(view);
+            let still_kept = format!(
+                "node {node} still keeps relay {name} as before and retries it; `kith relay delete {name}` stops that"
+            );
+            return match tokio::time::timeout(timeout, confirm).await {
+                Ok(Ok(_)) => change
+                    .current(|k| k.map(|k| self.view(k)))
+                    .context("the relay was deleted meanwhile"),
+                Ok(Err(ConfirmError::Failed(e))) => {
+                    Err(anyhow!("{:#}; {still_kept}", refused_ref(&e)))
+                }
+                Ok(Err(e)) => Err(anyhow!("{e}")),
+                Err(_) => Err(anyhow!(
+                    "the project node did not confirm relay {name} within {timeout:?}; {still_kept}"
+                )),
+            };
         }
         let config = self.keeper_config(name, at, timeout).await?;
-        let keeper = RelayKeeper::start(&self.node, shared, config)
-            .await
-            .map_err(refused)?;
-        self.saved()?.update(|c| {
-            c.relays.retain(|r| r.name != name);
-            c.relays.push(RelayConfig {
-                name: name.to_owned(),
-                at: at.to_owned(),
-            });
-        })?;
+        let keeper = match RelayKeeper::start(&self.node, shared.clone(), config.clone()).await {
+            Ok(keeper) => keeper,
+            Err(e) if keep_on_failure => {
+                let keeper = RelayKeeper::spawn_after_failure(&self.node, shared, config, &e);
+                self.save(name, at)?;
+                change.set(KeptRelay {
+                    keeper,
+                    at: at.to_owned(),
+                });
+                bail!(
+                    "{:#}; relay {name} is not up, but node {node} keeps it and retries it (see `kith relay show {name}`)",
+                    refused_ref(&e)
+                );
+            }
+            Err(e) => return Err(refused(e)),
+        };
+        self.save(name, at)?;
         let kept = KeptRelay {
             keeper,
             at: at.to_owned(),
@@ -110,6 +152,17 @@ impl Relays {
         let view = self.view(&kept);
         change.set(kept);
         Ok(view)
+    }
+
+    /// Remember relay `name` at `at` in the node's configuration.
+    fn save(&self, name: &str, at: &str) -> Result<()> {
+        self.saved()?.update(|c| {
+            c.relays.retain(|r| r.name != name);
+            c.relays.push(RelayConfig {
+                name: name.to_owned(),
+                at: at.to_owned(),
+            });
+        })
     }
 
     /// Keep the relays of the node's configuration up, without waiting for them.

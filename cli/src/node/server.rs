@@ -47,11 +47,17 @@ pub(crate) async fn serve(stream: UnixStream, running: Arc<RunningNode>, stop: m
             name,
             at,
             timeout_ms,
+            keep_on_failure,
         }) => (
             to_response(
                 running
                     .relays
-                    .create(&name, &at, Duration::from_millis(timeout_ms))
+                    .create(
+                        &name,
+                        &at,
+                        Duration::from_millis(timeout_ms),
+                        keep_on_failure,
+                    )
                     .await,
             ),
             false,
