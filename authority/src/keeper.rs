@@ -141,6 +141,13 @@ fn channel_ended(how: ChannelEnded) -> String {
                 .to_owned()
         }
         ChannelEnded::Closed => "the secure channel to the project node was closed".to_owned(),
+        ChannelEnded::PeerSilent => {
+            "the project node went silent (nothing heard past the channel's idle timeout)"
+                .to_owned()
+        }
+        ChannelEnded::PeerUnreachable => {
+            "the project node cannot be reached any more (a hop on the way answered so)".to_owned()
+        }
     }
 }
 
