@@ -11,7 +11,7 @@ use tokio::net::UnixStream;
 
 use kith_authority::keeper::RelayStatus;
 use kith_authority::relay::relay_address;
-use kith_transport::portal::StatsView;
+use kith_transport::portal::{RefusalsView, StatsView};
 
 use crate::home::Home;
 
@@ -332,6 +332,9 @@ pub struct InletView {
     pub error: Option<String>,
     /// Sessions and bytes.
     pub sessions: StatsView,
+    /// Sessions that never opened, by class, and the last one.
+    #[serde(default)]
+    pub refusals: RefusalsView,
 }
 
 #[cfg(test)]

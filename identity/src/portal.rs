@@ -19,14 +19,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kith_node::{AddressError, DisplayChain, Node, Route};
-use kith_transport::portal::{ConnectFuture, Connector, PortalRoute};
+use kith_node::{AddressError, DisplayChain, ErrorClass, Node, Route};
+use kith_transport::portal::{ConnectFuture, Connector, PortalRoute, Refusal};
 
 use crate::Identifier;
 use crate::backoff::Backoff;
+use crate::channel::HandshakeError;
 use crate::policy::Policy;
 use crate::secure_channel::{
-    ChannelHop, ChannelStack, ChannelStackError, SharedSettings, ThroughChannel,
+    ChannelHop, ChannelStack, ChannelStackError, SecureChannelError, SharedSettings, ThroughChannel,
 };
 
 /// 5 s: the most one attempt at reaching the outlet's node may take; the connector retries
@@ -63,6 +64,45 @@ enum ConnectError {
     /// The channels could not be opened within the open timeout.
     #[error("cannot reach the outlet")]
     Unreachable(#[source] ChannelStackError),
+}
+
+/// The class of refusal a node on the way, or the peer, answered opening the channels with.
+fn refused(e: &ChannelStackError) -> Option<ErrorClass> {
+    match e {
+        ChannelStackError::Open {
+            source: SecureChannelError::Handshake(HandshakeError::Refused(u)),
+            ..
+        } => Some(u.class),
+        _ => None,
+    }
+}
+
+/// Whether retrying cannot help against a refusal of `class`: the peer (or a node on the
+/// way) decided who we are is not welcome. A missing relay or hop may come back.
+fn final_refusal(class: ErrorClass) -> bool {
+    matches!(
+        class,
+        ErrorClass::Denied
+            | ErrorClass::NoTrustedCredential
+            | ErrorClass::NotAllowed
+            | ErrorClass::Revoked
+            | ErrorClass::InvalidHandshake
+            | ErrorClass::TooLarge
+    )
+}
+
+/// What an inlet counts and shows for `e`.
+fn refusal(e: &ConnectError) -> Refusal {
+    let class = match e {
+        ConnectError::NoChannel | ConnectError::RouteTooLong(_) => "invalid-route",
+        ConnectError::NotAllowed { .. } => "outlet-not-allowed",
+        ConnectError::Unreachable(e) => match (refused(e), e) {
+            (Some(class), _) => class.name(),
+            (None, ChannelStackError::Timeout { .. }) => "timeout",
+            (None, _) => "unreachable",
+        },
+    };
+    Refusal::new(class, DisplayChain(e).to_string())
 }
 
 /// Why one attempt failed.
@@ -116,7 +156,12 @@ impl PortalConnector {
         let settings = self.settings.get();
         let stack = ChannelStack::open(&self.node, &settings, &self.hops, budget)
             .await
-            .map_err(Attempt::Retry)?;
+            .map_err(|e| match refused(&e) {
+                // A node that refuses us will go on refusing: say so now, not after the
+                // open timeout.
+                Some(class) if final_refusal(class) => Attempt::Fatal(ConnectError::Unreachable(e)),
+                _ => Attempt::Retry(e),
+            })?;
         let Some(inner) = stack.innermost() else {
             return Err(Attempt::Fatal(ConnectError::NoChannel));
         };
@@ -150,15 +195,12 @@ impl Connector for PortalConnector {
                 let left = self.open_timeout.saturating_sub(backoff.waited());
                 let error = match self.attempt(left.min(ATTEMPT_TIMEOUT)).await {
                     Ok(route) => return Ok(route),
-                    Err(Attempt::Fatal(e)) => return Err(DisplayChain(&e).to_string()),
+                    Err(Attempt::Fatal(e)) => return Err(refusal(&e)),
                     Err(Attempt::Retry(e)) => e,
                 };
                 match backoff.next_pause() {
                     Some(pause) => tokio::time::sleep(pause).await,
-                    None => {
-                        let e = ConnectError::Unreachable(error);
-                        return Err(DisplayChain(&e).to_string());
-                    }
+                    None => return Err(refusal(&ConnectError::Unreachable(error))),
                 }
             }
         })

@@ -13,7 +13,7 @@ use kith_identity::policy::{Policy, PolicyAccessControl};
 use kith_identity::portal::PortalConnector;
 use kith_identity::secure_channel::{ChannelHop, DEFAULT_LISTENER, SharedSettings};
 use kith_node::Route;
-use kith_transport::portal::{Connector, Inlet, Outlet, PortalOptions};
+use kith_transport::portal::{Connector, Inlet, Outlet, PortalOptions, Refusal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -40,7 +40,7 @@ fn connector(inlet: &Peer, to: &Peer, policy: Policy, open_timeout: Duration) ->
 }
 
 /// Why `connector` gave a session no route, and how long it took to say so.
-async fn refusal(connector: &PortalConnector) -> (String, Duration) {
+async fn refusal(connector: &PortalConnector) -> (Refusal, Duration) {
     let started = Instant::now();
     match tokio::time::timeout(WAIT, connector.connect()).await {
         Ok(Err(why)) => (why, started.elapsed()),
@@ -106,8 +106,9 @@ async fn an_outlet_node_the_policy_does_not_admit_is_refused_at_once() {
     // Admits only the inlet's own identity, so not the node that answers.
     let connector = connector(&i, &o, only(i.identifier()), WAIT * 3);
     let (error, waited) = refusal(&connector).await;
+    assert_eq!(error.class, "outlet-not-allowed");
     assert_eq!(
-        error,
+        error.reason,
         format!(
             "the node at the end of the route, {}, does not satisfy the inlet's policy {}",
             o.identifier(),
@@ -154,6 +155,9 @@ async fn a_session_whose_outlet_node_never_answers_gives_up_after_the_open_timeo
     let open_timeout = Duration::from_millis(800);
     let connector = connector(&i, &o, only(o.identifier()), open_timeout);
     let (error, waited) = refusal(&connector).await;
+    // Each attempt was told at once that o has no listener; the last answer is the class.
+    assert_eq!(error.class, "unknown-address", "{error}");
+    let error = error.reason;
     assert!(
         error.starts_with(&format!(
             "cannot reach the outlet: cannot open a secure channel to {}: ",

@@ -138,6 +138,14 @@ fn inlet(k: &Kith, node: &str, route: &str, extra: &[&str]) -> String {
     v["from"].as_str().unwrap().to_owned()
 }
 
+/// The inlet on `node` that listens at `from`, as `tcp-inlet list` shows it.
+fn inlet_at(k: &Kith, node: &str, from: &str) -> serde_json::Value {
+    let all = k.json(&["tcp-inlet", "list", "--at", node]);
+    all.as_array()
+        .and_then(|a| a.iter().find(|v| v["from"] == from).cloned())
+        .unwrap_or_else(|| panic!("no inlet from {from} on {node}: {all}"))
+}
+
 /// Echo `len` bytes of seed `seed` through `addr`; true if exactly they came back.
 fn echo_ok(addr: &str, seed: u64, len: usize) -> bool {
     let mut s = connect(addr);
@@ -262,6 +270,20 @@ fn only_project_members_the_outlet_admits_get_a_session() {
         log(&k, "db-node")
     );
     assert!(log(&k, "other-node").contains("access denied by the outlet's policy"));
+    // The inlet counts the refusal by class and shows the last one.
+    let alias = inlet_at(&k, "other-node", &other)["alias"].clone();
+    let alias = alias.as_str().unwrap();
+    let shown = k.json(&["tcp-inlet", "show", alias, "--at", "other-node"]);
+    assert_eq!(
+        shown["refusals"]["by_class"]["outlet-refused"], 1,
+        "{shown}"
+    );
+    assert_eq!(
+        shown["refusals"]["last"]["class"], "outlet-refused",
+        "{shown}"
+    );
+    let text = k.ok(&["tcp-inlet", "show", alias, "--at", "other-node"]);
+    assert!(text.contains("last refusal (outlet-refused"), "{text}");
 
     // A stranger (an identity in no project) that reaches db-node directly is refused too;
     // the same route works for web-node, so it is the stranger that is refused.
@@ -307,6 +329,11 @@ fn only_project_members_the_outlet_admits_get_a_session() {
     );
     assert_refused(&picky);
     assert!(log(&k, "web-node").contains("does not satisfy the inlet's policy"));
+    let picky_view = inlet_at(&k, "web-node", &picky);
+    assert_eq!(
+        picky_view["refusals"]["by_class"]["outlet-not-allowed"], 1,
+        "{picky_view}"
+    );
 
     let outlet = sessions(&k, "tcp-outlet", "outlet", "db-node");
     assert_eq!(outlet["refused"], 2, "{outlet}");

@@ -88,6 +88,23 @@ impl ErrorClass {
         }
     }
 
+    /// A short, stable name for counting and scripts: `denied`, `no-trusted-credential`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::UnknownAddress => "unknown-address",
+            Self::Denied => "denied",
+            Self::Unreachable => "unreachable",
+            Self::TooLarge => "too-large",
+            Self::Closed => "closed",
+            Self::Busy => "busy",
+            Self::InvalidHandshake => "invalid-handshake",
+            Self::NoTrustedCredential => "no-trusted-credential",
+            Self::NotAllowed => "not-allowed",
+            Self::Revoked => "revoked",
+            Self::Other(_) => "other",
+        }
+    }
+
     /// The class alone, in a few words: `denied by the access policy`.
     pub fn describe(self) -> &'static str {
         match self {

@@ -30,6 +30,29 @@ impl OutletView {
 }
 
 impl InletView {
+    /// The line, then why sessions were refused: by class, and the last reason.
+    fn detail(&self) -> String {
+        let mut shown = self.line();
+        if !self.refusals.by_class.is_empty() {
+            let classes: Vec<String> = self
+                .refusals
+                .by_class
+                .iter()
+                .map(|(class, n)| format!("{class} {n}"))
+                .collect();
+            shown.push_str(&format!("\nrefused by class: {}", classes.join(", ")));
+        }
+        if let Some(last) = &self.refusals.last {
+            shown.push_str(&format!(
+                "\nlast refusal ({}, {}): {}",
+                last.class,
+                super::relays::ago(last.at, kith_identity::unix_now()),
+                super::output::clean(&last.reason)
+            ));
+        }
+        shown
+    }
+
     fn line(&self) -> String {
         let state = match &self.error {
             None => format!(
@@ -256,7 +279,7 @@ pub async fn run_inlet(home: &Home, out: &Output, cmd: TcpInletCommand) -> Resul
         }
         TcpInletCommand::Show { alias, at } => {
             let (_, view) = find_inlet(home, &alias, at.as_deref()).await?;
-            out.result(|| view.line(), &view);
+            out.result(|| view.detail(), &view);
         }
         TcpInletCommand::Delete { alias, at } => {
             let (node, _) = find_inlet(home, &alias, at.as_deref()).await?;

@@ -45,7 +45,7 @@ impl RelayView {
     }
 }
 
-fn ago(at: u64, now: u64) -> String {
+pub(super) fn ago(at: u64, now: u64) -> String {
     match now.saturating_sub(at) {
         0 => format!("{} (just now)", unix_time(at)),
         secs => format!(

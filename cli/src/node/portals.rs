@@ -177,6 +177,11 @@ impl Portals {
                 .as_ref()
                 .map(|i| i.stats().view())
                 .unwrap_or_default(),
+            refusals: k
+                .inlet
+                .as_ref()
+                .map(|i| i.stats().refusals())
+                .unwrap_or_default(),
         }
     }
 

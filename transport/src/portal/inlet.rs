@@ -5,9 +5,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use kith_node::{IncomingAccessControl, Message, Node, Route};
+use kith_node::{ErrorClass, IncomingAccessControl, Message, Node, Route};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -18,12 +17,40 @@ use super::session::{self, End, window_ok};
 use super::{PortalMessage, PortalOptions, PortalStats};
 
 /// What [`Connector::connect`] returns.
-pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = Result<PortalRoute, String>> + Send + 'a>>;
+pub type ConnectFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<PortalRoute, Refusal>> + Send + 'a>>;
+
+/// Why a session could not be opened: a short class an inlet counts its refusals by
+/// (`denied`, `no-trusted-credential`, `unknown-address`, `outlet-refused`, `timeout`, …)
+/// and the reason in full, for the log and `tcp-inlet show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The class.
+    pub class: &'static str,
+    /// Why, in full.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal of `class`, for `reason`.
+    pub fn new(class: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            class,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
 
 /// Finds the way to the outlet for one new session: typically opens secure channels along
 /// the inlet's route and checks who answered.
 pub trait Connector: Send + Sync + 'static {
-    /// A route to the outlet for one session, or why there is none (for the log).
+    /// A route to the outlet for one session, or why there is none.
     fn connect(&self) -> ConnectFuture<'_>;
 }
 
@@ -131,20 +158,20 @@ impl Inlet {
         let label = format!("inlet {}", self.bound);
         let deadline = Instant::now() + options.open_timeout;
         let opened = tokio::select! {
-            () = self.stop.cancelled() => Err("the inlet was deleted".to_owned()),
+            () = self.stop.cancelled() => Err(Refusal::new("deleted", "the inlet was deleted")),
             r = tokio::time::timeout_at(deadline, open(&node, &*connector, &options)) => match r {
                 Ok(r) => r,
-                Err(_) => Err(format!(
+                Err(_) => Err(Refusal::new("timeout", format!(
                     "no session with the outlet within {:?}; is its route up?",
                     options.open_timeout
-                )),
+                ))),
             },
         };
         let (route, mailbox, peer, peer_window) = match opened {
             Ok(o) => o,
-            Err(reason) => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                warn!(portal = %label, client = %from, %reason, "cannot carry a connection");
+            Err(refusal) => {
+                self.stats.refuse(&refusal, unix_now());
+                warn!(portal = %label, client = %from, class = refusal.class, reason = %refusal.reason, "cannot carry a connection");
                 session::abort(&stream);
                 return;
             }
@@ -168,20 +195,27 @@ impl Inlet {
     }
 }
 
+/// Now, in Unix seconds.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Reach the outlet and have it open a session: the route (kept for its guard), our
 /// mailbox, the outlet session's route and the window it grants.
 async fn open(
     node: &Node,
     connector: &dyn Connector,
     options: &PortalOptions,
-) -> Result<(PortalRoute, kith_node::Mailbox, Route, u32), String> {
+) -> Result<(PortalRoute, kith_node::Mailbox, Route, u32), Refusal> {
     let route = connector.connect().await?;
     let mut mailbox = node
         .register_mailbox(
             [kith_node::Address::random_local("portal-in")],
             route.replies.clone(),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Refusal::new("stopping", e.to_string()))?;
     let open = Message::new(
         route.route.clone(),
         Route::from(mailbox.address().clone()),
@@ -190,31 +224,42 @@ async fn open(
         }
         .encode(),
     );
-    node.route(open)
-        .await
-        .map_err(|e| format!("cannot reach the outlet: {e}"))?;
+    node.route(open).await.map_err(|e| {
+        let class = e.class().map_or("unreachable", ErrorClass::name);
+        Refusal::new(class, format!("cannot reach the outlet: {e}"))
+    })?;
     let answer = mailbox
         .recv()
         .await
-        .ok_or_else(|| "the node is stopping".to_owned())?;
+        .ok_or_else(|| Refusal::new("stopping", "the node is stopping"))?;
     match answer.undeliverable() {
         None => {}
-        Some(Ok(error)) => return Err(format!("cannot reach the outlet: {error}")),
+        Some(Ok(error)) => {
+            return Err(Refusal::new(
+                error.class.name(),
+                format!("cannot reach the outlet: {error}"),
+            ));
+        }
         Some(Err(e)) => {
-            return Err(format!(
-                "cannot reach the outlet (the error message about it was malformed: {e})"
+            return Err(Refusal::new(
+                "invalid-answer",
+                format!("cannot reach the outlet (the error message about it was malformed: {e})"),
             ));
         }
     }
+    let invalid = |reason: String| Refusal::new("invalid-answer", reason);
     match PortalMessage::decode(&answer.payload) {
         Ok(PortalMessage::Opened { window }) if window_ok(window) => {
             Ok((route, mailbox, answer.return_route, window))
         }
-        Ok(PortalMessage::Opened { window }) => {
-            Err(format!("the outlet granted an invalid window ({window})"))
-        }
-        Ok(PortalMessage::Refused { reason }) => Err(format!("the outlet refused: {reason}")),
-        Ok(_) => Err("the outlet answered out of turn".to_owned()),
-        Err(e) => Err(format!("the outlet's answer is invalid: {e}")),
+        Ok(PortalMessage::Opened { window }) => Err(invalid(format!(
+            "the outlet granted an invalid window ({window})"
+        ))),
+        Ok(PortalMessage::Refused { reason }) => Err(Refusal::new(
+            "outlet-refused",
+            format!("the outlet refused: {reason}"),
+        )),
+        Ok(_) => Err(invalid("the outlet answered out of turn".to_owned())),
+        Err(e) => Err(invalid(format!("the outlet's answer is invalid: {e}"))),
     }
 }

@@ -16,12 +16,14 @@ mod message;
 mod outlet;
 mod session;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use kith_node::{IncomingAccessControl, Origin};
 
-pub use inlet::{ConnectFuture, Connector, Inlet, PortalRoute};
+pub use inlet::{ConnectFuture, Connector, Inlet, PortalRoute, Refusal};
 pub use message::{MAX_CHUNK, MAX_REASON_LEN, PortalDecodeError, PortalMessage};
 pub use outlet::Outlet;
 pub use session::{DATA_OVERHEAD, MAX_WINDOW, MIN_WINDOW};
@@ -74,9 +76,34 @@ pub struct PortalStats {
     pub bytes_in: AtomicU64,
     /// Bytes received and written to local sockets.
     pub bytes_out: AtomicU64,
+    /// Why sessions never opened, by class, and the last time.
+    refusals: Mutex<RefusalsView>,
 }
 
 impl PortalStats {
+    /// Count a session that never opened, for `refusal`.
+    pub fn refuse(&self, refusal: &Refusal, at: u64) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let mut refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        *refusals
+            .by_class
+            .entry(refusal.class.to_owned())
+            .or_default() += 1;
+        refusals.last = Some(LastRefusal {
+            class: refusal.class.to_owned(),
+            reason: refusal.reason.clone(),
+            at,
+        });
+    }
+
+    /// Why sessions never opened.
+    pub fn refusals(&self) -> RefusalsView {
+        self.refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// A snapshot.
     pub fn view(&self) -> StatsView {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -89,6 +116,29 @@ impl PortalStats {
             bytes_out: get(&self.bytes_out),
         }
     }
+}
+
+/// Sessions that never opened, counted by class (`denied`, `no-trusted-credential`,
+/// `unknown-address`, `outlet-refused`, `timeout`, …), and the last one, as
+/// `kith tcp-inlet show` prints them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RefusalsView {
+    /// How many, by class. A handful of classes exist, so this stays small.
+    pub by_class: BTreeMap<String, u64>,
+    /// The most recent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<LastRefusal>,
+}
+
+/// The most recent session that never opened.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastRefusal {
+    /// Its class.
+    pub class: String,
+    /// Why, in full.
+    pub reason: String,
+    /// When (Unix seconds).
+    pub at: u64,
 }
 
 /// A snapshot of [`PortalStats`], as `kith tcp-inlet|tcp-outlet list` print it.
