@@ -21,7 +21,7 @@ use kith_authority::service::{Authority, AuthorityConfig};
 use kith_authority::store::MembershipStore;
 use kith_authority::ticket::OneTimeCode;
 use kith_authority::{Clock, ManualClock};
-use kith_identity::channel::{Admission, LocalIdentity, Trust};
+use kith_identity::channel::{Admission, HandshakeError, LocalIdentity, Trust};
 use kith_identity::secure_channel::{
     self, ChannelSettings, DEFAULT_LISTENER, SecureChannel, SecureChannelError, SharedSettings,
 };
@@ -32,8 +32,8 @@ use kith_identity::{
 };
 use kith_node::testing::until;
 use kith_node::{
-    Address, AllowAll, Client, Context, Echo, Message, Node, Origin, RequestError, Route, TCP,
-    Undeliverable, Worker, WorkerError,
+    Address, AllowAll, Client, Context, Echo, ErrorClass, Message, Node, Origin, RequestError,
+    Route, TCP, Undeliverable, Worker, WorkerError,
 };
 use kith_transport::TcpTransport;
 use tempfile::TempDir;
@@ -143,8 +143,7 @@ async fn an_expired_credential_creates_no_relay_whether_expired_before_or_after_
     let grant = attributes(&[(PROJECT_ID_ATTRIBUTE, PROJECT_ID), (RELAY_ATTRIBUTE, "db")]);
 
     // Expired before the handshake: the project node verifies credentials from its own
-    // authority and fails the handshake, so no channel (the initiator, never told it was
-    // admitted, gives up at its handshake timeout).
+    // authority and refuses the handshake, and says so at once.
     let expired = Party::credentialed(
         &signing_key,
         grant.clone(),
@@ -163,10 +162,10 @@ async fn an_expired_credential_creates_no_relay_whether_expired_before_or_after_
     .await;
     match outcome {
         Err(ClientError::Connect {
-            source: SecureChannelError::Timeout(_),
+            source: SecureChannelError::Handshake(HandshakeError::Refused(refusal)),
             ..
-        }) => {}
-        other => panic!("expected the handshake to fail, got {other:?}"),
+        }) if refusal.class == ErrorClass::NoTrustedCredential => {}
+        other => panic!("expected the handshake to be refused, got {other:?}"),
     }
 
     // Valid at the handshake, expired by the time it asks: the project node tears the

@@ -271,6 +271,7 @@ Examples:
   kith message send hello --to /ip4/127.0.0.1/tcp/4000/service/echo --timeout 2s
   kith message send hello --to /dnsaddr/localhost/tcp/4000/service/echo --output json
   kith message send hello --from n1 --to /node/n2/secure/api/service/echo
+  kith message send - --from n1 --to /node/n2/secure/api/service/echo < message.txt
 
 Without --from, the command runs a node of its own for its duration. A /secure/LISTENER hop
 opens an end-to-end secure channel to that listener first; the rest of the route travels
@@ -281,7 +282,8 @@ inside it, and the reply names the peer's identifier.")]
 /// `kith message send`
 #[derive(Debug, Args)]
 pub struct SendMessage {
-    /// The message text.
+    /// The message text; `-` reads it from standard input (for text too large for a command
+    /// line: a secure channel carries up to about 230 KiB).
     pub message: String,
     /// Where to send it, as a route: /node/NAME/service/S, /ip4/A/tcp/P/service/S, ….
     #[arg(long, value_name = "ROUTE")]

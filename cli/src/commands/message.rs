@@ -10,7 +10,10 @@ use crate::home::routes::resolve_target;
 use crate::node::{RunningNode, channel_settings};
 
 /// `kith message send`
-pub async fn send(home: &Home, out: &Output, args: SendMessage) -> Result<()> {
+pub async fn send(home: &Home, out: &Output, mut args: SendMessage) -> Result<()> {
+    if args.message == "-" {
+        args.message = read_stdin()?;
+    }
     let target = resolve_target(home, &args.to).await?;
     if target.route.is_empty() {
         bail!(
@@ -54,4 +57,14 @@ pub async fn send(home: &Home, out: &Output, args: SendMessage) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The message from standard input, whole: for text too large for a command line.
+fn read_stdin() -> Result<String> {
+    use std::io::Read as _;
+    let mut message = String::new();
+    std::io::stdin()
+        .read_to_string(&mut message)
+        .context("cannot read the message from standard input (it must be UTF-8 text)")?;
+    Ok(message)
 }

@@ -132,7 +132,14 @@ impl Channels {
         let reply = client.request(route, Bytes::from(payload), left).await;
         let inner = channels.innermost().cloned();
         drop(channels);
-        let reply = reply.with_context(|| format!("no reply from {shown}"))?;
+        let reply = match reply {
+            Ok(reply) => reply,
+            // A node on the way says why; that is the whole story.
+            Err(kith_node::RequestError::Undeliverable(why)) => {
+                anyhow::bail!("the message to {shown} was not delivered: {why}")
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("no reply from {shown}"))),
+        };
         Ok(SendReply {
             reply: String::from_utf8_lossy(&reply.payload).into_owned(),
             route: shown,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use kith_authority::api::ErrorKind;
 use kith_authority::client::{AuthorityClient, ClientError};
 use kith_authority::keeper::{ConfirmError, HEARTBEAT, KeeperConfig, RelayKeeper};
 use kith_identity::secure_channel::SharedSettings;
@@ -214,7 +215,13 @@ impl Relays {
                 config.timeout,
             )
             .await?;
-            client.delete_relay(name).await?;
+            match client.delete_relay(name).await {
+                // The keeper's channel closed as it stopped, and the relay went with it.
+                Err(ClientError::Refused(e)) if e.kind == ErrorKind::NotFound => {}
+                other => {
+                    other?;
+                }
+            }
             anyhow::Ok(())
         }
         .await;
