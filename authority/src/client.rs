@@ -481,7 +481,14 @@ impl AuthorityClient {
         ]);
         let request =
             api::encode(request).map_err(|source| ClientError::Encode { service, source })?;
-        let reply = match mailbox.request(route, request, timeout).await {
+        // A channel that ends (the authority stopped, its connection dropped) ends the wait
+        // at once, with why.
+        let end = self.channel.end_signal();
+        let answered = tokio::select! {
+            answered = mailbox.request(route, request, timeout) => answered,
+            how = end.ended() => return Err(ClientError::ChannelEnded { service, how }),
+        };
+        let reply = match answered {
             Ok(reply) => reply,
             Err(RequestError::Route(source)) => {
                 return Err(ClientError::Send { service, source });

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kith_identity::secure_channel::SecureChannelError;
+use kith_identity::secure_channel::{ChannelEnded, SecureChannelError};
 use kith_identity::{CredentialError, DecodeError, Identifier, IdentifierError, IdentityError};
 use kith_node::{RequestError, RouteError, StartError};
 use kith_transport::MultiAddrError;
@@ -588,6 +588,14 @@ pub enum ClientError {
     /// The node shut down while we waited.
     #[error("the node shut down while waiting for the authority")]
     Closed,
+    /// The secure channel to the authority ended while a request waited for its answer.
+    #[error("no answer to the {service} request: {how}")]
+    ChannelEnded {
+        /// The service.
+        service: &'static str,
+        /// How the channel ended.
+        how: ChannelEnded,
+    },
     /// A node on the way could not deliver the request, and answered with why.
     #[error("the request to the authority's {service} service was not delivered")]
     NotDelivered {

@@ -129,7 +129,18 @@ impl Channels {
         let mut client = self.node.client()?;
         let shown = route.to_string();
         let left = timeout.saturating_sub(started.elapsed());
-        let reply = client.request(route, Bytes::from(payload), left).await;
+        let end = channels.innermost().map(SecureChannel::end_signal);
+        let reply = tokio::select! {
+            reply = client.request(route, Bytes::from(payload), left) => reply,
+            // The channel the message went into ended (its peer stopped, say): no answer
+            // can come, so say so now.
+            how = async {
+                match &end {
+                    Some(end) => end.ended().await,
+                    None => std::future::pending().await,
+                }
+            } => anyhow::bail!("no reply from {shown}: {how}"),
+        };
         let inner = channels.innermost().cloned();
         drop(channels);
         let reply = match reply {
