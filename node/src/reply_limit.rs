@@ -21,12 +21,16 @@ pub struct ErrorReplyRate {
     pub burst: u32,
 }
 
-/// 20 per second, in bursts of 20: a client that mistyped a service learns it at once, even
-/// when it sends a burst of requests; a peer that sends nothing but undeliverable messages
-/// gets back at most a trickle of small error messages, never one for each.
+/// 200 per second, in bursts of 200, per connection: one connection often carries many
+/// clients (every channel a node opens to a peer, every session of a portal), and each of
+/// them should learn at once that its message was refused, so the bound sits well above
+/// what honest traffic meets (a refusal bench that fires requests back to back stays
+/// under it). A peer that sends nothing but undeliverable messages still gets back at
+/// most that many small error messages, fewer than it sent as soon as it sends faster: an
+/// error is never larger than what it answers, so nothing is amplified.
 pub const DEFAULT_ERROR_REPLY_RATE: ErrorReplyRate = ErrorReplyRate {
-    per_second: 20,
-    burst: 20,
+    per_second: 200,
+    burst: 200,
 };
 
 /// 4,096 senders: as many as a node's default connection limit. Past it, the table is swept
