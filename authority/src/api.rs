@@ -37,6 +37,23 @@ pub const RELAY_ATTRIBUTE: &str = "ockam-relay";
 /// 64 KiB: the largest request any service reads.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
+/// 200 rows: the most one page of a list holds. A member or a join request is at most a
+/// few KiB even with the longest attributes allowed (attribute names and values are capped,
+/// and so is their number), so a page stays well inside what one secure-channel message
+/// carries (about 230 KiB), and 10,000 rows take 50 round trips.
+pub const MAX_PAGE: u32 = 200;
+
+/// One page of a list, and where the next starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page<T> {
+    /// The rows.
+    pub items: Vec<T>,
+    /// The cursor to ask for the next page with; `None` on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 /// Requests to [`TICKET_SERVICE`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -50,10 +67,18 @@ pub enum TicketRequest {
         /// How many identities it may enroll.
         usage_count: u32,
     },
-    /// List tickets; answered with `Vec<TicketInfo>`. A struct variant, not a unit one:
-    /// serde ignores unknown fields after the tag of a unit variant, even with
-    /// `deny_unknown_fields`; on `{}` it refuses them. On the wire it is `{"op": "list"}`.
-    List {},
+    /// List tickets, a page at a time, oldest first; answered with `Page<TicketInfo>`. A
+    /// struct variant, not a unit one: serde ignores unknown fields after the tag of a unit
+    /// variant, even with `deny_unknown_fields`; on `{}` it refuses them. On the wire it is
+    /// `{"op": "list"}` for the first page.
+    List {
+        /// Start after this cursor (a previous page's `next`); from the first without.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// At most this many (and at most [`MAX_PAGE`]); [`MAX_PAGE`] without.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     /// Revoke a ticket by id; answered with [`TicketInfo`].
     Revoke {
         /// The ticket's id.
@@ -146,9 +171,17 @@ pub struct CredentialRequest {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MembersRequest {
-    /// Every member; answered with `Vec<MemberInfo>`. `{}` so that unknown fields are
-    /// refused (see [`TicketRequest::List`]).
-    List {},
+    /// Members, a page at a time in the order they were added; answered with
+    /// `Page<MemberInfo>`. `{}` (all fields optional) so that unknown fields are refused
+    /// (see [`TicketRequest::List`]).
+    List {
+        /// Start after this cursor (a previous page's `next`); from the first without.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// At most this many (and at most [`MAX_PAGE`]); [`MAX_PAGE`] without.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     /// One member; answered with [`MemberInfo`].
     Show {
         /// Its identifier.
@@ -184,12 +217,16 @@ pub struct MemberInfo {
     pub via: String,
 }
 
-/// The request to [`AUDIT_SERVICE`]; answered with `Vec<AuditEntry>`.
+/// The request to [`AUDIT_SERVICE`]: a page of the log, newest first; answered with
+/// `Page<AuditEntry>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRequest {
-    /// At most this many of the newest entries.
+    /// At most this many entries (and at most [`MAX_PAGE`] per page).
     pub limit: u32,
+    /// Older than this cursor (a previous page's `next`); from the newest without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
 }
 
 /// One audit log entry.
@@ -229,11 +266,17 @@ pub enum JoinCall {
         /// The request's id.
         id: String,
     },
-    /// Requests (admins and enrollers): pending ones, or all with `all`; answered with
-    /// `Vec<JoinRequestInfo>`.
+    /// Requests (admins and enrollers): pending ones, or all with `all`, a page at a time,
+    /// oldest first; answered with `Page<JoinRequestInfo>`.
     List {
         /// Decided and expired ones too.
         all: bool,
+        /// Start after this cursor (a previous page's `next`); from the first without.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// At most this many (and at most [`MAX_PAGE`]); [`MAX_PAGE`] without.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
     },
     /// One request (admins and enrollers); answered with [`JoinRequestInfo`].
     Show {

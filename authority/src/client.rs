@@ -42,7 +42,7 @@ use crate::api::{
     self, ACCEPTOR_SERVICE, AUDIT_SERVICE, AuditEntry, AuditRequest, AutoApproveRule,
     CREDENTIAL_SERVICE, CreatedTicket, CredentialRequest, Enrolled, ErrorKind, JOIN_SERVICE,
     JOIN_WAIT_HOLD, JoinCall, JoinRequestInfo, JoinState, JoinWaited, MEMBERS_SERVICE, MemberInfo,
-    MembersRequest, RedeemRequest, RuleAdded, TICKET_SERVICE, TicketInfo, TicketRequest,
+    MembersRequest, Page, RedeemRequest, RuleAdded, TICKET_SERVICE, TicketInfo, TicketRequest,
 };
 pub use crate::error::{ClientError, CredentialCheckError, JoinWaitError};
 use crate::relay::{RELAY_SERVICE, RelayInfo, RelayRequest};
@@ -228,7 +228,17 @@ impl AuthorityClient {
 
     /// Every ticket, revoked and expired ones included. Admins and enrollers only.
     pub async fn list_tickets(&mut self) -> Result<Vec<TicketInfo>, ClientError> {
-        self.call(TICKET_SERVICE, &TicketRequest::List {}).await
+        let mut tickets = Vec::new();
+        let mut after = None;
+        loop {
+            let request = TicketRequest::List { after, limit: None };
+            let page: Page<TicketInfo> = self.call(TICKET_SERVICE, &request).await?;
+            tickets.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(tickets),
+            }
+        }
     }
 
     /// Revoke ticket `id`. Admins and enrollers only.
@@ -258,7 +268,17 @@ impl AuthorityClient {
 
     /// Every member. Admins and enrollers only.
     pub async fn members(&mut self) -> Result<Vec<MemberInfo>, ClientError> {
-        self.call(MEMBERS_SERVICE, &MembersRequest::List {}).await
+        let mut members = Vec::new();
+        let mut after = None;
+        loop {
+            let request = MembersRequest::List { after, limit: None };
+            let page: Page<MemberInfo> = self.call(MEMBERS_SERVICE, &request).await?;
+            members.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(members),
+            }
+        }
     }
 
     /// The member `identifier`. Admins and enrollers only.
@@ -369,7 +389,21 @@ impl AuthorityClient {
 
     /// Join requests: pending ones, or all with `all`. Admins and enrollers only.
     pub async fn join_requests(&mut self, all: bool) -> Result<Vec<JoinRequestInfo>, ClientError> {
-        self.call(JOIN_SERVICE, &JoinCall::List { all }).await
+        let mut requests = Vec::new();
+        let mut after = None;
+        loop {
+            let request = JoinCall::List {
+                all,
+                after,
+                limit: None,
+            };
+            let page: Page<JoinRequestInfo> = self.call(JOIN_SERVICE, &request).await?;
+            requests.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(requests),
+            }
+        }
     }
 
     /// Join request `id`. Admins and enrollers only.
@@ -445,7 +479,25 @@ impl AuthorityClient {
 
     /// The newest `limit` audit entries, newest last. Admins only.
     pub async fn audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, ClientError> {
-        self.call(AUDIT_SERVICE, &AuditRequest { limit }).await
+        let mut entries = Vec::new();
+        let mut before = None;
+        while u32::try_from(entries.len()).is_ok_and(|n| n < limit) {
+            let left = limit - u32::try_from(entries.len()).unwrap_or(limit);
+            let request = AuditRequest {
+                limit: left,
+                before,
+            };
+            let page: Page<AuditEntry> = self.call(AUDIT_SERVICE, &request).await?;
+            entries.extend(page.items);
+            match page.next {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        // Newest first as paged; the oldest of them first as shown.
+        entries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        entries.reverse();
+        Ok(entries)
     }
 
     /// Close the channel (the authority's end is told).
@@ -686,13 +738,14 @@ impl JoinWait {
             };
             let waited = match waited {
                 Some(Err(_)) => return Err(self.timed_out(None)),
-                Some(Ok(w)) => w,
-                None => {
+                // The call noticed the channel's end first: the same as the signal.
+                Some(Ok(Err(ClientError::ChannelEnded { .. }))) | None => {
                     // Dropping the client closes what is left of its channel.
                     client = None;
                     on_event(JoinEvent::Lost { error: None });
                     continue;
                 }
+                Some(Ok(w)) => w,
             };
             if waited.is_ok() {
                 busy = None;
@@ -725,6 +778,12 @@ impl JoinWait {
                         id: self.id.clone(),
                         refusal,
                     });
+                }
+                // The call failed because the channel had ended (its encryptor gone before
+                // the call, say): lost the way the end signal tells it.
+                Err(_) if end.has_ended().is_some() => {
+                    client = None;
+                    on_event(JoinEvent::Lost { error: None });
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, request = %self.id, "lost the authority while waiting");

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kith_authority::store::{
     AuditEvent, DecideError, Decision, FileError, Filed, JoinLimits, JoinRecord, JoinState, Member,
-    MembershipStore, NewJoinRequest, NewTicket, RedeemError, RuleRecord, StoreError,
+    MembershipStore, NewJoinRequest, NewTicket, PageKey, RedeemError, RuleRecord, StoreError,
 };
 use kith_identity::Identifier;
 use sha2::{Digest, Sha256};
@@ -652,6 +652,119 @@ async fn both_databases_have_the_same_columns(db: &TestDb) {
     }
 }
 
+async fn a_walk_over_member_pages_sees_every_member_once_in_order_despite_inserts(db: &TestDb) {
+    let store = db.open().await;
+    let admin = identifier();
+    // 25 members over 3 seconds, several added in the same second: the page key is
+    // (added_at, identifier), never an offset.
+    let mut existing = Vec::new();
+    for i in 0..25u64 {
+        let mut member = admin_member(&identifier(), &admin);
+        member.added_at = NOW + i / 10;
+        store
+            .add_member(&member, &admin, member.added_at)
+            .await
+            .unwrap();
+        existing.push(member);
+    }
+    existing.sort_by(|a, b| {
+        (a.added_at, a.identifier.to_string()).cmp(&(b.added_at, b.identifier.to_string()))
+    });
+    let mut seen = Vec::new();
+    let mut after: Option<PageKey> = None;
+    let mut pages = 0;
+    loop {
+        let page = store.members_page(after.as_ref(), 4).await.unwrap();
+        assert!(page.len() <= 4);
+        pages += 1;
+        // Between the first pages, members join: later ones (seen at the end of the
+        // walk), and one added in the first second, which sorts wherever its identifier
+        // falls and so may or may not be seen; either way no existing member moves.
+        if pages <= 3 {
+            let mut late = admin_member(&identifier(), &admin);
+            late.added_at = NOW + 100 + pages;
+            store
+                .add_member(&late, &admin, late.added_at)
+                .await
+                .unwrap();
+            let mut early = admin_member(&identifier(), &admin);
+            early.added_at = NOW;
+            store.add_member(&early, &admin, NOW).await.unwrap();
+        }
+        let Some(last) = page.last() else { break };
+        after = Some(PageKey {
+            at: last.added_at,
+            key: last.identifier.to_string(),
+        });
+        seen.extend(page);
+        if pages > 100 {
+            panic!("the walk does not end");
+        }
+    }
+    let seen_existing: Vec<_> = seen
+        .iter()
+        .filter(|m| existing.contains(m))
+        .cloned()
+        .collect();
+    assert_eq!(
+        seen.iter().filter(|m| m.added_at >= NOW + 100).count(),
+        3,
+        "every later member is seen"
+    );
+    assert_eq!(
+        seen_existing, existing,
+        "every member that existed, once, in order"
+    );
+    let mut keys: Vec<_> = seen.iter().map(|m| m.identifier.to_string()).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), seen.len(), "no member twice");
+    // The cursor a client gets names the same place.
+    let key = PageKey {
+        at: 7,
+        key: "I00ff".into(),
+    };
+    assert_eq!(PageKey::from_cursor(&key.to_cursor()), Some(key));
+    for bad in ["", "7", ".I00", "x.I00", "7.", "7.a b", "7.a'--"] {
+        assert_eq!(PageKey::from_cursor(bad), None, "{bad:?}");
+    }
+}
+
+async fn a_walk_over_pending_request_pages_sees_each_once(db: &TestDb) {
+    let store = db.open().await;
+    let mut filed = Vec::new();
+    for i in 0..9u64 {
+        let id = format!("req{i}");
+        let request = join_request(&id, &identifier(), &format!("10.0.0.{i}"));
+        file(&store, &request, LIMITS, NOW + i / 3).await.unwrap();
+        filed.push(id);
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<PageKey> = None;
+    loop {
+        let page = store
+            .join_requests_page(false, NOW + 5, after.as_ref(), 2)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(PageKey {
+            at: last.created_at,
+            key: last.id.clone(),
+        });
+        seen.extend(page.into_iter().map(|r| r.id));
+    }
+    let mut expected = store
+        .join_requests(false, NOW + 5)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect::<Vec<_>>();
+    assert_eq!(seen, expected);
+    expected.sort();
+    filed.sort();
+    assert_eq!(expected, filed);
+}
+
 /// Run the same scenarios on each database, as `sqlite::<name>` and `postgres::<name>`.
 macro_rules! on_both_databases {
     ($($scenario:ident),* $(,)?) => {
@@ -704,6 +817,8 @@ on_both_databases!(
     rules_are_added_listed_until_they_expire_and_deleted,
     twenty_filings_at_once_from_one_source_file_exactly_five,
     one_requester_filing_ten_times_at_once_has_one_request,
+    a_walk_over_member_pages_sees_every_member_once_in_order_despite_inserts,
+    a_walk_over_pending_request_pages_sees_each_once,
 );
 
 // ---- join requests and auto-approval rules -----------------------------------------------

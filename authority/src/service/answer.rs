@@ -10,9 +10,9 @@ use tracing::{debug, warn};
 
 use crate::api::{
     self, ApiError, AuditEntry, AutoApproveRule, CreatedTicket, Enrolled, ErrorKind,
-    JoinRequestInfo, JoinWaited, MemberInfo, Reply, RuleAdded, TicketInfo,
+    JoinRequestInfo, JoinWaited, MemberInfo, Page, Reply, RuleAdded, TicketInfo,
 };
-use crate::store::StoreError;
+use crate::store::{PageKey, StoreError};
 
 /// Refusal messages shared by several services. Coarse on purpose: our log has the detail.
 pub(crate) const BUSY: &str = "the authority is busy; try again in a moment";
@@ -21,14 +21,14 @@ pub(crate) const INTERNAL: &str = "the authority could not complete the request;
 /// Every kind of successful answer, encoded as the API type each request promises.
 pub(crate) enum Answer {
     CreatedTicket(CreatedTicket),
-    Tickets(Vec<TicketInfo>),
+    Tickets(Page<TicketInfo>),
     Ticket(TicketInfo),
     Enrolled(Enrolled),
-    Members(Vec<MemberInfo>),
+    Members(Page<MemberInfo>),
     Member(MemberInfo),
-    Audit(Vec<AuditEntry>),
+    Audit(Page<AuditEntry>),
     JoinRequest(JoinRequestInfo),
-    JoinRequests(Vec<JoinRequestInfo>),
+    JoinRequests(Page<JoinRequestInfo>),
     JoinWaited(Box<JoinWaited>),
     Rule(AutoApproveRule),
     Rules(Vec<AutoApproveRule>),
@@ -80,6 +80,35 @@ pub(crate) async fn send_reply(node: &Node, reply_to: Route, from: Route, reply:
 /// The reply on the wire for `result`. An answer that does not encode is logged and
 /// answered with [`internal`], so the caller learns the request failed instead of waiting
 /// on a reply it cannot read.
+/// A list request's cursor and page size, checked: the page starts after the row the
+/// cursor names, and holds at most [`api::MAX_PAGE`] rows.
+pub(crate) fn page_request(
+    after: Option<&str>,
+    limit: Option<u32>,
+) -> Result<(Option<PageKey>, u32), ApiError> {
+    let after = match after {
+        None => None,
+        Some(cursor) => Some(PageKey::from_cursor(cursor).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::BadRequest,
+                "the page cursor is not one this authority handed out; start the list again",
+            )
+        })?),
+    };
+    let limit = limit.unwrap_or(api::MAX_PAGE).clamp(1, api::MAX_PAGE);
+    Ok((after, limit))
+}
+
+/// The cursor of the page after `rows`, if the page is full (there may be more).
+pub(crate) fn full_page<T>(rows: &[T], limit: u32, key: impl Fn(&T) -> PageKey) -> Option<String> {
+    let full = u32::try_from(rows.len()).is_ok_and(|n| n >= limit);
+    if full {
+        rows.last().map(|r| key(r).to_cursor())
+    } else {
+        None
+    }
+}
+
 pub(crate) fn encode_result<T: Serialize>(result: Result<T, ApiError>) -> Vec<u8> {
     let encoded = match result {
         Ok(value) => api::encode(&Reply::Ok(value)),

@@ -46,16 +46,19 @@ use rand::Rng;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tracing::{info, warn};
 
-use super::answer::{Answer, bad_request, busy, forbidden, internal, store_failed};
+use super::answer::{
+    Answer, bad_request, busy, forbidden, full_page, internal, page_request, store_failed,
+};
 use super::checks::{check_member_attributes, grants_enroller};
 use super::state::Authority;
 use super::wire::{request_info, rule_info};
 use crate::api::{
     self, ApiError, ErrorKind, JOIN_WAIT_HOLD, JoinCall, JoinRequestInfo, JoinWaited,
-    MAX_JOIN_NOTE, RuleAdded,
+    MAX_JOIN_NOTE, Page, RuleAdded,
 };
 use crate::store::{
-    DecideError, Decision, FileError, JoinLimits, JoinRecord, JoinState, NewJoinRequest, RuleRecord,
+    DecideError, Decision, FileError, JoinLimits, JoinRecord, JoinState, NewJoinRequest, PageKey,
+    RuleRecord,
 };
 
 pub use super::config::JoinSettings;
@@ -253,17 +256,23 @@ impl Authority {
                 .await
                 .map(Answer::JoinRequest),
             JoinCall::Wait { id } => self.wait(caller, &normalize_id(&id), permit).await,
-            JoinCall::List { all } => {
+            JoinCall::List { all, after, limit } => {
                 self.admin_or_enroller(caller, DECIDERS).await?;
+                let (after, limit) = page_request(after.as_deref(), limit)?;
                 let now = self.now();
                 let records = self
                     .store()
-                    .join_requests(all, now)
+                    .join_requests_page(all, now, after.as_ref(), limit)
                     .await
                     .map_err(|e| store_failed("listing join requests", &e))?;
-                Ok(Answer::JoinRequests(
-                    records.into_iter().map(|r| request_info(r, now)).collect(),
-                ))
+                let next = full_page(&records, limit, |r| PageKey {
+                    at: r.created_at,
+                    key: r.id.clone(),
+                });
+                Ok(Answer::JoinRequests(Page {
+                    items: records.into_iter().map(|r| request_info(r, now)).collect(),
+                    next,
+                }))
             }
             JoinCall::Show { id } => {
                 self.admin_or_enroller(caller, DECIDERS).await?;

@@ -7,12 +7,12 @@
 use kith_identity::Identifier;
 use tracing::info;
 
-use super::answer::{Answer, store_failed};
+use super::answer::{Answer, full_page, page_request, store_failed};
 use super::checks::{check_member_attributes, parse_identifier};
 use super::state::Authority;
 use super::wire::member_info;
-use crate::api::{ApiError, ErrorKind, MembersRequest};
-use crate::store::Member;
+use crate::api::{ApiError, ErrorKind, MembersRequest, Page};
+use crate::store::{Member, PageKey};
 
 fn not_a_member() -> ApiError {
     ApiError::new(
@@ -31,15 +31,21 @@ impl Authority {
         const WRITERS: &str = "only the project's admins may add or delete members";
         let store = &self.shared.store;
         match request {
-            MembersRequest::List {} => {
+            MembersRequest::List { after, limit } => {
                 self.admin_or_enroller(caller, READERS).await?;
+                let (after, limit) = page_request(after.as_deref(), limit)?;
                 let members = store
-                    .members()
+                    .members_page(after.as_ref(), limit)
                     .await
                     .map_err(|e| store_failed("listing members", &e))?;
-                Ok(Answer::Members(
-                    members.into_iter().map(member_info).collect(),
-                ))
+                let next = full_page(&members, limit, |m| PageKey {
+                    at: m.added_at,
+                    key: m.identifier.to_string(),
+                });
+                Ok(Answer::Members(Page {
+                    items: members.into_iter().map(member_info).collect(),
+                    next,
+                }))
             }
             MembersRequest::Show { identifier } => {
                 self.admin_or_enroller(caller, READERS).await?;

@@ -11,12 +11,14 @@ use std::time::Duration;
 use kith_identity::{Identifier, hex};
 use tracing::{debug, info, warn};
 
-use super::answer::{Answer, bad_request, forbidden, internal, store_failed};
+use super::answer::{
+    Answer, bad_request, forbidden, full_page, internal, page_request, store_failed,
+};
 use super::checks::{check_member_attributes, grants_enroller};
 use super::state::Authority;
 use super::wire::ticket_info;
-use crate::api::{ApiError, CreatedTicket, ErrorKind, TicketRequest};
-use crate::store::{NewTicket, StoreError};
+use crate::api::{ApiError, CreatedTicket, ErrorKind, Page, TicketRequest};
+use crate::store::{NewTicket, PageKey, StoreError};
 use crate::ticket::OneTimeCode;
 
 /// 1 s: the shortest ticket lifetime; a ticket must outlive the round trip that creates it.
@@ -82,14 +84,20 @@ impl Authority {
                     .await
                     .map(Answer::CreatedTicket)
             }
-            TicketRequest::List {} => {
+            TicketRequest::List { after, limit } => {
+                let (after, limit) = page_request(after.as_deref(), limit)?;
                 let tickets = store
-                    .list_tickets()
+                    .tickets_page(after.as_ref(), limit)
                     .await
                     .map_err(|e| store_failed("listing tickets", &e))?;
-                Ok(Answer::Tickets(
-                    tickets.into_iter().map(ticket_info).collect(),
-                ))
+                let next = full_page(&tickets, limit, |t| PageKey {
+                    at: t.created_at,
+                    key: t.id.clone(),
+                });
+                Ok(Answer::Tickets(Page {
+                    items: tickets.into_iter().map(ticket_info).collect(),
+                    next,
+                }))
             }
             TicketRequest::Revoke { id } => {
                 let revoked = store

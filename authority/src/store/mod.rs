@@ -416,6 +416,15 @@ impl MembershipStore {
     }
 
     /// Every ticket, oldest first, revoked and expired ones included.
+    pub async fn tickets_page(
+        &self,
+        after: Option<&PageKey>,
+        limit: u32,
+    ) -> Result<Vec<TicketRecord>, StoreError> {
+        on_backend!(self, db => db.tickets_page(after, limit).await)
+    }
+
+    /// Every ticket, oldest first.
     pub async fn list_tickets(&self) -> Result<Vec<TicketRecord>, StoreError> {
         on_backend!(self, db => db.list_tickets().await)
     }
@@ -484,9 +493,64 @@ impl MembershipStore {
         on_backend!(self, db => db.members().await)
     }
 
+    /// At most `limit` members after `after` (from the first without), in the order they
+    /// were added: one page of a walk that loses no member that existed when it started,
+    /// whatever is added meanwhile (a new member sorts after every existing one).
+    pub async fn members_page(
+        &self,
+        after: Option<&PageKey>,
+        limit: u32,
+    ) -> Result<Vec<Member>, StoreError> {
+        on_backend!(self, db => db.members_page(after, limit).await)
+    }
+
+    /// At most `limit` audit events before the one numbered `before` (from the newest
+    /// without), newest first, each with its number: one page of a walk back through the
+    /// log. Events written meanwhile come after the walk's start, so none it passes moves.
+    pub async fn audit_page(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
+        on_backend!(self, db => db.audit_page(before, limit).await)
+    }
+
     /// The newest `limit` audit events, oldest of them first (newest last).
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         on_backend!(self, db => db.audit_log(limit).await)
+    }
+}
+
+/// Where a page of a list ends: the sort key of its last row (a time, then a unique text
+/// key). The next page starts after it, so rows added during a walk never shift the rows
+/// that existed when it began, as an offset would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageKey {
+    /// The row's time (added or created), Unix seconds.
+    pub at: u64,
+    /// Its unique key (identifier, id).
+    pub key: String,
+}
+
+impl PageKey {
+    /// The cursor a client is handed: `TIME.KEY`, opaque to it.
+    pub fn to_cursor(&self) -> String {
+        format!("{}.{}", self.at, self.key)
+    }
+
+    /// The key a cursor names, if it is one this authority handed out.
+    pub fn from_cursor(cursor: &str) -> Option<Self> {
+        let (at, key) = cursor.split_once('.')?;
+        let at = at.parse().ok()?;
+        let valid = !key.is_empty()
+            && key.len() <= 128
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        valid.then(|| Self {
+            at,
+            key: key.to_owned(),
+        })
     }
 }
 
@@ -512,6 +576,19 @@ impl MembershipStore {
     /// The join request `id`.
     pub async fn join_request(&self, id: &str) -> Result<Option<JoinRecord>, StoreError> {
         on_backend!(self, db => db.join_request(id).await)
+    }
+
+    /// At most `limit` join requests after `after`, oldest first: those pending and
+    /// unexpired at `now`, or every one with `all`. One page of a walk, as
+    /// [`MembershipStore::members_page`].
+    pub async fn join_requests_page(
+        &self,
+        all: bool,
+        now: u64,
+        after: Option<&PageKey>,
+        limit: u32,
+    ) -> Result<Vec<JoinRecord>, StoreError> {
+        on_backend!(self, db => db.join_requests_page(all, now, after, limit).await)
     }
 
     /// Join requests, oldest first: those pending and unexpired at `now`, or every one

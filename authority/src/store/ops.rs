@@ -18,7 +18,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 pub(super) use kith_identity::sqlite::sql_time;
 
 use super::{
-    AuditEvent, Member, NewTicket, RedeemError, Redeemed, StoreError, TicketRecord, check_ticket,
+    AuditEvent, Member, NewTicket, PageKey, RedeemError, Redeemed, StoreError, TicketRecord,
+    check_ticket,
 };
 
 /// What differs between the databases in how operations run; the rest is shared.
@@ -252,6 +253,31 @@ where
         }
     }
 
+    pub(super) async fn tickets_page(
+        &self,
+        after: Option<&PageKey>,
+        limit: u32,
+    ) -> Result<Vec<TicketRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets \
+             WHERE created_at > $1 OR (created_at = $1 AND id > $2) \
+             ORDER BY created_at, id LIMIT $3"
+        );
+        let sql = sql.as_str();
+        let (at, key) = after.map_or((-1, ""), |k| (sql_time(k.at), k.key.as_str()));
+        retrying(self, move || async move {
+            let rows = sqlx::query(sql)
+                .bind(at)
+                .bind(key.to_owned())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+            rows.iter().map(|row| self.ticket_record(row)).collect()
+        })
+        .await
+    }
+
     pub(super) async fn list_tickets(&self) -> Result<Vec<TicketRecord>, StoreError> {
         let sql = format!("SELECT {TICKET_COLUMNS} FROM tickets ORDER BY created_at, id");
         let sql = sql.as_str();
@@ -418,6 +444,57 @@ where
                 .await
                 .map_err(|e| self.db(e))?;
             rows.iter().map(|row| self.member_row(row)).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn members_page(
+        &self,
+        after: Option<&PageKey>,
+        limit: u32,
+    ) -> Result<Vec<Member>, StoreError> {
+        let sql = format!(
+            "SELECT {MEMBER_COLUMNS} FROM members \
+             WHERE added_at > $1 OR (added_at = $1 AND identifier > $2) \
+             ORDER BY added_at, identifier LIMIT $3"
+        );
+        let sql = sql.as_str();
+        let (at, key) = after.map_or((-1, ""), |k| (sql_time(k.at), k.key.as_str()));
+        retrying(self, move || async move {
+            let rows = sqlx::query(sql)
+                .bind(at)
+                .bind(key.to_owned())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+            rows.iter().map(|row| self.member_row(row)).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn audit_page(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
+        let before = before.unwrap_or(i64::MAX);
+        retrying(self, move || async move {
+            let rows = sqlx::query(
+                "SELECT seq, at, actor, action, subject, detail FROM audit \
+                 WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+            )
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+            rows.iter()
+                .map(|row| {
+                    let seq: i64 = self.column(row, "seq", || "audit event".to_owned())?;
+                    Ok((seq, self.audit_event(row)?))
+                })
+                .collect()
         })
         .await
     }
