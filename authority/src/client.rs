@@ -344,7 +344,17 @@ impl AuthorityClient {
 
     /// The project node's relays: all for an admin, our own for anyone else.
     pub async fn list_relays(&mut self) -> Result<Vec<RelayInfo>, ClientError> {
-        self.call(RELAY_SERVICE, &RelayRequest::List {}).await
+        let mut relays = Vec::new();
+        let mut after = None;
+        loop {
+            let request = RelayRequest::List { after };
+            let page: Page<RelayInfo> = self.call(RELAY_SERVICE, &request).await?;
+            relays.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(relays),
+            }
+        }
     }
 
     /// File a join request for `attributes` and a credential `lifetime` (`None`: the

@@ -34,6 +34,7 @@
 //! node restarts, relayed nodes notice their channel ended and register again.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kith_identity::Identifier;
@@ -45,7 +46,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::api::{self, ApiError, ErrorKind, PROJECT_ID_ATTRIBUTE, RELAY_ATTRIBUTE};
+use crate::api::{
+    self, ApiError, ErrorKind, MAX_PAGE, PROJECT_ID_ATTRIBUTE, Page, RELAY_ATTRIBUTE,
+};
 use crate::error::RelayNameError;
 use crate::service::Authority;
 use crate::service::answer::{encode_result, send_reply};
@@ -115,8 +118,13 @@ pub enum RelayRequest {
         /// The relay's name.
         name: String,
     },
-    /// The relays: all of them for an admin, the caller's own for anyone else.
-    List {},
+    /// The relays: all of them for an admin, the caller's own for anyone else; a page at a
+    /// time by name, answered with `Page<RelayInfo>`.
+    List {
+        /// Names after this one (a previous page's `next`); from the first without.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
 }
 
 /// A relay, as the service describes it.
@@ -289,7 +297,9 @@ impl Worker for RelayService {
             }
             Ok(RelayRequest::Check { name }) => encode_result(self.check(&caller, &name)),
             Ok(RelayRequest::Delete { name }) => encode_result(self.delete(&caller, &name)),
-            Ok(RelayRequest::List {}) => encode_result(Ok(self.list(&caller))),
+            Ok(RelayRequest::List { after }) => {
+                encode_result(Ok(self.list(&caller, after.as_deref())))
+            }
         };
         send_reply(&node, reply_to, from, reply).await;
         Ok(())
@@ -460,14 +470,26 @@ impl RelayService {
         Ok(info)
     }
 
-    fn list(&self, caller: &Caller<'_>) -> Vec<RelayInfo> {
+    /// A page of the relays `caller` may see, by name after `after`. Names are the keys,
+    /// so relays created or removed during a walk never shift the others.
+    fn list(&self, caller: &Caller<'_>, after: Option<&str>) -> Page<RelayInfo> {
         let all = self.authority.is_admin(&caller.identifier);
-        self.relays
-            .lock()
-            .iter()
+        let relays = self.relays.lock();
+        let from = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        let limit = usize::try_from(MAX_PAGE).unwrap_or(usize::MAX);
+        let items: Vec<RelayInfo> = relays
+            .range::<str, _>((from, Bound::Unbounded))
             .filter(|(_, r)| all || r.owner == caller.identifier)
+            .take(limit)
             .map(|(name, r)| r.info(name))
-            .collect()
+            .collect();
+        let next = (items.len() >= limit)
+            .then(|| items.last().map(|r| r.name.clone()))
+            .flatten();
+        Page { items, next }
     }
 }
 

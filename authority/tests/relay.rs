@@ -367,6 +367,19 @@ async fn a_relay_goes_with_its_owners_channel_and_its_name_is_free_at_once() {
     shut_down(&[&relayed.node, &node], project).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_relay_list_pages_by_name_and_the_client_gets_every_relay_once() {
+    let (project, _, node, mut admin_client) = project_with_admin("many").await;
+    // More than two pages, created out of name order.
+    let mut names: Vec<String> = (0..450).map(|i| format!("r{:03}", (i * 7) % 450)).collect();
+    for name in &names {
+        admin_client.create_relay(name).await.unwrap();
+    }
+    names.sort();
+    assert_eq!(relay_names(&mut admin_client).await, names);
+    shut_down(&[&node], project).await;
+}
+
 // ---- 3. names -------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
