@@ -319,7 +319,8 @@ fn a_silent_peer_is_reported_as_not_answering_and_a_missing_listener_at_once() {
             .iter()
             .map(|args| s.spawn(move || (args, k.fails(args))))
             .collect();
-        let e = k.fails(&["message", "send", "hi", "--to", &silent]);
+        // 12 s: past the version exchange's own 10 s deadline, which must be what speaks.
+        let e = k.fails(&["message", "send", "hi", "--to", &silent, "--timeout", "12s"]);
         assert!(
             e.contains("did not answer the kith version exchange within 10s"),
             "{e}"
