@@ -1,7 +1,7 @@
 //! `ChannelMessage::decode` never panics on any opened plaintext a peer can send (payloads,
 //! refreshed credentials, `Close`, `Ready`, keep-alives, refusals), and what it accepts
-//! survives `encode` then `decode` as an equal message. A refusal's body is an `Undeliverable`, whose decoder
-//! must not panic either.
+//! survives `encode` then `decode` as an equal message. A refusal's body is an
+//! `Undeliverable`, whose decoder must not panic either.
 //!
 //! Input: the whole input is one opened channel message.
 
