@@ -674,3 +674,30 @@ fn check_ticket(ticket: &NewTicket, now: u64) -> Result<(), StoreError> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::PageKey;
+
+    proptest! {
+        /// A cursor from a client is untrusted text: parsing never panics, and whatever
+        /// parses names a key of the shape the store hands out.
+        #[test]
+        fn any_cursor_text_parses_or_is_refused_without_panicking(text in "\\PC{0,200}") {
+            if let Some(key) = PageKey::from_cursor(&text) {
+                prop_assert!(!key.key.is_empty() && key.key.len() <= 128);
+                prop_assert!(key.key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+                prop_assert_eq!(PageKey::from_cursor(&key.to_cursor()), Some(key));
+            }
+        }
+
+        /// Every key the store hands out comes back as the same key.
+        #[test]
+        fn cursors_the_store_hands_out_round_trip(at in any::<u64>(), key in "[A-Za-z0-9_-]{1,128}") {
+            let page = PageKey { at, key };
+            prop_assert_eq!(PageKey::from_cursor(&page.to_cursor()), Some(page));
+        }
+    }
+}
