@@ -45,6 +45,10 @@ use crate::api::{
     MembersRequest, Page, RedeemRequest, RuleAdded, TICKET_SERVICE, TicketInfo, TicketRequest,
 };
 pub use crate::error::{ClientError, CredentialCheckError, JoinWaitError};
+
+/// 200 ms: how long a failed wait call gives its channel to say it ended. A send that finds
+/// the channel's connection gone can fail a moment before the channel marks its end.
+const CHANNEL_END_GRACE: Duration = Duration::from_millis(200);
 use crate::relay::{RELAY_SERVICE, RelayInfo, RelayRequest};
 use crate::ticket::OneTimeCode;
 use kith_identity::hex;
@@ -789,9 +793,14 @@ impl JoinWait {
                         refusal,
                     });
                 }
-                // The call failed because the channel had ended (its encryptor gone before
-                // the call, say): lost the way the end signal tells it.
-                Err(_) if end.has_ended().is_some() => {
+                // The call failed because the channel is ending (its connection closed
+                // and the send found it gone a moment before the channel marked its end):
+                // lost the way the end signal tells it.
+                Err(_)
+                    if tokio::time::timeout(CHANNEL_END_GRACE, end.ended())
+                        .await
+                        .is_ok() =>
+                {
                     client = None;
                     on_event(JoinEvent::Lost { error: None });
                 }
