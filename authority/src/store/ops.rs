@@ -259,21 +259,36 @@ where
         limit: u32,
     ) -> Result<Vec<TicketRecord>, StoreError> {
         let sql = format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets \
-             WHERE created_at > $1 OR (created_at = $1 AND id > $2) \
-             ORDER BY created_at, id LIMIT $3"
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE {} ORDER BY created_at, id LIMIT $3",
+            after_key("created_at", "id")
         );
-        let sql = sql.as_str();
+        self.keyset_page(&sql, after, limit, None, Self::ticket_record)
+            .await
+    }
+
+    /// One page of a keyset walk: `sql` selects the rows whose (time, key) comes after
+    /// `$1`, `$2` (see [`after_key`]), at most `$3` of them, with `extra` as `$4` if given;
+    /// `read` reads each row. Without `after`, from the first row.
+    pub(super) async fn keyset_page<T>(
+        &self,
+        sql: &str,
+        after: Option<&PageKey>,
+        limit: u32,
+        extra: Option<i64>,
+        read: fn(&Self, &DB::Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
         let (at, key) = after.map_or((-1, ""), |k| (sql_time(k.at), k.key.as_str()));
         retrying(self, move || async move {
-            let rows = sqlx::query(sql)
+            let query = sqlx::query(sql)
                 .bind(at)
                 .bind(key.to_owned())
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| self.db(e))?;
-            rows.iter().map(|row| self.ticket_record(row)).collect()
+                .bind(i64::from(limit));
+            let query = match extra {
+                Some(extra) => query.bind(extra),
+                None => query,
+            };
+            let rows = query.fetch_all(&self.pool).await.map_err(|e| self.db(e))?;
+            rows.iter().map(|row| read(self, row)).collect()
         })
         .await
     }
@@ -454,23 +469,12 @@ where
         limit: u32,
     ) -> Result<Vec<Member>, StoreError> {
         let sql = format!(
-            "SELECT {MEMBER_COLUMNS} FROM members \
-             WHERE added_at > $1 OR (added_at = $1 AND identifier > $2) \
-             ORDER BY added_at, identifier LIMIT $3"
+            "SELECT {MEMBER_COLUMNS} FROM members WHERE {} \
+             ORDER BY added_at, identifier LIMIT $3",
+            after_key("added_at", "identifier")
         );
-        let sql = sql.as_str();
-        let (at, key) = after.map_or((-1, ""), |k| (sql_time(k.at), k.key.as_str()));
-        retrying(self, move || async move {
-            let rows = sqlx::query(sql)
-                .bind(at)
-                .bind(key.to_owned())
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| self.db(e))?;
-            rows.iter().map(|row| self.member_row(row)).collect()
-        })
-        .await
+        self.keyset_page(&sql, after, limit, None, Self::member_row)
+            .await
     }
 
     pub(super) async fn audit_page(
@@ -860,6 +864,12 @@ where
         }
         Err(self.corrupt(inconsistent()).into())
     }
+}
+
+/// The condition of a keyset page: rows whose (`time`, `key`) comes after (`$1`, `$2`).
+/// Spelled out rather than as a row-value comparison, which both databases read alike.
+pub(super) fn after_key(time: &str, key: &str) -> String {
+    format!("({time} > $1 OR ({time} = $1 AND {key} > $2))")
 }
 
 /// Decoding rows. A value that does not decode means the row was not written by the store.

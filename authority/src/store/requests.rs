@@ -13,7 +13,7 @@ use kith_identity::sqlite::{SqlStore, retrying};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Transaction, Type};
 
 use super::PageKey;
-use super::ops::{Attempt, Db, Dialect, attributes_json, sql_time};
+use super::ops::{Attempt, Db, Dialect, after_key, attributes_json, sql_time};
 use super::{
     AuditEvent, DecideError, Decision, FileError, Filed, JoinLimits, JoinRecord, JoinState, Member,
     NewJoinRequest, RuleRecord, StoreError,
@@ -89,32 +89,21 @@ where
         after: Option<&PageKey>,
         limit: u32,
     ) -> Result<Vec<JoinRecord>, StoreError> {
-        let pending = if all {
-            ""
+        let (pending, now) = if all {
+            ("", None)
         } else {
-            "state = 'pending' AND expires_at > $4 AND "
+            (
+                "state = 'pending' AND expires_at > $4 AND ",
+                Some(sql_time(now)),
+            )
         };
         let sql = format!(
-            "SELECT {JOIN_COLUMNS} FROM join_requests \
-             WHERE {pending}(created_at > $1 OR (created_at = $1 AND id > $2)) \
-             ORDER BY created_at, id LIMIT $3"
+            "SELECT {JOIN_COLUMNS} FROM join_requests WHERE {pending}{} \
+             ORDER BY created_at, id LIMIT $3",
+            after_key("created_at", "id")
         );
-        let sql = sql.as_str();
-        let (at, key) = after.map_or((-1, ""), |k| (sql_time(k.at), k.key.as_str()));
-        retrying(self, move || async move {
-            let query = sqlx::query(sql)
-                .bind(at)
-                .bind(key.to_owned())
-                .bind(i64::from(limit));
-            let query = if all {
-                query
-            } else {
-                query.bind(sql_time(now))
-            };
-            let rows = query.fetch_all(&self.pool).await.map_err(|e| self.db(e))?;
-            rows.iter().map(|row| self.join_record(row)).collect()
-        })
-        .await
+        self.keyset_page(&sql, after, limit, now, Self::join_record)
+            .await
     }
 
     pub(super) async fn join_requests(
