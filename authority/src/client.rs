@@ -232,17 +232,11 @@ impl AuthorityClient {
 
     /// Every ticket, revoked and expired ones included. Admins and enrollers only.
     pub async fn list_tickets(&mut self) -> Result<Vec<TicketInfo>, ClientError> {
-        let mut tickets = Vec::new();
-        let mut after = None;
-        loop {
-            let request = TicketRequest::List { after, limit: None };
-            let page: Page<TicketInfo> = self.call(TICKET_SERVICE, &request).await?;
-            tickets.extend(page.items);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(tickets),
-            }
-        }
+        self.walk(TICKET_SERVICE, |after| TicketRequest::List {
+            after,
+            limit: None,
+        })
+        .await
     }
 
     /// Revoke ticket `id`. Admins and enrollers only.
@@ -272,17 +266,11 @@ impl AuthorityClient {
 
     /// Every member. Admins and enrollers only.
     pub async fn members(&mut self) -> Result<Vec<MemberInfo>, ClientError> {
-        let mut members = Vec::new();
-        let mut after = None;
-        loop {
-            let request = MembersRequest::List { after, limit: None };
-            let page: Page<MemberInfo> = self.call(MEMBERS_SERVICE, &request).await?;
-            members.extend(page.items);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(members),
-            }
-        }
+        self.walk(MEMBERS_SERVICE, |after| MembersRequest::List {
+            after,
+            limit: None,
+        })
+        .await
     }
 
     /// The member `identifier`. Admins and enrollers only.
@@ -348,17 +336,8 @@ impl AuthorityClient {
 
     /// The project node's relays: all for an admin, our own for anyone else.
     pub async fn list_relays(&mut self) -> Result<Vec<RelayInfo>, ClientError> {
-        let mut relays = Vec::new();
-        let mut after = None;
-        loop {
-            let request = RelayRequest::List { after };
-            let page: Page<RelayInfo> = self.call(RELAY_SERVICE, &request).await?;
-            relays.extend(page.items);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(relays),
-            }
-        }
+        self.walk(RELAY_SERVICE, |after| RelayRequest::List { after })
+            .await
     }
 
     /// File a join request for `attributes` and a credential `lifetime` (`None`: the
@@ -403,21 +382,12 @@ impl AuthorityClient {
 
     /// Join requests: pending ones, or all with `all`. Admins and enrollers only.
     pub async fn join_requests(&mut self, all: bool) -> Result<Vec<JoinRequestInfo>, ClientError> {
-        let mut requests = Vec::new();
-        let mut after = None;
-        loop {
-            let request = JoinCall::List {
-                all,
-                after,
-                limit: None,
-            };
-            let page: Page<JoinRequestInfo> = self.call(JOIN_SERVICE, &request).await?;
-            requests.extend(page.items);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(requests),
-            }
-        }
+        self.walk(JOIN_SERVICE, |after| JoinCall::List {
+            all,
+            after,
+            limit: None,
+        })
+        .await
     }
 
     /// Join request `id`. Admins and enrollers only.
@@ -499,13 +469,18 @@ impl AuthorityClient {
             let left = limit - u32::try_from(entries.len()).unwrap_or(limit);
             let request = AuditRequest {
                 limit: left,
-                before,
+                before: before.clone(),
             };
             let page: Page<AuditEntry> = self.call(AUDIT_SERVICE, &request).await?;
             entries.extend(page.items);
             match page.next {
-                Some(next) => before = Some(next),
                 None => break,
+                Some(next) if before.as_ref() == Some(&next) => {
+                    return Err(ClientError::PageStalled {
+                        service: AUDIT_SERVICE,
+                    });
+                }
+                Some(next) => before = Some(next),
             }
         }
         // Newest first as paged; the oldest of them first as shown.
@@ -518,6 +493,29 @@ impl AuthorityClient {
     pub async fn close(self) {
         // Dropping closes; see `Drop`.
         drop(self);
+    }
+
+    /// Every row of a paged list of `service`: asks with `request` for the page after each
+    /// cursor the last page named, from the first, until a page names none. A page that
+    /// names the cursor it was asked with would never end the walk: refused.
+    async fn walk<T: DeserializeOwned, R: Serialize>(
+        &mut self,
+        service: &'static str,
+        request: impl Fn(Option<String>) -> R,
+    ) -> Result<Vec<T>, ClientError> {
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page: Page<T> = self.call(service, &request(after.clone())).await?;
+            items.extend(page.items);
+            match page.next {
+                None => return Ok(items),
+                Some(next) if after.as_ref() == Some(&next) => {
+                    return Err(ClientError::PageStalled { service });
+                }
+                Some(next) => after = Some(next),
+            }
+        }
     }
 
     /// Send `request` to `service` through the channel and decode its answer.

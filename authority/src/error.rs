@@ -588,6 +588,12 @@ pub enum ClientError {
     /// The node shut down while we waited.
     #[error("the node shut down while waiting for the authority")]
     Closed,
+    /// A paged list answered a page that points back at itself, so it would never end.
+    #[error("the authority's {service} list does not move on from one page to the next")]
+    PageStalled {
+        /// The service.
+        service: &'static str,
+    },
     /// The secure channel to the authority ended while a request waited for its answer.
     #[error("no answer to the {service} request: {how}")]
     ChannelEnded {
