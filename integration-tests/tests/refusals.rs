@@ -15,9 +15,14 @@ const FAST: Duration = Duration::from_secs(2);
 /// Run `args` with a generous `--timeout`, so that only a refusal can make it fail fast;
 /// check that it failed fast with one `error:` line, and return that line.
 fn refused(k: &Kith, args: &[&str]) -> String {
+    refused_with_input(k, args, None)
+}
+
+/// As [`refused`], with `input` on the command's standard input.
+fn refused_with_input(k: &Kith, args: &[&str], input: Option<&str>) -> String {
     let mut all = args.to_vec();
     all.extend(["--timeout", "10s"]);
-    let r: Run = k.run(&all);
+    let r: Run = k.run_with_input(&all, input);
     assert_eq!(r.code, Some(1), "{args:?} did not fail: {}", r.stdout);
     assert!(
         r.elapsed < FAST,
@@ -32,33 +37,6 @@ fn refused(k: &Kith, args: &[&str]) -> String {
         .collect();
     assert_eq!(errors.len(), 1, "{args:?}: {}", r.stderr);
     eprintln!("{:?} after {:?}: {}", args.first(), r.elapsed, errors[0]);
-    errors[0].to_owned()
-}
-
-/// As [`refused`], with `input` on the command's standard input.
-fn refused_with_input(k: &Kith, args: &[&str], input: &str) -> String {
-    use std::io::Write as _;
-    let started = std::time::Instant::now();
-    let mut child = k
-        .command(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    assert!(
-        started.elapsed() < FAST,
-        "{args:?} took {:?}",
-        started.elapsed()
-    );
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{args:?}: {stderr}");
     errors[0].to_owned()
 }
 
@@ -123,7 +101,7 @@ fn each_refusal_fails_within_a_second_naming_its_class() {
     let e = refused_with_input(
         &k,
         &["message", "send", "-", "--from", "web-node", "--to", direct],
-        &"x".repeat(300_000),
+        Some(&"x".repeat(300_000)),
     );
     assert!(e.contains("too large"), "{e}");
     // One of 70,000 bytes, past what one Noise message holds, arrives whole.
@@ -173,5 +151,6 @@ fn relay_create_against_a_stopped_project_node_fails_at_once() {
     let k = project_with(&[("db-node", &["ockam-relay=db"])]);
     k.ok(&["node", "stop", "authority"]);
     let e = refused(&k, &["relay", "create", "db", "--to", "db-node"]);
-    assert!(e.contains("project node") || e.contains("refused"), "{e}");
+    assert!(e.contains("cannot reach the project node"), "{e}");
+    assert!(e.contains("Connection refused"), "{e}");
 }

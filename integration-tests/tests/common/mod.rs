@@ -64,13 +64,26 @@ impl Kith {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with_input(args, None)
+    }
+
+    /// As [`Kith::run`], with `input` written to the command's standard input (then closed).
+    pub fn run_with_input(&self, args: &[&str], input: Option<&str>) -> Run {
         let started = Instant::now();
-        let mut child = self
-            .command(args)
+        let mut command = self.command(args);
+        if input.is_some() {
+            command.stdin(Stdio::piped());
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            let input = input.to_owned();
+            // On a thread, so that a command that stops reading cannot block us.
+            std::thread::spawn(move || std::io::Write::write_all(&mut stdin, input.as_bytes()));
+        }
         // Bound the wait without blocking on the pipes: read them on threads.
         let mut out = child.stdout.take().unwrap();
         let mut err = child.stderr.take().unwrap();
