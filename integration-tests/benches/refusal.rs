@@ -6,9 +6,9 @@
 //! said and whether the target is met.
 //!
 //! Every node is a daemon of the release `kith` binary next to this bench
-//! (`target/release/kith`), built first unless `KITH_BIN` names one; the churn's clients
-//! and the oversized message's sender are this package's own binaries, which cargo builds
-//! for the bench.
+//! (`target/release/kith`), built first unless `KITH_BIN` names one, and so is every sender
+//! (the oversized message goes in on `kith message send -`'s standard input); the churn's
+//! clients are this package's own binary, which cargo builds for the bench.
 
 use std::path::PathBuf;
 
@@ -23,11 +23,10 @@ fn main() {
         }
         let kith = kith_next_to_exe()?;
         let churn_client = PathBuf::from(env!("CARGO_BIN_EXE_kith-churn-client"));
-        let send_large = PathBuf::from(env!("CARGO_BIN_EXE_kith-send-large"));
         let config = if args.quick() {
-            RefusalBenchConfig::quick(kith, churn_client, send_large)
+            RefusalBenchConfig::quick(kith, churn_client)
         } else {
-            RefusalBenchConfig::full(kith, churn_client, send_large)
+            RefusalBenchConfig::full(kith, churn_client)
         };
         run_all(&config, report)
     });

@@ -95,8 +95,6 @@ pub struct RefusalBenchConfig {
     pub kith: PathBuf,
     /// `kith-churn-client`.
     pub churn_client: PathBuf,
-    /// `kith-send-large`: `kith message send` with a message no command line can carry.
-    pub send_large: PathBuf,
     /// Samples per class (refused or admitted).
     pub samples: usize,
     /// Unmeasured admitted samples first, on each path.
@@ -119,11 +117,10 @@ pub struct RefusalBenchConfig {
 impl RefusalBenchConfig {
     /// The full run (`cargo bench`): a few minutes while refusals are not answered (each
     /// class then costs `give_up_after` timeouts), well under one once they are.
-    pub fn full(kith: PathBuf, churn_client: PathBuf, send_large: PathBuf) -> Self {
+    pub fn full(kith: PathBuf, churn_client: PathBuf) -> Self {
         Self {
             kith,
             churn_client,
-            send_large,
             samples: 50,
             warmup: 5,
             timeout: Duration::from_secs(10),
@@ -136,11 +133,10 @@ impl RefusalBenchConfig {
     }
 
     /// Tiny counts, and refusals capped at 2 s, to keep the code from rotting.
-    pub fn quick(kith: PathBuf, churn_client: PathBuf, send_large: PathBuf) -> Self {
+    pub fn quick(kith: PathBuf, churn_client: PathBuf) -> Self {
         Self {
             kith,
             churn_client,
-            send_large,
             samples: 3,
             warmup: 1,
             timeout: Duration::from_secs(2),
@@ -255,7 +251,7 @@ impl World {
     /// Run `kith ARGS`, insisting on success; its stdout.
     fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let shown = format!("kith {}", args.join(" "));
-        let run = timed(self.command(&self.kith, args), COMMAND_LIMIT)
+        let run = timed(self.command(&self.kith, args), None, COMMAND_LIMIT)
             .with_context(|| format!("`{shown}`"))?;
         if !run.output.status.success() {
             bail!(
@@ -324,17 +320,13 @@ impl World {
             "--timeout",
             &timeout,
         ];
-        let command = if class.oversized {
-            // `kith-send-large BYTES message send - …`: the message argument is replaced.
+        // A message larger than a command line can carry goes through standard input.
+        let input = class.oversized.then(|| {
             args[2] = "-";
-            let bytes = class.bytes().to_string();
-            let mut large = vec![bytes.as_str()];
-            large.extend(&args);
-            self.command(&config.send_large, &large)
-        } else {
-            self.command(&self.kith, &args)
-        };
-        let run = timed(command, config.timeout + SEND_GRACE)
+            vec![b'x'; class.bytes()]
+        });
+        let command = self.command(&self.kith, &args);
+        let run = timed(command, input, config.timeout + SEND_GRACE)
             .with_context(|| format!("{}: `{}`", class.name, args.join(" ")))?;
         let stderr = String::from_utf8_lossy(&run.output.stderr);
         Ok(Sample {
@@ -376,9 +368,16 @@ struct Timed {
 
 /// Run `command` to its end and time it; kill it past `limit`. Its pipes are drained on a
 /// thread of their own, so the wait has a bound and the time is the exit's, not a poll's.
-fn timed(mut command: Command, limit: Duration) -> anyhow::Result<Timed> {
+fn timed(mut command: Command, input: Option<Vec<u8>>, limit: Duration) -> anyhow::Result<Timed> {
     let started = Instant::now();
-    let child = command.spawn().context("cannot start it")?;
+    if input.is_some() {
+        command.stdin(Stdio::piped());
+    }
+    let mut child = command.spawn().context("cannot start it")?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // On a thread, so that a command that stops reading cannot block the bench.
+        std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+    }
     let pid = child.id();
     let (tx, done) = mpsc::channel();
     std::thread::spawn(move || {
@@ -409,7 +408,7 @@ enum Admitted {
     Relay,
     /// `web-node` to `db-node`'s echo over its own listener.
     Direct,
-    /// As `Direct`, sent with `kith-send-large` (for the oversized class).
+    /// As `Direct`, with the message on standard input (for the oversized class).
     DirectLarge,
 }
 
@@ -491,8 +490,8 @@ struct Class {
     name: &'static str,
     from: &'static str,
     to: To,
-    /// Sent with `kith-send-large`: [`OVERSIZED`] bytes if refused, [`MESSAGE`]'s size if
-    /// admitted.
+    /// Sent on standard input (`message send -`): [`OVERSIZED`] bytes if refused,
+    /// [`MESSAGE`]'s size if admitted.
     oversized: bool,
     /// For a refused class, the admitted path it is measured against; `None` for an
     /// admitted one.
@@ -504,7 +503,7 @@ impl Class {
         let (name, to) = match path {
             Admitted::Relay => ("admitted_relay", To::Relay),
             Admitted::Direct => ("admitted_direct", To::DbService("echo")),
-            Admitted::DirectLarge => ("admitted_direct_send_large", To::DbService("echo")),
+            Admitted::DirectLarge => ("admitted_direct_stdin", To::DbService("echo")),
         };
         Self {
             name,

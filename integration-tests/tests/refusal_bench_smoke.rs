@@ -13,7 +13,6 @@ fn quick_refusal_bench_emits_well_formed_records() {
     let config = RefusalBenchConfig::quick(
         kith_next_to_exe().unwrap(),
         PathBuf::from(env!("CARGO_BIN_EXE_kith-churn-client")),
-        PathBuf::from(env!("CARGO_BIN_EXE_kith-send-large")),
     );
     let records = run_all(&config, |r| eprintln!("{}", r.to_json_line())).unwrap();
     let names: Vec<&str> = records.iter().map(|r| r.bench.as_str()).collect();
