@@ -86,6 +86,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// What every channel encryptor's (random, local) address starts with.
 const ENCRYPTOR_PREFIX: &str = "sc-enc";
 
+/// What every channel decryptor's (random, local) address starts with: `sc-` and 16 hex
+/// digits, which no encryptor address (`sc-enc-…`) matches.
+const DECRYPTOR_PREFIX: &str = "sc";
+
 /// Whether `address` names a channel encryptor on this node: where a route into a secure
 /// channel starts.
 pub fn is_encryptor(address: &Address) -> bool {
@@ -96,18 +100,22 @@ pub fn is_encryptor(address: &Address) -> bool {
             .is_some_and(|rest| rest.starts_with('-'))
 }
 
+/// Whether `address` has the shape of a channel decryptor's ([`DECRYPTOR_PREFIX`]), on
+/// whichever node it is.
+fn is_decryptor(address: &Address) -> bool {
+    address.is_local()
+        && address
+            .value()
+            .strip_prefix(DECRYPTOR_PREFIX)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| n.len() == 16 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Whether `message` carries what a channel nested inside another sealed for its peer:
-/// its last hop is a decryptor (`sc-` and 16 hex digits; an encryptor is `sc-enc-…`). Such
-/// a message was held to the payload limit when it entered the inner channel, and is
-/// carried whatever the seal added to it.
+/// its last hop is the peer's decryptor. Such a message was held to the payload limit
+/// when it entered the inner channel, and is carried whatever the seal added to it.
 fn carries_sealed(message: &Message) -> bool {
-    message.onward_route.iter().last().is_some_and(|hop| {
-        hop.is_local()
-            && hop
-                .value()
-                .strip_prefix("sc-")
-                .is_some_and(|rest| rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
-    })
+    message.onward_route.iter().last().is_some_and(is_decryptor)
 }
 
 /// The default address of a node's secure-channel listener.
@@ -303,8 +311,16 @@ impl EndMark {
 
     /// Record how the channel ended, unless an earlier cause already is.
     fn mark(&self, how: ChannelEnded) {
-        if self.0.how.set(how).is_ok() {
-            self.0.waiters.notify_waiters();
+        self.0.mark(how);
+    }
+}
+
+impl EndState {
+    /// Record how the channel ended, unless an earlier cause already is, and wake the
+    /// waiters.
+    fn mark(&self, how: ChannelEnded) {
+        if self.how.set(how).is_ok() {
+            self.waiters.notify_waiters();
         }
     }
 }
@@ -484,8 +500,7 @@ impl Worker for Listener {
                 "refused a secure channel handshake: too many unfinished handshakes"
             );
             ctx.node()
-                .answer_undeliverable(message, ctx.address().clone(), ErrorClass::Busy)
-                .await;
+                .answer_undeliverable(message, ctx.address().clone(), ErrorClass::Busy);
             return Ok(());
         };
         let handshake = Handshake::respond(
@@ -509,13 +524,11 @@ impl Worker for Listener {
             Err(e) => {
                 self.stats.refused_invalid.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %kith_node::DisplayChain(&e), "refused a secure channel handshake");
-                ctx.node()
-                    .answer_undeliverable(
-                        message,
-                        ctx.address().clone(),
-                        ErrorClass::InvalidHandshake,
-                    )
-                    .await;
+                ctx.node().answer_undeliverable(
+                    message,
+                    ctx.address().clone(),
+                    ErrorClass::InvalidHandshake,
+                );
                 return Ok(());
             }
         };
@@ -540,7 +553,7 @@ fn start(
     slot: Option<PendingSlot>,
     source: Option<SocketAddr>,
 ) -> Result<Address, kith_node::StartError> {
-    let decryptor = Address::random_local("sc");
+    let decryptor = Address::random_local(DECRYPTOR_PREFIX);
     let (ended, end) = EndMark::new();
     let channel = Arc::new(Channel {
         end,
@@ -862,9 +875,7 @@ impl Channel {
 
     /// Say how the channel ended before its task notices that it has.
     fn end_as(&self, how: ChannelEnded) {
-        if self.end.0.how.set(how).is_ok() {
-            self.end.0.waiters.notify_waiters();
-        }
+        self.end.0.mark(how);
     }
 
     /// Open and deliver nothing more; the phase the channel was in.
@@ -1333,6 +1344,28 @@ mod tests {
     use crate::{Identity, SecureChannelKey};
 
     const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn decryptor_addresses_are_told_from_every_other_address() {
+        // The size check lets a sealed inner message through by its last hop's shape: the
+        // shape must be exactly what `start` names decryptors.
+        for _ in 0..100 {
+            assert!(is_decryptor(&Address::random_local(DECRYPTOR_PREFIX)));
+            assert!(!is_decryptor(&Address::random_local(ENCRYPTOR_PREFIX)));
+        }
+        for other in [
+            "echo",
+            "sc",
+            "sc-",
+            "sc-0123",
+            "sc-0123456789abcdefg",
+            "api",
+        ] {
+            assert!(!is_decryptor(&Address::local(other)), "{other}");
+        }
+        let remote = Address::try_new(kith_node::TCP, "sc-0123456789abcdef").unwrap();
+        assert!(!is_decryptor(&remote));
+    }
 
     fn settings() -> ChannelSettings {
         let (identity, secret) = Identity::create(now());

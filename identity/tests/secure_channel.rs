@@ -476,7 +476,7 @@ async fn a_flood_of_unfinished_handshakes_is_capped_and_the_listener_recovers() 
     // Five first messages that never go further.
     let flood = Node::new("flood");
     TcpTransport::start(&flood);
-    let client = flood.client().unwrap();
+    let mut client = flood.client().unwrap();
     for _ in 0..5 {
         let (_, first) =
             kith_identity::channel::Handshake::initiate(local(|_| vec![]), open_trust(), 16)
@@ -490,12 +490,34 @@ async fn a_flood_of_unfinished_handshakes_is_capped_and_the_listener_recovers() 
     until("three refusals", || load(&stats.refused_busy) == 3).await;
     assert_eq!(load(&stats.started), 2);
     assert_eq!(channel_workers(&b), 2, "more responders than the cap");
+    // Each refused one is told so at once: two second messages and three "busy" answers.
+    let mut busy = 0;
+    for _ in 0..5 {
+        match client.receive(WAIT).await {
+            Err(RequestError::Undeliverable(u)) => {
+                assert_eq!((u.class, u.node.as_str()), (ErrorClass::Busy, "b"));
+                busy += 1;
+            }
+            Ok(second) => assert!(second.undeliverable().is_none()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(busy, 3);
 
     // The abandoned handshakes give their places back; a real peer then gets in.
     until("the slots to free", || {
         stats.pending() == 0 && channel_workers(&b) == 0
     })
     .await;
+    // A first message that is no handshake is answered as such.
+    client
+        .send(to(&listener, &[DEFAULT_LISTENER]), "not a handshake")
+        .await
+        .unwrap();
+    match client.receive(WAIT).await {
+        Err(RequestError::Undeliverable(u)) => assert_eq!(u.class, ErrorClass::InvalidHandshake),
+        other => panic!("{other:?}"),
+    }
     let a = side("a", local(|_| vec![]), open_trust(), WAIT).await;
     let channel = secure_channel::create(&a.node, to(&listener, &[DEFAULT_LISTENER]), &a.settings)
         .await

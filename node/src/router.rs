@@ -423,8 +423,10 @@ impl Node {
     /// `class`, as the router answers what it cannot deliver: for refusals decided above the
     /// router (a secure-channel listener too busy for a handshake, or handed an invalid
     /// one). The same rules hold: only a data message from another node is answered, at
-    /// most at its sender's [`crate::ErrorReplyRate`], and never with the payload.
-    pub async fn answer_undeliverable(&self, message: Message, hop: Address, class: ErrorClass) {
+    /// most at its sender's [`crate::ErrorReplyRate`], and never with the payload. It never
+    /// waits: a refuser under load must not stall on a peer whose connection is backed up
+    /// (an answer that cannot go at once goes from a task of its own).
+    pub fn answer_undeliverable(&self, message: Message, hop: Address, class: ErrorClass) {
         let error = RouteError::Refused {
             address: hop.clone(),
             class,
@@ -436,7 +438,7 @@ impl Node {
             hop: Some(hop),
         });
         if let Some(reply) = reply {
-            self.send_error(reply).await;
+            self.try_send_error(reply);
         }
     }
 
