@@ -72,6 +72,18 @@ pub fn unix_time(secs: u64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// `at` as a time of day and how long before `now` it was: `2026-12-04 11:48:05 UTC (3m ago)`.
+pub fn ago(at: u64, now: u64) -> String {
+    match now.saturating_sub(at) {
+        0 => format!("{} (just now)", unix_time(at)),
+        secs => format!(
+            "{} ({} ago)",
+            unix_time(at),
+            DisplayDuration(Duration::from_secs(secs))
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

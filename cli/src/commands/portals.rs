@@ -46,7 +46,7 @@ impl InletView {
             shown.push_str(&format!(
                 "\nlast refusal ({}, {}): {}",
                 last.class,
-                super::relays::ago(last.at, kith_identity::unix_now()),
+                crate::duration::ago(last.at, kith_identity::unix_now()),
                 super::output::clean(&last.reason)
             ));
         }

@@ -18,7 +18,7 @@ use super::args::RelayCommand;
 use super::output::Output;
 use super::reach::{Reach, Session};
 use crate::control::{self, NodeState, RelayView, Request, probe, running_socket};
-use crate::duration::{DisplayDuration, unix_time};
+use crate::duration::{ago, unix_time};
 use crate::home::Home;
 use crate::home::routes::resolve_at;
 use crate::node::{RELAY_TIMEOUT, refused};
@@ -42,17 +42,6 @@ impl RelayView {
             line.push_str(&format!("\n    last error ({}): {error}", ago(*at, now)));
         }
         line
-    }
-}
-
-pub(super) fn ago(at: u64, now: u64) -> String {
-    match now.saturating_sub(at) {
-        0 => format!("{} (just now)", unix_time(at)),
-        secs => format!(
-            "{} ({} ago)",
-            unix_time(at),
-            DisplayDuration(Duration::from_secs(secs))
-        ),
     }
 }
 
