@@ -18,16 +18,14 @@
 //! Each reconnection takes the node's channel settings as they are then, so a credential
 //! renewed in the meantime is the one presented.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kith_identity::backoff::Backoff;
-use kith_identity::secure_channel::SharedSettings;
+use kith_identity::secure_channel::{ChannelEnded, SharedSettings};
 use kith_identity::{Identifier, unix_now};
 use kith_node::{Node, Route};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-
-use kith_identity::secure_channel::ChannelEnded;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
