@@ -25,6 +25,9 @@ pub const AUDIT_SERVICE: &str = "audit";
 /// and enrollers).
 pub const JOIN_SERVICE: &str = "join_requests";
 
+/// The service that serves the revocation feed (members and admins): DESIGN §5.
+pub const REVOCATION_SERVICE: &str = "revocations";
+
 /// The attribute an authority adds to every credential: the project's id.
 pub const PROJECT_ID_ATTRIBUTE: &str = "project_id";
 /// The attribute that makes a member an enroller.
@@ -33,6 +36,35 @@ pub const ROLE_ATTRIBUTE: &str = "ockam-role";
 pub const ENROLLER_ROLE: &str = "enroller";
 /// The attribute naming the relay a member may create.
 pub const RELAY_ATTRIBUTE: &str = "ockam-relay";
+
+/// 25 s: the longest the revocation service holds a follower's request waiting for a new
+/// statement; well under the idle timeout of the channel it arrives on.
+pub const MAX_REVOCATION_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// The request to [`REVOCATION_SERVICE`]: the statements after `after`, waiting up to
+/// `wait_ms` (at most [`MAX_REVOCATION_WAIT`]) for one if there are none yet; answered
+/// with [`RevocationsPage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationsRequest {
+    /// The highest sequence number the follower has.
+    pub after: u64,
+    /// How long to wait for a new statement, milliseconds.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// A page of the revocation feed, signed by the authority.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationsPage {
+    /// Hex of the signed statements (`SignedRevocations::encode`), in sequence order; at
+    /// most one list page of them.
+    pub revocations: String,
+    /// The highest sequence number in the feed when the page was read: more follow if it
+    /// is past the page's last.
+    pub head: u64,
+}
 
 /// 64 KiB: the largest request any service reads.
 pub const MAX_REQUEST: usize = 64 * 1024;

@@ -42,7 +42,8 @@ use crate::api::{
     self, ACCEPTOR_SERVICE, AUDIT_SERVICE, AuditEntry, AuditRequest, AutoApproveRule,
     CREDENTIAL_SERVICE, CreatedTicket, CredentialRequest, Enrolled, ErrorKind, JOIN_SERVICE,
     JOIN_WAIT_HOLD, JoinCall, JoinRequestInfo, JoinState, JoinWaited, MEMBERS_SERVICE, MemberInfo,
-    MembersRequest, Page, RedeemRequest, RuleAdded, TICKET_SERVICE, TicketInfo, TicketRequest,
+    MembersRequest, Page, REVOCATION_SERVICE, RedeemRequest, RevocationsPage, RevocationsRequest,
+    RuleAdded, TICKET_SERVICE, TicketInfo, TicketRequest,
 };
 pub use crate::error::{ClientError, CredentialCheckError, JoinWaitError};
 
@@ -52,6 +53,7 @@ const CHANNEL_END_GRACE: Duration = Duration::from_millis(200);
 use crate::relay::{RELAY_SERVICE, RelayInfo, RelayRequest};
 use crate::ticket::OneTimeCode;
 use kith_identity::hex;
+use kith_identity::revocation::{Revocation, SignedRevocations};
 
 /// 1 s: how much longer a channel's own handshake deadline runs than the bound a client
 /// puts on it, so that a silent authority is reported as [`ClientError::ConnectTimeout`].
@@ -262,6 +264,42 @@ impl AuthorityClient {
         let enrolled: Enrolled = self.call(CREDENTIAL_SERVICE, &CredentialRequest {}).await?;
         self.check_credential(&enrolled)?;
         Ok(enrolled)
+    }
+
+    /// The authority's revocation statements after `after`, signed, verified against its
+    /// identity; if there are none yet, the authority holds the request up to `wait` (at
+    /// most [`MAX_REVOCATION_WAIT`]) for one. Returns them with the feed's head. Members
+    /// and admins only.
+    ///
+    /// [`MAX_REVOCATION_WAIT`]: crate::api::MAX_REVOCATION_WAIT
+    pub async fn revocations(
+        &mut self,
+        after: u64,
+        wait: Duration,
+    ) -> Result<(Vec<Revocation>, u64), ClientError> {
+        let wait = wait.min(crate::api::MAX_REVOCATION_WAIT);
+        let request = RevocationsRequest {
+            after,
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        };
+        let page: RevocationsPage = self
+            .call_within(REVOCATION_SERVICE, &request, wait + self.timeout)
+            .await?;
+        let bad = |why: String| ClientError::BadRevocations(why);
+        let bytes = hex::decode(&page.revocations).map_err(|e| bad(e.to_string()))?;
+        let signed = SignedRevocations::decode(&bytes).map_err(|e| bad(e.to_string()))?;
+        let statements = signed
+            .verify(&self.channel.peer.identity, unix_now())
+            .map_err(|e| bad(kith_node::DisplayChain(&e).to_string()))?;
+        if let Some(first) = statements.first()
+            && first.seq <= after
+        {
+            return Err(bad(format!(
+                "asked for revocations after {after}, got {}",
+                first.seq
+            )));
+        }
+        Ok((statements, page.head))
     }
 
     /// Every member. Admins and enrollers only.

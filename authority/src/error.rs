@@ -588,6 +588,9 @@ pub enum ClientError {
     /// The node shut down while we waited.
     #[error("the node shut down while waiting for the authority")]
     Closed,
+    /// The authority's revocations did not decode or verify.
+    #[error("the authority's revocations are not acceptable: {0}")]
+    BadRevocations(String),
     /// A paged list answered a page that points back at itself, so it would never end.
     #[error("the authority's {service} list does not move on from one page to the next")]
     PageStalled {

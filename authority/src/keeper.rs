@@ -146,6 +146,9 @@ fn channel_ended(how: ChannelEnded) -> String {
         ChannelEnded::PeerUnreachable => {
             "the project node cannot be reached any more (a hop on the way answered so)".to_owned()
         }
+        ChannelEnded::PeerRevoked => {
+            "the project node's credential was revoked by an authority this node trusts".to_owned()
+        }
     }
 }
 

@@ -1267,6 +1267,7 @@ impl Outer {
         let settings = party.settings(Arc::new(Trust {
             authorities: self.authorities(),
             admission: Admission::Identifiers(BTreeSet::from([relayed.party.identifier])),
+            revocations: Default::default(),
         }));
         let channel = tokio::time::timeout(
             WAIT,
@@ -1384,6 +1385,7 @@ impl Project {
         let trust = Arc::new(Trust {
             authorities: vec![identity.clone()],
             admission: Admission::AnyIdentity,
+            revocations: Default::default(),
         });
         let mut settings = ChannelSettings::new(Arc::new(local), trust);
         settings.handshake_timeout = WAIT;
@@ -1440,6 +1442,7 @@ impl Project {
         Arc::new(Trust {
             authorities: vec![self.identity.clone()],
             admission: Admission::AnyIdentity,
+            revocations: Default::default(),
         })
     }
 
@@ -1448,6 +1451,7 @@ impl Project {
         Arc::new(Trust {
             authorities: vec![self.identity.clone()],
             admission: Admission::Identifiers(BTreeSet::from([peer])),
+            revocations: Default::default(),
         })
     }
 

@@ -1436,6 +1436,7 @@ fn open_trust() -> Arc<Trust> {
     Arc::new(Trust {
         authorities: vec![],
         admission: Admission::AnyIdentity,
+        revocations: Default::default(),
     })
 }
 

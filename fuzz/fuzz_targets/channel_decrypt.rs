@@ -20,7 +20,7 @@ fn party() -> Arc<LocalIdentity> {
 fn channel() -> &'static Mutex<(Encryptor, Decryptor)> {
     static CHANNEL: OnceLock<Mutex<(Encryptor, Decryptor)>> = OnceLock::new();
     CHANNEL.get_or_init(|| {
-        let trust = Arc::new(Trust { authorities: vec![], admission: Admission::AnyIdentity });
+        let trust = Arc::new(Trust { authorities: vec![], admission: Admission::AnyIdentity, revocations: Default::default() });
         let (i, m1) = Handshake::initiate(party(), trust.clone(), 4).unwrap();
         let r = Handshake::respond(party(), trust, 4).unwrap();
         let Ok(Progress::Continue(r, m2)) = r.step(&m1, NOW) else { panic!("handshake") };

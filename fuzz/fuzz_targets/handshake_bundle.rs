@@ -23,7 +23,7 @@ fn local() -> &'static Arc<LocalIdentity> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let trust = Trust { authorities: vec![], admission: Admission::AnyIdentity };
+    let trust = Trust { authorities: vec![], admission: Admission::AnyIdentity, revocations: Default::default() };
     // The fuzzer cannot produce a valid attestation for this key.
     let static_key = [7u8; 32];
     assert!(verify_bundle(data, &static_key, &trust, NOW).is_err());

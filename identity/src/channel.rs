@@ -30,6 +30,7 @@ use snow::resolvers::{CryptoResolver, RingResolver};
 use zeroize::Zeroizing;
 
 use crate::codec::{array_of, array_up_to, bounded_bytes, finished};
+use crate::revocation::{Revocations, Void};
 use crate::{
     CLOCK_SKEW, CredentialAndPurposeKey, CredentialError, DecodeError, Identifier, Identity,
     Purpose, PurposeKeyAttestation, SecureChannelKey,
@@ -99,10 +100,31 @@ pub enum Admission {
 /// Whom we trust to vouch for peers, and whom we admit.
 #[derive(Debug, Clone)]
 pub struct Trust {
-    /// Authorities whose credentials we accept.
+    /// Authorities whose credentials we accept, in order of precedence: where two carry
+    /// the same attribute for a peer, the first one's value is the peer's.
     pub authorities: Vec<Identity>,
     /// The admission rule.
     pub admission: Admission,
+    /// What we know of those authorities' revocations; shared by every channel of the node.
+    pub revocations: Arc<Revocations>,
+}
+
+impl Trust {
+    /// Trust `authorities` and admit as `admission` says, knowing no revocations yet.
+    pub fn new(authorities: Vec<Identity>, admission: Admission) -> Self {
+        Self {
+            authorities,
+            admission,
+            revocations: Arc::default(),
+        }
+    }
+
+    /// Where `issuer` stands in the order of precedence, if it is trusted.
+    fn rank(&self, issuer: &Identifier) -> Option<usize> {
+        self.authorities
+            .iter()
+            .position(|a| a.identifier() == issuer)
+    }
 }
 
 /// The authenticated peer of a channel.
@@ -112,10 +134,116 @@ pub struct Peer {
     pub identity: Identity,
     /// Its identifier.
     pub identifier: Identifier,
-    /// Attributes from its verified credentials (later credentials win on conflicts).
+    /// Its attributes: those of its credentials, per name from the trusted authority that
+    /// comes first (see [`Trust::authorities`]); one authority never sets or overrides an
+    /// attribute another's credential carries.
     pub attributes: BTreeMap<String, String>,
     /// When the earliest of its credentials expires, if it presented any.
     pub credentials_expire_at: Option<u64>,
+    /// Its credentials that speak for it here, one per issuer, in order of precedence.
+    pub credentials: Vec<PeerCredential>,
+}
+
+/// What one trusted authority's credential says of a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCredential {
+    /// The authority.
+    pub issuer: Identifier,
+    /// Its attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// Validity start, Unix seconds.
+    pub created_at: u64,
+    /// Validity end (exclusive), Unix seconds.
+    pub expires_at: u64,
+}
+
+/// A credential a peer presented, or pushed into a channel, and what it comes to here.
+pub enum Presented {
+    /// It speaks for the peer.
+    Accepted(PeerCredential),
+    /// It is from an authority we do not trust: it says nothing to us.
+    Untrusted(Identifier),
+    /// Its authority voided it (or we cannot tell whether it did).
+    Void(Identifier, Void),
+}
+
+impl Peer {
+    /// Replace what `credential`'s issuer says of the peer with it, and work out the
+    /// attributes again. Each issuer's word replaces only its own earlier word: a narrowed
+    /// credential narrows, and another authority's attributes stay as they were.
+    pub fn replace(&mut self, credential: PeerCredential, trust: &Trust) {
+        self.credentials.retain(|c| c.issuer != credential.issuer);
+        self.credentials.push(credential);
+        self.settle(trust);
+    }
+
+    /// Forget what `issuer` said of the peer until it vouches again, for at most `grace`
+    /// more seconds from `now`: the credential stops giving attributes, and if no fresh
+    /// one replaces it by then, it has expired (and the channel with it, see
+    /// [`Peer::expired`]).
+    pub fn withdraw(&mut self, issuer: &Identifier, now: u64, grace: u64) {
+        for c in self.credentials.iter_mut().filter(|c| c.issuer == *issuer) {
+            c.attributes.clear();
+            c.expires_at = c.expires_at.min(now.saturating_add(grace));
+        }
+        self.attributes = merged(&self.credentials);
+        self.credentials_expire_at = self.credentials.iter().map(|c| c.expires_at).min();
+    }
+
+    /// When the first of the peer's credentials expired, if one has by `now`.
+    pub fn expired(&self, now: u64) -> Option<u64> {
+        self.credentials_expire_at.filter(|e| now >= *e)
+    }
+
+    /// Put the credentials in order of precedence and derive the attributes and expiry.
+    fn settle(&mut self, trust: &Trust) {
+        self.credentials
+            .sort_by_key(|c| trust.rank(&c.issuer).unwrap_or(usize::MAX));
+        self.attributes = merged(&self.credentials);
+        self.credentials_expire_at = self.credentials.iter().map(|c| c.expires_at).min();
+    }
+}
+
+/// The attributes `credentials` (in order of precedence) give: per name, the first
+/// credential's that carries it.
+fn merged(credentials: &[PeerCredential]) -> BTreeMap<String, String> {
+    let mut attributes = BTreeMap::new();
+    for c in credentials {
+        for (name, value) in &c.attributes {
+            if let Some(held) = attributes.get(name) {
+                if held != value {
+                    tracing::debug!(%name, issuer = %c.issuer, "ignoring an attribute an authority of higher precedence sets");
+                }
+                continue;
+            }
+            attributes.insert(name.clone(), value.clone());
+        }
+    }
+    attributes
+}
+
+/// What `credential`, presented by `subject`, comes to at `now` under `trust`. A
+/// credential from a trusted authority that fails to verify is an error.
+pub fn present(
+    credential: &CredentialAndPurposeKey,
+    subject: &Identifier,
+    trust: &Trust,
+    now: u64,
+) -> Result<Presented, CredentialError> {
+    let issuer = *credential.purpose_key.subject();
+    if trust.rank(&issuer).is_none() {
+        return Ok(Presented::Untrusted(issuer));
+    }
+    let v = credential.verify(subject, &trust.authorities, now)?;
+    if let Err(void) = trust.revocations.check(&issuer, subject, v.created_at, now) {
+        return Ok(Presented::Void(issuer, void));
+    }
+    Ok(Presented::Accepted(PeerCredential {
+        issuer,
+        attributes: v.attributes,
+        created_at: v.created_at,
+        expires_at: v.expires_at,
+    }))
 }
 
 /// Why a handshake failed. The detail is for our log; a peer learns only that it failed.
@@ -142,6 +270,10 @@ pub enum HandshakeError {
     /// The peer authenticated but is not admitted.
     #[error("{0} is not admitted: {1}")]
     NotAdmitted(Identifier, Inadmissible),
+    /// The peer's credential from a trusted authority was revoked, or (admission wanting a
+    /// credential) none can be checked against its authority's revocations.
+    #[error("{0}'s credential from {1}: {2}")]
+    Void(Identifier, Identifier, Void),
     /// A message arrived when none was expected.
     #[error("unexpected handshake message")]
     Unexpected,
@@ -167,6 +299,8 @@ impl HandshakeError {
             HandshakeError::NotAdmitted(_, Inadmissible::NoTrustedCredential)
             | HandshakeError::Credential(_) => ErrorClass::NoTrustedCredential,
             HandshakeError::Refused(u) => u.class,
+            HandshakeError::Void(_, _, Void::Unverifiable { .. }) => ErrorClass::RevocationsUnknown,
+            HandshakeError::Void(..) => ErrorClass::Revoked,
             HandshakeError::Noise(_)
             | HandshakeError::Bundle(_)
             | HandshakeError::Identity(_)
@@ -270,23 +404,48 @@ pub fn verify_bundle(
         return Err(HandshakeError::StaticKeyMismatch);
     }
     let identifier = *identity.identifier();
-    let mut attributes = BTreeMap::new();
-    let mut credentials_expire_at: Option<u64> = None;
+    let mut peer = Peer {
+        identity,
+        identifier,
+        attributes: BTreeMap::new(),
+        credentials_expire_at: None,
+        credentials: Vec::new(),
+    };
+    // Credentials nothing can be checked against, kept to say why admission failed.
+    let mut unverifiable = None;
     for c in &credentials {
         // A credential from an authority we do not trust says nothing to us: a member of
         // several projects presents all its credentials, and each peer takes the ones it
         // can check. A credential from a trusted authority that fails (forged, expired, for
-        // another identity) fails the handshake.
-        let issuer = c.purpose_key.subject();
-        if !trust.authorities.iter().any(|a| a.identifier() == issuer) {
-            tracing::debug!(peer = %identifier, %issuer, "ignoring a credential from an authority we do not trust");
-            continue;
+        // another identity) fails the handshake, and so does a revoked one.
+        match present(c, &identifier, trust, now)? {
+            Presented::Accepted(credential) => {
+                let newer = peer
+                    .credentials
+                    .iter()
+                    .find(|held| held.issuer == credential.issuer)
+                    .is_none_or(|held| held.created_at < credential.created_at);
+                if newer {
+                    peer.replace(credential, trust);
+                }
+            }
+            Presented::Untrusted(issuer) => {
+                tracing::debug!(peer = %identifier, %issuer, "ignoring a credential from an authority we do not trust");
+            }
+            Presented::Void(issuer, void @ Void::Revoked { .. }) => {
+                return Err(HandshakeError::Void(identifier, issuer, void));
+            }
+            // A newer one speaks for the peer; an honest peer presents it.
+            Presented::Void(issuer, void @ Void::Superseded { .. }) => {
+                tracing::debug!(peer = %identifier, %issuer, %void, "ignoring a superseded credential");
+            }
+            Presented::Void(issuer, void @ Void::Unverifiable { .. }) => {
+                tracing::warn!(peer = %identifier, %issuer, %void, "ignoring a credential whose revocation cannot be checked");
+                unverifiable = Some((issuer, void));
+            }
         }
-        let v = c.verify(&identifier, &trust.authorities, now)?;
-        attributes.extend(v.attributes);
-        credentials_expire_at =
-            Some(credentials_expire_at.map_or(v.expires_at, |e| e.min(v.expires_at)));
     }
+    let credentials_expire_at = peer.credentials_expire_at;
     match &trust.admission {
         Admission::AnyIdentity => {}
         Admission::Identifiers(ids) if ids.contains(&identifier) => {}
@@ -298,18 +457,16 @@ pub fn verify_bundle(
         }
         Admission::CredentialHolders if credentials_expire_at.is_some() => {}
         Admission::CredentialHolders => {
+            if let Some((issuer, void)) = unverifiable {
+                return Err(HandshakeError::Void(identifier, issuer, void));
+            }
             return Err(HandshakeError::NotAdmitted(
                 identifier,
                 Inadmissible::NoTrustedCredential,
             ));
         }
     }
-    Ok(Peer {
-        identity,
-        identifier,
-        attributes,
-        credentials_expire_at,
-    })
+    Ok(peer)
 }
 
 /// The parsed [`NOISE_PATTERN`], parsed once rather than for every handshake.
@@ -1056,6 +1213,7 @@ mod tests {
         Arc::new(Trust {
             authorities: authorities.iter().map(|a| a.identity.clone()).collect(),
             admission,
+            revocations: Default::default(),
         })
     }
 
@@ -1063,6 +1221,7 @@ mod tests {
         Arc::new(Trust {
             authorities: vec![],
             admission: Admission::AnyIdentity,
+            revocations: Default::default(),
         })
     }
 
@@ -1275,6 +1434,7 @@ mod tests {
             Arc::new(Trust {
                 authorities: vec![],
                 admission: Admission::CredentialHolders,
+                revocations: Default::default(),
             }),
             16,
         );
@@ -1287,6 +1447,7 @@ mod tests {
             Arc::new(Trust {
                 authorities: vec![],
                 admission: Admission::Identifiers(others),
+                revocations: Default::default(),
             }),
             16,
         );
@@ -1299,7 +1460,8 @@ mod tests {
                 &b,
                 Arc::new(Trust {
                     authorities: vec![],
-                    admission: Admission::Identifiers(allowed)
+                    admission: Admission::Identifiers(allowed),
+                    revocations: Default::default(),
                 }),
                 16
             )
@@ -1311,6 +1473,7 @@ mod tests {
             Arc::new(Trust {
                 authorities: vec![],
                 admission: Admission::CredentialHolders,
+                revocations: Default::default(),
             }),
             &b,
             any(),

@@ -48,6 +48,9 @@ pub mod policy;
 pub mod portal;
 /// Purpose keys: the channel and credential-signing keys an identity attests.
 mod purpose;
+/// Revocations: an authority's signed statements that a member's earlier credentials are
+/// void, and a node's view of them.
+pub mod revocation;
 /// Channels on a node: the listener, each channel's encryptor and decryptor, its end
 /// signal, and stacks of channels opened one inside another.
 pub mod secure_channel;

@@ -86,6 +86,7 @@ fn final_refusal(class: ErrorClass) -> bool {
             | ErrorClass::NoTrustedCredential
             | ErrorClass::NotAllowed
             | ErrorClass::Revoked
+            | ErrorClass::RevocationsUnknown
             | ErrorClass::InvalidHandshake
             | ErrorClass::TooLarge
     )
@@ -176,6 +177,7 @@ impl PortalConnector {
             }));
         }
         let replies = Arc::new(ThroughChannel(inner.handshake_hash));
+        let end = inner.end_signal();
         let route = stack
             .route_through(&self.route)
             .map_err(|e| Attempt::Fatal(ConnectError::RouteTooLong(e)))?;
@@ -183,6 +185,7 @@ impl PortalConnector {
             route,
             replies,
             guard: Box::new(stack),
+            ended: Some(Box::pin(async move { end.ended().await.to_string() })),
         })
     }
 }

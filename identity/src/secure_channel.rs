@@ -38,15 +38,17 @@ use kith_node::{
     TryRouteError, Undeliverable, Worker, WorkerError,
 };
 use kith_transport::TransportMessage;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::CredentialAndPurposeKey;
 use crate::channel::{
     Admission, ChannelMessage, DEFAULT_REKEY_INTERVAL, Decryptor, Encryptor, Established,
-    Handshake, HandshakeError, LocalIdentity, MAX_MESSAGE_PAYLOAD, Peer, Progress, Trust,
+    Handshake, HandshakeError, LocalIdentity, MAX_MESSAGE_PAYLOAD, Peer, Presented, Progress,
+    Trust, present,
 };
+use crate::revocation::Void;
 use crate::unix_now as now;
 
 /// Channels opened one inside another: a route's `/secure/` hops.
@@ -138,12 +140,58 @@ pub struct ChannelSettings {
     pub keepalive_interval: Duration,
     /// A channel that has heard nothing from its peer for this long ends.
     pub idle_timeout: Duration,
+    /// The credentials we present, as they are renewed: every open channel pushes the
+    /// renewed ones to its peer.
+    pub presenting: Presenting,
 }
+
+/// The credentials a node presents, encoded, as they change over its life. A channel
+/// takes the receiver its settings hold, which has seen exactly the credentials those
+/// settings present, and pushes to its peer every set published after.
+#[derive(Clone)]
+pub struct Presenting {
+    publish: Arc<watch::Sender<Arc<[Bytes]>>>,
+    seen: watch::Receiver<Arc<[Bytes]>>,
+}
+
+impl Presenting {
+    fn new(local: &LocalIdentity) -> Self {
+        let (publish, seen) = watch::channel(encoded(local));
+        Self {
+            publish: Arc::new(publish),
+            seen,
+        }
+    }
+
+    /// Publish `local`'s credentials to every channel that follows this, and follow them
+    /// from now on.
+    fn republish(&self, local: &LocalIdentity) -> Self {
+        self.publish.send_replace(encoded(local));
+        Self {
+            publish: self.publish.clone(),
+            seen: self.publish.subscribe(),
+        }
+    }
+}
+
+fn encoded(local: &LocalIdentity) -> Arc<[Bytes]> {
+    local
+        .credentials
+        .iter()
+        .map(|c| Bytes::from(c.encode()))
+        .collect()
+}
+
+/// 10 s: how long a peer whose attributes changed at its authority has to push the
+/// credential that says so into an open channel. Until then its old credential gives no
+/// attributes; past it, the channel ends.
+pub const REFRESH_GRACE: u64 = 10;
 
 impl ChannelSettings {
     /// Settings with the default timeout and rekey interval.
     pub fn new(local: Arc<LocalIdentity>, trust: Arc<Trust>) -> Self {
         Self {
+            presenting: Presenting::new(&local),
             local,
             trust,
             handshake_timeout: HANDSHAKE_TIMEOUT,
@@ -162,6 +210,7 @@ impl ChannelSettings {
             trust: Arc::new(Trust {
                 authorities: self.trust.authorities.clone(),
                 admission,
+                revocations: self.trust.revocations.clone(),
             }),
             ..self.clone()
         }
@@ -245,6 +294,8 @@ pub enum ChannelEnded {
     /// A node on the way answered that the peer's end cannot be reached any more (its
     /// relay or connection is gone); the detail is in our log.
     PeerUnreachable,
+    /// The authority that vouched for the peer revoked its credential.
+    PeerRevoked,
 }
 
 impl fmt::Display for ChannelEnded {
@@ -256,6 +307,7 @@ impl fmt::Display for ChannelEnded {
             }
             ChannelEnded::PeerSilent => "the secure channel's peer went silent",
             ChannelEnded::PeerUnreachable => "the secure channel's peer cannot be reached any more",
+            ChannelEnded::PeerRevoked => "the secure channel's peer had its credential revoked",
         })
     }
 }
@@ -473,9 +525,19 @@ impl SharedSettings {
             .clone()
     }
 
-    /// Replace the settings for every handshake from now on.
-    pub fn set(&self, settings: ChannelSettings) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = settings;
+    /// Replace the settings for every handshake from now on. The node's revocations and
+    /// what it presents outlive the replaced settings: every open channel pushes the new
+    /// credentials to its peer.
+    pub fn set(&self, mut settings: ChannelSettings) {
+        let mut held = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&settings.trust.revocations, &held.trust.revocations) {
+            settings.trust = Arc::new(Trust {
+                revocations: held.trust.revocations.clone(),
+                ..(*settings.trust).clone()
+            });
+        }
+        settings.presenting = held.presenting.republish(&settings.local);
+        *held = settings;
     }
 }
 
@@ -572,14 +634,18 @@ fn start(
         Arc::new(DecryptorSink(channel.clone())),
     )?;
     let deadline = Instant::now() + settings.handshake_timeout;
+    let follow = Follow {
+        revocations: settings.trust.revocations.subscribe(),
+        presenting: settings.presenting.seen.clone(),
+    };
     node.spawn(run(
         channel,
         handle,
         handshake,
         on_established,
-        slot,
-        deadline,
+        Deadline { slot, deadline },
         ended,
+        follow,
     ));
     Ok(decryptor)
 }
@@ -707,6 +773,8 @@ enum Opened {
     Refused(OnEstablished, Undeliverable),
     /// The peer's end cannot be reached any more: end the channel.
     Unreachable(Undeliverable),
+    /// The peer's credential was revoked: end the channel.
+    Revoked(String),
     /// Nothing more to do.
     Done,
 }
@@ -739,6 +807,69 @@ impl Receiving {
         }
     }
 
+    /// What a credential the peer pushed into the channel calls for: it replaces what its
+    /// issuer said of the peer before, unless it is older; one from an authority we do not
+    /// trust is ignored; a revoked or invalid one ends the channel.
+    fn refreshed(&mut self, bytes: &[u8], trust: &Trust) -> Opened {
+        let presented = CredentialAndPurposeKey::decode(bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                present(&c, &self.peer.identifier, trust, now()).map_err(|e| e.to_string())
+            });
+        match presented {
+            Ok(Presented::Accepted(credential)) => {
+                let newer = self
+                    .peer
+                    .credentials
+                    .iter()
+                    .find(|held| held.issuer == credential.issuer)
+                    .is_none_or(|held| held.created_at <= credential.created_at);
+                if newer {
+                    debug!(peer = %self.peer.identifier, issuer = %credential.issuer, "credential refreshed");
+                    self.peer.replace(credential, trust);
+                }
+                Opened::Done
+            }
+            Ok(Presented::Untrusted(_)) => Opened::Done,
+            Ok(Presented::Void(issuer, void @ Void::Revoked { .. })) => {
+                Opened::Revoked(format!("its credential from {issuer}: {void}"))
+            }
+            Ok(Presented::Void(issuer, void)) => {
+                debug!(peer = %self.peer.identifier, %issuer, %void, "ignored a pushed credential");
+                Opened::Done
+            }
+            Err(e) => Opened::TearDown(format!("invalid refreshed credential: {e}")),
+        }
+    }
+
+    /// Look at the peer's credentials against the node's revocations, which changed: a
+    /// revoked one ends the channel; one superseded by a change of the peer's attributes
+    /// stops giving attributes until the peer pushes the newer one, within
+    /// [`REFRESH_GRACE`].
+    fn review(&mut self, trust: &Trust) -> Option<String> {
+        let now = now();
+        let mut superseded = Vec::new();
+        for c in &self.peer.credentials {
+            match trust
+                .revocations
+                .check(&c.issuer, &self.peer.identifier, c.created_at, now)
+            {
+                Ok(()) | Err(Void::Unverifiable { .. }) => {}
+                Err(void @ Void::Revoked { .. }) => {
+                    return Some(format!("its credential from {}: {void}", c.issuer));
+                }
+                Err(void @ Void::Superseded { .. }) => {
+                    info!(peer = %self.peer.identifier, issuer = %c.issuer, %void, "the peer's attributes changed; waiting for its new credential");
+                    superseded.push(c.issuer);
+                }
+            }
+        }
+        for issuer in superseded {
+            self.peer.withdraw(&issuer, now, REFRESH_GRACE);
+        }
+        None
+    }
+
     /// Open `sealed` and decide what it calls for.
     fn open(&mut self, sealed: Bytes, trust: &Trust, activity: &Activity) -> Opened {
         let plain = match self.decryptor.open(sealed) {
@@ -756,9 +887,7 @@ impl Receiving {
                 // The attributes a peer's credentials gave it last only as long as they do:
                 // once the earliest expires without a refresh, the channel ends (the peer
                 // opens a new one with its renewed credential).
-                if let Some(expired) = self.peer.credentials_expire_at
-                    && now() >= expired
-                {
+                if let Some(expired) = self.peer.expired(now()) {
                     return Opened::TearDown(format!(
                         "the peer's credential expired at {expired} (Unix seconds) and was not refreshed"
                     ));
@@ -779,23 +908,7 @@ impl Receiving {
                     },
                 })
             }
-            Ok(ChannelMessage::RefreshCredential(bytes)) => {
-                let refreshed = CredentialAndPurposeKey::decode(&bytes)
-                    .map_err(|e| e.to_string())
-                    .and_then(|c| {
-                        c.verify(&self.peer.identifier, &trust.authorities, now())
-                            .map_err(|e| e.to_string())
-                    });
-                match refreshed {
-                    Ok(v) => {
-                        debug!(peer = %self.peer.identifier, "credential refreshed");
-                        self.peer.attributes.extend(v.attributes);
-                        self.peer.credentials_expire_at = Some(v.expires_at);
-                        Opened::Done
-                    }
-                    Err(e) => Opened::TearDown(format!("invalid refreshed credential: {e}")),
-                }
-            }
+            Ok(ChannelMessage::RefreshCredential(bytes)) => self.refreshed(&bytes, trust),
             Ok(ChannelMessage::Close) => Opened::PeerClosed,
             // Its work is done: the peer was heard.
             Ok(ChannelMessage::Ping) => Opened::Done,
@@ -846,6 +959,10 @@ impl Channel {
                 self.peer_closed();
             }
             Opened::TearDown(why) => self.tear_down(&why),
+            Opened::Revoked(why) => {
+                self.end_as(ChannelEnded::PeerRevoked);
+                self.tear_down(&why);
+            }
             Opened::PeerClosed => self.peer_closed(),
             Opened::Deliver(_) | Opened::Done => {}
         }
@@ -1084,6 +1201,63 @@ impl Channel {
         }
     }
 
+    /// Follow the node's revocations and the credentials it presents for as long as the
+    /// channel is open: a peer whose credential is revoked ends the channel (returned), and
+    /// renewed credentials of ours are pushed to the peer, which replaces what it holds
+    /// from their issuers with them.
+    async fn follow(
+        &self,
+        mut revocations: watch::Receiver<u64>,
+        mut presenting: watch::Receiver<Arc<[Bytes]>>,
+    ) -> ChannelEnded {
+        let (mut revocations_open, mut presenting_open) = (true, true);
+        loop {
+            tokio::select! {
+                changed = revocations.changed(), if revocations_open => {
+                    if changed.is_err() {
+                        revocations_open = false;
+                        continue;
+                    }
+                    let revoked = match self.inbound.lock().state_mut() {
+                        Phase::Established(rx) => rx.review(&self.trust),
+                        Phase::Handshaking | Phase::Closed => None,
+                    };
+                    if let Some(why) = revoked {
+                        self.tear_down(&why);
+                        return ChannelEnded::PeerRevoked;
+                    }
+                }
+                changed = presenting.changed(), if presenting_open => {
+                    if changed.is_err() {
+                        presenting_open = false;
+                        continue;
+                    }
+                    let credentials = presenting.borrow_and_update().clone();
+                    self.push_credentials(&credentials);
+                }
+                () = std::future::pending::<()>(), if !revocations_open && !presenting_open => {}
+            }
+        }
+    }
+
+    /// Queue our renewed `credentials` for the peer, behind whatever is queued.
+    fn push_credentials(&self, credentials: &[Bytes]) {
+        for c in credentials {
+            // Sealed and queued under one lock, so the queue keeps nonce order.
+            let mut lane = self.outbound.lock();
+            if lane.refusal().is_some() {
+                return;
+            }
+            if let Some(sealed) = self.seal(
+                lane.state_mut(),
+                &ChannelMessage::RefreshCredential(c.clone()),
+            ) {
+                lane.push(sealed);
+            }
+        }
+        debug!(decryptor = %self.decryptor, credentials = credentials.len(), "pushed renewed credentials to the peer");
+    }
+
     /// Queue a keep-alive behind whatever is queued, so nonces stay in order. A full queue
     /// is sending already, and a closing channel sends nothing more: either counts as sent.
     fn send_keepalive(&self) {
@@ -1141,6 +1315,20 @@ impl Drop for Owner {
     }
 }
 
+/// What bounds a handshake: its deadline, and (a responder's) its slot among the
+/// listener's unfinished handshakes, given back when it ends.
+struct Deadline {
+    slot: Option<PendingSlot>,
+    deadline: Instant,
+}
+
+/// What an open channel follows: the node's revocations, and the credentials it presents
+/// (as its settings presented them when the channel started).
+struct Follow {
+    revocations: watch::Receiver<u64>,
+    presenting: watch::Receiver<Arc<[Bytes]>>,
+}
+
 /// A channel's task: the handshake under its deadline, then the queues, until either end is
 /// stopped (by `close`, a tear-down, a timed-out `create`, or node shutdown); then it closes.
 async fn run(
@@ -1148,9 +1336,9 @@ async fn run(
     decryptor: SinkHandle,
     handshake: Box<Handshake>,
     mut on_established: Option<OnEstablished>,
-    slot: Option<PendingSlot>,
-    deadline: Instant,
+    Deadline { slot, deadline }: Deadline,
     end: EndMark,
+    follow: Follow,
 ) {
     let mut owner = Owner {
         channel: channel.clone(),
@@ -1209,6 +1397,7 @@ async fn run(
                         }
                     } => ChannelEnded::ConnectionClosed,
                     how = channel.keep_alive() => how,
+                    how = channel.follow(follow.revocations, follow.presenting) => how,
                     () = async { tokio::join!(channel.send_queued(), channel.receive_queued()); } => {
                         ChannelEnded::Closed
                     }
@@ -1379,6 +1568,7 @@ mod tests {
             Arc::new(Trust {
                 authorities: vec![],
                 admission: Admission::AnyIdentity,
+                revocations: Default::default(),
             }),
         )
     }

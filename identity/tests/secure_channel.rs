@@ -38,6 +38,7 @@ fn open_trust() -> Arc<Trust> {
     Arc::new(Trust {
         authorities: vec![],
         admission: Admission::AnyIdentity,
+        revocations: Default::default(),
     })
 }
 
@@ -125,6 +126,7 @@ async fn messages_through_a_channel_carry_the_peers_identifier_and_attributes() 
     let b_trust = Arc::new(Trust {
         authorities: vec![auth_id.0.clone()],
         admission: Admission::CredentialHolders,
+        revocations: Default::default(),
     });
     let b = side("b", local(|_| vec![]), b_trust, WAIT).await;
 
@@ -195,6 +197,7 @@ async fn a_listener_that_requires_credentials_refuses_a_peer_without_one_and_the
     let strict = Arc::new(Trust {
         authorities: vec![],
         admission: Admission::CredentialHolders,
+        revocations: Default::default(),
     });
     let b = side("b", local(|_| vec![]), strict, Duration::from_millis(500)).await;
     let started = std::time::Instant::now();
@@ -560,6 +563,7 @@ async fn a_peer_whose_credential_expires_is_cut_off_at_its_next_message() {
     let b_trust = Arc::new(Trust {
         authorities: vec![auth_id.0.clone()],
         admission: Admission::CredentialHolders,
+        revocations: Default::default(),
     });
     let b = side("b", local(|_| vec![]), b_trust, WAIT).await;
     let channel =
@@ -611,6 +615,7 @@ async fn replacing_a_listeners_settings_applies_from_the_next_handshake() {
     strict.trust = Arc::new(Trust {
         authorities: vec![],
         admission: Admission::CredentialHolders,
+        revocations: Default::default(),
     });
     shared.set(strict);
     let refused =

@@ -631,6 +631,7 @@ impl Party {
         let trust = Arc::new(Trust {
             authorities: vec![],
             admission: Admission::AnyIdentity,
+            revocations: Default::default(),
         });
         let mut settings = ChannelSettings::new(Arc::new(local), trust);
         settings.handshake_timeout = WAIT;

@@ -106,6 +106,7 @@ async fn pair() -> anyhow::Result<Pair> {
     let open = Arc::new(Trust {
         authorities: vec![],
         admission: Admission::AnyIdentity,
+        revocations: Default::default(),
     });
     let a = Node::new("bench-a");
     TcpTransport::start(&a);
@@ -328,6 +329,7 @@ pub fn handshakes(config: &ChannelBenchConfig) -> anyhow::Result<Vec<BenchRecord
     let trust = Arc::new(Trust {
         authorities: vec![auth],
         admission: Admission::CredentialHolders,
+        revocations: Default::default(),
     });
     let t = unix_now();
     let started = Instant::now();

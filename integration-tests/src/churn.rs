@@ -76,6 +76,7 @@ async fn open_channels(to: SocketAddr, count: usize) -> anyhow::Result<Vec<Held>
     let trust = Arc::new(Trust {
         authorities: vec![],
         admission: Admission::AnyIdentity,
+        revocations: Default::default(),
     });
     let mut opening = JoinSet::new();
     let mut held = Vec::with_capacity(count);

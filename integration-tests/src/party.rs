@@ -92,6 +92,7 @@ pub fn only(who: Identifier, authorities: Vec<Identity>) -> Arc<Trust> {
     Arc::new(Trust {
         authorities,
         admission: Admission::Identifiers(BTreeSet::from([who])),
+        revocations: Default::default(),
     })
 }
 
@@ -156,6 +157,7 @@ impl ProjectNode {
         let anyone = Arc::new(Trust {
             authorities: vec![authority.clone()],
             admission: Admission::AnyIdentity,
+            revocations: Default::default(),
         });
         let mut settings = ChannelSettings::new(Arc::new(local), anyone);
         settings.handshake_timeout = HANDSHAKE_TIMEOUT;

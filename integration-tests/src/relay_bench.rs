@@ -199,6 +199,7 @@ impl World {
         let members_only = Arc::new(Trust {
             authorities: vec![authority.clone()],
             admission: Admission::CredentialHolders,
+            revocations: Default::default(),
         });
         let enroll = |node: Node, code: String| {
             let (listener, pinned, members_only) =

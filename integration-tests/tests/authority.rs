@@ -568,6 +568,7 @@ impl Party {
         let trust = Arc::new(Trust {
             authorities: vec![],
             admission: Admission::AnyIdentity,
+            revocations: Default::default(),
         });
         let mut settings = ChannelSettings::new(Arc::new(local), trust);
         settings.handshake_timeout = CONNECT_WAIT;

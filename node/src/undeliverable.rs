@@ -48,6 +48,9 @@ pub enum ErrorClass {
     NotAllowed,
     /// The initiator's credential has been revoked (10).
     Revoked,
+    /// The responder cannot tell whether the initiator's credential still holds: it has not
+    /// heard its authority's revocations for longer than its grace (11).
+    RevocationsUnknown,
     /// A class this node does not know, from a newer peer; keeps the number it came with.
     Other(u8),
 }
@@ -66,6 +69,7 @@ impl ErrorClass {
             Self::NoTrustedCredential => 8,
             Self::NotAllowed => 9,
             Self::Revoked => 10,
+            Self::RevocationsUnknown => 11,
             Self::Other(n) => n,
         }
     }
@@ -84,6 +88,7 @@ impl ErrorClass {
             8 => Self::NoTrustedCredential,
             9 => Self::NotAllowed,
             10 => Self::Revoked,
+            11 => Self::RevocationsUnknown,
             n => Self::Other(n),
         }
     }
@@ -101,6 +106,7 @@ impl ErrorClass {
             Self::NoTrustedCredential => "no-trusted-credential",
             Self::NotAllowed => "not-allowed",
             Self::Revoked => "revoked",
+            Self::RevocationsUnknown => "revocations-unknown",
             Self::Other(_) => "other",
         }
     }
@@ -118,6 +124,9 @@ impl ErrorClass {
             Self::NoTrustedCredential => "no credential from an authority it trusts",
             Self::NotAllowed => "not on its allow list",
             Self::Revoked => "credential revoked",
+            Self::RevocationsUnknown => {
+                "its authority's revocations are out of date, so it cannot check credentials"
+            }
             Self::Other(_) => "an error this node does not know",
         }
     }
@@ -301,7 +310,8 @@ impl fmt::Display for Undeliverable {
             class @ (ErrorClass::InvalidHandshake
             | ErrorClass::NoTrustedCredential
             | ErrorClass::NotAllowed
-            | ErrorClass::Revoked) => {
+            | ErrorClass::Revoked
+            | ErrorClass::RevocationsUnknown) => {
                 write!(f, "{node} refused the secure channel: {}", class.describe())
             }
             ErrorClass::Other(n) => write!(
@@ -407,12 +417,13 @@ mod tests {
             ErrorClass::NoTrustedCredential,
             ErrorClass::NotAllowed,
             ErrorClass::Revoked,
+            ErrorClass::RevocationsUnknown,
         ];
         for (class, n) in known.into_iter().zip(1u8..) {
             assert_eq!(class.to_wire(), n, "{class:?}");
             assert_eq!(ErrorClass::from_wire(n), class);
         }
-        assert_eq!(ErrorClass::from_wire(11), ErrorClass::Other(11));
+        assert_eq!(ErrorClass::from_wire(12), ErrorClass::Other(12));
         assert_eq!(ErrorClass::from_wire(0), ErrorClass::Other(0));
     }
 

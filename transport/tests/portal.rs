@@ -28,6 +28,7 @@ impl Connector for Plain {
                 ]),
                 replies: Arc::new(AllowTransport),
                 guard: Box::new(()),
+                ended: None,
             })
         })
     }

@@ -210,6 +210,11 @@ pub struct AdmissionArgs {
     /// the peer's attributes and identifier, e.g. 'component = "web"'. Default: anyone.
     #[arg(long, value_name = "POLICY")]
     pub allow: Option<String>,
+    /// How long the node trusts what it knows of an authority's revocations when it cannot
+    /// reach the authority: past it, credentials from that authority admit no one (the
+    /// peer is told "revocations out of date") until the node hears the authority again.
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub revocation_grace: Option<std::time::Duration>,
 }
 
 /// A node named on the command line.

@@ -410,6 +410,7 @@ async fn admission_config(
         require_credential: args.require_credential,
         trusted_authorities: authorities,
         allow: args.allow.clone(),
+        revocation_grace: args.revocation_grace.map(|d| d.as_secs().max(1)),
     })
 }
 

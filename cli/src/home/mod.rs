@@ -160,7 +160,16 @@ pub struct AdmissionConfig {
     /// attributes and identifier); anyone, if none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<String>,
+    /// How long, in seconds, what the node knows of an authority's revocations holds while
+    /// it cannot reach the authority; [`DEFAULT_REVOCATION_GRACE`] if not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_grace: Option<u64>,
 }
+
+/// 1 hour: how long a node goes on admitting an authority's members while it cannot reach
+/// the authority to hear its revocations. Long enough to ride out a restart or an upgrade of
+/// the authority, short enough that a deleted member cannot wait out an outage it caused.
+pub const DEFAULT_REVOCATION_GRACE: u64 = 60 * 60;
 
 /// Check a node name: letters, digits, '-' and '_', starting with a letter or digit.
 pub fn validate_node_name(name: &str) -> Result<()> {

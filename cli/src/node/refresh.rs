@@ -44,8 +44,9 @@ fn renew_at(c: &StoredCredential) -> u64 {
 /// Renew the credentials of `identity` as they come due, for as long as the node runs.
 pub async fn run(home: Home, identity: String, running: Arc<RunningNode>) {
     let mut retry = FIRST_RETRY;
+    let mut now = false;
     loop {
-        let pause = match renew_due(&home, &identity, &running).await {
+        let pause = match renew_due(&home, &identity, &running, std::mem::take(&mut now)).await {
             Ok(next) => {
                 retry = FIRST_RETRY;
                 next
@@ -61,12 +62,20 @@ pub async fn run(home: Home, identity: String, running: Arc<RunningNode>) {
             _ = tokio::time::sleep(pause.clamp(MIN_SLEEP, MAX_SLEEP)) => {}
             // An enrollment or a renewal stored something new: look again.
             _ = running.identity.changed.notified() => {}
+            // The authority changed our attributes: what we hold no longer speaks for us.
+            _ = running.identity.renew_now.notified() => now = true,
         }
     }
 }
 
-/// Renew every credential that is due; return how long until the next one is.
-async fn renew_due(home: &Home, identity: &str, running: &RunningNode) -> Result<Duration> {
+/// Renew every credential that is due (every one, if `all`); return how long until the
+/// next one is.
+async fn renew_due(
+    home: &Home,
+    identity: &str,
+    running: &RunningNode,
+    all: bool,
+) -> Result<Duration> {
     let vault = open_vault(home).await?;
     let held = vault.credentials(identity).await;
     vault.close().await;
@@ -81,7 +90,7 @@ async fn renew_due(home: &Home, identity: &str, running: &RunningNode) -> Result
             continue;
         }
         let due = renew_at(c);
-        if due > now {
+        if due > now && !all {
             next = Some(next.map_or(due, |n| n.min(due)));
             continue;
         }

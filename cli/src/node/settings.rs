@@ -22,6 +22,11 @@ pub struct NodeIdentity {
     reload: Option<Reload>,
     /// Notified when the node reloads its credentials (the refresher then looks again).
     pub(crate) changed: Notify,
+    /// Notified when the node's credentials must be renewed now, whenever they are due:
+    /// its authority changed its attributes.
+    pub(crate) renew_now: Notify,
+    /// Counts reloads, for those that follow what the node trusts.
+    pub(crate) reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl NodeIdentity {
@@ -31,6 +36,8 @@ impl NodeIdentity {
             shared: settings.map(SharedSettings::new),
             reload: None,
             changed: Notify::new(),
+            renew_now: Notify::new(),
+            reloads: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -56,6 +63,8 @@ impl NodeIdentity {
                 shared: Some(SharedSettings::new(settings)),
                 reload: Some(reload),
                 changed: Notify::new(),
+                renew_now: Notify::new(),
+                reloads: tokio::sync::watch::Sender::new(0),
             },
             name,
         ))
@@ -73,8 +82,9 @@ impl NodeIdentity {
     }
 
     /// Re-read the identity's credentials and trusted authorities from the vault and serve
-    /// them: the secure-channel listener and channels opened from now on use them. Open
-    /// channels keep what they were made with. Returns how many credentials it presents.
+    /// them: the secure-channel listener and channels opened from now on use them, and
+    /// every open channel pushes the credentials to its peer. Returns how many credentials
+    /// it presents.
     pub async fn reload(&self) -> Result<usize> {
         let (Some(reload), Some(shared)) = (&self.reload, &self.shared) else {
             bail!("this node does not keep its settings in a vault");
@@ -84,6 +94,7 @@ impl NodeIdentity {
         shared.set(settings);
         info!(credentials = presented, "reloaded credentials");
         self.changed.notify_one();
+        self.reloads.send_modify(|n| *n += 1);
         Ok(presented)
     }
 }
@@ -114,6 +125,7 @@ impl Reload {
                 settings.trust = Arc::new(Trust {
                     authorities,
                     admission: settings.trust.admission.clone(),
+                    revocations: settings.trust.revocations.clone(),
                 });
             }
         }
@@ -206,6 +218,7 @@ pub async fn channel_settings_scoped(
     let trust = Trust {
         authorities,
         admission,
+        revocations: Default::default(),
     };
     Ok((
         ChannelSettings::new(Arc::new(local), Arc::new(trust)),

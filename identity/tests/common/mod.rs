@@ -43,6 +43,7 @@ impl Peer {
         let anyone = Trust {
             authorities: vec![],
             admission: Admission::AnyIdentity,
+            revocations: Default::default(),
         };
         let settings = ChannelSettings::new(Arc::new(local), Arc::new(anyone));
         Self {

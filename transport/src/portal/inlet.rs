@@ -63,7 +63,14 @@ pub struct PortalRoute {
     pub replies: Arc<dyn IncomingAccessControl>,
     /// Held for as long as the session lives, then dropped: the channels to close, say.
     pub guard: Box<dyn Any + Send>,
+    /// Finishes, saying why, when what the route runs through has ended (the secure
+    /// channel closed, or its peer's credential was revoked): the session then ends at
+    /// once, and resets its connection, instead of waiting for a message to fail.
+    pub ended: Option<RouteEnded>,
 }
+
+/// What tells a session that its route has ended, and why.
+pub type RouteEnded = Pin<Box<dyn Future<Output = String> + Send>>;
 
 /// A running inlet.
 #[derive(Clone)]
@@ -167,7 +174,7 @@ impl Inlet {
                 ))),
             },
         };
-        let (route, mailbox, peer, peer_window) = match opened {
+        let (mut route, mailbox, peer, peer_window) = match opened {
             Ok(o) => o,
             Err(refusal) => {
                 self.stats.refuse(&refusal, unix_now());
@@ -186,6 +193,7 @@ impl Inlet {
             options,
             stats: self.stats.clone(),
             stop: self.stop.clone(),
+            route_ended: route.ended.take(),
             local_peer: Some(from),
             label,
         })

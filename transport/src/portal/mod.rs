@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use kith_node::{IncomingAccessControl, Origin};
 
-pub use inlet::{ConnectFuture, Connector, Inlet, PortalRoute, Refusal};
+pub use inlet::{ConnectFuture, Connector, Inlet, PortalRoute, Refusal, RouteEnded};
 pub use message::{MAX_CHUNK, MAX_REASON_LEN, PortalDecodeError, PortalMessage};
 pub use outlet::Outlet;
 pub use session::{DATA_OVERHEAD, MAX_WINDOW, MIN_WINDOW};

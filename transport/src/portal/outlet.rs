@@ -219,6 +219,7 @@ impl Outlet {
             options,
             stats: self.stats.clone(),
             stop: self.stop.clone(),
+            route_ended: None,
             local_peer,
             label: format!("outlet {}", self.address.value()),
         })

@@ -60,6 +60,8 @@ pub(crate) struct End {
     pub stats: Arc<PortalStats>,
     /// Cancelled when the inlet or outlet is deleted.
     pub stop: CancellationToken,
+    /// Finishes when the route the session runs over has ended (see `PortalRoute::ended`).
+    pub route_ended: Option<super::inlet::RouteEnded>,
     /// Who is at our socket's other end, for the log.
     pub local_peer: Option<SocketAddr>,
     /// "inlet 127.0.0.1:15432" or "outlet db", for the log.
@@ -81,6 +83,7 @@ enum Outcome {
 
 enum Event {
     Stopped,
+    RouteEnded(String),
     Received(Option<Message>),
     Wrote(std::io::Result<usize>),
     Read(std::io::Result<usize>),
@@ -98,9 +101,11 @@ pub(crate) async fn run(end: End) {
         options,
         stats,
         stop,
+        route_ended,
         local_peer,
         label,
     } = end;
+    let mut route_ended = route_ended;
     stats.open.fetch_add(1, Ordering::Relaxed);
     let me = Route::from(mailbox.address().clone());
     let sender = Sender {
@@ -148,6 +153,12 @@ pub(crate) async fn run(end: End) {
             let event = tokio::select! {
                 biased;
                 () = stop.cancelled() => Event::Stopped,
+                why = async {
+                    match route_ended.as_mut() {
+                        Some(ended) => ended.await,
+                        None => std::future::pending().await,
+                    }
+                } => Event::RouteEnded(why),
                 m = mailbox.recv() => Event::Received(m),
                 r = async {
                     match &front {
@@ -168,6 +179,12 @@ pub(crate) async fn run(end: End) {
                     break Outcome::Failed {
                         reason: "the portal was deleted".into(),
                         tell: true,
+                    };
+                }
+                Event::RouteEnded(why) => {
+                    break Outcome::Failed {
+                        reason: format!("its route ended: {why}"),
+                        tell: false,
                     };
                 }
                 Event::Received(None) => {
