@@ -162,6 +162,14 @@ pub struct TicketInfo {
 pub struct RedeemRequest {
     /// The ticket's one-time code, 64 hex digits.
     pub code: String,
+    /// If the caller is a member already, replace its attributes with the ticket's instead
+    /// of adding the ticket's to them. Absent (older clients) is `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub replace: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl std::fmt::Debug for CreatedTicket {
@@ -178,7 +186,10 @@ impl std::fmt::Debug for CreatedTicket {
 
 impl std::fmt::Debug for RedeemRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedeemRequest").field("code", &"…").finish()
+        f.debug_struct("RedeemRequest")
+            .field("code", &"…")
+            .field("replace", &self.replace)
+            .finish()
     }
 }
 
@@ -192,6 +203,15 @@ pub struct Enrolled {
     pub attributes: BTreeMap<String, String>,
     /// When the credential expires, Unix seconds.
     pub expires_at: u64,
+    /// At enrollment, if the caller was a member already: its attributes before (without
+    /// the project id). Absent for a new member and in other answers, so that older peers
+    /// still parse those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<BTreeMap<String, String>>,
+    /// At enrollment: this repeated a redemption whose answer was lost; no use of the
+    /// ticket was taken. Absent when `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retried: bool,
 }
 
 /// The request to [`CREDENTIAL_SERVICE`]; answered with [`Enrolled`].
@@ -231,6 +251,28 @@ pub enum MembersRequest {
         /// Its identifier.
         identifier: String,
     },
+    /// Change a member's attributes (admins; enrollers, except [`ROLE_ATTRIBUTE`]): set
+    /// those in `set`, then remove those named in `remove`. Answered with [`MemberChange`].
+    Update {
+        /// Its identifier.
+        identifier: String,
+        /// Attributes to add or change.
+        #[serde(default)]
+        set: BTreeMap<String, String>,
+        /// Names of attributes to remove; one it does not have is ignored.
+        #[serde(default)]
+        remove: Vec<String>,
+    },
+}
+
+/// A member before and after a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberChange {
+    /// As it was.
+    pub before: MemberInfo,
+    /// As it is now.
+    pub after: MemberInfo,
 }
 
 /// A member as the authority lists it.

@@ -41,9 +41,9 @@ use serde::de::DeserializeOwned;
 use crate::api::{
     self, ACCEPTOR_SERVICE, AUDIT_SERVICE, AuditEntry, AuditRequest, AutoApproveRule,
     CREDENTIAL_SERVICE, CreatedTicket, CredentialRequest, Enrolled, ErrorKind, JOIN_SERVICE,
-    JOIN_WAIT_HOLD, JoinCall, JoinRequestInfo, JoinState, JoinWaited, MEMBERS_SERVICE, MemberInfo,
-    MembersRequest, Page, REVOCATION_SERVICE, RedeemRequest, RevocationsPage, RevocationsRequest,
-    RuleAdded, TICKET_SERVICE, TicketInfo, TicketRequest,
+    JOIN_WAIT_HOLD, JoinCall, JoinRequestInfo, JoinState, JoinWaited, MEMBERS_SERVICE,
+    MemberChange, MemberInfo, MembersRequest, Page, REVOCATION_SERVICE, RedeemRequest,
+    RevocationsPage, RevocationsRequest, RuleAdded, TICKET_SERVICE, TicketInfo, TicketRequest,
 };
 pub use crate::error::{ClientError, CredentialCheckError, JoinWaitError};
 
@@ -249,9 +249,23 @@ impl AuthorityClient {
 
     /// Redeem a ticket's one-time code: become a member and get a first credential, verified
     /// against the authority's identity before it is returned.
+    /// A member already keeps its attributes and gets the ticket's added to them.
     pub async fn redeem(&mut self, code: &OneTimeCode) -> Result<Enrolled, ClientError> {
+        self.redeem_with(code, false).await
+    }
+
+    /// [`AuthorityClient::redeem`]; if the caller is a member already, with `replace` its
+    /// attributes become the ticket's instead of the ticket's being added to them.
+    /// [`Enrolled::before`] says what they were. Redeeming again a ticket whose answer was
+    /// lost (while still a member) succeeds without spending another use.
+    pub async fn redeem_with(
+        &mut self,
+        code: &OneTimeCode,
+        replace: bool,
+    ) -> Result<Enrolled, ClientError> {
         let request = RedeemRequest {
             code: hex::encode(code.as_bytes()),
+            replace,
         };
         let enrolled: Enrolled = self.call(ACCEPTOR_SERVICE, &request).await?;
         self.check_credential(&enrolled)?;
@@ -329,6 +343,23 @@ impl AuthorityClient {
         let request = MembersRequest::Add {
             identifier: identifier.to_string(),
             attributes,
+        };
+        self.call(MEMBERS_SERVICE, &request).await
+    }
+
+    /// Change the attributes of member `identifier`: set those in `set`, then remove those
+    /// named in `remove`. Admins, and enrollers for attributes other than the role.
+    /// Returns the member before and after.
+    pub async fn update_member(
+        &mut self,
+        identifier: &Identifier,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    ) -> Result<MemberChange, ClientError> {
+        let request = MembersRequest::Update {
+            identifier: identifier.to_string(),
+            set,
+            remove,
         };
         self.call(MEMBERS_SERVICE, &request).await
     }

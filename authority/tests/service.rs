@@ -538,6 +538,145 @@ async fn roles_decide_who_may_manage_tickets_and_members(db: &TestDb) {
     world.stop().await;
 }
 
+async fn members_are_updated_by_admins_and_by_enrollers_except_their_role(db: &TestDb) {
+    let admin = Party::new();
+    let world = World::start(db, 1, &[&admin]).await;
+    let mut admin_client = world.connect(&admin, 0).await;
+    let (member, enroller) = (Party::new(), Party::new());
+    admin_client
+        .add_member(&member.identifier, attributes(&[("component", "web")]))
+        .await
+        .unwrap();
+    admin_client
+        .add_member(
+            &enroller.identifier,
+            attributes(&[(ROLE_ATTRIBUTE, ENROLLER_ROLE)]),
+        )
+        .await
+        .unwrap();
+    let change = admin_client
+        .update_member(
+            &member.identifier,
+            attributes(&[("zone", "eu"), (ROLE_ATTRIBUTE, ENROLLER_ROLE)]),
+            vec!["component".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        change.before.attributes,
+        attributes(&[("component", "web")])
+    );
+    assert_eq!(
+        change.after.attributes,
+        attributes(&[("zone", "eu"), (ROLE_ATTRIBUTE, ENROLLER_ROLE)])
+    );
+    // The member's next credential carries the change.
+    let mut m = world.connect(&member, 0).await;
+    let fresh = m.credential().await.unwrap();
+    assert_eq!(fresh.attributes.get("zone").map(String::as_str), Some("eu"));
+
+    // An enroller changes anything but the role.
+    let mut e = world.connect(&enroller, 0).await;
+    let change = e
+        .update_member(&member.identifier, attributes(&[("zone", "us")]), vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        change.after.attributes.get("zone").map(String::as_str),
+        Some("us")
+    );
+    for (set, remove) in [
+        (attributes(&[(ROLE_ATTRIBUTE, "admin")]), vec![]),
+        (BTreeMap::new(), vec![ROLE_ATTRIBUTE.to_owned()]),
+    ] {
+        let refused = refusal(e.update_member(&member.identifier, set, remove).await);
+        assert_eq!(refused.kind, ErrorKind::Forbidden, "{refused:?}");
+        assert!(refused.message.contains(ROLE_ATTRIBUTE), "{refused:?}");
+    }
+    // Empty, invalid and unknown.
+    let empty = refusal(
+        admin_client
+            .update_member(&member.identifier, BTreeMap::new(), vec![])
+            .await,
+    );
+    assert_eq!(empty.kind, ErrorKind::BadRequest);
+    let project_id = refusal(
+        admin_client
+            .update_member(
+                &member.identifier,
+                attributes(&[(PROJECT_ID_ATTRIBUTE, "x")]),
+                vec![],
+            )
+            .await,
+    );
+    assert_eq!(project_id.kind, ErrorKind::BadRequest);
+    let unknown = refusal(
+        admin_client
+            .update_member(&Party::new().identifier, attributes(&[("a", "b")]), vec![])
+            .await,
+    );
+    assert_eq!(unknown.kind, ErrorKind::NotFound);
+    // A plain member may not update anyone.
+    let plain = Party::new();
+    admin_client
+        .add_member(&plain.identifier, attributes(&[("component", "db")]))
+        .await
+        .unwrap();
+    let mut p = world.connect(&plain, 0).await;
+    let refused = refusal(
+        p.update_member(&plain.identifier, attributes(&[("a", "b")]), vec![])
+            .await,
+    );
+    assert_eq!(refused.kind, ErrorKind::Forbidden);
+}
+
+async fn re_enrolling_says_what_changed_and_a_retry_spends_no_use(db: &TestDb) {
+    let admin = Party::new();
+    let world = World::start(db, 1, &[&admin]).await;
+    let mut admin_client = world.connect(&admin, 0).await;
+    let ticket = admin_client
+        .create_ticket(
+            attributes(&[("component", "web")]),
+            Duration::from_secs(600),
+            1,
+        )
+        .await
+        .unwrap();
+    let newcomer = Party::new();
+    let mut client = world.connect(&newcomer, 0).await;
+    let first = client.redeem(&code_of(&ticket)).await.unwrap();
+    assert_eq!((first.before.clone(), first.retried), (None, false));
+    let again = client.redeem(&code_of(&ticket)).await.unwrap();
+    assert!(again.retried);
+    assert_eq!(again.before, Some(attributes(&[("component", "web")])));
+    assert_eq!(again.attributes, first.attributes);
+    let second = admin_client
+        .create_ticket(attributes(&[("zone", "eu")]), Duration::from_secs(600), 1)
+        .await
+        .unwrap();
+    let merged = client.redeem(&code_of(&second)).await.unwrap();
+    assert_eq!(merged.before, Some(attributes(&[("component", "web")])));
+    assert_eq!(
+        merged.attributes,
+        attributes(&[
+            ("component", "web"),
+            ("zone", "eu"),
+            (PROJECT_ID_ATTRIBUTE, PROJECT_ID)
+        ])
+    );
+    let third = admin_client
+        .create_ticket(attributes(&[("zone", "us")]), Duration::from_secs(600), 1)
+        .await
+        .unwrap();
+    let replaced = client.redeem_with(&code_of(&third), true).await.unwrap();
+    assert_eq!(
+        replaced.attributes,
+        attributes(&[("zone", "us"), (PROJECT_ID_ATTRIBUTE, PROJECT_ID)])
+    );
+    let tickets = admin_client.list_tickets().await.unwrap();
+    assert!(tickets.iter().all(|t| t.uses_left == 0), "{tickets:?}");
+}
+
 async fn credentials_follow_the_store(db: &TestDb) {
     let admin = Party::new();
     let world = World::start(db, 1, &[&admin]).await;
@@ -561,8 +700,9 @@ async fn credentials_follow_the_store(db: &TestDb) {
     );
     verify(&world, &member, &fresh);
 
-    // The stored attributes change; the next credential carries the new ones, valid from
-    // the time it is issued.
+    // The stored attributes change; the next credential carries the new ones, created a
+    // second after the change (strictly newer than it, so that nodes voiding credentials
+    // created at or before the change keep this one).
     world.clock.advance(Duration::from_secs(30));
     admin_client
         .add_member(
@@ -582,7 +722,7 @@ async fn credentials_follow_the_store(db: &TestDb) {
     );
     assert_eq!(
         fresh.expires_at,
-        world.clock.now() + CREDENTIAL_TTL.as_secs()
+        world.clock.now() + 1 + CREDENTIAL_TTL.as_secs()
     );
     verify(&world, &member, &fresh);
 
@@ -1326,6 +1466,8 @@ macro_rules! on_both_databases {
 }
 
 on_both_databases!(
+    members_are_updated_by_admins_and_by_enrollers_except_their_role,
+    re_enrolling_says_what_changed_and_a_retry_spends_no_use,
     an_admins_ticket_enrolls_a_new_identity_with_a_credential_that_verifies,
     usage_count_one_enrolls_exactly_one_of_200,
     usage_count_three_enrolls_exactly_three_of_200,

@@ -14,8 +14,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kith_authority::store::{
-    AuditEvent, DecideError, Decision, FileError, Filed, JoinLimits, JoinRecord, JoinState, Member,
-    MembershipStore, NewJoinRequest, NewTicket, PageKey, RedeemError, RuleRecord, StoreError,
+    AuditEvent, DecideError, Decision, FeedEntry, FeedKind, FileError, Filed, JoinLimits,
+    JoinRecord, JoinState, Member, MembershipStore, NewJoinRequest, NewTicket, PageKey,
+    RedeemError, RuleRecord, StoreError,
 };
 use kith_identity::Identifier;
 use sha2::{Digest, Sha256};
@@ -173,7 +174,7 @@ async fn redeeming_a_ticket_adds_the_member_and_audits_it(db: &TestDb) {
     store.create_ticket(&ticket, NOW).await.unwrap();
 
     let redeemed = store
-        .redeem_ticket(&hash, &newcomer, NOW + 5)
+        .redeem_ticket(&hash, &newcomer, false, NOW + 5)
         .await
         .unwrap();
     assert_eq!(redeemed.ticket_id, "t1");
@@ -242,7 +243,7 @@ async fn each_refusal_is_distinct(db: &TestDb) {
     store.revoke_ticket("both", &admin, NOW + 2).await.unwrap();
     for _ in 0..2 {
         store
-            .redeem_ticket(&used_up, &identifier(), NOW + 3)
+            .redeem_ticket(&used_up, &identifier(), false, NOW + 3)
             .await
             .unwrap();
     }
@@ -252,22 +253,28 @@ async fn each_refusal_is_distinct(db: &TestDb) {
     // At the very second it expires, a ticket is expired.
     let at = NOW + HOUR;
     let mut messages = BTreeSet::new();
-    let unknown = store.redeem_ticket(&code().1, &redeemer, NOW + 4).await;
+    let unknown = store
+        .redeem_ticket(&code().1, &redeemer, false, NOW + 4)
+        .await;
     assert!(matches!(unknown, Err(RedeemError::Unknown)), "{unknown:?}");
     messages.insert(unknown.unwrap_err().to_string());
-    let outcome = store.redeem_ticket(&expired, &redeemer, at).await;
+    let outcome = store.redeem_ticket(&expired, &redeemer, false, at).await;
     assert!(
         matches!(outcome, Err(RedeemError::Expired { expires_at }) if expires_at == NOW + HOUR),
         "{outcome:?}"
     );
     messages.insert(outcome.unwrap_err().to_string());
-    let outcome = store.redeem_ticket(&revoked, &redeemer, NOW + 4).await;
+    let outcome = store
+        .redeem_ticket(&revoked, &redeemer, false, NOW + 4)
+        .await;
     assert!(
         matches!(outcome, Err(RedeemError::Revoked { at }) if at == NOW + 1),
         "{outcome:?}"
     );
     messages.insert(outcome.unwrap_err().to_string());
-    let outcome = store.redeem_ticket(&used_up, &redeemer, NOW + 4).await;
+    let outcome = store
+        .redeem_ticket(&used_up, &redeemer, false, NOW + 4)
+        .await;
     assert!(
         matches!(outcome, Err(RedeemError::UsedUp { usage_count: 2 })),
         "{outcome:?}"
@@ -275,7 +282,7 @@ async fn each_refusal_is_distinct(db: &TestDb) {
     messages.insert(outcome.unwrap_err().to_string());
     // An admin's revocation is the reason given, even once the ticket has expired too.
     let outcome = store
-        .redeem_ticket(&revoked_and_expired, &redeemer, at + 1)
+        .redeem_ticket(&revoked_and_expired, &redeemer, false, at + 1)
         .await;
     assert!(
         matches!(outcome, Err(RedeemError::Revoked { at }) if at == NOW + 2),
@@ -329,7 +336,7 @@ async fn the_database_never_holds_the_code(db: &TestDb) {
         .await
         .unwrap();
     store
-        .redeem_ticket(&hash, &identifier(), NOW + 1)
+        .redeem_ticket(&hash, &identifier(), false, NOW + 1)
         .await
         .unwrap();
     // Nor does anything the store hands out.
@@ -372,7 +379,7 @@ async fn everything_survives_close_and_reopen(db: &TestDb) {
         .await
         .unwrap();
     store
-        .redeem_ticket(&hash, &identifier(), NOW + 1)
+        .redeem_ticket(&hash, &identifier(), false, NOW + 1)
         .await
         .unwrap();
     store
@@ -394,7 +401,7 @@ async fn everything_survives_close_and_reopen(db: &TestDb) {
     assert_eq!(reopened.audit_log(100).await.unwrap(), audit);
     // And it keeps working where it left off.
     reopened
-        .redeem_ticket(&hash, &identifier(), NOW + 3)
+        .redeem_ticket(&hash, &identifier(), false, NOW + 3)
         .await
         .unwrap();
     assert_eq!(reopened.list_tickets().await.unwrap()[0].uses_left, 1);
@@ -441,7 +448,9 @@ async fn corrupt_rows_are_errors_not_panics(db: &TestDb) {
         Err(StoreError::Corrupt { .. })
     ));
     // Redeeming a corrupt ticket fails, and gives back the use it took.
-    let outcome = store.redeem_ticket(&hash, &identifier(), NOW + 1).await;
+    let outcome = store
+        .redeem_ticket(&hash, &identifier(), false, NOW + 1)
+        .await;
     assert!(
         matches!(outcome, Err(RedeemError::Store(StoreError::Corrupt { .. }))),
         "{outcome:?}"
@@ -487,13 +496,14 @@ async fn members_are_added_replaced_and_deleted(db: &TestDb) {
         [alice_member.clone(), bob_member.clone()]
     );
 
-    // Adding again replaces.
+    // Adding again replaces, and the change of attributes is in the feed.
     alice_member.attributes = attributes(&[("role", "enroller")]);
     alice_member.added_at = NOW + 2;
     store
         .add_member(&alice_member, &admin, NOW + 2)
         .await
         .unwrap();
+    alice_member.changed_at = Some(NOW + 2);
     assert_eq!(
         store.member(&alice).await.unwrap(),
         Some(alice_member.clone())
@@ -573,7 +583,7 @@ async fn processes_opening_a_new_database_at_once_all_migrate(db: &TestDb) {
 
 async fn both_databases_have_the_same_columns(db: &TestDb) {
     db.open().await.close().await;
-    let expected: [(&str, &[(&str, bool)]); 5] = [
+    let expected: [(&str, &[(&str, bool)]); 7] = [
         (
             "tickets",
             &[
@@ -597,6 +607,26 @@ async fn both_databases_have_the_same_columns(db: &TestDb) {
                 ("added_by", true),
                 ("via", true),
                 ("credential_ttl", false),
+                ("changed_at", false),
+            ],
+        ),
+        (
+            "membership_feed",
+            &[
+                ("seq", true),
+                ("subject", true),
+                ("at", true),
+                ("kind", true),
+                ("actor", true),
+            ],
+        ),
+        (
+            "redemptions",
+            &[
+                ("code_hash", true),
+                ("member", true),
+                ("ticket_id", true),
+                ("at", true),
             ],
         ),
         (
@@ -819,7 +849,436 @@ on_both_databases!(
     one_requester_filing_ten_times_at_once_has_one_request,
     a_walk_over_member_pages_sees_every_member_once_in_order_despite_inserts,
     a_walk_over_pending_request_pages_sees_each_once,
+    the_feed_numbers_deletions_and_changes_in_commit_order_and_pages,
+    refused_or_rolled_back_changes_append_nothing_to_the_feed,
+    changed_at_is_the_latest_feed_entry_and_outlives_a_deletion,
+    re_enrolling_adds_the_tickets_attributes_and_replace_replaces_them,
+    a_retried_redemption_succeeds_after_the_ticket_is_used_up_without_a_use,
+    a_redemption_after_the_member_was_deleted_spends_a_use,
+    concurrent_redemptions_and_retries_never_take_more_than_the_usage_count,
 );
+
+// ---- membership changes: the feed, updates, re-enrollment, retries -----------------------
+
+async fn the_feed_numbers_deletions_and_changes_in_commit_order_and_pages(db: &TestDb) {
+    let store = db.open().await;
+    let admin = identifier();
+    let [a, b, c] = [identifier(), identifier(), identifier()];
+    assert_eq!(store.feed_head().await.unwrap(), 0);
+    assert!(store.feed_page(0, 10).await.unwrap().is_empty());
+    for m in [a, b, c] {
+        store
+            .add_member(&admin_member(&m, &admin), &admin, NOW)
+            .await
+            .unwrap();
+    }
+    // Adding new members changes nothing that nodes must know.
+    assert_eq!(store.feed_head().await.unwrap(), 0);
+
+    let set = attributes(&[("component", "web")]);
+    let change = store
+        .update_member(&a, &set, &BTreeSet::new(), &admin, NOW + 1)
+        .await
+        .unwrap()
+        .expect("a is a member");
+    assert_eq!(change.before.attributes, attributes(&[("role", "member")]));
+    assert_eq!(
+        change.after.attributes,
+        attributes(&[("component", "web"), ("role", "member")])
+    );
+    store.delete_member(&b, &admin, NOW + 2).await.unwrap();
+    // A ticket that changes c's attributes, redeemed by c.
+    let (_, hash) = code();
+    let mut ticket = new_ticket("t", hash, 1, &admin);
+    ticket.attributes = attributes(&[("role", "enroller")]);
+    store.create_ticket(&ticket, NOW).await.unwrap();
+    store
+        .redeem_ticket(&hash, &c, false, NOW + 3)
+        .await
+        .unwrap();
+    let removed: BTreeSet<String> = ["component".to_owned()].into();
+    store
+        .update_member(&a, &BTreeMap::new(), &removed, &admin, NOW + 4)
+        .await
+        .unwrap();
+
+    let want = [
+        (1, a, NOW + 1, FeedKind::Changed, admin),
+        (2, b, NOW + 2, FeedKind::Revoked, admin),
+        (3, c, NOW + 3, FeedKind::Changed, c),
+        (4, a, NOW + 4, FeedKind::Changed, admin),
+    ]
+    .map(|(seq, subject, at, kind, actor)| FeedEntry {
+        seq,
+        subject,
+        at,
+        kind,
+        actor,
+    });
+    assert_eq!(store.feed_head().await.unwrap(), 4);
+    assert_eq!(store.feed_page(0, 100).await.unwrap(), want);
+    assert_eq!(store.feed_page(0, 2).await.unwrap(), want[..2]);
+    assert_eq!(store.feed_page(2, 2).await.unwrap(), want[2..]);
+    assert_eq!(store.feed_page(3, 100).await.unwrap(), want[3..]);
+    assert!(store.feed_page(4, 100).await.unwrap().is_empty());
+    assert_eq!(FeedKind::Revoked.as_str(), "revoked");
+    assert_eq!(FeedKind::parse("changed"), Some(FeedKind::Changed));
+    assert_eq!(FeedKind::parse("Changed"), None);
+
+    // The update is audited with its actor and both sets of attributes.
+    let audit = store.audit_log(100).await.unwrap();
+    let updated: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == AuditEvent::MEMBER_UPDATED)
+        .collect();
+    assert_eq!(updated.len(), 2);
+    assert_eq!(updated[0].actor, admin.to_string());
+    assert_eq!(updated[0].subject, a.to_string());
+    assert_eq!(
+        updated[0].detail,
+        r#"before={"role":"member"} after={"component":"web","role":"member"}"#
+    );
+
+    store.close().await;
+}
+
+async fn refused_or_rolled_back_changes_append_nothing_to_the_feed(db: &TestDb) {
+    let store = db.open().await;
+    let admin = identifier();
+    let member = identifier();
+    store
+        .add_member(&admin_member(&member, &admin), &admin, NOW)
+        .await
+        .unwrap();
+    let stranger = identifier();
+    let none = BTreeSet::new();
+    let same = attributes(&[("role", "member")]);
+    // Not a member: nothing to delete or update.
+    assert_eq!(
+        store.delete_member(&stranger, &admin, NOW).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .update_member(&stranger, &same, &none, &admin, NOW)
+            .await
+            .unwrap(),
+        None
+    );
+    // An update that changes nothing writes nothing, not even an audit event.
+    let change = store
+        .update_member(&member, &same, &["absent".to_owned()].into(), &admin, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(change.before, change.after);
+    // Re-enrolling with the attributes it has changes nothing either.
+    let (_, hash) = code();
+    let mut ticket = new_ticket("same", hash, 1, &admin);
+    ticket.attributes = same.clone();
+    store.create_ticket(&ticket, NOW).await.unwrap();
+    let redeemed = store
+        .redeem_ticket(&hash, &member, false, NOW + 1)
+        .await
+        .unwrap();
+    assert_eq!(redeemed.before, Some(same.clone()));
+    // A refused redemption by a member writes nothing.
+    let refused = store
+        .redeem_ticket(&hash, &identifier(), true, NOW + 2)
+        .await;
+    assert!(
+        matches!(refused, Err(RedeemError::UsedUp { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(store.feed_head().await.unwrap(), 0);
+    assert_eq!(
+        store.member(&member).await.unwrap().unwrap().changed_at,
+        None
+    );
+
+    // A change whose transaction fails after the feed entry is written leaves no entry:
+    // the audit event that follows it is made to fail.
+    db.fail_audit_action(AuditEvent::MEMBER_UPDATED).await;
+    let failed = store
+        .update_member(&member, &attributes(&[("x", "1")]), &none, &admin, NOW + 3)
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(store.feed_head().await.unwrap(), 0);
+    let unchanged = store.member(&member).await.unwrap().unwrap();
+    assert_eq!((unchanged.attributes, unchanged.changed_at), (same, None));
+    store.close().await;
+}
+
+async fn changed_at_is_the_latest_feed_entry_and_outlives_a_deletion(db: &TestDb) {
+    let store = db.open().await;
+    let admin = identifier();
+    let m = identifier();
+    store
+        .add_member(&admin_member(&m, &admin), &admin, NOW)
+        .await
+        .unwrap();
+    let changed_at = async || store.member(&m).await.unwrap().map(|m| m.changed_at);
+    assert_eq!(changed_at().await, Some(None));
+    store
+        .update_member(
+            &m,
+            &attributes(&[("a", "1")]),
+            &BTreeSet::new(),
+            &admin,
+            NOW + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed_at().await, Some(Some(NOW + 1)));
+    store.delete_member(&m, &admin, NOW + 2).await.unwrap();
+    assert_eq!(changed_at().await, None);
+    // Added again: it carries the deletion's time, so no credential from before the
+    // deletion can pass for a new one.
+    let mut again = admin_member(&m, &admin);
+    again.added_at = NOW + 5;
+    store.add_member(&again, &admin, NOW + 5).await.unwrap();
+    assert_eq!(changed_at().await, Some(Some(NOW + 2)));
+    // Through a ticket too.
+    store.delete_member(&m, &admin, NOW + 6).await.unwrap();
+    let (_, hash) = code();
+    store
+        .create_ticket(&new_ticket("t", hash, 1, &admin), NOW)
+        .await
+        .unwrap();
+    let redeemed = store
+        .redeem_ticket(&hash, &m, false, NOW + 7)
+        .await
+        .unwrap();
+    assert_eq!(redeemed.before, None);
+    assert_eq!(redeemed.changed_at, Some(NOW + 6));
+    assert_eq!(changed_at().await, Some(Some(NOW + 6)));
+    store.close().await;
+}
+
+async fn re_enrolling_adds_the_tickets_attributes_and_replace_replaces_them(db: &TestDb) {
+    let store = db.open().await;
+    let admin = identifier();
+    let m = identifier();
+    let mut first = admin_member(&m, &admin);
+    first.attributes = attributes(&[("component", "web"), ("role", "member")]);
+    store.add_member(&first, &admin, NOW).await.unwrap();
+
+    let (_, merge_hash) = code();
+    let mut merge = new_ticket("merge", merge_hash, 1, &admin);
+    merge.attributes = attributes(&[("role", "enroller"), ("zone", "eu")]);
+    store.create_ticket(&merge, NOW).await.unwrap();
+    let redeemed = store
+        .redeem_ticket(&merge_hash, &m, false, NOW + 1)
+        .await
+        .unwrap();
+    let merged = attributes(&[("component", "web"), ("role", "enroller"), ("zone", "eu")]);
+    assert_eq!(redeemed.before, Some(first.attributes.clone()));
+    assert_eq!(redeemed.attributes, merged);
+    assert!(!redeemed.retried);
+    assert_eq!(redeemed.changed_at, Some(NOW + 1));
+    assert_eq!(store.member(&m).await.unwrap().unwrap().attributes, merged);
+
+    let (_, replace_hash) = code();
+    let mut replace = new_ticket("replace", replace_hash, 1, &admin);
+    replace.attributes = attributes(&[("role", "member")]);
+    store.create_ticket(&replace, NOW).await.unwrap();
+    let redeemed = store
+        .redeem_ticket(&replace_hash, &m, true, NOW + 2)
+        .await
+        .unwrap();
+    assert_eq!(redeemed.before, Some(merged.clone()));
+    assert_eq!(redeemed.attributes, replace.attributes);
+    assert_eq!(
+        store.member(&m).await.unwrap().unwrap().attributes,
+        replace.attributes
+    );
+
+    let feed = store.feed_page(0, 10).await.unwrap();
+    let kinds: Vec<_> = feed.iter().map(|e| (e.kind, e.at, e.subject)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (FeedKind::Changed, NOW + 1, m),
+            (FeedKind::Changed, NOW + 2, m)
+        ]
+    );
+    let audit = store.audit_log(100).await.unwrap();
+    let added = audit
+        .iter()
+        .filter(|e| e.action == AuditEvent::MEMBER_ADDED)
+        .nth(1)
+        .unwrap();
+    assert_eq!(
+        added.detail,
+        r#"via=ticket:merge attributes={"component":"web","role":"enroller","zone":"eu"} before={"component":"web","role":"member"}"#
+    );
+    store.close().await;
+}
+
+async fn a_retried_redemption_succeeds_after_the_ticket_is_used_up_without_a_use(db: &TestDb) {
+    let store = db.open().await;
+    let admin = identifier();
+    let m = identifier();
+    let (_, hash) = code();
+    let mut ticket = new_ticket("once", hash, 1, &admin);
+    ticket.attributes = attributes(&[("role", "member")]);
+    store.create_ticket(&ticket, NOW).await.unwrap();
+    let first = store
+        .redeem_ticket(&hash, &m, false, NOW + 1)
+        .await
+        .unwrap();
+    assert!(!first.retried);
+    assert_eq!(store.list_tickets().await.unwrap()[0].uses_left, 0);
+
+    // The answer was lost; the same identity tries again with the same ticket.
+    let again = store
+        .redeem_ticket(&hash, &m, false, NOW + 2)
+        .await
+        .unwrap();
+    assert!(again.retried);
+    assert_eq!(again.ticket_id, "once");
+    assert_eq!(again.attributes, ticket.attributes);
+    assert_eq!(again.before, Some(ticket.attributes.clone()));
+    assert_eq!(store.list_tickets().await.unwrap()[0].uses_left, 0);
+    // Whatever became of the ticket since: revoked, then expired.
+    store.revoke_ticket("once", &admin, NOW + 3).await.unwrap();
+    let late = NOW + HOUR + 1;
+    assert!(
+        store
+            .redeem_ticket(&hash, &m, false, late)
+            .await
+            .unwrap()
+            .retried
+    );
+    // Anyone else is refused.
+    let other = store
+        .redeem_ticket(&hash, &identifier(), false, NOW + 4)
+        .await;
+    assert!(
+        matches!(other, Err(RedeemError::Revoked { .. })),
+        "{other:?}"
+    );
+
+    let audit = store.audit_log(100).await.unwrap();
+    let redeemed = audit
+        .iter()
+        .filter(|e| e.action == AuditEvent::TICKET_REDEEMED)
+        .count();
+    assert_eq!(redeemed, 1, "a retry is not another redemption");
+    assert_eq!(store.members().await.unwrap().len(), 1);
+    store.close().await;
+}
+
+async fn a_redemption_after_the_member_was_deleted_spends_a_use(db: &TestDb) {
+    let store = db.open().await;
+    let admin = identifier();
+    let m = identifier();
+    let (_, hash) = code();
+    store
+        .create_ticket(&new_ticket("twice", hash, 2, &admin), NOW)
+        .await
+        .unwrap();
+    store
+        .redeem_ticket(&hash, &m, false, NOW + 1)
+        .await
+        .unwrap();
+    store.delete_member(&m, &admin, NOW + 2).await.unwrap();
+    let back = store
+        .redeem_ticket(&hash, &m, false, NOW + 3)
+        .await
+        .unwrap();
+    assert!(!back.retried);
+    assert_eq!(back.before, None);
+    assert_eq!(store.list_tickets().await.unwrap()[0].uses_left, 0);
+    // A retry of that second redemption is free again.
+    assert!(
+        store
+            .redeem_ticket(&hash, &m, false, NOW + 4)
+            .await
+            .unwrap()
+            .retried
+    );
+    let other = store
+        .redeem_ticket(&hash, &identifier(), false, NOW + 5)
+        .await;
+    assert!(
+        matches!(other, Err(RedeemError::UsedUp { usage_count: 2 })),
+        "{other:?}"
+    );
+    store.close().await;
+}
+
+/// 5: the usage count of the ticket in the retry concurrency test.
+const RETRY_USES: u32 = 5;
+
+async fn concurrent_redemptions_and_retries_never_take_more_than_the_usage_count(db: &TestDb) {
+    // Two pools, as two authority processes sharing the database would have.
+    let stores = [db.open().await, db.open().await];
+    let admin = identifier();
+    let (_, hash) = code();
+    stores[0]
+        .create_ticket(&new_ticket("busy", hash, RETRY_USES, &admin), NOW)
+        .await
+        .unwrap();
+    // Twice as many identities as uses, each redeeming four times at once.
+    let identities: Vec<Identifier> = (0..RETRY_USES * 2).map(|_| identifier()).collect();
+    let attempts = identities.len() * 4;
+    let start = Arc::new(Barrier::new(attempts));
+    let mut redeemers = JoinSet::new();
+    for i in 0..attempts {
+        let store = stores[i % 2].clone();
+        let start = Arc::clone(&start);
+        let who = identities[i % identities.len()];
+        redeemers.spawn(async move {
+            start.wait().await;
+            (who, store.redeem_ticket(&hash, &who, false, NOW + 1).await)
+        });
+    }
+    let outcomes = tokio::time::timeout(CONCURRENCY_LIMIT, async {
+        let mut outcomes = Vec::new();
+        while let Some(joined) = redeemers.join_next().await {
+            outcomes.push(joined.unwrap());
+        }
+        outcomes
+    })
+    .await
+    .expect("the redemptions finish well within the limit");
+    let mut first = BTreeSet::new();
+    let mut retried = BTreeSet::new();
+    for (who, outcome) in outcomes {
+        match outcome {
+            Ok(r) if r.retried => {
+                retried.insert(who);
+            }
+            Ok(_) => assert!(first.insert(who), "{who} took two uses"),
+            Err(RedeemError::UsedUp { .. }) => {}
+            Err(other) => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!(first.len(), RETRY_USES as usize);
+    assert!(
+        retried.is_subset(&first),
+        "only members are told they retried"
+    );
+    assert_eq!(stores[0].list_tickets().await.unwrap()[0].uses_left, 0);
+    let members: BTreeSet<_> = stores[1]
+        .members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.identifier)
+        .collect();
+    assert_eq!(members, first);
+    let audit = stores[0].audit_log(10_000).await.unwrap();
+    let redeemed = audit
+        .iter()
+        .filter(|e| e.action == AuditEvent::TICKET_REDEEMED)
+        .count();
+    assert_eq!(redeemed, RETRY_USES as usize);
+    for store in stores {
+        store.close().await;
+    }
+}
 
 // ---- join requests and auto-approval rules -----------------------------------------------
 
@@ -1206,6 +1665,7 @@ async fn approving_makes_the_requester_a_member_with_the_granted_lifetime(db: &T
             added_by: admin,
             via: "request:APP-0001".to_owned(),
             credential_ttl: Some(600),
+            changed_at: None,
         }
     );
     let audit = store.audit_log(100).await.unwrap();
@@ -1262,7 +1722,7 @@ async fn approving_makes_the_requester_a_member_with_the_granted_lifetime(db: &T
         .await
         .unwrap();
     store
-        .redeem_ticket(&hash, &requester, NOW + 7)
+        .redeem_ticket(&hash, &requester, false, NOW + 7)
         .await
         .unwrap();
     let member = store.member(&requester).await.unwrap().unwrap();
@@ -1714,7 +2174,7 @@ async fn enrolls_exactly(stores: &[MembershipStore], n: u32) {
             start.wait().await;
             (
                 redeemer,
-                store.redeem_ticket(&hash, &redeemer, NOW + 1).await,
+                store.redeem_ticket(&hash, &redeemer, false, NOW + 1).await,
             )
         });
     }
@@ -1827,6 +2287,7 @@ fn admin_member(identifier: &Identifier, admin: &Identifier) -> Member {
         added_by: *admin,
         via: Member::VIA_ADMIN.to_owned(),
         credential_ttl: None,
+        changed_at: None,
     }
 }
 
@@ -1913,6 +2374,25 @@ impl TestDb {
                 conn.close().await.unwrap();
             }
         }
+    }
+
+    /// Make every audit insert of `action` fail, so that a transaction writing one rolls
+    /// back after its earlier statements ran.
+    async fn fail_audit_action(&self, action: &str) {
+        let sql = match self {
+            TestDb::Sqlite { .. } => format!(
+                "CREATE TRIGGER fail_audit BEFORE INSERT ON audit \
+                 WHEN NEW.action = '{action}' BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+            ),
+            TestDb::Postgres(_) => format!(
+                "CREATE FUNCTION fail_audit() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.action = '{action}' THEN RAISE EXCEPTION 'refused by test'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql; \
+                 CREATE TRIGGER fail_audit BEFORE INSERT ON audit \
+                 FOR EACH ROW EXECUTE FUNCTION fail_audit();"
+            ),
+        };
+        self.execute(&sql).await;
     }
 
     /// The one integer that `sql` selects.

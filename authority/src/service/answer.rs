@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 
 use crate::api::{
     self, ApiError, AuditEntry, AutoApproveRule, CreatedTicket, Enrolled, ErrorKind,
-    JoinRequestInfo, JoinWaited, MemberInfo, Page, Reply, RuleAdded, TicketInfo,
+    JoinRequestInfo, JoinWaited, MemberChange, MemberInfo, Page, Reply, RuleAdded, TicketInfo,
 };
 use crate::store::{PageKey, StoreError};
 
@@ -26,6 +26,7 @@ pub(crate) enum Answer {
     Enrolled(Enrolled),
     Members(Page<MemberInfo>),
     Member(MemberInfo),
+    MemberChange(MemberChange),
     Audit(Page<AuditEntry>),
     JoinRequest(JoinRequestInfo),
     JoinRequests(Page<JoinRequestInfo>),
@@ -44,6 +45,7 @@ impl Answer {
             Answer::Enrolled(v) => encode_result::<_>(Ok(v)),
             Answer::Members(v) => encode_result::<_>(Ok(v)),
             Answer::Member(v) => encode_result::<_>(Ok(v)),
+            Answer::MemberChange(v) => encode_result::<_>(Ok(v)),
             Answer::Audit(v) => encode_result::<_>(Ok(v)),
             Answer::JoinRequest(v) => encode_result::<_>(Ok(v)),
             Answer::JoinRequests(v) => encode_result::<_>(Ok(v)),

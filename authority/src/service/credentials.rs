@@ -18,9 +18,9 @@ impl Authority {
     /// A fresh credential for a member (its stored attributes) or an admin who is not one
     /// (the project id only).
     pub(crate) async fn credential(&self, caller: &Identifier) -> Result<Enrolled, ApiError> {
-        let (attributes, ttl) = match self.member(caller).await? {
-            Some(member) => (member.attributes, member.credential_ttl),
-            None if self.is_admin(caller) => (BTreeMap::new(), None),
+        let (attributes, ttl, changed_at) = match self.member(caller).await? {
+            Some(member) => (member.attributes, member.credential_ttl, member.changed_at),
+            None if self.is_admin(caller) => (BTreeMap::new(), None, None),
             None => {
                 return Err(ApiError::new(
                     ErrorKind::NotMember,
@@ -30,19 +30,28 @@ impl Authority {
         };
         let now = self.now();
         let key = self.signing_key(now).await?;
-        self.issue(&key, caller, attributes, ttl, now)
+        self.issue(&key, caller, attributes, ttl, changed_at, now)
     }
 
-    /// Sign a credential for `subject` with `attributes` plus the project id, valid from
-    /// `now` for the configured lifetime.
+    /// Sign a credential for `subject` with `attributes` plus the project id, for the
+    /// configured lifetime, created at `now` — or, if the subject's membership changed at
+    /// `changed_at` (its [`Member::changed_at`]), at `changed_at + 1` if that is later: nodes
+    /// void every credential created at or before a change of its subject (DESIGN §5), so
+    /// a credential issued after the change must be strictly newer, even within the same
+    /// second. Credentials may be created up to 60 s ahead of a verifier's clock, which
+    /// this never nears but by a clock step.
+    ///
+    /// [`Member::changed_at`]: crate::store::Member::changed_at
     pub(crate) fn issue(
         &self,
         key: &CredentialSigningKey,
         subject: &Identifier,
         mut attributes: BTreeMap<String, String>,
         ttl: Option<u64>,
+        changed_at: Option<u64>,
         now: u64,
     ) -> Result<Enrolled, ApiError> {
+        let created_at = changed_at.map_or(now, |at| now.max(at.saturating_add(1)));
         let config = &self.shared.config;
         attributes.insert(PROJECT_ID_ATTRIBUTE.to_owned(), config.project_id.clone());
         // A member approved for less than the default keeps that limit at every refresh.
@@ -51,14 +60,22 @@ impl Authority {
             .as_secs()
             .min(ttl.unwrap_or(u64::MAX))
             .max(1);
-        let expires_at = now.saturating_add(ttl);
-        match CredentialAndPurposeKey::issue(key, subject, attributes.clone(), now, expires_at) {
+        let expires_at = created_at.saturating_add(ttl);
+        match CredentialAndPurposeKey::issue(
+            key,
+            subject,
+            attributes.clone(),
+            created_at,
+            expires_at,
+        ) {
             Ok(credential) => {
                 info!(expires_at, "credential issued");
                 Ok(Enrolled {
                     credential: hex::encode(&credential.encode()),
                     attributes,
                     expires_at,
+                    before: None,
+                    retried: false,
                 })
             }
             Err(e) => {

@@ -6,7 +6,7 @@
 //! [`ACCEPTOR_SERVICE`]: crate::api::ACCEPTOR_SERVICE
 
 use kith_identity::{Identifier, hex};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::answer::{bad_request, store_failed};
 use super::state::Authority;
@@ -58,11 +58,15 @@ fn redeem_refusal(error: &RedeemError) -> ApiError {
 
 impl Authority {
     /// Redeem a one-time code: the caller becomes a member (committed in the store) and gets
-    /// its first credential.
+    /// its first credential. A caller that is a member already gets the ticket's attributes
+    /// added to its own, or, with `replace`, instead of them; the answer says what it had
+    /// before. A caller repeating a redemption whose answer it lost gets its credential again
+    /// without spending another use.
     pub(super) async fn redeem(
         &self,
         caller: &Identifier,
         code: &str,
+        replace: bool,
     ) -> Result<Enrolled, ApiError> {
         let code = parse_code(code)?;
         let now = self.now();
@@ -72,14 +76,34 @@ impl Authority {
         let redeemed = match self
             .shared
             .store
-            .redeem_ticket(&code.hash(), caller, now)
+            .redeem_ticket(&code.hash(), caller, replace, now)
             .await
         {
             Ok(redeemed) => redeemed,
             Err(e) => return Err(redeem_refusal(&e)),
         };
-        info!(ticket = %redeemed.ticket_id, "ticket redeemed; the caller is a member");
-        self.issue(&key, caller, redeemed.attributes, None, now)
+        if self.shared.abort_after_enroll_commit {
+            // The test hook (`ABORT_AFTER_ENROLL_COMMIT`): a crash between commit and answer.
+            warn!("test hook: aborting after a redemption committed, before answering");
+            std::process::abort();
+        }
+        info!(
+            ticket = %redeemed.ticket_id,
+            retried = redeemed.retried,
+            was_member = redeemed.before.is_some(),
+            "ticket redeemed; the caller is a member"
+        );
+        let mut enrolled = self.issue(
+            &key,
+            caller,
+            redeemed.attributes,
+            None,
+            redeemed.changed_at,
+            now,
+        )?;
+        enrolled.before = redeemed.before;
+        enrolled.retried = redeemed.retried;
+        Ok(enrolled)
     }
 }
 

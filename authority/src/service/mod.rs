@@ -67,7 +67,7 @@ use crate::error::StartServicesError;
 pub use audit::MAX_AUDIT_LIMIT;
 pub use checks::MAX_MEMBER_ATTRIBUTES;
 pub use config::{AuthorityConfig, JoinSettings};
-pub use state::{Authority, MAX_IN_FLIGHT};
+pub use state::{ABORT_AFTER_ENROLL_COMMIT, Authority, MAX_IN_FLIGHT};
 pub use tickets::{MAX_TICKET_LIFETIME, MAX_TICKET_USES, MIN_TICKET_LIFETIME};
 
 /// 2 s: how long a stopping service waits for its requests in flight to finish (and their
@@ -263,7 +263,7 @@ impl Authority {
             },
             Service::Acceptor => match api::decode_request::<RedeemRequest>(payload) {
                 Ok(request) => self
-                    .redeem(caller, &request.code)
+                    .redeem(caller, &request.code, request.replace)
                     .await
                     .map(Answer::Enrolled),
                 // Serde's message could quote the request, and this one carries a code.

@@ -37,7 +37,17 @@ pub(crate) struct Shared {
     pub(crate) in_flight: Arc<Semaphore>,
     /// Join requests: who waits for which decision.
     pub(crate) join: JoinWaiters,
+    /// Test hook: abort the process right after a redemption commits, before answering
+    /// ([`ABORT_AFTER_ENROLL_COMMIT`]).
+    pub(crate) abort_after_enroll_commit: bool,
 }
+
+/// Test hook: when this environment variable is `1` as the authority starts, the process
+/// aborts right after the store commits a redemption and before the answer is sent. It
+/// simulates a crash between commit and answer, so that integration tests can show that
+/// the enrolling client's retry spends no second use of the ticket. Read once, in
+/// [`Authority::new`]; never set it in production.
+pub const ABORT_AFTER_ENROLL_COMMIT: &str = "KITH_TEST_ABORT_AFTER_ENROLL_COMMIT";
 
 impl fmt::Debug for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -71,6 +81,8 @@ impl Authority {
                 signing_key: KeyCache::default(),
                 in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
                 join: JoinWaiters::default(),
+                abort_after_enroll_commit: std::env::var_os(ABORT_AFTER_ENROLL_COMMIT)
+                    .is_some_and(|value| value == "1"),
             }),
         }
     }

@@ -26,7 +26,7 @@
 //! [`StoreError::Busy`]: crate::store::StoreError::Busy
 //! [`StoreError::Corrupt`]: crate::store::StoreError::Corrupt
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
@@ -103,8 +103,16 @@ pub struct TicketRecord {
 pub struct Redeemed {
     /// The ticket redeemed.
     pub ticket_id: String,
-    /// The attributes the new member got (the ticket's).
+    /// The attributes the member has now: the ticket's, added to (or, with `replace`,
+    /// replacing) those it had if it was a member already.
     pub attributes: BTreeMap<String, String>,
+    /// The attributes it had before, if it was a member already; `None` if it was not.
+    pub before: Option<BTreeMap<String, String>>,
+    /// Whether this was a retry of a redemption this identity had already made with this
+    /// ticket (its answer was lost): nothing was written and no use was taken.
+    pub retried: bool,
+    /// The member's [`Member::changed_at`] after the redemption.
+    pub changed_at: Option<u64>,
 }
 
 /// A member of the project.
@@ -124,6 +132,64 @@ pub struct Member {
     /// The longest lifetime of the credentials it gets, seconds, if shorter than the
     /// authority's default (a join request approved for less).
     pub credential_ttl: Option<u64>,
+    /// When the latest [`FeedEntry`] about this identifier was appended (a change of its
+    /// attributes, or its deletion before it was added again), Unix seconds; `None` if there
+    /// is none. Credentials issued to it must be newer: nodes void a credential created at
+    /// or before a feed entry about its subject. Set by the store; ignored when adding.
+    pub changed_at: Option<u64>,
+}
+
+/// A change of a member's attributes: the member before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberChange {
+    /// As it was.
+    pub before: Member,
+    /// As it is now (the same as `before` if the update changed nothing).
+    pub after: Member,
+}
+
+/// What a [`FeedEntry`] says happened to its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedKind {
+    /// The member was deleted: its credentials are void.
+    Revoked,
+    /// The member's attributes changed: its credentials issued before are void.
+    Changed,
+}
+
+impl FeedKind {
+    /// The name the `kind` column holds: `revoked` or `changed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedKind::Revoked => "revoked",
+            FeedKind::Changed => "changed",
+        }
+    }
+
+    /// The kind a `kind` column names, if it is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "revoked" => Some(FeedKind::Revoked),
+            "changed" => Some(FeedKind::Changed),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the membership feed (DESIGN §5): a member deleted or changed, appended in
+/// the transaction that made the change, numbered in the order the changes committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEntry {
+    /// Its position in the feed, from 1.
+    pub seq: u64,
+    /// The member it is about.
+    pub subject: Identifier,
+    /// When, Unix seconds.
+    pub at: u64,
+    /// What happened.
+    pub kind: FeedKind,
+    /// Who did it.
+    pub actor: Identifier,
 }
 
 impl Member {
@@ -167,6 +233,8 @@ impl AuditEvent {
     pub const MEMBER_ADDED: &'static str = "member.added";
     /// A member was deleted; the subject is its identifier.
     pub const MEMBER_DELETED: &'static str = "member.deleted";
+    /// A member's attributes were updated; the subject is its identifier.
+    pub const MEMBER_UPDATED: &'static str = "member.updated";
     /// A join request was filed (or filed again); the subject is its id.
     pub const REQUEST_FILED: &'static str = "request.filed";
     /// A join request was approved; the subject is its id.
@@ -443,18 +511,26 @@ impl MembershipStore {
     }
 
     /// Redeem the ticket whose code hashes to `code_hash`, at `now`, for `member`: take one
-    /// of its uses and make `member` a member with the ticket's attributes (replacing any
-    /// earlier membership), auditing [`AuditEvent::TICKET_REDEEMED`] and
-    /// [`AuditEvent::MEMBER_ADDED`] — all in one transaction, committed before this
-    /// returns. A ticket with usage count N enrolls at most N identities, however many
-    /// redeem it at once.
+    /// of its uses and make `member` a member with the ticket's attributes, auditing
+    /// [`AuditEvent::TICKET_REDEEMED`] and [`AuditEvent::MEMBER_ADDED`] — all in one
+    /// transaction, committed before this returns. A ticket with usage count N enrolls at
+    /// most N identities, however many redeem it at once.
+    ///
+    /// An identity that is a member already keeps its attributes and gets the ticket's
+    /// added (the ticket's value wins a clash), or, with `replace`, only the ticket's; if
+    /// that changes them, a [`FeedKind::Changed`] entry is appended.
+    ///
+    /// Redeeming again a ticket this identity redeemed before, while it is still a member,
+    /// succeeds without taking a use ([`Redeemed::retried`]), whatever became of the ticket
+    /// since: the first answer may have been lost.
     pub async fn redeem_ticket(
         &self,
         code_hash: &[u8; 32],
         member: &Identifier,
+        replace: bool,
         now: u64,
     ) -> Result<Redeemed, RedeemError> {
-        on_backend!(self, db => db.redeem_ticket(code_hash, member, now).await)
+        on_backend!(self, db => db.redeem_ticket(code_hash, member, replace, now).await)
     }
 }
 
@@ -472,8 +548,10 @@ impl MembershipStore {
     }
 
     /// Delete the member `identifier` on behalf of `actor` at `now`, auditing
-    /// [`AuditEvent::MEMBER_DELETED`]; returns what was deleted, or `None` (and audits
-    /// nothing) if it was not a member.
+    /// [`AuditEvent::MEMBER_DELETED`] and appending a [`FeedKind::Revoked`] entry to the
+    /// feed in the same transaction; returns what was deleted, or `None` (and writes
+    /// nothing) if it was not a member. Its redemptions are forgotten: redeeming a ticket
+    /// again afterwards takes a use.
     pub async fn delete_member(
         &self,
         identifier: &Identifier,
@@ -481,6 +559,34 @@ impl MembershipStore {
         now: u64,
     ) -> Result<Option<Member>, StoreError> {
         on_backend!(self, db => db.delete_member(identifier, actor, now).await)
+    }
+
+    /// Update the attributes of member `identifier` on behalf of `actor` at `now`: set
+    /// those in `set`, then remove those named in `remove` (a name it does not have is
+    /// ignored). If that changes them, audit [`AuditEvent::MEMBER_UPDATED`] and append a
+    /// [`FeedKind::Changed`] entry in the same transaction; otherwise write nothing.
+    /// Returns the member before and after, or `None` if it is not a member.
+    pub async fn update_member(
+        &self,
+        identifier: &Identifier,
+        set: &BTreeMap<String, String>,
+        remove: &BTreeSet<String>,
+        actor: &Identifier,
+        now: u64,
+    ) -> Result<Option<MemberChange>, StoreError> {
+        on_backend!(self, db => db.update_member(identifier, set, remove, actor, now).await)
+    }
+
+    /// At most `limit` entries of the membership feed numbered after `after`, in order.
+    /// Entries become visible in the order of their numbers, so a follower that has seen
+    /// up to N misses nothing by asking for the entries after N.
+    pub async fn feed_page(&self, after: u64, limit: u32) -> Result<Vec<FeedEntry>, StoreError> {
+        on_backend!(self, db => db.feed_page(after, limit).await)
+    }
+
+    /// The number of the newest feed entry, 0 when the feed is empty.
+    pub async fn feed_head(&self) -> Result<u64, StoreError> {
+        on_backend!(self, db => db.feed_head().await)
     }
 
     /// The member `identifier`, if it is one.

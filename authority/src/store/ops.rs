@@ -4,7 +4,7 @@
 //! accepts them too), `RETURNING`, `ON CONFLICT … DO UPDATE`, 64-bit integers and text.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +18,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 pub(super) use kith_identity::sqlite::sql_time;
 
 use super::{
-    AuditEvent, Member, NewTicket, PageKey, RedeemError, Redeemed, StoreError, TicketRecord,
-    check_ticket,
+    AuditEvent, FeedEntry, FeedKind, Member, MemberChange, NewTicket, PageKey, RedeemError,
+    Redeemed, StoreError, TicketRecord, check_ticket,
 };
 
 /// What differs between the databases in how operations run; the rest is shared.
@@ -31,6 +31,15 @@ pub(super) trait Dialect: Database {
     /// that such transactions take turns and the caps on pending requests hold; `None`
     /// where [`Dialect::BEGIN_WRITE`] serializes writers already.
     const LOCK_JOIN_REQUESTS: Option<&'static str>;
+
+    /// The statement that a transaction changing membership (adding, updating or deleting
+    /// a member, redeeming a ticket, approving a join request) runs before it reads or
+    /// writes a member, so that such transactions take turns: the membership feed's
+    /// numbers then become visible in increasing order (a follower asking for the entries
+    /// after N never misses one committed late with a smaller number), and what a
+    /// transaction reads of a member stays true until it commits. `None` where
+    /// [`Dialect::BEGIN_WRITE`] serializes writers already.
+    const LOCK_MEMBERSHIP: Option<&'static str>;
 
     /// Whether `error` is contention that clears if the transaction is run again: nothing
     /// was committed, and a later attempt can succeed.
@@ -49,7 +58,8 @@ const TICKET_COLUMNS: &str =
     "id, attributes, usage_count, uses_left, created_at, expires_at, created_by, revoked_at";
 
 /// The columns of `members` that [`Db::member_row`] reads.
-const MEMBER_COLUMNS: &str = "identifier, attributes, added_at, added_by, via, credential_ttl";
+const MEMBER_COLUMNS: &str =
+    "identifier, attributes, added_at, added_by, via, credential_ttl, changed_at";
 
 /// The one statement that decides a redemption: it takes a use only from a ticket that is
 /// known, unexpired, unrevoked and not used up, and the row lock it takes makes concurrent
@@ -61,12 +71,30 @@ const TAKE_USE: &str = "UPDATE tickets SET uses_left = uses_left - 1 \
 const INSERT_AUDIT: &str =
     "INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)";
 
+/// Insert or replace a member; its `changed_at` is the time of the latest feed entry about
+/// it, so a member added again after a deletion carries the deletion's time.
 const UPSERT_MEMBER: &str = "INSERT INTO members \
-     (identifier, attributes, added_at, added_by, via, credential_ttl) \
-     VALUES ($1, $2, $3, $4, $5, $6) \
+     (identifier, attributes, added_at, added_by, via, credential_ttl, changed_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, \
+     (SELECT at FROM membership_feed WHERE subject = $1 ORDER BY seq DESC LIMIT 1)) \
      ON CONFLICT (identifier) DO UPDATE SET attributes = excluded.attributes, \
      added_at = excluded.added_at, added_by = excluded.added_by, via = excluded.via, \
-     credential_ttl = excluded.credential_ttl";
+     credential_ttl = excluded.credential_ttl, changed_at = excluded.changed_at";
+
+const INSERT_FEED: &str =
+    "INSERT INTO membership_feed (subject, at, kind, actor) VALUES ($1, $2, $3, $4)";
+
+/// Remember who redeemed which ticket, so that a retry is recognized. A row left by a
+/// member deleted since is deleted with it; the update is for safety only.
+const RECORD_REDEMPTION: &str = "INSERT INTO redemptions (code_hash, member, ticket_id, at) \
+     VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (code_hash, member) DO UPDATE SET ticket_id = excluded.ticket_id, \
+     at = excluded.at";
+
+/// A redemption of ticket `$1` by `$2` made before, by an identity still a member.
+const EARLIER_REDEMPTION: &str = "SELECT r.ticket_id FROM redemptions r \
+     JOIN members m ON m.identifier = r.member \
+     WHERE r.code_hash = $1 AND r.member = $2";
 
 /// A store on database `DB`: its pool and how messages name it. Cloning shares the pool.
 pub(super) struct Db<DB: Database> {
@@ -113,6 +141,7 @@ enum Write {
     Redeem {
         hash: String,
         member: Identifier,
+        replace: bool,
         now: u64,
     },
     Create {
@@ -350,6 +379,7 @@ where
         &self,
         code_hash: &[u8; 32],
         member: &Identifier,
+        replace: bool,
         now: u64,
     ) -> Result<Redeemed, RedeemError> {
         let hash = kith_identity::hex::encode(code_hash);
@@ -360,6 +390,7 @@ where
                 let write = Write::Redeem {
                     hash: hash.to_owned(),
                     member: *member,
+                    replace,
                     now,
                 };
                 match self.grouped(write).await? {
@@ -403,6 +434,7 @@ where
         let (sql, identifier, actor) = (sql.as_str(), identifier.as_str(), actor.as_str());
         retrying(self, move || async move {
             let mut tx = self.begin_write().await?;
+            self.lock_membership(&mut tx).await?;
             let row = sqlx::query(sql)
                 .bind(identifier.to_owned())
                 .fetch_optional(&mut *tx)
@@ -412,6 +444,14 @@ where
                 return Ok(None);
             };
             let deleted = self.member_row(&row)?;
+            self.append_feed(&mut tx, identifier, now, FeedKind::Revoked, actor)
+                .await?;
+            // A ticket it redeemed is an ordinary redemption again, should it come back.
+            sqlx::query("DELETE FROM redemptions WHERE member = $1")
+                .bind(identifier.to_owned())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
             let detail = format!(
                 "via={} attributes={}",
                 deleted.via,
@@ -428,6 +468,97 @@ where
             .await?;
             tx.commit().await.map_err(|e| self.db(e))?;
             Ok(Some(deleted))
+        })
+        .await
+    }
+
+    pub(super) async fn update_member(
+        &self,
+        identifier: &Identifier,
+        set: &BTreeMap<String, String>,
+        remove: &BTreeSet<String>,
+        actor: &Identifier,
+        now: u64,
+    ) -> Result<Option<MemberChange>, StoreError> {
+        let update = format!(
+            "UPDATE members SET attributes = $2, changed_at = $3 WHERE identifier = $1 \
+             RETURNING {MEMBER_COLUMNS}"
+        );
+        let (id_text, actor) = (identifier.to_string(), actor.to_string());
+        let (update, id_text, actor) = (update.as_str(), id_text.as_str(), actor.as_str());
+        retrying(self, move || async move {
+            let mut tx = self.begin_write().await?;
+            self.lock_membership(&mut tx).await?;
+            let Some(before) = self.member_in(&mut tx, identifier).await? else {
+                return Ok(None);
+            };
+            let mut attributes = before.attributes.clone();
+            attributes.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            attributes.retain(|name, _| !remove.contains(name));
+            if attributes == before.attributes {
+                // Nothing changes, so nothing is written: no audit event, no feed entry.
+                return Ok(Some(MemberChange {
+                    after: before.clone(),
+                    before,
+                }));
+            }
+            self.append_feed(&mut tx, id_text, now, FeedKind::Changed, actor)
+                .await?;
+            let row = sqlx::query(update)
+                .bind(id_text.to_owned())
+                .bind(attributes_json(&attributes))
+                .bind(sql_time(now))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            let after = self.member_row(&row)?;
+            let detail = format!(
+                "before={} after={}",
+                attributes_json(&before.attributes),
+                attributes_json(&after.attributes)
+            );
+            self.audit(
+                &mut tx,
+                now,
+                actor,
+                AuditEvent::MEMBER_UPDATED,
+                id_text,
+                &detail,
+            )
+            .await?;
+            tx.commit().await.map_err(|e| self.db(e))?;
+            Ok(Some(MemberChange { before, after }))
+        })
+        .await
+    }
+
+    pub(super) async fn feed_page(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<FeedEntry>, StoreError> {
+        retrying(self, move || async move {
+            let rows = sqlx::query(
+                "SELECT seq, subject, at, kind, actor FROM membership_feed \
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(sql_time(after))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+            rows.iter().map(|row| self.feed_entry(row)).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn feed_head(&self) -> Result<u64, StoreError> {
+        retrying(self, move || async move {
+            let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS head FROM membership_feed")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+            self.time(&row, "head", || "membership feed head".to_owned())
         })
         .await
     }
@@ -652,8 +783,13 @@ where
                 .await
                 .map_err(|e| self.db(e))?;
             let outcome = match write {
-                Write::Redeem { hash, member, now } => self
-                    .redeem_in(&mut tx, hash, member, *now)
+                Write::Redeem {
+                    hash,
+                    member,
+                    replace,
+                    now,
+                } => self
+                    .redeem_in(&mut tx, hash, member, *replace, *now)
                     .await
                     .map(Outcome::Redeemed),
                 Write::Create { ticket, now } => self
@@ -686,15 +822,40 @@ where
         Ok(outcomes)
     }
 
-    /// One redemption: take a use and add the member, or find out why no use could be
+    /// One redemption: recognize a retry, or take a use and add the member (merging with
+    /// or replacing its attributes if it is one already), or find out why no use could be
     /// taken. Nothing is written unless a use was taken.
     async fn redeem_in(
         &self,
         tx: &mut DB::Connection,
         hash: &str,
         member: &Identifier,
+        replace: bool,
         now: u64,
     ) -> Result<Attempt<Redeemed, RedeemError>, StoreError> {
+        self.lock_membership(&mut *tx).await?;
+        let actor = member.to_string();
+        // A retry first, before the ticket is looked at: the first answer may have been
+        // lost, and the ticket may since have expired, been used up or revoked.
+        let earlier = sqlx::query(EARLIER_REDEMPTION)
+            .bind(hash.to_owned())
+            .bind(actor.clone())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+        if let Some(row) = earlier {
+            let ticket_id: String =
+                self.column(&row, "ticket_id", || "redeemed ticket id".to_owned())?;
+            if let Some(current) = self.member_in(&mut *tx, member).await? {
+                return Ok(Attempt::Done(Redeemed {
+                    ticket_id,
+                    before: Some(current.attributes.clone()),
+                    attributes: current.attributes,
+                    retried: true,
+                    changed_at: current.changed_at,
+                }));
+            }
+        }
         let taken = sqlx::query(TAKE_USE)
             .bind(hash.to_owned())
             .bind(sql_time(now))
@@ -709,9 +870,19 @@ where
         let what = |part: &str| format!("{part} of ticket {id:?}");
         // A corrupt ticket fails here, before anything is written, and the use is given
         // back by the rollback.
-        let attributes = self.attributes(&row, "attributes", || what("attributes"))?;
+        let granted = self.attributes(&row, "attributes", || what("attributes"))?;
         let uses_left: u32 = self.integer(&row, "uses_left", || what("uses left"))?;
         let added_by = self.identifier(&row, "created_by", || what("creator"))?;
+        let before = self.member_in(&mut *tx, member).await?;
+        let attributes = match &before {
+            // The ticket's values win a clash.
+            Some(before) if !replace => {
+                let mut merged = before.attributes.clone();
+                merged.extend(granted);
+                merged
+            }
+            _ => granted,
+        };
         let enrolled = Member {
             identifier: *member,
             attributes,
@@ -720,8 +891,8 @@ where
             via: Member::via_ticket(&id),
             // A ticket grants the authority's default lifetime, lifting any earlier limit.
             credential_ttl: None,
+            changed_at: None,
         };
-        let actor = member.to_string();
         let detail = format!("member={member} uses_left={uses_left}");
         self.audit(
             &mut *tx,
@@ -732,10 +903,23 @@ where
             &detail,
         )
         .await?;
-        self.upsert_member(&mut *tx, &enrolled, &actor, now).await?;
+        let changed_at = self
+            .write_member(&mut *tx, &enrolled, before.as_ref(), &actor, now)
+            .await?;
+        sqlx::query(RECORD_REDEMPTION)
+            .bind(hash.to_owned())
+            .bind(actor.clone())
+            .bind(id.clone())
+            .bind(sql_time(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
         Ok(Attempt::Done(Redeemed {
             ticket_id: id,
             attributes: enrolled.attributes,
+            before: before.map(|b| b.attributes),
+            retried: false,
+            changed_at,
         }))
     }
 
@@ -774,27 +958,57 @@ where
         Ok(Attempt::Inconclusive)
     }
 
-    /// Insert or replace `member`, and audit it as done by `actor` at `now`.
+    /// Insert or replace `member`, and audit it as done by `actor` at `now`; if it
+    /// replaces a member with other attributes, append a [`FeedKind::Changed`] entry.
+    /// Returns the member's `changed_at`.
     pub(super) async fn upsert_member(
         &self,
         conn: &mut DB::Connection,
         member: &Member,
         actor: &str,
         now: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
+        self.lock_membership(&mut *conn).await?;
+        let before = self.member_in(&mut *conn, &member.identifier).await?;
+        self.write_member(conn, member, before.as_ref(), actor, now)
+            .await
+    }
+
+    /// Insert or replace `member`, which was `before` (read in this transaction, after
+    /// [`Db::lock_membership`]), and audit it as done by `actor` at `now`; if its
+    /// attributes change, append a [`FeedKind::Changed`] entry first, so that the member's
+    /// `changed_at` is `now`. Returns the member's `changed_at`.
+    async fn write_member(
+        &self,
+        conn: &mut DB::Connection,
+        member: &Member,
+        before: Option<&Member>,
+        actor: &str,
+        now: u64,
+    ) -> Result<Option<u64>, StoreError> {
         let identifier = member.identifier.to_string();
+        if before.is_some_and(|before| before.attributes != member.attributes) {
+            self.append_feed(&mut *conn, &identifier, now, FeedKind::Changed, actor)
+                .await?;
+        }
         let attributes = attributes_json(&member.attributes);
-        sqlx::query(UPSERT_MEMBER)
+        let row = sqlx::query(&format!("{UPSERT_MEMBER} RETURNING changed_at"))
             .bind(identifier.clone())
             .bind(attributes.clone())
             .bind(sql_time(member.added_at))
             .bind(member.added_by.to_string())
             .bind(member.via.clone())
             .bind(member.credential_ttl.map(sql_time))
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await
             .map_err(|e| self.db(e))?;
+        let changed_at = self.optional_time(&row, "changed_at", || {
+            format!("change time of member {identifier}")
+        })?;
         let mut detail = format!("via={} attributes={attributes}", member.via);
+        if let Some(before) = before {
+            detail.push_str(&format!(" before={}", attributes_json(&before.attributes)));
+        }
         if let Some(ttl) = member.credential_ttl {
             detail.push_str(&format!(" credential_ttl={ttl}"));
         }
@@ -806,7 +1020,65 @@ where
             &identifier,
             &detail,
         )
-        .await
+        .await?;
+        Ok(changed_at)
+    }
+
+    /// The member `identifier` as this transaction sees it.
+    async fn member_in(
+        &self,
+        conn: &mut DB::Connection,
+        identifier: &Identifier,
+    ) -> Result<Option<Member>, StoreError> {
+        let sql = format!("SELECT {MEMBER_COLUMNS} FROM members WHERE identifier = $1");
+        let row = sqlx::query(&sql)
+            .bind(identifier.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        row.map(|row| self.member_row(&row)).transpose()
+    }
+
+    /// Append a feed entry about `subject`, in the caller's transaction (which has taken
+    /// [`Db::lock_membership`]), and stamp the member's `changed_at` if it is one.
+    async fn append_feed(
+        &self,
+        conn: &mut DB::Connection,
+        subject: &str,
+        at: u64,
+        kind: FeedKind,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(INSERT_FEED)
+            .bind(subject.to_owned())
+            .bind(sql_time(at))
+            .bind(kind.as_str().to_owned())
+            .bind(actor.to_owned())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        sqlx::query("UPDATE members SET changed_at = $2 WHERE identifier = $1")
+            .bind(subject.to_owned())
+            .bind(sql_time(at))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// Make this transaction's membership changes take turns with other transactions'
+    /// ([`Dialect::LOCK_MEMBERSHIP`]).
+    pub(super) async fn lock_membership(
+        &self,
+        conn: &mut DB::Connection,
+    ) -> Result<(), StoreError> {
+        if let Some(lock) = DB::LOCK_MEMBERSHIP {
+            sqlx::query(lock)
+                .execute(conn)
+                .await
+                .map_err(|e| self.db(e))?;
+        }
+        Ok(())
     }
 
     /// Append an audit event, in the caller's transaction.
@@ -907,7 +1179,23 @@ where
             via: self.column(row, "via", || what("origin"))?,
             credential_ttl: self
                 .optional_time(row, "credential_ttl", || what("credential lifetime"))?,
+            changed_at: self.optional_time(row, "changed_at", || what("change time"))?,
             identifier,
+        })
+    }
+
+    /// A `membership_feed` row.
+    fn feed_entry(&self, row: &DB::Row) -> Result<FeedEntry, StoreError> {
+        let what = || "membership feed entry".to_owned();
+        let kind: String = self.column(row, "kind", what)?;
+        let kind = FeedKind::parse(&kind)
+            .ok_or_else(|| self.corrupt(format!("kind {kind:?} of a membership feed entry")))?;
+        Ok(FeedEntry {
+            seq: self.integer(row, "seq", what)?,
+            subject: self.identifier(row, "subject", what)?,
+            at: self.time(row, "at", what)?,
+            kind,
+            actor: self.identifier(row, "actor", what)?,
         })
     }
 

@@ -50,6 +50,17 @@ impl Dialect for Postgres {
     const LOCK_JOIN_REQUESTS: Option<&'static str> =
         Some("LOCK TABLE join_requests IN SHARE ROW EXCLUSIVE MODE");
 
+    /// EXCLUSIVE conflicts with itself and with every write to the feed, yet not with plain
+    /// reads. An identity column numbers rows when they are inserted, not when they commit:
+    /// without the lock, two authority processes could commit feed entries 6 then 5, and a
+    /// follower that had read up to 6 would never see 5. With it, membership changes take
+    /// turns across processes, so numbers become visible in increasing order, and what a
+    /// change read of a member (its attributes before, an earlier redemption) stays true
+    /// until it commits. Every such transaction takes it before it touches a ticket or
+    /// member row, so the lock cannot join a deadlock.
+    const LOCK_MEMBERSHIP: Option<&'static str> =
+        Some("LOCK TABLE membership_feed IN EXCLUSIVE MODE");
+
     fn is_transient(error: &sqlx::Error) -> bool {
         match error {
             sqlx::Error::Database(e) => e

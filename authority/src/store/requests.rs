@@ -581,6 +581,7 @@ where
                 added_by: *actor,
                 via: Member::via_request(id),
                 credential_ttl: Some(*lifetime),
+                changed_at: None,
             };
             self.upsert_member(&mut tx, &member, &actor_text, now)
                 .await?;

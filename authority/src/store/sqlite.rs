@@ -32,6 +32,10 @@ impl Dialect for Sqlite {
     /// `BEGIN IMMEDIATE` already makes writers take turns.
     const LOCK_JOIN_REQUESTS: Option<&'static str> = None;
 
+    /// `BEGIN IMMEDIATE` already makes writers take turns, so feed entries commit in the
+    /// order of their numbers.
+    const LOCK_MEMBERSHIP: Option<&'static str> = None;
+
     fn is_transient(error: &sqlx::Error) -> bool {
         sqlite::is_busy(error)
     }

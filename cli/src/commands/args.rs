@@ -995,6 +995,10 @@ pub struct EnrollArgs {
     /// Never retry.
     #[arg(long)]
     pub no_retry: bool,
+    /// If the identity is a member already, replace its attributes with the ticket's
+    /// (default: add the ticket's to them; the ticket's win a clash).
+    #[arg(long)]
+    pub replace: bool,
 }
 
 /// `kith project member …`
@@ -1030,6 +1034,25 @@ pub enum MemberCommand {
         /// An attribute, key=value (repeatable).
         #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = parse_attribute)]
         attributes: Vec<(String, String)>,
+        /// How to reach the authority.
+        #[command(flatten)]
+        access: ProjectAccess,
+    },
+    /// Change a member's attributes: set some, remove some (admins; enrollers may change
+    /// anything but ockam-role). The whole project learns of the change at once.
+    #[command(
+        after_help = "Examples:\n  kith project member update I6c20e814b56579306f55c64e8747e6c1b4a53d9a -a component=db\n  kith project member update I6c20e814b56579306f55c64e8747e6c1b4a53d9a -a zone=eu -a tier=2 --remove legacy\n  kith project member update I6c20e814b56579306f55c64e8747e6c1b4a53d9a --remove ockam-relay --output json"
+    )]
+    Update {
+        /// The members' identifiers (each gets the same change).
+        #[arg(required = true, num_args = 1..)]
+        identifiers: Vec<String>,
+        /// An attribute to add or change, key=value (repeatable).
+        #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE", value_parser = parse_attribute)]
+        attributes: Vec<(String, String)>,
+        /// An attribute to remove (repeatable); one the member does not have is ignored.
+        #[arg(long = "remove", value_name = "KEY")]
+        remove: Vec<String>,
         /// How to reach the authority.
         #[command(flatten)]
         access: ProjectAccess,

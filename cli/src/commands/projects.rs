@@ -393,8 +393,29 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
         timeout: args.timeout,
         retry,
     };
-    let session = Session::open(home, out, &reach).await?;
-    let enrolled = session.call(async |c| c.redeem(&ticket.code).await).await;
+    // A redemption whose answer was lost (the channel or the connection ended, or no answer
+    // came in time, once the request was sent) is tried again with the same ticket, within
+    // the retry options: the authority recognizes the retry and spends no second use. A
+    // refusal is an answer, and is never retried.
+    let mut lost = 0;
+    let enrolled = loop {
+        let session = Session::open(home, out, &reach).await?;
+        let answer = session
+            .call(async |c| c.redeem_with(&ticket.code, args.replace).await)
+            .await;
+        match answer {
+            Err(e) if answer_lost(&e) && lost < retry.count => {
+                lost += 1;
+                out.note(format!(
+                    "the enrollment's answer was lost ({e}); retry {lost} of {} with the same ticket in {}",
+                    retry.count,
+                    DisplayDuration(retry.delay)
+                ));
+                tokio::time::sleep(retry.delay).await;
+            }
+            other => break other,
+        }
+    };
     let enrolled = enrolled.map_err(|e| match e {
         ClientError::Refused(api) => {
             let why = match api.kind {
@@ -425,10 +446,25 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
         ));
     }
     let attrs = attribute_list(&verified.attributes, ", ");
+    // The member's own attributes, without the project id the credential adds.
+    let mut after = enrolled.attributes.clone();
+    after.remove(api::PROJECT_ID_ATTRIBUTE);
+    let membership = match &enrolled.before {
+        Some(before) if before == &after => format!(
+            "already a member; attributes unchanged: {{{}}}",
+            attribute_list(before, ", ")
+        ),
+        Some(before) => format!(
+            "already a member; attributes: {{{}}} -> {{{}}}",
+            attribute_list(before, ", "),
+            attribute_list(&after, ", ")
+        ),
+        None => format!("attributes: {{{}}}", attribute_list(&after, ", ")),
+    };
     out.result(
         || {
             format!(
-                "Enrolled identity {holder} in project {}.\nCredential from {}: [{}], expires {}",
+                "Enrolled identity {holder} in project {} ({membership}).\nCredential from {}: [{}], expires {}",
                 project.name,
                 verified.issuer,
                 attrs,
@@ -441,10 +477,25 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
             "project_id": project.id,
             "issuer": verified.issuer.to_string(),
             "attributes": verified.attributes,
+            "before": enrolled.before,
+            "retried": enrolled.retried,
             "expires_at": verified.expires_at,
         }),
     );
     Ok(())
+}
+
+/// Whether `e` means a redemption's request may have reached the authority but its answer
+/// did not come back: the channel or connection ended, no answer came in time, or the
+/// request could not be sent (then retrying is harmless too).
+fn answer_lost(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::ChannelEnded { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::Send { .. }
+            | ClientError::Closed
+    )
 }
 
 async fn member(home: &Home, out: &Output, cmd: MemberCommand) -> Result<()> {
@@ -495,6 +546,53 @@ async fn member(home: &Home, out: &Output, cmd: MemberCommand) -> Result<()> {
             })
             .await?;
             out.result(|| format!("Added {}", member_line(&m)), &m);
+        }
+        MemberCommand::Update {
+            identifiers,
+            attributes,
+            remove,
+            access,
+        } => {
+            if attributes.is_empty() && remove.is_empty() {
+                bail!("nothing to change: give --attribute KEY=VALUE or --remove KEY");
+            }
+            let ids = identifiers
+                .iter()
+                .map(|i| parse_identifier(i))
+                .collect::<Result<Vec<_>>>()?;
+            let set: BTreeMap<String, String> = attributes.into_iter().collect();
+            let changes = ask(home, out, &access, async |c| {
+                let mut changes = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    changes.push(c.update_member(id, set.clone(), remove.clone()).await?);
+                }
+                Ok(changes)
+            })
+            .await?;
+            let line = |change: &api::MemberChange| {
+                let (before, after) = (&change.before.attributes, &change.after.attributes);
+                if before == after {
+                    format!(
+                        "Unchanged {}: {{{}}}",
+                        change.after.identifier,
+                        attribute_list(after, ", ")
+                    )
+                } else {
+                    format!(
+                        "Updated {}: {{{}}} -> {{{}}}",
+                        change.after.identifier,
+                        attribute_list(before, ", "),
+                        attribute_list(after, ", ")
+                    )
+                }
+            };
+            match changes.as_slice() {
+                [change] => out.result(|| line(change), change),
+                _ => out.result(
+                    || changes.iter().map(line).collect::<Vec<_>>().join("\n"),
+                    &changes,
+                ),
+            }
         }
         MemberCommand::Delete { identifier, access } => {
             let id = parse_identifier(&identifier)?;
