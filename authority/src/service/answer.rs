@@ -10,7 +10,8 @@ use tracing::{debug, warn};
 
 use crate::api::{
     self, ApiError, AuditEntry, AutoApproveRule, CreatedTicket, Enrolled, ErrorKind,
-    JoinRequestInfo, JoinWaited, MemberChange, MemberInfo, Page, Reply, RuleAdded, TicketInfo,
+    JoinRequestInfo, JoinWaited, MemberChange, MemberInfo, Page, Reply, RevocationsPage, RuleAdded,
+    TicketInfo,
 };
 use crate::store::{PageKey, StoreError};
 
@@ -34,6 +35,7 @@ pub(crate) enum Answer {
     Rule(AutoApproveRule),
     Rules(Vec<AutoApproveRule>),
     RuleAdded(RuleAdded),
+    Revocations(RevocationsPage),
 }
 
 impl Answer {
@@ -53,6 +55,7 @@ impl Answer {
             Answer::Rule(v) => encode_result::<_>(Ok(v)),
             Answer::Rules(v) => encode_result::<_>(Ok(v)),
             Answer::RuleAdded(v) => encode_result::<_>(Ok(v)),
+            Answer::Revocations(v) => encode_result::<_>(Ok(v)),
         }
     }
 }

@@ -93,6 +93,10 @@ impl Authority {
             was_member = redeemed.before.is_some(),
             "ticket redeemed; the caller is a member"
         );
+        if redeemed.before.is_some() {
+            // A member's attributes may have changed: its earlier credentials are void.
+            self.shared.feed.poke();
+        }
         let mut enrolled = self.issue(
             &key,
             caller,

@@ -82,6 +82,7 @@ impl Authority {
                     .await
                     .map_err(|e| store_failed("adding a member", &e))?;
                 info!(member = %member.identifier, attributes = ?member.attributes, "member added");
+                self.shared.feed.poke();
                 Ok(Answer::Member(member_info(member)))
             }
             MembersRequest::Delete { identifier } => {
@@ -94,6 +95,7 @@ impl Authority {
                 match deleted {
                     Some(member) => {
                         info!(member = %member.identifier, "member deleted");
+                        self.shared.feed.poke();
                         Ok(Answer::Member(member_info(member)))
                     }
                     None => Err(not_a_member()),
@@ -130,6 +132,7 @@ impl Authority {
                             after = ?change.after.attributes,
                             "member updated"
                         );
+                        self.shared.feed.poke();
                         Ok(Answer::MemberChange(MemberChange {
                             before: member_info(change.before),
                             after: member_info(change.after),

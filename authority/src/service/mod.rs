@@ -14,7 +14,7 @@
 //!
 //! A worker handles its mailbox one message at a time, so the store round trip of a request
 //! runs in a task of its own, owned by the service's worker; at most [`MAX_IN_FLIGHT`]
-//! requests (over all six services) run at once, and past that a request is answered
+//! requests (over all seven services) run at once, and past that a request is answered
 //! "busy" at once instead of queueing without bound.
 //!
 //! This module starts the services and dispatches each request to the module of its
@@ -39,6 +39,7 @@ mod enrollment;
 pub mod join;
 mod keys;
 mod members;
+pub mod revocations;
 mod state;
 mod tickets;
 mod waiters;
@@ -60,7 +61,8 @@ use join::ChannelSeen;
 
 use crate::api::{
     self, ACCEPTOR_SERVICE, AUDIT_SERVICE, AuditRequest, CREDENTIAL_SERVICE, CredentialRequest,
-    JOIN_SERVICE, MEMBERS_SERVICE, PROJECT_ID_ATTRIBUTE, RedeemRequest, TICKET_SERVICE,
+    JOIN_SERVICE, MEMBERS_SERVICE, PROJECT_ID_ATTRIBUTE, REVOCATION_SERVICE, RedeemRequest,
+    RevocationsRequest, TICKET_SERVICE,
 };
 use crate::error::StartServicesError;
 
@@ -74,7 +76,7 @@ pub use tickets::{MAX_TICKET_LIFETIME, MAX_TICKET_USES, MIN_TICKET_LIFETIME};
 /// answers to leave) before it aborts them; under the node's shutdown grace.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-/// The six services, one worker each.
+/// The seven services, one worker each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Service {
     Tickets,
@@ -83,16 +85,18 @@ enum Service {
     Members,
     Audit,
     Join,
+    Revocations,
 }
 
 impl Service {
-    const ALL: [Service; 6] = [
+    const ALL: [Service; 7] = [
         Service::Tickets,
         Service::Acceptor,
         Service::Credentials,
         Service::Members,
         Service::Audit,
         Service::Join,
+        Service::Revocations,
     ];
 
     fn address(self) -> &'static str {
@@ -103,13 +107,15 @@ impl Service {
             Service::Members => MEMBERS_SERVICE,
             Service::Audit => AUDIT_SERVICE,
             Service::Join => JOIN_SERVICE,
+            Service::Revocations => REVOCATION_SERVICE,
         }
     }
 }
 
 impl Authority {
-    /// Start the six services ([`TICKET_SERVICE`], [`ACCEPTOR_SERVICE`],
-    /// [`CREDENTIAL_SERVICE`], [`MEMBERS_SERVICE`], [`AUDIT_SERVICE`], [`JOIN_SERVICE`]) on
+    /// Start the seven services ([`TICKET_SERVICE`], [`ACCEPTOR_SERVICE`],
+    /// [`CREDENTIAL_SERVICE`], [`MEMBERS_SERVICE`], [`AUDIT_SERVICE`], [`JOIN_SERVICE`],
+    /// [`REVOCATION_SERVICE`]) on
     /// `node`, each
     /// accepting messages only with a [`Origin::SecureChannel`] origin: a message from this
     /// node or straight off a TCP connection is dropped (and counted) by the node's access
@@ -147,6 +153,7 @@ impl Authority {
             started.push(address);
         }
         self.start_join_sweeper(node);
+        self.start_feed_watcher(node);
         info!(
             node = %node.name(),
             project = %config.project_id,
@@ -285,6 +292,13 @@ impl Authority {
             },
             Service::Join => match api::decode_request(payload) {
                 Ok(call) => self.join_call(caller, channel, call, permit).await,
+                Err(e) => Err(e),
+            },
+            Service::Revocations => match api::decode_request::<RevocationsRequest>(payload) {
+                Ok(request) => self
+                    .revocations(caller, request, permit)
+                    .await
+                    .map(Answer::Revocations),
                 Err(e) => Err(e),
             },
         };

@@ -12,10 +12,11 @@ use tokio::sync::Semaphore;
 
 use super::config::AuthorityConfig;
 use super::keys::KeyCache;
+use super::revocations::Feed;
 use super::waiters::JoinWaiters;
 use crate::store::MembershipStore;
 
-/// 1,024 requests: how many requests the six services run at once. Each holds at most one
+/// 1,024 requests: how many requests the seven services run at once. Each holds at most one
 /// store connection and a few kilobytes; past the cap a request is answered "busy, try again"
 /// at once, so a flood of requests costs the authority a refusal each, not memory.
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     /// Test hook: abort the process right after a redemption commits, before answering
     /// ([`ABORT_AFTER_ENROLL_COMMIT`]).
     pub(crate) abort_after_enroll_commit: bool,
+    /// The revocation feed: what this process has read of it, and who waits for more.
+    pub(crate) feed: Feed,
 }
 
 /// Test hook: when this environment variable is `1` as the authority starts, the process
@@ -83,6 +86,7 @@ impl Authority {
                 join: JoinWaiters::default(),
                 abort_after_enroll_commit: std::env::var_os(ABORT_AFTER_ENROLL_COMMIT)
                     .is_some_and(|value| value == "1"),
+                feed: Feed::default(),
             }),
         }
     }

@@ -21,6 +21,7 @@ pub async fn start_services(
     node: &Node,
     config: &NodeConfig,
     authority: &AuthorityNodeConfig,
+    revocations: Option<std::sync::Arc<kith_identity::revocation::Revocations>>,
 ) -> Result<(MembershipStore, kith_identity::vault::Vault)> {
     let location = match &authority.database_url {
         Some(url) => url.clone(),
@@ -57,6 +58,11 @@ pub async fn start_services(
             clock: std::sync::Arc::new(kith_authority::SystemClock),
         },
     );
+    // The node closes a deleted member's channels (and with them its relays) as soon as the
+    // deletion is committed.
+    if let Some(revocations) = revocations {
+        service.apply_revocations_to(revocations);
+    }
     service
         .start(node)
         .context("cannot start the authority services")?;

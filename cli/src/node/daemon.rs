@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::kept::Saved;
 use super::running::RunningNode;
 use super::settings::{NodeIdentity, services_policy};
-use super::{authority, refresh, server};
+use super::{authority, refresh, revocations, server};
 use crate::control::{self, Request};
 use crate::home::{Home, write_private_atomic};
 
@@ -66,14 +66,17 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
         Some(Saved::new(home.clone(), name)),
     )
     .await?;
+    let revocations = running.settings().map(|s| s.trust.revocations.clone());
     let authority = match &config.authority {
-        Some(a) => match authority::start_services(home, &running.node, &config, a).await {
-            Ok(held) => Some(held),
-            Err(e) => {
-                running.node.shutdown().await;
-                return Err(e);
+        Some(a) => {
+            match authority::start_services(home, &running.node, &config, a, revocations).await {
+                Ok(held) => Some(held),
+                Err(e) => {
+                    running.node.shutdown().await;
+                    return Err(e);
+                }
             }
-        },
+        }
         None => None,
     };
     let listener = running.listener.clone().unwrap_or_default();
@@ -110,6 +113,12 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
         .restore(&config.outlets, &config.inlets)
         .await;
     let refresher = tokio::spawn(refresh::run(home.clone(), identity_name, running.clone()));
+    let follower = tokio::spawn(revocations::run(
+        home.clone(),
+        name.to_owned(),
+        running.clone(),
+        config.admission.revocation_grace,
+    ));
     let (stop_tx, mut stop_rx) = mpsc::channel::<()>(1);
     let mut sessions = JoinSet::new();
     loop {
@@ -134,6 +143,7 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     }
     drop(control);
     refresher.abort();
+    follower.abort();
     running.node.shutdown().await;
     if let Some((store, vault)) = authority {
         store.close().await;

@@ -19,6 +19,8 @@ mod portals;
 mod refresh;
 /// Relays kept up at project nodes.
 mod relays;
+/// Following the revocation feeds of the authorities the node trusts.
+mod revocations;
 /// The node and its parts, assembled.
 mod running;
 /// The control server: one request, one answer.
