@@ -44,6 +44,7 @@ fn ten_thousand_members_and_a_thousand_pending_requests_list_whole_and_in_order(
                 added_by: admin,
                 via: Member::VIA_ADMIN.to_owned(),
                 credential_ttl: None,
+                changed_at: None,
             };
             store
                 .add_member(&member, &admin, member.added_at)
