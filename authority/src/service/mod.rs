@@ -275,7 +275,7 @@ impl Authority {
                     .map(Answer::Enrolled),
                 // Serde's message could quote the request, and this one carries a code.
                 Err(_) => Err(bad_request(
-                    "malformed request: expected {\"code\": \"<64 hex digits>\"}",
+                    "malformed request: expected {\"code\": \"<64 hex digits>\", \"replace\": false}",
                 )),
             },
             Service::Credentials => match api::decode_request::<CredentialRequest>(payload) {

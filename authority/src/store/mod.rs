@@ -14,6 +14,11 @@
 //! - Every change (ticket created, revoked, redeemed; member added, deleted) appends an
 //!   audit event in the same transaction, so the log never misses a committed change nor
 //!   shows one that was rolled back.
+//! - Every deletion of a member, and every change of a member's attributes, appends an entry
+//!   to the membership feed in the same transaction ([`FeedEntry`]); on PostgreSQL such
+//!   transactions take turns, so entries become visible in the order of their numbers.
+//! - A redemption is recorded with its redeemer, so that a retry by the same identity (its
+//!   answer was lost) succeeds again without taking another use.
 //! - Transient contention (SQLite busy/locked; PostgreSQL serialization failures and
 //!   deadlocks) is retried with a bounded backoff inside the store, then reported as
 //!   [`StoreError::Busy`]; it never surfaces as a spurious failure or a hang.
