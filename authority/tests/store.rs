@@ -852,6 +852,7 @@ on_both_databases!(
     the_feed_numbers_deletions_and_changes_in_commit_order_and_pages,
     refused_or_rolled_back_changes_append_nothing_to_the_feed,
     changed_at_is_the_latest_feed_entry_and_outlives_a_deletion,
+    changes_in_one_second_void_every_credential_issued_after_the_one_before,
     re_enrolling_adds_the_tickets_attributes_and_replace_replaces_them,
     a_retried_redemption_succeeds_after_the_ticket_is_used_up_without_a_use,
     a_redemption_after_the_member_was_deleted_spends_a_use,
@@ -1052,6 +1053,53 @@ async fn changed_at_is_the_latest_feed_entry_and_outlives_a_deletion(db: &TestDb
     assert_eq!(redeemed.before, None);
     assert_eq!(redeemed.changed_at, Some(NOW + 6));
     assert_eq!(changed_at().await, Some(Some(NOW + 6)));
+    store.close().await;
+}
+
+async fn changes_in_one_second_void_every_credential_issued_after_the_one_before(db: &TestDb) {
+    // An update at NOW: credentials issued after it are dated NOW + 1 (changed_at + 1). A
+    // deletion in the same second must still void them, so its entry is dated NOW + 1, and
+    // a credential after that one is dated later still.
+    let store = db.open().await;
+    let admin = identifier();
+    let m = identifier();
+    store
+        .add_member(&admin_member(&m, &admin), &admin, NOW)
+        .await
+        .unwrap();
+    store
+        .update_member(
+            &m,
+            &attributes(&[("a", "1")]),
+            &BTreeSet::new(),
+            &admin,
+            NOW,
+        )
+        .await
+        .unwrap();
+    store
+        .update_member(
+            &m,
+            &attributes(&[("a", "2")]),
+            &BTreeSet::new(),
+            &admin,
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.member(&m).await.unwrap().unwrap().changed_at,
+        Some(NOW + 1)
+    );
+    store.delete_member(&m, &admin, NOW).await.unwrap();
+    let times: Vec<u64> = store
+        .feed_page(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(times, [NOW, NOW + 1, NOW + 2]);
     store.close().await;
 }
 

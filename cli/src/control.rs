@@ -157,6 +157,27 @@ pub struct NodeStatus {
     pub connections: Vec<ConnectionView>,
     /// Runtime and transport counters.
     pub stats: serde_json::Value,
+    /// What the node knows of its trusted authorities' revocations.
+    #[serde(default)]
+    pub revocations: Vec<RevocationFeedView>,
+}
+
+/// What a node knows of one authority's revocations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevocationFeedView {
+    /// The authority's identifier.
+    pub authority: String,
+    /// The last statement applied (its sequence number; 0 for none).
+    pub head: u64,
+    /// How many members its statements name (deleted, or changed since).
+    pub members: usize,
+    /// When the node last heard the authority's feed, Unix seconds, if it follows it.
+    pub heard_at: Option<u64>,
+    /// How long the feed may go unheard before the authority admits no one here, seconds.
+    pub grace: Option<u64>,
+    /// `current`, `stale` (unheard past the grace: credentials from it admit no one), or
+    /// `not followed` (no known project has this authority).
+    pub state: String,
 }
 
 /// One open connection.

@@ -447,6 +447,18 @@ impl Revocations {
         Ok(())
     }
 
+    /// What is known of every authority, for status: per authority, its head, how many
+    /// members its statements name, and how its feed stands if it is followed.
+    pub fn overview(&self) -> Vec<(Identifier, u64, usize, Option<Followed>)> {
+        let mut all: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(a, f)| (*a, f.head, f.latest.len(), f.followed))
+            .collect();
+        all.sort_by_key(|(a, ..)| *a);
+        all
+    }
+
     /// A copy of what is known of `authority`, to keep across restarts.
     pub fn snapshot(&self, authority: &Identifier) -> Option<AuthorityRevocations> {
         self.lock().get(authority).cloned()

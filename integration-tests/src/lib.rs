@@ -15,6 +15,8 @@ pub mod channel_bench;
 /// Client processes that open many channels to a node and are killed with SIGKILL.
 pub mod churn;
 pub mod join_bench;
+/// The membership bench: how soon member updates and deletions are in force.
+pub mod membership_bench;
 pub mod party;
 /// The portal bench: TCP portals, direct and through a relay, against raw TCP.
 pub mod portal_bench;

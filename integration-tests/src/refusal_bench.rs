@@ -72,9 +72,10 @@ const SETTLE_WAIT: Duration = Duration::from_secs(30);
 /// a `kith` command.
 const POLL: Duration = Duration::from_millis(100);
 
-/// The channels the project node holds at rest: the one of relay `db`'s keeper. Nothing
-/// else in the project keeps a channel to it.
-const AT_REST: u64 = 1;
+/// The channels the project node holds at rest: the one of relay `db`'s keeper, and one
+/// per member daemon (db-node, web-node, other-node, strict-node) following the
+/// revocation feed. The stranger, a member of nothing, keeps none.
+const AT_REST: u64 = 5;
 
 /// The project node's name (`kith authority create`'s default).
 const PROJECT_NODE: &str = "authority";

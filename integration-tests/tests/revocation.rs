@@ -271,6 +271,10 @@ fn a_node_that_cannot_reach_its_authority_trusts_it_for_the_grace_then_refuses_w
         "{}",
         refused.stderr
     );
+    // The node says so too.
+    let shown = k.json(&["node", "show", "db-node"]);
+    assert_eq!(shown["revocations"][0]["state"], "stale", "{shown}");
+    assert!(k.ok(&["node", "show", "db-node"]).contains("STALE"));
     // The authority back, the feed is heard again and members are admitted again.
     k.ok(&["node", "start", "authority"]);
     let back = Instant::now();
@@ -281,6 +285,8 @@ fn a_node_that_cannot_reach_its_authority_trusts_it_for_the_grace_then_refuses_w
             back.elapsed()
         );
     }
+    let shown = k.json(&["node", "show", "db-node"]);
+    assert_eq!(shown["revocations"][0]["state"], "current", "{shown}");
 }
 
 #[test]

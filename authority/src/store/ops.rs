@@ -502,12 +502,13 @@ where
                     before,
                 }));
             }
-            self.append_feed(&mut tx, id_text, now, FeedKind::Changed, actor)
+            let at = self
+                .append_feed(&mut tx, id_text, now, FeedKind::Changed, actor)
                 .await?;
             let row = sqlx::query(update)
                 .bind(id_text.to_owned())
                 .bind(attributes_json(&attributes))
-                .bind(sql_time(now))
+                .bind(sql_time(at))
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| self.db(e))?;
@@ -977,7 +978,7 @@ where
     /// Insert or replace `member`, which was `before` (read in this transaction, after
     /// [`Db::lock_membership`]), and audit it as done by `actor` at `now`; if its
     /// attributes change, append a [`FeedKind::Changed`] entry first, so that the member's
-    /// `changed_at` is `now`. Returns the member's `changed_at`.
+    /// `changed_at` is the entry's time. Returns the member's `changed_at`.
     async fn write_member(
         &self,
         conn: &mut DB::Connection,
@@ -1040,15 +1041,32 @@ where
     }
 
     /// Append a feed entry about `subject`, in the caller's transaction (which has taken
-    /// [`Db::lock_membership`]), and stamp the member's `changed_at` if it is one.
+    /// [`Db::lock_membership`]), and stamp the member's `changed_at` if it is one. Returns
+    /// the entry's time: `now`, or a second past the subject's previous entry if that is
+    /// later. Every credential issued after the previous entry is dated after it (see
+    /// `Member::changed_at`), perhaps in this very second, and this entry must void it too.
     async fn append_feed(
         &self,
         conn: &mut DB::Connection,
         subject: &str,
-        at: u64,
+        now: u64,
         kind: FeedKind,
         actor: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
+        let previous = sqlx::query(
+            "SELECT at FROM membership_feed WHERE subject = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(subject.to_owned())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.db(e))?;
+        let at = match previous {
+            Some(row) => {
+                let previous = self.time(&row, "at", || format!("feed time of {subject}"))?;
+                now.max(previous.saturating_add(1))
+            }
+            None => now,
+        };
         sqlx::query(INSERT_FEED)
             .bind(subject.to_owned())
             .bind(sql_time(at))
@@ -1063,7 +1081,7 @@ where
             .execute(&mut *conn)
             .await
             .map_err(|e| self.db(e))?;
-        Ok(())
+        Ok(at)
     }
 
     /// Make this transaction's membership changes take turns with other transactions'

@@ -310,6 +310,7 @@ fn node_json(config: &NodeConfig, state: &NodeState) -> serde_json::Value {
             "services": s.services,
             "connections": s.connections,
             "stats": s.stats,
+            "revocations": s.revocations,
         }),
         NodeState::Stopped { crashed } => serde_json::json!({
             "name": config.name,
@@ -349,6 +350,23 @@ pub async fn show(home: &Home, out: &Output, name: &str) -> Result<()> {
                 s.push_str(&format!("\n  connections: {}", st.connections.len()));
                 for c in &st.connections {
                     s.push_str(&format!("\n    {} {} {}", c.address, c.direction, c.peer));
+                }
+                for r in &st.revocations {
+                    let heard = r.heard_at.map_or_else(
+                        || "not followed (no known project has this authority)".to_owned(),
+                        |at| format!("feed heard {}", crate::duration::ago(at, unix_now())),
+                    );
+                    s.push_str(&format!(
+                        "\n  revocations: {} at {} ({} members named), {heard}{}",
+                        r.authority,
+                        r.head,
+                        r.members,
+                        if r.state == "stale" {
+                            "; STALE: past the grace, its credentials admit no one here"
+                        } else {
+                            ""
+                        }
+                    ));
                 }
                 s.push_str(&format!("\n  counters:    {}", st.stats));
             }

@@ -14,7 +14,7 @@ use super::kept::Saved;
 use super::portals::Portals;
 use super::relays::Relays;
 use super::settings::NodeIdentity;
-use crate::control::{ConnectionView, NodeStatus};
+use crate::control::{ConnectionView, NodeStatus, RevocationFeedView};
 
 /// A node running in this process, and the parts it keeps. Each part owns its state; the
 /// node only assembles them and answers for its own status.
@@ -94,6 +94,33 @@ impl RunningNode {
         self.identity.settings()
     }
 
+    /// What the node knows of its authorities' revocations, for its status.
+    fn revocations(&self) -> Vec<RevocationFeedView> {
+        let Some(settings) = self.settings() else {
+            return Vec::new();
+        };
+        let now = unix_now();
+        settings
+            .trust
+            .revocations
+            .overview()
+            .into_iter()
+            .map(|(authority, head, members, followed)| RevocationFeedView {
+                authority: authority.to_string(),
+                head,
+                members,
+                heard_at: followed.map(|f| f.heard_at),
+                grace: followed.map(|f| f.grace),
+                state: match followed {
+                    None => "not followed",
+                    Some(f) if now > f.heard_at.saturating_add(f.grace) => "stale",
+                    Some(_) => "current",
+                }
+                .to_owned(),
+            })
+            .collect()
+    }
+
     /// The node's status.
     pub fn status(&self) -> NodeStatus {
         let n = self.node.stats();
@@ -138,6 +165,7 @@ impl RunningNode {
                     .to_owned(),
                 })
                 .collect(),
+            revocations: self.revocations(),
             stats: serde_json::json!({
                 "delivered": n.delivered,
                 "dropped": n.dropped(),
