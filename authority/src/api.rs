@@ -25,7 +25,7 @@ pub const AUDIT_SERVICE: &str = "audit";
 /// and enrollers).
 pub const JOIN_SERVICE: &str = "join_requests";
 
-/// The service that serves the revocation feed (members and admins): DESIGN §5.
+/// The service that serves the revocation feed (anyone with a channel): DESIGN §5.
 pub const REVOCATION_SERVICE: &str = "revocations";
 
 /// The attribute an authority adds to every credential: the project's id.

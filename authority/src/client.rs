@@ -282,8 +282,7 @@ impl AuthorityClient {
 
     /// The authority's revocation statements after `after`, signed, verified against its
     /// identity; if there are none yet, the authority holds the request up to `wait` (at
-    /// most [`MAX_REVOCATION_WAIT`]) for one. Returns them with the feed's head. Members
-    /// and admins only.
+    /// most [`MAX_REVOCATION_WAIT`]) for one. Returns them with the feed's head.
     ///
     /// [`MAX_REVOCATION_WAIT`]: crate::api::MAX_REVOCATION_WAIT
     pub async fn revocations(

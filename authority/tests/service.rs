@@ -30,6 +30,7 @@ use kith_authority::store::{AuditEvent, Member, MembershipStore};
 use kith_authority::ticket::OneTimeCode;
 use kith_authority::{Clock, ManualClock};
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
+use kith_identity::revocation::RevocationKind;
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
 use kith_identity::vault::Vault;
 use kith_identity::{Identifier, Identity, SecureChannelKey};
@@ -675,6 +676,61 @@ async fn re_enrolling_says_what_changed_and_a_retry_spends_no_use(db: &TestDb) {
     );
     let tickets = admin_client.list_tickets().await.unwrap();
     assert!(tickets.iter().all(|t| t.uses_left == 0), "{tickets:?}");
+}
+
+async fn the_revocation_feed_holds_a_follower_until_a_change_and_serves_it_signed(db: &TestDb) {
+    // Two authority processes sharing the database: the deletion is committed through one,
+    // the follower waits on the other, which must notice the change on its own.
+    let admin = Party::new();
+    let world = World::start(db, 2, &[&admin]).await;
+    let mut admin_client = world.connect(&admin, 0).await;
+    let member = Party::new();
+    admin_client
+        .add_member(&member.identifier, attributes(&[("component", "web")]))
+        .await
+        .unwrap();
+    // Anyone with a channel may follow: a node trusting the authority need not be a member.
+    let follower = Party::new();
+    let mut follower_client = world.connect(&follower, 1).await;
+    let (now, head) = follower_client
+        .revocations(0, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(now.is_empty(), "{now:?}");
+    assert_eq!(head, 0);
+
+    let held = tokio::spawn(async move {
+        let asked = tokio::time::Instant::now();
+        let answer = follower_client
+            .revocations(0, Duration::from_secs(20))
+            .await
+            .unwrap();
+        (answer, asked.elapsed())
+    });
+    // The request is held: nothing has changed yet.
+    tokio::time::sleep(SILENCE).await;
+    assert!(!held.is_finished(), "answered before anything changed");
+    admin_client
+        .delete_member(&member.identifier)
+        .await
+        .unwrap();
+    let ((statements, head), waited) = tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the held request was answered after {waited:?}, not at the change"
+    );
+    assert_eq!(statements.len(), 1, "{statements:?}");
+    assert_eq!(statements[0].subject, member.identifier);
+    assert_eq!(statements[0].kind, RevocationKind::Revoked);
+    assert_eq!(head, statements[0].seq);
+    // Asked again from there, nothing more.
+    let mut again = world.connect(&follower, 0).await;
+    let (more, _) = again
+        .revocations(statements[0].seq, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(more.is_empty(), "{more:?}");
+    world.stop().await;
 }
 
 async fn credentials_follow_the_store(db: &TestDb) {
@@ -1466,6 +1522,7 @@ macro_rules! on_both_databases {
 }
 
 on_both_databases!(
+    the_revocation_feed_holds_a_follower_until_a_change_and_serves_it_signed,
     members_are_updated_by_admins_and_by_enrollers_except_their_role,
     re_enrolling_says_what_changed_and_a_retry_spends_no_use,
     an_admins_ticket_enrolls_a_new_identity_with_a_credential_that_verifies,

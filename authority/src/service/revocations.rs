@@ -19,16 +19,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kith_identity::revocation::{Revocation, RevocationKind, Revocations, SignedRevocations};
-use kith_identity::{Identifier, hex};
+use kith_identity::hex;
 use kith_node::Node;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info};
 
 use super::answer::store_failed;
 use super::state::Authority;
-use crate::api::{
-    ApiError, ErrorKind, MAX_PAGE, MAX_REVOCATION_WAIT, RevocationsPage, RevocationsRequest,
-};
+use crate::api::{ApiError, MAX_PAGE, MAX_REVOCATION_WAIT, RevocationsPage, RevocationsRequest};
 use crate::store::{FeedEntry, FeedKind};
 
 /// 1 s: how often the watcher reads the feed for statements other authority processes
@@ -146,18 +144,16 @@ impl Authority {
     }
 
     /// The statements after `request.after`, waiting for one if there are none yet.
+    ///
+    /// Anyone with a channel may follow: a node that trusts the authority without being a
+    /// member (`--trust-authority`) needs the feed as much as a member does, or it would
+    /// fail closed at the end of its grace; and the feed names only identifiers, which are
+    /// not secret. What a follower costs is bounded by [`MAX_FOLLOWERS`].
     pub(super) async fn revocations(
         &self,
-        caller: &Identifier,
         request: RevocationsRequest,
         permit: OwnedSemaphorePermit,
     ) -> Result<RevocationsPage, ApiError> {
-        if !self.is_admin(caller) && self.member(caller).await?.is_none() {
-            return Err(ApiError::new(
-                ErrorKind::NotMember,
-                "only the project's members follow its revocations",
-            ));
-        }
         let wait = Duration::from_millis(request.wait_ms).min(MAX_REVOCATION_WAIT);
         let mut head = self.shared.feed.head.subscribe();
         if *head.borrow_and_update() <= request.after && !wait.is_zero() {
