@@ -337,3 +337,75 @@ fn with_10_s_credentials_a_relayed_portal_session_carries_traffic_for_2_minutes_
         );
     }
 }
+
+#[test]
+fn a_second_authority_cannot_change_an_attribute_the_nodes_own_authority_gives() {
+    let k = Kith::new();
+    k.json(&["authority", "create", "--project", "acme"]);
+    k.json(&["authority", "create", "beta-authority", "--project", "beta"]);
+    // web-node is a member of both projects; beta's credential says component=db.
+    let acme = k.ok(&[
+        "project",
+        "ticket",
+        "--project",
+        "acme",
+        "--attribute",
+        "component=web",
+    ]);
+    let beta = k.ok(&[
+        "project",
+        "ticket",
+        "--project",
+        "beta",
+        "--attribute",
+        "component=db",
+        "--attribute",
+        "zone=b",
+    ]);
+    k.ok(&["identity", "create", "web"]);
+    k.json(&["node", "create", "web-node", "--identity", "web"]);
+    k.ok(&["project", "enroll", acme.trim(), "--node", "web-node"]);
+    k.ok(&["project", "enroll", beta.trim(), "--node", "web-node"]);
+    // Members of acme trusting beta's authority besides: acme's word on component stands,
+    // and beta's own attributes are seen.
+    for (node, allow, admitted) in [
+        ("db-node", r#"component = "web" and zone = "b""#, true),
+        ("db2-node", r#"component = "db""#, false),
+    ] {
+        let ticket = k.ok(&["project", "ticket", "--project", "acme"]);
+        k.ok(&["identity", "create", node]);
+        k.json(&[
+            "node",
+            "create",
+            node,
+            "--identity",
+            node,
+            "--trust-authority",
+            "beta-authority",
+            "--allow",
+            allow,
+        ]);
+        k.ok(&["project", "enroll", ticket.trim(), "--node", node]);
+        let to = format!("/node/{node}/secure/api/service/echo");
+        let sent = k.run(&[
+            "message",
+            "send",
+            "hi",
+            "--from",
+            "web-node",
+            "--to",
+            &to,
+            "--timeout",
+            "5s",
+        ]);
+        assert_eq!(
+            sent.code == Some(0),
+            admitted,
+            "{node} ({allow}): {}",
+            sent.stderr
+        );
+        if !admitted {
+            assert!(sent.stderr.contains("denied"), "{}", sent.stderr);
+        }
+    }
+}

@@ -18,8 +18,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use kith_identity::revocation::{Revocation, RevocationKind, Revocations, SignedRevocations};
 use kith_identity::hex;
+use kith_identity::revocation::{Revocation, RevocationKind, Revocations, SignedRevocations};
 use kith_node::Node;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info};

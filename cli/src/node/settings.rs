@@ -120,8 +120,9 @@ impl Reload {
                 .iter()
                 .any(|a| a.identifier() == own.identifier())
             {
+                // Its own word comes first on its own node.
                 let mut authorities = settings.trust.authorities.clone();
-                authorities.push(own);
+                authorities.insert(0, own);
                 settings.trust = Arc::new(Trust {
                     authorities,
                     admission: settings.trust.admission.clone(),
@@ -164,13 +165,10 @@ pub async fn channel_settings_scoped(
     vault.close().await;
     let (stored, key, held) = loaded?;
 
+    // In order of precedence (DESIGN §4: where two authorities' credentials carry the same
+    // attribute for a peer, the first one's value is the peer's): the authorities of the
+    // node's own memberships, then those it was told to trust besides.
     let mut authorities: Vec<Identity> = Vec::new();
-    for hex in &admission.trusted_authorities {
-        let bytes = from_hex(hex, "a trusted authority in the node's configuration")?;
-        let identity = Identity::import(&bytes, None)
-            .context("a trusted authority in the node's configuration does not verify")?;
-        authorities.push(identity);
-    }
     let mut credentials = Vec::new();
     for c in held {
         if let Some(scope) = scope {
@@ -194,6 +192,17 @@ pub async fn channel_settings_scoped(
                 error = %e,
                 "not presenting a credential that does not verify"
             ),
+        }
+    }
+    for hex in &admission.trusted_authorities {
+        let bytes = from_hex(hex, "a trusted authority in the node's configuration")?;
+        let identity = Identity::import(&bytes, None)
+            .context("a trusted authority in the node's configuration does not verify")?;
+        if !authorities
+            .iter()
+            .any(|a| a.identifier() == identity.identifier())
+        {
+            authorities.push(identity);
         }
     }
     let local = LocalIdentity {
