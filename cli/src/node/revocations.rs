@@ -169,7 +169,8 @@ impl Follower {
             let mut wait = Duration::ZERO;
             loop {
                 let after = self.revocations.head(&authority);
-                let (statements, head) = client.revocations(after, wait).await?;
+                let (asked, held) = (tokio::time::Instant::now(), wait);
+                let (statements, head) = client.revocations(after, held).await?;
                 self.revocations.heard(&authority, unix_now());
                 let applied = self.revocations.apply(&authority, &statements);
                 if applied > 0 {
@@ -184,6 +185,12 @@ impl Follower {
                 } else {
                     Duration::ZERO
                 };
+                // Nothing new, and answered at once although we asked to be held: the
+                // authority has no room to hold us now. Ask again after a pause, not in a
+                // tight loop.
+                if caught_up && statements.is_empty() && asked.elapsed() < held / 2 {
+                    tokio::time::sleep(FIRST_RETRY).await;
+                }
             }
         }
         .await;
