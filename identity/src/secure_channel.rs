@@ -26,7 +26,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -43,6 +43,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::CredentialAndPurposeKey;
+use crate::pending::{Arrival, PendingHandshakes, PendingSlot};
+pub use crate::pending::{HandshakeLimits, MAX_PENDING_HANDSHAKES};
+use kith_transport::source::Source;
 use crate::channel::{
     Admission, ChannelMessage, DEFAULT_REKEY_INTERVAL, Decryptor, Encryptor, Established,
     Handshake, HandshakeError, LocalIdentity, MAX_MESSAGE_PAYLOAD, Peer, Presented, Progress,
@@ -60,10 +63,6 @@ pub use stack::{ChannelHop, ChannelStack, ChannelStackError};
 /// pin memory (DESIGN §4).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// 1,024 handshakes: how many responders a listener keeps at once while their handshakes are
-/// unfinished. Each holds Noise state until it completes or times out, so without a cap a
-/// peer spraying first messages could pin memory; past it, new handshakes are refused.
-pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// 64 messages per direction: what a channel queues for a next hop that cannot take them at
 /// once (a connection whose socket is backed up, a full mailbox). Enough to ride out a
@@ -134,8 +133,9 @@ pub struct ChannelSettings {
     pub handshake_timeout: Duration,
     /// Messages per key.
     pub rekey_interval: u64,
-    /// Unfinished handshakes a listener holds at once.
-    pub max_pending_handshakes: usize,
+    /// The caps on a listener's unfinished handshakes, node-wide, per source and per
+    /// connection, and the rate a source may start them at.
+    pub handshake_limits: HandshakeLimits,
     /// A channel that has sent nothing for this long sends a keep-alive.
     pub keepalive_interval: Duration,
     /// A channel that has heard nothing from its peer for this long ends.
@@ -196,7 +196,7 @@ impl ChannelSettings {
             trust,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             rekey_interval: DEFAULT_REKEY_INTERVAL,
-            max_pending_handshakes: MAX_PENDING_HANDSHAKES,
+            handshake_limits: HandshakeLimits::default(),
             keepalive_interval: KEEPALIVE_INTERVAL,
             idle_timeout: IDLE_TIMEOUT,
         }
@@ -218,41 +218,41 @@ impl ChannelSettings {
 }
 
 /// What a listener has done, for status and tests.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ListenerStats {
     /// Handshakes that got a responder.
     pub started: AtomicU64,
-    /// First messages refused because the pending-handshake cap was reached.
+    /// First messages refused as busy: a cap on unfinished handshakes (node-wide, per
+    /// source or per connection) or a source's handshake rate was reached.
     pub refused_busy: AtomicU64,
     /// First messages that were not a valid handshake start.
     pub refused_invalid: AtomicU64,
-    pending: Arc<AtomicUsize>,
+    /// Unfinished handshakes abandoned to make room for a newcomer from a lighter source.
+    pub shed: AtomicU64,
+    pending: PendingHandshakes,
+}
+
+impl fmt::Debug for ListenerStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerStats")
+            .field("started", &self.started)
+            .field("refused_busy", &self.refused_busy)
+            .field("refused_invalid", &self.refused_invalid)
+            .field("shed", &self.shed)
+            .field("pending", &self.pending())
+            .finish()
+    }
 }
 
 impl ListenerStats {
     /// Handshakes started and not yet finished or abandoned.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
+        self.pending.len()
     }
-}
 
-/// One unfinished handshake counted against a listener's cap; released when dropped.
-struct PendingSlot(Arc<AtomicUsize>);
-
-impl PendingSlot {
-    fn take(pending: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
-        pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(pending.clone()))
-    }
-}
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+    /// Unfinished handshakes from `source` now.
+    pub fn pending_from(&self, source: kith_transport::source::Source) -> usize {
+        self.pending.from_source(source)
     }
 }
 
@@ -554,16 +554,30 @@ impl Worker for Listener {
         message: Message,
     ) -> Result<(), WorkerError> {
         let settings = self.settings.get();
-        let Some(slot) = PendingSlot::take(&self.stats.pending, settings.max_pending_handshakes)
-        else {
-            self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-            warn!(
-                max = settings.max_pending_handshakes,
-                "refused a secure channel handshake: too many unfinished handshakes"
-            );
-            ctx.node()
-                .answer_undeliverable(message, ctx.address().clone(), ErrorClass::Busy);
-            return Ok(());
+        let arrival = match message.origin() {
+            Origin::Transport { connection, peer } => Arrival {
+                source: peer.map(|p| Source::of(p.ip())),
+                connection: Some(connection.clone()),
+            },
+            Origin::SecureChannel { .. } | Origin::Local => Arrival::default(),
+        };
+        let slot = match self.stats.pending.take(
+            &settings.handshake_limits,
+            &arrival,
+            std::time::Instant::now(),
+        ) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                debug!(
+                    source = ?arrival.source.map(|s| s.to_string()),
+                    reason = refusal.reason(),
+                    "refused a secure channel handshake: busy"
+                );
+                ctx.node()
+                    .answer_undeliverable(message, ctx.address().clone(), ErrorClass::Busy);
+                return Ok(());
+            }
         };
         let handshake = Handshake::respond(
             settings.local.clone(),
@@ -1365,9 +1379,19 @@ async fn run(
             .await
             .map(|encryptor| (encryptor, via))
     });
+    let shed = slot.as_ref().map(|s| s.abandoned().clone());
     let outcome = tokio::select! {
         biased;
         () = stopped.cancelled() => Some(Err(HandshakeError::Abandoned)),
+        () = async {
+            match &shed {
+                Some(shed) => shed.cancelled().await,
+                None => std::future::pending().await,
+            }
+        } => {
+            debug!(decryptor = %channel.decryptor, "secure channel handshake abandoned for a lighter source");
+            Some(Err(HandshakeError::Abandoned))
+        }
         () = tokio::time::sleep_until(deadline) => {
             warn!(decryptor = %channel.decryptor, "secure channel handshake timed out; abandoned");
             Some(Err(HandshakeError::TimedOut))

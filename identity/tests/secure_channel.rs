@@ -473,7 +473,7 @@ async fn a_flood_of_unfinished_handshakes_is_capped_and_the_listener_recovers() 
         .unwrap();
     let mut settings = ChannelSettings::new(local(|_| vec![]), open_trust());
     settings.handshake_timeout = Duration::from_millis(300);
-    settings.max_pending_handshakes = 2;
+    settings.handshake_limits.max_pending = 2;
     let stats = secure_channel::listen(&b, DEFAULT_LISTENER, settings).unwrap();
 
     // Five first messages that never go further.

@@ -38,9 +38,19 @@ use crate::{ConnectionError, PROTOCOL_VERSION, TransportMessage};
 /// costs us a bounded amount.
 pub(crate) const MAX_PENDING: usize = 1024 * 1024;
 
-/// 16 KiB: the least the reader asks for at a time once data flows, so one read syscall takes
-/// in many small frames, or several large ones. Nothing is allocated for an idle connection.
+/// 16 KiB: the least the reader asks for at a time once the peer has sent a whole valid
+/// frame, so one read syscall takes in many small frames, or several large ones. Nothing is
+/// allocated for an idle connection.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// 1 KiB: the least the reader asks for before the peer has sent a whole valid frame. The
+/// buffer then grows only as bytes arrive (at most doubling what is there), so a connection
+/// that announces a large frame and trickles it costs about what it has sent.
+const FIRST_READ_CHUNK: usize = 1024;
+
+/// The byte a listener sends in place of its version when it refuses a connection as busy.
+/// No kith version is 0.
+pub const BUSY: u8 = 0;
 
 /// 64 KiB: the most the reader reserves ahead of bytes that have actually arrived.
 const MAX_READ_RESERVE: usize = 64 * 1024;
@@ -60,6 +70,8 @@ pub(crate) async fn preamble(
         let [theirs] = theirs;
         if theirs == PROTOCOL_VERSION {
             Ok(())
+        } else if theirs == BUSY {
+            Err(ConnectionError::Busy)
         } else {
             Err(ConnectionError::Version {
                 theirs,
@@ -168,6 +180,10 @@ async fn read_frames(
     counters: &Counters,
 ) -> Result<(), ConnectionError> {
     let mut buf = BytesMut::new();
+    // The least to ask for at a time: small until the peer has sent a whole valid frame.
+    let mut chunk = FIRST_READ_CHUNK;
+    // When the frame now arriving must be complete: set by its first byte.
+    let mut frame_due: Option<Instant> = None;
     loop {
         loop {
             match frame::check(&buf, options.max_frame_len).inspect_err(|_| {
@@ -175,6 +191,7 @@ async fn read_frames(
             })? {
                 FrameStatus::Complete { body_len } => {
                     let frame = buf.split_to(LEN_PREFIX + body_len).freeze();
+                    frame_due = None;
                     if body_len == 0 {
                         continue; // keep-alive
                     }
@@ -182,24 +199,35 @@ async fn read_frames(
                     let m = TransportMessage::decode(&body).inspect_err(|_| {
                         counters.invalid.fetch_add(1, Ordering::Relaxed);
                     })?;
+                    chunk = READ_CHUNK;
                     counters.frames_in.fetch_add(1, Ordering::Relaxed);
                     deliver(node, return_address, peer, m, counters).await;
                 }
-                FrameStatus::Incomplete { needed } => {
+                FrameStatus::Incomplete { .. } => {
                     if buf.is_empty() && buf.capacity() == 0 {
                         // Idle: wait for the first byte before allocating anything.
                         break;
                     }
+                    if !buf.is_empty() && frame_due.is_none() {
+                        frame_due = Some(Instant::now() + options.frame_timeout);
+                    }
                     // Grow as bytes arrive rather than by what the prefix announces, so four
-                    // bytes from a peer cannot make us reserve a whole maximum-size frame.
-                    buf.reserve(needed.clamp(READ_CHUNK, MAX_READ_RESERVE));
+                    // bytes from a peer cannot make us reserve a whole maximum-size frame:
+                    // at most what is there again, and `chunk` at least.
+                    buf.reserve(buf.len().clamp(chunk, MAX_READ_RESERVE));
                     break;
                 }
             }
         }
-        let n = tokio::time::timeout(options.idle_timeout, read.read_buf(&mut buf))
-            .await
-            .map_err(|_| ConnectionError::Idle(options.idle_timeout))??;
+        let idle_due = Instant::now() + options.idle_timeout;
+        let due = frame_due.map_or(idle_due, |f| f.min(idle_due));
+        let n = match tokio::time::timeout_at(due, read.read_buf(&mut buf)).await {
+            Ok(read) => read?,
+            Err(_) if frame_due.is_some_and(|f| f <= idle_due) => {
+                return Err(ConnectionError::FrameTimeout(options.frame_timeout));
+            }
+            Err(_) => return Err(ConnectionError::Idle(options.idle_timeout)),
+        };
         if n == 0 {
             return if buf.is_empty() {
                 Ok(())

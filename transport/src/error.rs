@@ -70,6 +70,13 @@ pub enum ConnectionError {
     /// The peer did not send its version byte in time.
     #[error("peer sent no protocol version within {0:?}")]
     PreambleTimeout(std::time::Duration),
+    /// The peer answered the version exchange with "busy": it holds as many connections
+    /// as it takes from our address, or in all.
+    #[error("peer is busy: it holds as many connections as it takes from this address")]
+    Busy,
+    /// A frame began and did not end within the frame timeout: the peer trickles it.
+    #[error("peer took longer than {0:?} to send one frame")]
+    FrameTimeout(std::time::Duration),
     /// An invalid frame.
     #[error(transparent)]
     Frame(#[from] FrameError),
@@ -142,6 +149,15 @@ pub enum TransportError {
     /// The peer closed the connection before it sent its version byte.
     #[error("{address} closed the connection before answering the kith version exchange")]
     PreambleClosed {
+        /// The peer.
+        address: SocketAddr,
+    },
+    /// The peer refused the connection as busy: it holds as many connections as it takes
+    /// from our address (or in all, and ours is not the heaviest source).
+    #[error(
+        "{address} is busy: it holds as many connections as it takes from this address; try again later"
+    )]
+    Busy {
         /// The peer.
         address: SocketAddr,
     },

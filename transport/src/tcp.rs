@@ -9,11 +9,13 @@ use std::time::Duration;
 use kith_node::{
     Address, AllowAll, DisplayChain, Mailbox, Node, ResolveFuture, RouteError, TCP, Transport,
 };
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OnceCell, Semaphore, watch};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio::sync::{OnceCell, watch};
 use tracing::{debug, info, warn};
 
-use crate::connection::{self, Connection};
+use crate::connection::{self, BUSY, Connection};
+use crate::source::Source;
 use crate::frame::DEFAULT_MAX_FRAME_LEN;
 use crate::{ConnectionError, TransportError};
 
@@ -32,13 +34,39 @@ pub struct TcpOptions {
     pub idle_timeout: Duration,
     /// 30 s by default: a write that cannot complete this long means the peer stopped reading.
     pub write_timeout: Duration,
-    /// 4096 by default: incoming connections beyond this wait until one closes.
+    /// 4096 by default: incoming connections open at once, node-wide. A newcomer past it
+    /// still gets in if some source holds at least two more connections than the
+    /// newcomer's: the newest connection of the heaviest source is closed for it.
+    /// Otherwise it is refused as busy.
     pub max_connections: usize,
+    /// 256 by default: incoming connections open at once from one source (an IPv4
+    /// address, an IPv6 /64). One more is refused as busy at once.
+    pub max_connections_per_source: usize,
+    /// 30 s by default: once a frame's first byte has arrived, how long the rest may take.
+    /// A peer that trickles a frame is closed when it runs out.
+    pub frame_timeout: Duration,
+    /// None by default: the local address outgoing connections are made from (the system
+    /// picks one). Tests use it to speak from distinct loopback addresses.
+    pub source_address: Option<std::net::IpAddr>,
     /// 100 ms by default: first delay before redialing a persistent connection.
     pub reconnect_min: Duration,
     /// 10 s by default: the cap of the exponential reconnect backoff.
     pub reconnect_max: Duration,
 }
+
+/// 4,096: incoming connections a node holds at once. A connection at rest costs a few KiB
+/// (a task, a socket, no buffers), so the cap bounds memory at tens of MiB; it is also what
+/// the file descriptors of an ordinary service allow once raised from the default 1,024.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// 256: incoming connections from one source at once. A member node holds one connection
+/// to a project node, so 256 leaves room for a large office behind one NAT address, and 16
+/// sources are needed to fill [`MAX_CONNECTIONS`], which then sheds from the heaviest.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 256;
+
+/// 30 s: the most a frame may take from its first byte to its last. The largest frame
+/// (256 KiB) crosses even a 100 kbit/s link in 21 s; a peer slower than that is trickling.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for TcpOptions {
     fn default() -> Self {
@@ -49,7 +77,10 @@ impl Default for TcpOptions {
             keepalive_interval: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(35),
             write_timeout: Duration::from_secs(30),
-            max_connections: 4096,
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_source: MAX_CONNECTIONS_PER_SOURCE,
+            frame_timeout: FRAME_TIMEOUT,
+            source_address: None,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
         }
@@ -65,6 +96,8 @@ pub(crate) struct Counters {
     pub(crate) frames_in: AtomicU64,
     pub(crate) frames_out: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    pub(crate) refused_busy: AtomicU64,
+    pub(crate) shed: AtomicU64,
 }
 
 /// A snapshot of the transport's counters.
@@ -87,6 +120,11 @@ pub struct TcpStats {
     pub dropped: u64,
     /// Connections open now.
     pub open: u64,
+    /// Incoming connections refused as busy: their source was at its cap, or the node was
+    /// full and no source held more than theirs.
+    pub refused_busy: u64,
+    /// Incoming connections closed to make room for a newcomer from a lighter source.
+    pub shed: u64,
 }
 
 /// Which side opened a connection.
@@ -143,6 +181,7 @@ struct Inner {
     counters: Arc<Counters>,
     peers: Mutex<HashMap<String, PeerSlot>>,
     open: Mutex<HashMap<Address, ConnectionInfo>>,
+    incoming: Mutex<Incoming>,
 }
 
 /// The TCP transport of one node. Clones share it.
@@ -166,6 +205,7 @@ impl TcpTransport {
                 counters: Arc::default(),
                 peers: Mutex::default(),
                 open: Mutex::default(),
+                incoming: Mutex::default(),
             }),
         };
         node.register_transport(Arc::new(t.clone()));
@@ -189,6 +229,8 @@ impl TcpTransport {
             frames_in: l(&c.frames_in),
             frames_out: l(&c.frames_out),
             dropped: l(&c.dropped),
+            refused_busy: l(&c.refused_busy),
+            shed: l(&c.shed),
             open: self.inner.open.lock().map(|m| m.len() as u64).unwrap_or(0),
         }
     }
@@ -302,17 +344,23 @@ impl Transport for TcpTransport {
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
-    let limit = Arc::new(Semaphore::new(inner.options.max_connections));
     loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            return;
-        };
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(admitted) = admit(&inner, peer) else {
+                    refuse_busy(&inner, &stream, peer);
+                    continue;
+                };
                 let inner2 = inner.clone();
                 inner.node.spawn(async move {
-                    serve_incoming(inner2, stream, peer).await;
-                    drop(permit);
+                    let stop = admitted.stop.clone();
+                    tokio::select! {
+                        () = serve_incoming(inner2.clone(), stream, peer) => {}
+                        () = stop.cancelled() => {
+                            debug!(%peer, "closed a connection to make room for a lighter source");
+                        }
+                    }
+                    drop(admitted);
                 });
             }
             Err(e) => {
@@ -322,6 +370,94 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// Incoming connections by source: what the per-source and node-wide caps count, and whom
+/// to shed when the node is full.
+#[derive(Default)]
+struct Incoming {
+    total: usize,
+    next_id: u64,
+    /// Per source, its connections, oldest first: an id and what stops it.
+    by_source: HashMap<Source, Vec<(u64, CancellationToken)>>,
+}
+
+/// One admitted incoming connection; leaves the table when dropped.
+struct Admitted {
+    inner: Arc<Inner>,
+    source: Source,
+    id: u64,
+    stop: CancellationToken,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut incoming = self.inner.incoming.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(held) = incoming.by_source.get_mut(&self.source) else {
+            return;
+        };
+        let before = held.len();
+        held.retain(|(id, _)| *id != self.id);
+        let removed = before - held.len();
+        if held.is_empty() {
+            incoming.by_source.remove(&self.source);
+        }
+        incoming.total = incoming.total.saturating_sub(removed);
+    }
+}
+
+/// Take a place for a connection from `peer`, shedding the heaviest source's newest
+/// connection if the node is full and that source holds at least two more than `peer`'s.
+/// None: refuse it as busy.
+fn admit(inner: &Arc<Inner>, peer: SocketAddr) -> Option<Admitted> {
+    let source = Source::of(peer.ip());
+    let options = &inner.options;
+    let mut incoming = inner.incoming.lock().unwrap_or_else(|e| e.into_inner());
+    let theirs = incoming.by_source.get(&source).map_or(0, Vec::len);
+    if theirs >= options.max_connections_per_source {
+        return None;
+    }
+    if incoming.total >= options.max_connections {
+        let heaviest = incoming
+            .by_source
+            .iter()
+            .max_by_key(|(_, held)| held.len())
+            .map(|(s, held)| (*s, held.len()))?;
+        if heaviest.1 < theirs + 2 {
+            return None;
+        }
+        let held = incoming.by_source.get_mut(&heaviest.0)?;
+        let (_, stop) = held.pop()?;
+        if held.is_empty() {
+            incoming.by_source.remove(&heaviest.0);
+        }
+        incoming.total -= 1;
+        stop.cancel();
+        inner.counters.shed.fetch_add(1, Ordering::Relaxed);
+    }
+    incoming.next_id += 1;
+    let id = incoming.next_id;
+    let stop = CancellationToken::new();
+    incoming
+        .by_source
+        .entry(source)
+        .or_default()
+        .push((id, stop.clone()));
+    incoming.total += 1;
+    Some(Admitted {
+        inner: inner.clone(),
+        source,
+        id,
+        stop,
+    })
+}
+
+/// Tell a refused peer the node is busy (one byte in place of the version, if the socket
+/// takes it now) and close the connection.
+fn refuse_busy(inner: &Inner, stream: &TcpStream, peer: SocketAddr) {
+    inner.counters.refused_busy.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.try_write(&[BUSY]);
+    debug!(%peer, "refused a connection: busy");
 }
 
 async fn serve_incoming(inner: Arc<Inner>, mut stream: TcpStream, peer: SocketAddr) {
@@ -358,17 +494,30 @@ async fn run_tracked(inner: &Arc<Inner>, conn: Connection, peer: SocketAddr, dir
             },
         );
     }
+    // Leaves the table however the connection ends, also when it is shed mid-run.
+    let _tracked = Tracked { inner, address };
     // The connection logs how it ended.
     let _: Result<(), ConnectionError> = conn.run(&inner.options, &inner.counters).await;
-    if let Ok(mut open) = inner.open.lock() {
-        open.remove(&address);
+}
+
+/// An entry of the open-connection table, removed when dropped.
+struct Tracked<'a> {
+    inner: &'a Inner,
+    address: Address,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.inner.open.lock() {
+            open.remove(&self.address);
+        }
     }
 }
 
 /// Dial `peer`, exchange versions, and start serving the connection.
 async fn open_stream(inner: &Inner, peer: &str) -> Result<(TcpStream, SocketAddr), TransportError> {
     let timeout = inner.options.connect_timeout;
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(peer))
+    let mut stream = tokio::time::timeout(timeout, connect_from(inner.options.source_address, peer))
         .await
         .map_err(|_| TransportError::ConnectTimeout {
             address: peer.to_owned(),
@@ -392,6 +541,35 @@ async fn open_stream(inner: &Inner, peer: &str) -> Result<(TcpStream, SocketAddr
     Ok((stream, remote))
 }
 
+/// Connect to `peer`, from `source` if given.
+async fn connect_from(source: Option<std::net::IpAddr>, peer: &str) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(peer).await;
+    };
+    let mut last = None;
+    for target in tokio::net::lookup_host(peer).await? {
+        if target.is_ipv4() != source.is_ipv4() {
+            continue;
+        }
+        let socket = if source.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{peer} has no address of the family of {source}"),
+        )
+    }))
+}
+
 /// A failed version exchange with `address`, as what is known: silence, a close, or a
 /// version byte we do not speak.
 fn preamble_failed(address: SocketAddr, source: ConnectionError) -> TransportError {
@@ -402,6 +580,7 @@ fn preamble_failed(address: SocketAddr, source: ConnectionError) -> TransportErr
         ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             TransportError::PreambleClosed { address }
         }
+        ConnectionError::Busy => TransportError::Busy { address },
         source => TransportError::Preamble { address, source },
     }
 }
