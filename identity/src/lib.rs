@@ -41,10 +41,10 @@ pub mod hex;
 mod identifier;
 /// Identities: Ed25519 key histories, rotation without a new identifier.
 mod identity;
-/// The attribute-policy language services use to admit peers.
-pub mod policy;
 /// A listener's unfinished handshakes and each source's and connection's share of them.
 pub mod pending;
+/// The attribute-policy language services use to admit peers.
+pub mod policy;
 /// An inlet's way to its outlet: fresh secure channels per portal session, retried within
 /// the open timeout, answered only by a node the inlet's policy admits.
 pub mod portal;

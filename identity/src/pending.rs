@@ -124,6 +124,8 @@ struct Table {
     rates: HashMap<Source, Allowance>,
     /// Shared by new sources while [`MAX_RATE_SOURCES`] are tracked.
     overflow: Option<Allowance>,
+    /// Handshakes abandoned so far for a lighter source.
+    shed: u64,
 }
 
 struct Entry {
@@ -180,6 +182,11 @@ impl PendingHandshakes {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Unfinished handshakes abandoned so far to make room for a lighter source.
+    pub fn shed(&self) -> u64 {
+        self.lock().shed
     }
 
     /// Unfinished handshakes from `source` now.
@@ -281,11 +288,16 @@ impl Table {
         if held < theirs + 2 {
             return false;
         }
-        let Some(entry) = self.by_source.get_mut(&heaviest).and_then(VecDeque::pop_front) else {
+        let Some(entry) = self
+            .by_source
+            .get_mut(&heaviest)
+            .and_then(VecDeque::pop_front)
+        else {
             return false;
         };
         self.forget(heaviest, &entry);
         entry.abandon.cancel();
+        self.shed += 1;
         true
     }
 
@@ -401,7 +413,11 @@ mod tests {
         let table = PendingHandshakes::default();
         let now = Instant::now();
         let held: Vec<_> = (0..4)
-            .map(|i| table.take(&small(), &arrival(2, &format!("c{i}")), now).unwrap())
+            .map(|i| {
+                table
+                    .take(&small(), &arrival(2, &format!("c{i}")), now)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(
             table.take(&small(), &arrival(2, "c9"), now).err(),
@@ -427,7 +443,10 @@ mod tests {
             .collect();
         assert_eq!(table.len(), 4);
         let newcomer = table.take(&limits, &arrival(3, "d1"), now).unwrap();
-        assert!(heavy[0].abandoned().is_cancelled(), "the oldest is shed first");
+        assert!(
+            heavy[0].abandoned().is_cancelled(),
+            "the oldest is shed first"
+        );
         assert!(!heavy[1].abandoned().is_cancelled());
         assert_eq!(table.len(), 4);
         // Dropping the shed one does not uncount anything twice.

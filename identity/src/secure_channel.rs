@@ -43,16 +43,16 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::CredentialAndPurposeKey;
-use crate::pending::{Arrival, PendingHandshakes, PendingSlot};
-pub use crate::pending::{HandshakeLimits, MAX_PENDING_HANDSHAKES};
-use kith_transport::source::Source;
 use crate::channel::{
     Admission, ChannelMessage, DEFAULT_REKEY_INTERVAL, Decryptor, Encryptor, Established,
     Handshake, HandshakeError, LocalIdentity, MAX_MESSAGE_PAYLOAD, Peer, Presented, Progress,
     Trust, present,
 };
+use crate::pending::{Arrival, PendingHandshakes, PendingSlot};
+pub use crate::pending::{HandshakeLimits, MAX_PENDING_HANDSHAKES};
 use crate::revocation::Void;
 use crate::unix_now as now;
+use kith_transport::source::Source;
 
 /// Channels opened one inside another: a route's `/secure/` hops.
 mod stack;
@@ -62,7 +62,6 @@ pub use stack::{ChannelHop, ChannelStack, ChannelStackError};
 /// 10 s: long enough for a lossy mobile link, short enough that a half-open handshake cannot
 /// pin memory (DESIGN §4).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 
 /// 64 messages per direction: what a channel queues for a next hop that cannot take them at
 /// once (a connection whose socket is backed up, a full mailbox). Enough to ride out a
@@ -227,8 +226,6 @@ pub struct ListenerStats {
     pub refused_busy: AtomicU64,
     /// First messages that were not a valid handshake start.
     pub refused_invalid: AtomicU64,
-    /// Unfinished handshakes abandoned to make room for a newcomer from a lighter source.
-    pub shed: AtomicU64,
     pending: PendingHandshakes,
 }
 
@@ -238,7 +235,7 @@ impl fmt::Debug for ListenerStats {
             .field("started", &self.started)
             .field("refused_busy", &self.refused_busy)
             .field("refused_invalid", &self.refused_invalid)
-            .field("shed", &self.shed)
+            .field("shed", &self.shed())
             .field("pending", &self.pending())
             .finish()
     }
@@ -248,6 +245,12 @@ impl ListenerStats {
     /// Handshakes started and not yet finished or abandoned.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Unfinished handshakes abandoned so far to make room for a newcomer from a lighter
+    /// source.
+    pub fn shed(&self) -> u64 {
+        self.pending.shed()
     }
 
     /// Unfinished handshakes from `source` now.

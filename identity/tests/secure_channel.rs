@@ -702,3 +702,135 @@ async fn many_tasks_sending_on_one_channel_keep_it_up_and_lose_nothing() {
         "b's end of the channel is gone"
     );
 }
+
+/// First messages that never go further, from `node`: `count` of them, as fast as its
+/// connection takes them. Returns the client they came from: while it lives, the second
+/// messages have somewhere to go and the handshakes stay unfinished.
+async fn spray_first_messages(node: &Node, listener: &str, count: usize) -> Client {
+    let mut client = node.client().unwrap();
+    for _ in 0..count {
+        let (_, first) =
+            kith_identity::channel::Handshake::initiate(local(|_| vec![]), open_trust(), 16)
+                .unwrap();
+        if client
+            .send(to(listener, &[DEFAULT_LISTENER]), first)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    client
+}
+
+fn node_from(name: &str, last: u8) -> Node {
+    let node = Node::new(name);
+    kith_transport::TcpTransport::start_with(
+        &node,
+        kith_transport::TcpOptions {
+            source_address: Some(std::net::IpAddr::from([127, 0, 0, last])),
+            ..Default::default()
+        },
+    );
+    node
+}
+
+fn source(last: u8) -> kith_transport::source::Source {
+    kith_transport::source::Source::of(std::net::IpAddr::from([127, 0, 0, last]))
+}
+
+#[tokio::test]
+async fn one_connection_spraying_first_messages_holds_only_its_share_and_others_get_in_at_once() {
+    let b = Node::new("b");
+    let listener = TcpTransport::start(&b)
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap()
+        .to_string();
+    b.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
+        .unwrap();
+    let settings = ChannelSettings::new(local(|_| vec![]), open_trust());
+    let stats = secure_channel::listen(&b, DEFAULT_LISTENER, settings).unwrap();
+
+    // 3,000 first messages from one connection on 127.0.0.2, in the background.
+    let attacker = node_from("attacker", 2);
+    let spray = tokio::spawn({
+        let attacker = attacker.clone();
+        let listener = listener.clone();
+        async move {
+            let _client = spray_first_messages(&attacker, &listener, 3_000).await;
+        }
+    });
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::SeqCst);
+    until("the sprayer to be refused", || {
+        load(&stats.refused_busy) > 100
+    })
+    .await;
+    assert!(
+        stats.pending_from(source(2))
+            <= kith_identity::pending::MAX_PENDING_HANDSHAKES_PER_CONNECTION,
+        "one connection holds {} unfinished handshakes",
+        stats.pending_from(source(2))
+    );
+
+    // Meanwhile a peer on 127.0.0.1 opens a channel, within a second.
+    let a = side("a", local(|_| vec![]), open_trust(), WAIT).await;
+    let started = std::time::Instant::now();
+    let channel = secure_channel::create(&a.node, to(&listener, &[DEFAULT_LISTENER]), &a.settings)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "the channel took {took:?}");
+    let mut c = a.node.client().unwrap();
+    let reply = c
+        .request(
+            Route::from(vec![channel.encryptor, Address::local("echo")]),
+            "in",
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, Bytes::from("in"));
+    spray.abort();
+    for n in [attacker, a.node, b] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_handshake_table_sheds_the_heaviest_sources_oldest_for_a_quiet_newcomer() {
+    let b = Node::new("b");
+    let listener = TcpTransport::start(&b)
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap()
+        .to_string();
+    b.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
+        .unwrap();
+    let mut settings = ChannelSettings::new(local(|_| vec![]), open_trust());
+    settings.handshake_limits.max_pending = 20;
+    let stats = secure_channel::listen(&b, DEFAULT_LISTENER, settings).unwrap();
+
+    // Two connections from 127.0.0.2, sixteen unfinished handshakes each: more than fit.
+    let attackers = [node_from("attacker-1", 2), node_from("attacker-2", 2)];
+    let mut clients = Vec::new();
+    for n in &attackers {
+        clients.push(spray_first_messages(n, &listener, 16).await);
+    }
+    until("the table to fill", || stats.pending() == 20).await;
+    assert_eq!(stats.pending_from(source(2)), 20);
+    assert_eq!(stats.shed(), 0, "a source is never shed for itself");
+
+    // A newcomer from 127.0.0.1 still gets in: one of 127.0.0.2's is abandoned for it.
+    let a = side("a", local(|_| vec![]), open_trust(), WAIT).await;
+    let started = std::time::Instant::now();
+    secure_channel::create(&a.node, to(&listener, &[DEFAULT_LISTENER]), &a.settings)
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(stats.shed(), 1);
+    assert_eq!(stats.pending_from(source(2)), 19);
+    for n in attackers.into_iter().chain([a.node, b]) {
+        n.shutdown().await;
+    }
+}

@@ -28,21 +28,21 @@ mod connection;
 mod error;
 /// Length-prefixed frames: the check-then-parse deframer.
 pub mod frame;
-/// Sources: the address (IPv4) or /64 (IPv6) a peer's caps are counted against.
-pub mod source;
 /// Routes as the command line writes them: `/ip4/…/tcp/…/secure/api/service/echo`.
 mod multiaddr;
 /// TCP portals: inlets, outlets and the sessions between them.
 pub mod portal;
+/// Sources: the address (IPv4) or /64 (IPv6) a peer's caps are counted against.
+pub mod source;
 /// The transport: listeners, dialing, one connection per peer, persistent connections.
 mod tcp;
 
 pub use codec::{MAX_PAYLOAD_LEN, PROTOCOL_VERSION, TransportMessage};
 pub use connection::BUSY;
-pub use tcp::{FRAME_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE};
 pub use error::{ConnectionError, DecodeError, FrameError, MultiAddrError, TransportError};
 pub use multiaddr::{MAX_SECURE_HOPS, MultiAddr, PROJECT_LISTENER, Protocol};
 pub use tcp::{
     ACCEPT_ERROR_PAUSE, ConnectionInfo, ConnectionState, Direction, PersistentConnection,
     TcpOptions, TcpStats, TcpTransport,
 };
+pub use tcp::{FRAME_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE};

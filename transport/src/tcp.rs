@@ -10,13 +10,13 @@ use kith_node::{
     Address, AllowAll, DisplayChain, Mailbox, Node, ResolveFuture, RouteError, TCP, Transport,
 };
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio_util::sync::CancellationToken;
 use tokio::sync::{OnceCell, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::connection::{self, BUSY, Connection};
-use crate::source::Source;
 use crate::frame::DEFAULT_MAX_FRAME_LEN;
+use crate::source::Source;
 use crate::{ConnectionError, TransportError};
 
 /// Tunables of a [`TcpTransport`]; the defaults suit a node on an ordinary network.
@@ -392,7 +392,11 @@ struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut incoming = self.inner.incoming.lock().unwrap_or_else(|e| e.into_inner());
+        let mut incoming = self
+            .inner
+            .incoming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let Some(held) = incoming.by_source.get_mut(&self.source) else {
             return;
         };
@@ -517,16 +521,17 @@ impl Drop for Tracked<'_> {
 /// Dial `peer`, exchange versions, and start serving the connection.
 async fn open_stream(inner: &Inner, peer: &str) -> Result<(TcpStream, SocketAddr), TransportError> {
     let timeout = inner.options.connect_timeout;
-    let mut stream = tokio::time::timeout(timeout, connect_from(inner.options.source_address, peer))
-        .await
-        .map_err(|_| TransportError::ConnectTimeout {
-            address: peer.to_owned(),
-            timeout,
-        })?
-        .map_err(|source| TransportError::Connect {
-            address: peer.to_owned(),
-            source,
-        })?;
+    let mut stream =
+        tokio::time::timeout(timeout, connect_from(inner.options.source_address, peer))
+            .await
+            .map_err(|_| TransportError::ConnectTimeout {
+                address: peer.to_owned(),
+                timeout,
+            })?
+            .map_err(|source| TransportError::Connect {
+                address: peer.to_owned(),
+                source,
+            })?;
     let _ = stream.set_nodelay(true);
     let remote = stream
         .peer_addr()
