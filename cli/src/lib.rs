@@ -13,6 +13,8 @@ pub mod control;
 pub mod duration;
 /// Local state in `$KITH_HOME`: nodes, the vault, projects, and routes resolved against them.
 pub mod home;
+/// A node's caps on what peers may hold (`--limit NAME=VALUE`).
+pub mod limits;
 /// The node host: the runtime a daemon runs and the parts it keeps.
 pub mod node;
 

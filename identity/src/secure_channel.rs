@@ -540,7 +540,17 @@ impl SharedSettings {
             });
         }
         settings.presenting = held.presenting.republish(&settings.local);
+        // The caps are the node's, not its identity's: they outlive an enrollment.
+        settings.handshake_limits = held.handshake_limits;
         *held = settings;
+    }
+
+    /// Replace the caps on unfinished handshakes, for every handshake from now on.
+    pub fn set_handshake_limits(&self, limits: HandshakeLimits) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .handshake_limits = limits;
     }
 }
 

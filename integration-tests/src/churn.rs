@@ -10,7 +10,7 @@
 //! of them.
 
 use std::io::{BufRead, BufReader, Read as _};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, mpsc};
@@ -20,7 +20,7 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use kith_identity::channel::{Admission, Trust};
 use kith_identity::secure_channel::{self, DEFAULT_LISTENER, SecureChannel};
 use kith_node::Node;
-use kith_transport::TcpTransport;
+use kith_transport::{TcpOptions, TcpTransport};
 use tokio::task::JoinSet;
 
 use crate::party::{Party, tcp_route};
@@ -48,17 +48,23 @@ pub fn client_main() -> anyhow::Result<()> {
         args.iter()
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1))
-            .ok_or_else(|| anyhow!("usage: kith-churn-client --to HOST:PORT --channels N"))
+            .ok_or_else(|| {
+                anyhow!("usage: kith-churn-client --to HOST:PORT --channels N [--source IP]")
+            })
     };
     let to: SocketAddr = value("--to")?.parse().context("--to")?;
     let channels: usize = value("--channels")?.parse().context("--channels")?;
+    let source: Option<IpAddr> = match args.iter().position(|a| a == "--source") {
+        Some(_) => Some(value("--source")?.parse().context("--source")?),
+        None => None,
+    };
     // One worker thread: the clients run ten at a time on a 2-core machine, and this one
     // thread answers for the channels while the main thread waits on stdin.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let held = rt.block_on(open_channels(to, channels))?;
+    let held = rt.block_on(open_channels(to, channels, source))?;
     println!("{READY} {}", held.len());
     // Held until stdin closes: the parent closes it, or dies.
     let mut rest = Vec::new();
@@ -70,8 +76,13 @@ pub fn client_main() -> anyhow::Result<()> {
 /// A channel held open, with the node (and its connection) it runs on.
 type Held = (Node, TcpTransport, SecureChannel);
 
-/// `count` channels to `to`'s `api` listener, [`CONCURRENT_HANDSHAKES`] at a time.
-async fn open_channels(to: SocketAddr, count: usize) -> anyhow::Result<Vec<Held>> {
+/// `count` channels to `to`'s `api` listener, [`CONCURRENT_HANDSHAKES`] at a time, each over
+/// a connection from `source` if given.
+async fn open_channels(
+    to: SocketAddr,
+    count: usize,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Vec<Held>> {
     // The client admits the node whoever it is: the churn is about the node's side.
     let trust = Arc::new(Trust {
         authorities: vec![],
@@ -89,7 +100,13 @@ async fn open_channels(to: SocketAddr, count: usize) -> anyhow::Result<Vec<Held>
         let trust = trust.clone();
         opening.spawn(async move {
             let node = Node::new(format!("churn-client-{i}"));
-            let tcp = TcpTransport::start(&node);
+            let tcp = TcpTransport::start_with(
+                &node,
+                TcpOptions {
+                    source_address: source,
+                    ..TcpOptions::default()
+                },
+            );
             let settings = Party::new().settings(vec![], trust);
             let channel =
                 secure_channel::create(&node, tcp_route(to, DEFAULT_LISTENER)?, &settings)
@@ -102,6 +119,13 @@ async fn open_channels(to: SocketAddr, count: usize) -> anyhow::Result<Vec<Held>
         held.push(done??);
     }
     Ok(held)
+}
+
+/// The loopback address client process `p` speaks from: 127.0.1.(p+1), beside the
+/// 127.0.0.x addresses tests give attackers.
+pub fn client_source(p: usize) -> IpAddr {
+    let p = u8::try_from(p % 254).unwrap_or(0);
+    IpAddr::from([127, 0, 1, p + 1])
 }
 
 /// Client processes holding channels open to one node; killed with SIGKILL by
@@ -127,8 +151,12 @@ impl ChurnClients {
         };
         let (tx, lines) = mpsc::channel();
         for p in 0..processes {
+            // Each process a host of its own, as a thousand clients would be: its own
+            // loopback address, so a node's per-source caps see ten sources, not one.
+            let source = client_source(p);
             let mut child = Command::new(exe)
                 .args(["--to", listener, "--channels", &channels_each.to_string()])
+                .args(["--source", &source.to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

@@ -215,6 +215,13 @@ pub struct AdmissionArgs {
     /// peer is told "revocations out of date") until the node hears the authority again.
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
     pub revocation_grace: Option<std::time::Duration>,
+    /// Change one of the caps on what peers may hold at the node (repeatable):
+    /// connections (4096), connections-per-source (256), handshakes (1024),
+    /// handshakes-per-source (64), handshakes-per-connection (16),
+    /// handshake-rate-per-source (200 per second), handshake-burst-per-source (400),
+    /// frame-timeout (30s). A source is one IPv4 address or one IPv6 /64.
+    #[arg(long = "limit", value_name = "NAME=VALUE")]
+    pub limits: Vec<String>,
 }
 
 /// A node named on the command line.

@@ -429,6 +429,7 @@ async fn admission_config(
         trusted_authorities: authorities,
         allow: args.allow.clone(),
         revocation_grace: args.revocation_grace.map(|d| d.as_secs().max(1)),
+        limits: crate::limits::LimitsConfig::parse_all(&args.limits)?,
     })
 }
 

@@ -164,6 +164,13 @@ pub struct AdmissionConfig {
     /// it cannot reach the authority; [`DEFAULT_REVOCATION_GRACE`] if not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_grace: Option<u64>,
+    /// The caps on what peers may hold at the node (`--limit`); defaults where unset.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub limits: crate::limits::LimitsConfig,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// 1 hour: how long a node goes on admitting an authority's members while it cannot reach

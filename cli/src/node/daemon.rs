@@ -58,12 +58,14 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
         home.save_node(&config)?;
     }
     let services = services_policy(&config.admission)?;
+    raise_open_file_limit(config.admission.limits.tcp_options().max_connections);
     let running = RunningNode::assemble(
         name,
         Some(&config.tcp_listener_address),
         identity,
         services,
         Some(Saved::new(home.clone(), name)),
+        &config.admission.limits,
     )
     .await?;
     let revocations = running.settings().map(|s| s.trust.revocations.clone());
@@ -156,4 +158,34 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     // the end of its stream and knows the shutdown is complete.
     sessions.shutdown().await;
     Ok(())
+}
+
+/// 1,024: open files a node keeps for itself beyond its incoming connections (its store,
+/// its log, outgoing connections, portal sockets).
+const FILES_BESIDES_CONNECTIONS: u64 = 1024;
+
+/// Raise the soft limit on open files toward what `connections` incoming connections
+/// need, up to the hard limit (which needs no privilege). Many systems start processes at
+/// 1,024, and a node that runs out refuses everyone with "accept failed" instead of
+/// shedding the heaviest source. Logs what it could not get.
+fn raise_open_file_limit(connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted = u64::try_from(connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(FILES_BESIDES_CONNECTIONS);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= wanted {
+        return;
+    }
+    let target = wanted.min(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_err() || target < wanted {
+        warn!(
+            soft,
+            hard,
+            wanted,
+            "the open-file limit is below what the connection cap needs; raise `ulimit -Hn` or lower --limit connections"
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! A node running in this process, and the parts it keeps: each part owns its state, the
 //! node assembles them and answers for its own status.
 
+use crate::limits::LimitsConfig;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context as _, Result};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
@@ -34,6 +36,8 @@ pub struct RunningNode {
     /// TCP outlets and inlets the node keeps.
     pub portals: Portals,
     started_at: u64,
+    /// What the secure-channel listener has done, if the node has one.
+    handshakes: Option<Arc<secure_channel::ListenerStats>>,
 }
 
 impl RunningNode {
@@ -51,27 +55,34 @@ impl RunningNode {
             NodeIdentity::fixed(channels),
             Arc::new(AllowAll),
             None,
+            &LimitsConfig::default(),
         )
         .await
     }
 
     /// Start the runtime and its parts: `identity` for channels, `services` deciding who
-    /// may use the node's services, `saved` where kept things are remembered (a daemon's).
+    /// may use the node's services, `saved` where kept things are remembered (a daemon's),
+    /// `limits` the caps on what peers may hold.
     pub(crate) async fn assemble(
         name: &str,
         listen: Option<&str>,
         identity: NodeIdentity,
         services: Arc<dyn IncomingAccessControl>,
         saved: Option<Saved>,
+        limits: &LimitsConfig,
     ) -> Result<Self> {
         let node = Node::new(name);
-        let tcp = TcpTransport::start(&node);
+        let tcp = TcpTransport::start_with(&node, limits.tcp_options());
         node.start_worker_with_policy([Address::local("echo")], services, Echo)
             .context("cannot start the echo service")?;
         let shared = identity.shared();
+        let mut handshakes = None;
         if let Some(settings) = &shared {
-            secure_channel::listen(&node, DEFAULT_LISTENER, settings.clone())
-                .context("cannot start the secure channel listener")?;
+            settings.set_handshake_limits(limits.handshake_limits());
+            handshakes = Some(
+                secure_channel::listen(&node, DEFAULT_LISTENER, settings.clone())
+                    .context("cannot start the secure channel listener")?,
+            );
         }
         let listener = match listen {
             Some(a) => Some(tcp.listen(a).await?.to_string()),
@@ -84,6 +95,7 @@ impl RunningNode {
             node,
             tcp,
             listener,
+            handshakes,
             identity,
             started_at: unix_now(),
         })
@@ -125,6 +137,7 @@ impl RunningNode {
     pub fn status(&self) -> NodeStatus {
         let n = self.node.stats();
         let t = self.tcp.stats();
+        let h = self.handshakes.as_deref();
         let addresses = self.node.addresses();
         // A channel is one decryptor (registered at its first handshake message, so an
         // unfinished handshake counts too) and, once established, one encryptor: counting
@@ -177,6 +190,13 @@ impl RunningNode {
                 "connections_dialed": t.dialed,
                 "connections_refused": t.refused,
                 "connections_closed_invalid": t.invalid,
+                "connections_refused_busy": t.refused_busy,
+                "connections_shed": t.shed,
+                "handshakes_started": h.map_or(0, |h| h.started.load(Ordering::Relaxed)),
+                "handshakes_pending": h.map_or(0, |h| h.pending()),
+                "handshakes_refused_busy": h.map_or(0, |h| h.refused_busy.load(Ordering::Relaxed)),
+                "handshakes_refused_invalid": h.map_or(0, |h| h.refused_invalid.load(Ordering::Relaxed)),
+                "handshakes_shed": h.map_or(0, |h| h.shed()),
                 "frames_in": t.frames_in,
                 "frames_out": t.frames_out,
                 "channels": channels,
