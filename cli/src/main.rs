@@ -8,10 +8,47 @@ use clap::Parser;
 use kith_cli::commands::args::Cli;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than the C library's allocator: with its background thread it hands
+/// pages it no longer uses back to the system within seconds, so a node's memory comes back
+/// down after a flood of connections or a churn of clients leaves (glibc's keeps them in
+/// its arenas at the peak).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// 1 s: how long a daemon's allocator keeps pages it no longer uses before it hands them
+/// back to the system (jemalloc's default is 10 s, and then lazily). A node's memory then
+/// comes back down within a second or two of a flood leaving; reusing a page costs a fault.
+const FREED_PAGES_KEPT_MS: isize = 1000;
+
+/// Have the allocator hand freed pages back to the system after [`FREED_PAGES_KEPT_MS`],
+/// from a background thread of its own, so an idle node gives memory back too.
+fn return_freed_memory() -> Result<(), String> {
+    use tikv_jemalloc_ctl::{Access as _, AsName as _};
+    let set = |key: &'static [u8], ms: isize| {
+        key.name().write(ms).map_err(|e| {
+            format!(
+                "{}: {e}",
+                String::from_utf8_lossy(key.split_last().map_or(key, |(_, k)| k))
+            )
+        })
+    };
+    // For the arenas to come, and for the one arena there is before the runtime starts its
+    // threads. Freed pages go back at once instead of lingering as "muzzy" (freed lazily,
+    // still counted).
+    set(b"arenas.dirty_decay_ms\0", FREED_PAGES_KEPT_MS)?;
+    set(b"arenas.muzzy_decay_ms\0", 0)?;
+    set(b"arena.0.dirty_decay_ms\0", FREED_PAGES_KEPT_MS)?;
+    set(b"arena.0.muzzy_decay_ms\0", 0)?;
+    tikv_jemalloc_ctl::background_thread::write(true).map_err(|e| format!("background_thread: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = kith_cli::commands::runs_a_node(&cli);
     init_logging(&cli, daemon);
+    if daemon && let Err(e) = return_freed_memory() {
+        tracing::warn!(error = %e, "cannot tune the allocator; freed memory returns to the system more slowly");
+    }
     let runtime = if daemon {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -707,7 +707,7 @@ async fn many_tasks_sending_on_one_channel_keep_it_up_and_lose_nothing() {
 /// connection takes them. Returns the client they came from: while it lives, the second
 /// messages have somewhere to go and the handshakes stay unfinished.
 async fn spray_first_messages(node: &Node, listener: &str, count: usize) -> Client {
-    let mut client = node.client().unwrap();
+    let client = node.client().unwrap();
     for _ in 0..count {
         let (_, first) =
             kith_identity::channel::Handshake::initiate(local(|_| vec![]), open_trust(), 16)

@@ -14,6 +14,8 @@ pub mod bench;
 pub mod channel_bench;
 /// Client processes that open many channels to a node and are killed with SIGKILL.
 pub mod churn;
+/// Attackers for the hostile-network tests and bench.
+pub mod hostile;
 pub mod join_bench;
 /// The membership bench: how soon member updates and deletions are in force.
 pub mod membership_bench;

@@ -58,7 +58,7 @@ fn client_from(name: &str, source: IpAddr) -> (Node, TcpTransport) {
 
 fn echo_at(listener: SocketAddr) -> Route {
     Route::from(vec![
-        Address::try_new(TCP, &listener.to_string()).unwrap(),
+        Address::try_new(TCP, listener.to_string()).unwrap(),
         Address::local("echo"),
     ])
 }
@@ -167,9 +167,9 @@ async fn a_peer_that_trickles_a_frame_is_closed_at_the_frame_deadline() {
                 return;
             }
             let mut buf = [0u8; 1];
-            match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
-                Ok(Ok(0) | Err(_)) => return,
-                _ => {}
+            let read = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await;
+            if let Ok(Ok(0) | Err(_)) = read {
+                return;
             }
         }
     };

@@ -1,0 +1,307 @@
+//! Attackers for the hostile-network tests and bench, each bounded in count and time and
+//! stopped when dropped. They speak from loopback addresses other than 127.0.0.1 (which is
+//! the legitimate client's), so a node's per-source caps see them as the hosts they play:
+//!
+//! - [`Sprayer`]: one TCP connection sending secure-channel first messages as fast as the
+//!   node takes them, never finishing a handshake.
+//! - [`Holders`]: many connections that exchange versions and then only send keep-alives.
+//! - [`Tricklers`]: connections that announce a maximum-size frame and send it a byte a
+//!   second.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use kith_identity::channel::{Admission, Handshake, Trust};
+use kith_identity::secure_channel::DEFAULT_LISTENER;
+use kith_node::{Address, Node, Route, TCP};
+use kith_transport::frame::KEEPALIVE;
+use kith_transport::{PROTOCOL_VERSION, TcpOptions, TcpTransport, TransportMessage};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::party::Party;
+
+/// 127.0.0.`last`: an attacker's address.
+pub fn attacker(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+/// A TCP connection to `to` from `source`.
+pub async fn connect_from(source: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(to).await
+}
+
+/// Exchange versions on `s`: true if the node took the connection (it may answer "busy").
+async fn exchange_versions(s: &mut TcpStream) -> bool {
+    if s.write_all(&[PROTOCOL_VERSION]).await.is_err() {
+        return false;
+    }
+    let mut theirs = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut theirs)).await,
+        Ok(Ok(_)) if theirs[0] == PROTOCOL_VERSION
+    )
+}
+
+/// One connection spraying handshake first messages at a node's `api` listener.
+pub struct Sprayer {
+    sent: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sprayer {
+    /// Spray from `source` at the node listening at `to`: at most `count` first messages,
+    /// for at most `time`, as fast as the connection takes them. The same first message
+    /// each time (each starts a handshake of its own at the node), framed once.
+    pub async fn start(
+        source: IpAddr,
+        to: SocketAddr,
+        count: u64,
+        time: Duration,
+    ) -> anyhow::Result<Self> {
+        let party = Party::new();
+        let anyone = Arc::new(Trust {
+            authorities: vec![],
+            admission: Admission::AnyIdentity,
+            revocations: Default::default(),
+        });
+        let settings = party.settings(vec![], anyone);
+        let (_, first) = Handshake::initiate(settings.local.clone(), settings.trust.clone(), 16)
+            .context("a handshake's first message")?;
+        let message = TransportMessage {
+            onward_route: Route::from(vec![Address::local(DEFAULT_LISTENER)]),
+            return_route: Route::from(vec![Address::local("sprayer")]),
+            payload: first.into(),
+            kind: kith_node::MessageKind::default(),
+        };
+        let mut frame = bytes::BytesMut::new();
+        message
+            .encode_frame(&mut frame, kith_transport::frame::DEFAULT_MAX_FRAME_LEN)
+            .context("framing the first message")?;
+        let frame = frame.freeze();
+        let mut s = connect_from(source, to).await?;
+        anyhow::ensure!(
+            exchange_versions(&mut s).await,
+            "the node refused the sprayer"
+        );
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        let task = tokio::spawn(async move {
+            let (mut read, mut write) = s.into_split();
+            // Read and drop what the node answers, so its writes never stall on us.
+            let drain = tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+            let until = Instant::now() + time;
+            for _ in 0..count {
+                if Instant::now() >= until || write.write_all(&frame).await.is_err() {
+                    break;
+                }
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            drain.abort();
+        });
+        Ok(Self { sent, task })
+    }
+
+    /// First messages sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Sprayer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connections past the version exchange that send only keep-alives.
+pub struct Holders {
+    held: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    tasks: JoinSet<()>,
+}
+
+impl Holders {
+    /// Open `per_source` connections from each of `sources` to `to`, keeping each open
+    /// with a keep-alive every 5 s, for at most `time`. Returns once every one has been
+    /// answered (taken or refused).
+    pub async fn start(
+        sources: &[IpAddr],
+        per_source: usize,
+        to: SocketAddr,
+        time: Duration,
+    ) -> Self {
+        let held = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let mut tasks = JoinSet::new();
+        let (answered, mut answers) = tokio::sync::mpsc::channel::<()>(1024);
+        for source in sources {
+            for _ in 0..per_source {
+                let (source, held, refused) = (*source, held.clone(), refused.clone());
+                let answered = answered.clone();
+                tasks.spawn(async move {
+                    let Ok(mut s) = connect_from(source, to).await else {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        let _ = answered.send(()).await;
+                        return;
+                    };
+                    if !exchange_versions(&mut s).await {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        let _ = answered.send(()).await;
+                        return;
+                    }
+                    held.fetch_add(1, Ordering::Relaxed);
+                    let _ = answered.send(()).await;
+                    drop(answered);
+                    let until = tokio::time::Instant::now() + time;
+                    let mut tick = tokio::time::interval(Duration::from_secs(5));
+                    let mut buf = [0u8; 256];
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => {
+                                if s.write_all(&KEEPALIVE).await.is_err() {
+                                    break;
+                                }
+                            }
+                            r = s.read(&mut buf) => if !matches!(r, Ok(n) if n > 0) { break },
+                            () = tokio::time::sleep_until(until) => break,
+                        }
+                    }
+                    held.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        }
+        drop(answered);
+        let total = sources.len() * per_source;
+        for _ in 0..total {
+            if answers.recv().await.is_none() {
+                break;
+            }
+        }
+        Self {
+            held,
+            refused,
+            tasks,
+        }
+    }
+
+    /// Connections held open now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Connections the node refused (or that failed to connect).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Close them all.
+    pub async fn stop(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Connections that announce a maximum-size frame and send it a byte a second.
+pub struct Tricklers {
+    open: Arc<AtomicU64>,
+    tasks: JoinSet<()>,
+}
+
+impl Tricklers {
+    /// Open `per_source` trickling connections from each of `sources` to `to`, for at most
+    /// `time`. Returns once each has announced its frame.
+    pub async fn start(
+        sources: &[IpAddr],
+        per_source: usize,
+        to: SocketAddr,
+        time: Duration,
+    ) -> Self {
+        let open = Arc::new(AtomicU64::new(0));
+        let mut tasks = JoinSet::new();
+        let (announced, mut announcements) = tokio::sync::mpsc::channel::<()>(1024);
+        let announce = (kith_transport::frame::DEFAULT_MAX_FRAME_LEN as u32).to_be_bytes();
+        for source in sources {
+            for _ in 0..per_source {
+                let (source, open) = (*source, open.clone());
+                let announced = announced.clone();
+                tasks.spawn(async move {
+                    let Ok(mut s) = connect_from(source, to).await else {
+                        let _ = announced.send(()).await;
+                        return;
+                    };
+                    if !exchange_versions(&mut s).await || s.write_all(&announce).await.is_err() {
+                        let _ = announced.send(()).await;
+                        return;
+                    }
+                    open.fetch_add(1, Ordering::Relaxed);
+                    let _ = announced.send(()).await;
+                    drop(announced);
+                    let until = tokio::time::Instant::now() + time;
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    let mut buf = [0u8; 64];
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => {
+                                if s.write_all(&[0x5a]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            r = s.read(&mut buf) => if !matches!(r, Ok(n) if n > 0) { break },
+                            () = tokio::time::sleep_until(until) => break,
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        }
+        drop(announced);
+        for _ in 0..sources.len() * per_source {
+            if announcements.recv().await.is_none() {
+                break;
+            }
+        }
+        Self { open, tasks }
+    }
+
+    /// Trickling connections open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Close them all.
+    pub async fn stop(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// A node of this process whose connections come from `source`.
+pub fn node_from(name: &str, source: IpAddr) -> (Node, TcpTransport) {
+    let node = Node::new(name);
+    let tcp = TcpTransport::start_with(
+        &node,
+        TcpOptions {
+            source_address: Some(source),
+            ..TcpOptions::default()
+        },
+    );
+    (node, tcp)
+}
+
+/// `[1#to, local]`: a route to `service` on the node listening at `to`.
+pub fn route_to(to: SocketAddr, service: &str) -> anyhow::Result<Route> {
+    Ok(Route::from(vec![
+        Address::try_new(TCP, to.to_string())?,
+        Address::local(service),
+    ]))
+}
