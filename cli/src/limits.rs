@@ -35,6 +35,12 @@ pub struct LimitsConfig {
     /// Handshakes a quiet source may start at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshake_burst_per_source: Option<u64>,
+    /// Secure channels open through the listener, node-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u64>,
+    /// Secure channels open through the listener from one source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels_per_source: Option<u64>,
     /// Seconds a frame may take from its first byte to its last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_timeout: Option<u64>,
@@ -53,11 +59,11 @@ pub const LIMITS: &[(&str, &str)] = &[
     ),
     (
         "handshakes-per-source",
-        "unfinished handshakes from one address (64)",
+        "unfinished handshakes from one address (128)",
     ),
     (
         "handshakes-per-connection",
-        "unfinished handshakes on one connection (16)",
+        "unfinished handshakes on one connection (64)",
     ),
     (
         "handshake-rate-per-source",
@@ -66,6 +72,14 @@ pub const LIMITS: &[(&str, &str)] = &[
     (
         "handshake-burst-per-source",
         "handshakes a quiet address may start at once (400)",
+    ),
+    (
+        "channels",
+        "secure channels peers hold open, node-wide (16384)",
+    ),
+    (
+        "channels-per-source",
+        "secure channels the peers at one address hold open (1024)",
     ),
     (
         "frame-timeout",
@@ -100,6 +114,8 @@ impl LimitsConfig {
             "handshakes-per-connection" => &mut self.handshakes_per_connection,
             "handshake-rate-per-source" => &mut self.handshake_rate_per_source,
             "handshake-burst-per-source" => &mut self.handshake_burst_per_source,
+            "channels" => &mut self.channels,
+            "channels-per-source" => &mut self.channels_per_source,
             _ => {
                 let names: Vec<&str> = LIMITS.iter().map(|(n, _)| *n).collect();
                 bail!(
@@ -157,6 +173,8 @@ impl LimitsConfig {
             ),
             rate_per_source: rate(self.handshake_rate_per_source, d.rate_per_source),
             burst_per_source: rate(self.handshake_burst_per_source, d.burst_per_source),
+            max_channels: count(self.channels, d.max_channels),
+            max_channels_per_source: count(self.channels_per_source, d.max_channels_per_source),
         }
     }
 }

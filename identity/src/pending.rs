@@ -25,14 +25,16 @@ use tokio_util::sync::CancellationToken;
 /// state and a task (a few KiB) until it completes or its 10 s deadline passes.
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
-/// 64: unfinished handshakes one source may hold at once. A handshake completes in one
-/// round trip, so even a host that opens many channels at once seldom has more than a few
-/// in flight; 16 sources are needed to fill the node-wide table.
-pub const MAX_PENDING_HANDSHAKES_PER_SOURCE: usize = 64;
+/// 128: unfinished handshakes one source may hold at once. A handshake completes in one
+/// round trip, so even a host that opens a burst of channels at once (a client node
+/// enrolling fifty identities, an inlet taking fifty connections) stays under it; eight
+/// sources are needed to fill the node-wide table, which then sheds the heaviest.
+pub const MAX_PENDING_HANDSHAKES_PER_SOURCE: usize = 128;
 
-/// 16: unfinished handshakes one TCP connection may hold at once. A node opens its
-/// channels to one peer over one connection, a few at a time.
-pub const MAX_PENDING_HANDSHAKES_PER_CONNECTION: usize = 16;
+/// 64: unfinished handshakes one TCP connection may hold at once. A node opens its
+/// channels to one peer over one connection; a connection spraying first messages holds
+/// a sixteenth of the node-wide table at most.
+pub const MAX_PENDING_HANDSHAKES_PER_CONNECTION: usize = 64;
 
 /// 200 per second: handshakes one source may start, on average. A responder completes a
 /// few thousand a second on one core, so no single source can take more than a small
@@ -41,6 +43,16 @@ pub const HANDSHAKE_RATE_PER_SOURCE: u32 = 200;
 
 /// 400: handshakes a quiet source may start at once before its rate applies.
 pub const HANDSHAKE_BURST_PER_SOURCE: u32 = 400;
+
+/// 16,384: secure channels a listener's peers hold open at once, node-wide. An idle
+/// channel costs about 19 KiB, so the cap bounds them at some 300 MiB; a project node of a
+/// few thousand members holds one or two per member.
+pub const MAX_CHANNELS: usize = 16_384;
+
+/// 1,024: secure channels the peers at one source hold open at once through the listener.
+/// A node keeps a channel or two per peer, so this is room for hundreds of nodes behind
+/// one address; a source past it is refused as busy until it closes some.
+pub const MAX_CHANNELS_PER_SOURCE: usize = 1024;
 
 /// 4,096: sources whose handshake rate is tracked at once. Past it, the sources that have
 /// been quiet longest (whose allowance is full again, so forgetting them changes nothing)
@@ -60,6 +72,10 @@ pub struct HandshakeLimits {
     pub rate_per_source: u32,
     /// Handshakes a quiet source may start at once ([`HANDSHAKE_BURST_PER_SOURCE`]).
     pub burst_per_source: u32,
+    /// Channels open through the listener, node-wide ([`MAX_CHANNELS`]).
+    pub max_channels: usize,
+    /// Channels open through the listener from one source ([`MAX_CHANNELS_PER_SOURCE`]).
+    pub max_channels_per_source: usize,
 }
 
 impl Default for HandshakeLimits {
@@ -70,6 +86,8 @@ impl Default for HandshakeLimits {
             max_pending_per_connection: MAX_PENDING_HANDSHAKES_PER_CONNECTION,
             rate_per_source: HANDSHAKE_RATE_PER_SOURCE,
             burst_per_source: HANDSHAKE_BURST_PER_SOURCE,
+            max_channels: MAX_CHANNELS,
+            max_channels_per_source: MAX_CHANNELS_PER_SOURCE,
         }
     }
 }
@@ -85,6 +103,10 @@ pub enum Refusal {
     Connection,
     /// This source started its allowance of handshakes this second.
     Rate,
+    /// The node holds as many channels as it takes.
+    Channels,
+    /// This source holds as many channels as it may.
+    SourceChannels,
 }
 
 impl Refusal {
@@ -95,6 +117,8 @@ impl Refusal {
             Self::Source => "too many unfinished handshakes from this source",
             Self::Connection => "too many unfinished handshakes on this connection",
             Self::Rate => "too many handshakes started from this source this second",
+            Self::Channels => "too many secure channels open",
+            Self::SourceChannels => "too many secure channels open from this source",
         }
     }
 }
@@ -126,6 +150,9 @@ struct Table {
     overflow: Option<Allowance>,
     /// Handshakes abandoned so far for a lighter source.
     shed: u64,
+    /// Channels open through the listener, node-wide and per source.
+    channels: usize,
+    channels_by_source: HashMap<Source, usize>,
 }
 
 struct Entry {
@@ -189,6 +216,11 @@ impl PendingHandshakes {
         self.lock().shed
     }
 
+    /// Channels open through the listener now.
+    pub fn channels(&self) -> usize {
+        self.lock().channels
+    }
+
     /// Unfinished handshakes from `source` now.
     pub fn from_source(&self, source: Source) -> usize {
         self.lock().by_source.get(&source).map_or(0, VecDeque::len)
@@ -210,7 +242,15 @@ impl PendingHandshakes {
             .source
             .and_then(|s| t.by_source.get(&s))
             .map_or(0, VecDeque::len);
+        if t.channels >= limits.max_channels {
+            return Err(Refusal::Channels);
+        }
         if let Some(source) = arrival.source {
+            if t.channels_by_source.get(&source).copied().unwrap_or(0)
+                >= limits.max_channels_per_source
+            {
+                return Err(Refusal::SourceChannels);
+            }
             if theirs >= limits.max_pending_per_source {
                 return Err(Refusal::Source);
             }
@@ -332,10 +372,23 @@ impl PendingSlot {
     pub fn abandoned(&self) -> &CancellationToken {
         &self.abandon
     }
-}
 
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
+    /// The handshake completed: it no longer counts as unfinished, and its channel counts
+    /// against the channel caps until the returned place is dropped.
+    pub fn established(self) -> ChannelSlot {
+        let mut t = self.table.lock();
+        t.channels += 1;
+        if let Some(source) = self.source {
+            *t.channels_by_source.entry(source).or_default() += 1;
+        }
+        drop(t);
+        ChannelSlot {
+            table: self.table.clone(),
+            source: self.source,
+        }
+    }
+
+    fn release(&self) {
         let mut t = self.table.lock();
         match self.source {
             None => {
@@ -353,6 +406,33 @@ impl Drop for PendingSlot {
                     return;
                 };
                 t.forget(source, &entry);
+            }
+        }
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// One channel open through a listener, counted against its channel caps until dropped.
+pub struct ChannelSlot {
+    table: PendingHandshakes,
+    source: Option<Source>,
+}
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock();
+        t.channels = t.channels.saturating_sub(1);
+        if let Some(source) = self.source
+            && let Some(n) = t.channels_by_source.get_mut(&source)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.channels_by_source.remove(&source);
             }
         }
     }
@@ -388,6 +468,8 @@ mod tests {
             max_pending_per_connection: 2,
             rate_per_source: 10,
             burst_per_source: 20,
+            max_channels: 100,
+            max_channels_per_source: 100,
         }
     }
 
@@ -485,6 +567,7 @@ mod tests {
             max_pending_per_connection: 1000,
             rate_per_source: 10,
             burst_per_source: 20,
+            ..small()
         };
         let table = PendingHandshakes::default();
         let now = Instant::now();
@@ -525,6 +608,46 @@ mod tests {
         assert_eq!(table.take(&limits, &nested, now).err(), Some(Refusal::Full));
         drop(held);
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn established_channels_count_against_the_channel_caps_until_they_end() {
+        let limits = HandshakeLimits {
+            max_channels: 3,
+            max_channels_per_source: 2,
+            ..small()
+        };
+        let table = PendingHandshakes::default();
+        let now = Instant::now();
+        let open: Vec<_> = (0..2)
+            .map(|i| {
+                table
+                    .take(&limits, &arrival(2, &format!("c{i}")), now)
+                    .unwrap()
+                    .established()
+            })
+            .collect();
+        assert!(
+            table.is_empty(),
+            "an established channel is no longer unfinished"
+        );
+        assert_eq!(table.channels(), 2);
+        assert_eq!(
+            table.take(&limits, &arrival(2, "c9"), now).err(),
+            Some(Refusal::SourceChannels)
+        );
+        let third = table
+            .take(&limits, &arrival(3, "d"), now)
+            .unwrap()
+            .established();
+        assert_eq!(
+            table.take(&limits, &arrival(4, "e"), now).err(),
+            Some(Refusal::Channels)
+        );
+        drop(open);
+        drop(third);
+        assert_eq!(table.channels(), 0);
+        assert!(table.take(&limits, &arrival(2, "c9"), now).is_ok());
     }
 
     #[test]

@@ -1411,7 +1411,11 @@ async fn run(
         }
         r = handshake => Some(r),
     };
-    drop(slot);
+    // An established channel keeps its place among the listener's channels until it ends.
+    let _place = match (&outcome, slot) {
+        (Some(Ok(_)), Some(slot)) => Some(slot.established()),
+        _ => None,
+    };
     match outcome {
         Some(Ok((encryptor, via))) => {
             let encryptor_stopped = encryptor.stop_token().clone();

@@ -296,7 +296,7 @@ impl Authority {
             },
             Service::Revocations => match api::decode_request::<RevocationsRequest>(payload) {
                 Ok(request) => self
-                    .revocations(request, permit)
+                    .revocations(request, channel.source, permit)
                     .await
                     .map(Answer::Revocations),
                 Err(e) => Err(e),

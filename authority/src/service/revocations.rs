@@ -15,12 +15,15 @@
 //! [`REVOCATION_SERVICE`]: crate::api::REVOCATION_SERVICE
 //! [`MAX_REVOCATION_WAIT`]: crate::api::MAX_REVOCATION_WAIT
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kith_identity::hex;
 use kith_identity::revocation::{Revocation, RevocationKind, Revocations, SignedRevocations};
 use kith_node::Node;
+use kith_transport::source::Source;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info};
 
@@ -37,6 +40,11 @@ pub const FEED_POLL: Duration = Duration::from_secs(1);
 /// is answered at once with what there is, and the follower asks again.
 pub const MAX_FOLLOWERS: usize = 4096;
 
+/// 64 requests: how many of the held requests may come from one source (an IPv4 address,
+/// an IPv6 /64). A node holds one; 64 leaves room for many nodes behind one address, and
+/// 64 sources are needed to take every slot. Past it a request is answered at once.
+pub const MAX_FOLLOWERS_PER_SOURCE: usize = 64;
+
 /// The feed as this process knows it: the highest sequence number read, who waits for it
 /// to grow, and the node revocations to apply it to.
 pub(crate) struct Feed {
@@ -44,6 +52,46 @@ pub(crate) struct Feed {
     poke: Notify,
     local: Mutex<Option<Arc<Revocations>>>,
     followers: Arc<Semaphore>,
+    /// Held requests per source; an entry leaves with its last request.
+    by_source: Arc<Mutex<HashMap<Source, usize>>>,
+}
+
+/// A held request's place among its source's; given back when dropped.
+struct SourceSlot {
+    by_source: Arc<Mutex<HashMap<Source, usize>>>,
+    source: Source,
+}
+
+impl SourceSlot {
+    /// A place for a request from `source`, if it holds fewer than
+    /// [`MAX_FOLLOWERS_PER_SOURCE`].
+    fn take(by_source: &Arc<Mutex<HashMap<Source, usize>>>, source: Source) -> Option<Self> {
+        let mut held = by_source.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = held.entry(source).or_default();
+        if *n >= MAX_FOLLOWERS_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            by_source: by_source.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.source);
+            }
+        }
+    }
 }
 
 impl Default for Feed {
@@ -53,6 +101,7 @@ impl Default for Feed {
             poke: Notify::new(),
             local: Mutex::default(),
             followers: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
+            by_source: Arc::default(),
         }
     }
 }
@@ -148,10 +197,12 @@ impl Authority {
     /// Anyone with a channel may follow: a node that trusts the authority without being a
     /// member (`--trust-authority`) needs the feed as much as a member does, or it would
     /// fail closed at the end of its grace; and the feed names only identifiers, which are
-    /// not secret. What a follower costs is bounded by [`MAX_FOLLOWERS`].
+    /// not secret. What a follower costs is bounded by [`MAX_FOLLOWERS`], and what the
+    /// followers at one source (the channel's `source`) hold by [`MAX_FOLLOWERS_PER_SOURCE`].
     pub(super) async fn revocations(
         &self,
         request: RevocationsRequest,
+        source: Option<SocketAddr>,
         permit: OwnedSemaphorePermit,
     ) -> Result<RevocationsPage, ApiError> {
         let wait = Duration::from_millis(request.wait_ms).min(MAX_REVOCATION_WAIT);
@@ -159,7 +210,14 @@ impl Authority {
         if *head.borrow_and_update() <= request.after && !wait.is_zero() {
             // Waiting costs a follower slot, not one of the requests in flight.
             drop(permit);
-            if let Ok(_slot) = self.shared.feed.followers.clone().try_acquire_owned() {
+            let feed = &self.shared.feed;
+            let of_source = match source {
+                Some(s) => SourceSlot::take(&feed.by_source, Source::of(s.ip())).map(Some),
+                None => Some(None),
+            };
+            if let Some(_of_source) = of_source
+                && let Ok(_slot) = feed.followers.clone().try_acquire_owned()
+            {
                 let grown = head.wait_for(|h| *h > request.after);
                 if tokio::time::timeout(wait, grown).await.is_err() {
                     debug!(

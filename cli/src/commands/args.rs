@@ -217,9 +217,10 @@ pub struct AdmissionArgs {
     pub revocation_grace: Option<std::time::Duration>,
     /// Change one of the caps on what peers may hold at the node (repeatable):
     /// connections (4096), connections-per-source (256), handshakes (1024),
-    /// handshakes-per-source (64), handshakes-per-connection (16),
+    /// handshakes-per-source (128), handshakes-per-connection (64),
     /// handshake-rate-per-source (200 per second), handshake-burst-per-source (400),
-    /// frame-timeout (30s). A source is one IPv4 address or one IPv6 /64.
+    /// channels (16384), channels-per-source (1024), frame-timeout (30s). A source is one
+    /// IPv4 address or one IPv6 /64.
     #[arg(long = "limit", value_name = "NAME=VALUE")]
     pub limits: Vec<String>,
 }
