@@ -196,9 +196,8 @@ async fn enrolls_exactly(db: &TestDb, authorities: usize, n: u32) {
             .unwrap();
         let code = code_of(&ticket);
 
-        let client_nodes: Vec<(Node, TcpTransport)> = (0..CLIENT_NODES)
-            .map(|i| client_node(&format!("client-{i}")))
-            .collect();
+        let client_nodes: Vec<(Node, TcpTransport)> =
+            (0..CLIENT_NODES).map(burst_client_node).collect();
         let barrier = Arc::new(Barrier::new(REDEEMERS));
         let mut redeemers = JoinSet::new();
         for i in 0..REDEEMERS {
@@ -1642,6 +1641,22 @@ fn open_trust() -> Arc<Trust> {
 fn client_node(name: &str) -> (Node, TcpTransport) {
     let node = Node::new(name);
     let tcp = TcpTransport::start(&node);
+    (node, tcp)
+}
+
+/// Client node `i` of a burst, a host of its own at 127.0.3.(i+1): a burst of redeemers
+/// spread over client nodes comes, as it would, from several addresses (a source holds at
+/// most 128 unfinished handshakes).
+fn burst_client_node(i: usize) -> (Node, TcpTransport) {
+    let node = Node::new(format!("client-{i}"));
+    let host = u8::try_from(i + 1).unwrap();
+    let tcp = TcpTransport::start_with(
+        &node,
+        kith_transport::TcpOptions {
+            source_address: Some(std::net::IpAddr::from([127, 0, 3, host])),
+            ..Default::default()
+        },
+    );
     (node, tcp)
 }
 

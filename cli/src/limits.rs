@@ -67,11 +67,11 @@ pub const LIMITS: &[(&str, &str)] = &[
     ),
     (
         "handshake-rate-per-source",
-        "handshakes one address may start per second (200)",
+        "handshakes one address may start per second (500)",
     ),
     (
         "handshake-burst-per-source",
-        "handshakes a quiet address may start at once (400)",
+        "handshakes a quiet address may start at once (1000)",
     ),
     (
         "channels",

@@ -6,7 +6,11 @@
 //! sprays first messages fills the node-wide table and every newcomer is refused. So each
 //! handshake that arrives over a TCP connection is counted three ways — node-wide, per
 //! source (an IPv4 address, an IPv6 /64) and per connection — and a source also has a rate
-//! of handshakes it may start per second. When the node-wide table is full, a newcomer
+//! of handshakes it may start per second. The per-source and per-connection shares of
+//! unfinished handshakes bind once the node-wide table is a quarter full
+//! ([`contended`]): a quiet node lets one host open a burst of channels at once (an
+//! inlet taking a burst of connections), a busy one shares. When the node-wide table is
+//! full, a newcomer
 //! from a source holding at least two fewer than the heaviest source still gets in: the
 //! heaviest source's oldest unfinished handshake is abandoned for it.
 //!
@@ -33,16 +37,17 @@ pub const MAX_PENDING_HANDSHAKES_PER_SOURCE: usize = 128;
 
 /// 64: unfinished handshakes one TCP connection may hold at once. A node opens its
 /// channels to one peer over one connection; a connection spraying first messages holds
-/// a sixteenth of the node-wide table at most.
+/// a quarter of the node-wide table (before the shares bind) at most.
 pub const MAX_PENDING_HANDSHAKES_PER_CONNECTION: usize = 64;
 
-/// 200 per second: handshakes one source may start, on average. A responder completes a
-/// few thousand a second on one core, so no single source can take more than a small
-/// share; an ordinary host opens a handful.
-pub const HANDSHAKE_RATE_PER_SOURCE: u32 = 200;
+/// 500 per second: handshakes one source may start, on average. A responder completes
+/// about 2,000 a second per core (release build), so one source takes at most about a
+/// quarter of a two-core node; an inlet opens a channel per connection it accepts, so a
+/// busy one behind one address still fits.
+pub const HANDSHAKE_RATE_PER_SOURCE: u32 = 500;
 
-/// 400: handshakes a quiet source may start at once before its rate applies.
-pub const HANDSHAKE_BURST_PER_SOURCE: u32 = 400;
+/// 1,000: handshakes a quiet source may start at once before its rate applies.
+pub const HANDSHAKE_BURST_PER_SOURCE: u32 = 1000;
 
 /// 16,384: secure channels a listener's peers hold open at once, node-wide. An idle
 /// channel costs about 19 KiB, so the cap bounds them at some 300 MiB; a project node of a
@@ -251,10 +256,12 @@ impl PendingHandshakes {
             {
                 return Err(Refusal::SourceChannels);
             }
-            if theirs >= limits.max_pending_per_source {
+            let shares_bind = contended(limits, t.total);
+            if shares_bind && theirs >= limits.max_pending_per_source {
                 return Err(Refusal::Source);
             }
-            if let Some(c) = &arrival.connection
+            if shares_bind
+                && let Some(c) = &arrival.connection
                 && t.by_connection.get(c).copied().unwrap_or(0) >= limits.max_pending_per_connection
             {
                 return Err(Refusal::Connection);
@@ -438,6 +445,12 @@ impl Drop for ChannelSlot {
     }
 }
 
+/// Whether a table holding `pending` unfinished handshakes is contended: a quarter full or
+/// more. From there on each source and each connection holds at most its share.
+pub fn contended(limits: &HandshakeLimits, pending: usize) -> bool {
+    pending >= limits.max_pending / 4
+}
+
 /// How long a source's allowance takes to fill again from empty.
 pub fn refill_time(limits: &HandshakeLimits) -> Duration {
     if limits.rate_per_source == 0 {
@@ -488,6 +501,29 @@ mod tests {
         drop(a);
         let _d = table.take(&small(), &arrival(2, "c1"), now).unwrap();
         assert_eq!(table.len(), 3);
+    }
+
+    #[test]
+    fn a_quiet_table_lets_one_connection_burst_past_its_share() {
+        let limits = HandshakeLimits {
+            max_pending: 100,
+            burst_per_source: 100,
+            ..small()
+        };
+        let table = PendingHandshakes::default();
+        let now = Instant::now();
+        // Shares bind from 25 unfinished handshakes on: until then one connection may
+        // hold more than its 2.
+        let burst: Vec<_> = (0..25)
+            .map(|_| table.take(&limits, &arrival(2, "c1"), now).unwrap())
+            .collect();
+        assert!(contended(&limits, table.len()));
+        assert_eq!(
+            table.take(&limits, &arrival(2, "c1"), now).err(),
+            Some(Refusal::Source)
+        );
+        assert!(table.take(&limits, &arrival(3, "d1"), now).is_ok());
+        drop(burst);
     }
 
     #[test]

@@ -766,11 +766,11 @@ async fn one_connection_spraying_first_messages_holds_only_its_share_and_others_
         load(&stats.refused_busy) > 100
     })
     .await;
+    // It held what it could before the shares bound (a quarter of the table), no more.
+    let held = stats.pending_from(source(2));
     assert!(
-        stats.pending_from(source(2))
-            <= kith_identity::pending::MAX_PENDING_HANDSHAKES_PER_CONNECTION,
-        "one connection holds {} unfinished handshakes",
-        stats.pending_from(source(2))
+        held <= kith_identity::pending::MAX_PENDING_HANDSHAKES / 4,
+        "one connection holds {held} unfinished handshakes"
     );
 
     // Meanwhile a peer on 127.0.0.1 opens a channel, within a second.

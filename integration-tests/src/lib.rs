@@ -16,6 +16,8 @@ pub mod channel_bench;
 pub mod churn;
 /// Attackers for the hostile-network tests and bench.
 pub mod hostile;
+/// The hostile bench: a project node under each attack, and a legitimate client meanwhile.
+pub mod hostile_bench;
 pub mod join_bench;
 /// The membership bench: how soon member updates and deletions are in force.
 pub mod membership_bench;

@@ -358,7 +358,7 @@ impl Drop for World {
 }
 
 /// Wait for `child` at most `limit`, killing it past that.
-fn wait_bounded(
+pub(crate) fn wait_bounded(
     mut child: std::process::Child,
     limit: Duration,
 ) -> anyhow::Result<std::process::Output> {

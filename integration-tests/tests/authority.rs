@@ -34,9 +34,11 @@ const REDEEMERS: usize = 200;
 /// 5: the usage count of the contested ticket.
 const USAGE_COUNT: u32 = 5;
 
-/// 4: in-process client nodes the redeemers are spread over (one TCP connection each to
-/// every authority they talk to).
-const CLIENT_NODES: usize = 4;
+/// 8: in-process client nodes the redeemers are spread over (one TCP connection each to
+/// every authority they talk to), each a host of its own at 127.0.2.(i+1): hundreds of
+/// clients at once come from many addresses, and no more than a source's share of
+/// unfinished handshakes (128, 64 a connection) comes from one.
+const CLIENT_NODES: usize = 8;
 
 /// 60 s: bounds each handshake. Hundreds at once against a debug build, with other tests
 /// running beside this one on a two-core machine, take seconds; a pass never waits this long.
@@ -433,7 +435,14 @@ async fn storm(
         let nodes: Vec<(Node, TcpTransport)> = (0..CLIENT_NODES)
             .map(|i| {
                 let node = Node::new(format!("client-{i}"));
-                let tcp = TcpTransport::start(&node);
+                let host = u8::try_from(i + 1).unwrap();
+                let tcp = TcpTransport::start_with(
+                    &node,
+                    kith_transport::TcpOptions {
+                        source_address: Some(std::net::IpAddr::from([127, 0, 2, host])),
+                        ..Default::default()
+                    },
+                );
                 (node, tcp)
             })
             .collect();

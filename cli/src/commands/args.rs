@@ -218,7 +218,7 @@ pub struct AdmissionArgs {
     /// Change one of the caps on what peers may hold at the node (repeatable):
     /// connections (4096), connections-per-source (256), handshakes (1024),
     /// handshakes-per-source (128), handshakes-per-connection (64),
-    /// handshake-rate-per-source (200 per second), handshake-burst-per-source (400),
+    /// handshake-rate-per-source (500 per second), handshake-burst-per-source (1000),
     /// channels (16384), channels-per-source (1024), frame-timeout (30s). A source is one
     /// IPv4 address or one IPv6 /64.
     #[arg(long = "limit", value_name = "NAME=VALUE")]
