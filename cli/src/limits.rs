@@ -46,44 +46,54 @@ pub struct LimitsConfig {
     pub frame_timeout: Option<u64>,
 }
 
-/// The names `--limit` takes, with what each caps and its default.
-pub const LIMITS: &[(&str, &str)] = &[
-    ("connections", "incoming connections, node-wide (4096)"),
+/// The names `--limit` takes, each with its default as `--limit` would take it and what it
+/// caps. The README's table lists the same; a test keeps them equal.
+pub const LIMITS: &[(&str, &str, &str)] = &[
+    ("connections", "4096", "incoming connections, node-wide"),
     (
         "connections-per-source",
-        "incoming connections from one address or IPv6 /64 (256)",
+        "256",
+        "incoming connections from one address or IPv6 /64",
     ),
     (
         "handshakes",
-        "unfinished secure-channel handshakes, node-wide (1024)",
+        "1024",
+        "unfinished secure-channel handshakes, node-wide",
     ),
     (
         "handshakes-per-source",
-        "unfinished handshakes from one address (128)",
+        "128",
+        "unfinished handshakes from one address",
     ),
     (
         "handshakes-per-connection",
-        "unfinished handshakes on one connection (64)",
+        "64",
+        "unfinished handshakes on one connection",
     ),
     (
         "handshake-rate-per-source",
-        "handshakes one address may start per second (500)",
+        "500",
+        "handshakes one address may start per second",
     ),
     (
         "handshake-burst-per-source",
-        "handshakes a quiet address may start at once (1000)",
+        "1000",
+        "handshakes a quiet address may start at once",
     ),
     (
         "channels",
-        "secure channels peers hold open, node-wide (16384)",
+        "16384",
+        "secure channels peers hold open, node-wide",
     ),
     (
         "channels-per-source",
-        "secure channels the peers at one address hold open (1024)",
+        "1024",
+        "secure channels the peers at one address hold open",
     ),
     (
         "frame-timeout",
-        "how long one frame may take to arrive, a duration (30s)",
+        "30s",
+        "how long one frame may take to arrive",
     ),
 ];
 
@@ -117,7 +127,7 @@ impl LimitsConfig {
             "channels" => &mut self.channels,
             "channels-per-source" => &mut self.channels_per_source,
             _ => {
-                let names: Vec<&str> = LIMITS.iter().map(|(n, _)| *n).collect();
+                let names: Vec<&str> = LIMITS.iter().map(|(n, ..)| *n).collect();
                 bail!(
                     "--limit {name:?} is not a limit; the limits are: {}",
                     names.join(", ")
@@ -203,7 +213,7 @@ mod tests {
         let hs = l.handshake_limits();
         assert_eq!(hs.rate_per_source, 1000);
         assert_eq!(hs.max_pending, HandshakeLimits::default().max_pending);
-        for (name, _) in LIMITS {
+        for (name, ..) in LIMITS {
             let value = if *name == "frame-timeout" { "5s" } else { "7" };
             LimitsConfig::default()
                 .set(&format!("{name}={value}"))
@@ -220,6 +230,33 @@ mod tests {
         assert!(err("connections=0").contains("from 1 to"));
         assert!(err("frame-timeout=0s").contains("at least 1s"));
         assert!(err("frame-timeout=soon").contains("frame-timeout"));
+    }
+
+    #[test]
+    fn the_listed_defaults_are_the_defaults_and_the_readme_lists_them() {
+        let readme = include_str!("../../README.md");
+        let mut all = LimitsConfig::default();
+        for (name, default, _) in LIMITS {
+            all.set(&format!("{name}={default}")).unwrap();
+            let shown = if *name == "handshake-rate-per-source" {
+                format!("{default}/s")
+            } else {
+                (*default).to_owned()
+            };
+            let row = format!("| `{name}` | {shown} |");
+            assert!(readme.contains(&row), "the README has no row {row:?}");
+        }
+        assert_eq!(
+            all.tcp_options().max_connections,
+            kith_transport::MAX_CONNECTIONS
+        );
+        let d = TcpOptions::default();
+        let t = all.tcp_options();
+        assert_eq!(
+            (t.max_connections_per_source, t.frame_timeout),
+            (d.max_connections_per_source, d.frame_timeout)
+        );
+        assert_eq!(all.handshake_limits(), HandshakeLimits::default());
     }
 
     proptest! {
