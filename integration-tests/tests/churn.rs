@@ -139,7 +139,11 @@ fn a_thousand_clients_killed_mid_channel_leave_no_channel_and_no_memory_behind()
         let now = settled_rss_kib(pid).unwrap();
         let last = *history.last().unwrap();
         history.push(now);
-        quiet = if now < last + SETTLED_GROWTH_KIB { quiet + 1 } else { 0 };
+        quiet = if now < last + SETTLED_GROWTH_KIB {
+            quiet + 1
+        } else {
+            0
+        };
         if quiet == SETTLED_ROUNDS {
             break *history.iter().max().unwrap();
         }
