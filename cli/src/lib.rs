@@ -3,7 +3,7 @@
 //! The library holds everything but `main`, so integration tests and fuzz targets can reach
 //! the parsers the binary uses. It does not implement networking or cryptography itself:
 //! that is the job of the crates below it. Imports point one way:
-//! `commands` → `node` → (`control`, `home`, `duration`).
+//! `commands` → `node` → (`control`, `home`, `duration`, `logfile`).
 
 /// The command line: one module per command group (parse, call the node, print).
 pub mod commands;
@@ -13,6 +13,8 @@ pub mod control;
 pub mod duration;
 /// Local state in `$KITH_HOME`: nodes, the vault, projects, and routes resolved against them.
 pub mod home;
+/// A daemon's log file, rotated by size, and reading it back across the rotation.
+pub mod logfile;
 /// The node host: the runtime a daemon runs and the parts it keeps.
 pub mod node;
 

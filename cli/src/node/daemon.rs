@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
+use kith_node::LOG_LIMITER;
 use serde::Serialize;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -121,11 +122,16 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     ));
     let (stop_tx, mut stop_rx) = mpsc::channel::<()>(1);
     let mut sessions = JoinSet::new();
+    // Warnings a flood made repeat are counted, not logged (kith_node::LOG_LIMITER); a burst
+    // that then stops gets its count logged by the next sweep.
+    let mut sweep = tokio::time::interval(LOG_LIMITER.interval());
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { info!("interrupted"); break; }
             _ = sigterm.recv() => { info!("terminated"); break; }
             _ = stop_rx.recv() => { info!("stop requested"); break; }
+            _ = sweep.tick() => LOG_LIMITER.sweep(),
             accepted = control.accept() => match accepted {
                 Ok((stream, _)) => {
                     // Reap finished sessions so the set holds only live ones.
@@ -151,6 +157,8 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     }
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(home.pid_path(name));
+    // What was counted and not yet logged, before the last line.
+    LOG_LIMITER.flush();
     info!(node = name, "node stopped");
     // Dropping the sessions closes their connections; a waiting `kith node stop` then sees
     // the end of its stream and knows the shutdown is complete.
