@@ -319,7 +319,7 @@ fn rename_if_there(from: &Path, to: &Path) -> io::Result<()> {
 /// highest number down, then the current one.
 pub fn log_files(path: &Path) -> io::Result<Vec<PathBuf>> {
     let mut rotated = rotated(path)?;
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
     let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
     if path.exists() {
         files.push(path.to_path_buf());

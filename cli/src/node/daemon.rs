@@ -3,6 +3,7 @@
 //! orderly shutdown.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use kith_node::LOG_LIMITER;
@@ -18,6 +19,10 @@ use super::settings::{NodeIdentity, services_policy};
 use super::{authority, refresh, revocations, server};
 use crate::control::{self, Request};
 use crate::home::{Home, write_private_atomic};
+
+/// 1 s: the least time between two sweeps of the warnings counted and not logged, whatever
+/// the limiter's interval (a zero interval would otherwise make the sweep spin).
+const MIN_LOG_SWEEP: Duration = Duration::from_secs(1);
 
 /// What a daemon prints on stdout once it is serving: the spawning command waits for it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -124,7 +129,7 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     let mut sessions = JoinSet::new();
     // Warnings a flood made repeat are counted, not logged (kith_node::LOG_LIMITER); a burst
     // that then stops gets its count logged by the next sweep.
-    let mut sweep = tokio::time::interval(LOG_LIMITER.interval());
+    let mut sweep = tokio::time::interval(LOG_LIMITER.interval().max(MIN_LOG_SWEEP));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
