@@ -243,3 +243,43 @@ fn a_thousand_identical_warnings_from_one_peer_make_a_handful_of_lines_with_thei
     );
     assert!(suppressed >= MESSAGES - 3, "{}", lines.join("\n"));
 }
+
+/// Needs the transport's "refused a connection" warning (`transport/src/tcp.rs`,
+/// `serve_incoming`) to go through `kith_node::LOG_LIMITER`; run with `--ignored` once it
+/// does, then drop the `ignore`.
+#[test]
+#[ignore = "needs LOG_LIMITER at transport/src/tcp.rs's \"refused a connection\" warning"]
+fn a_thousand_bad_preambles_from_one_address_make_a_handful_of_refusal_lines() {
+    const CONNECTIONS: u64 = 1000;
+    const KIND: &str = "refused a connection";
+    let k = Kith::new();
+    let listener = k.node("n1");
+    for _ in 0..CONNECTIONS {
+        let mut s = TcpStream::connect(&listener).unwrap();
+        // Not our protocol version: refused at the preamble. The daemon may close first.
+        let _ = s.write_all(b"G");
+        let _ = s.read(&mut [0u8; 1]);
+    }
+    until_blocking("the daemon to refuse every connection", || {
+        k.status("n1")["stats"]["connections_refused"].as_u64() >= Some(CONNECTIONS)
+    });
+    k.ok(&["node", "stop", "n1"]);
+    let log = k.ok(&["node", "logs", "n1"]);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(KIND)).collect();
+    assert!(
+        (1..=3).contains(&lines.len()),
+        "{} lines for {CONNECTIONS} refusals:\n{}",
+        lines.len(),
+        lines
+            .iter()
+            .take(10)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("suppressed=")),
+        "no count in:\n{}",
+        lines.join("\n")
+    );
+}
