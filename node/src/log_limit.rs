@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,10 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 /// Where a warning comes from, as far as collapsing goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LogSource {
-    /// A peer's IP address. Ports are left out: a flood from one host uses many.
+    /// A peer's IP address. Ports are left out: a flood from one host uses many. Made with
+    /// `From<IpAddr>`, an IPv6 address stands for its whole /64 (one host gets one from its
+    /// router and may use any address in it, as the transport counts its caps) and an
+    /// IPv4-mapped IPv6 address for that IPv4 address.
     Ip(IpAddr),
     /// This node itself: a local worker or client.
     Local,
@@ -67,19 +70,28 @@ pub enum LogSource {
 
 impl From<IpAddr> for LogSource {
     fn from(ip: IpAddr) -> Self {
-        Self::Ip(ip)
+        match ip {
+            IpAddr::V4(_) => Self::Ip(ip),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::Ip(IpAddr::V4(v4)),
+                None => {
+                    let [a, b, c, d, ..] = v6.segments();
+                    Self::Ip(IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0)))
+                }
+            },
+        }
     }
 }
 
 impl From<SocketAddr> for LogSource {
     fn from(peer: SocketAddr) -> Self {
-        Self::Ip(peer.ip())
+        Self::from(peer.ip())
     }
 }
 
 impl From<&SocketAddr> for LogSource {
     fn from(peer: &SocketAddr) -> Self {
-        Self::Ip(peer.ip())
+        Self::from(peer.ip())
     }
 }
 
@@ -104,7 +116,8 @@ impl From<&Origin> for LogSource {
 impl fmt::Display for LogSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Ip(ip) => write!(f, "{ip}"),
+            Self::Ip(IpAddr::V4(v4)) => write!(f, "{v4}"),
+            Self::Ip(IpAddr::V6(v6)) => write!(f, "{v6}/64"),
             Self::Local => f.write_str("local"),
             Self::Unknown => f.write_str("unknown"),
             Self::Key(k) => write!(f, "key {k:016x}"),
@@ -479,6 +492,19 @@ mod tests {
         assert_eq!(LogSource::from(&origin(None)), LogSource::Unknown);
         assert_eq!(LogSource::from(&Origin::Local), LogSource::Local);
         assert_eq!(LogSource::from(a).to_string(), "198.51.100.1");
+    }
+
+    #[test]
+    fn an_ipv6_host_is_one_source_per_64_and_a_mapped_ipv4_address_is_that_address() {
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other_in_64: IpAddr = "2001:db8:1:2:ffff:0:0:7".parse().unwrap();
+        let next_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(LogSource::from(one), LogSource::from(other_in_64));
+        assert_ne!(LogSource::from(one), LogSource::from(next_64));
+        assert_eq!(LogSource::from(one).to_string(), "2001:db8:1:2::/64");
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(LogSource::from(mapped), LogSource::from(v4));
     }
 
     #[test]
