@@ -3,7 +3,7 @@
 //! The library holds everything but `main`, so integration tests and fuzz targets can reach
 //! the parsers the binary uses. It does not implement networking or cryptography itself:
 //! that is the job of the crates below it. Imports point one way:
-//! `commands` → `node` → (`control`, `home`, `duration`).
+//! `commands` → `node` → (`control`, `home`, `duration`, `logfile`).
 
 /// The command line: one module per command group (parse, call the node, print).
 pub mod commands;
@@ -15,6 +15,8 @@ pub mod duration;
 pub mod home;
 /// A node's caps on what peers may hold (`--limit NAME=VALUE`).
 pub mod limits;
+/// A daemon's log file, rotated by size, and reading it back across the rotation.
+pub mod logfile;
 /// The node host: the runtime a daemon runs and the parts it keeps.
 pub mod node;
 

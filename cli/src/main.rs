@@ -4,8 +4,11 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use anyhow::{Context as _, Result};
 use clap::Parser;
-use kith_cli::commands::args::Cli;
+use kith_cli::commands::args::{Cli, Command, NodeCommand, kith_home};
+use kith_cli::home::{Home, validate_node_name};
+use kith_cli::logfile::{RotatingLog, Rotation};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc rather than the C library's allocator: with its background thread it hands
@@ -45,7 +48,10 @@ fn return_freed_memory() -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = kith_cli::commands::runs_a_node(&cli);
-    init_logging(&cli, daemon);
+    if let Err(e) = init_logging(&cli, daemon) {
+        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        return ExitCode::FAILURE;
+    }
     if daemon && let Err(e) = return_freed_memory() {
         tracing::warn!(error = %e, "cannot tune the allocator; freed memory returns to the system more slowly");
     }
@@ -76,8 +82,10 @@ fn main() -> ExitCode {
 }
 
 /// Daemons log at info by default; commands log nothing unless asked with -v. `KITH_LOG`
-/// (an env-filter directive such as `kith_transport=debug`) overrides both.
-fn init_logging(cli: &Cli, daemon: bool) {
+/// (an env-filter directive such as `kith_transport=debug`) overrides both. A spawned daemon
+/// (`kith node run`) writes to its node's log file, rotated by size ([`daemon_log`]); every
+/// other command logs to standard error.
+fn init_logging(cli: &Cli, daemon: bool) -> Result<()> {
     let default = match (daemon, cli.global.verbose) {
         (true, 0) => "info",
         (false, 0) => "off",
@@ -89,10 +97,33 @@ fn init_logging(cli: &Cli, daemon: bool) {
     let ansi = !cli.global.no_color
         && std::env::var_os("NO_COLOR").is_none()
         && std::io::stderr().is_terminal();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match daemon_log(cli)? {
+        Some(log) => builder.with_writer(log).with_ansi(false).init(),
+        None => builder.with_writer(std::io::stderr).with_ansi(ansi).init(),
+    }
+    Ok(())
+}
+
+/// For `kith node run NAME`, the node's log (`$KITH_HOME/nodes/NAME/node.log`), rotated as
+/// `KITH_LOG_MAX_BYTES` and `KITH_LOG_FILES` say, with standard error pointed at it. `None`
+/// for every other command, and for a node that does not exist (the command itself then
+/// fails, saying why, on standard error).
+fn daemon_log(cli: &Cli) -> Result<Option<RotatingLog>> {
+    let Command::Node(NodeCommand::Run(node)) = &cli.command else {
+        return Ok(None);
+    };
+    let rotation = Rotation::from_env()?;
+    let Some(home) = kith_home().and_then(|root| Home::open(root).ok()) else {
+        return Ok(None);
+    };
+    if validate_node_name(&node.name).is_err() || !home.node_dir(&node.name).is_dir() {
+        return Ok(None);
+    }
+    let path = home.log_path(&node.name);
+    let log = RotatingLog::open_as_stderr(&path, rotation)
+        .with_context(|| format!("cannot open the node's log {}", path.display()))?;
+    Ok(Some(log))
 }

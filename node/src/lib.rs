@@ -9,6 +9,9 @@
 //! error message ([`MessageKind::Undeliverable`], carrying an [`Undeliverable`]), at a
 //! bounded rate per sender; error messages themselves are never answered.
 //!
+//! Repeated warnings of one kind from one peer collapse into one line per interval with a
+//! count ([`LogLimiter`], process-wide as [`LOG_LIMITER`]), so a flood cannot flood the log.
+//!
 //! This crate does no I/O of its own: no sockets, no files, no cryptography.
 
 /// Incoming policies over a message's origin: who may reach a mailbox.
@@ -21,6 +24,8 @@ mod context;
 mod echo;
 /// Error types, one per surface a caller reacts to.
 mod error;
+/// Repeated warnings collapsed into one line per interval with a count.
+mod log_limit;
 /// Messages, their local info and origin.
 mod message;
 /// The node: mailboxes, sinks, workers and structured shutdown.
@@ -46,6 +51,9 @@ pub use echo::Echo;
 pub use error::{
     DisplayChain, MessageTooLarge, RequestError, RouteError, StartError, TryRouteError,
     UndeliverableDecodeError, WorkerError,
+};
+pub use log_limit::{
+    DEFAULT_LOG_INTERVAL, LOG_LIMITER, LogLimiter, LogSource, MAX_LOG_KEYS, Suppressed,
 };
 pub use message::{LocalInfo, Message, MessageKind, Origin};
 pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE, SinkHandle};

@@ -14,8 +14,8 @@ use tracing::{debug, info, warn};
 use crate::reply_limit::ReplyLimiter;
 use crate::{
     Address, AllowAll, AllowLocal, Client, Context, DEFAULT_ERROR_REPLY_RATE, ErrorReplyRate,
-    IncomingAccessControl, MAX_ERROR_REPLY_SENDERS, Message, MessageSink, StartError, Transport,
-    Worker,
+    IncomingAccessControl, LOG_LIMITER, LogSource, MAX_ERROR_REPLY_SENDERS, Message, MessageSink,
+    StartError, Transport, Worker,
 };
 
 /// 256 messages: enough to absorb a burst from a fast connection while the worker catches
@@ -528,13 +528,19 @@ async fn run_worker<W: Worker>(mut worker: W, mut ctx: Context, mut mailbox: Mai
         return;
     }
     while let Some(message) = mailbox.recv().await {
+        // Taken before the worker consumes the message: a peer that sends what a worker
+        // cannot handle, again and again, gets one line per interval.
+        let source = LogSource::from(message.origin());
         if let Err(e) = worker.handle_message(&mut ctx, message).await {
             ctx.node()
                 .inner
                 .stats
                 .worker_errors
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(node = %ctx.node().name(), address = %mailbox.address(), error = %e, "worker failed to handle a message");
+            const KIND: &str = "worker failed to handle a message";
+            if let Some(suppressed) = LOG_LIMITER.admit(KIND, source) {
+                warn!(node = %ctx.node().name(), address = %mailbox.address(), %source, suppressed, error = %e, "worker failed to handle a message");
+            }
         }
     }
     worker.shutdown(&mut ctx).await;

@@ -26,8 +26,8 @@ use tracing::{debug, warn};
 use crate::node::{Entry, Target};
 use crate::reply_limit::Sender;
 use crate::{
-    Address, ErrorClass, Message, MessageKind, Node, Route, RouteError, SinkError, TryRouteError,
-    Undeliverable,
+    Address, ErrorClass, LOG_LIMITER, LogSource, Message, MessageKind, Node, Route, RouteError,
+    SinkError, TryRouteError, Undeliverable,
 };
 
 /// 4 sinks: how deeply [`Node::try_route`] nests deliveries into sinks on one thread. A sink
@@ -131,7 +131,8 @@ impl Node {
             return Err(self.empty_route(message));
         };
         if !next.is_local() {
-            match self.resolve_remote(&next, may_dial).await {
+            let source = LogSource::from(message.origin());
+            match self.resolve_remote(&next, may_dial, source).await {
                 Ok(local) => {
                     message.onward_route.replace_next(local);
                 }
@@ -170,7 +171,14 @@ impl Node {
         }
     }
 
-    async fn resolve_remote(&self, next: &Address, may_dial: bool) -> Result<Address, RouteError> {
+    /// The local address that carries messages to `next`; a failure is counted and logged
+    /// (collapsed per `source`, the sender's peer).
+    async fn resolve_remote(
+        &self,
+        next: &Address,
+        may_dial: bool,
+        source: LogSource,
+    ) -> Result<Address, RouteError> {
         let transport = self
             .inner
             .transports
@@ -182,7 +190,10 @@ impl Node {
                 .stats
                 .dropped_no_transport
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(node = %self.name(), address = %next, "dropped a message: no transport for its address kind");
+            const KIND: &str = "dropped a message: no transport for its address kind";
+            if let Some(suppressed) = LOG_LIMITER.admit(KIND, source) {
+                warn!(node = %self.name(), address = %next, %source, suppressed, "dropped a message: no transport for its address kind");
+            }
             return Err(RouteError::NoTransport {
                 kind: next.kind(),
                 address: next.clone(),
@@ -195,7 +206,10 @@ impl Node {
                     .stats
                     .dropped_unreachable
                     .fetch_add(1, Ordering::Relaxed);
-                warn!(node = %self.name(), address = %next, error = %crate::DisplayChain(&e), "dropped a message: peer unreachable");
+                const KIND: &str = "dropped a message: peer unreachable";
+                if let Some(suppressed) = LOG_LIMITER.admit(KIND, source) {
+                    warn!(node = %self.name(), address = %next, %source, suppressed, error = %crate::DisplayChain(&e), "dropped a message: peer unreachable");
+                }
                 Err(e)
             }
         }
@@ -296,8 +310,10 @@ impl Node {
                 .stats
                 .dropped_unknown
                 .fetch_add(1, Ordering::Relaxed);
-            if data {
-                warn!(node = %self.name(), address = %next, "dropped a message for an unknown address");
+            const KIND: &str = "dropped a message for an unknown address";
+            let source = LogSource::from(message.origin());
+            if data && let Some(suppressed) = LOG_LIMITER.admit(KIND, source) {
+                warn!(node = %self.name(), address = %next, %source, suppressed, "dropped a message for an unknown address");
             }
             return Err(RouteError::UnknownAddress(next.clone()));
         };
@@ -306,11 +322,15 @@ impl Node {
                 .stats
                 .dropped_denied
                 .fetch_add(1, Ordering::Relaxed);
-            if data {
+            const KIND: &str = "dropped a message refused by the incoming policy";
+            let source = LogSource::from(message.origin());
+            if data && let Some(suppressed) = LOG_LIMITER.admit(KIND, source) {
                 warn!(
                     node = %self.name(),
                     address = %next,
                     origin = origin_kind(message.origin()),
+                    %source,
+                    suppressed,
                     "dropped a message refused by the incoming policy"
                 );
             }
@@ -343,12 +363,16 @@ impl Node {
                     .stats
                     .dropped_refused
                     .fetch_add(1, Ordering::Relaxed);
-                match &reason {
-                    Some(reason) => {
-                        warn!(node = %self.name(), address = %hop, %class, reason = %crate::DisplayChain(reason.as_ref()), "dropped a message its next hop refused")
-                    }
-                    None => {
-                        warn!(node = %self.name(), address = %hop, %class, "dropped a message its next hop refused")
+                const KIND: &str = "dropped a message its next hop refused";
+                let source = LogSource::from(message.origin());
+                if let Some(suppressed) = LOG_LIMITER.admit(KIND, source) {
+                    match &reason {
+                        Some(reason) => {
+                            warn!(node = %self.name(), address = %hop, %class, %source, suppressed, reason = %crate::DisplayChain(reason.as_ref()), "dropped a message its next hop refused")
+                        }
+                        None => {
+                            warn!(node = %self.name(), address = %hop, %class, %source, suppressed, "dropped a message its next hop refused")
+                        }
                     }
                 }
                 let error = RouteError::Refused {

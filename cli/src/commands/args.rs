@@ -160,8 +160,15 @@ Examples:
     /// Stop and delete nodes and their state.
     #[command(after_help = "Examples:\n  kith node delete n1\n  kith node delete --all")]
     Delete(DeleteNode),
-    /// Print a node's log.
-    #[command(after_help = "Examples:\n  kith node logs n1\n  kith node logs n1 --tail 20")]
+    /// Print a node's log, its rotated files included, oldest first.
+    #[command(after_help = "\
+A daemon rotates its log when it reaches KITH_LOG_MAX_BYTES (default 10485760, 10 MiB) and
+keeps KITH_LOG_FILES files (default 5: node.log and node.log.1 to .4), as set when the node
+is created or started.
+
+Examples:
+  kith node logs n1
+  kith node logs n1 --tail 20")]
     Logs(NodeLogs),
     /// Run a node in this process (used by `create` and `start` to spawn daemons).
     #[command(hide = true)]

@@ -15,6 +15,7 @@ use super::output::Output;
 use crate::control::{self, NodeState, Request, probe};
 use crate::home::vault::{identity_arg, open_vault, resolve_identity};
 use crate::home::{Home, NodeConfig, validate_node_name};
+use crate::logfile::{self, LogMark};
 use crate::node::{self, Ready, parse_allow};
 
 /// 20 s: how long `create`/`start` wait for a daemon to report that it serves. Starting takes
@@ -135,7 +136,8 @@ async fn start_daemon(home: &Home, out: &Output, name: &str) -> Result<()> {
 }
 
 /// Spawn `kith node run NAME` as a detached daemon logging to the node's log file, and wait
-/// for the line it prints once it serves.
+/// for the line it prints once it serves. Its standard error goes to the log too, for what it
+/// says before its logging is up; from then on it writes (and rotates) the log itself.
 pub async fn spawn_daemon(home: &Home, name: &str) -> Result<Ready> {
     let exe = std::env::current_exe().context("cannot find the kith executable")?;
     let log_path = home.log_path(name);
@@ -145,7 +147,7 @@ pub async fn spawn_daemon(home: &Home, name: &str) -> Result<Ready> {
         .mode(0o600)
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
-    let log_len = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let mark = LogMark::end_of(&log).ok();
     let mut child = tokio::process::Command::new(exe)
         .args(["node", "run", name])
         .env("KITH_HOME", home.root())
@@ -166,7 +168,8 @@ pub async fn spawn_daemon(home: &Home, name: &str) -> Result<Ready> {
             .with_context(|| format!("unexpected output from the node process: {line:?}")),
         Ok(_) => {
             let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-            let reason = last_error(&log_path, log_len)
+            let reason = mark
+                .and_then(|mark| last_error(&log_path, &mark))
                 .unwrap_or_else(|| format!("it exited; see {}", log_path.display()));
             bail!("node {name:?} failed to start: {reason}")
         }
@@ -180,18 +183,9 @@ pub async fn spawn_daemon(home: &Home, name: &str) -> Result<Ready> {
     }
 }
 
-/// The last `error: …` line the log got after byte `from`.
-fn last_error(log: &std::path::Path, from: u64) -> Option<String> {
-    let text = std::fs::read(log).ok()?;
-    let start = usize::try_from(from)
-        .ok()
-        .filter(|s| *s <= text.len())
-        .unwrap_or(0);
-    let tail = String::from_utf8_lossy(text.get(start..)?).into_owned();
-    tail.lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("error: "))
-        .map(str::to_owned)
+/// The last `error: …` line the log got after `mark`, even if it rotated since.
+fn last_error(log: &std::path::Path, mark: &LogMark) -> Option<String> {
+    logfile::rfind_since(log, mark, |l| l.strip_prefix("error: ").map(str::to_owned))
 }
 
 /// `kith node stop`
@@ -381,24 +375,20 @@ pub async fn show(home: &Home, out: &Output, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `kith node logs`
+/// `kith node logs`: the rotated files oldest first, then the current one, so `--tail`
+/// spans them.
 pub fn logs(home: &Home, args: NodeLogs) -> Result<()> {
     home.load_node(&args.name)?;
     let path = home.log_path(&args.name);
-    let text = match std::fs::read(&path) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    let read = match args.tail {
+        Some(n) => logfile::tail(&path, n).map(|lines| {
+            for l in lines {
+                println!("{l}");
+            }
+        }),
+        None => logfile::for_each_line(&path, |l| println!("{l}")),
     };
-    let lines: Vec<&str> = text.lines().collect();
-    let skip = args
-        .tail
-        .map(|n| lines.len().saturating_sub(n))
-        .unwrap_or(0);
-    for l in lines.iter().skip(skip) {
-        println!("{l}");
-    }
-    Ok(())
+    read.with_context(|| format!("cannot read the log {}", path.display()))
 }
 
 /// Check `--allow-identity` and `--trust-authority` and turn them into what the node saves.

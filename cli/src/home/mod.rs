@@ -4,7 +4,8 @@
 //! $KITH_HOME/nodes/NAME/config.json   what the node is (name, listener address)
 //! $KITH_HOME/nodes/NAME/control.sock  the running daemon's control socket
 //! $KITH_HOME/nodes/NAME/node.pid      the running daemon's process id
-//! $KITH_HOME/nodes/NAME/node.log      the daemon's log
+//! $KITH_HOME/nodes/NAME/node.log      the daemon's log (rotated: node.log.1 is the newest
+//!                                     before it; see `crate::logfile`)
 //! ```
 //! Directories are mode 0700 and files 0600, so only the owner can read or control a node.
 //! Files are replaced atomically (write a temporary file, then rename), so a crash never

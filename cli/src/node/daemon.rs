@@ -3,8 +3,10 @@
 //! orderly shutdown.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use kith_node::LOG_LIMITER;
 use serde::Serialize;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -17,6 +19,10 @@ use super::settings::{NodeIdentity, services_policy};
 use super::{authority, refresh, revocations, server};
 use crate::control::{self, Request};
 use crate::home::{Home, write_private_atomic};
+
+/// 1 s: the least time between two sweeps of the warnings counted and not logged, whatever
+/// the limiter's interval (a zero interval would otherwise make the sweep spin).
+const MIN_LOG_SWEEP: Duration = Duration::from_secs(1);
 
 /// What a daemon prints on stdout once it is serving: the spawning command waits for it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -123,11 +129,16 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     ));
     let (stop_tx, mut stop_rx) = mpsc::channel::<()>(1);
     let mut sessions = JoinSet::new();
+    // Warnings a flood made repeat are counted, not logged (kith_node::LOG_LIMITER); a burst
+    // that then stops gets its count logged by the next sweep.
+    let mut sweep = tokio::time::interval(LOG_LIMITER.interval().max(MIN_LOG_SWEEP));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { info!("interrupted"); break; }
             _ = sigterm.recv() => { info!("terminated"); break; }
             _ = stop_rx.recv() => { info!("stop requested"); break; }
+            _ = sweep.tick() => LOG_LIMITER.sweep(),
             accepted = control.accept() => match accepted {
                 Ok((stream, _)) => {
                     // Reap finished sessions so the set holds only live ones.
@@ -153,6 +164,8 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     }
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(home.pid_path(name));
+    // What was counted and not yet logged, before the last line.
+    LOG_LIMITER.flush();
     info!(node = name, "node stopped");
     // Dropping the sessions closes their connections; a waiting `kith node stop` then sees
     // the end of its stream and knows the shutdown is complete.
