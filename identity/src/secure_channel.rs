@@ -612,7 +612,12 @@ impl Worker for Listener {
             }
             Err(e) => {
                 self.stats.refused_invalid.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %kith_node::DisplayChain(&e), "refused a secure channel handshake");
+                if let Some(suppressed) = kith_node::LOG_LIMITER.admit(
+                    "refused an invalid secure channel handshake",
+                    message.origin(),
+                ) {
+                    warn!(error = %kith_node::DisplayChain(&e), source = ?source, suppressed, "refused a secure channel handshake");
+                }
                 ctx.node().answer_undeliverable(
                     message,
                     ctx.address().clone(),
@@ -1406,7 +1411,11 @@ async fn run(
             Some(Err(HandshakeError::Abandoned))
         }
         () = tokio::time::sleep_until(deadline) => {
-            warn!(decryptor = %channel.decryptor, "secure channel handshake timed out; abandoned");
+            if let Some(suppressed) = kith_node::LOG_LIMITER
+                .admit("secure channel handshake timed out", channel.source)
+            {
+                warn!(decryptor = %channel.decryptor, source = ?channel.source, suppressed, "secure channel handshake timed out; abandoned");
+            }
             Some(Err(HandshakeError::TimedOut))
         }
         r = handshake => Some(r),
@@ -1454,8 +1463,11 @@ async fn run(
             Box::pin(channel.close()).await;
         }
         Some(Err(e)) => {
-            if !matches!(e, HandshakeError::Abandoned | HandshakeError::TimedOut) {
-                warn!(decryptor = %channel.decryptor, error = %kith_node::DisplayChain(&e), "secure channel handshake failed");
+            if !matches!(e, HandshakeError::Abandoned | HandshakeError::TimedOut)
+                && let Some(suppressed) =
+                    kith_node::LOG_LIMITER.admit("secure channel handshake failed", channel.source)
+            {
+                warn!(decryptor = %channel.decryptor, source = ?channel.source, error = %kith_node::DisplayChain(&e), suppressed, "secure channel handshake failed");
             }
             if let Some(tx) = on_established.take() {
                 let _ = tx.send(Err(e));

@@ -244,11 +244,9 @@ fn a_thousand_identical_warnings_from_one_peer_make_a_handful_of_lines_with_thei
     assert!(suppressed >= MESSAGES - 3, "{}", lines.join("\n"));
 }
 
-/// Needs the transport's "refused a connection" warning (`transport/src/tcp.rs`,
-/// `serve_incoming`) to go through `kith_node::LOG_LIMITER`; run with `--ignored` once it
-/// does, then drop the `ignore`.
+/// The transport's "refused a connection" warning goes through `kith_node::LOG_LIMITER`:
+/// a flood of bad preambles from one host makes a line per interval, with a count.
 #[test]
-#[ignore = "needs LOG_LIMITER at transport/src/tcp.rs's \"refused a connection\" warning"]
 fn a_thousand_bad_preambles_from_one_address_make_a_handful_of_refusal_lines() {
     const CONNECTIONS: u64 = 1000;
     const KIND: &str = "refused a connection";

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use kith_node::{
-    Address, AllowAll, DirectOrQueue, DisplayChain, LocalInfo, MAX_ROUTE_LEN, Message, MessageSink,
-    Node, Origin, ReadyFuture, SinkError, SinkHandle, StartError,
+    Address, AllowAll, DirectOrQueue, DisplayChain, LOG_LIMITER, LocalInfo, MAX_ROUTE_LEN, Message,
+    MessageSink, Node, Origin, ReadyFuture, SinkError, SinkHandle, StartError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -164,7 +164,11 @@ impl Connection {
         match &result {
             Ok(()) => debug!(%peer, connection = %me, "connection closed"),
             Err(e) => {
-                warn!(%peer, connection = %me, error = %DisplayChain(e), "connection closed with an error")
+                // A flood of bad connections from one host makes a line per interval and
+                // kind of failure, with a count.
+                if let Some(suppressed) = LOG_LIMITER.admit(e.kind(), peer) {
+                    warn!(%peer, connection = %me, error = %DisplayChain(e), suppressed, "connection closed with an error")
+                }
             }
         }
         result
@@ -249,7 +253,9 @@ async fn deliver(
 ) {
     if m.return_route.len() >= MAX_ROUTE_LEN {
         counters.dropped.fetch_add(1, Ordering::Relaxed);
-        warn!(connection = %return_address, "dropped a message whose return route is already at the hop limit");
+        if let Some(suppressed) = LOG_LIMITER.admit("dropped a message at the hop limit", peer) {
+            warn!(%peer, connection = %return_address, suppressed, "dropped a message whose return route is already at the hop limit");
+        }
         return;
     }
     let mut return_route = m.return_route;

@@ -97,6 +97,25 @@ pub enum ConnectionError {
     WriteTimeout(std::time::Duration),
 }
 
+impl ConnectionError {
+    /// What kind of failure this is, for collapsing repeated warnings of one kind from one
+    /// host into a line per interval.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Io(_) => "connection failed",
+            Self::Version { .. } => "connection spoke another version",
+            Self::PreambleTimeout(_) => "connection sent no version",
+            Self::Busy => "connection refused as busy",
+            Self::FrameTimeout(_) => "connection trickled a frame",
+            Self::Frame(_) => "connection sent an invalid frame",
+            Self::Decode(_) => "connection sent an invalid message",
+            Self::Idle(_) => "connection went silent",
+            Self::ClosedMidFrame { .. } => "connection closed mid-frame",
+            Self::WriteTimeout(_) => "connection stopped reading",
+        }
+    }
+}
+
 /// Why a listener or an outgoing connection could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {

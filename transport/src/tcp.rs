@@ -468,7 +468,9 @@ async fn serve_incoming(inner: Arc<Inner>, mut stream: TcpStream, peer: SocketAd
     let _ = stream.set_nodelay(true);
     if let Err(e) = connection::preamble(&mut stream, inner.options.preamble_timeout).await {
         inner.counters.refused.fetch_add(1, Ordering::Relaxed);
-        warn!(%peer, error = %DisplayChain(&e), "refused a connection");
+        if let Some(suppressed) = kith_node::LOG_LIMITER.admit("refused a connection", peer) {
+            warn!(%peer, error = %DisplayChain(&e), suppressed, "refused a connection");
+        }
         return;
     }
     let Ok(conn) = Connection::establish(
