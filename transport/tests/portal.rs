@@ -39,6 +39,8 @@ struct Pair {
     outlet_node: Node,
     inlet: Inlet,
     outlet: Outlet,
+    /// Where the outlet node listens.
+    outlet_listener: String,
 }
 
 /// An outlet node carrying to `target`, an inlet node pointing at it.
@@ -57,7 +59,7 @@ async fn pair(
         &inlet_node,
         "127.0.0.1:0",
         Arc::new(Plain {
-            peer: addr,
+            peer: addr.clone(),
             outlet: "outlet",
         }),
         options,
@@ -69,6 +71,7 @@ async fn pair(
         outlet_node,
         inlet,
         outlet,
+        outlet_listener: addr,
     }
 }
 
@@ -279,4 +282,73 @@ async fn deleting_an_inlet_closes_its_sessions_and_its_port() {
     .await
     .expect("the inlet's port is still open");
     assert_eq!(p.outlet.stats().view().open, 0);
+}
+
+#[tokio::test]
+async fn one_peer_holds_at_most_its_share_of_an_outlets_sessions_and_another_still_gets_in() {
+    let target = echo_server().await;
+    let options = PortalOptions {
+        max_sessions_per_peer: 2,
+        ..PortalOptions::default()
+    };
+    let p = pair(&target, Arc::new(AllowAll), options.clone()).await;
+    // Two sessions from the inlet node, each proven open by an echo.
+    let mut held = Vec::new();
+    for i in 0..2u8 {
+        let mut c = TcpStream::connect(p.inlet.address()).await.unwrap();
+        c.write_all(&[i]).await.unwrap();
+        let mut back = [0u8; 1];
+        tokio::time::timeout(WAIT, c.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, [i]);
+        held.push(c);
+    }
+    // A third from the same peer is refused: the client is reset at once.
+    let mut third = TcpStream::connect(p.inlet.address()).await.unwrap();
+    let mut buf = [0u8; 1];
+    let r = tokio::time::timeout(WAIT, third.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(_) | Ok(0)), "expected a reset, got {r:?}");
+    assert_eq!(p.outlet.stats().view().refused, 1);
+
+    // Another peer (an inlet node of its own, over its own connection) still gets in.
+    let other_node = Node::new("other-inlet-node");
+    TcpTransport::start(&other_node);
+    let listener = p.outlet_listener.clone();
+    let other = Inlet::start(
+        &other_node,
+        "127.0.0.1:0",
+        Arc::new(Plain {
+            peer: listener,
+            outlet: "outlet",
+        }),
+        options,
+    )
+    .await
+    .unwrap();
+    let mut c = TcpStream::connect(other.address()).await.unwrap();
+    c.write_all(b"x").await.unwrap();
+    let mut back = [0u8; 1];
+    tokio::time::timeout(WAIT, c.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"x");
+    // A session that ends gives its place back to its peer.
+    drop(held.pop());
+    kith_node::testing::until("the ended session's place to be free", || {
+        p.outlet.stats().view().open == 2
+    })
+    .await;
+    let mut again = TcpStream::connect(p.inlet.address()).await.unwrap();
+    again.write_all(b"y").await.unwrap();
+    tokio::time::timeout(WAIT, again.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"y");
+    other_node.shutdown().await;
 }

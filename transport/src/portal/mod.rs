@@ -46,6 +46,9 @@ pub struct PortalOptions {
     /// 1,024: sessions an inlet or an outlet carries at once. An inlet accepts no more
     /// connections until one ends; an outlet refuses more `Open`s.
     pub max_sessions: usize,
+    /// 256: sessions one peer (an identity, or an unauthenticated host) may hold at an
+    /// outlet at once, a quarter of `max_sessions`, so one member cannot take them all.
+    pub max_sessions_per_peer: usize,
 }
 
 impl Default for PortalOptions {
@@ -57,6 +60,7 @@ impl Default for PortalOptions {
             open_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
             max_sessions: 1024,
+            max_sessions_per_peer: 256,
         }
     }
 }

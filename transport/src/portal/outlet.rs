@@ -1,7 +1,8 @@
 //! The outlet: a service that turns each admitted `Open` into a connection to its target.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use kith_node::{
     Address, AllowAll, IncomingAccessControl, Message, MessageKind, Node, Route, StartError,
@@ -25,6 +26,27 @@ pub struct Outlet {
     stop: CancellationToken,
     /// One per session, from the `Open` until the session ends (connecting included).
     permits: Arc<Semaphore>,
+    /// Sessions per peer ([`who`]); an entry leaves with the peer's last session.
+    per_peer: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A session's place: among the outlet's and among its peer's. Given back when dropped.
+struct Place {
+    _permit: OwnedSemaphorePermit,
+    per_peer: Arc<Mutex<HashMap<String, usize>>>,
+    peer: String,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut held = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl Outlet {
@@ -49,6 +71,7 @@ impl Outlet {
             stats: Arc::new(PortalStats::default()),
             stop: stop.clone(),
             permits: Arc::new(Semaphore::new(options.max_sessions)),
+            per_peer: Arc::default(),
         };
         let this = outlet.clone();
         let task_node = node.clone();
@@ -123,13 +146,7 @@ impl Outlet {
         } else if !window_ok(window) {
             Err(format!("window {window} is out of range"))
         } else {
-            self.permits.clone().try_acquire_owned().map_err(|_| {
-                warn!(outlet = %self.address, max = options.max_sessions, "refused a portal session: too many open");
-                format!(
-                    "the outlet carries {} sessions already; try again later",
-                    options.max_sessions
-                )
-            })
+            self.place(&origin, options)
         };
         let permit = match admitted {
             Ok(permit) => permit,
@@ -148,6 +165,39 @@ impl Outlet {
         });
     }
 
+    /// A place for a session from `origin`, or why there is none: the outlet or the peer
+    /// holds as many as it may.
+    fn place(&self, origin: &kith_node::Origin, options: &PortalOptions) -> Result<Place, String> {
+        let peer = who(origin);
+        let mut held = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
+        let theirs = held.get(&peer).copied().unwrap_or(0);
+        if theirs >= options.max_sessions_per_peer {
+            drop(held);
+            if let Some(suppressed) = kith_node::LOG_LIMITER
+                .admit("refused a portal session: too many from one peer", origin)
+            {
+                warn!(outlet = %self.address, from = %peer, max = options.max_sessions_per_peer, suppressed, "refused a portal session: the peer holds its share");
+            }
+            return Err(format!(
+                "the outlet carries {} sessions of yours already, as many as one peer may; try again later",
+                options.max_sessions_per_peer
+            ));
+        }
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            warn!(outlet = %self.address, max = options.max_sessions, "refused a portal session: too many open");
+            format!(
+                "the outlet carries {} sessions already; try again later",
+                options.max_sessions
+            )
+        })?;
+        held.insert(peer.clone(), theirs + 1);
+        Ok(Place {
+            _permit: permit,
+            per_peer: self.per_peer.clone(),
+            peer,
+        })
+    }
+
     /// Connect to the target and, if that works, run the session.
     async fn open(
         self,
@@ -156,7 +206,7 @@ impl Outlet {
         reply_to: Route,
         window: u32,
         options: PortalOptions,
-        _permit: OwnedSemaphorePermit,
+        _place: Place,
     ) {
         let connected =
             tokio::time::timeout(options.connect_timeout, TcpStream::connect(&self.target)).await;
