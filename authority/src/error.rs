@@ -138,7 +138,7 @@ pub enum StoreError {
     /// The store is stamped with another project than the one it was opened for (DESIGN
     /// §5: an authority refuses a foreign store). Nothing was changed.
     #[error(
-        "the membership store ({store}) belongs to project {found} (stamped at Unix time {stamped_at}), not to project {expected}, which this authority serves; point --database-url at project {expected}'s store, or run an authority of project {found} on this one"
+        "the membership store ({store}) belongs to project {found} (stamped at Unix time {stamped_at}), not to project {expected}, which this authority serves; give this authority project {expected}'s store back (its file from a backup, or its database with --database-url), or run an authority of project {found} on this one"
     )]
     ForeignProject {
         /// The store.
