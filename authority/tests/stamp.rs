@@ -353,6 +353,37 @@ async fn sqlite_a_database_whose_pages_are_garbage_is_refused_as_damaged_and_lef
 }
 
 #[tokio::test]
+async fn sqlite_a_database_without_tables_is_refused_and_left_unchanged() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("authority.sqlite");
+    // Switching to the write-ahead log writes SQLite's header, and nothing else.
+    let conn = SqliteConnection::connect_with(
+        &SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal),
+    )
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let before = files(dir.path());
+    assert_eq!(before.len(), 1);
+
+    let refused = MembershipStore::open_sqlite(&path, &owner_of(PROJECT_A), NOW)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::NoProject { found, .. } if found.contains("no tables")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        files(dir.path()),
+        before,
+        "the refusal touched the directory"
+    );
+}
+
+#[tokio::test]
 async fn sqlite_a_database_of_something_else_is_refused_and_left_unchanged() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("authority.sqlite");
