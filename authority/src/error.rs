@@ -111,6 +111,71 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// Reading the SQLite file, to see what it holds before it is opened, failed.
+    #[error(
+        "cannot read the membership store file {path}; check that it is a file and belongs to you"
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening an existing project's store found no project there: no file, an empty one,
+    /// a database without kith's tables, or kith's tables with no project stamp and no
+    /// data (DESIGN §5: an authority refuses an empty store). Nothing was changed: no file
+    /// created, no table, no stamp.
+    #[error(
+        "the membership store ({store}) holds no kith project: {found}. To start a new project, run `kith authority create NAME --project PROJECT` (with --database-url for PostgreSQL); to go on with an existing project, restore its store file from a backup, or point --database-url at its database"
+    )]
+    NoProject {
+        /// The store.
+        store: String,
+        /// What is there instead, e.g. `there is no such file`.
+        found: String,
+    },
+    /// The store is stamped with another project than the one it was opened for (DESIGN
+    /// §5: an authority refuses a foreign store). Nothing was changed.
+    #[error(
+        "the membership store ({store}) belongs to project {found} (stamped at Unix time {stamped_at}), not to project {expected}, which this authority serves; give this authority project {expected}'s store back (its file from a backup, or its database with --database-url), or run an authority of project {found} on this one"
+    )]
+    ForeignProject {
+        /// The store.
+        store: String,
+        /// The project id it is stamped with.
+        found: String,
+        /// When it was stamped, Unix seconds.
+        stamped_at: u64,
+        /// The project id it was opened for.
+        expected: String,
+    },
+    /// What is at the store's location is not a kith store that can be read: not a SQLite
+    /// database, a table that cannot be read, some of kith's tables missing. Nothing was
+    /// changed.
+    #[error(
+        "the membership store ({store}) is damaged or unreadable: {what}; restore it from a backup, or move it away and run `kith authority create NAME --project PROJECT` to start a new project"
+    )]
+    Damaged {
+        /// The store.
+        store: String,
+        /// What is wrong.
+        what: String,
+        /// The database's or decoder's error, where there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+    /// Creating a new project's store found something at its location already: a
+    /// project's store, data, or something that is not a kith store. Nothing was changed.
+    #[error(
+        "cannot create a new project's membership store in {store}: it already holds {found}. Give the new project an empty database or a new file; to run another authority of an existing project on its shared PostgreSQL database, pass that project's --project-id"
+    )]
+    Occupied {
+        /// The store.
+        store: String,
+        /// What is there, e.g. `the store of project 0123… (stamped at Unix time …)`.
+        found: String,
+    },
     /// The store's tables could not be created or brought up to date.
     #[error(
         "cannot prepare the tables of the membership store ({store}); if a newer kith wrote it, use that version"

@@ -18,7 +18,7 @@ use kith_authority::join::JoinSettings;
 use kith_authority::keeper::{ConfirmError, KeeperConfig, RelayKeeper, RelayState, RelayStatus};
 use kith_authority::relay::{self, RELAY_ADDRESS_PREFIX, RelayInfo};
 use kith_authority::service::{Authority, AuthorityConfig};
-use kith_authority::store::MembershipStore;
+use kith_authority::store::{MembershipStore, StoreOwner};
 use kith_authority::ticket::OneTimeCode;
 use kith_authority::{Clock, ManualClock};
 use kith_identity::channel::{Admission, HandshakeError, LocalIdentity, Trust};
@@ -1318,6 +1318,14 @@ struct Project {
     clock: Arc<ManualClock>,
 }
 
+/// Whose store the project node opens: [`PROJECT_ID`]'s.
+fn owner() -> StoreOwner {
+    StoreOwner {
+        project_id: PROJECT_ID.into(),
+        authority: None,
+    }
+}
+
 impl Project {
     async fn start(admins: &[&Party]) -> Self {
         let dir = TempDir::new().unwrap();
@@ -1335,6 +1343,12 @@ impl Project {
             .unwrap()
             .to_owned();
         let identity = stored.identity;
+        // The project's store is created once; every node started on it opens it.
+        MembershipStore::create(&location, &owner(), unix_now())
+            .await
+            .unwrap()
+            .close()
+            .await;
         let admins = admins.iter().map(|p| p.identifier).collect();
         let clock = Arc::new(ManualClock::new(unix_now()));
         let (node, port) = Self::node_on(
@@ -1368,7 +1382,9 @@ impl Project {
         bind: &str,
     ) -> (ProjectNode, u16) {
         let vault = Vault::open(vault_path).await.unwrap();
-        let store = MembershipStore::open(location).await.unwrap();
+        let store = MembershipStore::open(location, &owner(), unix_now())
+            .await
+            .unwrap();
         let node = Node::new("project");
         let tcp = TcpTransport::start(&node);
         let key = vault

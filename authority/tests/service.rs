@@ -26,7 +26,7 @@ use kith_authority::client::{
 };
 use kith_authority::join::JoinSettings;
 use kith_authority::service::{Authority, AuthorityConfig};
-use kith_authority::store::{AuditEvent, Member, MembershipStore};
+use kith_authority::store::{AuditEvent, Member, MembershipStore, StoreOwner};
 use kith_authority::ticket::OneTimeCode;
 use kith_authority::{Clock, ManualClock};
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
@@ -1543,6 +1543,14 @@ on_both_databases!(
 
 // ---- helpers ------------------------------------------------------------------------------
 
+/// Whose store the tests' authorities open: [`PROJECT_ID`]'s.
+fn owner() -> StoreOwner {
+    StoreOwner {
+        project_id: PROJECT_ID.into(),
+        authority: None,
+    }
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1711,7 +1719,10 @@ impl World {
             _dir: dir,
             vault_path,
             nodes: Vec::new(),
-            store: MembershipStore::open(&location).await.unwrap(),
+            // The world's own handle creates the project's store; its nodes open it.
+            store: MembershipStore::create(&location, &owner(), now())
+                .await
+                .unwrap(),
             client: client_node("client"),
             location,
             join,
@@ -1731,7 +1742,9 @@ impl World {
         bind: &str,
     ) -> AuthorityNode {
         let vault = Vault::open(&self.vault_path).await.unwrap();
-        let store = MembershipStore::open(&self.location).await.unwrap();
+        let store = MembershipStore::open(&self.location, &owner(), now())
+            .await
+            .unwrap();
         let node = Node::new(format!("authority-{index}"));
         let tcp = TcpTransport::start(&node);
         let stored = vault.identity(AUTHORITY_NAME).await.unwrap();

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kith_authority::store::{
     AuditEvent, DecideError, Decision, FeedEntry, FeedKind, FileError, Filed, JoinLimits,
     JoinRecord, JoinState, Member, MembershipStore, NewJoinRequest, NewTicket, PageKey,
-    RedeemError, RuleRecord, StoreError,
+    RedeemError, RuleRecord, StampOrigin, StoreError, StoreOwner,
 };
 use kith_identity::Identifier;
 use sha2::{Digest, Sha256};
@@ -560,30 +560,51 @@ async fn the_audit_log_returns_the_newest_events_last(db: &TestDb) {
     store.close().await;
 }
 
-async fn processes_opening_a_new_database_at_once_all_migrate(db: &TestDb) {
-    let mut opening = JoinSet::new();
-    for _ in 0..4 {
+async fn processes_creating_one_store_at_once_all_migrate_and_one_of_them_stamps_it(db: &TestDb) {
+    let mut creating = JoinSet::new();
+    for i in 0..4 {
         let location = db.location();
-        opening.spawn(async move { MembershipStore::open(&location).await });
+        creating.spawn(async move {
+            let owner = StoreOwner {
+                project_id: format!("project-{i}"),
+                authority: None,
+            };
+            MembershipStore::create(&location, &owner, NOW).await
+        });
     }
-    let mut stores = Vec::new();
-    while let Some(opened) = opening.join_next().await {
-        stores.push(opened.unwrap().expect("every process opens the store"));
+    let mut created = Vec::new();
+    while let Some(outcome) = creating.join_next().await {
+        match outcome.unwrap() {
+            Ok(store) => created.push(store),
+            Err(StoreError::Occupied { .. }) => {}
+            Err(other) => panic!("a creator failed otherwise than refused: {other:?}"),
+        }
     }
+    assert_eq!(created.len(), 1, "exactly one process creates the store");
+    let store = created.remove(0);
+    let stamp = store.project().await.unwrap();
+    assert_eq!(stamp.origin, StampOrigin::Created);
+    // The project it created is the one every later opening finds.
+    let owner = StoreOwner {
+        project_id: stamp.project_id.clone(),
+        authority: None,
+    };
+    let reopened = MembershipStore::open(&db.location(), &owner, NOW)
+        .await
+        .unwrap();
     let admin = identifier();
-    stores[0]
+    reopened
         .add_member(&admin_member(&identifier(), &admin), &admin, NOW)
         .await
         .unwrap();
-    for store in &stores {
-        assert_eq!(store.members().await.unwrap().len(), 1);
-        store.close().await;
-    }
+    assert_eq!(store.members().await.unwrap().len(), 1);
+    reopened.close().await;
+    store.close().await;
 }
 
 async fn both_databases_have_the_same_columns(db: &TestDb) {
     db.open().await.close().await;
-    let expected: [(&str, &[(&str, bool)]); 7] = [
+    let expected: [(&str, &[(&str, bool)]); 8] = [
         (
             "tickets",
             &[
@@ -658,6 +679,16 @@ async fn both_databases_have_the_same_columns(db: &TestDb) {
                 ("reason", false),
                 ("granted_attributes", false),
                 ("granted_lifetime", false),
+            ],
+        ),
+        (
+            "project_stamp",
+            &[
+                ("id", true),
+                ("project_id", true),
+                ("created_at", true),
+                ("authority", false),
+                ("origin", true),
             ],
         ),
         (
@@ -831,7 +862,7 @@ on_both_databases!(
     corrupt_rows_are_errors_not_panics,
     members_are_added_replaced_and_deleted,
     the_audit_log_returns_the_newest_events_last,
-    processes_opening_a_new_database_at_once_all_migrate,
+    processes_creating_one_store_at_once_all_migrate_and_one_of_them_stamps_it,
     both_databases_have_the_same_columns,
     a_join_request_is_filed_listed_and_audited,
     filing_again_keeps_the_id_and_creation_and_updates_the_code,
@@ -2169,13 +2200,17 @@ async fn sqlite_file_is_readable_by_its_owner_only() {
         |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("authority.sqlite");
-    let store = MembershipStore::open_sqlite(&path).await.unwrap();
+    let store = MembershipStore::create_sqlite(&path, &owner(), NOW)
+        .await
+        .unwrap();
     assert_eq!(mode(&path), 0o600);
     assert!(store.location().contains("authority.sqlite"));
     store.close().await;
     // A file someone made readable by others is tightened when opened.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let store = MembershipStore::open_sqlite(&path).await.unwrap();
+    let store = MembershipStore::open_sqlite(&path, &owner(), NOW)
+        .await
+        .unwrap();
     assert_eq!(mode(&path), 0o600);
     store.close().await;
 }
@@ -2183,7 +2218,9 @@ async fn sqlite_file_is_readable_by_its_owner_only() {
 #[tokio::test]
 async fn postgres_errors_and_names_never_show_the_password() {
     let database = TempDatabase::for_test("the membership store tests", "kith_test");
-    let store = MembershipStore::open(&database.url).await.unwrap();
+    let store = MembershipStore::create(&database.url, &owner(), NOW)
+        .await
+        .unwrap();
     let password = password_of(&database.url);
     assert!(store.location().starts_with("PostgreSQL database "));
     assert!(!store.location().contains(&format!(":{password}@")));
@@ -2194,7 +2231,9 @@ async fn postgres_errors_and_names_never_show_the_password() {
     let url = database
         .url
         .replacen(&format!(":{password}@"), &format!(":{wrong}@"), 1);
-    let error = MembershipStore::open(&url).await.unwrap_err();
+    let error = MembershipStore::open(&url, &owner(), NOW)
+        .await
+        .unwrap_err();
     assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
     let shown = format!("{error:?} {}", error_chain(&error));
     assert!(!shown.contains(wrong), "{shown}");
@@ -2374,6 +2413,14 @@ fn password_of(url: &str) -> &str {
         .expect("the test URL has a password")
 }
 
+/// The project of every store the scenarios open.
+fn owner() -> StoreOwner {
+    StoreOwner {
+        project_id: "0123456789abcdef0123456789abcdef".to_owned(),
+        authority: None,
+    }
+}
+
 /// A fresh, empty database for one test, on either backend.
 enum TestDb {
     Sqlite { _dir: TempDir, path: PathBuf },
@@ -2395,7 +2442,8 @@ impl TestDb {
         .await;
     }
 
-    /// What [`MembershipStore::open`] takes: a file path or a URL.
+    /// What [`MembershipStore::open`] and [`MembershipStore::create`] take: a file path or
+    /// a URL.
     fn location(&self) -> String {
         match self {
             TestDb::Sqlite { path, .. } => path.to_str().unwrap().to_owned(),
@@ -2404,8 +2452,17 @@ impl TestDb {
     }
 
     /// A new store on this database: a new pool, as another authority process would have.
+    /// The first creates the test project's store; the others open it.
     async fn open(&self) -> MembershipStore {
-        MembershipStore::open(&self.location()).await.unwrap()
+        match MembershipStore::open(&self.location(), &owner(), NOW).await {
+            Ok(store) => store,
+            Err(StoreError::NoProject { .. }) => {
+                MembershipStore::create(&self.location(), &owner(), NOW)
+                    .await
+                    .unwrap()
+            }
+            Err(other) => panic!("cannot open the test's store: {other:?}"),
+        }
     }
 
     /// Run `sql` behind the store's back, on a connection of its own.

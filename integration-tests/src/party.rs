@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use kith_authority::join::JoinSettings;
 use kith_authority::relay;
 use kith_authority::service::{Authority, AuthorityConfig};
-use kith_authority::store::MembershipStore;
+use kith_authority::store::{MembershipStore, StoreOwner};
 use kith_authority::ticket::OneTimeCode;
 use kith_identity::channel::{Admission, LocalIdentity, Trust};
 use kith_identity::secure_channel::{self, ChannelSettings, DEFAULT_LISTENER};
@@ -147,7 +147,16 @@ impl ProjectNode {
             .create_identity(AUTHORITY_NAME, unix_now())
             .await?
             .identity;
-        let store = MembershipStore::open_sqlite(&dir.path().join("authority.sqlite")).await?;
+        let owner = StoreOwner {
+            project_id: config.project_id.into(),
+            authority: Some(*authority.identifier()),
+        };
+        let store = MembershipStore::create_sqlite(
+            &dir.path().join("authority.sqlite"),
+            &owner,
+            unix_now(),
+        )
+        .await?;
         let node = Node::new(config.node_name);
         let local = LocalIdentity {
             identity: authority.clone(),

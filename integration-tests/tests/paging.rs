@@ -7,14 +7,20 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use common::Kith;
-use kith_authority::store::{JoinLimits, Member, MembershipStore, NewJoinRequest};
+use kith_authority::store::{JoinLimits, Member, MembershipStore, NewJoinRequest, StoreOwner};
 use kith_identity::{Identifier, unix_now};
 
-/// The authority node's store, opened beside the running authority (SQLite in WAL mode
-/// takes a second connection), to add rows faster than one command each.
-async fn store(k: &Kith) -> MembershipStore {
+/// The authority node's store of project `project_id`, opened beside the running authority
+/// (SQLite in WAL mode takes a second connection), to add rows faster than one command each.
+async fn store(k: &Kith, project_id: &str) -> MembershipStore {
     let path = k.home().join("nodes/authority/authority.sqlite");
-    MembershipStore::open_sqlite(&path).await.unwrap()
+    let owner = StoreOwner {
+        project_id: project_id.to_owned(),
+        authority: None,
+    };
+    MembershipStore::open_sqlite(&path, &owner, unix_now())
+        .await
+        .unwrap()
 }
 
 /// The `n`th identifier of the test: distinct, and scattered over the identifier order.
@@ -28,13 +34,14 @@ fn identifier(n: u64) -> Identifier {
 #[test]
 fn ten_thousand_members_and_a_thousand_pending_requests_list_whole_and_in_order() {
     let k = Kith::new();
-    k.json(&["authority", "create", "--project", "acme"]);
+    let created = k.json(&["authority", "create", "--project", "acme"]);
+    let project_id = created["project_id"].as_str().unwrap();
     let admin = k.json(&["identity", "show"])["identifier"].clone();
     let admin: Identifier = admin.as_str().unwrap().parse().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let now = unix_now();
     let added = runtime.block_on(async {
-        let store = store(&k).await;
+        let store = store(&k, project_id).await;
         let mut added = Vec::new();
         for i in 0..10_000u64 {
             let member = Member {

@@ -763,7 +763,7 @@ mod tests {
     use crate::api::JoinState as ShownState;
     use crate::clock::ManualClock;
     use crate::service::{AuthorityConfig, MAX_IN_FLIGHT};
-    use crate::store::{AuditEvent, MembershipStore};
+    use crate::store::{AuditEvent, MembershipStore, StoreOwner};
     use kith_identity::vault::Vault;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
@@ -778,7 +778,11 @@ mod tests {
 
     /// An authority on a fresh SQLite store and vault in `dir`, reading `clock`.
     async fn authority_at(dir: &Path, clock: Arc<ManualClock>) -> Authority {
-        let store = MembershipStore::open_sqlite(&dir.join("store.sqlite"))
+        let owner = StoreOwner {
+            project_id: "p".into(),
+            authority: None,
+        };
+        let store = MembershipStore::create_sqlite(&dir.join("store.sqlite"), &owner, NOW)
             .await
             .unwrap();
         let vault = Vault::open(&dir.join("vault.sqlite")).await.unwrap();

@@ -23,6 +23,9 @@
 //!   deadlocks) is retried with a bounded backoff inside the store, then reported as
 //!   [`StoreError::Busy`]; it never surfaces as a spurious failure or a hang.
 //! - A row the store cannot decode is [`StoreError::Corrupt`], never a panic.
+//! - A store is stamped with its project when it is created ([`ProjectStamp`]), and is opened
+//!   afterwards only for that project: an authority refuses an empty, damaged or foreign
+//!   store instead of beginning a new project in it, and a refusal changes nothing (`stamp`).
 //!
 //! What it does not do: decide who may call what (the services do), check ticket or member
 //! attributes beyond storing them, or read the clock: every operation that depends on time
@@ -42,10 +45,13 @@ mod ops;
 mod postgres;
 mod requests;
 mod sqlite;
+mod stamp;
 
 pub use crate::error::{DecideError, FileError, RedeemError, StoreError};
+pub use stamp::{ProjectStamp, StampOrigin, StoreOwner};
 
 use ops::Db;
+use stamp::Intent;
 
 /// 64 characters: the longest ticket id. Ids are short handles (12 hex digits by default)
 /// that admins type; the bound keeps them readable in lists and audit lines.
@@ -434,36 +440,95 @@ impl fmt::Debug for MembershipStore {
     }
 }
 
-/// Opening and closing.
+/// Creating, opening and closing. A store is stamped with its project when it is created,
+/// and opened later only for that project (DESIGN §5): [`MembershipStore::create`] makes a
+/// new project's store and [`MembershipStore::open`] opens an existing one; neither ever
+/// turns an empty or foreign store into a project's. Both look at the store before they
+/// migrate or write anything, so a refusal changes nothing.
 impl MembershipStore {
-    /// Open the store at `location`: a `postgres://` or `postgresql://` URL connects to
-    /// PostgreSQL ([`MembershipStore::connect_postgres`]); anything else is the path of a
-    /// SQLite file ([`MembershipStore::open_sqlite`]).
-    pub async fn open(location: &str) -> Result<Self, StoreError> {
+    /// Create a new project's store at `location`, stamped with `owner`'s project at `now`:
+    /// a `postgres://` or `postgresql://` URL names an (empty) PostgreSQL database; anything
+    /// else is the path of a SQLite file ([`MembershipStore::create_sqlite`]). Several
+    /// processes may do this at once on one database: one creates it, the others are
+    /// refused.
+    ///
+    /// Refused with [`StoreError::Occupied`] if the location holds a project's store (any
+    /// project's), members, tickets, join requests or audit entries, tables kith did not
+    /// create, or a file that is not a SQLite database. A location with nothing there, or
+    /// with kith's tables but no stamp and no data (a creation that stopped half-way), is
+    /// taken.
+    pub async fn create(location: &str, owner: &StoreOwner, now: u64) -> Result<Self, StoreError> {
+        Self::at(location, Intent::Create, owner, now).await
+    }
+
+    /// Open the existing store of `owner`'s project at `location` (a PostgreSQL URL or a
+    /// SQLite file's path, as for [`MembershipStore::create`]) and bring its tables up to
+    /// date. Several processes may do this at once on one database: the migrator serializes
+    /// them.
+    ///
+    /// Refused, changing nothing, if the store holds no project ([`StoreError::NoProject`]:
+    /// no file, an empty file, no tables, or kith's tables with no stamp and no data), is
+    /// damaged ([`StoreError::Damaged`], or [`StoreError::Migrate`] if its tables cannot be
+    /// brought up to date), or belongs to another project ([`StoreError::ForeignProject`]).
+    /// A store an earlier kith wrote without a stamp, but with data, is adopted: stamped with
+    /// `owner`'s project at `now`, and logged at info level.
+    pub async fn open(location: &str, owner: &StoreOwner, now: u64) -> Result<Self, StoreError> {
+        Self::at(location, Intent::Existing, owner, now).await
+    }
+
+    /// [`MembershipStore::create`] on the SQLite file at `path`, created with mode 0600
+    /// (its directory must exist).
+    pub async fn create_sqlite(
+        path: &Path,
+        owner: &StoreOwner,
+        now: u64,
+    ) -> Result<Self, StoreError> {
+        Self::sqlite(path, Intent::Create, owner, now).await
+    }
+
+    /// [`MembershipStore::open`] on the SQLite file at `path`; an existing file's
+    /// permissions are tightened to 0600 once it is admitted.
+    pub async fn open_sqlite(
+        path: &Path,
+        owner: &StoreOwner,
+        now: u64,
+    ) -> Result<Self, StoreError> {
+        Self::sqlite(path, Intent::Existing, owner, now).await
+    }
+
+    /// Open the store at `location` with `intent`.
+    async fn at(
+        location: &str,
+        intent: Intent,
+        owner: &StoreOwner,
+        now: u64,
+    ) -> Result<Self, StoreError> {
         if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-            Self::connect_postgres(location).await
+            let db = Db::<Postgres>::connect(location, intent, owner, now).await?;
+            Ok(Self {
+                backend: Backend::Postgres(db),
+            })
         } else {
-            Self::open_sqlite(Path::new(location)).await
+            Self::sqlite(Path::new(location), intent, owner, now).await
         }
     }
 
-    /// Open the SQLite store at `path`, creating the file (mode 0600) if it is missing and
-    /// tightening an existing file's permissions to 0600; then bring its tables up to date.
-    /// The directory must exist.
-    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
-        let db = Db::<Sqlite>::open(path).await?;
+    /// Open the SQLite store at `path` with `intent`.
+    async fn sqlite(
+        path: &Path,
+        intent: Intent,
+        owner: &StoreOwner,
+        now: u64,
+    ) -> Result<Self, StoreError> {
+        let db = Db::<Sqlite>::open(path, intent, owner, now).await?;
         Ok(Self {
             backend: Backend::Sqlite(db),
         })
     }
 
-    /// Connect to the PostgreSQL database at `url` and bring its tables up to date. Several
-    /// processes may do this at once on one database: the migrator serializes them.
-    pub async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
-        let db = Db::<Postgres>::connect(url).await?;
-        Ok(Self {
-            backend: Backend::Postgres(db),
-        })
+    /// The project this store belongs to: its stamp.
+    pub async fn project(&self) -> Result<ProjectStamp, StoreError> {
+        on_backend!(self, db => db.stamp().await)
     }
 
     /// Close every connection (on SQLite, after folding the write-ahead log into the file),

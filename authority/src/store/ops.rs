@@ -44,6 +44,10 @@ pub(super) trait Dialect: Database {
     /// Whether `error` is contention that clears if the transaction is run again: nothing
     /// was committed, and a later attempt can succeed.
     fn is_transient(error: &sqlx::Error) -> bool;
+
+    /// The statement that lists the database's tables (those where the store's own would
+    /// be), one per row in a text column `name`; on SQLite, without SQLite's own.
+    const LIST_TABLES: &'static str;
 }
 
 /// 3: how often a write that changes a row only if it is fit (a redemption, a filing, a

@@ -17,6 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use super::StoreError;
 use super::ops::{Db, Dialect};
+use super::stamp::{self, Intent, Seen, StoreOwner};
 
 /// The PostgreSQL schema, embedded at build time; the twin of `migrations/sqlite`.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -61,6 +62,11 @@ impl Dialect for Postgres {
     const LOCK_MEMBERSHIP: Option<&'static str> =
         Some("LOCK TABLE membership_feed IN EXCLUSIVE MODE");
 
+    /// The store's tables are created unqualified, so in the first schema of the search
+    /// path: `current_schema()`.
+    const LIST_TABLES: &'static str = "SELECT tablename::text AS name FROM pg_catalog.pg_tables \
+         WHERE schemaname = current_schema()";
+
     fn is_transient(error: &sqlx::Error) -> bool {
         match error {
             sqlx::Error::Database(e) => e
@@ -72,8 +78,16 @@ impl Dialect for Postgres {
 }
 
 impl Db<Postgres> {
-    /// Connect to the database at `url` and migrate it.
-    pub(super) async fn connect(url: &str) -> Result<Self, StoreError> {
+    /// Connect to the database at `url` and open the store there with `intent` for
+    /// `owner`'s project: look at what it holds without changing it, and refuse it unless
+    /// [`stamp::admit`] admits it; only then migrate it and stamp it or confirm its stamp at
+    /// `now`.
+    pub(super) async fn connect(
+        url: &str,
+        intent: Intent,
+        owner: &StoreOwner,
+        now: u64,
+    ) -> Result<Self, StoreError> {
         let options =
             PgConnectOptions::from_str(url).map_err(|source| StoreError::InvalidUrl { source })?;
         let location = format!(
@@ -93,11 +107,27 @@ impl Db<Postgres> {
                 source,
             })?;
         let db = Self::new(pool, location);
-        if let Err(e) = db.migrate().await {
+        if let Err(e) = db.prepare(intent, owner, now).await {
             db.close().await;
             return Err(e);
         }
         Ok(db)
+    }
+
+    /// Survey, admit, migrate and stamp, as [`Db::connect`] describes.
+    async fn prepare(
+        &self,
+        intent: Intent,
+        owner: &StoreOwner,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let survey = {
+            let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
+            stamp::survey::<Postgres>(&mut conn, &self.location).await?
+        };
+        stamp::admit(&Seen::Database(survey), intent, owner, &self.location)?;
+        self.migrate().await?;
+        self.settle_stamp(intent, owner, now).await
     }
 
     /// Close every connection, waiting at most [`CLOSE_GRACE`] for those in use.

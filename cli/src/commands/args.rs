@@ -766,8 +766,9 @@ pub struct CreateAuthority {
     /// identity named after the node.
     #[arg(long, value_name = "NAME")]
     pub identity: Option<String>,
-    /// Use this id for the project (32 hex digits) instead of a new one: for a second
-    /// authority node sharing a PostgreSQL database with the first.
+    /// Join the existing project with this id (32 hex digits) instead of creating a new
+    /// one: for a second authority node sharing a PostgreSQL database with the first. The
+    /// database must already hold that project's store.
     #[arg(long, value_name = "ID", requires = "database_url")]
     pub project_id: Option<String>,
     /// Run in this process instead of as a daemon.

@@ -78,6 +78,9 @@ pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<
             request_ttl: args.request_ttl.as_secs(),
             max_pending_per_address: args.max_pending_per_address,
             max_pending: args.max_pending_requests,
+            // A new project's store is created by the daemon's first start; with
+            // --project-id, this authority joins the project whose store is already there.
+            create_store: args.project_id.is_none(),
         }),
         relays: Vec::new(),
         outlets: Vec::new(),

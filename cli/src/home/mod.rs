@@ -128,6 +128,12 @@ pub struct AuthorityNodeConfig {
     /// How many join requests may be pending in all (default 1,000).
     #[serde(default = "default_max_pending")]
     pub max_pending: u32,
+    /// Whether the node's next start creates the project's membership store (stamped with
+    /// `project_id`) rather than opening it. `kith authority create` sets it for a new
+    /// project; the start that creates the store clears it, so every later start only opens
+    /// the store, and refuses one that is empty or another project's (DESIGN §5).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create_store: bool,
 }
 
 fn default_request_ttl() -> u64 {

@@ -88,9 +88,18 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
         None => None,
     };
     let listener = running.listener.clone().unwrap_or_default();
+    let mut changed = false;
     if config.tcp_listener_address.ends_with(":0") {
         // Keep the port we were given, so the node's address survives restarts.
         config.tcp_listener_address = listener.clone();
+        changed = true;
+    }
+    if let Some(a) = config.authority.as_mut().filter(|a| a.create_store) {
+        // The store exists now, stamped: later starts must open it, never create one.
+        a.create_store = false;
+        changed = true;
+    }
+    if changed {
         home.save_node(&config)?;
     }
     let control = UnixListener::bind(&socket)
