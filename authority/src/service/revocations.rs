@@ -251,3 +251,28 @@ impl Authority {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(last: u8) -> Source {
+        Source::of(std::net::IpAddr::from([127, 0, 0, last]))
+    }
+
+    #[test]
+    fn one_source_holds_at_most_its_share_of_followers_and_gets_them_back() {
+        let by_source = Arc::default();
+        let held: Vec<_> = (0..MAX_FOLLOWERS_PER_SOURCE)
+            .map(|_| SourceSlot::take(&by_source, source(2)).unwrap())
+            .collect();
+        assert!(SourceSlot::take(&by_source, source(2)).is_none());
+        // Another source is not held back.
+        let other = SourceSlot::take(&by_source, source(3)).unwrap();
+        drop(held);
+        assert!(SourceSlot::take(&by_source, source(2)).is_some());
+        drop(other);
+        let left = by_source.lock().unwrap().len();
+        assert_eq!(left, 0, "a source with no requests leaves the table");
+    }
+}
