@@ -229,3 +229,58 @@ const TRICKLE_BOUND_KIB: u64 = 24 * 1024;
 
 /// 4 MiB: how far above its baseline a node may stay once the tricklers are gone.
 const RETURN_SLACK_KIB: u64 = 4 * 1024;
+
+/// Connect from 127.0.0.`last` and exchange versions; the byte the node answered.
+fn version_answer(last: u8, to: SocketAddr) -> u8 {
+    let rt = runtime();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = kith_integration_tests::hostile::connect_from(attacker(last), to)
+            .await
+            .unwrap();
+        s.write_all(&[kith_transport::PROTOCOL_VERSION])
+            .await
+            .unwrap();
+        let mut theirs = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut theirs))
+            .await
+            .unwrap()
+            .unwrap();
+        // Held open until the runtime goes: the caller counts it.
+        std::mem::forget(s);
+        theirs[0]
+    })
+}
+
+#[test]
+fn a_limit_given_at_create_holds_across_restarts_and_refusals_say_busy() {
+    let k = Kith::new();
+    k.json(&[
+        "node",
+        "create",
+        "n1",
+        "--limit",
+        "connections-per-source=2",
+    ]);
+    for round in 0..2 {
+        let to = listener(&k, "n1");
+        assert_eq!(version_answer(2, to), kith_transport::PROTOCOL_VERSION);
+        assert_eq!(version_answer(2, to), kith_transport::PROTOCOL_VERSION);
+        assert_eq!(
+            version_answer(2, to),
+            kith_transport::BUSY,
+            "round {round}: a third connection from 127.0.0.2 is refused as busy"
+        );
+        assert!(stat(&k, "n1", "connections_refused_busy") >= 1);
+        k.ok(&["node", "stop", "n1"]);
+        k.ok(&["node", "start", "n1"]);
+    }
+    let bad = k.fails(&[
+        "node",
+        "create",
+        "n2",
+        "--limit",
+        "connections-per-source=0",
+    ]);
+    assert!(bad.contains("from 1 to"), "{bad}");
+}

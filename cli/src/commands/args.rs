@@ -771,6 +771,10 @@ pub struct CreateAuthority {
     /// database must already hold that project's store.
     #[arg(long, value_name = "ID", requires = "database_url")]
     pub project_id: Option<String>,
+    /// Change one of the caps on what peers may hold at the project node (repeatable), as
+    /// `kith node create --limit` takes them, e.g. connections-per-source=512.
+    #[arg(long = "limit", value_name = "NAME=VALUE")]
+    pub limits: Vec<String>,
     /// Run in this process instead of as a daemon.
     #[arg(long)]
     pub foreground: bool,

@@ -17,6 +17,7 @@ pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<
     validate_listener(&args.tcp_listener_address)?;
     home.ensure_no_node(&args.name)?;
     project::check_name(&args.project).context("--project")?;
+    let limits = crate::limits::LimitsConfig::parse_all(&args.limits)?;
     if args.credential_ttl.as_secs() == 0 || args.request_ttl.as_secs() == 0 {
         anyhow::bail!("--credential-ttl and --request-ttl must be at least 1s");
     }
@@ -68,7 +69,10 @@ pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<
         tcp_listener_address: args.tcp_listener_address.clone(),
         created_at: unix_now(),
         identity: Some(authority.name.clone()),
-        admission: Default::default(),
+        admission: crate::home::AdmissionConfig {
+            limits,
+            ..Default::default()
+        },
         authority: Some(AuthorityNodeConfig {
             project: args.project.clone(),
             project_id: project_id.clone(),
