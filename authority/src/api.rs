@@ -576,6 +576,10 @@ pub enum ErrorKind {
     /// The authority is busy (too many requests at once, or the store is contended); the
     /// same request may succeed in a moment.
     Busy,
+    /// Too many wrong codes (one-time codes at enrollment, verification codes at approval)
+    /// from this identity or address: wait [`ApiError::retry_after`] seconds before the
+    /// next attempt. An attempt before then is refused again, and lengthens the wait.
+    Throttled,
 }
 
 /// A refusal: a kind for programs and a message for people.
@@ -587,6 +591,10 @@ pub struct ApiError {
     pub kind: ErrorKind,
     /// What to tell the user.
     pub message: String,
+    /// For [`ErrorKind::Throttled`]: seconds to wait before trying again. Absent from every
+    /// other refusal, so that they read as before to older peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -595,6 +603,17 @@ impl ApiError {
         Self {
             kind,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// An [`ErrorKind::Throttled`] refusal saying `message`: try again in `retry_after`
+    /// seconds.
+    pub fn throttled(message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            kind: ErrorKind::Throttled,
+            message: message.into(),
+            retry_after: Some(retry_after),
         }
     }
 }

@@ -51,6 +51,7 @@ use super::answer::{
 };
 use super::checks::{check_member_attributes, grants_enroller};
 use super::state::Authority;
+use super::throttle::GuessKind;
 use super::wire::{request_info, rule_info};
 use crate::api::{
     self, ApiError, ErrorKind, JOIN_WAIT_HOLD, JoinCall, JoinRequestInfo, JoinWaited,
@@ -288,6 +289,7 @@ impl Authority {
                 let enroller = self.admin_or_enroller(caller, DECIDERS).await?;
                 self.approve(
                     caller,
+                    channel.source,
                     enroller,
                     &normalize_id(&id),
                     &code,
@@ -469,15 +471,24 @@ impl Authority {
         }
     }
 
+    /// Approve request `id` if `code` is its verification code. A wrong code is a failed
+    /// guess by the caller's identity and by `source` (`throttle`); while either must wait,
+    /// the approval is refused at once.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, which has each from the call"
+    )]
     async fn approve(
         &self,
         caller: &Identifier,
+        source: Option<SocketAddr>,
         enroller: bool,
         id: &str,
         code: &str,
         attributes: Option<BTreeMap<String, String>>,
         lifetime: Option<u64>,
     ) -> Result<JoinRequestInfo, ApiError> {
+        let attempt = self.admit_guess(GuessKind::Approve, caller, source).await?;
         let record = self.request(id).await?;
         let now = self.now();
         let state = record.state_at(now);
@@ -491,6 +502,7 @@ impl Authority {
         }
         if !api::codes_match(code, &record.code) {
             warn!(request = %id, "approval with a wrong verification code refused: a mistyped code, or someone between the requester and us");
+            attempt.failed().await;
             return Err(ApiError::new(
                 ErrorKind::WrongCode,
                 "the verification code does not match this request's; the request stays pending. Compare the code with the requester again: if theirs differs from the one `kith project requests show` prints, someone sits between them and the authority",
@@ -746,7 +758,7 @@ impl Authority {
 
 /// Run `step` at once, then again `pause` after each run ends, for as long as the task
 /// runs: a slow step delays the next one rather than letting runs bunch up.
-async fn every<F, Fut>(pause: Duration, mut step: F)
+pub(super) async fn every<F, Fut>(pause: Duration, mut step: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,

@@ -252,6 +252,14 @@ impl AuditEvent {
     pub const RULE_ADDED: &'static str = "auto_approve.added";
     /// An auto-approval rule was deleted; the subject is its id.
     pub const RULE_DELETED: &'static str = "auto_approve.deleted";
+    /// Too many wrong codes: an identity or a source address became throttled. The subject
+    /// is the identifier or the address (IPv6: its /64), the actor the identity of the
+    /// attempt that tipped it; the detail has the kind (`redeem`, `approve`) and the counts.
+    /// Written by the services, not with a change: one row per guesser and episode.
+    pub const GUESS_THROTTLED: &'static str = "guess.throttled";
+    /// A throttled guesser went on failing: the counts since its previous row, at most one
+    /// row a minute per guesser.
+    pub const GUESS_CONTINUED: &'static str = "guess.continued";
 }
 
 /// A join request to file.
@@ -629,6 +637,13 @@ impl MembershipStore {
     /// The newest `limit` audit events, oldest of them first (newest last).
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         on_backend!(self, db => db.audit_log(limit).await)
+    }
+
+    /// Append `event` to the audit log on its own: for what the services see that changes
+    /// nothing stored (failed attempts, [`AuditEvent::GUESS_THROTTLED`]). Every change is
+    /// audited by the operation that makes it, in its transaction.
+    pub async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        on_backend!(self, db => db.append_audit(event).await)
     }
 }
 
