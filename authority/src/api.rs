@@ -375,6 +375,15 @@ pub enum JoinCall {
         /// Told to the requester.
         reason: String,
     },
+    /// Deny every pending request `select` picks, at once (admins and enrollers): one
+    /// decision, audited once, to clear a flood of requests. Answered with
+    /// [`PendingDenied`].
+    DenyPending {
+        /// Which pending requests.
+        select: PendingSelector,
+        /// Told to each requester, and recorded; must not be blank.
+        reason: String,
+    },
     /// Add an auto-approval rule (admins and enrollers); answered with [`RuleAdded`].
     AddRule {
         /// Requests from this netblock (CIDR, e.g. `10.0.0.0/8`)…
@@ -492,6 +501,39 @@ pub struct AutoApproveRule {
     pub created_by: String,
     /// When it stops applying, Unix seconds.
     pub expires_at: u64,
+}
+
+/// Which pending join requests a [`JoinCall::DenyPending`] denies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PendingSelector {
+    /// Those filed from an address in this netblock: CIDR (`10.0.0.0/8`, `2001:db8::/32`)
+    /// or a single address. On the wire `{"from": "10.0.0.0/8"}`.
+    From(String),
+    /// Every one. On the wire `"all"`.
+    All,
+}
+
+/// 10,000 requests: the most one [`JoinCall::DenyPending`] denies (the oldest first), so
+/// that its answer, which lists them, fits in one channel message (about 12 bytes an id).
+/// More than the authority keeps pending by default; past it, the answer says `more`.
+pub const MAX_BULK_DENY: usize = 10_000;
+
+/// The answer to [`JoinCall::DenyPending`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingDenied {
+    /// How many were denied.
+    pub denied: u32,
+    /// Their ids, oldest first.
+    pub ids: Vec<String>,
+    /// Which requests were picked: the netblock as CIDR, or `all`.
+    pub selector: String,
+    /// The reason the requesters were told.
+    pub reason: String,
+    /// Whether more pending requests match than [`MAX_BULK_DENY`]: deny again for them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub more: bool,
 }
 
 /// The answer to [`JoinCall::AddRule`]: the rule, and the pending requests it approved.
