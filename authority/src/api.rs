@@ -730,6 +730,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_a_throttled_refusal_carries_a_retry_after() {
+        let plain = encode(&Reply::<()>::Error(ApiError::new(
+            ErrorKind::WrongCode,
+            "no",
+        )))
+        .unwrap();
+        assert_eq!(
+            plain,
+            br#"{"error":{"kind":"wrong_code","message":"no"}}"#.to_vec()
+        );
+        let throttled = ApiError::throttled("too many failed attempts; retry after 4s", 4);
+        let wire = encode(&Reply::<()>::Error(throttled.clone())).unwrap();
+        assert_eq!(
+            String::from_utf8(wire.clone()).unwrap(),
+            r#"{"error":{"kind":"throttled","message":"too many failed attempts; retry after 4s","retry_after":4}}"#
+        );
+        assert_eq!(decode_reply::<PendingDenied>(&wire).unwrap_err(), throttled);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -739,6 +759,7 @@ mod tests {
             let _ = decode_reply::<Enrolled>(&bytes);
             let _ = decode_request::<JoinCall>(&bytes);
             let _ = decode_reply::<JoinWaited>(&bytes);
+            let _ = decode_reply::<PendingDenied>(&bytes);
         }
 
         #[test]
