@@ -58,7 +58,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use kith_identity::Identifier;
 use kith_node::Node;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::answer::store_failed;
 use super::join::every;
@@ -707,7 +707,9 @@ impl Authority {
                 retry_after,
                 reports,
             }) => {
-                info!(
+                // The dispatcher logs every refusal at info already; a flood of them should
+                // not cost two lines each.
+                debug!(
                     kind = kind.as_str(),
                     source = ?source,
                     retry_after,
