@@ -375,6 +375,15 @@ pub enum JoinCall {
         /// Told to the requester.
         reason: String,
     },
+    /// Deny every pending request `select` picks, at once (admins and enrollers): one
+    /// decision, audited once, to clear a flood of requests. Answered with
+    /// [`PendingDenied`].
+    DenyPending {
+        /// Which pending requests.
+        select: PendingSelector,
+        /// Told to each requester, and recorded; must not be blank.
+        reason: String,
+    },
     /// Add an auto-approval rule (admins and enrollers); answered with [`RuleAdded`].
     AddRule {
         /// Requests from this netblock (CIDR, e.g. `10.0.0.0/8`)…
@@ -494,6 +503,39 @@ pub struct AutoApproveRule {
     pub expires_at: u64,
 }
 
+/// Which pending join requests a [`JoinCall::DenyPending`] denies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PendingSelector {
+    /// Those filed from an address in this netblock: CIDR (`10.0.0.0/8`, `2001:db8::/32`)
+    /// or a single address. On the wire `{"from": "10.0.0.0/8"}`.
+    From(String),
+    /// Every one. On the wire `"all"`.
+    All,
+}
+
+/// 10,000 requests: the most one [`JoinCall::DenyPending`] denies (the oldest first), so
+/// that its answer, which lists them, fits in one channel message (about 12 bytes an id).
+/// More than the authority keeps pending by default; past it, the answer says `more`.
+pub const MAX_BULK_DENY: usize = 10_000;
+
+/// The answer to [`JoinCall::DenyPending`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingDenied {
+    /// How many were denied.
+    pub denied: u32,
+    /// Their ids, oldest first.
+    pub ids: Vec<String>,
+    /// Which requests were picked: the netblock as CIDR, or `all`.
+    pub selector: String,
+    /// The reason the requesters were told.
+    pub reason: String,
+    /// Whether more pending requests match than [`MAX_BULK_DENY`]: deny again for them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub more: bool,
+}
+
 /// The answer to [`JoinCall::AddRule`]: the rule, and the pending requests it approved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -576,6 +618,10 @@ pub enum ErrorKind {
     /// The authority is busy (too many requests at once, or the store is contended); the
     /// same request may succeed in a moment.
     Busy,
+    /// Too many wrong codes (one-time codes at enrollment, verification codes at approval)
+    /// from this identity or address: wait [`ApiError::retry_after`] seconds before the
+    /// next attempt. An attempt before then is refused again, and lengthens the wait.
+    Throttled,
 }
 
 /// A refusal: a kind for programs and a message for people.
@@ -587,6 +633,10 @@ pub struct ApiError {
     pub kind: ErrorKind,
     /// What to tell the user.
     pub message: String,
+    /// For [`ErrorKind::Throttled`]: seconds to wait before trying again. Absent from every
+    /// other refusal, so that they read as before to older peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -595,6 +645,17 @@ impl ApiError {
         Self {
             kind,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// An [`ErrorKind::Throttled`] refusal saying `message`: try again in `retry_after`
+    /// seconds.
+    pub fn throttled(message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            kind: ErrorKind::Throttled,
+            message: message.into(),
+            retry_after: Some(retry_after),
         }
     }
 }
@@ -669,6 +730,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_a_throttled_refusal_carries_a_retry_after() {
+        let plain = encode(&Reply::<()>::Error(ApiError::new(
+            ErrorKind::WrongCode,
+            "no",
+        )))
+        .unwrap();
+        assert_eq!(
+            plain,
+            br#"{"error":{"kind":"wrong_code","message":"no"}}"#.to_vec()
+        );
+        let throttled = ApiError::throttled("too many failed attempts; retry after 4s", 4);
+        let wire = encode(&Reply::<()>::Error(throttled.clone())).unwrap();
+        assert_eq!(
+            String::from_utf8(wire.clone()).unwrap(),
+            r#"{"error":{"kind":"throttled","message":"too many failed attempts; retry after 4s","retry_after":4}}"#
+        );
+        assert_eq!(decode_reply::<PendingDenied>(&wire).unwrap_err(), throttled);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -678,6 +759,7 @@ mod tests {
             let _ = decode_reply::<Enrolled>(&bytes);
             let _ = decode_request::<JoinCall>(&bytes);
             let _ = decode_reply::<JoinWaited>(&bytes);
+            let _ = decode_reply::<PendingDenied>(&bytes);
         }
 
         #[test]

@@ -42,8 +42,9 @@ use crate::api::{
     self, ACCEPTOR_SERVICE, AUDIT_SERVICE, AuditEntry, AuditRequest, AutoApproveRule,
     CREDENTIAL_SERVICE, CreatedTicket, CredentialRequest, Enrolled, ErrorKind, JOIN_SERVICE,
     JOIN_WAIT_HOLD, JoinCall, JoinRequestInfo, JoinState, JoinWaited, MEMBERS_SERVICE,
-    MemberChange, MemberInfo, MembersRequest, Page, REVOCATION_SERVICE, RedeemRequest,
-    RevocationsPage, RevocationsRequest, RuleAdded, TICKET_SERVICE, TicketInfo, TicketRequest,
+    MemberChange, MemberInfo, MembersRequest, Page, PendingDenied, PendingSelector,
+    REVOCATION_SERVICE, RedeemRequest, RevocationsPage, RevocationsRequest, RuleAdded,
+    TICKET_SERVICE, TicketInfo, TicketRequest,
 };
 pub use crate::error::{ClientError, CredentialCheckError, JoinWaitError};
 
@@ -490,6 +491,20 @@ impl AuthorityClient {
     ) -> Result<JoinRequestInfo, ClientError> {
         let call = JoinCall::Deny {
             id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.call(JOIN_SERVICE, &call).await
+    }
+
+    /// Deny every pending join request `select` picks, at once, telling each requester
+    /// `reason` (not blank); the answer lists them. Admins and enrollers only.
+    pub async fn deny_pending_join_requests(
+        &mut self,
+        select: PendingSelector,
+        reason: &str,
+    ) -> Result<PendingDenied, ClientError> {
+        let call = JoinCall::DenyPending {
+            select,
             reason: reason.to_owned(),
         };
         self.call(JOIN_SERVICE, &call).await

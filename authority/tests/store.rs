@@ -878,6 +878,9 @@ on_both_databases!(
     rules_are_added_listed_until_they_expire_and_deleted,
     twenty_filings_at_once_from_one_source_file_exactly_five,
     one_requester_filing_ten_times_at_once_has_one_request,
+    a_bulk_denial_denies_what_it_picks_oldest_first_audited_once,
+    a_bulk_denial_racing_approvals_decides_each_request_once,
+    an_appended_audit_event_reads_back_as_written,
     a_walk_over_member_pages_sees_every_member_once_in_order_despite_inserts,
     a_walk_over_pending_request_pages_sees_each_once,
     the_feed_numbers_deletions_and_changes_in_commit_order_and_pages,
@@ -2189,6 +2192,248 @@ async fn one_requester_filing_ten_times_at_once_has_one_request(db: &TestDb) {
     for store in stores {
         store.close().await;
     }
+}
+
+// ---- clearing a flood of join requests, and audit rows of their own ----------------------
+
+async fn a_bulk_denial_denies_what_it_picks_oldest_first_audited_once(db: &TestDb) {
+    let store = db.open().await;
+    let admin = identifier();
+    let sources = [
+        "198.51.100.7",
+        "192.0.2.1",
+        "198.51.100.9",
+        "unknown",
+        "198.51.100.1",
+    ];
+    for (n, source) in sources.iter().enumerate() {
+        let request = join_request(&format!("BULK-{n}"), &identifier(), source);
+        file(&store, &request, LIMITS, NOW + u64::try_from(n).unwrap())
+            .await
+            .unwrap();
+    }
+    // One of them is decided already, one expires undecided: neither is denied in bulk.
+    store
+        .decide_join_request(
+            "BULK-4",
+            "code-BULK-4",
+            &Decision::Deny {
+                reason: "one by one".to_owned(),
+            },
+            &admin,
+            &admin.to_string(),
+            NOW + 10,
+        )
+        .await
+        .unwrap();
+    let mut short = join_request("BULK-X", &identifier(), "198.51.100.8");
+    short.expires_at = NOW + 20;
+    file(&store, &short, LIMITS, NOW + 10).await.unwrap();
+
+    let from_198 = |r: &JoinRecord| r.source.starts_with("198.51.100.");
+    let done = store
+        .deny_join_requests(&from_198, "198.51.100.0/24", "flood", 1, &admin, NOW + 30)
+        .await
+        .unwrap();
+    assert_eq!(ids(&done.denied), ["BULK-0"]);
+    assert!(done.more, "BULK-2 matches too");
+    let done = store
+        .deny_join_requests(&from_198, "198.51.100.0/24", "flood", 100, &admin, NOW + 31)
+        .await
+        .unwrap();
+    assert_eq!(ids(&done.denied), ["BULK-2"]);
+    assert!(!done.more);
+    let denied = &done.denied[0];
+    assert_eq!(denied.state, JoinState::Denied);
+    assert_eq!(denied.decided_at, Some(NOW + 31));
+    assert_eq!(denied.decided_by, Some(admin.to_string()));
+    assert_eq!(denied.reason.as_deref(), Some("flood"));
+
+    // Nothing picked: nothing written.
+    let before = store.audit_log(1000).await.unwrap().len();
+    let none = store
+        .deny_join_requests(&from_198, "198.51.100.0/24", "flood", 100, &admin, NOW + 32)
+        .await
+        .unwrap();
+    assert!(none.denied.is_empty() && !none.more);
+    assert_eq!(store.audit_log(1000).await.unwrap().len(), before);
+
+    let all = store
+        .deny_join_requests(&|_| true, "all", "clearing", 100, &admin, NOW + 33)
+        .await
+        .unwrap();
+    assert_eq!(ids(&all.denied), ["BULK-1", "BULK-3"]);
+    assert!(
+        store
+            .join_requests(false, NOW + 33)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let states: Vec<(String, JoinState)> = store
+        .join_requests(true, NOW + 33)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.state))
+        .collect();
+    assert!(
+        states.contains(&("BULK-X".to_owned(), JoinState::Expired)),
+        "{states:?}"
+    );
+
+    let audit = store.audit_log(1000).await.unwrap();
+    let bulk: Vec<&AuditEvent> = audit
+        .iter()
+        .filter(|e| e.action == AuditEvent::REQUESTS_BULK_DENIED)
+        .collect();
+    let rows: Vec<(&str, &str, &str)> = bulk
+        .iter()
+        .map(|e| (e.actor.as_str(), e.subject.as_str(), e.detail.as_str()))
+        .collect();
+    let admin = admin.to_string();
+    assert_eq!(
+        rows,
+        [
+            (
+                admin.as_str(),
+                "198.51.100.0/24",
+                r#"count=1 reason="flood" ids=BULK-0"#
+            ),
+            (
+                admin.as_str(),
+                "198.51.100.0/24",
+                r#"count=1 reason="flood" ids=BULK-2"#
+            ),
+            (
+                admin.as_str(),
+                "all",
+                r#"count=2 reason="clearing" ids=BULK-1,BULK-3"#
+            ),
+        ]
+    );
+    // Only the single denial is audited as one.
+    let single: Vec<&str> = audit
+        .iter()
+        .filter(|e| e.action == AuditEvent::REQUEST_DENIED)
+        .map(|e| e.subject.as_str())
+        .collect();
+    assert_eq!(single, ["BULK-4"]);
+    store.close().await;
+}
+
+async fn a_bulk_denial_racing_approvals_decides_each_request_once(db: &TestDb) {
+    // Two pools: two authority processes sharing the database.
+    let stores = [db.open().await, db.open().await];
+    let admin = identifier();
+    let mut requesters = Vec::new();
+    for i in 0..FILERS {
+        let requester = identifier();
+        let request = join_request(&format!("RACE-{i:02}"), &requester, "192.0.2.1");
+        file(&stores[0], &request, LIMITS, NOW).await.unwrap();
+        requesters.push(requester);
+    }
+    let start = Arc::new(Barrier::new(2));
+    let approver = {
+        let (store, start) = (stores[0].clone(), Arc::clone(&start));
+        tokio::spawn(async move {
+            start.wait().await;
+            let mut approved = BTreeSet::new();
+            for i in (0..FILERS).rev() {
+                let id = format!("RACE-{i:02}");
+                let decision = Decision::Approve {
+                    attributes: BTreeMap::new(),
+                    lifetime: HOUR,
+                };
+                match store
+                    .decide_join_request(
+                        &id,
+                        &format!("code-{id}"),
+                        &decision,
+                        &admin,
+                        "admin",
+                        NOW,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        approved.insert(id);
+                    }
+                    Err(DecideError::Closed {
+                        state: JoinState::Denied,
+                    }) => {}
+                    Err(other) => panic!("{id}: {other:?}"),
+                }
+            }
+            approved
+        })
+    };
+    let denier = {
+        let (store, start) = (stores[1].clone(), Arc::clone(&start));
+        tokio::spawn(async move {
+            start.wait().await;
+            store
+                .deny_join_requests(&|_| true, "all", "flood", 1000, &admin, NOW)
+                .await
+                .unwrap()
+        })
+    };
+    let (approved, denied) = tokio::time::timeout(CONCURRENCY_LIMIT, async {
+        (approver.await.unwrap(), denier.await.unwrap())
+    })
+    .await
+    .expect("the race finishes well within the limit");
+    let denied: BTreeSet<String> = denied.denied.into_iter().map(|r| r.id).collect();
+    assert!(approved.is_disjoint(&denied), "{approved:?} {denied:?}");
+    assert_eq!(approved.len() + denied.len(), FILERS);
+    for (i, requester) in requesters.iter().enumerate() {
+        let id = format!("RACE-{i:02}");
+        let stored = stores[0].join_request(&id).await.unwrap().unwrap();
+        let member = stores[0].member(requester).await.unwrap();
+        if denied.contains(&id) {
+            assert_eq!(stored.state, JoinState::Denied);
+            assert!(
+                member.is_none(),
+                "{id} was denied but its requester is a member"
+            );
+        } else {
+            assert_eq!(stored.state, JoinState::Approved);
+            assert!(member.is_some());
+        }
+    }
+    let audit = stores[1].audit_log(1000).await.unwrap();
+    let bulk: Vec<&AuditEvent> = audit
+        .iter()
+        .filter(|e| e.action == AuditEvent::REQUESTS_BULK_DENIED)
+        .collect();
+    if denied.is_empty() {
+        assert!(bulk.is_empty());
+    } else {
+        assert_eq!(bulk.len(), 1);
+        assert!(
+            bulk[0]
+                .detail
+                .starts_with(&format!("count={} ", denied.len()))
+        );
+    }
+    for store in stores {
+        store.close().await;
+    }
+}
+
+async fn an_appended_audit_event_reads_back_as_written(db: &TestDb) {
+    let store = db.open().await;
+    let guesser = identifier().to_string();
+    let event = AuditEvent {
+        at: NOW + 7,
+        actor: guesser.clone(),
+        action: AuditEvent::GUESS_THROTTLED.to_owned(),
+        subject: "2001:db8:1:2::/64".to_owned(),
+        detail: "kind=redeem counted_by=source failures=6 refused=0".to_owned(),
+    };
+    store.append_audit(&event).await.unwrap();
+    assert_eq!(store.audit_log(10).await.unwrap(), [event]);
+    store.close().await;
 }
 
 // ---- backend-specific ---------------------------------------------------------------------

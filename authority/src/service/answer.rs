@@ -10,8 +10,8 @@ use tracing::{debug, warn};
 
 use crate::api::{
     self, ApiError, AuditEntry, AutoApproveRule, CreatedTicket, Enrolled, ErrorKind,
-    JoinRequestInfo, JoinWaited, MemberChange, MemberInfo, Page, Reply, RevocationsPage, RuleAdded,
-    TicketInfo,
+    JoinRequestInfo, JoinWaited, MemberChange, MemberInfo, Page, PendingDenied, Reply,
+    RevocationsPage, RuleAdded, TicketInfo,
 };
 use crate::store::{PageKey, StoreError};
 
@@ -36,6 +36,7 @@ pub(crate) enum Answer {
     Rules(Vec<AutoApproveRule>),
     RuleAdded(RuleAdded),
     Revocations(RevocationsPage),
+    PendingDenied(PendingDenied),
 }
 
 impl Answer {
@@ -56,6 +57,7 @@ impl Answer {
             Answer::Rules(v) => encode_result::<_>(Ok(v)),
             Answer::RuleAdded(v) => encode_result::<_>(Ok(v)),
             Answer::Revocations(v) => encode_result::<_>(Ok(v)),
+            Answer::PendingDenied(v) => encode_result::<_>(Ok(v)),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The ticket acceptor ([`ACCEPTOR_SERVICE`]): anyone with a channel redeems a ticket's
 //! one-time code, becomes a member (committed in the store, at most as many as the ticket's
 //! usage count, however many redeem it at once) and gets its first credential. Each kind of
-//! refusal says what to do; the code is never echoed or logged.
+//! refusal says what to do; the code is never echoed or logged. A code no ticket has counts
+//! as a guess against the caller's identity and address (`throttle`): past a few, the
+//! caller must wait before it tries again.
 //!
 //! [`ACCEPTOR_SERVICE`]: crate::api::ACCEPTOR_SERVICE
 
@@ -9,7 +11,9 @@ use kith_identity::{Identifier, hex};
 use tracing::{info, warn};
 
 use super::answer::{bad_request, store_failed};
+use super::join::ChannelSeen;
 use super::state::Authority;
+use super::throttle::GuessKind;
 use crate::api::{ApiError, Enrolled, ErrorKind};
 use crate::store::RedeemError;
 use crate::ticket::{CODE_LEN, OneTimeCode};
@@ -62,13 +66,21 @@ impl Authority {
     /// added to its own, or, with `replace`, instead of them; the answer says what it had
     /// before. A caller repeating a redemption whose answer it lost gets its credential again
     /// without spending another use.
+    ///
+    /// A code no ticket has is a failed guess by the caller's identity and by the address
+    /// `channel` came from; while either must wait, the redemption is refused at once
+    /// ([`ErrorKind::Throttled`]). Expired, revoked and used-up tickets are not guesses.
     pub(super) async fn redeem(
         &self,
         caller: &Identifier,
+        channel: &ChannelSeen,
         code: &str,
         replace: bool,
     ) -> Result<Enrolled, ApiError> {
         let code = parse_code(code)?;
+        let attempt = self
+            .admit_guess(GuessKind::Redeem, caller, channel.source)
+            .await?;
         let now = self.now();
         // The key first: once the ticket is used, nothing that can fail for want of a key
         // stands between the member and its credential.
@@ -80,8 +92,14 @@ impl Authority {
             .await
         {
             Ok(redeemed) => redeemed,
-            Err(e) => return Err(redeem_refusal(&e)),
+            Err(e) => {
+                if matches!(e, RedeemError::Unknown) {
+                    attempt.failed().await;
+                }
+                return Err(redeem_refusal(&e));
+            }
         };
+        drop(attempt);
         if self.shared.abort_after_enroll_commit {
             // The test hook (`ABORT_AFTER_ENROLL_COMMIT`): a crash between commit and answer.
             warn!("test hook: aborting after a redemption committed, before answering");

@@ -22,7 +22,12 @@
 //!   member in the same transaction; an enroller cannot approve `ockam-role=enroller`.
 //!   Auto-approval rules approve requests from a netblock that ask only for attributes the
 //!   rule allows; adding a rule re-checks the pending requests. Every decision and expiry
-//!   is in the audit log (the store writes it with the change).
+//!   is in the audit log (the store writes it with the change). A wrong verification code
+//!   counts as a guess against the approver's identity and address (`throttle`).
+//! - **Clearing a flood**: requests filed from many addresses can fill the global cap.
+//!   [`JoinCall::DenyPending`] denies every pending request from a netblock, or all of
+//!   them, in one transaction, audited once as one decision; each requester waiting is told
+//!   the reason, as by a single denial.
 //! - **Durability**: everything is in the membership store, so a restarted authority knows
 //!   every request; a waiting requester reconnects and waits again with the same id.
 //!
@@ -31,6 +36,7 @@
 //!
 //! [`join_code`]: crate::api::join_code
 //! [`JoinCall::Wait`]: crate::api::JoinCall::Wait
+//! [`JoinCall::DenyPending`]: crate::api::JoinCall::DenyPending
 //! [`JOIN_WAIT_HOLD`]: crate::api::JOIN_WAIT_HOLD
 
 use std::collections::BTreeMap;
@@ -51,10 +57,11 @@ use super::answer::{
 };
 use super::checks::{check_member_attributes, grants_enroller};
 use super::state::Authority;
+use super::throttle::GuessKind;
 use super::wire::{request_info, rule_info};
 use crate::api::{
     self, ApiError, ErrorKind, JOIN_WAIT_HOLD, JoinCall, JoinRequestInfo, JoinWaited,
-    MAX_JOIN_NOTE, Page, RuleAdded,
+    MAX_BULK_DENY, MAX_JOIN_NOTE, Page, PendingDenied, PendingSelector, RuleAdded,
 };
 use crate::store::{
     DecideError, Decision, FileError, JoinLimits, JoinRecord, JoinState, NewJoinRequest, PageKey,
@@ -288,6 +295,7 @@ impl Authority {
                 let enroller = self.admin_or_enroller(caller, DECIDERS).await?;
                 self.approve(
                     caller,
+                    channel.source,
                     enroller,
                     &normalize_id(&id),
                     &code,
@@ -302,6 +310,12 @@ impl Authority {
                 self.deny(caller, &normalize_id(&id), &reason)
                     .await
                     .map(Answer::JoinRequest)
+            }
+            JoinCall::DenyPending { select, reason } => {
+                self.admin_or_enroller(caller, DECIDERS).await?;
+                self.deny_pending(caller, &select, &reason)
+                    .await
+                    .map(Answer::PendingDenied)
             }
             JoinCall::AddRule {
                 netblock,
@@ -469,15 +483,24 @@ impl Authority {
         }
     }
 
+    /// Approve request `id` if `code` is its verification code. A wrong code is a failed
+    /// guess by the caller's identity and by `source` (`throttle`); while either must wait,
+    /// the approval is refused at once.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, which has each from the call"
+    )]
     async fn approve(
         &self,
         caller: &Identifier,
+        source: Option<SocketAddr>,
         enroller: bool,
         id: &str,
         code: &str,
         attributes: Option<BTreeMap<String, String>>,
         lifetime: Option<u64>,
     ) -> Result<JoinRequestInfo, ApiError> {
+        let attempt = self.admit_guess(GuessKind::Approve, caller, source).await?;
         let record = self.request(id).await?;
         let now = self.now();
         let state = record.state_at(now);
@@ -491,6 +514,7 @@ impl Authority {
         }
         if !api::codes_match(code, &record.code) {
             warn!(request = %id, "approval with a wrong verification code refused: a mistyped code, or someone between the requester and us");
+            attempt.failed().await;
             return Err(ApiError::new(
                 ErrorKind::WrongCode,
                 "the verification code does not match this request's; the request stays pending. Compare the code with the requester again: if theirs differs from the one `kith project requests show` prints, someone sits between them and the authority",
@@ -552,6 +576,52 @@ impl Authority {
             .map_err(|e| decide_refusal(&e))?;
         info!(request = %id, requester = %denied.requester, "join request denied");
         Ok(request_info(denied, now))
+    }
+
+    /// Deny every pending request `select` picks (at most [`MAX_BULK_DENY`], the oldest
+    /// first) in one transaction, audited once, and wake whoever waits on them: they are
+    /// told `reason`, as by a single denial.
+    async fn deny_pending(
+        &self,
+        caller: &Identifier,
+        select: &PendingSelector,
+        reason: &str,
+    ) -> Result<PendingDenied, ApiError> {
+        check_text("reason", reason)?;
+        if reason.trim().is_empty() {
+            return Err(bad_request(
+                "denying many requests at once needs a reason: the requesters are told it, and the audit log keeps it",
+            ));
+        }
+        let net = match select {
+            PendingSelector::From(text) => Some(parse_netblock(text).map_err(bad_request)?),
+            PendingSelector::All => None,
+        };
+        let selector = net.map_or_else(|| "all".to_owned(), |net| net.to_string());
+        let picks = |record: &JoinRecord| match &net {
+            Some(net) => record
+                .source
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| net.contains(&ip.to_canonical())),
+            None => true,
+        };
+        let now = self.now();
+        let done = self
+            .store()
+            .deny_join_requests(&picks, &selector, reason, MAX_BULK_DENY, caller, now)
+            .await
+            .map_err(|e| store_failed("denying pending join requests", &e))?;
+        for record in &done.denied {
+            self.shared.join.wake(&record.id);
+        }
+        info!(selector = %selector, denied = done.denied.len(), more = done.more, "pending join requests denied at once");
+        Ok(PendingDenied {
+            denied: u32::try_from(done.denied.len()).unwrap_or(u32::MAX),
+            ids: done.denied.into_iter().map(|r| r.id).collect(),
+            selector,
+            reason: reason.to_owned(),
+            more: done.more,
+        })
     }
 
     /// Decide `record` as read (a refiling since changes its code, and the decision is
@@ -746,7 +816,7 @@ impl Authority {
 
 /// Run `step` at once, then again `pause` after each run ends, for as long as the task
 /// runs: a slow step delays the next one rather than letting runs bunch up.
-async fn every<F, Fut>(pause: Duration, mut step: F)
+pub(super) async fn every<F, Fut>(pause: Duration, mut step: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
@@ -761,6 +831,7 @@ where
 mod tests {
     use super::*;
     use crate::api::JoinState as ShownState;
+    use crate::api::PendingSelector;
     use crate::clock::ManualClock;
     use crate::service::{AuthorityConfig, MAX_IN_FLIGHT};
     use crate::store::{AuditEvent, MembershipStore, StoreOwner};
@@ -876,6 +947,230 @@ mod tests {
         authority.shared.vault.close().await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bulk_denial_denies_exactly_what_it_picks_once_audited_and_wakes_the_waiters() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let clock = Arc::new(ManualClock::new(NOW));
+        let authority = authority_at(dir.path(), clock.clone()).await;
+        let admin: Identifier = format!("I{:040x}", 0xad).parse().unwrap();
+        let limits = JoinLimits {
+            per_source: 5,
+            total: 10,
+        };
+        // Ten requests, the global cap: four from 10.1.0.0/16, three from 2001:db8::/32,
+        // two from 192.0.2.0/24 and one of unknown source.
+        let sources = [
+            "10.1.0.1",
+            "10.1.0.2",
+            "10.1.7.7",
+            "10.1.255.9",
+            "2001:db8::1",
+            "2001:db8:5::1",
+            "2001:db8:ffff::2",
+            "192.0.2.1",
+            "192.0.2.2",
+            "unknown",
+        ];
+        let mut ids = BTreeMap::new();
+        for (n, source) in sources.iter().enumerate() {
+            let request = NewJoinRequest {
+                id: format!("AAAA-{n:04}"),
+                requester: format!("I{:040x}", 0x100 + n).parse().unwrap(),
+                source: (*source).to_owned(),
+                attributes: BTreeMap::new(),
+                lifetime: 60,
+                note: String::new(),
+                expires_at: NOW + 3600,
+            };
+            let filed = authority
+                .store()
+                .file_join_request(&request, &|_| "CODE".to_owned(), limits, NOW)
+                .await
+                .unwrap();
+            ids.insert(*source, (filed.record.id, request.requester));
+        }
+        let full = NewJoinRequest {
+            id: "AAAA-9999".into(),
+            requester: format!("I{:040x}", 0x999).parse().unwrap(),
+            source: "198.51.100.1".into(),
+            attributes: BTreeMap::new(),
+            lifetime: 60,
+            note: String::new(),
+            expires_at: NOW + 3600,
+        };
+        let refused = authority
+            .store()
+            .file_join_request(&full, &|_| "CODE".to_owned(), limits, NOW)
+            .await;
+        assert!(
+            matches!(refused, Err(FileError::Total { .. })),
+            "{refused:?}"
+        );
+
+        // The requester from 10.1.7.7 waits for a decision.
+        let (waiting_id, waiting_requester) = ids["10.1.7.7"].clone();
+        let permit = authority
+            .shared
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .unwrap();
+        let waiter = {
+            let authority = authority.clone();
+            tokio::spawn(async move {
+                authority
+                    .wait(&waiting_requester, &waiting_id, permit)
+                    .await
+            })
+        };
+
+        // Blank reasons and bad netblocks are refused, and deny nothing.
+        let from = |text: &str| PendingSelector::From(text.to_owned());
+        for (select, reason) in [
+            (from("10.0.0.0/8"), ""),
+            (from("10.0.0.0/8"), "   "),
+            (from("10.0.0.0/33"), "flood"),
+            (from("ten"), "flood"),
+            (PendingSelector::All, "\u{1b}[2J"),
+        ] {
+            let refusal = authority
+                .deny_pending(&admin, &select, reason)
+                .await
+                .unwrap_err();
+            assert_eq!(refusal.kind, ErrorKind::BadRequest, "{select:?} {reason:?}");
+        }
+        assert_eq!(
+            authority
+                .store()
+                .join_requests(false, NOW)
+                .await
+                .unwrap()
+                .len(),
+            10
+        );
+
+        // Host bits are cleared: 10.1.2.3/16 is 10.1.0.0/16.
+        let denied = authority
+            .deny_pending(&admin, &from("10.1.2.3/16"), "flood from the lab")
+            .await
+            .unwrap();
+        assert_eq!(denied.selector, "10.1.0.0/16");
+        assert_eq!(denied.denied, 4);
+        let expected: Vec<String> = sources[..4].iter().map(|s| ids[s].0.clone()).collect();
+        assert_eq!(denied.ids, expected);
+        assert!(!denied.more);
+
+        let answered = tokio::time::timeout(WAIT, waiter)
+            .await
+            .expect("the denial woke the wait")
+            .unwrap();
+        let Ok(Answer::JoinWaited(waited)) = answered else {
+            panic!("expected the wait's answer");
+        };
+        assert_eq!(waited.request.state, ShownState::Denied);
+        assert_eq!(waited.request.reason.as_deref(), Some("flood from the lab"));
+        assert_eq!(waited.request.decided_by, Some(admin.to_string()));
+
+        // One address picks one request; IPv6 netblocks pick IPv6 sources.
+        let one = authority
+            .deny_pending(&admin, &from("192.0.2.2"), "this host")
+            .await
+            .unwrap();
+        assert_eq!(one.ids, [ids["192.0.2.2"].0.clone()]);
+        let v6 = authority
+            .deny_pending(&admin, &from("2001:db8::/32"), "flood")
+            .await
+            .unwrap();
+        assert_eq!(v6.denied, 3);
+        let none = authority
+            .deny_pending(&admin, &from("10.0.0.0/8"), "again")
+            .await
+            .unwrap();
+        assert_eq!((none.denied, none.ids.len()), (0, 0));
+        let rest = authority
+            .deny_pending(&admin, &PendingSelector::All, "clearing")
+            .await
+            .unwrap();
+        assert_eq!(rest.selector, "all");
+        assert_eq!(
+            rest.ids,
+            [ids["192.0.2.1"].0.clone(), ids["unknown"].0.clone()]
+        );
+        assert!(
+            authority
+                .store()
+                .join_requests(false, NOW)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // One audit row per denial that denied something; none per request.
+        let audit = authority.store().audit_log(100).await.unwrap();
+        let bulk: Vec<&AuditEvent> = audit
+            .iter()
+            .filter(|e| e.action == AuditEvent::REQUESTS_BULK_DENIED)
+            .collect();
+        assert_eq!(bulk.len(), 4, "{audit:#?}");
+        assert_eq!(bulk[0].subject, "10.1.0.0/16");
+        assert_eq!(bulk[0].actor, admin.to_string());
+        assert_eq!(
+            bulk[0].detail,
+            format!(
+                "count=4 reason=\"flood from the lab\" ids={}",
+                expected.join(",")
+            )
+        );
+        assert!(!audit.iter().any(|e| e.action == AuditEvent::REQUEST_DENIED));
+
+        // The cap has room again.
+        authority
+            .store()
+            .file_join_request(&full, &|_| "CODE".to_owned(), limits, NOW)
+            .await
+            .unwrap();
+        authority.store().close().await;
+        authority.shared.vault.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_bulk_denial_stops_at_its_limit_and_says_more_match() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let clock = Arc::new(ManualClock::new(NOW));
+        let authority = authority_at(dir.path(), clock).await;
+        let admin: Identifier = format!("I{:040x}", 0xad).parse().unwrap();
+        let limits = JoinLimits {
+            per_source: 10,
+            total: 10,
+        };
+        for n in 0..3 {
+            let request = NewJoinRequest {
+                id: format!("AAAA-{n:04}"),
+                requester: format!("I{:040x}", 0x100 + n).parse().unwrap(),
+                source: "192.0.2.1".into(),
+                attributes: BTreeMap::new(),
+                lifetime: 60,
+                note: String::new(),
+                expires_at: NOW + 3600,
+            };
+            authority
+                .store()
+                .file_join_request(&request, &|_| "CODE".to_owned(), limits, NOW + n)
+                .await
+                .unwrap();
+        }
+        let done = authority
+            .store()
+            .deny_join_requests(&|_| true, "all", "flood", 2, &admin, NOW + 5)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = done.denied.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["AAAA-0000", "AAAA-0001"]);
+        assert!(done.more);
+        authority.store().close().await;
+        authority.shared.vault.close().await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn sweeps_run_at_once_then_one_interval_after_each_ends() {
         /// 2 s: how long each sweep takes here, as a slow store's would.
@@ -984,6 +1279,38 @@ mod tests {
         #[test]
         fn netblock_parsing_never_panics(text in ".{0,64}") {
             let _ = parse_netblock(&text);
+        }
+
+        /// A bulk denial's selector: what parses is a netblock whose text parses to itself
+        /// and contains the address it was written from; the selector survives the wire.
+        #[test]
+        fn bulk_denial_selectors_parse_to_netblocks_that_round_trip(
+            octets in any::<[u8; 4]>(),
+            segments in any::<[u16; 8]>(),
+            v4_prefix in 0u8..=40,
+            v6_prefix in 0u8..=140,
+        ) {
+            let v4 = std::net::Ipv4Addr::from(octets);
+            let v6 = std::net::Ipv6Addr::from(segments);
+            for (ip, prefix, max) in [(IpAddr::V4(v4), v4_prefix, 32), (IpAddr::V6(v6), v6_prefix, 128)] {
+                let text = format!("{ip}/{prefix}");
+                match parse_netblock(&text) {
+                    Ok(net) => {
+                        prop_assert!(prefix <= max);
+                        prop_assert!(net.contains(&ip));
+                        prop_assert_eq!(parse_netblock(&net.to_string()), Ok(net));
+                    }
+                    Err(e) => {
+                        prop_assert!(prefix > max);
+                        prop_assert!(e.contains("not a netblock"), "{}", e);
+                    }
+                }
+                prop_assert_eq!(parse_netblock(&ip.to_string()).map(|n| n.addr()), Ok(ip));
+            }
+            let select = PendingSelector::From(format!("{v4}/{v4_prefix}"));
+            let call = JoinCall::DenyPending { select, reason: "flood".into() };
+            let wire = api::encode(&call).unwrap();
+            prop_assert_eq!(api::decode_request::<JoinCall>(&wire).unwrap(), call);
         }
     }
 }

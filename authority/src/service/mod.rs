@@ -23,8 +23,8 @@
 //!
 //! What it does not do: open listeners or channels (the node's secure-channel listener
 //! admits peers; these services only see what it delivers), or keep state of its own
-//! beyond a cached credential signing key (the store is the truth, and several authorities
-//! may share one PostgreSQL database).
+//! beyond a cached credential signing key and the counts of failed codes (`throttle`; the
+//! store is the truth, and several authorities may share one PostgreSQL database).
 //!
 //! [`MAX_IN_FLIGHT`]: crate::service::MAX_IN_FLIGHT
 //! [`api::Reply::Error`]: crate::api::Reply::Error
@@ -41,6 +41,7 @@ mod keys;
 mod members;
 pub mod revocations;
 mod state;
+pub mod throttle;
 mod tickets;
 mod waiters;
 mod wire;
@@ -154,6 +155,7 @@ impl Authority {
         }
         self.start_join_sweeper(node);
         self.start_feed_watcher(node);
+        self.start_guess_reporter(node);
         info!(
             node = %node.name(),
             project = %config.project_id,
@@ -270,7 +272,7 @@ impl Authority {
             },
             Service::Acceptor => match api::decode_request::<RedeemRequest>(payload) {
                 Ok(request) => self
-                    .redeem(caller, &request.code, request.replace)
+                    .redeem(caller, channel, &request.code, request.replace)
                     .await
                     .map(Answer::Enrolled),
                 // Serde's message could quote the request, and this one carries a code.

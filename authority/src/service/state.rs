@@ -1,6 +1,7 @@
 //! The state the services share, behind the [`Authority`] handle: the store, the vault and
 //! the name of the identity that signs credentials, the configuration, the signing key
-//! cache, the cap on requests in flight and the join request waiters.
+//! cache, the cap on requests in flight, the join request waiters and the counts of failed
+//! codes.
 //!
 //! Every service module works on this handle; none of them reaches the dispatcher.
 
@@ -13,6 +14,7 @@ use tokio::sync::Semaphore;
 use super::config::AuthorityConfig;
 use super::keys::KeyCache;
 use super::revocations::Feed;
+use super::throttle::Guesses;
 use super::waiters::JoinWaiters;
 use crate::store::MembershipStore;
 
@@ -43,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) abort_after_enroll_commit: bool,
     /// The revocation feed: what this process has read of it, and who waits for more.
     pub(crate) feed: Feed,
+    /// Failed codes per identity and source (in memory: a restart forgets them).
+    pub(crate) guesses: Guesses,
 }
 
 /// Test hook: when this environment variable is `1` as the authority starts, the process
@@ -87,6 +91,7 @@ impl Authority {
                 abort_after_enroll_commit: std::env::var_os(ABORT_AFTER_ENROLL_COMMIT)
                     .is_some_and(|value| value == "1"),
                 feed: Feed::default(),
+                guesses: Guesses::default(),
             }),
         }
     }

@@ -254,10 +254,22 @@ impl AuditEvent {
     pub const REQUEST_DENIED: &'static str = "request.denied";
     /// A join request expired undecided; the subject is its id.
     pub const REQUEST_EXPIRED: &'static str = "request.expired";
+    /// Many pending join requests were denied at once, by one decision; the subject is
+    /// what picked them (a netblock, or `all`), the detail has the count, the reason and
+    /// (the first of) their ids. Their own rows are not audited one by one.
+    pub const REQUESTS_BULK_DENIED: &'static str = "request.bulk_denied";
     /// An auto-approval rule was added; the subject is its id.
     pub const RULE_ADDED: &'static str = "auto_approve.added";
     /// An auto-approval rule was deleted; the subject is its id.
     pub const RULE_DELETED: &'static str = "auto_approve.deleted";
+    /// Too many wrong codes: an identity or a source address became throttled. The subject
+    /// is the identifier or the address (IPv6: its /64), the actor the identity of the
+    /// attempt that tipped it; the detail has the kind (`redeem`, `approve`) and the counts.
+    /// Written by the services, not with a change: one row per guesser and episode.
+    pub const GUESS_THROTTLED: &'static str = "guess.throttled";
+    /// A throttled guesser went on failing: the counts since its previous row, at most one
+    /// row a minute per guesser.
+    pub const GUESS_CONTINUED: &'static str = "guess.continued";
 }
 
 /// A join request to file.
@@ -370,6 +382,15 @@ pub struct Filed {
     pub record: JoinRecord,
     /// Whether it updated the requester's pending request instead of adding one.
     pub refiled: bool,
+}
+
+/// What a bulk denial did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkDenied {
+    /// The requests denied, oldest first.
+    pub denied: Vec<JoinRecord>,
+    /// Whether more pending requests matched than the denial's limit.
+    pub more: bool,
 }
 
 /// How a join request is decided.
@@ -695,6 +716,13 @@ impl MembershipStore {
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         on_backend!(self, db => db.audit_log(limit).await)
     }
+
+    /// Append `event` to the audit log on its own: for what the services see that changes
+    /// nothing stored (failed attempts, [`AuditEvent::GUESS_THROTTLED`]). Every change is
+    /// audited by the operation that makes it, in its transaction.
+    pub async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        on_backend!(self, db => db.append_audit(event).await)
+    }
 }
 
 /// Where a page of a list ends: the sort key of its last row (a time, then a unique text
@@ -789,6 +817,25 @@ impl MembershipStore {
         now: u64,
     ) -> Result<JoinRecord, DecideError> {
         on_backend!(self, db => db.decide_join_request(id, code, decision, actor, decided_by, now).await)
+    }
+
+    /// Deny, on behalf of `actor` at `now`, the oldest `limit` of the pending, unexpired
+    /// requests that `select` picks, telling each requester `reason` (`decided_by` is
+    /// `actor`), in one transaction that takes turns with filings (so none is filed again
+    /// from elsewhere meanwhile) and audits the whole once: [`AuditEvent::REQUESTS_BULK_DENIED`],
+    /// its subject `selector`. A request decided by someone else meanwhile is left as they
+    /// decided it. Denying none writes nothing but the expiry marks of requests past their
+    /// expiry (audited each, as filing does).
+    pub async fn deny_join_requests(
+        &self,
+        select: &(dyn Fn(&JoinRecord) -> bool + Sync),
+        selector: &str,
+        reason: &str,
+        limit: usize,
+        actor: &Identifier,
+        now: u64,
+    ) -> Result<BulkDenied, StoreError> {
+        on_backend!(self, db => db.deny_join_requests(select, selector, reason, limit, actor, now).await)
     }
 
     /// Mark every pending request past its expiry at `now` expired, auditing each

@@ -639,6 +639,23 @@ where
         .await
     }
 
+    pub(super) async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        retrying(self, move || async move {
+            let mut tx = self.begin_write().await?;
+            self.audit(
+                &mut tx,
+                event.at,
+                &event.actor,
+                &event.action,
+                &event.subject,
+                &event.detail,
+            )
+            .await?;
+            tx.commit().await.map_err(|e| self.db(e))
+        })
+        .await
+    }
+
     pub(super) async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         retrying(self, move || async move {
             let rows = sqlx::query(

@@ -15,8 +15,8 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Transaction, Ty
 use super::PageKey;
 use super::ops::{Attempt, Db, Dialect, after_key, attributes_json, sql_time};
 use super::{
-    AuditEvent, DecideError, Decision, FileError, Filed, JoinLimits, JoinRecord, JoinState, Member,
-    NewJoinRequest, RuleRecord, StoreError,
+    AuditEvent, BulkDenied, DecideError, Decision, FileError, Filed, JoinLimits, JoinRecord,
+    JoinState, Member, NewJoinRequest, RuleRecord, StoreError,
 };
 
 /// The columns of `join_requests` that [`Db::join_record`] reads.
@@ -31,6 +31,11 @@ const RULE_COLUMNS: &str =
 /// Marks every pending request past its expiry (`$1` is now).
 const EXPIRE: &str = "UPDATE join_requests SET state = 'expired', decided_at = $1 \
      WHERE state = 'pending' AND expires_at <= $1";
+
+/// 50 ids: the most a bulk denial's audit row names (with how many more there were), so
+/// that a page of the audit log stays well inside one channel message however many were
+/// denied.
+const MAX_AUDITED_IDS: usize = 50;
 
 /// How one filing attempt ended. A refused one committed only its expiry marks.
 type FileAttempt = Attempt<Filed, FileError>;
@@ -156,6 +161,93 @@ where
                 )
             },
         )
+        .await
+    }
+
+    pub(super) async fn deny_join_requests(
+        &self,
+        select: &(dyn Fn(&JoinRecord) -> bool + Sync),
+        selector: &str,
+        reason: &str,
+        limit: usize,
+        actor: &Identifier,
+        now: u64,
+    ) -> Result<BulkDenied, StoreError> {
+        let pending = format!(
+            "SELECT {JOIN_COLUMNS} FROM join_requests \
+             WHERE state = 'pending' AND expires_at > $1 ORDER BY created_at, id"
+        );
+        let deny = format!(
+            "UPDATE join_requests SET state = 'denied', decided_at = $1, decided_by = $2, \
+             reason = $3 WHERE id = $4 AND state = 'pending' AND expires_at > $1 \
+             RETURNING {JOIN_COLUMNS}"
+        );
+        let actor = actor.to_string();
+        let (pending, deny, actor) = (pending.as_str(), deny.as_str(), actor.as_str());
+        retrying(self, move || async move {
+            let mut tx = self.begin_write().await?;
+            self.lock_join_requests(&mut tx).await?;
+            self.expire_in(&mut tx, now).await?;
+            let rows = sqlx::query(pending)
+                .bind(sql_time(now))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            let mut picked = Vec::new();
+            let mut more = false;
+            for row in &rows {
+                let record = self.join_record(row)?;
+                if select(&record) {
+                    if picked.len() < limit {
+                        picked.push(record.id);
+                    } else {
+                        more = true;
+                        break;
+                    }
+                }
+            }
+            let mut denied = Vec::with_capacity(picked.len());
+            for id in picked {
+                let row = sqlx::query(deny)
+                    .bind(sql_time(now))
+                    .bind(actor.to_owned())
+                    .bind(reason.to_owned())
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| self.db(e))?;
+                if let Some(row) = row {
+                    denied.push(self.join_record(&row)?);
+                }
+            }
+            if !denied.is_empty() {
+                let named: Vec<&str> = denied
+                    .iter()
+                    .take(MAX_AUDITED_IDS)
+                    .map(|r| r.id.as_str())
+                    .collect();
+                let unnamed = denied.len().saturating_sub(named.len());
+                let mut detail = format!(
+                    "count={} reason={reason:?} ids={}",
+                    denied.len(),
+                    named.join(",")
+                );
+                if unnamed > 0 {
+                    detail.push_str(&format!(" (and {unnamed} more)"));
+                }
+                self.audit(
+                    &mut tx,
+                    now,
+                    actor,
+                    AuditEvent::REQUESTS_BULK_DENIED,
+                    selector,
+                    &detail,
+                )
+                .await?;
+            }
+            tx.commit().await.map_err(|e| self.db(e))?;
+            Ok(BulkDenied { denied, more })
+        })
         .await
     }
 

@@ -892,6 +892,7 @@ Examples:
   kith project requests list
   kith project requests approve 4KQ7-ZP2M --code 3184-4213
   kith project requests deny 4KQ7-ZP2M --reason \"unknown host\"
+  kith project requests deny --from 203.0.113.0/24 --reason \"flood\"
   kith project requests auto-approve add --netblock 10.1.0.0/16 --lifetime 1h"
     )]
     Requests(RequestsCommand),
@@ -1209,17 +1210,41 @@ a shorter lifetime); they never widen it.")]
         #[command(flatten)]
         access: ProjectAccess,
     },
-    /// Deny a pending join request; the requester is told the reason.
-    #[command(after_help = "\
+    /// Deny a pending join request, or every pending one from an address or netblock
+    /// (--from), or all of them (--all-pending); the requesters are told the reason.
+    #[command(
+        group(
+            clap::ArgGroup::new("which")
+                .required(true)
+                .args(["id", "from", "all_pending"])
+        ),
+        after_help = "\
 Examples:
   kith project requests deny 4KQ7-ZP2M
-  kith project requests deny 4KQ7-ZP2M --reason \"not one of our hosts\"")]
+  kith project requests deny 4KQ7-ZP2M --reason \"not one of our hosts\"
+  kith project requests deny --from 203.0.113.0/24 --reason \"flood from one network\"
+  kith project requests deny --from 2001:db8::7 --reason \"not one of our hosts\"
+  kith project requests deny --all-pending --reason \"clearing a flood; ask again\" --output json
+
+Give exactly one of ID, --from and --all-pending. --from and --all-pending deny every
+matching pending request in one decision, audited once (request.bulk_denied), and need
+--reason; with a full queue (\"the authority has N join requests waiting\"), they make room
+for new requests at once."
+    )]
     Deny {
         /// The request's ID.
-        id: String,
-        /// Why, for the requester.
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        reason: String,
+        id: Option<String>,
+        /// Deny every pending request filed from this address or netblock: CIDR such as
+        /// 10.1.0.0/16 or 2001:db8::/32, or one address.
+        #[arg(long, value_name = "ADDRESS|NETBLOCK", requires = "reason")]
+        from: Option<String>,
+        /// Deny every pending request.
+        #[arg(long, requires = "reason")]
+        all_pending: bool,
+        /// Why, for the requesters (and the audit log); needed with --from and
+        /// --all-pending.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         /// How to reach the authority.
         #[command(flatten)]
         access: ProjectAccess,

@@ -423,6 +423,9 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
                 ErrorKind::TicketExpired => "this ticket has expired; ask for a new one".to_owned(),
                 ErrorKind::TicketRevoked => "this ticket was revoked".to_owned(),
                 ErrorKind::TicketUsedUp => "this ticket has been used as many times as it allows".to_owned(),
+                // "too many failed attempts; retry after Ns": wrong codes from this identity
+                // or address are throttled; the message says how long to wait.
+                ErrorKind::Throttled => api.message,
                 _ => api.message,
             };
             anyhow::anyhow!("enrollment refused: {why}")

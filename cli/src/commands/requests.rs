@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use kith_authority::api::{self, AutoApproveRule, Enrolled, JoinRequestInfo, JoinState, RuleAdded};
+use kith_authority::api::{
+    self, AutoApproveRule, Enrolled, JoinRequestInfo, JoinState, PendingDenied, PendingSelector,
+    RuleAdded,
+};
 use kith_authority::client::{AuthorityClient, JoinApproved, JoinEvent, JoinWait, JoinWaitError};
 use kith_authority::project::Project;
 use kith_identity::secure_channel::ChannelSettings;
@@ -117,7 +120,36 @@ pub(crate) async fn requests(home: &Home, out: &Output, cmd: RequestsCommand) ->
                 &r,
             );
         }
-        RequestsCommand::Deny { id, reason, access } => {
+        RequestsCommand::Deny {
+            id: None,
+            from,
+            reason,
+            access,
+            ..
+        } => {
+            let select = match &from {
+                Some(text) => PendingSelector::From(parse_from(text)?),
+                None => PendingSelector::All,
+            };
+            let reason = reason.unwrap_or_default();
+            if reason.trim().is_empty() {
+                bail!(
+                    "--reason must say why: every requester denied is told it, and the audit log keeps it"
+                );
+            }
+            let done = ask(home, out, &access, async |c| {
+                c.deny_pending_join_requests(select, &reason).await
+            })
+            .await?;
+            out.result(|| bulk_denial(&done), &done);
+        }
+        RequestsCommand::Deny {
+            id: Some(id),
+            reason,
+            access,
+            ..
+        } => {
+            let reason = reason.unwrap_or_default();
             let r = ask(home, out, &access, async |c| {
                 c.deny_join_request(&id, &reason).await
             })
@@ -796,6 +828,47 @@ fn check_netblock(text: &str) -> Result<()> {
         .map_err(|e| anyhow!("--netblock: {e}"))
 }
 
+/// `--from`: an address or a netblock, checked before it is sent with the authority's own
+/// parser (it checks again); host bits are cleared, so `10.1.2.3/16` is `10.1.0.0/16`.
+/// Returns the netblock as CIDR.
+fn parse_from(text: &str) -> Result<String> {
+    kith_authority::join::parse_netblock(text)
+        .map(|net| net.to_string())
+        .map_err(|e| anyhow!("--from: {e}, or as one address, e.g. 192.0.2.7"))
+}
+
+/// 20 ids: the most a bulk denial lists in plain text (`--output json` has them all).
+const SHOWN_IDS: usize = 20;
+
+/// What a bulk denial did, in one or two lines.
+fn bulk_denial(done: &PendingDenied) -> String {
+    let whence = if done.selector == "all" {
+        String::new()
+    } else {
+        format!(" from {}", clean(&done.selector))
+    };
+    if done.denied == 0 {
+        return format!("No pending requests{whence}; nothing was denied.");
+    }
+    let mut ids: Vec<String> = done.ids.iter().take(SHOWN_IDS).map(|i| clean(i)).collect();
+    if done.ids.len() > SHOWN_IDS {
+        ids.push(format!("and {} more", done.ids.len() - SHOWN_IDS));
+    }
+    let mut s = format!(
+        "Denied {} pending request{}{whence}: {}",
+        done.denied,
+        if done.denied == 1 { "" } else { "s" },
+        ids.join(", ")
+    );
+    if done.more {
+        s.push_str(&format!(
+            "\nMore pending requests match than one denial takes ({}); run the command again.",
+            api::MAX_BULK_DENY
+        ));
+    }
+    s
+}
+
 /// Attributes in a table's cell: `k=v,k=v`, or `-` for none.
 fn attribute_cell(attributes: &BTreeMap<String, String>) -> String {
     if attributes.is_empty() {
@@ -1026,6 +1099,60 @@ mod tests {
         for bad in ["10.0.0.0/33", "fd00::/129", "x/8", "10.0.0.0/-1", ""] {
             assert!(check_netblock(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn bulk_denial_selectors_are_checked_before_they_are_sent() {
+        assert_eq!(parse_from("127.0.0.0/8").unwrap(), "127.0.0.0/8");
+        assert_eq!(parse_from(" 10.1.2.3/16 ").unwrap(), "10.1.0.0/16");
+        assert_eq!(parse_from("192.0.2.7").unwrap(), "192.0.2.7/32");
+        assert_eq!(parse_from("::1").unwrap(), "::1/128");
+        assert_eq!(parse_from("2001:db8:1::9/48").unwrap(), "2001:db8:1::/48");
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0/8",
+            "10.0.0.0/-1",
+            "10.0.0.0/",
+            "/8",
+            "example.com",
+            "10.0.0.0/8/8",
+            "127.0.0.1:4000",
+            "1.2.3.4 5.6.7.8",
+        ] {
+            let e = parse_from(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("--from: ") && e.contains("not a netblock"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn bulk_denials_say_how_many_from_where() {
+        let done = |ids: &[&str], selector: &str| PendingDenied {
+            denied: u32::try_from(ids.len()).unwrap(),
+            ids: ids.iter().map(|i| (*i).to_owned()).collect(),
+            selector: selector.to_owned(),
+            reason: "flood".to_owned(),
+            more: false,
+        };
+        assert_eq!(
+            bulk_denial(&done(&["A", "B", "C"], "127.0.0.0/8")),
+            "Denied 3 pending requests from 127.0.0.0/8: A, B, C"
+        );
+        assert_eq!(
+            bulk_denial(&done(&["A"], "all")),
+            "Denied 1 pending request: A"
+        );
+        assert_eq!(
+            bulk_denial(&done(&[], "10.0.0.0/8")),
+            "No pending requests from 10.0.0.0/8; nothing was denied."
+        );
+        let many: Vec<String> = (0..25).map(|i| format!("ID{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(bulk_denial(&done(&many, "all")).ends_with("ID19, and 5 more"));
     }
 
     #[test]
