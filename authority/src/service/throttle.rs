@@ -1108,7 +1108,11 @@ mod tests {
             let dir = tempfile::TempDir::new().unwrap();
             let clock = Arc::new(ManualClock::new(NOW));
             let path: &Path = dir.path();
-            let store = MembershipStore::open_sqlite(&path.join("store.sqlite"))
+            let owner = crate::store::StoreOwner {
+                project_id: "p".into(),
+                authority: None,
+            };
+            let store = MembershipStore::create_sqlite(&path.join("store.sqlite"), &owner, NOW)
                 .await
                 .unwrap();
             let vault = Vault::open(&path.join("vault.sqlite")).await.unwrap();
