@@ -127,7 +127,7 @@ pub enum StoreError {
     /// data (DESIGN §5: an authority refuses an empty store). Nothing was changed: no file
     /// created, no table, no stamp.
     #[error(
-        "the membership store ({store}) holds no kith project: {found}. To start a new project, run `kith authority create NAME --project PROJECT` (with --database-url for PostgreSQL); to go on with an existing project, restore its store file from a backup, or point --database-url at its database"
+        "the membership store ({store}) holds no kith project: {found}. To start a new project, run `kith authority create NAME --project NAME` (with --database-url for PostgreSQL); to go on with an existing project, restore its store file from a backup, or point --database-url at its database"
     )]
     NoProject {
         /// The store.
@@ -154,7 +154,7 @@ pub enum StoreError {
     /// database, a table that cannot be read, some of kith's tables missing. Nothing was
     /// changed.
     #[error(
-        "the membership store ({store}) is damaged or unreadable: {what}; restore it from a backup, or move it away and run `kith authority create NAME --project PROJECT` to start a new project"
+        "the membership store ({store}) is damaged or unreadable: {what}; restore it from a backup, or move it away and run `kith authority create NAME --project NAME` to start a new project"
     )]
     Damaged {
         /// The store.
