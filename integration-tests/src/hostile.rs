@@ -37,16 +37,15 @@ pub async fn connect_from(source: IpAddr, to: SocketAddr) -> std::io::Result<Tcp
     socket.connect(to).await
 }
 
-/// Exchange versions on `s`: true if the node took the connection (it may answer "busy").
-async fn exchange_versions(s: &mut TcpStream) -> bool {
-    if s.write_all(&[PROTOCOL_VERSION]).await.is_err() {
-        return false;
-    }
+/// Send our version on `s`; the byte the node answers (its version, or "busy"), or None if
+/// it answered nothing within 10 s.
+async fn version_answer(s: &mut TcpStream) -> Option<u8> {
+    s.write_all(&[PROTOCOL_VERSION]).await.ok()?;
     let mut theirs = [0u8; 1];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut theirs)).await,
-        Ok(Ok(_)) if theirs[0] == PROTOCOL_VERSION
-    )
+    match tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut theirs)).await {
+        Ok(Ok(_)) => Some(theirs[0]),
+        _ => None,
+    }
 }
 
 /// One connection spraying handshake first messages at a node's `api` listener.
@@ -87,7 +86,7 @@ impl Sprayer {
         let frame = frame.freeze();
         let mut s = connect_from(source, to).await?;
         anyhow::ensure!(
-            exchange_versions(&mut s).await,
+            version_answer(&mut s).await == Some(PROTOCOL_VERSION),
             "the node refused the sprayer"
         );
         let sent = Arc::new(AtomicU64::new(0));
@@ -149,16 +148,27 @@ impl Holders {
                 let (source, held, refused) = (*source, held.clone(), refused.clone());
                 let answered = answered.clone();
                 tasks.spawn(async move {
-                    let Ok(mut s) = connect_from(source, to).await else {
+                    // A connect or version exchange lost in a full accept queue is tried
+                    // again, as an attacker would; an answer of "busy" is final.
+                    let mut taken = None;
+                    for _ in 0..3 {
+                        let Ok(mut s) = connect_from(source, to).await else {
+                            continue;
+                        };
+                        match version_answer(&mut s).await {
+                            Some(PROTOCOL_VERSION) => {
+                                taken = Some(s);
+                                break;
+                            }
+                            Some(_) => break,
+                            None => {}
+                        }
+                    }
+                    let Some(mut s) = taken else {
                         refused.fetch_add(1, Ordering::Relaxed);
                         let _ = answered.send(()).await;
                         return;
                     };
-                    if !exchange_versions(&mut s).await {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                        let _ = answered.send(()).await;
-                        return;
-                    }
                     held.fetch_add(1, Ordering::Relaxed);
                     let _ = answered.send(()).await;
                     drop(answered);
@@ -214,6 +224,7 @@ impl Holders {
 /// Connections that announce a maximum-size frame and send it a byte a second.
 pub struct Tricklers {
     open: Arc<AtomicU64>,
+    failed: Arc<std::sync::Mutex<Vec<String>>>,
     tasks: JoinSet<()>,
 }
 
@@ -227,19 +238,51 @@ impl Tricklers {
         time: Duration,
     ) -> Self {
         let open = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut tasks = JoinSet::new();
         let (announced, mut announcements) = tokio::sync::mpsc::channel::<()>(1024);
         let announce = (kith_transport::frame::DEFAULT_MAX_FRAME_LEN as u32).to_be_bytes();
         for source in sources {
             for _ in 0..per_source {
-                let (source, open) = (*source, open.clone());
+                let (source, open, failed) = (*source, open.clone(), failed.clone());
                 let announced = announced.clone();
                 tasks.spawn(async move {
-                    let Ok(mut s) = connect_from(source, to).await else {
-                        let _ = announced.send(()).await;
-                        return;
+                    let fail = |why: String| {
+                        failed.lock().unwrap_or_else(|e| e.into_inner()).push(why);
                     };
-                    if !exchange_versions(&mut s).await || s.write_all(&announce).await.is_err() {
+                    // A connect or version exchange lost in a full accept queue is tried
+                    // again, as an attacker would; an answer of "busy" is final.
+                    let mut taken = Err(String::new());
+                    for _ in 0..3 {
+                        let mut s = match connect_from(source, to).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                taken = Err(format!("connect from {source}: {e}"));
+                                continue;
+                            }
+                        };
+                        match version_answer(&mut s).await {
+                            Some(PROTOCOL_VERSION) => {
+                                taken = Ok(s);
+                                break;
+                            }
+                            Some(b) => {
+                                taken = Err(format!("{source} was answered {b} (busy)"));
+                                break;
+                            }
+                            None => taken = Err(format!("{source}: no version answer")),
+                        }
+                    }
+                    let mut s = match taken {
+                        Ok(s) => s,
+                        Err(why) => {
+                            fail(why);
+                            let _ = announced.send(()).await;
+                            return;
+                        }
+                    };
+                    if let Err(e) = s.write_all(&announce).await {
+                        fail(format!("announcing from {source}: {e}"));
                         let _ = announced.send(()).await;
                         return;
                     }
@@ -270,7 +313,19 @@ impl Tricklers {
                 break;
             }
         }
-        Self { open, tasks }
+        Self {
+            open,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Why the connections that never trickled did not.
+    pub fn failures(&self) -> Vec<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Trickling connections open now.
