@@ -401,10 +401,26 @@ pub async fn close<S: SqlStore>(store: &S, pool: &SqlitePool) {
     let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
     loop {
         pool.close().await;
-        if pool.size() == 0 || tokio::time::Instant::now() >= deadline {
+        if pool.size() == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
             return;
         }
         tokio::time::sleep(CLOSE_POLL).await;
+    }
+    // Connections closing at the same moment can each see another still open, and then
+    // none removes the (checkpointed, empty) `-wal` and `-shm` files beside the store. One
+    // more connection, opened and closed alone, is the last one out: it removes them, so a
+    // cleanly stopped store is one file, as a later look at it expects.
+    use sqlx::{ConnectOptions as _, Connection as _};
+    match pool.connect_options().connect().await {
+        Ok(last) => {
+            let _ = last.close().await;
+        }
+        Err(error) => {
+            tracing::debug!(store = %store.describe(), %error, "no last connection to tidy up with");
+        }
     }
 }
 
