@@ -65,9 +65,15 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     }
     let services = services_policy(&config.admission)?;
     raise_open_file_limit(config.admission.limits.tcp_options().max_connections);
-    let running = RunningNode::assemble(
+    // An authority node listens only once its services are up: a client that reached it
+    // earlier would be told it has no enrollment service, which is not a refusal to retry.
+    let listen_now = config
+        .authority
+        .is_none()
+        .then_some(config.tcp_listener_address.as_str());
+    let mut running = RunningNode::assemble(
         name,
-        Some(&config.tcp_listener_address),
+        listen_now,
         identity,
         services,
         Some(Saved::new(home.clone(), name)),
@@ -87,6 +93,12 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
         }
         None => None,
     };
+    if listen_now.is_none()
+        && let Err(e) = running.listen(&config.tcp_listener_address).await
+    {
+        running.node.shutdown().await;
+        return Err(e);
+    }
     let listener = running.listener.clone().unwrap_or_default();
     let mut changed = false;
     if config.tcp_listener_address.ends_with(":0") {

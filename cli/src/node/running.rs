@@ -101,6 +101,13 @@ impl RunningNode {
         })
     }
 
+    /// Listen for TCP connections on `address` (for a node assembled without a listener);
+    /// the bound address becomes [`RunningNode::listener`].
+    pub(crate) async fn listen(&mut self, address: &str) -> Result<()> {
+        self.listener = Some(self.tcp.listen(address).await?.to_string());
+        Ok(())
+    }
+
     /// The node's current channel settings, if it has an identity.
     pub fn settings(&self) -> Option<ChannelSettings> {
         self.identity.settings()
