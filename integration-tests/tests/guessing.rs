@@ -20,11 +20,6 @@ const THROTTLED: &str = "too many failed attempts; retry after ";
 /// What `kith project enroll` says of a code no ticket has.
 const UNKNOWN: &str = "knows no ticket";
 
-/// Whether this host has IPv6 loopback, which the test needs for a second source address.
-fn ipv6_loopback() -> bool {
-    std::net::TcpListener::bind("[::1]:0").is_ok()
-}
-
 /// `ticket` with its code replaced by `code` (random if `None`) and the authority reached
 /// at `route`.
 fn ticket_with(ticket: &str, code: Option<OneTimeCode>, route: &str) -> String {
@@ -41,23 +36,8 @@ fn ticket_with(ticket: &str, code: Option<OneTimeCode>, route: &str) -> String {
 
 #[test]
 fn ten_wrong_codes_are_throttled_and_audited_in_aggregate_and_another_host_still_enrolls() {
-    if !ipv6_loopback() {
-        eprintln!("SKIPPED: this test needs IPv6 loopback (::1) for a second source address");
-        return;
-    }
     let admin = Kith::new();
-    let created = admin.json(&[
-        "authority",
-        "create",
-        "--project",
-        "acme",
-        "--tcp-listener-address",
-        "[::]:0",
-    ]);
-    let route = created["authority_route"].as_str().unwrap().to_owned();
-    assert!(route.starts_with("/ip6/::1/tcp/"), "{route}");
-    let port = route.rsplit('/').next().unwrap();
-    let over_ipv4 = format!("/ip4/127.0.0.1/tcp/{port}");
+    let (_, over_ipv4) = common::dual_stack_authority(&admin, &[]);
     let ticket = admin.ok(&["project", "ticket", "-a", "component=web"]);
     let ticket = ticket.trim();
 

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{Kith, project_with};
@@ -46,22 +46,6 @@ fn stat(k: &Kith, node: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no stats.{name} in {shown}"))
 }
 
-/// An echo server for the portal.
-fn echo_server() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-            });
-        }
-    });
-    addr
-}
-
 /// Run `what`, and check it took less than [`PROMPT`]; returns what it returned.
 fn promptly<T>(name: &str, what: impl FnOnce() -> T) -> T {
     let started = Instant::now();
@@ -81,7 +65,7 @@ fn a_handshake_sprayer_and_a_connection_flood_keep_no_legitimate_client_out() {
         ("db-node", &["ockam-relay=db"]),
         ("web-node", &["component=web"]),
     ]);
-    let target = echo_server();
+    let target = common::echo_server();
     k.json(&[
         "tcp-outlet",
         "create",

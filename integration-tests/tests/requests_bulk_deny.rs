@@ -19,11 +19,6 @@ use common::Kith;
 /// 20 s: no step should come near this; it only bounds a failure.
 const STEP_LIMIT: Duration = Duration::from_secs(20);
 
-/// Whether this host has IPv6 loopback, which the test needs for a second source address.
-fn ipv6_loopback() -> bool {
-    std::net::TcpListener::bind("[::1]:0").is_ok()
-}
-
 /// File a request as identity `name` (made here) through `reach`, without waiting; its id.
 fn file(k: &Kith, name: &str, reach: &[&str]) -> String {
     k.ok(&["identity", "create", name]);
@@ -52,29 +47,18 @@ fn ids(value: &serde_json::Value) -> BTreeSet<String> {
 
 #[test]
 fn deny_from_a_netblock_then_all_pending_clears_a_full_queue_with_one_audit_row_each() {
-    if !ipv6_loopback() {
-        eprintln!("SKIPPED: this test needs IPv6 loopback (::1) for a second source address");
-        return;
-    }
     let admin = Kith::new();
-    let created = admin.json(&[
-        "authority",
-        "create",
-        "--project",
-        "acme",
-        "--tcp-listener-address",
-        "[::]:0",
-        "--max-pending-per-address",
-        "3",
-        "--max-pending-requests",
-        "5",
-    ]);
+    let (created, over_ipv4) = common::dual_stack_authority(
+        &admin,
+        &[
+            "--max-pending-per-address",
+            "3",
+            "--max-pending-requests",
+            "5",
+        ],
+    );
     let authority = created["authority_identifier"].as_str().unwrap();
     let admin_id = created["admins"][0].as_str().unwrap();
-    let route = created["authority_route"].as_str().unwrap();
-    assert!(route.starts_with("/ip6/::1/tcp/"), "{route}");
-    let port = route.rsplit('/').next().unwrap();
-    let over_ipv4 = format!("/ip4/127.0.0.1/tcp/{port}");
     let ipv4 = [
         "--authority-route",
         over_ipv4.as_str(),

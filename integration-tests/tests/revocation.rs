@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{Kith, identifier, log, project_with};
@@ -18,23 +18,6 @@ const IN_FORCE_WITHIN: Duration = Duration::from_secs(2);
 /// Where relay `db` of project `acme` reaches db-node's outlet, end to end.
 const OUTLET_THROUGH_RELAY: &str = "/project/acme/service/forward_to_db/secure/api/service/outlet";
 
-/// A TCP server that echoes every connection until end of stream.
-fn echo_server() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    addr
-}
-
 /// db-node serves an echo server through an outlet for component=web and holds relay `db`;
 /// web-node has an inlet through the relay. Returns the inlet's address.
 fn portal_through_relay(k: &Kith) -> String {
@@ -44,7 +27,7 @@ fn portal_through_relay(k: &Kith) -> String {
         "--at",
         "db-node",
         "--to",
-        &echo_server(),
+        &common::echo_server(),
         "--allow",
         r#"component = "web""#,
     ]);

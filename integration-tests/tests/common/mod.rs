@@ -231,3 +231,52 @@ pub fn project_with(nodes: &[(&str, &[&str])]) -> Kith {
 pub fn log(k: &Kith, node: &str) -> String {
     std::fs::read_to_string(k.home().join(format!("nodes/{node}/node.log"))).unwrap_or_default()
 }
+
+/// A TCP server on 127.0.0.1 that echoes every connection until end of stream; where it
+/// listens.
+pub fn echo_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// Insist that this machine has IPv6 loopback (::1): the `kith` commands of a test reach
+/// an authority listening on `[::]` over 127.0.0.1 and over ::1, as two source addresses.
+pub fn require_ipv6_loopback() {
+    assert!(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "this test needs IPv6 loopback (::1) for a second source address; enable it \
+         (sysctl net.ipv6.conf.lo.disable_ipv6=0)"
+    );
+}
+
+/// Create project `acme`'s authority in `k` listening on `[::]` (with `extra` flags), so
+/// that its clients can come from two source addresses: ::1 and 127.0.0.1. Returns what
+/// `authority create` printed and the route to the authority over IPv4.
+pub fn dual_stack_authority(k: &Kith, extra: &[&str]) -> (serde_json::Value, String) {
+    require_ipv6_loopback();
+    let mut args = vec![
+        "authority",
+        "create",
+        "--project",
+        "acme",
+        "--tcp-listener-address",
+        "[::]:0",
+    ];
+    args.extend(extra);
+    let created = k.json(&args);
+    let route = created["authority_route"].as_str().unwrap().to_owned();
+    assert!(route.starts_with("/ip6/::1/tcp/"), "{route}");
+    let port = route.rsplit('/').next().unwrap();
+    (created, format!("/ip4/127.0.0.1/tcp/{port}"))
+}
