@@ -39,7 +39,7 @@ pub async fn connect_from(source: IpAddr, to: SocketAddr) -> std::io::Result<Tcp
 
 /// Send our version on `s`; the byte the node answers (its version, or "busy"), or None if
 /// it answered nothing within 10 s.
-async fn version_answer(s: &mut TcpStream) -> Option<u8> {
+pub async fn version_answer(s: &mut TcpStream) -> Option<u8> {
     s.write_all(&[PROTOCOL_VERSION]).await.ok()?;
     let mut theirs = [0u8; 1];
     match tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut theirs)).await {
@@ -122,180 +122,59 @@ impl Drop for Sprayer {
     }
 }
 
-/// Connections past the version exchange that send only keep-alives.
-pub struct Holders {
-    held: Arc<AtomicU64>,
-    refused: Arc<AtomicU64>,
-    tasks: JoinSet<()>,
-}
-
-impl Holders {
-    /// Open `per_source` connections from each of `sources` to `to`, keeping each open
-    /// with a keep-alive every 5 s, for at most `time`. Returns once every one has been
-    /// answered (taken or refused).
-    pub async fn start(
-        sources: &[IpAddr],
-        per_source: usize,
-        to: SocketAddr,
-        time: Duration,
-    ) -> Self {
-        let held = Arc::new(AtomicU64::new(0));
-        let refused = Arc::new(AtomicU64::new(0));
-        let mut tasks = JoinSet::new();
-        let (answered, mut answers) = tokio::sync::mpsc::channel::<()>(1024);
-        for source in sources {
-            for _ in 0..per_source {
-                let (source, held, refused) = (*source, held.clone(), refused.clone());
-                let answered = answered.clone();
-                tasks.spawn(async move {
-                    // A connect or version exchange lost in a full accept queue is tried
-                    // again, as an attacker would; an answer of "busy" is final.
-                    let mut taken = None;
-                    for _ in 0..3 {
-                        let Ok(mut s) = connect_from(source, to).await else {
-                            continue;
-                        };
-                        match version_answer(&mut s).await {
-                            Some(PROTOCOL_VERSION) => {
-                                taken = Some(s);
-                                break;
-                            }
-                            Some(_) => break,
-                            None => {}
-                        }
-                    }
-                    let Some(mut s) = taken else {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                        let _ = answered.send(()).await;
-                        return;
-                    };
-                    held.fetch_add(1, Ordering::Relaxed);
-                    let _ = answered.send(()).await;
-                    drop(answered);
-                    let until = tokio::time::Instant::now() + time;
-                    let mut tick = tokio::time::interval(Duration::from_secs(5));
-                    let mut buf = [0u8; 256];
-                    loop {
-                        tokio::select! {
-                            _ = tick.tick() => {
-                                if s.write_all(&KEEPALIVE).await.is_err() {
-                                    break;
-                                }
-                            }
-                            r = s.read(&mut buf) => if !matches!(r, Ok(n) if n > 0) { break },
-                            () = tokio::time::sleep_until(until) => break,
-                        }
-                    }
-                    held.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-        }
-        drop(answered);
-        let total = sources.len() * per_source;
-        for _ in 0..total {
-            if answers.recv().await.is_none() {
-                break;
-            }
-        }
-        Self {
-            held,
-            refused,
-            tasks,
-        }
-    }
-
-    /// Connections held open now.
-    pub fn held(&self) -> u64 {
-        self.held.load(Ordering::Relaxed)
-    }
-
-    /// Connections the node refused (or that failed to connect).
-    pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
-    }
-
-    /// Close them all.
-    pub async fn stop(mut self) {
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-/// Connections that announce a maximum-size frame and send it a byte a second.
-pub struct Tricklers {
+/// Connections that have exchanged versions with a node and then only trickle: each first
+/// sends `first`, then `each` every `every`, until it is closed or `time` has passed.
+struct Tricklings {
     open: Arc<AtomicU64>,
     failed: Arc<std::sync::Mutex<Vec<String>>>,
     tasks: JoinSet<()>,
 }
 
-impl Tricklers {
-    /// Open `per_source` trickling connections from each of `sources` to `to`, for at most
-    /// `time`. Returns once each has announced its frame.
-    pub async fn start(
+/// What a trickling connection sends.
+#[derive(Clone, Copy)]
+struct Pace {
+    first: &'static [u8],
+    each: &'static [u8],
+    every: Duration,
+}
+
+impl Tricklings {
+    /// Open `per_source` connections from each of `sources` to `to`; returns once every one
+    /// has been answered (taken, and `first` sent, or refused).
+    async fn start(
         sources: &[IpAddr],
         per_source: usize,
         to: SocketAddr,
         time: Duration,
+        pace: Pace,
     ) -> Self {
         let open = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut tasks = JoinSet::new();
-        let (announced, mut announcements) = tokio::sync::mpsc::channel::<()>(1024);
-        let announce = (kith_transport::frame::DEFAULT_MAX_FRAME_LEN as u32).to_be_bytes();
+        let (answered, mut answers) = tokio::sync::mpsc::channel::<()>(1024);
         for source in sources {
             for _ in 0..per_source {
                 let (source, open, failed) = (*source, open.clone(), failed.clone());
-                let announced = announced.clone();
+                let answered = answered.clone();
                 tasks.spawn(async move {
-                    let fail = |why: String| {
-                        failed.lock().unwrap_or_else(|e| e.into_inner()).push(why);
-                    };
-                    // A connect or version exchange lost in a full accept queue is tried
-                    // again, as an attacker would; an answer of "busy" is final.
-                    let mut taken = Err(String::new());
-                    for _ in 0..3 {
-                        let mut s = match connect_from(source, to).await {
-                            Ok(s) => s,
-                            Err(e) => {
-                                taken = Err(format!("connect from {source}: {e}"));
-                                continue;
-                            }
-                        };
-                        match version_answer(&mut s).await {
-                            Some(PROTOCOL_VERSION) => {
-                                taken = Ok(s);
-                                break;
-                            }
-                            Some(b) => {
-                                taken = Err(format!("{source} was answered {b} (busy)"));
-                                break;
-                            }
-                            None => taken = Err(format!("{source}: no version answer")),
-                        }
-                    }
-                    let mut s = match taken {
+                    let mut s = match taken(source, to, pace.first).await {
                         Ok(s) => s,
                         Err(why) => {
-                            fail(why);
-                            let _ = announced.send(()).await;
+                            failed.lock().unwrap_or_else(|e| e.into_inner()).push(why);
+                            let _ = answered.send(()).await;
                             return;
                         }
                     };
-                    if let Err(e) = s.write_all(&announce).await {
-                        fail(format!("announcing from {source}: {e}"));
-                        let _ = announced.send(()).await;
-                        return;
-                    }
                     open.fetch_add(1, Ordering::Relaxed);
-                    let _ = announced.send(()).await;
-                    drop(announced);
+                    let _ = answered.send(()).await;
+                    drop(answered);
                     let until = tokio::time::Instant::now() + time;
-                    let mut tick = tokio::time::interval(Duration::from_secs(1));
-                    let mut buf = [0u8; 64];
+                    let mut tick = tokio::time::interval(pace.every);
+                    let mut buf = [0u8; 256];
                     loop {
                         tokio::select! {
                             _ = tick.tick() => {
-                                if s.write_all(&[0x5a]).await.is_err() {
+                                if s.write_all(pace.each).await.is_err() {
                                     break;
                                 }
                             }
@@ -307,9 +186,9 @@ impl Tricklers {
                 });
             }
         }
-        drop(announced);
+        drop(answered);
         for _ in 0..sources.len() * per_source {
-            if announcements.recv().await.is_none() {
+            if answers.recv().await.is_none() {
                 break;
             }
         }
@@ -320,23 +199,123 @@ impl Tricklers {
         }
     }
 
-    /// Why the connections that never trickled did not.
-    pub fn failures(&self) -> Vec<String> {
+    fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn failures(&self) -> Vec<String> {
         self.failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Trickling connections open now.
-    pub fn open(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
+    async fn stop(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// A connection from `source` to `to` that the node took (answered with its version), with
+/// `first` sent on it; or why there is none. A connect or version exchange lost in a full
+/// accept queue is tried again, as an attacker would; an answer of "busy" is final.
+async fn taken(source: IpAddr, to: SocketAddr, first: &[u8]) -> Result<TcpStream, String> {
+    let mut why = String::new();
+    for _ in 0..3 {
+        let mut s = match connect_from(source, to).await {
+            Ok(s) => s,
+            Err(e) => {
+                why = format!("connect from {source}: {e}");
+                continue;
+            }
+        };
+        match version_answer(&mut s).await {
+            Some(PROTOCOL_VERSION) => {
+                return match s.write_all(first).await {
+                    Ok(()) => Ok(s),
+                    Err(e) => Err(format!("sending from {source}: {e}")),
+                };
+            }
+            Some(b) => return Err(format!("{source} was answered {b} (busy)")),
+            None => why = format!("{source}: no version answer"),
+        }
+    }
+    Err(why)
+}
+
+/// Connections past the version exchange that send only keep-alives (every 5 s).
+pub struct Holders(Tricklings);
+
+impl Holders {
+    /// Open `per_source` connections from each of `sources` to `to`, keeping each open
+    /// with a keep-alive every 5 s, for at most `time`. Returns once every one has been
+    /// answered (taken or refused).
+    pub async fn start(
+        sources: &[IpAddr],
+        per_source: usize,
+        to: SocketAddr,
+        time: Duration,
+    ) -> Self {
+        let pace = Pace {
+            first: &[],
+            each: &KEEPALIVE,
+            every: Duration::from_secs(5),
+        };
+        Self(Tricklings::start(sources, per_source, to, time, pace).await)
+    }
+
+    /// Connections held open now.
+    pub fn held(&self) -> u64 {
+        self.0.open()
+    }
+
+    /// Connections the node refused (or that failed to connect).
+    pub fn refused(&self) -> u64 {
+        self.0.failures().len() as u64
     }
 
     /// Close them all.
-    pub async fn stop(mut self) {
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
+    pub async fn stop(self) {
+        self.0.stop().await;
+    }
+}
+
+/// 256 KiB, big-endian: the length prefix a trickler announces, a maximum-size frame.
+const ANNOUNCE: [u8; 4] = (kith_transport::frame::DEFAULT_MAX_FRAME_LEN as u32).to_be_bytes();
+
+/// Connections that announce a maximum-size frame and send it a byte a second.
+pub struct Tricklers(Tricklings);
+
+impl Tricklers {
+    /// Open `per_source` trickling connections from each of `sources` to `to`, for at most
+    /// `time`. Returns once each has announced its frame (or was refused).
+    pub async fn start(
+        sources: &[IpAddr],
+        per_source: usize,
+        to: SocketAddr,
+        time: Duration,
+    ) -> Self {
+        let pace = Pace {
+            first: &ANNOUNCE,
+            each: &[0x5a],
+            every: Duration::from_secs(1),
+        };
+        Self(Tricklings::start(sources, per_source, to, time, pace).await)
+    }
+
+    /// Trickling connections open now.
+    pub fn open(&self) -> u64 {
+        self.0.open()
+    }
+
+    /// Why the connections that never trickled did not.
+    pub fn failures(&self) -> Vec<String> {
+        self.0.failures()
+    }
+
+    /// Close them all.
+    pub async fn stop(self) {
+        self.0.stop().await;
     }
 }
 

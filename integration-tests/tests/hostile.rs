@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::{Kith, project_with};
 use kith_integration_tests::bench::{ensure_fd_limit, rss_kib, settled_rss_kib};
-use kith_integration_tests::hostile::{Holders, Sprayer, Tricklers, attacker};
+use kith_integration_tests::hostile::{
+    Holders, Sprayer, Tricklers, attacker, connect_from, version_answer,
+};
 use kith_node::testing::until_blocking;
 
 /// 1 s: what a legitimate request may take while the node is under attack.
@@ -222,28 +224,6 @@ const TRICKLE_BOUND_KIB: u64 = 24 * 1024;
 /// 4 MiB: how far above its baseline a node may stay once the tricklers are gone.
 const RETURN_SLACK_KIB: u64 = 4 * 1024;
 
-/// Connect from 127.0.0.`last` and exchange versions; the byte the node answered.
-fn version_answer(last: u8, to: SocketAddr) -> u8 {
-    let rt = runtime();
-    rt.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = kith_integration_tests::hostile::connect_from(attacker(last), to)
-            .await
-            .unwrap();
-        s.write_all(&[kith_transport::PROTOCOL_VERSION])
-            .await
-            .unwrap();
-        let mut theirs = [0u8; 1];
-        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut theirs))
-            .await
-            .unwrap()
-            .unwrap();
-        // Held open until the runtime goes: the caller counts it.
-        std::mem::forget(s);
-        theirs[0]
-    })
-}
-
 #[test]
 fn a_limit_given_at_create_holds_across_restarts_and_refusals_say_busy() {
     let k = Kith::new();
@@ -254,13 +234,24 @@ fn a_limit_given_at_create_holds_across_restarts_and_refusals_say_busy() {
         "--limit",
         "connections-per-source=2",
     ]);
+    let rt = runtime();
     for round in 0..2 {
         let to = listener(&k, "n1");
-        assert_eq!(version_answer(2, to), kith_transport::PROTOCOL_VERSION);
-        assert_eq!(version_answer(2, to), kith_transport::PROTOCOL_VERSION);
+        // Connections from 127.0.0.2, held open while the next one is answered.
+        let mut held = Vec::new();
+        let mut answer = || {
+            rt.block_on(async {
+                let mut s = connect_from(attacker(2), to).await.unwrap();
+                let answer = version_answer(&mut s).await;
+                held.push(s);
+                answer
+            })
+        };
+        assert_eq!(answer(), Some(kith_transport::PROTOCOL_VERSION));
+        assert_eq!(answer(), Some(kith_transport::PROTOCOL_VERSION));
         assert_eq!(
-            version_answer(2, to),
-            kith_transport::BUSY,
+            answer(),
+            Some(kith_transport::BUSY),
             "round {round}: a third connection from 127.0.0.2 is refused as busy"
         );
         assert!(stat(&k, "n1", "connections_refused_busy") >= 1);
