@@ -34,6 +34,8 @@ mod node;
 mod reply_limit;
 /// Delivery by the onward route's first hop, and error answers along the return route.
 mod router;
+/// How many of something each key holds at once, each held one given back when dropped.
+mod shares;
 /// Sinks that take messages without a task, and the bounded direct-or-queue lane they share.
 mod sink;
 /// Test helpers (feature `test-util`): waiting for a condition without a fixed sleep.
@@ -59,6 +61,7 @@ pub use message::{LocalInfo, Message, MessageKind, Origin};
 pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE, SinkHandle};
 pub use reply_limit::{DEFAULT_ERROR_REPLY_RATE, ErrorReplyRate, MAX_ERROR_REPLY_SENDERS};
 pub use router::{MAX_INLINE_DEPTH, ResolveFuture, Transport};
+pub use shares::{Share, Shares};
 pub use sink::{Backlog, DirectOrQueue, Lane, MessageSink, ReadyFuture, SinkError};
 pub use undeliverable::{ErrorClass, MAX_NODE_NAME_LEN, UNDELIVERABLE_VERSION, Undeliverable};
 pub use worker::Worker;

@@ -314,9 +314,37 @@ async fn one_peer_holds_at_most_its_share_of_an_outlets_sessions_and_another_sti
     assert!(matches!(r, Err(_) | Ok(0)), "expected a reset, got {r:?}");
     assert_eq!(p.outlet.stats().view().refused, 1);
 
-    // Another peer (an inlet node of its own, over its own connection) still gets in.
+    // Another connection from the same host is the same peer: refused too.
+    let same_host = Node::new("same-host-inlet-node");
+    TcpTransport::start(&same_host);
+    let same = Inlet::start(
+        &same_host,
+        "127.0.0.1:0",
+        Arc::new(Plain {
+            peer: p.outlet_listener.clone(),
+            outlet: "outlet",
+        }),
+        options.clone(),
+    )
+    .await
+    .unwrap();
+    let mut fourth = TcpStream::connect(same.address()).await.unwrap();
+    let r = tokio::time::timeout(WAIT, fourth.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(_) | Ok(0)), "expected a reset, got {r:?}");
+    assert_eq!(p.outlet.stats().view().refused, 2);
+    same_host.shutdown().await;
+
+    // Another host (an inlet node speaking from 127.0.0.2) still gets in.
     let other_node = Node::new("other-inlet-node");
-    TcpTransport::start(&other_node);
+    TcpTransport::start_with(
+        &other_node,
+        TcpOptions {
+            source_address: Some(std::net::IpAddr::from([127, 0, 0, 2])),
+            ..TcpOptions::default()
+        },
+    );
     let listener = p.outlet_listener.clone();
     let other = Inlet::start(
         &other_node,

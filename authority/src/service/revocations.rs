@@ -15,14 +15,13 @@
 //! [`REVOCATION_SERVICE`]: crate::api::REVOCATION_SERVICE
 //! [`MAX_REVOCATION_WAIT`]: crate::api::MAX_REVOCATION_WAIT
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kith_identity::hex;
 use kith_identity::revocation::{Revocation, RevocationKind, Revocations, SignedRevocations};
-use kith_node::Node;
+use kith_node::{Node, Shares};
 use kith_transport::source::Source;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info};
@@ -52,46 +51,8 @@ pub(crate) struct Feed {
     poke: Notify,
     local: Mutex<Option<Arc<Revocations>>>,
     followers: Arc<Semaphore>,
-    /// Held requests per source; an entry leaves with its last request.
-    by_source: Arc<Mutex<HashMap<Source, usize>>>,
-}
-
-/// A held request's place among its source's; given back when dropped.
-struct SourceSlot {
-    by_source: Arc<Mutex<HashMap<Source, usize>>>,
-    source: Source,
-}
-
-impl SourceSlot {
-    /// A place for a request from `source`, if it holds fewer than
-    /// [`MAX_FOLLOWERS_PER_SOURCE`].
-    fn take(by_source: &Arc<Mutex<HashMap<Source, usize>>>, source: Source) -> Option<Self> {
-        let mut held = by_source.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = held.entry(source).or_default();
-        if *n >= MAX_FOLLOWERS_PER_SOURCE {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
-            by_source: by_source.clone(),
-            source,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut held = self
-            .by_source
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = held.get_mut(&self.source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                held.remove(&self.source);
-            }
-        }
-    }
+    /// Held requests per source.
+    by_source: Shares<Source>,
 }
 
 impl Default for Feed {
@@ -101,7 +62,7 @@ impl Default for Feed {
             poke: Notify::new(),
             local: Mutex::default(),
             followers: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
-            by_source: Arc::default(),
+            by_source: Shares::default(),
         }
     }
 }
@@ -212,7 +173,10 @@ impl Authority {
             drop(permit);
             let feed = &self.shared.feed;
             let of_source = match source {
-                Some(s) => SourceSlot::take(&feed.by_source, Source::of(s.ip())).map(Some),
+                Some(s) => feed
+                    .by_source
+                    .take(Source::of(s.ip()), MAX_FOLLOWERS_PER_SOURCE)
+                    .map(Some),
                 None => Some(None),
             };
             if let Some(_of_source) = of_source
@@ -256,23 +220,27 @@ impl Authority {
 mod tests {
     use super::*;
 
-    fn source(last: u8) -> Source {
-        Source::of(std::net::IpAddr::from([127, 0, 0, last]))
-    }
-
     #[test]
-    fn one_source_holds_at_most_its_share_of_followers_and_gets_them_back() {
-        let by_source = Arc::default();
+    fn one_source_holds_at_most_its_share_of_followers() {
+        let feed = Feed::default();
+        let source = Source::of(std::net::IpAddr::from([127, 0, 0, 2]));
         let held: Vec<_> = (0..MAX_FOLLOWERS_PER_SOURCE)
-            .map(|_| SourceSlot::take(&by_source, source(2)).unwrap())
+            .map(|_| {
+                feed.by_source
+                    .take(source, MAX_FOLLOWERS_PER_SOURCE)
+                    .unwrap()
+            })
             .collect();
-        assert!(SourceSlot::take(&by_source, source(2)).is_none());
-        // Another source is not held back.
-        let other = SourceSlot::take(&by_source, source(3)).unwrap();
+        assert!(
+            feed.by_source
+                .take(source, MAX_FOLLOWERS_PER_SOURCE)
+                .is_none()
+        );
         drop(held);
-        assert!(SourceSlot::take(&by_source, source(2)).is_some());
-        drop(other);
-        let left = by_source.lock().unwrap().len();
-        assert_eq!(left, 0, "a source with no requests leaves the table");
+        assert!(
+            feed.by_source
+                .take(source, MAX_FOLLOWERS_PER_SOURCE)
+                .is_some()
+        );
     }
 }

@@ -1,12 +1,11 @@
 //! The outlet: a service that turns each admitted `Open` into a connection to its target.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
 
 use kith_node::{
-    Address, AllowAll, IncomingAccessControl, Message, MessageKind, Node, Route, StartError,
-    TryRouteError,
+    Address, AllowAll, IncomingAccessControl, Message, MessageKind, Node, Route, Share, Shares,
+    StartError, TryRouteError,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,27 +25,14 @@ pub struct Outlet {
     stop: CancellationToken,
     /// One per session, from the `Open` until the session ends (connecting included).
     permits: Arc<Semaphore>,
-    /// Sessions per peer ([`who`]); an entry leaves with the peer's last session.
-    per_peer: Arc<Mutex<HashMap<String, usize>>>,
+    /// Sessions per peer ([`peer_key`]).
+    per_peer: Shares<String>,
 }
 
 /// A session's place: among the outlet's and among its peer's. Given back when dropped.
 struct Place {
     _permit: OwnedSemaphorePermit,
-    per_peer: Arc<Mutex<HashMap<String, usize>>>,
-    peer: String,
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut held = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = held.get_mut(&self.peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                held.remove(&self.peer);
-            }
-        }
-    }
+    _share: Share<String>,
 }
 
 impl Outlet {
@@ -71,7 +57,7 @@ impl Outlet {
             stats: Arc::new(PortalStats::default()),
             stop: stop.clone(),
             permits: Arc::new(Semaphore::new(options.max_sessions)),
-            per_peer: Arc::default(),
+            per_peer: Shares::default(),
         };
         let this = outlet.clone();
         let task_node = node.clone();
@@ -168,21 +154,20 @@ impl Outlet {
     /// A place for a session from `origin`, or why there is none: the outlet or the peer
     /// holds as many as it may.
     fn place(&self, origin: &kith_node::Origin, options: &PortalOptions) -> Result<Place, String> {
-        let peer = who(origin);
-        let mut held = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
-        let theirs = held.get(&peer).copied().unwrap_or(0);
-        if theirs >= options.max_sessions_per_peer {
-            drop(held);
+        let Some(share) = self
+            .per_peer
+            .take(peer_key(origin), options.max_sessions_per_peer)
+        else {
             if let Some(suppressed) = kith_node::LOG_LIMITER
                 .admit("refused a portal session: too many from one peer", origin)
             {
-                warn!(outlet = %self.address, from = %peer, max = options.max_sessions_per_peer, suppressed, "refused a portal session: the peer holds its share");
+                warn!(outlet = %self.address, from = %who(origin), max = options.max_sessions_per_peer, suppressed, "refused a portal session: the peer holds its share");
             }
             return Err(format!(
                 "the outlet carries {} sessions of yours already, as many as one peer may; try again later",
                 options.max_sessions_per_peer
             ));
-        }
+        };
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             warn!(outlet = %self.address, max = options.max_sessions, "refused a portal session: too many open");
             format!(
@@ -190,11 +175,9 @@ impl Outlet {
                 options.max_sessions
             )
         })?;
-        held.insert(peer.clone(), theirs + 1);
         Ok(Place {
             _permit: permit,
-            per_peer: self.per_peer.clone(),
-            peer,
+            _share: share,
         })
     }
 
@@ -298,6 +281,20 @@ fn refuse(node: &Node, to: Route, reason: String) {
 
 /// 1 s: how long a refusal may wait for room on its way back.
 const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whom a session's share is counted against: an authenticated peer by its identifier, an
+/// unauthenticated one by its source (an IPv4 address, an IPv6 /64), as the listener counts
+/// it, so a host cannot take more by opening more connections.
+fn peer_key(origin: &kith_node::Origin) -> String {
+    match origin {
+        kith_node::Origin::Local => "this node".to_owned(),
+        kith_node::Origin::Transport { peer, .. } => match peer {
+            Some(p) => crate::source::Source::of(p.ip()).to_string(),
+            None => "an unknown host".to_owned(),
+        },
+        kith_node::Origin::SecureChannel { identifier, .. } => identifier.clone(),
+    }
+}
 
 fn who(origin: &kith_node::Origin) -> String {
     match origin {
