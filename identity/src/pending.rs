@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kith_node::Address;
 use kith_transport::source::Source;
@@ -148,8 +148,6 @@ struct Table {
     /// Per source, its unfinished handshakes, oldest first.
     by_source: HashMap<Source, VecDeque<Entry>>,
     by_connection: HashMap<Address, usize>,
-    /// Ids of handshakes counted without a source (node-wide only).
-    unsourced: usize,
     rates: HashMap<Source, Allowance>,
     /// Shared by new sources while [`MAX_RATE_SOURCES`] are tracked.
     overflow: Option<Allowance>,
@@ -277,18 +275,16 @@ impl PendingHandshakes {
         let id = t.next_id;
         let abandon = CancellationToken::new();
         t.total += 1;
-        match arrival.source {
-            Some(source) => {
-                if let Some(c) = &arrival.connection {
-                    *t.by_connection.entry(c.clone()).or_default() += 1;
-                }
-                t.by_source.entry(source).or_default().push_back(Entry {
-                    id,
-                    connection: arrival.connection.clone(),
-                    abandon: abandon.clone(),
-                });
+        // Without a source it is counted node-wide only, in `total`.
+        if let Some(source) = arrival.source {
+            if let Some(c) = &arrival.connection {
+                *t.by_connection.entry(c.clone()).or_default() += 1;
             }
-            None => t.unsourced += 1,
+            t.by_source.entry(source).or_default().push_back(Entry {
+                id,
+                connection: arrival.connection.clone(),
+                abandon: abandon.clone(),
+            });
         }
         Ok(PendingSlot {
             table: self.clone(),
@@ -398,10 +394,7 @@ impl PendingSlot {
     fn release(&self) {
         let mut t = self.table.lock();
         match self.source {
-            None => {
-                t.unsourced = t.unsourced.saturating_sub(1);
-                t.total = t.total.saturating_sub(1);
-            }
+            None => t.total = t.total.saturating_sub(1),
             Some(source) => {
                 let Some(queue) = t.by_source.get_mut(&source) else {
                     return;
@@ -449,14 +442,6 @@ impl Drop for ChannelSlot {
 /// more. From there on each source and each connection holds at most its share.
 pub fn contended(limits: &HandshakeLimits, pending: usize) -> bool {
     pending >= limits.max_pending / 4
-}
-
-/// How long a source's allowance takes to fill again from empty.
-pub fn refill_time(limits: &HandshakeLimits) -> Duration {
-    if limits.rate_per_source == 0 {
-        return Duration::MAX;
-    }
-    Duration::from_secs_f64(f64::from(limits.burst_per_source) / f64::from(limits.rate_per_source))
 }
 
 #[cfg(test)]
@@ -617,13 +602,12 @@ mod tests {
         // Another source is not held back.
         assert!(table.take(&limits, &arrival(3, "c"), now).is_ok());
         // A tenth of a second later, one more.
-        let later = now + Duration::from_millis(100);
+        let later = now + std::time::Duration::from_millis(100);
         assert!(table.take(&limits, &arrival(2, "c"), later).is_ok());
         assert_eq!(
             table.take(&limits, &arrival(2, "c"), later).err(),
             Some(Refusal::Rate)
         );
-        assert_eq!(refill_time(&limits), Duration::from_secs(2));
     }
 
     #[test]
