@@ -97,6 +97,26 @@ fn to(peer: &str, hops: &[&str]) -> Route {
     Route::from(r)
 }
 
+/// Node `b` listening on loopback with an echo service and a secure-channel listener for
+/// any identity, its settings changed by `adjust`; where it listens, and its listener's
+/// counts.
+async fn listening_b(
+    adjust: impl FnOnce(&mut ChannelSettings),
+) -> (Node, String, Arc<secure_channel::ListenerStats>) {
+    let b = Node::new("b");
+    let listener = TcpTransport::start(&b)
+        .listen("127.0.0.1:0")
+        .await
+        .unwrap()
+        .to_string();
+    b.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
+        .unwrap();
+    let mut settings = ChannelSettings::new(local(|_| vec![]), open_trust());
+    adjust(&mut settings);
+    let stats = secure_channel::listen(&b, DEFAULT_LISTENER, settings).unwrap();
+    (b, listener, stats)
+}
+
 fn channel_workers(node: &Node) -> usize {
     node.addresses()
         .iter()
@@ -463,18 +483,11 @@ async fn a_message_older_than_the_replay_window_tears_the_channel_down() {
 
 #[tokio::test]
 async fn a_flood_of_unfinished_handshakes_is_capped_and_the_listener_recovers() {
-    let b = Node::new("b");
-    let listener = TcpTransport::start(&b)
-        .listen("127.0.0.1:0")
-        .await
-        .unwrap()
-        .to_string();
-    b.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
-        .unwrap();
-    let mut settings = ChannelSettings::new(local(|_| vec![]), open_trust());
-    settings.handshake_timeout = Duration::from_millis(300);
-    settings.handshake_limits.max_pending = 2;
-    let stats = secure_channel::listen(&b, DEFAULT_LISTENER, settings).unwrap();
+    let (b, listener, stats) = listening_b(|settings| {
+        settings.handshake_timeout = Duration::from_millis(300);
+        settings.handshake_limits.max_pending = 2;
+    })
+    .await;
 
     // Five first messages that never go further.
     let flood = Node::new("flood");
@@ -741,16 +754,7 @@ fn source(last: u8) -> kith_transport::source::Source {
 
 #[tokio::test]
 async fn one_connection_spraying_first_messages_holds_only_its_share_and_others_get_in_at_once() {
-    let b = Node::new("b");
-    let listener = TcpTransport::start(&b)
-        .listen("127.0.0.1:0")
-        .await
-        .unwrap()
-        .to_string();
-    b.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
-        .unwrap();
-    let settings = ChannelSettings::new(local(|_| vec![]), open_trust());
-    let stats = secure_channel::listen(&b, DEFAULT_LISTENER, settings).unwrap();
+    let (b, listener, stats) = listening_b(|_| {}).await;
 
     // 3,000 first messages from one connection on 127.0.0.2, in the background.
     let attacker = node_from("attacker", 2);
@@ -799,17 +803,8 @@ async fn one_connection_spraying_first_messages_holds_only_its_share_and_others_
 
 #[tokio::test]
 async fn a_full_handshake_table_sheds_the_heaviest_sources_oldest_for_a_quiet_newcomer() {
-    let b = Node::new("b");
-    let listener = TcpTransport::start(&b)
-        .listen("127.0.0.1:0")
-        .await
-        .unwrap()
-        .to_string();
-    b.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
-        .unwrap();
-    let mut settings = ChannelSettings::new(local(|_| vec![]), open_trust());
-    settings.handshake_limits.max_pending = 20;
-    let stats = secure_channel::listen(&b, DEFAULT_LISTENER, settings).unwrap();
+    let (b, listener, stats) =
+        listening_b(|settings| settings.handshake_limits.max_pending = 20).await;
 
     // Two connections from 127.0.0.2, sixteen unfinished handshakes each: more than fit.
     let attackers = [node_from("attacker-1", 2), node_from("attacker-2", 2)];
