@@ -67,6 +67,26 @@ impl TransportMessage {
         }
     }
 
+    /// Append a frame's length prefix and the body's encoding up to its payload's bytes,
+    /// for a sender that writes the payload from where it lies (a vectored write) instead of
+    /// copying it after the head. Only a data message ends with its payload, so this is
+    /// `None` for an error message, as it is (with `dst` unchanged) for a body over
+    /// `max_frame_len`. Returns the body length: the head's and the payload's.
+    pub fn encode_frame_head(&self, dst: &mut BytesMut, max_frame_len: usize) -> Option<usize> {
+        if self.kind != MessageKind::Data {
+            return None;
+        }
+        let body_len = self.encoded_len();
+        let prefix = u32::try_from(body_len)
+            .ok()
+            .filter(|_| body_len <= max_frame_len)?;
+        dst.put_u32(prefix);
+        let mut e = Encoder::new(minicbor::encode::write::Writer::new(dst.writer()));
+        // Writing into a BytesMut cannot fail; an error here would be a bug in minicbor.
+        let _ = encode_head(&mut e, self);
+        Some(body_len)
+    }
+
     /// The length of [`TransportMessage::encode`]'s output, without encoding.
     pub fn encoded_len(&self) -> usize {
         encoded_len(
@@ -177,6 +197,22 @@ fn encode_into<W: minicbor::encode::Write>(
     e: &mut Encoder<W>,
     m: &TransportMessage,
 ) -> Result<(), minicbor::encode::Error<W::Error>> {
+    encode_head(e, m)?;
+    e.writer_mut()
+        .write_all(&m.payload)
+        .map_err(minicbor::encode::Error::write)?;
+    if m.kind == MessageKind::Undeliverable {
+        e.u8(4)?.u8(KIND_UNDELIVERABLE)?;
+    }
+    Ok(())
+}
+
+/// Everything up to the payload's bytes: the map, the version, the routes, key 3 and the
+/// payload's byte-string head.
+fn encode_head<W: minicbor::encode::Write>(
+    e: &mut Encoder<W>,
+    m: &TransportMessage,
+) -> Result<(), minicbor::encode::Error<W::Error>> {
     let fields = match m.kind {
         MessageKind::Data => 4,
         MessageKind::Undeliverable => 5,
@@ -185,10 +221,7 @@ fn encode_into<W: minicbor::encode::Write>(
     encode_route(e, &m.onward_route)?;
     e.u8(2)?;
     encode_route(e, &m.return_route)?;
-    e.u8(3)?.bytes(&m.payload)?;
-    if m.kind == MessageKind::Undeliverable {
-        e.u8(4)?.u8(KIND_UNDELIVERABLE)?;
-    }
+    e.u8(3)?.bytes_len(m.payload.len() as u64)?;
     Ok(())
 }
 
@@ -404,6 +437,31 @@ mod tests {
                 kind: MessageKind::Data,
             };
             prop_assert_eq!(m.encoded_len(), encoded(&m).len());
+        }
+
+        #[test]
+        fn a_frame_head_and_its_payload_are_the_whole_frame(
+            onward in arb_route(),
+            ret in arb_route(),
+            payload in proptest::collection::vec(any::<u8>(), 0..70_000),
+            max in prop_oneof![Just(DEFAULT_MAX_FRAME_LEN), 0usize..80_000],
+            kind in prop_oneof![Just(MessageKind::Data), Just(MessageKind::Undeliverable)],
+        ) {
+            let m = TransportMessage { onward_route: onward, return_route: ret, payload: payload.into(), kind };
+            let mut whole = BytesMut::from(&b"before"[..]);
+            let framed = m.encode_frame(&mut whole, max);
+            let mut head = BytesMut::from(&b"before"[..]);
+            match m.encode_frame_head(&mut head, max) {
+                Some(body_len) => {
+                    prop_assert_eq!(Some(body_len), framed);
+                    head.extend_from_slice(&m.payload);
+                    prop_assert_eq!(head, whole);
+                }
+                None => {
+                    prop_assert!(kind == MessageKind::Undeliverable || framed.is_none());
+                    prop_assert_eq!(&head[..], b"before");
+                }
+            }
         }
 
         #[test]

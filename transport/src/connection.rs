@@ -10,13 +10,14 @@
 //! the same way. Whichever side fails first ends the connection: a bad frame closes it, never
 //! resynchronizes.
 
-use std::io;
+use std::io::{self, IoSlice};
+use std::mem;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use kith_node::{
     Address, AllowAll, DirectOrQueue, DisplayChain, LOG_LIMITER, LocalInfo, MAX_ROUTE_LEN, Message,
     MessageSink, Node, Origin, ReadyFuture, SinkError, SinkHandle, StartError,
@@ -30,6 +31,7 @@ use tracing::{debug, warn};
 
 use crate::codec::encoded_len;
 use crate::frame::{self, FrameStatus, KEEPALIVE, LEN_PREFIX};
+use crate::segments::{MAX_SLICES, Segments};
 use crate::tcp::{Counters, TcpOptions};
 use crate::{ConnectionError, PROTOCOL_VERSION, TransportMessage};
 
@@ -54,6 +56,16 @@ pub const BUSY: u8 = 0;
 
 /// 64 KiB: the most the reader reserves ahead of bytes that have actually arrived.
 const MAX_READ_RESERVE: usize = 64 * 1024;
+
+/// 16 KiB: a frame at least this large is read into a buffer of its own, ending where the
+/// frame ends, so that whoever takes its payload owns the allocation (a channel opens it in
+/// place). Smaller frames share one buffer, many to a read.
+const OWN_BUFFER_FRAME: usize = 16 * 1024;
+
+/// 2 KiB: a payload at least this large is written from where it lies, beside its frame's
+/// head (a vectored write); a smaller one is copied after the head, which costs less than
+/// another piece to write.
+const SHARED_PAYLOAD: usize = 2 * 1024;
 
 /// 1 s: at shutdown, how long queued frames may take to go out before the socket closes.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
@@ -188,44 +200,86 @@ async fn read_frames(
     let mut chunk = FIRST_READ_CHUNK;
     // When the frame now arriving must be complete: set by its first byte.
     let mut frame_due: Option<Instant> = None;
+    // The length of the last frame that carried a message: a stream of large frames is read
+    // a frame at a time, each into a buffer of its own.
+    let mut last_frame = 0;
     loop {
+        // The most the next read may take: the rest of a large frame, or what fits.
+        let mut limit = usize::MAX;
+        // What to reserve once bytes arrive at an empty buffer.
+        let mut first = chunk;
         loop {
             match frame::check(&buf, options.max_frame_len).inspect_err(|_| {
                 counters.invalid.fetch_add(1, Ordering::Relaxed);
             })? {
                 FrameStatus::Complete { body_len } => {
-                    let frame = buf.split_to(LEN_PREFIX + body_len).freeze();
+                    let total = LEN_PREFIX + body_len;
+                    // A frame that is all the buffer holds takes the buffer with it, so its
+                    // payload shares the allocation with no one.
+                    let mut frame = if total == buf.len() {
+                        mem::take(&mut buf)
+                    } else {
+                        buf.split_to(total)
+                    };
                     frame_due = None;
                     if body_len == 0 {
                         continue; // keep-alive
                     }
-                    let body = frame.slice(LEN_PREFIX..);
-                    let m = TransportMessage::decode(&body).inspect_err(|_| {
+                    frame.advance(LEN_PREFIX);
+                    // The frame is dropped here: only the message's parts hold it now.
+                    let m = TransportMessage::decode(&frame.freeze()).inspect_err(|_| {
                         counters.invalid.fetch_add(1, Ordering::Relaxed);
                     })?;
                     chunk = READ_CHUNK;
+                    last_frame = total;
                     counters.frames_in.fetch_add(1, Ordering::Relaxed);
                     deliver(node, return_address, peer, m, counters).await;
                 }
-                FrameStatus::Incomplete { .. } => {
-                    if buf.is_empty() && buf.capacity() == 0 {
-                        // Idle: wait for the first byte before allocating anything.
+                FrameStatus::Incomplete { needed } => {
+                    if buf.is_empty() {
+                        // Between frames: allocate nothing until the next one starts
+                        // arriving; then, for a stream of large frames, room for a whole
+                        // one (within the reserve bound), read on its own.
+                        if last_frame >= OWN_BUFFER_FRAME {
+                            limit = last_frame;
+                            first = last_frame.min(MAX_READ_RESERVE);
+                        }
                         break;
                     }
-                    if !buf.is_empty() && frame_due.is_none() {
+                    if frame_due.is_none() {
                         frame_due = Some(Instant::now() + options.frame_timeout);
                     }
-                    // Grow as bytes arrive rather than by what the prefix announces, so four
-                    // bytes from a peer cannot make us reserve a whole maximum-size frame:
-                    // at most what is there again, and `chunk` at least.
-                    buf.reserve(buf.len().clamp(chunk, MAX_READ_RESERVE));
+                    let large = buf.len() >= LEN_PREFIX && buf.len() + needed >= OWN_BUFFER_FRAME;
+                    if large {
+                        // Read exactly the rest of a large frame, so it ends its buffer.
+                        limit = needed;
+                    }
+                    if large && chunk == READ_CHUNK {
+                        // From a peer that has sent a valid frame: reserve the rest at once,
+                        // within the bound ahead of what arrived.
+                        buf.reserve(needed.min(MAX_READ_RESERVE.max(buf.len())));
+                    } else {
+                        // Grow as bytes arrive rather than by what the prefix announces, so
+                        // four bytes from a peer cannot make us reserve a whole maximum-size
+                        // frame: at most what is there again, and `chunk` at least.
+                        buf.reserve(buf.len().clamp(chunk, MAX_READ_RESERVE));
+                    }
                     break;
                 }
             }
         }
         let idle_due = Instant::now() + options.idle_timeout;
         let due = frame_due.map_or(idle_due, |f| f.min(idle_due));
-        let n = match tokio::time::timeout_at(due, read.read_buf(&mut buf)).await {
+        let read_once = async {
+            if buf.capacity() == buf.len() {
+                // Nothing reserved (an idle connection holds no buffer): wait for bytes
+                // before allocating for them.
+                read.readable().await?;
+                buf.reserve(first);
+            }
+            read.read_buf(&mut (&mut buf).limit(limit)).await
+        };
+        let n = match tokio::time::timeout_at(due, read_once).await {
             Ok(read) => read?,
             Err(_) if frame_due.is_some_and(|f| f <= idle_due) => {
                 return Err(ConnectionError::FrameTimeout(options.frame_timeout));
@@ -311,7 +365,7 @@ struct Outbox {
     /// Encoded frames not yet written, bounded by [`MAX_PENDING`] bytes. Draining means the
     /// socket pushed back: the flusher owns writing until nothing is pending. Closed when
     /// the connection is over; senders then get their message back.
-    pending: DirectOrQueue<BytesMut, Written>,
+    pending: DirectOrQueue<Segments, Written>,
     max_frame_len: usize,
     counters: Arc<Counters>,
 }
@@ -324,7 +378,7 @@ impl Outbox {
     fn push_keepalive(&self, interval: Duration) {
         let mut lane = self.pending.lock();
         if lane.backlog().is_empty() && lane.state().last_write.elapsed() >= interval {
-            lane.backlog_mut().extend_from_slice(&KEEPALIVE);
+            lane.backlog_mut().tail_mut().extend_from_slice(&KEEPALIVE);
         }
     }
 
@@ -342,7 +396,7 @@ impl Outbox {
                     self.pending.wake_senders();
                     return Ok(());
                 }
-                match self.write.try_write(lane.backlog()) {
+                match self.write_some(lane.backlog()) {
                     Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                     Ok(n) => {
                         let was_full = lane.is_full();
@@ -363,6 +417,14 @@ impl Outbox {
         }
     }
 
+    /// Write what the socket takes of `pending` now, in one vectored write.
+    fn write_some(&self, pending: &Segments) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let filled = pending.slices(&mut slices);
+        self.write
+            .try_write_vectored(slices.get(..filled).unwrap_or_default())
+    }
+
     /// The encoded size of `m` as this connection would frame it, if that is over the frame
     /// cap: a peer would close the connection on such a frame, so it is never written.
     fn too_large(&self, m: &Message) -> Option<usize> {
@@ -376,8 +438,10 @@ impl Outbox {
         (len > self.max_frame_len || u32::try_from(len).is_err()).then_some(len)
     }
 
-    /// Frame `m` onto `pending`. `m` was checked to fit with [`Outbox::too_large`].
-    fn encode(&self, mut m: Message, pending: &mut BytesMut) {
+    /// Frame `m` onto `pending`: a large payload as a piece of its own, beside its head,
+    /// so it is written without being copied. `m` was checked to fit with
+    /// [`Outbox::too_large`].
+    fn encode(&self, mut m: Message, pending: &mut Segments) {
         // The first hop is this connection's own address.
         m.onward_route.step();
         if m.onward_route.is_empty() {
@@ -391,7 +455,16 @@ impl Outbox {
             payload: m.payload,
             kind: m.kind,
         };
-        match t.encode_frame(pending, self.max_frame_len) {
+        let framed = if t.payload.len() >= SHARED_PAYLOAD {
+            let head = t.encode_frame_head(pending.tail_mut(), self.max_frame_len);
+            if head.is_some() {
+                pending.push_shared(t.payload.clone());
+            }
+            head
+        } else {
+            None
+        };
+        match framed.or_else(|| t.encode_frame(pending.tail_mut(), self.max_frame_len)) {
             Some(_) => {
                 self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
             }
@@ -429,7 +502,7 @@ impl MessageSink for Outbox {
         }
         // Not draining, so nothing was pending before this frame: write it now, from the
         // sender's task, under the lock that keeps frames in order.
-        match self.write.try_write(lane.backlog()) {
+        match self.write_some(lane.backlog()) {
             Ok(n) => {
                 lane.backlog_mut().advance(n);
                 lane.state_mut().last_write = Instant::now();

@@ -32,6 +32,8 @@ pub mod frame;
 mod multiaddr;
 /// TCP portals: inlets, outlets and the sessions between them.
 pub mod portal;
+/// Bytes on their way to a socket: small encodings together, large payloads where they lie.
+mod segments;
 /// Sources: the address (IPv4) or /64 (IPv6) a peer's caps are counted against.
 pub mod source;
 /// The transport: listeners, dialing, one connection per peer, persistent connections.

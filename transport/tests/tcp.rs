@@ -454,3 +454,56 @@ async fn keepalives_hold_an_idle_connection_open_past_the_idle_timeout() {
         .unwrap();
     assert_eq!(ta.stats().dialed, 1, "a second connection was needed");
 }
+
+/// Reports every message's payload, and whether it arrived owning its buffer.
+struct Owned(tokio::sync::mpsc::UnboundedSender<(Bytes, bool)>);
+
+impl Worker for Owned {
+    async fn handle_message(
+        &mut self,
+        _ctx: &mut Context,
+        message: Message,
+    ) -> Result<(), WorkerError> {
+        let unique = message.payload.is_unique();
+        let _ = self.0.send((message.payload, unique));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_large_frame_arrives_owning_its_buffer_so_it_can_be_opened_in_place() {
+    let (a, _ta, _) = node("a", TcpOptions::default()).await;
+    let (b, _tb, b_addr) = node("b", TcpOptions::default()).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    b.start_worker_with_policy([Address::local("owned")], Arc::new(AllowAll), Owned(tx))
+        .unwrap();
+    // Bursts of large frames back to back (each read must stop where its frame ends), and
+    // of a frame-cap's worth, as a portal or a channel sends them.
+    let sizes = [64 * 1024, 20 * 1024, MAX_PAYLOAD_LEN, 16 * 1024 + 1];
+    let mut sent = Vec::new();
+    for (i, &len) in sizes.iter().cycle().take(40).enumerate() {
+        let payload = Bytes::from((0..len).map(|j| (i + j) as u8).collect::<Vec<u8>>());
+        a.route(Message::new(
+            to(&b_addr, "owned"),
+            Route::new(),
+            payload.clone(),
+        ))
+        .await
+        .unwrap();
+        sent.push(payload);
+    }
+    for (i, payload) in sent.iter().enumerate() {
+        let (got, unique) = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, *payload, "message {i} arrives whole and in order");
+        assert!(
+            unique,
+            "message {i} ({} bytes) shares its buffer",
+            got.len()
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kith_node::{Mailbox, Message, Node, Route};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -33,6 +33,11 @@ pub const MIN_WINDOW: u32 = 64 * 1024;
 
 /// 1 MiB: the largest window an end may grant (at most 128 messages in flight).
 pub const MAX_WINDOW: u32 = 1024 * 1024;
+
+/// 4 KiB: bytes read from the socket below this are copied into a message of their own
+/// size, and the read buffer is kept for the next read; a larger read becomes the message,
+/// header and all, without a copy.
+const COPY_BELOW: usize = 4 * 1024;
 
 /// 1 s: how long a failing end tries to tell the other before it gives up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -127,7 +132,8 @@ pub(crate) async fn run(end: End) {
     let mut last_sent = Instant::now();
     let mut ticks = tokio::time::interval(options.ping_interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut buf = vec![0u8; DATA_HEADER_ROOM + MAX_CHUNK];
+    // Room for a `Data` header, then what the socket gives.
+    let mut buf = BytesMut::new();
 
     let outcome = {
         let (mut rd, mut wr) = stream.split();
@@ -149,6 +155,11 @@ pub(crate) async fn run(end: End) {
             } else {
                 0
             };
+            if limit > 0 && buf.capacity() < DATA_HEADER_ROOM + limit {
+                buf.clear();
+                buf.reserve(DATA_HEADER_ROOM + MAX_CHUNK);
+                buf.put_bytes(0, DATA_HEADER_ROOM);
+            }
             let front = outbox.front().map(|(b, _)| b.clone());
             let event = tokio::select! {
                 biased;
@@ -167,10 +178,8 @@ pub(crate) async fn run(end: End) {
                     }
                 }, if front.is_some() => Event::Wrote(r),
                 r = async {
-                    match buf.get_mut(DATA_HEADER_ROOM..DATA_HEADER_ROOM + limit) {
-                        Some(into) => rd.read(into).await,
-                        None => std::future::pending().await,
-                    }
+                    let mut into = (&mut buf).limit(limit);
+                    rd.read_buf(&mut into).await
                 }, if limit > 0 => Event::Read(r),
                 _ = ticks.tick() => Event::Tick,
             };
@@ -387,16 +396,27 @@ fn violation(what: String) -> Outcome {
     }
 }
 
-/// Turn the `n` bytes read into `buf` after its header room into a `Data` payload.
-fn framed(buf: &mut [u8], n: usize) -> Bytes {
+/// Turn the `n` bytes read into `buf` after its header room into a `Data` payload: the
+/// header goes into the room, and a large read leaves with the buffer, uncopied; a small one
+/// is copied out and the buffer kept, emptied to its header room.
+fn framed(buf: &mut BytesMut, n: usize) -> Bytes {
     let header = data_header_len(n);
     let start = DATA_HEADER_ROOM - header;
-    let mut head = bytes::BytesMut::with_capacity(header);
+    let mut head = BytesMut::with_capacity(header);
     put_data_header(&mut head, n);
     if let Some(room) = buf.get_mut(start..DATA_HEADER_ROOM) {
         room.copy_from_slice(&head);
     }
-    Bytes::copy_from_slice(buf.get(start..DATA_HEADER_ROOM + n).unwrap_or_default())
+    if n < COPY_BELOW {
+        let payload =
+            Bytes::copy_from_slice(buf.get(start..DATA_HEADER_ROOM + n).unwrap_or_default());
+        buf.truncate(DATA_HEADER_ROOM);
+        return payload;
+    }
+    let mut payload = std::mem::take(buf);
+    payload.truncate(DATA_HEADER_ROOM + n);
+    payload.advance(start);
+    payload.freeze()
 }
 
 /// Make the socket's close a reset, so the application at its other end sees an error
