@@ -284,3 +284,34 @@ async fn keep_alives_hold_a_quiet_healthy_channel_open_past_the_idle_timeout() {
     let reply = client.request(route, "still here", WAIT).await.unwrap();
     assert_eq!(reply.payload, Bytes::from("still here"));
 }
+
+#[tokio::test]
+async fn a_message_at_the_payload_cap_crosses_a_nested_channel_whole_and_one_byte_more_is_refused()
+{
+    use kith_identity::channel::MAX_MESSAGE_PAYLOAD;
+
+    let (a, b) = (Peer::start("a").await, Peer::listening("b").await);
+    let hops = [to_listener_of(&b), inside(None)];
+    let stack = ChannelStack::open(&a.node, &a.settings, &hops, WAIT)
+        .await
+        .unwrap();
+    let route = stack.route_through(&Route::from("echo")).unwrap();
+    let mut client = a.node.client().unwrap();
+    for len in [MAX_MESSAGE_PAYLOAD, MAX_MESSAGE_PAYLOAD - 1, 1] {
+        let payload = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let reply = client
+            .request(route.clone(), payload.clone(), WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{len} bytes: {e}"));
+        assert!(reply.payload == payload, "{len} bytes came back altered");
+    }
+    let over = Bytes::from(vec![1u8; MAX_MESSAGE_PAYLOAD + 1]);
+    let refused = client.request(route.clone(), over, WAIT).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("too large"),
+        "one byte over the cap: {refused}"
+    );
+    // The refusal concerned that message only.
+    let reply = client.request(route, "still open", WAIT).await.unwrap();
+    assert_eq!(reply.payload, Bytes::from("still open"));
+}

@@ -251,6 +251,32 @@ fn a_gibibyte_and_200_concurrent_sessions_cross_a_relay_intact() {
 }
 
 #[test]
+fn odd_sized_transfers_arrive_byte_exact_directly_and_through_the_relay() {
+    use kith_transport::frame::DEFAULT_MAX_FRAME_LEN;
+    use kith_transport::portal::MAX_CHUNK;
+
+    let (k, relayed) = portal_project(&server());
+    let direct = inlet(&k, "web-node", DIRECT, &[]);
+    // Around the old chunk size, the chunk size and the frame cap: every boundary a read,
+    // a message or a frame can fall on.
+    let mut sizes = vec![1];
+    for edge in [48 * 1024, MAX_CHUNK, DEFAULT_MAX_FRAME_LEN] {
+        sizes.extend([edge - 1, edge, edge + 1]);
+    }
+    for (path, inlet) in [("direct", &direct), ("relayed", &relayed)] {
+        for (i, &len) in sizes.iter().enumerate() {
+            assert!(
+                echo_ok(inlet, 7 + i as u64, len),
+                "{len} bytes {path} came back altered"
+            );
+        }
+    }
+    let outlet = settled_sessions(&k, "tcp-outlet", "outlet", "db-node");
+    assert_eq!(outlet["failed"], 0, "{outlet}");
+    assert_eq!(outlet["finished"], 2 * sizes.len() as u64, "{outlet}");
+}
+
+#[test]
 fn only_project_members_the_outlet_admits_get_a_session() {
     let (k, inlet_addr) = portal_project(&server());
     assert!(
