@@ -20,9 +20,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
 
-/// 48 KiB: the most bytes one `Data` message carries, so that a chunk, its routes and the
-/// channel's overhead fit one Noise message (64 KiB) with room to spare.
-pub const MAX_CHUNK: usize = 48 * 1024;
+/// 192 KiB: the most bytes one `Data` message carries, so that a chunk inside two nested
+/// channels, with their routes and overhead, still fits one frame (256 KiB) with room to
+/// spare.
+pub const MAX_CHUNK: usize = 192 * 1024;
 
 /// 1 KiB: the longest reason a `Refused` or `Close` carries; longer ones are cut.
 pub const MAX_REASON_LEN: usize = 1024;
@@ -86,8 +87,8 @@ const END: u8 = 5;
 const CLOSE: u8 = 6;
 const PING: u8 = 7;
 
-/// The longest `Data` header: array(2), tag, byte-string length in three bytes.
-pub(crate) const DATA_HEADER_ROOM: usize = 5;
+/// The longest `Data` header: array(2), tag, byte-string length in five bytes.
+pub(crate) const DATA_HEADER_ROOM: usize = 7;
 
 impl PortalMessage {
     /// The CBOR encoding.
@@ -149,7 +150,7 @@ impl PortalMessage {
                 }
                 let chunk = d.bytes()?;
                 if chunk.is_empty() || chunk.len() > MAX_CHUNK {
-                    return Err(PortalDecodeError::Shape("data must carry 1 to 48 KiB"));
+                    return Err(PortalDecodeError::Shape("data must carry 1 to 192 KiB"));
                 }
                 let end = d.position();
                 PortalMessage::Data(payload.slice(end - chunk.len()..end))
@@ -179,9 +180,13 @@ pub(crate) fn put_data_header(buf: &mut BytesMut, len: usize) {
             buf.put_u8(0x58);
             buf.put_u8(len as u8);
         }
-        _ => {
+        0x100..=0xffff => {
             buf.put_u8(0x59);
             buf.put_u16(u16::try_from(len).unwrap_or(u16::MAX));
+        }
+        _ => {
+            buf.put_u8(0x5a);
+            buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
         }
     }
 }
@@ -191,7 +196,8 @@ pub(crate) fn data_header_len(len: usize) -> usize {
     match len {
         0..=23 => 3,
         24..=0xff => 4,
-        _ => 5,
+        0x100..=0xffff => 5,
+        _ => 7,
     }
 }
 

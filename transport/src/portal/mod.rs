@@ -54,7 +54,10 @@ pub struct PortalOptions {
 impl Default for PortalOptions {
     fn default() -> Self {
         Self {
-            window: 512 * 1024,
+            window: std::env::var("KITH_EXPERIMENT_WINDOW")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(512 * 1024),
             ping_interval: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(15),
             open_timeout: Duration::from_secs(15),

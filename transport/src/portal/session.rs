@@ -9,6 +9,7 @@
 //! mailbox and never blocks the connection that feeds it.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -33,6 +34,9 @@ pub const MIN_WINDOW: u32 = 64 * 1024;
 
 /// 1 MiB: the largest window an end may grant (at most 128 messages in flight).
 pub const MAX_WINDOW: u32 = 1024 * 1024;
+
+/// 16: the most queued messages one write to the socket takes.
+const MAX_WRITE_SLICES: usize = 16;
 
 /// 4 KiB: bytes read from the socket below this are copied into a message of their own
 /// size, and the read buffer is kept for the next read; a larger read becomes the message,
@@ -132,6 +136,11 @@ pub(crate) async fn run(end: End) {
     let mut last_sent = Instant::now();
     let mut ticks = tokio::time::interval(options.ping_interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let chunk = std::env::var("KITH_EXPERIMENT_CHUNK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(48 * 1024)
+        .min(MAX_CHUNK);
     // Room for a `Data` header, then what the socket gives.
     let mut buf = BytesMut::new();
 
@@ -150,17 +159,16 @@ pub(crate) async fn run(end: End) {
             }
             let limit = if reading && send_credit > DATA_OVERHEAD {
                 usize::try_from(send_credit - DATA_OVERHEAD)
-                    .unwrap_or(MAX_CHUNK)
-                    .min(MAX_CHUNK)
+                    .unwrap_or(chunk)
+                    .min(chunk)
             } else {
                 0
             };
             if limit > 0 && buf.capacity() < DATA_HEADER_ROOM + limit {
                 buf.clear();
-                buf.reserve(DATA_HEADER_ROOM + MAX_CHUNK);
+                buf.reserve(DATA_HEADER_ROOM + chunk);
                 buf.put_bytes(0, DATA_HEADER_ROOM);
             }
-            let front = outbox.front().map(|(b, _)| b.clone());
             let event = tokio::select! {
                 biased;
                 () = stop.cancelled() => Event::Stopped,
@@ -172,11 +180,14 @@ pub(crate) async fn run(end: End) {
                 } => Event::RouteEnded(why),
                 m = mailbox.recv() => Event::Received(m),
                 r = async {
-                    match &front {
-                        Some(b) => wr.write(b).await,
-                        None => std::future::pending().await,
+                    // Everything queued, in one write: a burst of messages costs one call.
+                    let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+                    for (slot, (b, _)) in slices.iter_mut().zip(&outbox) {
+                        *slot = IoSlice::new(b);
                     }
-                }, if front.is_some() => Event::Wrote(r),
+                    let filled = outbox.len().min(MAX_WRITE_SLICES);
+                    wr.write_vectored(slices.get(..filled).unwrap_or_default()).await
+                }, if !outbox.is_empty() => Event::Wrote(r),
                 r = async {
                     let mut into = (&mut buf).limit(limit);
                     rd.read_buf(&mut into).await
@@ -277,29 +288,28 @@ pub(crate) async fn run(end: End) {
                 }
                 Event::Wrote(Ok(n)) => {
                     stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    let done = match outbox.front_mut() {
-                        Some((b, _)) => {
-                            b.advance(n.min(b.len()));
-                            b.is_empty()
+                    let mut written = n;
+                    while let Some((b, c)) = outbox.front_mut() {
+                        let k = written.min(b.len());
+                        b.advance(k);
+                        written -= k;
+                        if !b.is_empty() {
+                            break;
                         }
-                        None => false,
-                    };
-                    if done {
-                        if let Some((_, c)) = outbox.pop_front() {
-                            to_return += c;
+                        to_return += *c;
+                        outbox.pop_front();
+                    }
+                    if to_return >= threshold {
+                        let n = u32::try_from(to_return).unwrap_or(u32::MAX);
+                        if let Err(reason) = sender.send(PortalMessage::Credit(n)).await {
+                            break Outcome::Failed {
+                                reason,
+                                tell: false,
+                            };
                         }
-                        if to_return >= threshold {
-                            let n = u32::try_from(to_return).unwrap_or(u32::MAX);
-                            if let Err(reason) = sender.send(PortalMessage::Credit(n)).await {
-                                break Outcome::Failed {
-                                    reason,
-                                    tell: false,
-                                };
-                            }
-                            last_sent = Instant::now();
-                            outstanding -= u64::from(n);
-                            to_return -= u64::from(n);
-                        }
+                        last_sent = Instant::now();
+                        outstanding -= u64::from(n);
+                        to_return -= u64::from(n);
                     }
                 }
                 Event::Wrote(Err(e)) => {
