@@ -650,8 +650,8 @@ impl AuthorityClient {
         };
         let through_channel = matches!(
             reply.origin(),
-            Origin::SecureChannel { identifier, .. }
-                if *identifier == self.channel.peer.identifier.to_string()
+            Origin::SecureChannel(peer)
+                if peer.identifier == self.channel.peer.identifier.to_string()
         );
         if !through_channel {
             return Err(ClientError::UnexpectedReply { service });

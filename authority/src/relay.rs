@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kith_identity::Identifier;
 use kith_node::{
-    Address, AllowOrigins, Context, DirectOrQueue, Message, MessageSink, Node, Origin, ReadyFuture,
-    Route, SinkError, SinkHandle, StartError, TryRouteError, Worker, WorkerError,
+    Address, AllowOrigins, ChannelPeer, Context, DirectOrQueue, Message, MessageSink, Node, Origin,
+    ReadyFuture, Route, SinkError, SinkHandle, StartError, TryRouteError, Worker, WorkerError,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -150,8 +150,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Start the relay service of `authority` on `node` (the project node). Relays it creates
 /// live until they are deleted or the node shuts down.
 pub fn start(authority: &Authority, node: &Node) -> Result<(), StartError> {
-    let only_channels =
-        AllowOrigins(|origin: &Origin| matches!(origin, Origin::SecureChannel { .. }));
+    let only_channels = AllowOrigins(|origin: &Origin| matches!(origin, Origin::SecureChannel(_)));
     node.start_worker_with_policy(
         [Address::local(RELAY_SERVICE)],
         Arc::new(only_channels),
@@ -266,11 +265,11 @@ impl Worker for RelayService {
         let node = ctx.node().clone();
         let from = Route::from(ctx.address().clone());
         let reply_to = message.return_route.clone();
-        let Origin::SecureChannel {
+        let Some(ChannelPeer {
             identifier,
             attributes,
             ..
-        } = message.origin()
+        }) = message.origin().channel_peer()
         else {
             return Ok(());
         };
@@ -406,7 +405,7 @@ impl RelayService {
             .register_sink(
                 [relay.inbound.clone(), relay.back.clone()],
                 Arc::new(AllowOrigins(|origin: &Origin| {
-                    matches!(origin, Origin::SecureChannel { .. })
+                    matches!(origin, Origin::SecureChannel(_))
                 })),
                 Arc::new(RelaySink(relay.clone())),
             )
@@ -560,11 +559,11 @@ impl Relay {
 
     /// Rewrite `message` for its next hop, or say why it is dropped.
     fn rewrite(&self, message: &mut Message) -> Result<(), &'static str> {
-        let Origin::SecureChannel {
+        let Some(ChannelPeer {
             identifier,
             attributes,
             ..
-        } = message.origin()
+        }) = message.origin().channel_peer()
         else {
             return Err("not from a secure channel");
         };

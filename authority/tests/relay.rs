@@ -32,8 +32,8 @@ use kith_identity::{
 };
 use kith_node::testing::until;
 use kith_node::{
-    Address, AllowAll, Client, Context, Echo, ErrorClass, Message, Node, Origin, RequestError,
-    Route, TCP, Undeliverable, Worker, WorkerError,
+    Address, AllowAll, ChannelPeer, Client, Context, Echo, ErrorClass, Message, Node, Origin,
+    RequestError, Route, TCP, Undeliverable, Worker, WorkerError,
 };
 use kith_transport::TcpTransport;
 use tempfile::TempDir;
@@ -437,19 +437,19 @@ async fn a_member_reaches_a_relayed_node_through_an_end_to_end_channel_across_th
         .unwrap();
     assert_eq!(&reply.payload[..], b"hello through the relay");
     assert!(
-        matches!(reply.origin(), Origin::SecureChannel { identifier, .. }
-            if *identifier == b.party.identifier.to_string()),
+        matches!(reply.origin(), Origin::SecureChannel(peer)
+            if peer.identifier == b.party.identifier.to_string()),
         "{:?}",
         reply.origin()
     );
     // b sees c, with c's attributes from c's credential, not the project node.
     let seen = b.next_seen().await;
     assert_eq!(&seen.payload[..], b"hello through the relay");
-    let Origin::SecureChannel {
+    let Some(ChannelPeer {
         identifier,
         attributes: seen_attributes,
         ..
-    } = &seen.origin
+    }) = seen.origin.channel_peer()
     else {
         panic!("not through a channel: {:?}", seen.origin);
     };
@@ -741,7 +741,7 @@ async fn only_the_owners_answers_pass_the_back_address_and_only_into_a_secure_ch
         .unwrap()
         .unwrap();
     assert_eq!(&got.payload[..], b"direct");
-    assert!(matches!(got.origin, Origin::SecureChannel { .. }));
+    assert!(matches!(got.origin, Origin::SecureChannel(_)));
     let via_back = |rest: Vec<Address>| {
         let mut hops = vec![owner.channel.encryptor.clone(), back.clone()];
         hops.extend(rest);

@@ -171,11 +171,7 @@ pub struct PolicyAccessControl(pub Policy);
 impl IncomingAccessControl for PolicyAccessControl {
     fn is_authorized(&self, origin: &Origin) -> bool {
         match origin {
-            Origin::SecureChannel {
-                identifier,
-                attributes,
-                ..
-            } => self.0.allows(identifier, attributes),
+            Origin::SecureChannel(peer) => self.0.allows(&peer.identifier, &peer.attributes),
             Origin::Local | Origin::Transport { .. } => false,
         }
     }
@@ -991,7 +987,10 @@ impl<'a> Parser<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use kith_node::ChannelPeer;
     use proptest::prelude::*;
 
     const ID: &str = "I6c20e814b56579306f55c64e8747e6c1b4a53d9a";
@@ -1210,11 +1209,13 @@ mod tests {
     #[test]
     fn policy_access_control_evaluates_only_secure_channel_peers() {
         let ac = PolicyAccessControl(parse(r#"component = "db""#));
-        let peer = |attributes| Origin::SecureChannel {
-            identifier: ID.to_owned(),
-            attributes,
-            handshake_hash: [0; 32],
-            source: None,
+        let peer = |attributes| {
+            Origin::SecureChannel(Arc::new(ChannelPeer {
+                identifier: ID.to_owned(),
+                attributes,
+                handshake_hash: [0; 32],
+                source: None,
+            }))
         };
         assert!(ac.is_authorized(&peer(attrs(&[("component", "db")]))));
         assert!(!ac.is_authorized(&peer(attrs(&[("component", "web")]))));

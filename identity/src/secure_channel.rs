@@ -56,8 +56,11 @@ use kith_transport::source::Source;
 
 /// Channels opened one inside another: a route's `/secure/` hops.
 mod stack;
+/// An established channel's peer and the origin it stamps on what it delivers.
+mod stamp;
 
 pub use stack::{ChannelHop, ChannelStack, ChannelStackError};
+use stamp::StampedPeer;
 
 /// 10 s: long enough for a lossy mobile link, short enough that a half-open handshake cannot
 /// pin memory (DESIGN §4).
@@ -499,7 +502,9 @@ pub struct ThroughChannel(pub [u8; 32]);
 
 impl kith_node::IncomingAccessControl for ThroughChannel {
     fn is_authorized(&self, origin: &Origin) -> bool {
-        matches!(origin, Origin::SecureChannel { handshake_hash, .. } if *handshake_hash == self.0)
+        origin
+            .channel_peer()
+            .is_some_and(|peer| peer.handshake_hash == self.0)
     }
 }
 
@@ -572,7 +577,7 @@ impl Worker for Listener {
                 source: peer.map(|p| Source::of(p.ip())),
                 connection: Some(connection.clone()),
             },
-            Origin::SecureChannel { .. } | Origin::Local => Arrival::default(),
+            Origin::SecureChannel(_) | Origin::Local => Arrival::default(),
         };
         let slot = match self.stats.pending.take(
             &settings.handshake_limits,
@@ -602,7 +607,7 @@ impl Worker for Listener {
         // the outer channel it arrived through.
         let source = match message.origin() {
             Origin::Transport { peer, .. } => *peer,
-            Origin::SecureChannel { source, .. } => *source,
+            Origin::SecureChannel(outer) => outer.source,
             Origin::Local => None,
         };
         let (handshake, second) = match handshake.step(&message.payload, now()) {
@@ -773,14 +778,10 @@ enum Queued {
 /// The established receiving side.
 struct Receiving {
     decryptor: Decryptor,
-    peer: Peer,
-    /// The peer's identifier as text, as every message's origin carries it.
-    identifier: String,
+    /// The peer, and the origin stamped on every message delivered.
+    peer: StampedPeer,
     /// Our encryptor: the first hop of the return route of everything we deliver.
     encryptor: Address,
-    /// Stamped on every message delivered, with `source`.
-    handshake_hash: [u8; 32],
-    source: Option<SocketAddr>,
     /// The initiator's channel, handed to `create` when the responder's `Ready` arrives.
     on_ready: Option<(OnEstablished, SecureChannel)>,
 }
@@ -931,12 +932,7 @@ impl Receiving {
                     payload,
                     kind,
                     local_info: LocalInfo {
-                        origin: Origin::SecureChannel {
-                            identifier: self.identifier.clone(),
-                            attributes: self.peer.attributes.clone(),
-                            handshake_hash: self.handshake_hash,
-                            source: self.source,
-                        },
+                        origin: self.peer.origin(),
                     },
                 })
             }
@@ -1199,11 +1195,8 @@ impl Channel {
         });
         *self.inbound.lock().state_mut() = Phase::Established(Box::new(Receiving {
             decryptor,
-            identifier: peer.identifier.to_string(),
-            peer,
+            peer: StampedPeer::new(peer, handshake_hash, self.source),
             encryptor: address,
-            handshake_hash,
-            source: self.source,
             on_ready,
         }));
         if !initiator {
@@ -1636,7 +1629,7 @@ mod tests {
 
     impl Worker for Gated {
         async fn handle_message(&mut self, _: &mut Context, m: Message) -> Result<(), WorkerError> {
-            if !matches!(m.origin(), Origin::SecureChannel { .. }) {
+            if !matches!(m.origin(), Origin::SecureChannel(_)) {
                 return Err("not through the channel".into());
             }
             let n = u32::from_be_bytes(m.payload.as_ref().try_into()?);
@@ -1659,7 +1652,7 @@ mod tests {
         node.start_worker_with_policy(
             [Address::local("gated")],
             Arc::new(AllowOrigins(|o: &Origin| {
-                matches!(o, Origin::SecureChannel { .. })
+                matches!(o, Origin::SecureChannel(_))
             })),
             Gated {
                 gate: gate.clone(),

@@ -55,7 +55,7 @@ async fn a_stack_opens_each_channel_inside_the_one_before_and_routes_through_the
     assert_eq!(reply.payload, Bytes::from("through both"));
     assert!(matches!(
         reply.origin(),
-        Origin::SecureChannel { handshake_hash, .. } if *handshake_hash == inner.handshake_hash
+        Origin::SecureChannel(peer) if peer.handshake_hash == inner.handshake_hash
     ));
 
     drop(stack);

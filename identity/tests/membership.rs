@@ -3,7 +3,7 @@
 //! refusing new ones, and an authority unheard past the grace vouching for no one.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kith_identity::channel::{Admission, HandshakeError, LocalIdentity, Trust};
@@ -85,7 +85,7 @@ impl Member {
         };
         let shared = SharedSettings::new(ChannelSettings::new(Arc::new(local), Arc::new(trust)));
         secure_channel::listen(&node, DEFAULT_LISTENER, shared.clone()).unwrap();
-        let only_channels = AllowOrigins(|o: &Origin| matches!(o, Origin::SecureChannel { .. }));
+        let only_channels = AllowOrigins(|o: &Origin| matches!(o, Origin::SecureChannel(_)));
         node.start_worker_with_policy([Address::local("attrs")], Arc::new(only_channels), Attrs)
             .unwrap();
         Self {
@@ -147,7 +147,7 @@ struct Attrs;
 impl Worker for Attrs {
     async fn handle_message(&mut self, ctx: &mut Context, m: Message) -> Result<(), WorkerError> {
         let answer = match m.origin() {
-            Origin::SecureChannel { attributes, .. } => format!("{attributes:?}"),
+            Origin::SecureChannel(peer) => format!("{:?}", peer.attributes),
             other => format!("not a channel: {other:?}"),
         };
         ctx.send(m.return_route, answer).await?;
@@ -203,6 +203,119 @@ async fn a_renewed_credential_replaces_what_its_issuer_said_in_the_open_channel(
     )]);
     until_seen(&a, &channel, r#"{"component": "db"}"#).await;
     assert!(channel.end_signal().has_ended().is_none());
+}
+
+/// The stamps on the messages a `stamps` service was sent, in the order they came.
+type Stamps = Arc<Mutex<Vec<Arc<ChannelPeer>>>>;
+
+/// Records the stamp on every message, then answers: by the time the sender has the
+/// answer, the stamp is recorded.
+struct Recorder(Stamps);
+
+impl Worker for Recorder {
+    async fn handle_message(&mut self, ctx: &mut Context, m: Message) -> Result<(), WorkerError> {
+        let Origin::SecureChannel(peer) = m.origin() else {
+            return Err("not through a channel".into());
+        };
+        self.0.lock().unwrap().push(Arc::clone(peer));
+        ctx.send(m.return_route, "recorded").await?;
+        Ok(())
+    }
+}
+
+/// Start a `stamps` service on `member`, admitting channel messages only.
+fn record_stamps(member: &Member) -> Stamps {
+    let stamps = Stamps::default();
+    let only_channels = AllowOrigins(|o: &Origin| matches!(o, Origin::SecureChannel(_)));
+    member
+        .node
+        .start_worker_with_policy(
+            [Address::local("stamps")],
+            Arc::new(only_channels),
+            Recorder(stamps.clone()),
+        )
+        .unwrap();
+    stamps
+}
+
+/// Send one message from `a` over `channel` to the `stamps` service, and the stamp it was
+/// delivered with.
+async fn stamp_over(a: &Member, channel: &SecureChannel, stamps: &Stamps) -> Arc<ChannelPeer> {
+    let mut client = a.node.client().unwrap();
+    let through = Route::from(vec![channel.encryptor.clone(), Address::local("stamps")]);
+    client.request(through, "stamp?", WAIT).await.unwrap();
+    stamps.lock().unwrap().last().cloned().unwrap()
+}
+
+#[tokio::test]
+async fn messages_over_one_channel_share_one_stamp() {
+    let authority = Authority::new();
+    let a = Member::start("a", trusting(&[&authority], Admission::AnyIdentity)).await;
+    let b = Member::start("b", trusting(&[&authority], Admission::CredentialHolders)).await;
+    let stamps = record_stamps(&b);
+    a.present(vec![authority.issue(
+        &a.identity,
+        &[("component", "web")],
+        now() - 5,
+        now() + 600,
+    )]);
+    let channel = a.open_to(&b).await.unwrap();
+    let first = stamp_over(&a, &channel, &stamps).await;
+    let second = stamp_over(&a, &channel, &stamps).await;
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "each message got its own copy of the stamp: {first:?}"
+    );
+    assert_eq!(first.identifier, a.identity.identifier().to_string());
+    assert_eq!(format!("{:?}", first.attributes), r#"{"component": "web"}"#);
+}
+
+#[tokio::test]
+async fn a_pushed_credential_that_changes_attributes_restamps_the_next_messages() {
+    let authority = Authority::new();
+    let a = Member::start("a", trusting(&[&authority], Admission::AnyIdentity)).await;
+    let b = Member::start("b", trusting(&[&authority], Admission::CredentialHolders)).await;
+    let stamps = record_stamps(&b);
+    a.present(vec![authority.issue(
+        &a.identity,
+        &[("component", "web")],
+        now() - 5,
+        now() + 600,
+    )]);
+    let channel = a.open_to(&b).await.unwrap();
+    let before = stamp_over(&a, &channel, &stamps).await;
+    a.present(vec![authority.issue(
+        &a.identity,
+        &[("component", "db")],
+        now() - 4,
+        now() + 600,
+    )]);
+    // The push travels on its own: wait, bounded, for a message delivered after it. A stamp
+    // kept from before the push never shows the new attributes, and this fails.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let after = loop {
+        let stamp = stamp_over(&a, &channel, &stamps).await;
+        if format!("{:?}", stamp.attributes) == r#"{"component": "db"}"# {
+            break stamp;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still stamped {:?} after the push",
+            stamp.attributes
+        );
+        tokio::task::yield_now().await;
+    };
+    assert!(!Arc::ptr_eq(&before, &after));
+    assert_eq!(
+        (&after.identifier, after.handshake_hash, after.source),
+        (&before.identifier, before.handshake_hash, before.source),
+        "only the attributes change; the channel is the same"
+    );
+    // Shared again from the change on.
+    assert!(Arc::ptr_eq(
+        &after,
+        &stamp_over(&a, &channel, &stamps).await
+    ));
 }
 
 #[tokio::test]

@@ -48,15 +48,12 @@ struct WhoAmI;
 impl Worker for WhoAmI {
     async fn handle_message(&mut self, ctx: &mut Context, m: Message) -> Result<(), WorkerError> {
         let answer = match m.origin() {
-            Origin::SecureChannel {
-                identifier,
-                attributes,
-                handshake_hash,
-                source,
-            } => format!(
-                "{identifier} {attributes:?} {} {}",
-                kith_identity::hex::encode(handshake_hash),
-                source.map(|s| s.ip().to_string()).unwrap_or_default()
+            Origin::SecureChannel(peer) => format!(
+                "{} {:?} {} {}",
+                peer.identifier,
+                peer.attributes,
+                kith_identity::hex::encode(&peer.handshake_hash),
+                peer.source.map(|s| s.ip().to_string()).unwrap_or_default()
             ),
             other => format!("not a channel: {other:?}"),
         };
@@ -78,7 +75,7 @@ async fn side(name: &str, local: Arc<LocalIdentity>, trust: Arc<Trust>, timeout:
     node.start_worker_with_policy([Address::local("echo")], Arc::new(AllowAll), Echo)
         .unwrap();
     // Only authenticated peers reach `whoami`.
-    let only_channels = AllowOrigins(|o: &Origin| matches!(o, Origin::SecureChannel { .. }));
+    let only_channels = AllowOrigins(|o: &Origin| matches!(o, Origin::SecureChannel(_)));
     node.start_worker_with_policy([Address::local("whoami")], Arc::new(only_channels), WhoAmI)
         .unwrap();
     let mut settings = ChannelSettings::new(local, trust);
@@ -174,7 +171,9 @@ async fn messages_through_a_channel_carry_the_peers_identifier_and_attributes() 
     );
     // The reply came back through the channel too, authenticated as b.
     assert!(
-        matches!(reply.origin(), Origin::SecureChannel { identifier, .. } if *identifier == b.settings.local.identity.identifier().to_string())
+        reply.origin().channel_peer().is_some_and(
+            |peer| peer.identifier == b.settings.local.identity.identifier().to_string()
+        )
     );
 
     let through = Route::from(vec![channel.encryptor.clone(), Address::local("echo")]);
@@ -401,7 +400,7 @@ impl Worker for Counting {
 
 fn counting_sink(node: &Node) -> Arc<std::sync::atomic::AtomicU64> {
     let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let only_channels = AllowOrigins(|o: &Origin| matches!(o, Origin::SecureChannel { .. }));
+    let only_channels = AllowOrigins(|o: &Origin| matches!(o, Origin::SecureChannel(_)));
     node.start_worker_with_policy(
         [Address::local("sink")],
         Arc::new(only_channels),

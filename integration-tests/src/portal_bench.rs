@@ -279,7 +279,7 @@ pub fn run_all(
 fn from_identity(who: Identifier) -> Arc<dyn IncomingAccessControl> {
     let who = who.to_string();
     Arc::new(AllowOrigins(move |origin: &Origin| match origin {
-        Origin::SecureChannel { identifier, .. } => *identifier == who,
+        Origin::SecureChannel(peer) => peer.identifier == who,
         _ => false,
     }))
 }

@@ -54,8 +54,10 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::Address;
+    use crate::{Address, ChannelPeer};
 
     #[test]
     fn default_policy_denies_everything_but_local() {
@@ -63,12 +65,12 @@ mod tests {
             connection: Address::local("tcp-1"),
             peer: None,
         };
-        let sc = Origin::SecureChannel {
+        let sc = Origin::SecureChannel(Arc::new(ChannelPeer {
             identifier: "I00".into(),
             attributes: Default::default(),
             handshake_hash: [0; 32],
             source: None,
-        };
+        }));
         assert!(AllowLocal.is_authorized(&Origin::Local));
         assert!(!AllowLocal.is_authorized(&tcp));
         assert!(!AllowLocal.is_authorized(&sc));

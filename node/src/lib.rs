@@ -57,7 +57,7 @@ pub use error::{
 pub use log_limit::{
     DEFAULT_LOG_INTERVAL, LOG_LIMITER, LogLimiter, LogSource, MAX_LOG_KEYS, Suppressed,
 };
-pub use message::{LocalInfo, Message, MessageKind, Origin};
+pub use message::{ChannelPeer, LocalInfo, Message, MessageKind, Origin};
 pub use node::{MAILBOX_CAPACITY, Mailbox, Node, NodeStats, SHUTDOWN_GRACE, SinkHandle};
 pub use reply_limit::{DEFAULT_ERROR_REPLY_RATE, ErrorReplyRate, MAX_ERROR_REPLY_SENDERS};
 pub use router::{MAX_INLINE_DEPTH, ResolveFuture, Transport};

@@ -108,7 +108,7 @@ impl From<&Origin> for LogSource {
         match origin {
             Origin::Local => Self::Local,
             Origin::Transport { peer, .. } => Self::from(*peer),
-            Origin::SecureChannel { source, .. } => Self::from(*source),
+            Origin::SecureChannel(channel) => Self::from(channel.source),
         }
     }
 }

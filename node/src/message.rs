@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -21,20 +22,10 @@ pub enum Origin {
         /// knows it.
         peer: Option<SocketAddr>,
     },
-    /// An established secure channel; the peer is authenticated.
-    SecureChannel {
-        /// The peer's identifier, e.g. `I6c20…`.
-        identifier: String,
-        /// The peer's attested attributes.
-        attributes: BTreeMap<String, String>,
-        /// The channel's Noise handshake hash: equal at both ends of this channel and at no
-        /// other, so a service can bind what it shows to this very channel (verification
-        /// codes).
-        handshake_hash: [u8; 32],
-        /// Where the channel's handshake came from: the socket address of the transport
-        /// connection it arrived on (through any outer channels), if known.
-        source: Option<SocketAddr>,
-    },
+    /// An established secure channel; the peer is authenticated. Shared: the channel builds
+    /// it once, and again only when the peer's attributes change, so delivering a message
+    /// clones a pointer, not the peer's identifier and attributes.
+    SecureChannel(Arc<ChannelPeer>),
 }
 
 impl Origin {
@@ -42,6 +33,31 @@ impl Origin {
     pub fn is_local(&self) -> bool {
         matches!(self, Origin::Local)
     }
+
+    /// The authenticated peer, if the message came through a secure channel.
+    pub fn channel_peer(&self) -> Option<&ChannelPeer> {
+        match self {
+            Origin::SecureChannel(peer) => Some(peer),
+            Origin::Local | Origin::Transport { .. } => None,
+        }
+    }
+}
+
+/// The authenticated peer of a secure channel, as the channel vouches for it on every
+/// message it delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelPeer {
+    /// The peer's identifier, e.g. `I6c20…`.
+    pub identifier: String,
+    /// The peer's attested attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// The channel's Noise handshake hash: equal at both ends of this channel and at no
+    /// other, so a service can bind what it shows to this very channel (verification
+    /// codes).
+    pub handshake_hash: [u8; 32],
+    /// Where the channel's handshake came from: the socket address of the transport
+    /// connection it arrived on (through any outer channels), if known.
+    pub source: Option<SocketAddr>,
 }
 
 /// Information that travels with a message inside a node and never crosses the wire.

@@ -56,15 +56,14 @@ impl Sender {
     /// The sender of `message`; `None` if it has neither a known socket address nor a return
     /// route (then there is no one to answer).
     pub(crate) fn of(message: &Message) -> Option<Self> {
-        match message.origin() {
-            Origin::Transport {
-                peer: Some(peer), ..
-            }
-            | Origin::SecureChannel {
-                source: Some(peer), ..
-            } => Some(Self::Socket(*peer)),
-            _ => message.return_route.next().cloned().map(Self::Hop),
-        }
+        let socket = match message.origin() {
+            Origin::Transport { peer, .. } => *peer,
+            Origin::SecureChannel(channel) => channel.source,
+            Origin::Local => None,
+        };
+        socket
+            .map(Self::Socket)
+            .or_else(|| message.return_route.next().cloned().map(Self::Hop))
     }
 }
 
@@ -160,7 +159,10 @@ fn refilled(bucket: &Bucket, rate: ErrorReplyRate, now: Instant) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::ChannelPeer;
 
     fn peer(n: u16) -> Sender {
         Sender::Socket(SocketAddr::from(([127, 0, 0, 1], n)))
@@ -235,12 +237,12 @@ mod tests {
             peer: Some(socket),
         };
         assert_eq!(Sender::of(&m), Some(Sender::Socket(socket)));
-        m.local_info.origin = Origin::SecureChannel {
+        m.local_info.origin = Origin::SecureChannel(Arc::new(ChannelPeer {
             identifier: "I00".into(),
             attributes: Default::default(),
             handshake_hash: [0; 32],
             source: None,
-        };
+        }));
         assert_eq!(Sender::of(&m), Some(Sender::Hop(Address::local("tcp-1"))));
         m.return_route = crate::Route::new();
         assert_eq!(Sender::of(&m), None);

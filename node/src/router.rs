@@ -94,10 +94,6 @@ impl Undelivered {
 }
 
 /// Why [`Node::try_deliver`] did not deliver a message.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "the message is handed back by value so the slow path costs no allocation"
-)]
 enum NotNow {
     /// Delivering would mean waiting; the message is handed back untouched.
     WouldBlock(Message),
@@ -518,7 +514,7 @@ fn origin_kind(origin: &crate::Origin) -> &'static str {
     match origin {
         crate::Origin::Local => "local",
         crate::Origin::Transport { .. } => "transport",
-        crate::Origin::SecureChannel { .. } => "secure-channel",
+        crate::Origin::SecureChannel(_) => "secure-channel",
     }
 }
 

@@ -48,12 +48,12 @@ async fn worker_without_policy_refuses_transport_and_channel_origins() {
             connection: Address::local("tcp-1"),
             peer: None,
         },
-        Origin::SecureChannel {
+        Origin::SecureChannel(Arc::new(ChannelPeer {
             identifier: "I00".into(),
             attributes: Default::default(),
             handshake_hash: [0; 32],
             source: None,
-        },
+        })),
     ] {
         let mut m = Message::new(Route::from("private"), Route::new(), "x");
         m.local_info.origin = origin;

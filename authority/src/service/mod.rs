@@ -51,7 +51,7 @@ use std::time::Duration;
 
 use kith_identity::{Identifier, check_attribute};
 use kith_node::{
-    Address, AllowOrigins, Context, Message, Node, Origin, Route, Worker, WorkerError,
+    Address, AllowOrigins, ChannelPeer, Context, Message, Node, Origin, Route, Worker, WorkerError,
 };
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
@@ -134,7 +134,7 @@ impl Authority {
         for service in Service::ALL {
             let address = Address::local(service.address());
             let only_channels =
-                AllowOrigins(|origin: &Origin| matches!(origin, Origin::SecureChannel { .. }));
+                AllowOrigins(|origin: &Origin| matches!(origin, Origin::SecureChannel(_)));
             let worker = ServiceWorker {
                 authority: self.clone(),
                 service,
@@ -186,12 +186,12 @@ impl Worker for ServiceWorker {
                 warn!(service = self.service.address(), %error, "an authority request task failed");
             }
         }
-        let Origin::SecureChannel {
+        let Some(ChannelPeer {
             identifier,
             handshake_hash,
             source,
             ..
-        } = message.origin()
+        }) = message.origin().channel_peer()
         else {
             // The access policy admits channel messages only; nothing else can get here.
             debug!(

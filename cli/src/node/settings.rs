@@ -248,11 +248,7 @@ pub(crate) fn services_policy(
     Ok(Arc::new(AllowOrigins(
         move |origin: &Origin| match origin {
             Origin::Local => true,
-            Origin::SecureChannel {
-                identifier,
-                attributes,
-                ..
-            } => policy.allows(identifier, attributes),
+            Origin::SecureChannel(peer) => policy.allows(&peer.identifier, &peer.attributes),
             Origin::Transport { .. } => false,
         },
     )))

@@ -177,18 +177,9 @@ impl IncomingAccessControl for SameOrigin {
             (Origin::Transport { connection: a, .. }, Origin::Transport { connection: b, .. }) => {
                 a == b
             }
-            (
-                Origin::SecureChannel {
-                    identifier: a,
-                    handshake_hash: ha,
-                    ..
-                },
-                Origin::SecureChannel {
-                    identifier: b,
-                    handshake_hash: hb,
-                    ..
-                },
-            ) => a == b && ha == hb,
+            (Origin::SecureChannel(a), Origin::SecureChannel(b)) => {
+                a.identifier == b.identifier && a.handshake_hash == b.handshake_hash
+            }
             _ => false,
         }
     }

@@ -292,7 +292,7 @@ fn peer_key(origin: &kith_node::Origin) -> String {
             Some(p) => crate::source::Source::of(p.ip()).to_string(),
             None => "an unknown host".to_owned(),
         },
-        kith_node::Origin::SecureChannel { identifier, .. } => identifier.clone(),
+        kith_node::Origin::SecureChannel(peer) => peer.identifier.clone(),
     }
 }
 
@@ -305,7 +305,7 @@ fn who(origin: &kith_node::Origin) -> String {
                 session::shown(*peer)
             )
         }
-        kith_node::Origin::SecureChannel { identifier, .. } => identifier.clone(),
+        kith_node::Origin::SecureChannel(peer) => peer.identifier.clone(),
     }
 }
 
