@@ -15,6 +15,7 @@ fn quick_secure_channel_bench_emits_well_formed_records() {
             "sc_rtt_p50_64B",
             "sc_rtt_p99_64B",
             "sc_oneway_16KiB_msgs",
+            "sc_oneway_16KiB_vs_bare_loop",
             "sc_handshakes_per_core",
             "sc_rss_per_idle_channel"
         ]
