@@ -19,6 +19,8 @@ pub mod hostile;
 /// The hostile bench: a project node under each attack, and a legitimate client meanwhile.
 pub mod hostile_bench;
 pub mod join_bench;
+/// A private `KITH_HOME` whose daemons benches drive through the `kith` command line.
+pub mod kith_home;
 /// The membership bench: how soon member updates and deletions are in force.
 pub mod membership_bench;
 pub mod party;
