@@ -10,6 +10,8 @@
 )]
 
 pub mod authority_bench;
+/// The bare crypto chain: inlet, hop and outlet proxies that only seal, frame and open.
+pub mod bare_chain;
 pub mod bench;
 pub mod channel_bench;
 /// Client processes that open many channels to a node and are killed with SIGKILL.
