@@ -28,6 +28,8 @@ pub mod membership_bench;
 pub mod party;
 /// The portal bench: TCP portals, direct and through a relay, against raw TCP.
 pub mod portal_bench;
+/// The deployed portal bench: every node its own `kith` daemon, against bare crypto chains.
+pub mod portal_deployed;
 pub mod postgres;
 pub mod refusal_bench;
 pub mod relay_bench;
