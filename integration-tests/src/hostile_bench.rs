@@ -28,18 +28,16 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use kith_identity::channel::{Admission, Trust};
 use kith_identity::secure_channel::{self, DEFAULT_LISTENER};
-use tempfile::TempDir;
 
 use crate::bench::{BenchRecord, ensure_fd_limit, percentile, rss_kib, settled_rss_kib, verdict};
 use crate::hostile::{Holders, Sprayer, Tricklers, attacker, node_from, route_to};
-use crate::membership_bench::wait_bounded;
+use crate::kith_home::KithHome;
 use crate::party::Party;
 
 /// 1 s: the most a legitimate new channel may take, at the 99th percentile, under attack.
@@ -53,9 +51,6 @@ const ATTACK_LIMIT: Duration = Duration::from_secs(120);
 
 /// 10 s: past this a new channel counts as failed, and the bench fails.
 const GIVE_UP: Duration = Duration::from_secs(10);
-
-/// 60 s: bounds each `kith` command of the set-up.
-const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
 /// The project node's name (`kith authority create`'s default).
 const PROJECT_NODE: &str = "authority";
@@ -262,69 +257,27 @@ async fn measure(config: &HostileBenchConfig, node: &ProjectNode) -> anyhow::Res
 
 /// The project node: an authority daemon in a private `KITH_HOME`, stopped when dropped.
 struct ProjectNode {
-    kith: PathBuf,
-    home: TempDir,
+    /// Held for its daemon, which dropping it stops.
+    _home: KithHome,
     listener: SocketAddr,
     pid: u32,
 }
 
 impl ProjectNode {
     fn start(kith: &std::path::Path) -> anyhow::Result<Self> {
-        let home = tempfile::Builder::new()
-            .prefix("kith-hostile-bench-")
-            .tempdir()?;
-        let mut node = Self {
-            kith: kith.to_owned(),
-            home,
-            listener: SocketAddr::from(([127, 0, 0, 1], 0)),
-            pid: 0,
-        };
-        let created = node.json(&["authority", "create", "--project", "acme"])?;
-        let shown = node.json(&["node", "show", PROJECT_NODE])?;
-        node.listener = shown["listener"]
+        let home = KithHome::new(kith, "hostile")?;
+        let created = home.json(&["authority", "create", "--project", "acme"])?;
+        let shown = home.show(PROJECT_NODE)?;
+        let listener = shown["listener"]
             .as_str()
             .ok_or_else(|| anyhow!("no listener in {shown} (created: {created})"))?
             .parse()?;
-        node.pid = shown["pid"]
-            .as_u64()
-            .and_then(|p| u32::try_from(p).ok())
-            .ok_or_else(|| anyhow!("no pid in {shown}"))?;
-        rss_kib(node.pid)?;
-        Ok(node)
-    }
-
-    /// Run `kith ARGS --output json`, insisting on success; what it printed.
-    fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let shown = format!("kith {}", args.join(" "));
-        let child = Command::new(&self.kith)
-            .args(args)
-            .args(["--output", "json"])
-            .env("KITH_HOME", self.home.path())
-            .env_remove("KITH_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| shown.clone())?;
-        let output = wait_bounded(child, COMMAND_LIMIT).with_context(|| shown.clone())?;
-        if !output.status.success() {
-            bail!(
-                "`{shown}` failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("`{shown}` printed something other than JSON"))
-    }
-}
-
-impl Drop for ProjectNode {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.kith)
-            .args(["node", "stop", PROJECT_NODE])
-            .env("KITH_HOME", self.home.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let pid = home.pid(PROJECT_NODE)?;
+        rss_kib(pid)?;
+        Ok(Self {
+            _home: home,
+            listener,
+            pid,
+        })
     }
 }

@@ -10,6 +10,8 @@
 )]
 
 pub mod authority_bench;
+/// The bare crypto chain: inlet, hop and outlet proxies that only seal, frame and open.
+pub mod bare_chain;
 pub mod bench;
 pub mod channel_bench;
 /// Client processes that open many channels to a node and are killed with SIGKILL.
@@ -19,11 +21,15 @@ pub mod hostile;
 /// The hostile bench: a project node under each attack, and a legitimate client meanwhile.
 pub mod hostile_bench;
 pub mod join_bench;
+/// A private `KITH_HOME` whose daemons benches drive through the `kith` command line.
+pub mod kith_home;
 /// The membership bench: how soon member updates and deletions are in force.
 pub mod membership_bench;
 pub mod party;
 /// The portal bench: TCP portals, direct and through a relay, against raw TCP.
 pub mod portal_bench;
+/// The deployed portal bench: every node its own `kith` daemon, against bare crypto chains.
+pub mod portal_deployed;
 pub mod postgres;
 pub mod refusal_bench;
 pub mod relay_bench;

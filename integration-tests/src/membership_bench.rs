@@ -27,14 +27,13 @@
 //! the `membership_bench_smoke` test (3 members, debug build), so that it cannot rot.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail, ensure};
+use anyhow::{Context as _, anyhow, ensure};
 use kith_cli::control::{self, Request};
-use tempfile::TempDir;
 
 use crate::bench::{BenchRecord, percentile};
+use crate::kith_home::{KithHome, field};
 
 /// 2 s: the target for a change to be in force everywhere (issue 16).
 pub const IN_FORCE_TARGET: Duration = Duration::from_secs(2);
@@ -44,9 +43,6 @@ const GIVE_UP: Duration = Duration::from_secs(10);
 
 /// 2 ms: how long a wait pauses between looks.
 const POLL: Duration = Duration::from_millis(2);
-
-/// 60 s: bounds each `kith` command of the set-up.
-const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
 /// 64 bytes: the baseline's message.
 const SMALL: usize = 64;
@@ -220,35 +216,29 @@ struct Member {
 /// A private `KITH_HOME` with the project and its nodes, each a daemon; dropping it stops
 /// them.
 struct World {
-    kith: PathBuf,
-    home: TempDir,
+    home: KithHome,
     members: Vec<Member>,
 }
 
 impl World {
     fn start(config: &MembershipBenchConfig) -> anyhow::Result<Self> {
         let mut world = Self {
-            kith: config.kith.clone(),
-            home: tempfile::Builder::new()
-                .prefix("kith-membership-bench-")
-                .tempdir()?,
+            home: KithHome::new(&config.kith, "membership")?,
             members: Vec::new(),
         };
-        world.json(&["authority", "create", "--project", "acme"])?;
-        world.enrolled_node(
+        let home = &world.home;
+        home.json(&["authority", "create", "--project", "acme"])?;
+        home.enrolled_node(
             "peer-node",
-            "component=peer",
+            &["--attribute", "component=peer"],
             &["--require-credential", "--allow", r#"tier = "gold""#],
         )?;
         for i in 0..config.members {
             let node = format!("m{i}");
-            world.enrolled_node(&node, "component=web", &[])?;
-            let shown = world.json(&["identity", "show", &node])?;
-            let id = shown["identifier"]
-                .as_str()
-                .ok_or_else(|| anyhow!("no identifier in {shown}"))?
-                .to_owned();
-            let channel = world.json(&[
+            home.enrolled_node(&node, &["--attribute", "component=web"], &[])?;
+            let shown = home.json(&["identity", "show", &node])?;
+            let id = field(&shown, "identifier")?;
+            let channel = home.json(&[
                 "secure-channel",
                 "create",
                 "--from",
@@ -256,58 +246,15 @@ impl World {
                 "--to",
                 "/node/peer-node/service/api",
             ])?;
-            let channel = channel["address"]
-                .as_str()
-                .ok_or_else(|| anyhow!("no address in {channel}"))?
-                .to_owned();
+            let channel = field(&channel, "address")?;
             world.members.push(Member { node, id, channel });
         }
         Ok(world)
     }
 
-    /// An identity and a daemon named `node`, enrolled with `attribute`.
-    fn enrolled_node(&self, node: &str, attribute: &str, extra: &[&str]) -> anyhow::Result<()> {
-        let ticket = self.ok(&["project", "ticket", "--attribute", attribute])?;
-        self.ok(&["identity", "create", node])?;
-        let mut create = vec!["node", "create", node, "--identity", node];
-        create.extend(extra);
-        self.json(&create)?;
-        self.ok(&["project", "enroll", ticket.trim(), "--node", node])?;
-        Ok(())
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.kith);
-        c.args(args)
-            .env("KITH_HOME", self.home.path())
-            .env_remove("KITH_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
     /// Run `kith ARGS`, insisting on success; its stdout.
     fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let shown = format!("kith {}", args.join(" "));
-        let child = self.command(args).spawn().with_context(|| shown.clone())?;
-        let output = wait_bounded(child, COMMAND_LIMIT).with_context(|| shown.clone())?;
-        if !output.status.success() {
-            bail!(
-                "`{shown}` failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-
-    /// Run `kith ARGS --output json`; what it printed.
-    fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let mut a = args.to_vec();
-        a.extend(["--output", "json"]);
-        let out = self.ok(&a)?;
-        serde_json::from_str(&out)
-            .with_context(|| format!("`kith {}` printed something other than JSON", a.join(" ")))
+        self.home.ok(args)
     }
 
     fn socket(&self, node: &str) -> PathBuf {
@@ -342,35 +289,5 @@ impl World {
         };
         control::call(&self.socket(&member.node), &request, GIVE_UP).await?;
         Ok(())
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.kith)
-            .args(["node", "delete", "--all"])
-            .env("KITH_HOME", self.home.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Wait for `child` at most `limit`, killing it past that.
-pub(crate) fn wait_bounded(
-    mut child: std::process::Child,
-    limit: Duration,
-) -> anyhow::Result<std::process::Output> {
-    let started = Instant::now();
-    loop {
-        if child.try_wait()?.is_some() {
-            return Ok(child.wait_with_output()?);
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            bail!("did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(1));
     }
 }

@@ -94,7 +94,7 @@ const WAIT: Duration = Duration::from_secs(10);
 const RUN_WAIT: Duration = Duration::from_secs(120);
 
 /// 256 KiB: what the bench's clients and servers write or read in one call.
-const IO_CHUNK: usize = 256 * 1024;
+pub(crate) const IO_CHUNK: usize = 256 * 1024;
 
 /// How often the stall measurement looks at the flood's progress.
 const STALL_POLL: Duration = Duration::from_millis(50);
@@ -183,20 +183,46 @@ pub enum TargetIs {
     Max,
 }
 
-/// One result line: a [`BenchRecord`] and what it is held to.
+/// What a record is held to: a target on one of its figures, and whether this run met it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Target {
+    /// The figure the target is on.
+    #[serde(rename = "target_on")]
+    pub on: TargetOn,
+    /// Whether the target is a floor or a ceiling.
+    #[serde(rename = "target_is")]
+    pub is: TargetIs,
+    /// The target.
+    #[serde(rename = "target")]
+    pub figure: f64,
+    /// Whether this run met it.
+    pub met: bool,
+}
+
+impl Target {
+    /// How stderr states the target and the verdict, e.g. `target >= 0.5x met`.
+    pub fn describe(&self, unit: &str) -> String {
+        let sign = match self.is {
+            TargetIs::Min => ">=",
+            TargetIs::Max => "<=",
+        };
+        let unit = match self.on {
+            TargetOn::Ratio => "x",
+            TargetOn::Value => unit,
+        };
+        format!("target {sign} {}{unit} {}", self.figure, verdict(self.met))
+    }
+}
+
+/// One result line: a [`BenchRecord`] and what it is held to, if anything.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PortalRecord {
     /// `{"bench", "value", "unit", "baseline", "ratio"}` (DESIGN §7).
     #[serde(flatten)]
     pub record: BenchRecord,
-    /// The figure the target is on.
-    pub target_on: TargetOn,
-    /// Whether the target is a floor or a ceiling.
-    pub target_is: TargetIs,
-    /// The target.
-    pub target: f64,
-    /// Whether this run met it.
-    pub met: bool,
+    /// The target and whether it was met; `None` (no keys) for an informative line.
+    #[serde(flatten)]
+    pub target: Option<Target>,
     /// More figures of the same measurement, by name.
     #[serde(flatten)]
     pub detail: BTreeMap<&'static str, f64>,
@@ -217,20 +243,49 @@ impl PortalRecord {
             TargetIs::Max => figure <= target,
         };
         Self {
+            target: Some(Target {
+                on,
+                is,
+                figure: target,
+                met,
+            }),
+            ..Self::informative(record)
+        }
+    }
+
+    /// `record`, held to no target: a figure that explains the others.
+    pub fn informative(record: BenchRecord) -> Self {
+        Self {
             record,
-            target_on: on,
-            target_is: is,
-            target,
-            met,
+            target: None,
             detail: BTreeMap::new(),
             baseline_is: None,
         }
     }
 
     /// Add a figure to the detail, rounded to 3 decimals like the record's own.
-    fn with(mut self, name: &'static str, figure: f64) -> Self {
+    pub(crate) fn with(mut self, name: &'static str, figure: f64) -> Self {
         self.detail.insert(name, (figure * 1e3).round() / 1e3);
         self
+    }
+
+    /// Say what the baseline is, where that is not raw TCP doing the same work.
+    pub(crate) fn with_baseline_is(mut self, what: &'static str) -> Self {
+        self.baseline_is = Some(what);
+        self
+    }
+
+    /// Whether the record met its target; an informative one has none to miss.
+    pub fn met(&self) -> bool {
+        self.target.is_none_or(|t| t.met)
+    }
+
+    /// How stderr states the target and the verdict: `informative` if there is none.
+    pub fn describe_target(&self) -> String {
+        self.target.map_or_else(
+            || "informative".to_owned(),
+            |t| t.describe(&self.record.unit),
+        )
     }
 
     /// The record as one line of JSON.
@@ -458,7 +513,7 @@ impl World {
 
 /// Listen on loopback and run `handle` on every connection, in a task of its own, until
 /// the runtime ends.
-async fn serve<F, Fut>(handle: F) -> anyhow::Result<SocketAddr>
+pub(crate) async fn serve<F, Fut>(handle: F) -> anyhow::Result<SocketAddr>
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = std::io::Result<()>> + Send + 'static,
@@ -476,7 +531,7 @@ where
 
 /// Read to the end of the stream, then answer the number of bytes read (8 bytes, big
 /// endian) and close.
-async fn sink(mut stream: TcpStream) -> std::io::Result<()> {
+pub(crate) async fn sink(mut stream: TcpStream) -> std::io::Result<()> {
     let mut buf = vec![0u8; IO_CHUNK];
     let mut total = 0u64;
     loop {
@@ -490,7 +545,7 @@ async fn sink(mut stream: TcpStream) -> std::io::Result<()> {
 }
 
 /// Write back whatever arrives, at once.
-async fn echo(mut stream: TcpStream) -> std::io::Result<()> {
+pub(crate) async fn echo(mut stream: TcpStream) -> std::io::Result<()> {
     let (mut r, mut w) = stream.split();
     tokio::io::copy(&mut r, &mut w).await?;
     w.shutdown().await
@@ -536,7 +591,7 @@ async fn flood_server(bytes: u64) -> anyhow::Result<(SocketAddr, Arc<AtomicU64>)
 
 /// Write `bytes` to the sink at `addr` (itself, or an inlet to it), half-close, and wait
 /// for its count; how long that took.
-async fn transfer(addr: SocketAddr, bytes: u64) -> anyhow::Result<Duration> {
+pub(crate) async fn transfer(addr: SocketAddr, bytes: u64) -> anyhow::Result<Duration> {
     let run = async {
         let started = Instant::now();
         let mut stream = TcpStream::connect(addr).await?;
@@ -642,12 +697,11 @@ async fn throughput(
     });
     for (r, (proxies, same_hops)) in records.iter().zip([(2, two_proxies), (3, three_proxies)]) {
         eprintln!(
-            "portal: {} {:.0} MB/s against raw TCP {raw:.0} MB/s ({:.2}x; target >= {}x {}); raw TCP via {proxies} proxies {same_hops:.0} MB/s",
+            "portal: {} {:.0} MB/s against raw TCP {raw:.0} MB/s ({:.2}x; {}); raw TCP via {proxies} proxies {same_hops:.0} MB/s",
             r.record.bench,
             r.record.value,
             r.record.ratio,
-            r.target,
-            verdict(r.met)
+            r.describe_target()
         );
     }
     Ok(records.into())
@@ -655,7 +709,7 @@ async fn throughput(
 
 /// Round trips of 64 bytes on one connection to `addr`, an echo server or an inlet to one:
 /// `warmup` unmeasured, then `count` measured.
-async fn round_trips(
+pub(crate) async fn round_trips(
     addr: SocketAddr,
     warmup: usize,
     count: usize,
@@ -711,13 +765,12 @@ async fn latency(config: &PortalBenchConfig, world: &World) -> anyhow::Result<Ve
         .collect();
     for r in &records {
         eprintln!(
-            "portal: {} {:.0} us against raw TCP {:.0} us ({:.2}x; target <= {}x {})",
+            "portal: {} {:.0} us against raw TCP {:.0} us ({:.2}x; {})",
             r.record.bench,
             r.record.value,
             r.record.baseline,
             r.record.ratio,
-            r.target,
-            verdict(r.met)
+            r.describe_target()
         );
     }
     Ok(records)
@@ -807,7 +860,7 @@ async fn stall(config: &PortalBenchConfig, world: &World) -> anyhow::Result<Port
         config.stall_later,
         growth(raw_before, raw_later),
         STALL_GROWTH_TARGET_MIB,
-        verdict(r.met)
+        verdict(r.met())
     );
     Ok(r)
 }

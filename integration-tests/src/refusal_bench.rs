@@ -31,18 +31,16 @@
 //! The measuring code is shared by the `refusal` bench (release build) and the
 //! `refusal_bench_smoke` test (tiny counts, debug build), so that it cannot rot.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tempfile::TempDir;
 
 use crate::bench::{BenchRecord, ensure_fd_limit, percentile, rss_kib, settled_rss_kib, verdict};
 use crate::churn::ChurnClients;
+use crate::kith_home::{KithHome, field, timed};
 
 /// 1 s: every refusal should fail this fast (DESIGN §7).
 pub const REFUSAL_TARGET: Duration = Duration::from_secs(1);
@@ -56,9 +54,6 @@ pub const OVERSIZED: usize = 300_000;
 /// 2 MiB: how far above its baseline the project node's RSS may be after a churn, or
 /// after the restarts, for the target to be met.
 const RSS_SLACK_KIB: f64 = 2.0 * 1024.0;
-
-/// 60 s: bounds each `kith` command of the set-up; creating a node starts a daemon.
-const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
 /// 10 s: how long past its own `--timeout` a `kith message send` may take before it counts
 /// as hung and is killed (the command itself waits its timeout plus 2 s at most).
@@ -182,8 +177,7 @@ pub fn run_all(
 /// A private `KITH_HOME` with the project and its nodes, each a daemon; dropping it stops
 /// them.
 struct World {
-    kith: PathBuf,
-    home: TempDir,
+    home: KithHome,
     /// `db-node`'s TCP listener, for the direct path.
     db_listener: String,
     /// `strict-node`'s TCP listener.
@@ -195,10 +189,7 @@ struct World {
 impl World {
     fn start(config: &RefusalBenchConfig) -> anyhow::Result<Self> {
         let mut world = Self {
-            kith: config.kith.clone(),
-            home: tempfile::Builder::new()
-                .prefix("kith-refusal-bench-")
-                .tempdir()?,
+            home: KithHome::new(&config.kith, "refusal")?,
             db_listener: String::new(),
             strict_listener: String::new(),
             project_listener: String::new(),
@@ -211,25 +202,21 @@ impl World {
             ("other-node", &["component=other"]),
             ("strict-node", &[]),
         ] {
-            let mut ticket = vec!["project", "ticket"];
+            let mut ticket = Vec::new();
             for a in attributes {
                 ticket.extend(["--attribute", a]);
             }
-            let ticket = world.ok(&ticket)?;
-            world.ok(&["identity", "create", node])?;
-            let mut create = vec!["node", "create", node, "--identity", node];
-            match node {
-                "db-node" => create.extend(["--allow", r#"component = "web""#]),
-                "strict-node" => create.push("--require-credential"),
-                _ => {}
-            }
-            let created = world.json(&create)?;
+            let node_args: &[&str] = match node {
+                "db-node" => &["--allow", r#"component = "web""#],
+                "strict-node" => &["--require-credential"],
+                _ => &[],
+            };
+            let created = world.home.enrolled_node(node, &ticket, node_args)?;
             match node {
                 "db-node" => world.db_listener = field(&created, "listener")?,
                 "strict-node" => world.strict_listener = field(&created, "listener")?,
                 _ => {}
             }
-            world.ok(&["project", "enroll", ticket.trim(), "--node", node])?;
         }
         world.ok(&["identity", "create", "stranger"])?;
         world.json(&["node", "create", "stranger-node", "--identity", "stranger"])?;
@@ -238,38 +225,14 @@ impl World {
         Ok(world)
     }
 
-    fn command(&self, program: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(program);
-        c.args(args)
-            .env("KITH_HOME", self.home.path())
-            .env_remove("KITH_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
     /// Run `kith ARGS`, insisting on success; its stdout.
     fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let shown = format!("kith {}", args.join(" "));
-        let run = timed(self.command(&self.kith, args), None, COMMAND_LIMIT)
-            .with_context(|| format!("`{shown}`"))?;
-        if !run.output.status.success() {
-            bail!(
-                "`{shown}` failed: {}",
-                String::from_utf8_lossy(&run.output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&run.output.stdout).into_owned())
+        self.home.ok(args)
     }
 
     /// Run `kith ARGS --output json`; what it printed.
     fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let mut a = args.to_vec();
-        a.extend(["--output", "json"]);
-        let out = self.ok(&a)?;
-        serde_json::from_str(&out)
-            .with_context(|| format!("`kith {}` printed something other than JSON", a.join(" ")))
+        self.home.json(args)
     }
 
     /// The project node's pid and the secure channels it holds.
@@ -326,7 +289,7 @@ impl World {
             args[2] = "-";
             vec![b'x'; class.bytes()]
         });
-        let command = self.command(&self.kith, &args);
+        let command = self.home.command(&args);
         let run = timed(command, input, config.timeout + SEND_GRACE)
             .with_context(|| format!("{}: `{}`", class.name, args.join(" ")))?;
         let stderr = String::from_utf8_lossy(&run.output.stderr);
@@ -338,64 +301,6 @@ impl World {
                 .to_owned(),
             error: stderr.lines().last().unwrap_or_default().to_owned(),
         })
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        // Bounded inside `kith node delete` (each stop waits a few seconds at most).
-        let _ = Command::new(&self.kith)
-            .args(["node", "delete", "--all"])
-            .env("KITH_HOME", self.home.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn field(v: &serde_json::Value, key: &str) -> anyhow::Result<String> {
-    v[key]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow!("no {key} in {v}"))
-}
-
-/// A finished process and how long it ran, from spawn to exit.
-struct Timed {
-    output: Output,
-    took: Duration,
-}
-
-/// Run `command` to its end and time it; kill it past `limit`. Its pipes are drained on a
-/// thread of their own, so the wait has a bound and the time is the exit's, not a poll's.
-fn timed(mut command: Command, input: Option<Vec<u8>>, limit: Duration) -> anyhow::Result<Timed> {
-    let started = Instant::now();
-    if input.is_some() {
-        command.stdin(Stdio::piped());
-    }
-    let mut child = command.spawn().context("cannot start it")?;
-    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        // On a thread, so that a command that stops reading cannot block the bench.
-        std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
-    }
-    let pid = child.id();
-    let (tx, done) = mpsc::channel();
-    std::thread::spawn(move || {
-        let output = child.wait_with_output();
-        let _ = tx.send(output.map(|output| Timed {
-            output,
-            took: started.elapsed(),
-        }));
-    });
-    match done.recv_timeout(limit) {
-        Ok(timed) => Ok(timed?),
-        Err(_) => {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            bail!("it did not finish within {limit:?}; killed")
-        }
     }
 }
 
