@@ -8,7 +8,7 @@
 //! identities, routes, credit or messages:
 //!
 //! - `inlet`: for each client it accepts, one connection to `--to`; reads at most
-//!   `--chunk` bytes (default [`MAX_CHUNK`], what a kith portal reads into one `Data`
+//!   `--chunk` bytes (default [`CHUNK`], what a kith portal reads into one `Data`
 //!   message), seals them and writes one [frame](#frames); and the other way, opens each
 //!   frame and writes the plaintext to the client.
 //! - `hop`: frames both ways; opens each and seals it again under the next link's key, so
@@ -49,7 +49,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use bytes::BytesMut;
-use kith_transport::portal::MAX_CHUNK;
+use kith_transport::portal::CHUNK;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -313,7 +313,7 @@ impl ChainArgs {
             .map_or(Ok(0), |v| v.parse())
             .context("--link")?;
         let chunk = value("--chunk")?
-            .map_or(Ok(MAX_CHUNK), |v| v.parse())
+            .map_or(Ok(CHUNK), |v| v.parse())
             .context("--chunk")?;
         ensure!(
             (1..=MAX_CHUNK_FLAG).contains(&chunk),

@@ -55,7 +55,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use kith_transport::portal::MAX_CHUNK;
+use kith_transport::portal::CHUNK;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -166,7 +166,7 @@ impl DeployedBenchConfig {
             bare_chain,
             bulk_bytes: 512 * 1024 * 1024,
             bulk_rounds: 3,
-            chunk: MAX_CHUNK,
+            chunk: CHUNK,
             warmup_round_trips: 1_000,
             round_trips: 10_000,
             sessions: 200,
@@ -181,7 +181,7 @@ impl DeployedBenchConfig {
             bare_chain,
             bulk_bytes: 4 * 1024 * 1024,
             bulk_rounds: 1,
-            chunk: MAX_CHUNK,
+            chunk: CHUNK,
             warmup_round_trips: 20,
             round_trips: 200,
             sessions: 20,

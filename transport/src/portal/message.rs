@@ -20,6 +20,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
 
+/// 48 KiB: what a session reads from its socket into one `Data` message. A frame carrying
+/// it, inside two nested channels, stays under the 64 KiB a connection's reader reserves
+/// ahead of arrived bytes, so the frame is read into one buffer without growing it.
+pub const CHUNK: usize = 48 * 1024;
+
 /// 192 KiB: the most bytes one `Data` message carries, so that a chunk inside two nested
 /// channels, with their routes and overhead, still fits one frame (256 KiB) with room to
 /// spare.

@@ -24,7 +24,7 @@ use std::time::Duration;
 use kith_node::{IncomingAccessControl, Origin};
 
 pub use inlet::{ConnectFuture, Connector, Inlet, PortalRoute, Refusal, RouteEnded};
-pub use message::{MAX_CHUNK, MAX_REASON_LEN, PortalDecodeError, PortalMessage};
+pub use message::{CHUNK, MAX_CHUNK, MAX_REASON_LEN, PortalDecodeError, PortalMessage};
 pub use outlet::Outlet;
 pub use session::{DATA_OVERHEAD, MAX_WINDOW, MIN_WINDOW};
 
@@ -54,10 +54,7 @@ pub struct PortalOptions {
 impl Default for PortalOptions {
     fn default() -> Self {
         Self {
-            window: std::env::var("KITH_EXPERIMENT_WINDOW")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(512 * 1024),
+            window: 512 * 1024,
             ping_interval: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(15),
             open_timeout: Duration::from_secs(15),

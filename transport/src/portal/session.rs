@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::message::{DATA_HEADER_ROOM, PortalMessage, data_header_len, put_data_header};
-use super::{MAX_CHUNK, PortalOptions, PortalStats};
+use super::{CHUNK, PortalOptions, PortalStats};
 
 /// 8 KiB: the credit each `Data` message costs on top of its length.
 pub const DATA_OVERHEAD: u64 = 8 * 1024;
@@ -136,11 +136,6 @@ pub(crate) async fn run(end: End) {
     let mut last_sent = Instant::now();
     let mut ticks = tokio::time::interval(options.ping_interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let chunk = std::env::var("KITH_EXPERIMENT_CHUNK")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(48 * 1024)
-        .min(MAX_CHUNK);
     // Room for a `Data` header, then what the socket gives.
     let mut buf = BytesMut::new();
 
@@ -159,14 +154,14 @@ pub(crate) async fn run(end: End) {
             }
             let limit = if reading && send_credit > DATA_OVERHEAD {
                 usize::try_from(send_credit - DATA_OVERHEAD)
-                    .unwrap_or(chunk)
-                    .min(chunk)
+                    .unwrap_or(CHUNK)
+                    .min(CHUNK)
             } else {
                 0
             };
             if limit > 0 && buf.capacity() < DATA_HEADER_ROOM + limit {
                 buf.clear();
-                buf.reserve(DATA_HEADER_ROOM + chunk);
+                buf.reserve(DATA_HEADER_ROOM + CHUNK);
                 buf.put_bytes(0, DATA_HEADER_ROOM);
             }
             let event = tokio::select! {
