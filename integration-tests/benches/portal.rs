@@ -12,7 +12,9 @@
 //! `deployed` (every deployed measurement), `deployed_rss`, `deployed_bulk`,
 //! `deployed_bulk_direct` (raw TCP, the bare chain and the direct portal only),
 //! `deployed_latency`; or, in one process, `stall`, `throughput`, `latency`. `-- --chunk
-//! BYTES` varies what the bare chains seal into one frame (default: a portal's 48 KiB).
+//! BYTES` varies what the bare chains seal into one frame (default: a portal's 48 KiB);
+//! `-- --rounds N` sets the deployed bulk rounds (default 3), for a profile with more
+//! samples.
 //! With `RUST_LOG` set (e.g. `RUST_LOG=warn`), the in-process nodes' logs go to stderr.
 
 use std::path::PathBuf;
@@ -42,6 +44,9 @@ fn main() {
             config.only.clone_from(&only);
             if let Some(chunk) = args.value("--chunk")? {
                 config.chunk = chunk.parse()?;
+            }
+            if let Some(rounds) = args.value("--rounds")? {
+                config.bulk_rounds = rounds.parse()?;
             }
             records.extend(portal_deployed::run_all(&config, &mut *report)?);
         }

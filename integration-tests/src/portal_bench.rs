@@ -709,7 +709,7 @@ async fn throughput(
 
 /// Round trips of 64 bytes on one connection to `addr`, an echo server or an inlet to one:
 /// `warmup` unmeasured, then `count` measured.
-pub(crate) async fn round_trips(
+async fn round_trips(
     addr: SocketAddr,
     warmup: usize,
     count: usize,

@@ -40,7 +40,7 @@
 //!   raw TCP, the bare chain and the direct portal: one path at a time in the daemons, for
 //!   a profiler.)
 //! - `deployed_latency`: p50 and p99 of sequential 64-byte round trips to the echo, on one
-//!   connection per path.
+//!   connection per path, the paths taking turns in blocks of 100.
 //!
 //! Every record is a [`PortalRecord`]: DESIGN §7's five keys, and either the target with
 //! whether it was met or, for a figure that only explains the others, none. The measuring
@@ -64,9 +64,7 @@ use crate::bench::{
     BenchRecord, SMALL_PAYLOAD, ensure_fd_limit, micros, percentile, run_bench, settled_rss_kib,
 };
 use crate::kith_home::{KithHome, field};
-use crate::portal_bench::{
-    PortalRecord, TargetIs, TargetOn, echo, round_trips, serve, sink, transfer,
-};
+use crate::portal_bench::{PortalRecord, TargetIs, TargetOn, echo, serve, sink, transfer};
 
 /// 0.8: a direct portal's bulk throughput should be at least this share of the bare
 /// chain's: kith may cost a fifth more than sealing and relaying the bytes alone.
@@ -98,6 +96,11 @@ pub const DIRECT_BULK: &str = "deployed_bulk_direct";
 /// 10 s: bounds each round trip, each session's opening and each process's start.
 /// Loopback answers in milliseconds; only a bug takes this long.
 const WAIT: Duration = Duration::from_secs(10);
+
+/// 100: round trips on one path before the next path's turn. The paths take turns so that
+/// a busy or quiet spell of a shared machine falls on all of them alike, not on whichever
+/// path was measuring then.
+const RTT_BLOCK: usize = 100;
 
 /// 20 s: how long the daemons may take to count the sessions just opened or closed.
 const SETTLE_WAIT: Duration = Duration::from_secs(20);
@@ -761,6 +764,63 @@ fn bulk(
 // ---------------------------------------------------------------------------------------
 // Round trips
 
+/// One 64-byte round trip on `stream`; how long it took.
+async fn round_trip(stream: &mut TcpStream) -> anyhow::Result<Duration> {
+    let request = [0xABu8; SMALL_PAYLOAD];
+    let mut answer = [0u8; SMALL_PAYLOAD];
+    let started = Instant::now();
+    let exchange = async {
+        stream.write_all(&request).await?;
+        stream.read_exact(&mut answer).await?;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(WAIT, exchange)
+        .await
+        .with_context(|| format!("a round trip took over {WAIT:?}"))??;
+    let took = started.elapsed();
+    ensure!(answer == request, "the echo answered something else");
+    Ok(took)
+}
+
+/// Round trips on one connection to each of `addrs` (an echo server, or an inlet or a bare
+/// chain to one): `warmup` unmeasured on each, then `count` measured on each, the paths
+/// taking turns in blocks of [`RTT_BLOCK`]. The samples of each path, in `addrs`' order.
+async fn interleaved_round_trips(
+    addrs: &[SocketAddr],
+    warmup: usize,
+    count: usize,
+) -> anyhow::Result<Vec<Vec<Duration>>> {
+    let mut streams = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .with_context(|| format!("connecting to {addr}"))??;
+        stream.set_nodelay(true)?;
+        for _ in 0..warmup {
+            round_trip(&mut stream)
+                .await
+                .with_context(|| format!("warming up {addr}"))?;
+        }
+        streams.push((addr, stream));
+    }
+    let mut samples = vec![Vec::with_capacity(count); addrs.len()];
+    let mut done = 0;
+    while done < count {
+        let block = RTT_BLOCK.min(count - done);
+        for ((addr, stream), samples) in streams.iter_mut().zip(&mut samples) {
+            for _ in 0..block {
+                samples.push(
+                    round_trip(stream)
+                        .await
+                        .with_context(|| format!("round trips to {addr}"))?,
+                );
+            }
+        }
+        done += block;
+    }
+    Ok(samples)
+}
+
 /// p50 and p99 of 64-byte round trips to the echo through each portal path, against raw
 /// TCP; the bare chains' alongside.
 fn latency(
@@ -782,18 +842,12 @@ fn latency(
         ("direct portal", d.echo.direct),
         ("relayed portal", d.echo.relay),
     ];
-    let (warmup, n) = (config.warmup_round_trips, config.round_trips);
-    let samples = rt.block_on(async {
-        let mut all = Vec::new();
-        for (name, addr) in paths {
-            all.push(
-                round_trips(addr, warmup, n)
-                    .await
-                    .with_context(|| format!("round trips, {name}"))?,
-            );
-        }
-        anyhow::Ok(all)
-    })?;
+    let addrs = paths.map(|(_, addr)| addr);
+    let samples = rt.block_on(interleaved_round_trips(
+        &addrs,
+        config.warmup_round_trips,
+        config.round_trips,
+    ))?;
     let [raw, bare, bare_relayed, direct, relayed] = &samples[..] else {
         bail!("{} sample sets for 5 paths", samples.len());
     };
@@ -813,7 +867,7 @@ fn latency(
             };
             records.push(
                 r.with("bare_chain_us", micros(percentile(chain, q)))
-                    .with("round_trips", n as f64),
+                    .with("round_trips", config.round_trips as f64),
             );
         }
     }
