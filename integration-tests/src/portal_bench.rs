@@ -81,7 +81,7 @@ pub const RELAY_THROUGHPUT_TARGET: f64 = 0.4;
 pub const LATENCY_TARGET: f64 = 3.0;
 
 /// 2 MiB: the most a stalled session may add to the process's RSS. The receiving end holds
-/// at most one window (512 KiB) of the other end's data; the rest of the allowance is the
+/// at most one window (1 MiB) of the other end's data; the rest of the allowance is the
 /// buffers the two ends, the channel and the connections use while bytes move at all.
 pub const STALL_GROWTH_TARGET_MIB: f64 = 2.0;
 

@@ -31,7 +31,7 @@ pub use session::{DATA_OVERHEAD, MAX_WINDOW, MIN_WINDOW};
 /// How portal sessions behave. The defaults suit loopback and the Internet alike.
 #[derive(Debug, Clone)]
 pub struct PortalOptions {
-    /// 512 KiB: the credit this end grants the other, so the most it ever buffers for one
+    /// 1 MiB: the credit this end grants the other, so the most it ever buffers for one
     /// session.
     pub window: u32,
     /// 3 s: an end that has sent nothing this long sends a heartbeat.
@@ -54,7 +54,7 @@ pub struct PortalOptions {
 impl Default for PortalOptions {
     fn default() -> Self {
         Self {
-            window: 512 * 1024,
+            window: 1024 * 1024,
             ping_interval: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(15),
             open_timeout: Duration::from_secs(15),
