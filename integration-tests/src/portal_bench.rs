@@ -716,25 +716,34 @@ async fn round_trips(
 ) -> anyhow::Result<Vec<Duration>> {
     let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr)).await??;
     stream.set_nodelay(true)?;
-    let request = [0xABu8; SMALL_PAYLOAD];
-    let mut answer = [0u8; SMALL_PAYLOAD];
     let mut samples = Vec::with_capacity(count);
     for i in 0..warmup + count {
-        let started = Instant::now();
-        let exchange = async {
-            stream.write_all(&request).await?;
-            stream.read_exact(&mut answer).await?;
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(WAIT, exchange)
+        let took = round_trip(&mut stream)
             .await
-            .with_context(|| format!("round trip {i} took over {WAIT:?}"))??;
+            .with_context(|| format!("round trip {i}"))?;
         if i >= warmup {
-            samples.push(started.elapsed());
+            samples.push(took);
         }
     }
-    ensure!(answer == request, "the echo answered something else");
     Ok(samples)
+}
+
+/// One 64-byte round trip on `stream` to an echo; how long it took.
+pub(crate) async fn round_trip(stream: &mut TcpStream) -> anyhow::Result<Duration> {
+    let request = [0xABu8; SMALL_PAYLOAD];
+    let mut answer = [0u8; SMALL_PAYLOAD];
+    let started = Instant::now();
+    let exchange = async {
+        stream.write_all(&request).await?;
+        stream.read_exact(&mut answer).await?;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(WAIT, exchange)
+        .await
+        .with_context(|| format!("a round trip took over {WAIT:?}"))??;
+    let took = started.elapsed();
+    ensure!(answer == request, "the echo answered something else");
+    Ok(took)
 }
 
 /// p50 and p99 round trips of 64 bytes to an echo server through a direct session, against

@@ -64,7 +64,9 @@ use crate::bench::{
     BenchRecord, SMALL_PAYLOAD, ensure_fd_limit, micros, percentile, run_bench, settled_rss_kib,
 };
 use crate::kith_home::{KithHome, field};
-use crate::portal_bench::{PortalRecord, TargetIs, TargetOn, echo, serve, sink, transfer};
+use crate::portal_bench::{
+    PortalRecord, TargetIs, TargetOn, echo, round_trip, serve, sink, transfer,
+};
 
 /// 0.8: a direct portal's bulk throughput should be at least this share of the bare
 /// chain's: kith may cost a fifth more than sealing and relaying the bytes alone.
@@ -763,24 +765,6 @@ fn bulk(
 
 // ---------------------------------------------------------------------------------------
 // Round trips
-
-/// One 64-byte round trip on `stream`; how long it took.
-async fn round_trip(stream: &mut TcpStream) -> anyhow::Result<Duration> {
-    let request = [0xABu8; SMALL_PAYLOAD];
-    let mut answer = [0u8; SMALL_PAYLOAD];
-    let started = Instant::now();
-    let exchange = async {
-        stream.write_all(&request).await?;
-        stream.read_exact(&mut answer).await?;
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(WAIT, exchange)
-        .await
-        .with_context(|| format!("a round trip took over {WAIT:?}"))??;
-    let took = started.elapsed();
-    ensure!(answer == request, "the echo answered something else");
-    Ok(took)
-}
 
 /// Round trips on one connection to each of `addrs` (an echo server, or an inlet or a bare
 /// chain to one): `warmup` unmeasured on each, then `count` measured on each, the paths
