@@ -62,10 +62,14 @@ const MAX_READ_RESERVE: usize = 64 * 1024;
 /// place). Smaller frames share one buffer, many to a read.
 const OWN_BUFFER_FRAME: usize = 16 * 1024;
 
-/// 2 KiB: a payload at least this large is written from where it lies, beside its frame's
-/// head (a vectored write); a smaller one is copied after the head, which costs less than
-/// another piece to write.
-const SHARED_PAYLOAD: usize = 2 * 1024;
+/// 16 KiB: a payload at least this large is written from where it lies, beside its frame's
+/// head (a vectored write); a smaller one is copied after the head. A queued payload keeps
+/// its whole allocation alive while [`MAX_PENDING`] counts only its length: at this size
+/// the allocations a payload can be a slice of (a frame's own buffer, at most
+/// `MAX_READ_RESERVE` ahead of it; a portal's read buffer; a sealed message) are at most a
+/// few times larger, so a slow peer pins a few MiB at most, not the 1 MiB times the ratio of
+/// a reader's buffer to a tiny payload.
+const SHARED_PAYLOAD: usize = OWN_BUFFER_FRAME;
 
 /// 1 s: at shutdown, how long queued frames may take to go out before the socket closes.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);

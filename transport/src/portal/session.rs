@@ -38,10 +38,12 @@ pub const MAX_WINDOW: u32 = 1024 * 1024;
 /// 16: the most queued messages one write to the socket takes.
 const MAX_WRITE_SLICES: usize = 16;
 
-/// 4 KiB: bytes read from the socket below this are copied into a message of their own
+/// 16 KiB: bytes read from the socket below this are copied into a message of their own
 /// size, and the read buffer is kept for the next read; a larger read becomes the message,
-/// header and all, without a copy.
-const COPY_BELOW: usize = 4 * 1024;
+/// header and all, without a copy. At this size a message holds an allocation at most three
+/// times its length ([`CHUNK`] and the header room), which is what the credit window and a
+/// connection's pending bytes count.
+const COPY_BELOW: usize = 16 * 1024;
 
 /// 1 s: how long a failing end tries to tell the other before it gives up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
