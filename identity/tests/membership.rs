@@ -247,8 +247,10 @@ async fn stamp_over(a: &Member, channel: &SecureChannel, stamps: &Stamps) -> Arc
     stamps.lock().unwrap().last().cloned().unwrap()
 }
 
-#[tokio::test]
-async fn messages_over_one_channel_share_one_stamp() {
+/// `a`, holding a `component=web` credential, with a channel open to `b`, which records
+/// the stamps of what arrives at its `stamps` service. (The nodes live as long as the
+/// returned parts.)
+async fn web_member_talking_to_a_recorder() -> (Authority, Member, Member, Stamps, SecureChannel) {
     let authority = Authority::new();
     let a = Member::start("a", trusting(&[&authority], Admission::AnyIdentity)).await;
     let b = Member::start("b", trusting(&[&authority], Admission::CredentialHolders)).await;
@@ -260,6 +262,12 @@ async fn messages_over_one_channel_share_one_stamp() {
         now() + 600,
     )]);
     let channel = a.open_to(&b).await.unwrap();
+    (authority, a, b, stamps, channel)
+}
+
+#[tokio::test]
+async fn messages_over_one_channel_share_one_stamp() {
+    let (_authority, a, _b, stamps, channel) = web_member_talking_to_a_recorder().await;
     let first = stamp_over(&a, &channel, &stamps).await;
     let second = stamp_over(&a, &channel, &stamps).await;
     assert!(
@@ -272,17 +280,7 @@ async fn messages_over_one_channel_share_one_stamp() {
 
 #[tokio::test]
 async fn a_pushed_credential_that_changes_attributes_restamps_the_next_messages() {
-    let authority = Authority::new();
-    let a = Member::start("a", trusting(&[&authority], Admission::AnyIdentity)).await;
-    let b = Member::start("b", trusting(&[&authority], Admission::CredentialHolders)).await;
-    let stamps = record_stamps(&b);
-    a.present(vec![authority.issue(
-        &a.identity,
-        &[("component", "web")],
-        now() - 5,
-        now() + 600,
-    )]);
-    let channel = a.open_to(&b).await.unwrap();
+    let (authority, a, _b, stamps, channel) = web_member_talking_to_a_recorder().await;
     let before = stamp_over(&a, &channel, &stamps).await;
     a.present(vec![authority.issue(
         &a.identity,
