@@ -187,3 +187,21 @@ pub fn timed(
         }
     }
 }
+
+/// Look every `poll` until `look` finds what it waits for (`Ok(Ok(found))`); `Ok(Err(seen))`
+/// means not yet, and says what it saw. Past `limit`, an error with the last thing seen. For
+/// the daemons' state, which a bench can only look at again (`kith … show`).
+pub fn poll_until<T>(
+    limit: Duration,
+    poll: Duration,
+    mut look: impl FnMut() -> anyhow::Result<Result<T, String>>,
+) -> anyhow::Result<T> {
+    let started = Instant::now();
+    loop {
+        match look()? {
+            Ok(found) => return Ok(found),
+            Err(seen) if started.elapsed() >= limit => bail!("{seen} after {limit:?}"),
+            Err(_) => std::thread::sleep(poll),
+        }
+    }
+}

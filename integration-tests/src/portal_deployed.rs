@@ -52,7 +52,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use kith_transport::portal::CHUNK;
@@ -63,7 +63,7 @@ use crate::bare_chain::Role;
 use crate::bench::{
     BenchRecord, SMALL_PAYLOAD, ensure_fd_limit, micros, percentile, run_bench, settled_rss_kib,
 };
-use crate::kith_home::{KithHome, field};
+use crate::kith_home::{KithHome, field, poll_until};
 use crate::portal_bench::{
     PortalRecord, TargetIs, TargetOn, echo, round_trip, serve, sink, transfer,
 };
@@ -398,18 +398,16 @@ impl Nodes {
     /// Wait until outlet `name` has `want` sessions open; an error naming how many it has
     /// if it does not within [`SETTLE_WAIT`].
     fn until_open_sessions(&self, name: &str, want: u64) -> anyhow::Result<()> {
-        let started = Instant::now();
-        loop {
+        poll_until(SETTLE_WAIT, POLL, || {
             let now = self.open_sessions(name)?;
-            if now == want {
-                return Ok(());
-            }
-            ensure!(
-                started.elapsed() < SETTLE_WAIT,
-                "outlet {name} has {now} sessions open, not {want}, after {SETTLE_WAIT:?}"
-            );
-            std::thread::sleep(POLL);
-        }
+            Ok(if now == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "outlet {name} has {now} sessions open, not {want},"
+                ))
+            })
+        })
     }
 
     /// What outlet `name` counted: bytes written to its server (from the inlets), and read

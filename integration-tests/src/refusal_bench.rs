@@ -40,7 +40,7 @@ use nix::unistd::Pid;
 
 use crate::bench::{BenchRecord, ensure_fd_limit, percentile, rss_kib, settled_rss_kib, verdict};
 use crate::churn::ChurnClients;
-use crate::kith_home::{KithHome, field, timed};
+use crate::kith_home::{KithHome, field, poll_until, timed};
 
 /// 1 s: every refusal should fail this fast (DESIGN §7).
 pub const REFUSAL_TARGET: Duration = Duration::from_secs(1);
@@ -255,18 +255,16 @@ impl World {
         want: impl Fn(u64) -> bool,
         what: &str,
     ) -> anyhow::Result<u64> {
-        let started = Instant::now();
-        loop {
+        poll_until(SETTLE_WAIT, POLL, || {
             let (_, now) = self.project_node()?;
-            if want(now) {
-                return Ok(now);
-            }
-            ensure!(
-                started.elapsed() < SETTLE_WAIT,
-                "the project node holds {now} channels {SETTLE_WAIT:?} after {what}"
-            );
-            std::thread::sleep(POLL);
-        }
+            Ok(if want(now) {
+                Ok(now)
+            } else {
+                Err(format!(
+                    "the project node holds {now} channels, waiting since {what},"
+                ))
+            })
+        })
     }
 
     /// Run one sample of `class`.
@@ -734,17 +732,16 @@ fn restart_relayed_node(config: &RefusalBenchConfig, world: &World) -> anyhow::R
     kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)
         .with_context(|| format!("kill -9 {pid} (db-node)"))?;
     world.ok(&["node", "start", "db-node"])?;
-    loop {
+    poll_until(SETTLE_WAIT, POLL, || {
         let relay = world.json(&["relay", "show", "db"])?;
-        if relay["state"] == "up" {
-            break;
-        }
-        ensure!(
-            started.elapsed() < SETTLE_WAIT,
-            "relay db is not up {SETTLE_WAIT:?} after db-node was restarted: {relay}"
-        );
-        std::thread::sleep(POLL);
-    }
+        Ok(if relay["state"] == "up" {
+            Ok(())
+        } else {
+            Err(format!(
+                "relay db, since db-node was restarted, is not up: {relay},"
+            ))
+        })
+    })?;
     let up = started.elapsed();
     let mut through = Samples::new(Class::admitted(Admitted::Relay));
     through
