@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use kith_node::{ErrorClass, IncomingAccessControl, Message, Node, Route};
+use kith_node::{ErrorClass, IncomingAccessControl, Message, Node, Route, SinkHandle};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::inbox::Inbox;
 use super::session::{self, End, window_ok};
 use super::{PortalMessage, PortalOptions, PortalStats};
 
@@ -162,11 +163,12 @@ impl Inlet {
         options: PortalOptions,
     ) {
         let _ = stream.set_nodelay(true);
+        let stream = Arc::new(stream);
         let label = format!("inlet {}", self.bound);
         let deadline = Instant::now() + options.open_timeout;
         let opened = tokio::select! {
             () = self.stop.cancelled() => Err(Refusal::new("deleted", "the inlet was deleted")),
-            r = tokio::time::timeout_at(deadline, open(&node, &*connector, &options)) => match r {
+            r = tokio::time::timeout_at(deadline, open(&node, &*connector, &stream, &options, &self.stats)) => match r {
                 Ok(r) => r,
                 Err(_) => Err(Refusal::new("timeout", format!(
                     "no session with the outlet within {:?}; is its route up?",
@@ -174,7 +176,7 @@ impl Inlet {
                 ))),
             },
         };
-        let (mut route, mailbox, peer, peer_window) = match opened {
+        let (mut route, (handle, inbox), peer, peer_window) = match opened {
             Ok(o) => o,
             Err(refusal) => {
                 self.stats.refuse(&refusal, unix_now());
@@ -186,7 +188,8 @@ impl Inlet {
         debug!(portal = %label, client = %from, "portal session opened");
         session::run(End {
             node,
-            mailbox,
+            handle,
+            inbox,
             peer,
             peer_window,
             stream,
@@ -211,22 +214,26 @@ fn unix_now() -> u64 {
 }
 
 /// Reach the outlet and have it open a session: the route (kept for its guard), our
-/// mailbox, the outlet session's route and the window it grants.
+/// session's address and inbox, the outlet session's route and the window it grants.
 async fn open(
     node: &Node,
     connector: &dyn Connector,
+    stream: &Arc<TcpStream>,
     options: &PortalOptions,
-) -> Result<(PortalRoute, kith_node::Mailbox, Route, u32), Refusal> {
+    stats: &Arc<PortalStats>,
+) -> Result<(PortalRoute, (SinkHandle, Arc<Inbox>), Route, u32), Refusal> {
     let route = connector.connect().await?;
-    let mut mailbox = node
-        .register_mailbox(
+    let inbox = Arc::new(Inbox::new(stream.clone(), options.window, stats.clone()));
+    let handle = node
+        .register_sink(
             [kith_node::Address::random_local("portal-in")],
             route.replies.clone(),
+            inbox.clone(),
         )
         .map_err(|e| Refusal::new("stopping", e.to_string()))?;
     let open = Message::new(
         route.route.clone(),
-        Route::from(mailbox.address().clone()),
+        Route::from(handle.address().clone()),
         PortalMessage::Open {
             window: options.window,
         }
@@ -236,7 +243,7 @@ async fn open(
         let class = e.class().map_or("unreachable", ErrorClass::name);
         Refusal::new(class, format!("cannot reach the outlet: {e}"))
     })?;
-    let answer = mailbox
+    let answer = inbox
         .recv()
         .await
         .ok_or_else(|| Refusal::new("stopping", "the node is stopping"))?;
@@ -258,7 +265,7 @@ async fn open(
     let invalid = |reason: String| Refusal::new("invalid-answer", reason);
     match PortalMessage::decode(&answer.payload) {
         Ok(PortalMessage::Opened { window }) if window_ok(window) => {
-            Ok((route, mailbox, answer.return_route, window))
+            Ok((route, (handle, inbox), answer.return_route, window))
         }
         Ok(PortalMessage::Opened { window }) => Err(invalid(format!(
             "the outlet granted an invalid window ({window})"

@@ -11,6 +11,7 @@
 //! failure at either end resets both sockets so no application mistakes a cut transfer for a
 //! complete one.
 
+mod inbox;
 mod inlet;
 mod message;
 mod outlet;

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::inbox::Inbox;
 use super::session::{self, End, window_ok};
 use super::{PortalMessage, PortalOptions, PortalStats, SameOrigin};
 
@@ -221,16 +222,23 @@ impl Outlet {
         };
         let _ = stream.set_nodelay(true);
         let local_peer = stream.peer_addr().ok();
-        let mailbox = match node.register_mailbox(
+        let stream = Arc::new(stream);
+        let inbox = Arc::new(Inbox::new(
+            stream.clone(),
+            options.window,
+            self.stats.clone(),
+        ));
+        let handle = match node.register_sink(
             [Address::random_local("portal-out")],
             Arc::new(SameOrigin(origin.clone())),
+            inbox.clone(),
         ) {
-            Ok(m) => m,
+            Ok(h) => h,
             Err(_) => return,
         };
         let opened = Message::new(
             reply_to.clone(),
-            Route::from(mailbox.address().clone()),
+            Route::from(handle.address().clone()),
             PortalMessage::Opened {
                 window: options.window,
             }
@@ -245,7 +253,8 @@ impl Outlet {
         debug!(outlet = %self.address, from = %who(&origin), "portal session opened");
         session::run(End {
             node,
-            mailbox,
+            handle,
+            inbox,
             peer: reply_to,
             peer_window: window,
             stream,

@@ -5,24 +5,27 @@
 //! to the socket in order; it returns credit as it writes, so a client that stops reading
 //! stops the sender after one window. Every `Data` costs its length plus [`DATA_OVERHEAD`],
 //! which bounds the number of messages in flight as well as the bytes: at most
-//! `window / DATA_OVERHEAD` of them, fewer than a mailbox holds, so a session never fills its
-//! mailbox and never blocks the connection that feeds it.
+//! `window / DATA_OVERHEAD` of them, fewer than its inbox holds, so a session never fills its
+//! inbox and never blocks the connection that feeds it.
+//!
+//! Data from the other end usually never reaches the loop: the session's [`Inbox`] writes it
+//! to the socket from the task that delivers it, and wakes the loop only to return credit or
+//! to finish a write the socket did not take at once.
 
-use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kith_node::{Mailbox, Message, Node, Route};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use kith_node::{Message, Node, Route, SinkHandle};
+use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::inbox::{Failure, Inbox};
 use super::message::{DATA_HEADER_ROOM, PortalMessage, data_header_len, put_data_header};
 use super::{CHUNK, PortalOptions, PortalStats};
 
@@ -34,9 +37,6 @@ pub const MIN_WINDOW: u32 = 64 * 1024;
 
 /// 1 MiB: the largest window an end may grant (at most 128 messages in flight).
 pub const MAX_WINDOW: u32 = 1024 * 1024;
-
-/// 16: the most queued messages one write to the socket takes.
-const MAX_WRITE_SLICES: usize = 16;
 
 /// 16 KiB: bytes read from the socket below this are copied into a message of their own
 /// size, and the read buffer is kept for the next read; a larger read becomes the message,
@@ -61,12 +61,15 @@ pub(crate) fn window_ok(window: u32) -> bool {
 /// Everything one open end of a session needs.
 pub(crate) struct End {
     pub node: Node,
-    pub mailbox: Mailbox,
+    /// The session's address, registered; taken down when the session ends.
+    pub handle: SinkHandle,
+    /// What the address delivers to.
+    pub inbox: Arc<Inbox>,
     /// Where the other end is.
     pub peer: Route,
     /// The credit the other end granted us.
     pub peer_window: u32,
-    pub stream: TcpStream,
+    pub stream: Arc<TcpStream>,
     pub options: PortalOptions,
     pub stats: Arc<PortalStats>,
     /// Cancelled when the inlet or outlet is deleted.
@@ -94,21 +97,115 @@ enum Outcome {
 
 enum Event {
     Stopped,
+    NodeStopping,
     RouteEnded(String),
-    Received(Option<Message>),
-    Wrote(std::io::Result<usize>),
-    Read(std::io::Result<usize>),
+    Woken,
+    Writable(std::io::Result<()>),
+    Readable(std::io::Result<()>),
     Tick,
+}
+
+/// What one session end keeps while it runs, apart from its sockets.
+struct Flow {
+    /// Credit the other end granted us and we have not used.
+    send_credit: u64,
+    peer_window: u64,
+    /// We still read the socket (it has not reached end of stream).
+    reading: bool,
+    /// The other end has ended its stream.
+    peer_ended: bool,
+}
+
+impl Flow {
+    /// Handle one message the inbox left for the session's task; `Some` ends the session.
+    fn on_message(&mut self, m: &Message, inbox: &Inbox, label: &str) -> Option<Outcome> {
+        if let Some(error) = m.undeliverable() {
+            // The other end only finishes once it has all we sent and has sent its end of
+            // stream: after that, only a credit or a ping of ours can have missed it, and
+            // nothing is lost.
+            if self.peer_ended {
+                debug!(portal = %label, "a message to the other end arrived after it finished");
+                return None;
+            }
+            let reason = match error {
+                Ok(error) => format!("the other end cannot be reached: {error}"),
+                Err(e) => format!(
+                    "the other end cannot be reached (its error message was malformed: {e})"
+                ),
+            };
+            return Some(Outcome::Failed {
+                reason,
+                tell: false,
+            });
+        }
+        let message = match PortalMessage::decode(&m.payload) {
+            Ok(message) => message,
+            Err(e) => return Some(violation(format!("{e}"))),
+        };
+        match message {
+            PortalMessage::Data(data) => {
+                if let Err(what) = inbox.accept(data) {
+                    return Some(violation(what));
+                }
+            }
+            PortalMessage::Credit(n) => {
+                self.send_credit += u64::from(n);
+                if self.send_credit > self.peer_window {
+                    return Some(violation("more credit returned than was used".into()));
+                }
+            }
+            PortalMessage::End => {
+                self.peer_ended = true;
+                inbox.end_of_stream();
+            }
+            PortalMessage::Close { reason } => {
+                let reason = format!("the other end failed: {reason}");
+                if !self.reading {
+                    return Some(Outcome::Reset {
+                        reason,
+                        tell: false,
+                    });
+                }
+                return Some(Outcome::Failed {
+                    reason,
+                    tell: false,
+                });
+            }
+            PortalMessage::Ping => {}
+            PortalMessage::Open { .. }
+            | PortalMessage::Opened { .. }
+            | PortalMessage::Refused { .. } => {
+                return Some(violation("an opening message in an open session".into()));
+            }
+        }
+        None
+    }
+
+    /// How a failed write to the socket ends the session.
+    fn write_failed(&self, e: &std::io::Error, local_peer: Option<SocketAddr>) -> Outcome {
+        if e.kind() == std::io::ErrorKind::WriteZero {
+            return Outcome::Failed {
+                reason: "the socket accepts no more bytes".into(),
+                tell: true,
+            };
+        }
+        let reason = format!("writing to {} failed: {e}", shown(local_peer));
+        if !self.reading && is_reset(e) {
+            return Outcome::Reset { reason, tell: true };
+        }
+        Outcome::Failed { reason, tell: true }
+    }
 }
 
 /// Run the session until it ends, then release everything it holds.
 pub(crate) async fn run(end: End) {
     let End {
         node,
-        mut mailbox,
+        handle,
+        inbox,
         peer,
         peer_window,
-        mut stream,
+        stream,
         options,
         stats,
         stop,
@@ -118,245 +215,134 @@ pub(crate) async fn run(end: End) {
     } = end;
     let mut route_ended = route_ended;
     stats.open.fetch_add(1, Ordering::Relaxed);
-    let me = Route::from(mailbox.address().clone());
+    let me = Route::from(handle.address().clone());
+    let node_stopping = handle.stop_token().clone();
     let sender = Sender {
         node: &node,
         peer: &peer,
         me: &me,
         limit: options.idle_timeout,
     };
-    let window = u64::from(options.window);
-    let threshold = window / 4;
-    let mut send_credit = u64::from(peer_window);
-    let mut outstanding: u64 = 0;
-    let mut to_return: u64 = 0;
-    let mut outbox: VecDeque<(Bytes, u64)> = VecDeque::new();
-    let mut reading = true;
-    let mut peer_ended = false;
+    let mut flow = Flow {
+        send_credit: u64::from(peer_window),
+        peer_window: u64::from(peer_window),
+        reading: true,
+        peer_ended: false,
+    };
     let mut write_shut = false;
+    let mut taken = 0;
     let mut last_heard = Instant::now();
     let mut last_sent = Instant::now();
     let mut ticks = tokio::time::interval(options.ping_interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Room for a `Data` header, then what the socket gives.
     let mut buf = BytesMut::new();
+    inbox.start();
 
-    let outcome = {
-        let (mut rd, mut wr) = stream.split();
-        loop {
-            if peer_ended && outbox.is_empty() && !write_shut {
-                // Whatever the other end sent is written: pass its end of stream on.
-                if let Err(e) = wr.shutdown().await {
-                    debug!(error = %e, "shutting down the socket's write side failed");
-                }
-                write_shut = true;
+    let outcome = 'session: loop {
+        let work = inbox.take();
+        if work.taken != taken {
+            taken = work.taken;
+            last_heard = Instant::now();
+        }
+        for m in &work.messages {
+            if let Some(outcome) = flow.on_message(m, &inbox, &label) {
+                break 'session outcome;
             }
-            if !reading && write_shut {
-                break Outcome::Finished;
+        }
+        if !work.messages.is_empty() {
+            inbox.handled();
+        }
+        match work.failure {
+            Some(Failure::Violation(what)) => break violation(what),
+            Some(Failure::Write(e)) => break flow.write_failed(&e, local_peer),
+            None => {}
+        }
+        if let Some(n) = work.credit {
+            if let Err(reason) = sender.send(PortalMessage::Credit(n)).await {
+                break Outcome::Failed {
+                    reason,
+                    tell: false,
+                };
             }
-            let limit = if reading && send_credit > DATA_OVERHEAD {
-                usize::try_from(send_credit - DATA_OVERHEAD)
-                    .unwrap_or(CHUNK)
-                    .min(CHUNK)
-            } else {
-                0
-            };
-            if limit > 0 && buf.capacity() < DATA_HEADER_ROOM + limit {
-                buf.clear();
-                buf.reserve(DATA_HEADER_ROOM + CHUNK);
-                buf.put_bytes(0, DATA_HEADER_ROOM);
+            last_sent = Instant::now();
+        }
+        if flow.peer_ended && !write_shut && inbox.is_written() {
+            // Whatever the other end sent is written: pass its end of stream on.
+            if let Err(e) = SockRef::from(&*stream).shutdown(std::net::Shutdown::Write) {
+                debug!(error = %e, "shutting down the socket's write side failed");
             }
-            let event = tokio::select! {
-                biased;
-                () = stop.cancelled() => Event::Stopped,
-                why = async {
-                    match route_ended.as_mut() {
-                        Some(ended) => ended.await,
-                        None => std::future::pending().await,
-                    }
-                } => Event::RouteEnded(why),
-                m = mailbox.recv() => Event::Received(m),
-                r = async {
-                    // Everything queued, in one write: a burst of messages costs one call.
-                    let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
-                    for (slot, (b, _)) in slices.iter_mut().zip(&outbox) {
-                        *slot = IoSlice::new(b);
-                    }
-                    let filled = outbox.len().min(MAX_WRITE_SLICES);
-                    wr.write_vectored(slices.get(..filled).unwrap_or_default()).await
-                }, if !outbox.is_empty() => Event::Wrote(r),
-                r = async {
-                    let mut into = (&mut buf).limit(limit);
-                    rd.read_buf(&mut into).await
-                }, if limit > 0 => Event::Read(r),
-                _ = ticks.tick() => Event::Tick,
-            };
-            match event {
-                Event::Stopped => {
-                    break Outcome::Failed {
-                        reason: "the portal was deleted".into(),
-                        tell: true,
-                    };
+            write_shut = true;
+        }
+        if !flow.reading && write_shut {
+            break Outcome::Finished;
+        }
+        let limit = if flow.reading && flow.send_credit > DATA_OVERHEAD {
+            usize::try_from(flow.send_credit - DATA_OVERHEAD)
+                .unwrap_or(CHUNK)
+                .min(CHUNK)
+        } else {
+            0
+        };
+        if limit > 0 && buf.capacity() < DATA_HEADER_ROOM + limit {
+            buf.clear();
+            buf.reserve(DATA_HEADER_ROOM + CHUNK);
+            buf.put_bytes(0, DATA_HEADER_ROOM);
+        }
+        let must_write = inbox.needs_writing();
+        let event = tokio::select! {
+            biased;
+            () = stop.cancelled() => Event::Stopped,
+            () = node_stopping.cancelled() => Event::NodeStopping,
+            why = async {
+                match route_ended.as_mut() {
+                    Some(ended) => ended.await,
+                    None => std::future::pending().await,
                 }
-                Event::RouteEnded(why) => {
-                    break Outcome::Failed {
-                        reason: format!("its route ended: {why}"),
-                        tell: false,
-                    };
-                }
-                Event::Received(None) => {
-                    break Outcome::Failed {
-                        reason: "the node is stopping".into(),
-                        tell: true,
-                    };
-                }
-                Event::Received(Some(m)) => {
-                    last_heard = Instant::now();
-                    if let Some(error) = m.undeliverable() {
-                        // The other end only finishes once it has all we sent and has sent
-                        // its end of stream: after that, only a credit or a ping of ours can
-                        // have missed it, and nothing is lost.
-                        if peer_ended {
-                            debug!(portal = %label, "a message to the other end arrived after it finished");
-                            continue;
-                        }
-                        let reason = match error {
-                            Ok(error) => format!("the other end cannot be reached: {error}"),
-                            Err(e) => format!(
-                                "the other end cannot be reached (its error message was malformed: {e})"
-                            ),
-                        };
-                        break Outcome::Failed {
-                            reason,
-                            tell: false,
-                        };
-                    }
-                    let message = match PortalMessage::decode(&m.payload) {
-                        Ok(message) => message,
-                        Err(e) => break violation(format!("{e}")),
-                    };
-                    match message {
-                        PortalMessage::Data(data) => {
-                            if peer_ended {
-                                break violation("data after the end of stream".into());
-                            }
-                            let c = cost(data.len());
-                            outstanding += c;
-                            if outstanding > window {
-                                break violation(format!(
-                                    "{outstanding} bytes of credit used, {window} granted"
-                                ));
-                            }
-                            outbox.push_back((data, c));
-                        }
-                        PortalMessage::Credit(n) => {
-                            send_credit += u64::from(n);
-                            if send_credit > u64::from(peer_window) {
-                                break violation("more credit returned than was used".into());
-                            }
-                        }
-                        PortalMessage::End => peer_ended = true,
-                        PortalMessage::Close { reason } => {
-                            let reason = format!("the other end failed: {reason}");
-                            if !reading {
-                                break Outcome::Reset {
-                                    reason,
-                                    tell: false,
-                                };
-                            }
-                            break Outcome::Failed {
-                                reason,
-                                tell: false,
-                            };
-                        }
-                        PortalMessage::Ping => {}
-                        PortalMessage::Open { .. }
-                        | PortalMessage::Opened { .. }
-                        | PortalMessage::Refused { .. } => {
-                            break violation("an opening message in an open session".into());
-                        }
-                    }
-                }
-                Event::Wrote(Ok(0)) => {
-                    break Outcome::Failed {
-                        reason: "the socket accepts no more bytes".into(),
-                        tell: true,
-                    };
-                }
-                Event::Wrote(Ok(n)) => {
-                    stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    let mut written = n;
-                    while let Some((b, c)) = outbox.front_mut() {
-                        let k = written.min(b.len());
-                        b.advance(k);
-                        written -= k;
-                        if !b.is_empty() {
-                            break;
-                        }
-                        to_return += *c;
-                        outbox.pop_front();
-                    }
-                    if to_return >= threshold {
-                        let n = u32::try_from(to_return).unwrap_or(u32::MAX);
-                        if let Err(reason) = sender.send(PortalMessage::Credit(n)).await {
-                            break Outcome::Failed {
-                                reason,
-                                tell: false,
-                            };
-                        }
-                        last_sent = Instant::now();
-                        outstanding -= u64::from(n);
-                        to_return -= u64::from(n);
-                    }
-                }
-                Event::Wrote(Err(e)) => {
-                    let reason = format!("writing to {} failed: {e}", shown(local_peer));
-                    if !reading && is_reset(&e) {
-                        break Outcome::Reset { reason, tell: true };
-                    }
-                    break Outcome::Failed { reason, tell: true };
-                }
-                Event::Read(Ok(0)) => {
-                    reading = false;
-                    if let Err(reason) = sender.send(PortalMessage::End).await {
-                        break Outcome::Failed {
-                            reason,
-                            tell: false,
-                        };
-                    }
-                    last_sent = Instant::now();
-                }
-                Event::Read(Ok(n)) => {
-                    stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                    send_credit -= cost(n);
-                    let payload = framed(&mut buf, n);
-                    if let Err(reason) = sender.send_raw(payload).await {
-                        break Outcome::Failed {
-                            reason,
-                            tell: false,
-                        };
-                    }
-                    last_sent = Instant::now();
-                }
-                Event::Read(Err(e)) => {
-                    let reason = format!("reading from {} failed: {e}", shown(local_peer));
-                    if peer_ended && is_reset(&e) {
-                        break Outcome::Reset { reason, tell: true };
-                    }
-                    break Outcome::Failed { reason, tell: true };
-                }
-                Event::Tick => {
-                    if last_heard.elapsed() >= options.idle_timeout {
-                        break Outcome::Failed {
-                            reason: format!(
-                                "nothing from the other end for {:?}; it is gone or unreachable",
-                                options.idle_timeout
-                            ),
-                            tell: true,
-                        };
-                    }
-                    if last_sent.elapsed() >= options.ping_interval {
-                        if let Err(reason) = sender.send(PortalMessage::Ping).await {
+            } => Event::RouteEnded(why),
+            () = inbox.woken() => Event::Woken,
+            r = stream.writable(), if must_write => Event::Writable(r),
+            r = stream.readable(), if limit > 0 => Event::Readable(r),
+            _ = ticks.tick() => Event::Tick,
+        };
+        match event {
+            Event::Stopped => {
+                break Outcome::Failed {
+                    reason: "the portal was deleted".into(),
+                    tell: true,
+                };
+            }
+            Event::NodeStopping => {
+                break Outcome::Failed {
+                    reason: "the node is stopping".into(),
+                    tell: true,
+                };
+            }
+            Event::RouteEnded(why) => {
+                break Outcome::Failed {
+                    reason: format!("its route ended: {why}"),
+                    tell: false,
+                };
+            }
+            Event::Woken => {}
+            Event::Writable(Err(e)) | Event::Readable(Err(e)) => {
+                break Outcome::Failed {
+                    reason: format!("the socket to {} failed: {e}", shown(local_peer)),
+                    tell: true,
+                };
+            }
+            Event::Writable(Ok(())) => match inbox.write_queued() {
+                None | Some(Ok(_)) => {}
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Some(Err(e)) => break flow.write_failed(&e, local_peer),
+            },
+            Event::Readable(Ok(())) => {
+                let read = stream.try_read_buf(&mut (&mut buf).limit(limit));
+                match read {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Ok(0) => {
+                        flow.reading = false;
+                        if let Err(reason) = sender.send(PortalMessage::End).await {
                             break Outcome::Failed {
                                 reason,
                                 tell: false,
@@ -364,10 +350,50 @@ pub(crate) async fn run(end: End) {
                         }
                         last_sent = Instant::now();
                     }
+                    Ok(n) => {
+                        stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                        flow.send_credit -= cost(n);
+                        let payload = framed(&mut buf, n);
+                        if let Err(reason) = sender.send_raw(payload).await {
+                            break Outcome::Failed {
+                                reason,
+                                tell: false,
+                            };
+                        }
+                        last_sent = Instant::now();
+                    }
+                    Err(e) => {
+                        let reason = format!("reading from {} failed: {e}", shown(local_peer));
+                        if flow.peer_ended && is_reset(&e) {
+                            break Outcome::Reset { reason, tell: true };
+                        }
+                        break Outcome::Failed { reason, tell: true };
+                    }
+                }
+            }
+            Event::Tick => {
+                if last_heard.elapsed() >= options.idle_timeout {
+                    break Outcome::Failed {
+                        reason: format!(
+                            "nothing from the other end for {:?}; it is gone or unreachable",
+                            options.idle_timeout
+                        ),
+                        tell: true,
+                    };
+                }
+                if last_sent.elapsed() >= options.ping_interval {
+                    if let Err(reason) = sender.send(PortalMessage::Ping).await {
+                        break Outcome::Failed {
+                            reason,
+                            tell: false,
+                        };
+                    }
+                    last_sent = Instant::now();
                 }
             }
         }
     };
+    inbox.close();
     stats.open.fetch_sub(1, Ordering::Relaxed);
     let quiet = matches!(outcome, Outcome::Reset { .. });
     match outcome {
@@ -392,7 +418,7 @@ pub(crate) async fn run(end: End) {
             abort(&stream);
         }
     }
-    drop(mailbox);
+    drop(handle);
     info!(portal = %label, "portal session ended");
 }
 
