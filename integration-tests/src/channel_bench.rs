@@ -293,6 +293,9 @@ pub(crate) async fn pump(
         .map_err(|_| anyhow!("{name}: not all {n} messages arrived within {RUN_WAIT:?}"))?
 }
 
+/// 3: rounds of the channel and of its bare loop in [`throughput`], taken in turns.
+const THROUGHPUT_ROUNDS: usize = 3;
+
 /// 16 KiB one-way throughput through a channel, against the plain routed path.
 pub async fn throughput(config: &ChannelBenchConfig) -> anyhow::Result<Vec<BenchRecord>> {
     eprintln!(
@@ -306,10 +309,16 @@ pub async fn throughput(config: &ChannelBenchConfig) -> anyhow::Result<Vec<Bench
     let plain = pump(&p.a, &p.b, tcp, n, "plain").await?;
     let enc = p.channel().await?;
     pump(&p.a, &p.b, enc.clone(), n / 10 + 1, "warm-secure").await?;
-    let secure = pump(&p.a, &p.b, enc, n, "secure").await?;
-    p.shutdown().await;
     bare_sealed_loop(n / 10 + 1).await?;
-    let bare = bare_sealed_loop(n).await?;
+    // The channel and its bare-loop baseline take turns, and each keeps its best round: on a
+    // shared machine a neighbour's burst then slows one round of one of them, not the ratio.
+    let (mut secure, mut bare) = (Duration::MAX, Duration::MAX);
+    for round in 0..THROUGHPUT_ROUNDS {
+        let name = format!("secure-{round}");
+        secure = secure.min(pump(&p.a, &p.b, enc.clone(), n, &name).await?);
+        bare = bare.min(bare_sealed_loop(n).await?);
+    }
+    p.shutdown().await;
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     Ok(vec![
         BenchRecord::new("sc_oneway_16KiB_msgs", rate(secure), "msg/s", rate(plain)),
