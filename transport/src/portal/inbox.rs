@@ -412,7 +412,11 @@ mod tests {
 
     /// As the session's task does: handle what waits (only `Data` here), then write.
     fn handle_and_write(inbox: &Inbox) {
-        let work = inbox.take();
+        handle_taken_and_write(inbox, inbox.take());
+    }
+
+    /// As the session's task does with `work` it took: handle it, then write.
+    fn handle_taken_and_write(inbox: &Inbox, work: Work) {
         for m in work.messages {
             let Ok(PortalMessage::Data(d)) = PortalMessage::decode(&m.payload) else {
                 panic!("only data was sent");
@@ -455,16 +459,7 @@ mod tests {
         assert_eq!(work.messages.len(), 1);
         // Delivered while the task still handles "first ": it must wait its turn.
         inbox.try_deliver(data(b"second")).unwrap();
-        for m in work.messages {
-            let Ok(PortalMessage::Data(d)) = PortalMessage::decode(&m.payload) else {
-                panic!("only data was sent");
-            };
-            inbox.accept(d).unwrap();
-        }
-        inbox.handled();
-        while inbox.needs_writing() {
-            inbox.write_queued().unwrap().unwrap();
-        }
+        handle_taken_and_write(&inbox, work);
         handle_and_write(&inbox);
         assert_eq!(read_exactly(&mut far, 12).await, b"first second");
     }
