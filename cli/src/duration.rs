@@ -66,6 +66,35 @@ impl fmt::Display for DisplayDuration {
     }
 }
 
+/// A span of whole seconds as a person reads it: its two largest units, the second rounded to
+/// the nearest (`30d`, `2h 5m`, `59s`). For what is left of a lifetime or how long ago
+/// something happened, where `2591999s` says less than `30d`.
+pub struct RoundedDuration(pub u64);
+
+impl fmt::Display for RoundedDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u64); 4] = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
+        // Round to the second-largest unit of the value, then once more in case that carried
+        // into a larger unit (86,399 s rounds to 24 h, which is printed as 1d).
+        let mut secs = self.0;
+        for _ in 0..2 {
+            let at = UNITS.iter().position(|(_, per)| secs >= *per).unwrap_or(3);
+            if let Some((_, step)) = UNITS.get(at + 1) {
+                secs = (secs + step / 2) / step * step;
+            }
+        }
+        let at = UNITS.iter().position(|(_, per)| secs >= *per).unwrap_or(3);
+        let (unit, per) = UNITS.get(at).copied().unwrap_or(("s", 1));
+        write!(f, "{}{unit}", secs / per)?;
+        if let Some((next, step)) = UNITS.get(at + 1)
+            && secs % per >= *step
+        {
+            write!(f, " {}{next}", secs % per / step)?;
+        }
+        Ok(())
+    }
+}
+
 /// Unix seconds as an RFC 3339 UTC time, e.g. `2026-11-24T10:00:00Z`.
 pub fn unix_time(secs: u64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_secs(secs.min(253_402_300_799));
@@ -76,11 +105,7 @@ pub fn unix_time(secs: u64) -> String {
 pub fn ago(at: u64, now: u64) -> String {
     match now.saturating_sub(at) {
         0 => format!("{} (just now)", unix_time(at)),
-        secs => format!(
-            "{} ({} ago)",
-            unix_time(at),
-            DisplayDuration(Duration::from_secs(secs))
-        ),
+        secs => format!("{} ({} ago)", unix_time(at), RoundedDuration(secs)),
     }
 }
 
@@ -123,7 +148,42 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn lifetimes_print_rounded_to_their_two_largest_units() {
+        for (secs, shown) in [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m"),
+            (61, "1m 1s"),
+            (3_599, "59m 59s"),
+            (7_500, "2h 5m"),
+            (7_529, "2h 5m"),
+            (7_530, "2h 6m"),
+            (86_399, "1d"),
+            (2_591_999, "30d"),
+            (2_592_000, "30d"),
+            (2_505_600 + 5 * 3_600 + 1_799, "29d 5h"),
+        ] {
+            assert_eq!(RoundedDuration(secs).to_string(), shown, "{secs} s");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn a_rounded_duration_is_within_half_its_last_unit(secs in 0u64..10_000_000_000) {
+            let shown = RoundedDuration(secs).to_string();
+            let mut total = 0u64;
+            let mut last = 1u64;
+            for part in shown.split(' ') {
+                let d = parse_duration(part).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                total += d.as_secs();
+                last = [86_400, 3_600, 60, 1].into_iter().find(|u| d.as_secs() % u == 0 && d.as_secs() >= *u).unwrap_or(1);
+            }
+            prop_assert!(shown.split(' ').count() <= 2, "{shown}");
+            prop_assert!(total.abs_diff(secs) <= last / 2 + last % 2, "{secs} shown as {shown}");
+        }
+
+
         #[test]
         fn display_parses_back(ms in 0u64..10_000_000_000) {
             let d = Duration::from_millis(ms);

@@ -20,4 +20,4 @@ pub mod logfile;
 /// The node host: the runtime a daemon runs and the parts it keeps.
 pub mod node;
 
-pub use duration::{DisplayDuration, DurationError, parse_duration};
+pub use duration::{DisplayDuration, DurationError, RoundedDuration, parse_duration};

@@ -76,6 +76,10 @@ fn main() -> ExitCode {
         Err(e) => {
             let line = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {line}");
+            if e.is::<kith_cli::commands::Interrupted>() {
+                // 128 + SIGINT, as shells report a program that Ctrl-C ended.
+                return ExitCode::from(130);
+            }
             ExitCode::FAILURE
         }
     }

@@ -474,6 +474,23 @@ fn completions_are_generated() {
 }
 
 #[test]
+fn completion_into_a_closed_pipe_exits_cleanly_without_a_panic() {
+    let k = Kith::new();
+    let mut child = k
+        .command(&["completion", "zsh"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes before a byte is read, as `| head -3` goes after three lines.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn identities_are_created_listed_made_default_and_protected_while_in_use() {
     let k = Kith::new();
     assert_eq!(k.json(&["identity", "list"]), serde_json::json!([]));

@@ -55,6 +55,9 @@ fn credentials_are_issued_stored_listed_shown_and_verified() {
     assert_eq!(creds.len(), 1);
     assert_eq!(creds[0]["attributes"]["role"], "db");
     assert_eq!(creds[0]["valid"], true);
+    // What is left of a 2h lifetime reads as 2h, not as a count of seconds.
+    let listed = k.ok(&["credential", "list", "--identity", "alice"]);
+    assert!(listed.contains("valid, expires in 2h"), "{listed}");
 
     let show = k.ok(&["credential", "show", "--identity", "alice"]);
     assert!(show.contains("location = sf"), "{show}");

@@ -270,6 +270,30 @@ fn a_denied_request_returns_non_zero_with_the_reason() {
 }
 
 #[test]
+fn ctrl_c_while_waiting_exits_130_and_leaves_the_request_pending_to_resume() {
+    let (admin, _) = project();
+    admin.ok(&["identity", "create", "stranger"]);
+    let mut req = Requester::spawn(&admin, &["--identity", "stranger", "-a", "component=db"]);
+    let (id, _) = req.filed();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(req.child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let (status, _, stderr) = req.finish();
+    assert_eq!(status, Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!("kith project request --resume {id}")),
+        "{stderr}"
+    );
+    let still: Vec<_> = pending(&admin)
+        .into_iter()
+        .filter(|r| r["id"] == id.as_str())
+        .collect();
+    assert_eq!(still.len(), 1, "the request is no longer pending");
+}
+
+#[test]
 fn members_that_are_neither_admins_nor_enrollers_cannot_decide() {
     let (admin, _) = project();
     let ticket = admin.ok(&["project", "ticket", "-a", "component=web"]);

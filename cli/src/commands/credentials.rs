@@ -1,7 +1,6 @@
 //! `kith credential …`: credentials an identity holds, and issuing or checking one by hand.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use kith_identity::vault::{StoredCredential, Vault};
@@ -29,7 +28,7 @@ fn status(stored: &StoredCredential, now: u64) -> (String, Option<VerifiedCreden
         Ok(v) => (
             format!(
                 "valid, expires in {}",
-                crate::duration::DisplayDuration(Duration::from_secs(v.expires_at - now))
+                crate::duration::RoundedDuration(v.expires_at - now)
             ),
             Some(v),
         ),

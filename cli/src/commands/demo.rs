@@ -116,7 +116,7 @@ pub async fn run(out: &Output) -> Result<()> {
     let started = Instant::now();
     let result = tokio::select! {
         r = steps(dir.path(), out, &mut report) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = tokio::signal::ctrl_c() => Err(super::Interrupted("interrupted".to_owned()).into()),
     };
     // Whatever happened, stop the daemons before the directory goes.
     let _ = kith(dir.path(), &["node", "delete", "--all"]).await;

@@ -68,9 +68,26 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::TcpInlet(cmd) => portals::run_inlet(&home()?, &out, cmd).await,
         Command::Demo => demo::run(&out).await,
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "kith", &mut std::io::stdout());
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kith", &mut script);
+            write_stdout(&script)
         }
+    }
+}
+
+/// Ctrl-C ended the command: `main` exits 130, as shells expect of an interrupted program.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Interrupted(pub String);
+
+/// Write `bytes` to standard output; a reader that has gone (`kith completion zsh | head`)
+/// is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to standard output"),
     }
 }
 

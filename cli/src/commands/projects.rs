@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use kith_authority::api::{self, ErrorKind};
@@ -16,7 +15,7 @@ use kith_identity::{Identifier, unix_now};
 use super::args::{EnrollArgs, MemberCommand, ProjectCommand, TicketArgs, TicketCommand};
 use super::output::{Output, attribute_list};
 use super::reach::{Reach, Retry, Session, ask, reach, refused};
-use crate::duration::{DisplayDuration, unix_time};
+use crate::duration::{DisplayDuration, RoundedDuration, unix_time};
 use crate::home::Home;
 use crate::home::projects::{
     clashing_project, load_project, load_project_or_default, save_project,
@@ -168,7 +167,7 @@ fn ticket_info_line(t: &api::TicketInfo, now: u64) -> String {
             "{} of {} uses left, expires in {}",
             t.uses_left,
             t.usage_count,
-            DisplayDuration(Duration::from_secs(t.expires_at - now))
+            RoundedDuration(t.expires_at - now)
         )
     };
     format!(
@@ -211,7 +210,7 @@ async fn ticket(home: &Home, out: &Output, args: TicketArgs) -> Result<()> {
                 format!(
                     "expires {} (in {})",
                     unix_time(t.expires_at),
-                    DisplayDuration(Duration::from_secs(t.expires_at - now))
+                    RoundedDuration(t.expires_at - now)
                 )
             };
             let attrs = attribute_list(&t.attributes, ", ");
@@ -361,7 +360,7 @@ async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
         bail!(
             "this ticket expired at {} ({} ago); ask for a new one",
             unix_time(ticket.expires_at),
-            DisplayDuration(Duration::from_secs(now - ticket.expires_at))
+            RoundedDuration(now - ticket.expires_at)
         );
     }
     let project = ticket.project.clone();

@@ -415,6 +415,10 @@ async fn request_through(
     holder: &str,
     retry: Retry,
 ) -> Result<()> {
+    // Listening from before the request is filed: a Ctrl-C once its ID is shown must leave
+    // it pending and say how to resume, never kill the command before it can.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for Ctrl-C")?;
     let (mut client, issuer) = first_connection(out, node, settings, authority, retry).await?;
     let authority_id = *issuer.identifier();
     let id = match &args.resume {
@@ -503,9 +507,9 @@ async fn request_through(
     });
     let decided = tokio::select! {
         decided = Progress::ticking(&progress, run) => decided,
-        _ = tokio::signal::ctrl_c() => bail!(
+        _ = interrupt.recv() => return Err(super::Interrupted(format!(
             "interrupted; request {id} is still pending: wait for it with `kith project request --resume {id}`"
-        ),
+        )).into()),
     };
     drop(progress);
     let JoinApproved {
