@@ -794,7 +794,7 @@ impl Drop for KithHome {
     fn drop(&mut self) {
         // Bounded inside `kith node delete` (each stop waits a few seconds at most).
         let _ = std::process::Command::new(&self.kith)
-            .args(["node", "delete", "--all"])
+            .args(["node", "delete", "--all", "--include-authorities"])
             .env("KITH_HOME", self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -2,7 +2,7 @@
 //! `kith` daemon of its own, driven through the `kith` command line.
 //!
 //! [`KithHome`] owns a temporary directory and the daemons started in it: dropping it runs
-//! `kith node delete --all`, which stops every daemon of the home, so a bench that fails
+//! `kith node delete --all --include-authorities`, which stops every daemon of the home, so a bench that fails
 //! half-way leaves no process behind. Every command it runs is bounded by a limit and killed
 //! past it ([`timed`]); none waits on a daemon without one.
 
@@ -125,7 +125,7 @@ impl Drop for KithHome {
     fn drop(&mut self) {
         // Bounded inside `kith node delete` (each stop waits a few seconds at most).
         let _ = Command::new(&self.kith)
-            .args(["node", "delete", "--all"])
+            .args(["node", "delete", "--all", "--include-authorities"])
             .env("KITH_HOME", self.home.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -176,6 +176,35 @@ fn node_lifecycle_create_send_stop_start_delete() {
 }
 
 #[test]
+fn delete_all_keeps_authority_nodes_unless_they_are_included() {
+    let k = Kith::new();
+    k.node("n1");
+    k.json(&["authority", "create", "auth", "--project", "acme"]);
+
+    let kept = k.json(&["node", "delete", "--all"]);
+    assert_eq!(kept["deleted"], serde_json::json!(["n1"]), "{kept}");
+    assert_eq!(
+        kept["kept_authorities"],
+        serde_json::json!(["auth"]),
+        "{kept}"
+    );
+    assert_eq!(k.status("auth")["status"], "running");
+    let said = k.ok(&["node", "delete", "--all"]);
+    assert!(
+        said.contains("Kept authority node auth") && said.contains("--include-authorities"),
+        "{said}"
+    );
+
+    // A usage error (clap's code 2): the flag means nothing without --all.
+    let e = k.run(&["node", "delete", "--include-authorities"]);
+    assert_eq!(e.code, Some(2), "{}", e.stderr);
+    assert!(e.stderr.contains("--all"), "{}", e.stderr);
+    let gone = k.json(&["node", "delete", "--all", "--include-authorities"]);
+    assert_eq!(gone["deleted"], serde_json::json!(["auth"]), "{gone}");
+    assert_eq!(k.json(&["node", "list"]), serde_json::json!([]));
+}
+
+#[test]
 fn node_state_is_private_to_its_owner() {
     let k = Kith::new();
     k.node("n1");

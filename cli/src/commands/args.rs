@@ -158,7 +158,15 @@ Examples:
     #[command(after_help = "Examples:\n  kith node start n1\n  kith node start n1 --foreground")]
     Start(StartNode),
     /// Stop and delete nodes and their state.
-    #[command(after_help = "Examples:\n  kith node delete n1\n  kith node delete --all")]
+    #[command(after_help = "\
+`--all` keeps authority nodes: an authority node holds its project's store (members,
+tickets, join requests), and deleting it ends the project. Name one to delete it, or add
+--include-authorities.
+
+Examples:
+  kith node delete n1
+  kith node delete --all                          every node but authority nodes
+  kith node delete --all --include-authorities    every node, projects' authorities too")]
     Delete(DeleteNode),
     /// Print a node's log, its rotated files included, oldest first.
     #[command(after_help = "\
@@ -265,9 +273,12 @@ pub struct DeleteNode {
     /// Name of the node.
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     pub name: Option<String>,
-    /// Delete every node.
+    /// Delete every node but authority nodes.
     #[arg(long)]
     pub all: bool,
+    /// With --all: delete authority nodes too, and with them their projects' stores.
+    #[arg(long, requires = "all")]
+    pub include_authorities: bool,
 }
 
 /// `kith node logs`

@@ -119,7 +119,11 @@ pub async fn run(out: &Output) -> Result<()> {
         _ = tokio::signal::ctrl_c() => Err(super::Interrupted("interrupted".to_owned()).into()),
     };
     // Whatever happened, stop the daemons before the directory goes.
-    let _ = kith(dir.path(), &["node", "delete", "--all"]).await;
+    let _ = kith(
+        dir.path(),
+        &["node", "delete", "--all", "--include-authorities"],
+    )
+    .await;
     drop(home);
     result?;
     report.say(

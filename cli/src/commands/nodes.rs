@@ -229,8 +229,20 @@ fn kill(pid: u32) -> Result<()> {
 
 /// `kith node delete`
 pub async fn delete(home: &Home, out: &Output, args: DeleteNode) -> Result<()> {
+    let mut kept = Vec::new();
     let names = match (args.all, args.name) {
-        (true, _) => home.node_names()?,
+        (true, _) => {
+            let mut names = Vec::new();
+            for name in home.node_names()? {
+                let is_authority = home.load_node(&name)?.authority.is_some();
+                if is_authority && !args.include_authorities {
+                    kept.push(name);
+                } else {
+                    names.push(name);
+                }
+            }
+            names
+        }
         (false, Some(n)) => {
             home.load_node(&n)?;
             vec![n]
@@ -246,11 +258,23 @@ pub async fn delete(home: &Home, out: &Output, args: DeleteNode) -> Result<()> {
         home.delete_node(name)?;
     }
     out.result(
-        || match names.len() {
-            0 => "No nodes to delete.".to_owned(),
-            _ => format!("Deleted {}.", names.join(", ")),
+        || {
+            let mut s = match names.len() {
+                0 => "No nodes to delete.".to_owned(),
+                _ => format!("Deleted {}.", names.join(", ")),
+            };
+            if !kept.is_empty() {
+                s.push_str(&format!(
+                    "\nKept authority node{} {}: {} its project's store. Delete {} by name, or add --include-authorities.",
+                    if kept.len() == 1 { "" } else { "s" },
+                    kept.join(", "),
+                    if kept.len() == 1 { "it holds" } else { "each holds" },
+                    if kept.len() == 1 { "it" } else { "one" },
+                ));
+            }
+            s
         },
-        &serde_json::json!({ "deleted": names }),
+        &serde_json::json!({ "deleted": names, "kept_authorities": kept }),
     );
     Ok(())
 }

@@ -188,7 +188,7 @@ impl Kith {
 
 impl Drop for Kith {
     fn drop(&mut self) {
-        let _ = self.run(&["node", "delete", "--all"]);
+        let _ = self.run(&["node", "delete", "--all", "--include-authorities"]);
     }
 }
 
