@@ -1,12 +1,13 @@
 //! The `kith` binary: parse the command line, set up logging and a runtime, run, and report
-//! a failure as one line on stderr with a non-zero exit code.
+//! a failure as one line on stderr with a non-zero exit code; under `--output json`, as one
+//! JSON object on stderr (see [`Failure`]).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use kith_cli::commands::args::{Cli, Command, NodeCommand, kith_home};
+use kith_cli::commands::args::{Cli, Command, NodeCommand, OutputFormat, kith_home};
 use kith_cli::home::{Home, validate_node_name};
 use kith_cli::logfile::{RotatingLog, Rotation};
 use tracing_subscriber::EnvFilter;
@@ -45,12 +46,79 @@ fn return_freed_memory() -> Result<(), String> {
     tikv_jemalloc_ctl::background_thread::write(true).map_err(|e| format!("background_thread: {e}"))
 }
 
+/// How a failed command reports itself: the exit code, and the one line that says why.
+///
+/// Under `--output json` the line is a JSON object on stderr, the same shape for every
+/// failure: `{"error": {"kind": "usage" | "interrupted" | "failed", "message": "…",
+/// "exit_code": N}}`.
+struct Failure {
+    kind: &'static str,
+    message: String,
+    exit_code: u8,
+}
+
+impl Failure {
+    fn report(self, json: bool) -> ExitCode {
+        if json {
+            let v = serde_json::json!({ "error": {
+                "kind": self.kind,
+                "message": self.message,
+                "exit_code": self.exit_code,
+            }});
+            eprintln!("{v}");
+        } else {
+            eprintln!("error: {}", self.message);
+        }
+        ExitCode::from(self.exit_code)
+    }
+
+    fn failed(e: &anyhow::Error) -> Self {
+        let message = format!("{e:#}").replace('\n', " ");
+        if e.is::<kith_cli::commands::Interrupted>() {
+            // 128 + SIGINT, as shells report a program that Ctrl-C ended.
+            return Self {
+                kind: "interrupted",
+                message,
+                exit_code: 130,
+            };
+        }
+        Self {
+            kind: "failed",
+            message,
+            exit_code: 1,
+        }
+    }
+}
+
+/// Whether the raw command line asks for JSON output: for errors found before it is parsed.
+fn json_asked() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().any(|a| a == "--output=json")
+        || args.windows(2).any(|w| {
+            w.first().is_some_and(|a| a == "--output") && w.get(1).is_some_and(|v| v == "json")
+        })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if json_asked() && e.use_stderr() => {
+            // clap's first line says what is wrong; the rest is usage text for people.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            return Failure {
+                kind: "usage",
+                message: first.trim_start_matches("error: ").to_owned(),
+                exit_code: 2,
+            }
+            .report(true);
+        }
+        Err(e) => e.exit(),
+    };
+    let json = cli.global.output == OutputFormat::Json;
     let daemon = kith_cli::commands::runs_a_node(&cli);
     if let Err(e) = init_logging(&cli, daemon) {
-        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-        return ExitCode::FAILURE;
+        return Failure::failed(&e).report(json);
     }
     if daemon && let Err(e) = return_freed_memory() {
         tracing::warn!(error = %e, "cannot tune the allocator; freed memory returns to the system more slowly");
@@ -67,21 +135,13 @@ fn main() -> ExitCode {
     let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            let e = anyhow::Error::new(e).context("cannot start the async runtime");
+            return Failure::failed(&e).report(json);
         }
     };
     match runtime.block_on(kith_cli::commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let line = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {line}");
-            if e.is::<kith_cli::commands::Interrupted>() {
-                // 128 + SIGINT, as shells report a program that Ctrl-C ended.
-                return ExitCode::from(130);
-            }
-            ExitCode::FAILURE
-        }
+        Err(e) => Failure::failed(&e).report(json),
     }
 }
 

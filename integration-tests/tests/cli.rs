@@ -205,6 +205,42 @@ fn delete_all_keeps_authority_nodes_unless_they_are_included() {
 }
 
 #[test]
+fn failures_under_output_json_are_one_json_object_on_stderr() {
+    let k = Kith::new();
+    let error = |args: &[&str], code: i32| {
+        let r = k.run(args);
+        assert_eq!(r.code, Some(code), "{args:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "{args:?}: {}", r.stdout);
+        let v: serde_json::Value = serde_json::from_str(r.stderr.trim()).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: stderr is not one JSON object ({e}): {}",
+                r.stderr
+            )
+        });
+        assert_eq!(v["error"]["exit_code"], code, "{v}");
+        v["error"].clone()
+    };
+    let missing = error(&["node", "show", "nope", "--output", "json"], 1);
+    assert_eq!(missing["kind"], "failed");
+    assert!(
+        missing["message"]
+            .as_str()
+            .unwrap()
+            .contains("no node named \"nope\""),
+        "{missing}"
+    );
+    let usage = error(&["node", "shw", "--output=json"], 2);
+    assert_eq!(usage["kind"], "usage");
+    assert!(
+        usage["message"].as_str().unwrap().contains("'shw'"),
+        "{usage}"
+    );
+    // Plain output stays one readable line.
+    let plain = k.fails(&["node", "show", "nope"]);
+    assert!(plain.starts_with("error: no node named"), "{plain}");
+}
+
+#[test]
 fn node_state_is_private_to_its_owner() {
     let k = Kith::new();
     k.node("n1");
