@@ -291,6 +291,54 @@ fn ctrl_c_while_waiting_exits_130_and_leaves_the_request_pending_to_resume() {
         .filter(|r| r["id"] == id.as_str())
         .collect();
     assert_eq!(still.len(), 1, "the request is no longer pending");
+
+    // The hint works exactly as printed: the request's identity comes back with it.
+    let mut resumed = Requester::spawn(&admin, &["--resume", &id]);
+    resumed.line_with(&format!("Waiting for a decision on request {id}"));
+    let code = still[0]["code"].as_str().unwrap().to_owned();
+    admin.json(&["project", "requests", "approve", &id, "--code", &code]);
+    let (status, _, stderr) = resumed.finish();
+    assert_eq!(status, Some(0), "{stderr}");
+    let cred = admin.json(&["credential", "show", "--identity", "stranger"]);
+    assert_eq!(cred["attributes"]["component"], "db", "{cred}");
+}
+
+#[test]
+fn resume_by_id_alone_finds_a_route_only_authority_and_forgets_decided_requests() {
+    let (admin, created) = project();
+    let authority = created["authority_identifier"].as_str().unwrap();
+    let route = created["authority_route"].as_str().unwrap();
+    let host = Kith::new();
+    host.ok(&["identity", "create", "batch"]);
+    let filed = host.run(&[
+        "project",
+        "request",
+        "--no-wait",
+        "--identity",
+        "batch",
+        "-a",
+        "component=batch",
+        "--authority-route",
+        route,
+        "--accept-authority",
+        authority,
+    ]);
+    assert_eq!(filed.code, Some(0), "{}", filed.stderr);
+    let id = filed.stdout.trim().to_owned();
+    let code = pending(&admin)[0]["code"].as_str().unwrap().to_owned();
+
+    // Lower case, as someone might type it.
+    let mut req = Requester::spawn(&host, &["--resume", &id.to_lowercase()]);
+    req.line_with("Waiting for a decision on request");
+    admin.json(&["project", "requests", "approve", &id, "--code", &code]);
+    let (status, _, stderr) = req.finish();
+    assert_eq!(status, Some(0), "{stderr}");
+    let cred = host.json(&["credential", "show", "--identity", "batch"]);
+    assert_eq!(cred["issuer"], authority);
+
+    // Decided: nothing is left to resume, and the error says what to give instead.
+    let e = host.fails(&["project", "request", "--resume", &id]);
+    assert!(e.contains("--authority-route"), "{e}");
 }
 
 #[test]

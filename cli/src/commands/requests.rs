@@ -39,6 +39,7 @@ use crate::duration::{DisplayDuration, unix_time};
 use crate::home::projects::{
     clashing_project, load_project, load_project_or_default, save_project,
 };
+use crate::home::requests::PendingRequest;
 use crate::home::vault::{identity_arg, open_vault};
 use crate::home::{AdmissionConfig, Home};
 use crate::node::{RunningNode, channel_settings_scoped};
@@ -350,7 +351,24 @@ async fn identifier_arg(home: &Home, text: &str) -> Result<Identifier> {
 }
 
 /// Run `kith project request`.
-pub(crate) async fn request(home: &Home, out: &Output, args: RequestArgs) -> Result<()> {
+pub(crate) async fn request(home: &Home, out: &Output, mut args: RequestArgs) -> Result<()> {
+    if let Some(id) = &args.resume
+        && args.project_file.is_none()
+        && args.project.is_none()
+        && args.authority_route.is_none()
+    {
+        // Resume where it was filed, as whom it was filed, unless told otherwise.
+        if let Some(filed) = home.pending_request(id)? {
+            args.project_file = filed.project_file;
+            args.project = filed.project;
+            args.authority_route = filed.authority_route;
+            args.authority_identity = filed.authority_identity;
+            if args.identity.is_none() && args.node.is_none() {
+                args.identity = filed.identity;
+                args.node = filed.node;
+            }
+        }
+    }
     if args.note.len() > api::MAX_JOIN_NOTE {
         bail!(
             "--note is {} bytes; at most {} are sent",
@@ -455,6 +473,30 @@ async fn request_through(
                         .map_or("the authority".to_owned(), clean)
                 );
             }
+            if filed.state == JoinState::Pending {
+                let record = PendingRequest {
+                    project_file: args
+                        .project_file
+                        .as_deref()
+                        .map(std::path::absolute)
+                        .transpose()
+                        .context("cannot find the project file's full path")?,
+                    project: args.project.clone(),
+                    authority_route: args.authority_route.clone(),
+                    authority_identity: args
+                        .authority_route
+                        .is_some()
+                        .then(|| authority_id.to_string()),
+                    identity: args.identity.clone(),
+                    node: args.node.clone(),
+                };
+                if let Err(e) = home.save_pending_request(&filed.id, &record) {
+                    eprintln!(
+                        "warning: cannot remember request {} here ({e:#}); to resume it, give the same options with --resume",
+                        clean(&filed.id)
+                    );
+                }
+            }
             if !api::codes_match(&code, &filed.code) {
                 // Whoever sits in between rewrites this too; a mismatch is still worth a
                 // word, as the admin will see the authority's code, not ours.
@@ -512,6 +554,12 @@ async fn request_through(
         )).into()),
     };
     drop(progress);
+    if !matches!(decided, Err(JoinWaitError::TimedOut { .. })) {
+        // Decided (or gone): there is nothing left to resume.
+        if let Err(e) = home.forget_pending_request(&id) {
+            tracing::debug!(error = %e, "cannot forget a decided request");
+        }
+    }
     let JoinApproved {
         request,
         credential: enrolled,

@@ -14,6 +14,7 @@
 //! Both the command line and the node host read this state; neither is imported here.
 
 pub mod projects;
+pub mod requests;
 pub mod routes;
 pub mod vault;
 
@@ -392,7 +393,7 @@ impl Home {
 }
 
 /// Create `dir` and its parents; the last component gets mode 0700.
-fn make_private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn make_private_dir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
