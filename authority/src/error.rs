@@ -89,16 +89,39 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
-    /// The database could not be reached or refused the login.
+    /// The database could not be reached.
     #[error(
-        "cannot connect to the membership store ({store}); check that the server runs and that the URL's user and password are right"
+        "cannot connect to the membership store ({store}): {reason}; check that the server runs at that host and port"
     )]
     Connect {
         /// The store, without password.
         store: String,
-        /// What the driver reported.
-        #[source]
-        source: sqlx::Error,
+        /// What the driver reported, once.
+        reason: String,
+    },
+    /// The server runs, but the database the URL names does not exist.
+    #[error(
+        "the membership store's database does not exist ({store}); create it first, e.g. `{create}`, or as a role allowed to: CREATE DATABASE {database};"
+    )]
+    NoDatabase {
+        /// The store, without password.
+        store: String,
+        /// The database's name.
+        database: String,
+        /// A command that creates it.
+        create: String,
+    },
+    /// The server refused the URL's user (a wrong password, or a role it does not admit).
+    #[error(
+        "PostgreSQL refused to log in as {user} ({store}): {reason}; check the URL's user and password"
+    )]
+    LoginRefused {
+        /// The store, without password.
+        store: String,
+        /// The role.
+        user: String,
+        /// What the server said.
+        reason: String,
     },
     /// Creating the SQLite file or restricting its permissions failed.
     #[error(
@@ -177,12 +200,12 @@ pub enum StoreError {
         found: String,
     },
     /// The store's tables could not be created or brought up to date.
-    #[error(
-        "cannot prepare the tables of the membership store ({store}); if a newer kith wrote it, use that version"
-    )]
+    #[error("cannot prepare the tables of the membership store ({store}); {hint}")]
     Migrate {
         /// The store.
         store: String,
+        /// What to do about it, from what went wrong.
+        hint: &'static str,
         /// What the migrator reported.
         #[source]
         source: MigrateError,

@@ -2479,9 +2479,55 @@ async fn postgres_errors_and_names_never_show_the_password() {
     let error = MembershipStore::open(&url, &owner(), NOW)
         .await
         .unwrap_err();
-    assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
+    assert!(
+        matches!(error, StoreError::LoginRefused { .. }),
+        "{error:?}"
+    );
     let shown = format!("{error:?} {}", error_chain(&error));
     assert!(!shown.contains(wrong), "{shown}");
+}
+
+#[tokio::test]
+async fn postgres_a_server_that_is_not_there_is_reported_at_once_not_after_the_pool_timeout() {
+    // A port nothing listens on: bound, read back, released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://kith:kith@127.0.0.1:{port}/kith");
+    let started = std::time::Instant::now();
+    let error = MembershipStore::create(&url, &owner(), NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
+    assert!(
+        error_chain(&error).contains("refused"),
+        "{}",
+        error_chain(&error)
+    );
+    // The pool alone would retry for its 30 s acquire timeout.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn postgres_a_missing_database_is_named_once_with_how_to_create_it() {
+    let database = TempDatabase::for_test("the membership store tests", "kith_test");
+    let (base, _) = database.url.rsplit_once('/').unwrap();
+    let url = format!("{base}/kith_no_such_database_4b1e");
+    let error = MembershipStore::create(&url, &owner(), NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NoDatabase { .. }), "{error:?}");
+    let shown = error_chain(&error);
+    assert!(shown.contains("createdb -h "), "{shown}");
+    assert!(shown.contains(" kith_no_such_database_4b1e`"), "{shown}");
+    assert_eq!(
+        shown.matches("does not exist").count(),
+        1,
+        "the reason is given once: {shown}"
+    );
+    assert!(!shown.contains("newer kith"), "{shown}");
 }
 
 // ---- helpers ------------------------------------------------------------------------------

@@ -243,6 +243,7 @@ impl<DB: Dialect> SqlStore for Db<DB> {
     fn migrate_failed(&self, source: MigrateError) -> StoreError {
         StoreError::Migrate {
             store: self.location.to_string(),
+            hint: migrate_hint(&source),
             source,
         }
     }
@@ -1289,4 +1290,19 @@ pub(super) fn attributes_json(attributes: &BTreeMap<String, String>) -> String {
         .map(|(key, value)| (key.clone(), serde_json::Value::String(value.clone())))
         .collect();
     serde_json::Value::Object(object).to_string()
+}
+
+/// What a user can do about a failed migration: only a store that a newer kith prepared is
+/// fixed by another version; a role without the right to create tables needs a grant.
+fn migrate_hint(error: &MigrateError) -> &'static str {
+    let denied = |e: &sqlx::Error| matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42501"));
+    match error {
+        MigrateError::VersionMissing(_) | MigrateError::VersionTooNew(..) => {
+            "a newer kith prepared it: run that version"
+        }
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) if denied(e) => {
+            "the database role may not create tables there: give it a database it owns, or grant it CREATE on the schema"
+        }
+        _ => "the database's answer follows",
+    }
 }

@@ -11,9 +11,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use kith_identity::sqlite::SqlStore;
+use sqlx::Connection as _;
 use sqlx::Postgres;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 
 use super::StoreError;
 use super::ops::{Db, Dialect};
@@ -31,6 +32,9 @@ const MAX_CONNECTIONS: u32 = 8;
 /// (connecting and logging in). Operations hold one for milliseconds, so this is hundreds
 /// of queued enrollments or an unreachable server; either is reported, not waited out.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// 10 s: how long the first connection may take before the server counts as unreachable.
+const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// 5 s: how long [`Db::close`] waits for connections still in use to come back; bounded so
 /// that closing never hangs.
@@ -77,6 +81,47 @@ impl Dialect for Postgres {
     }
 }
 
+/// Why connecting failed, told by what the server said: a missing database and a refused
+/// login each have their own remedy; the driver's text is given once.
+fn connect_failed(
+    store: String,
+    user: &str,
+    host: &str,
+    port: u16,
+    database: &str,
+    source: &sqlx::Error,
+) -> StoreError {
+    if let sqlx::Error::Database(db) = source {
+        match db.code().as_deref() {
+            // invalid_catalog_name
+            Some("3D000") => {
+                return StoreError::NoDatabase {
+                    store,
+                    database: database.to_owned(),
+                    create: format!("createdb -h {host} -p {port} -U {user} {database}"),
+                };
+            }
+            // invalid_password, invalid_authorization_specification
+            Some("28P01" | "28000") => {
+                return StoreError::LoginRefused {
+                    store,
+                    user: user.to_owned(),
+                    reason: db.message().to_owned(),
+                };
+            }
+            _ => {}
+        }
+        return StoreError::Connect {
+            store,
+            reason: db.message().to_owned(),
+        };
+    }
+    StoreError::Connect {
+        store,
+        reason: source.to_string(),
+    }
+}
+
 impl Db<Postgres> {
     /// Connect to the database at `url` and open the store there with `intent` for
     /// `owner`'s project: look at what it holds without changing it, and refuse it unless
@@ -90,22 +135,38 @@ impl Db<Postgres> {
     ) -> Result<Self, StoreError> {
         let options =
             PgConnectOptions::from_str(url).map_err(|source| StoreError::InvalidUrl { source })?;
-        let location = format!(
-            "PostgreSQL database {}@{}:{}/{}",
-            options.get_username(),
-            options.get_host(),
+        let (user, host, port) = (
+            options.get_username().to_owned(),
+            options.get_host().to_owned(),
             options.get_port(),
-            options.get_database().unwrap_or(options.get_username()),
         );
+        let database = options.get_database().unwrap_or(&user).to_owned();
+        let location = format!("PostgreSQL database {user}@{host}:{port}/{database}");
+        // One connection first, so a server that is not there or refuses us is reported at
+        // once: the pool would retry until its acquire timeout.
+        let failed = |source: &sqlx::Error| {
+            connect_failed(location.clone(), &user, &host, port, &database, source)
+        };
+        match tokio::time::timeout(FIRST_CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+        {
+            Ok(Ok(first)) => {
+                let _ = first.close().await;
+            }
+            Ok(Err(source)) => return Err(failed(&source)),
+            Err(_) => {
+                return Err(StoreError::Connect {
+                    store: location,
+                    reason: format!("no answer within {FIRST_CONNECT_TIMEOUT:?}"),
+                });
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::Connect {
-                store: location.clone(),
-                source,
-            })?;
+            .map_err(|source| failed(&source))?;
         let db = Self::new(pool, location);
         if let Err(e) = db.prepare(intent, owner, now).await {
             db.close().await;
