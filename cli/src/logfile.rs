@@ -425,6 +425,109 @@ pub fn rfind_since<T>(
     None
 }
 
+/// Reads a log as it grows, across rotations: `kith node logs --follow`.
+///
+/// It holds the current file open, so a rotation (a rename) does not lose what was written
+/// to it; when the log's path names another file, what is left of the old one is read and
+/// the new one is followed from its start, after any file rotated in between. Only a
+/// follower that falls behind by the whole log (every kept file rotated off between two
+/// polls) misses lines.
+pub struct Follower {
+    path: PathBuf,
+    file: File,
+    /// Bytes of the line being written, not ended yet.
+    partial: Vec<u8>,
+}
+
+impl Follower {
+    /// Start following the log at `path`: the lines it holds now (the last `tail` of them
+    /// across the rotated files, or all), and a follower for what comes after.
+    pub fn start(path: &Path, tail: Option<usize>) -> io::Result<(Self, Vec<String>)> {
+        let file = File::open(path)?;
+        let current = file.metadata()?;
+        let mut follower = Self {
+            path: path.to_path_buf(),
+            file,
+            partial: Vec::new(),
+        };
+        let mut lines = Vec::new();
+        for older in log_files(path)? {
+            // The current file is read through its handle below, even if it rotated since.
+            if fs::metadata(&older)
+                .is_ok_and(|m| m.dev() == current.dev() && m.ino() == current.ino())
+                || older == path
+            {
+                continue;
+            }
+            lines.extend(read_lossy(&older)?.lines().map(str::to_owned));
+        }
+        lines.extend(follower.read_lines()?);
+        if let Some(n) = tail {
+            let from = lines.len().saturating_sub(n);
+            lines.drain(..from);
+        }
+        Ok((follower, lines))
+    }
+
+    /// The lines ended since the last call.
+    pub fn poll(&mut self) -> io::Result<Vec<String>> {
+        let mut lines = self.read_lines()?;
+        let same = match (fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(now), Ok(ours)) => now.dev() == ours.dev() && now.ino() == ours.ino(),
+            // Between the rename and the new file: look again next time.
+            (Err(e), _) if e.kind() == io::ErrorKind::NotFound => true,
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        if !same {
+            // Rotated: what is left of the old file was read above. Then every file rotated
+            // since it (the log may have turned more than once between two polls), then the
+            // new current file, opened first so a rotation meanwhile cannot hide one.
+            let old = self.file.metadata()?;
+            let current = File::open(&self.path)?;
+            let new = current.metadata()?;
+            if !self.partial.is_empty() {
+                lines
+                    .push(String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned());
+            }
+            let is = |m: &fs::Metadata, f: &fs::Metadata| m.dev() == f.dev() && m.ino() == f.ino();
+            let files: Vec<(PathBuf, Option<fs::Metadata>)> = log_files(&self.path)?
+                .into_iter()
+                .map(|p| {
+                    let m = fs::metadata(&p).ok();
+                    (p, m)
+                })
+                .collect();
+            // After our old file if it is still there; all of them if it was rotated off.
+            let after = files
+                .iter()
+                .position(|(_, m)| m.as_ref().is_some_and(|m| is(m, &old)))
+                .map_or(0, |i| i + 1);
+            for (file, meta) in files.get(after..).unwrap_or_default() {
+                if meta.as_ref().is_none_or(|m| is(m, &new)) {
+                    continue;
+                }
+                lines.extend(read_lossy(file)?.lines().map(str::to_owned));
+            }
+            self.file = current;
+            lines.extend(self.read_lines()?);
+        }
+        Ok(lines)
+    }
+
+    /// Read the open file to its end; return the lines that ended.
+    fn read_lines(&mut self) -> io::Result<Vec<String>> {
+        use std::io::Read as _;
+        let mut bytes = std::mem::take(&mut self.partial);
+        self.file.read_to_end(&mut bytes)?;
+        let ended = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.partial = bytes.split_off(ended);
+        Ok(String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -633,5 +736,42 @@ mod tests {
         let e = Rotation::parse(None, Some("0")).unwrap_err().to_string();
         assert!(e.contains("from 1 to 100"), "{e}");
         assert!(Rotation::parse(None, Some("101")).is_err());
+    }
+
+    #[test]
+    fn a_follower_sees_every_line_once_across_a_rotation_and_waits_for_unended_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.log");
+        let log = RotatingLog::open(
+            &path,
+            Rotation {
+                max_bytes: 200,
+                files: 3,
+            },
+        )
+        .unwrap();
+        write_lines(&log, 0..5);
+        let (mut follower, history) = Follower::start(&path, Some(2)).unwrap();
+        assert_eq!(history, [line(3).trim_end(), line(4).trim_end()]);
+        assert!(follower.poll().unwrap().is_empty());
+
+        // Fifteen more lines rotate the 200-byte file once (10 lines a file).
+        write_lines(&log, 5..12);
+        let mut seen = follower.poll().unwrap();
+        write_lines(&log, 12..20);
+        seen.extend(follower.poll().unwrap());
+        let want: Vec<String> = (5..20).map(|i| line(i).trim_end().to_owned()).collect();
+        assert_eq!(seen, want);
+
+        // Twice between two polls: the file in between is read too.
+        write_lines(&log, 20..40);
+        let want: Vec<String> = (20..40).map(|i| line(i).trim_end().to_owned()).collect();
+        assert_eq!(follower.poll().unwrap(), want);
+
+        // Half a line is not a line yet.
+        log.make_writer().write_all(b"half").unwrap();
+        assert!(follower.poll().unwrap().is_empty());
+        log.make_writer().write_all(b" and the rest\n").unwrap();
+        assert_eq!(follower.poll().unwrap(), ["half and the rest"]);
     }
 }

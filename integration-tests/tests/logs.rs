@@ -281,3 +281,75 @@ fn a_thousand_bad_preambles_from_one_address_make_a_handful_of_refusal_lines() {
         lines.join("\n")
     );
 }
+
+#[test]
+fn logs_follow_prints_each_new_line_once_as_the_daemon_writes_it_across_rotations() {
+    let k = Kith::new();
+    let listener = node_with_env(
+        &k,
+        "n1",
+        &[
+            ("KITH_LOG", "debug"),
+            ("KITH_LOG_MAX_BYTES", "16384"),
+            ("KITH_LOG_FILES", "3"),
+        ],
+    );
+    let mut follower = k
+        .command(&["node", "logs", "n1", "--tail", "1", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = follower.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The history it was asked for comes first.
+    lines
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the last line of the log");
+
+    // Enough connections to rotate the 16 KiB log more than once.
+    let mut ports = Vec::new();
+    for _ in 0..150 {
+        let mut s = TcpStream::connect(&listener).unwrap();
+        ports.push(s.local_addr().unwrap().port());
+        s.write_all(&[PROTOCOL_VERSION]).unwrap();
+        let mut theirs = [0u8; 1];
+        s.read_exact(&mut theirs).unwrap();
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while seen.len() < ports.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines.recv_timeout(left).unwrap_or_else(|e| {
+            panic!(
+                "the follower printed {} of {} connections ({e:?})",
+                seen.len(),
+                ports.len()
+            )
+        });
+        if let Some(rest) = line.split("accepted a connection peer=127.0.0.1:").nth(1) {
+            let port: u16 = rest.split_whitespace().next().unwrap().parse().unwrap();
+            *seen.entry(port).or_insert(0) += 1;
+        }
+    }
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a line printed twice: {seen:?}"
+    );
+    assert!(ports.iter().all(|p| seen.contains_key(p)));
+    assert!(
+        log_files(&k, "n1").len() == 3,
+        "the log did not rotate: {:?}",
+        log_files(&k, "n1")
+    );
+}

@@ -176,7 +176,8 @@ is created or started.
 
 Examples:
   kith node logs n1
-  kith node logs n1 --tail 20")]
+  kith node logs n1 --tail 20
+  kith node logs n1 --tail 20 --follow    the last 20 lines, then each new one (Ctrl-C ends)")]
     Logs(NodeLogs),
     /// Run a node in this process (used by `create` and `start` to spawn daemons).
     #[command(hide = true)]
@@ -289,6 +290,9 @@ pub struct NodeLogs {
     /// Only the last N lines.
     #[arg(long, value_name = "N")]
     pub tail: Option<usize>,
+    /// Keep printing lines as the node writes them, across rotations, until interrupted.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }
 
 /// `kith message …`

@@ -80,15 +80,26 @@ pub async fn run(cli: Cli) -> Result<()> {
 #[error("{0}")]
 pub struct Interrupted(pub String);
 
+/// Set once a write to standard output found its reader gone.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Write `bytes` to standard output; a reader that has gone (`kith completion zsh | head`)
-/// is not an error.
+/// is not an error, and is remembered ([`stdout_closed`]).
 fn write_stdout(bytes: &[u8]) -> Result<()> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
         other => other.context("cannot write to standard output"),
     }
+}
+
+/// Whether standard output's reader has gone.
+fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether the command runs a long-lived node in this process.

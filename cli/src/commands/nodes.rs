@@ -1,6 +1,7 @@
 //! `kith node …`: create, start, stop, inspect and delete node daemons.
 
 use std::fs::OpenOptions;
+use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 use std::time::Duration;
@@ -404,15 +405,58 @@ pub async fn show(home: &Home, out: &Output, name: &str) -> Result<()> {
 pub fn logs(home: &Home, args: NodeLogs) -> Result<()> {
     home.load_node(&args.name)?;
     let path = home.log_path(&args.name);
-    let read = match args.tail {
-        Some(n) => logfile::tail(&path, n).map(|lines| {
-            for l in lines {
-                println!("{l}");
-            }
-        }),
-        None => logfile::for_each_line(&path, |l| println!("{l}")),
+    if args.follow {
+        return follow(&path, args.tail);
+    }
+    // Written through one buffer; a reader that goes away (`| head`) ends it quietly.
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut written: std::io::Result<()> = Ok(());
+    let mut put = |l: &str| {
+        if written.is_ok() {
+            written = writeln!(stdout, "{l}");
+        }
     };
-    read.with_context(|| format!("cannot read the log {}", path.display()))
+    let read = match args.tail {
+        Some(n) => logfile::tail(&path, n).map(|lines| lines.iter().for_each(|l| put(l))),
+        None => logfile::for_each_line(&path, &mut put),
+    };
+    read.with_context(|| format!("cannot read the log {}", path.display()))?;
+    match written.and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to standard output"),
+    }
+}
+
+/// 100 ms: how often `node logs --follow` looks for new lines.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Print the log's lines (the last `tail`, or all), then each new one as it is written,
+/// until interrupted or the reader goes away.
+fn follow(path: &std::path::Path, tail: Option<usize>) -> Result<()> {
+    let (mut follower, lines) = logfile::Follower::start(path, tail)
+        .with_context(|| format!("cannot read the log {}", path.display()))?;
+    let print = |lines: Vec<String>| -> Result<bool> {
+        if lines.is_empty() {
+            return Ok(true);
+        }
+        let mut text = lines.join("\n");
+        text.push('\n');
+        super::write_stdout(text.as_bytes())?;
+        // A reader that went away (`| head`) ends the follow.
+        Ok(!super::stdout_closed())
+    };
+    if !print(lines)? {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(FOLLOW_POLL);
+        let lines = follower
+            .poll()
+            .with_context(|| format!("cannot read the log {}", path.display()))?;
+        if !print(lines)? {
+            return Ok(());
+        }
+    }
 }
 
 /// Check `--allow-identity` and `--trust-authority` and turn them into what the node saves.
