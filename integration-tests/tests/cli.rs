@@ -241,6 +241,46 @@ fn failures_under_output_json_are_one_json_object_on_stderr() {
 }
 
 #[test]
+fn at_chooses_the_node_everywhere_and_the_old_spellings_still_work_unadvertised() {
+    let k = Kith::new();
+    k.node("n1");
+    k.node("n2");
+    for flag in ["--at", "--from"] {
+        assert_eq!(
+            k.ok(&[
+                "message",
+                "send",
+                "hi",
+                flag,
+                "n2",
+                "--to",
+                "/node/n1/service/echo"
+            ]),
+            "hi\n",
+            "{flag}"
+        );
+    }
+    for flag in ["--at", "--node"] {
+        let e = k.fails(&["credential", "show", flag, "n1"]);
+        assert!(e.contains("holds no credential"), "{flag}: {e}");
+    }
+    for command in [
+        &["message", "send", "--help"][..],
+        &["secure-channel", "create", "--help"],
+        &["credential", "show", "--help"],
+        &["project", "enroll", "--help"],
+        &["project", "request", "--help"],
+    ] {
+        let help = k.ok(command);
+        assert!(help.contains("--at <NODE>"), "{command:?}: {help}");
+        assert!(
+            !help.contains("--from <NODE>") && !help.contains("--node <NODE>"),
+            "{command:?} advertises an old spelling: {help}"
+        );
+    }
+}
+
+#[test]
 fn node_state_is_private_to_its_owner() {
     let k = Kith::new();
     k.node("n1");

@@ -63,7 +63,7 @@ pub enum Command {
     /// Send messages along routes.
     #[command(
         subcommand,
-        after_help = "Examples:\n  kith message send hello --to /node/n1/service/echo\n  kith message send hi --from n2 --to /node/n1/secure/api/service/echo"
+        after_help = "Examples:\n  kith message send hello --to /node/n1/service/echo\n  kith message send hi --at n2 --to /node/n1/secure/api/service/echo"
     )]
     Message(MessageCommand),
     /// Create and inspect identities: who a node is in secure channels.
@@ -81,20 +81,20 @@ pub enum Command {
     /// Projects: tickets, enrollment, members, audit log.
     #[command(
         subcommand,
-        after_help = "Examples:\n  kith project ticket --relay db > db.ticket\n  kith project enroll --ticket-file db.ticket --node db-node\n  kith project member list"
+        after_help = "Examples:\n  kith project ticket --relay db > db.ticket\n  kith project enroll --ticket-file db.ticket --at db-node\n  kith project member list"
     )]
     Project(ProjectCommand),
     /// Credentials an identity holds; issue, store or verify one by hand.
     #[command(
         subcommand,
-        after_help = "Examples:\n  kith credential list\n  kith credential show --node db-node"
+        after_help = "Examples:\n  kith credential list\n  kith credential show --at db-node"
     )]
     Credential(CredentialCommand),
     /// Open, list and close end-to-end secure channels kept by a node.
     #[command(
         subcommand,
         name = "secure-channel",
-        after_help = "Examples:\n  kith secure-channel create --from n1 --to /node/n2/service/api\n  kith secure-channel list --from n1"
+        after_help = "Examples:\n  kith secure-channel create --at n1 --to /node/n2/service/api\n  kith secure-channel list --at n1"
     )]
     SecureChannel(SecureChannelCommand),
     /// Relays: make a node that accepts no connections reachable through the project node.
@@ -302,11 +302,11 @@ pub enum MessageCommand {
     #[command(after_help = "\
 Examples:
   kith message send hello --to /node/n1/service/echo
-  kith message send hello --from n1 --to /node/n2/service/echo
+  kith message send hello --at n1 --to /node/n2/service/echo
   kith message send hello --to /ip4/127.0.0.1/tcp/4000/service/echo --timeout 2s
   kith message send hello --to /dnsaddr/localhost/tcp/4000/service/echo --output json
-  kith message send hello --from n1 --to /node/n2/secure/api/service/echo
-  kith message send - --from n1 --to /node/n2/secure/api/service/echo < message.txt
+  kith message send hello --at n1 --to /node/n2/secure/api/service/echo
+  kith message send - --at n1 --to /node/n2/secure/api/service/echo < message.txt
 
 Without --from, the command runs a node of its own for its duration. A /secure/LISTENER hop
 opens an end-to-end secure channel to that listener first; the rest of the route travels
@@ -323,8 +323,8 @@ pub struct SendMessage {
     /// Where to send it, as a route: /node/NAME/service/S, /ip4/A/tcp/P/service/S, ….
     #[arg(long, value_name = "ROUTE")]
     pub to: String,
-    /// Send from this running node instead of an embedded one.
-    #[arg(long, value_name = "NODE")]
+    /// Send from this running node instead of an embedded one (`--from` is the old spelling).
+    #[arg(long = "at", alias = "from", value_name = "NODE")]
     pub from: Option<String>,
     /// How long to wait for the reply (ms, s, m, h, d; bare number = seconds).
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
@@ -383,12 +383,12 @@ pub enum SecureChannelCommand {
     /// channel's address, to start routes with.
     #[command(after_help = "\
 Examples:
-  kith secure-channel create --from n1 --to /node/n2/service/api
-  kith secure-channel create --from n1 --to /ip4/127.0.0.1/tcp/4002/service/api
-  kith message send hi --from n1 --to /service/sc-enc-0123456789abcdef/service/echo")]
+  kith secure-channel create --at n1 --to /node/n2/service/api
+  kith secure-channel create --at n1 --to /ip4/127.0.0.1/tcp/4002/service/api
+  kith message send hi --at n1 --to /service/sc-enc-0123456789abcdef/service/echo")]
     Create {
         /// The node that opens and keeps the channel.
-        #[arg(long, value_name = "NODE")]
+        #[arg(long = "at", alias = "from", value_name = "NODE")]
         from: String,
         /// Route to the listener (every node serves one at `api`).
         #[arg(long, value_name = "ROUTE")]
@@ -398,21 +398,21 @@ Examples:
         timeout: std::time::Duration,
     },
     /// List the channels a node keeps.
-    #[command(after_help = "Examples:\n  kith secure-channel list --from n1")]
+    #[command(after_help = "Examples:\n  kith secure-channel list --at n1")]
     List {
         /// The node.
-        #[arg(long, value_name = "NODE")]
+        #[arg(long = "at", alias = "from", value_name = "NODE")]
         from: String,
     },
     /// Close a kept channel.
     #[command(
-        after_help = "Examples:\n  kith secure-channel delete sc-enc-0123456789abcdef --from n1"
+        after_help = "Examples:\n  kith secure-channel delete sc-enc-0123456789abcdef --at n1"
     )]
     Delete {
         /// The channel's address, as `create` or `list` printed it.
         address: String,
         /// The node.
-        #[arg(long, value_name = "NODE")]
+        #[arg(long = "at", alias = "from", value_name = "NODE")]
         from: String,
     },
 }
@@ -432,7 +432,7 @@ pub enum RelayCommand {
     #[command(after_help = "\
 Examples:
   kith project ticket --relay db > db.ticket          # an admin
-  kith project enroll --ticket-file db.ticket --node db-node
+  kith project enroll --ticket-file db.ticket --at db-node
   kith relay create db --to db-node
   kith message send hi --to /project/acme/service/forward_to_db/secure/api/service/echo
   kith relay create db --to db-node --keep-on-failure  # the project node may be down now")]
@@ -639,7 +639,7 @@ pub struct HolderArgs {
     #[arg(long, value_name = "NAME", conflicts_with = "node")]
     pub identity: Option<String>,
     /// The identity this node runs as.
-    #[arg(long, value_name = "NODE")]
+    #[arg(long = "at", alias = "node", value_name = "NODE")]
     pub node: Option<String>,
 }
 
@@ -650,7 +650,7 @@ pub enum CredentialCommand {
     #[command(after_help = "\
 Examples:
   kith credential list
-  kith credential list --node db-node
+  kith credential list --at db-node
   kith credential list --identity alice --output json")]
     List {
         /// Whose credentials.
@@ -660,7 +660,7 @@ Examples:
     /// Show one credential: issuer, subject, attributes, validity.
     #[command(after_help = "\
 Examples:
-  kith credential show --node db-node
+  kith credential show --at db-node
   kith credential show --identity alice --issuer I6c20e814b56579306f55c64e8747e6c1b4a53d9a
   kith credential show --encoded > credential.hex")]
     Show {
@@ -678,7 +678,7 @@ Examples:
     /// Exits non-zero if any does not verify.
     #[command(after_help = "\
 Examples:
-  kith credential verify --node db-node
+  kith credential verify --at db-node
   kith credential verify --credential @credential.hex --issuer authority
   kith credential verify --credential 8282… --issuer 81a2…   (issuer: `kith identity show NAME --full`)")]
     Verify {
@@ -716,7 +716,7 @@ Examples:
     #[command(after_help = "\
 Examples:
   kith credential store --identity alice --issuer authority --credential @credential.hex
-  kith credential store --node n1 --issuer 81a2… --credential 8282…")]
+  kith credential store --at n1 --issuer 81a2… --credential 8282…")]
     Store {
         /// Whose credential.
         #[command(flatten)]
@@ -874,7 +874,7 @@ captures it. Durations take ms, s, m, h, d; a bare number is seconds.")]
     /// Enroll an identity in a project with a ticket: it becomes a member and gets a credential.
     #[command(after_help = "\
 Examples:
-  kith project enroll --ticket-file ticket.txt --node db-node
+  kith project enroll --ticket-file ticket.txt --at db-node
   kith project enroll \"$TICKET\"
   KITH_ENROLLMENT_TICKET=$(cat ticket.txt) kith project enroll --identity alice
   kith project ticket | kith project enroll -")]
@@ -884,7 +884,7 @@ Examples:
     #[command(after_help = "\
 Examples:
   kith project request --project-file acme.json -a component=worker --lifetime 7d
-  kith project request --node worker-1 --note \"rack 4, ticket INC-1234\"
+  kith project request --at worker-1 --note \"rack 4, ticket INC-1234\"
   kith project request --authority-route /ip4/10.0.0.5/tcp/4000 --accept-authority I6c20e814b56579306f55c64e8747e6c1b4a53d9a
   ID=$(kith project request --no-wait) && kith project request --resume \"$ID\"
   kith project request --file - > credential.hex
@@ -1017,7 +1017,7 @@ pub struct EnrollArgs {
     #[arg(long, value_name = "NAME", conflicts_with = "node")]
     pub identity: Option<String>,
     /// Enroll the identity this node runs as (a running node starts presenting the credential).
-    #[arg(long, value_name = "NODE")]
+    #[arg(long = "at", alias = "node", value_name = "NODE")]
     pub node: Option<String>,
     /// How long to wait for the authority.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
@@ -1122,7 +1122,7 @@ pub struct RequestArgs {
     #[arg(long, value_name = "NAME", conflicts_with = "node")]
     pub identity: Option<String>,
     /// Ask as the identity this node runs as (a running node then presents the credential).
-    #[arg(long, value_name = "NODE")]
+    #[arg(long = "at", alias = "node", value_name = "NODE")]
     pub node: Option<String>,
     /// The project's description, as `kith project export` prints it.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["project", "authority_route"])]

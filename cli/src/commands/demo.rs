@@ -243,11 +243,11 @@ async fn steps(home: &Path, out: &Output, report: &mut Report) -> Result<()> {
 
         let file = home.join(format!("{node}.ticket"));
         let file = file.to_string_lossy();
-        let args = ["project", "enroll", "--ticket-file", &file, "--node", node];
+        let args = ["project", "enroll", "--ticket-file", &file, "--at", node];
         let v = kith(home, &args).await?;
         report.say(
             out,
-            Some(format!("kith project enroll --ticket-file {node}.ticket --node {node}")),
+            Some(format!("kith project enroll --ticket-file {node}.ticket --at {node}")),
             format!(
                 "{identity} redeemed the ticket over a secure channel to the authority and is a member with {}",
                 v["attributes"]
@@ -255,7 +255,7 @@ async fn steps(home: &Path, out: &Output, report: &mut Report) -> Result<()> {
         );
     }
 
-    let args = ["credential", "show", "--node", "db-node"];
+    let args = ["credential", "show", "--at", "db-node"];
     let v = kith(home, &args).await?;
     report.say(
         out,
@@ -282,12 +282,12 @@ async fn steps(home: &Path, out: &Output, report: &mut Report) -> Result<()> {
 
     let message = "hello from web";
     let to = "/project/demo/service/forward_to_db/secure/api/service/echo";
-    let args = ["message", "send", message, "--from", "web-node", "--to", to];
+    let args = ["message", "send", message, "--at", "web-node", "--to", to];
     let v = kith(home, &args).await?;
     let reply = text(&v, "reply");
     report.say(
         out,
-        Some(format!("kith message send {message:?} --from web-node --to {to}")),
+        Some(format!("kith message send {message:?} --at web-node --to {to}")),
         format!(
             "db-node's echo answered {reply:?} in {:.2} ms, through the relay, end to end encrypted with {} (db, proven by its key history and attested key): the project node forwarded ciphertext only; each side checked the other's credential and db-node's policy admitted component=web; verification code {}",
             v["round_trip_ms"].as_f64().unwrap_or_default(),

@@ -368,7 +368,7 @@ fn effective_policy(settings: &ChannelSettings, allow: Option<&str>, what: &str)
         (None, Some(a)) => a.to_string(),
         (None, None) => bail!(
             "this node is a member of no project, so its {what} has no one to admit by default; \
-             enroll it (`kith project enroll --node …`) or say who may use it with --allow"
+             enroll it (`kith project enroll --at …`) or say who may use it with --allow"
         ),
     };
     Policy::parse(&text).map_err(|e| anyhow!("the {what}'s policy is too long: {e}"))
