@@ -33,7 +33,7 @@ fn demo_prints_the_echoed_message_and_the_portal_page_and_cleans_up() {
         "{out}"
     );
     assert!(out.contains("$ kith project enroll"), "{out}");
-    assert!(out.contains("$ kith relay create db --to db-node"), "{out}");
+    assert!(out.contains("$ kith relay create db --at db-node"), "{out}");
     assert!(
         out.contains("forward_to_db/secure/api/service/echo"),
         "{out}"
@@ -841,7 +841,7 @@ fn every_hint_names_a_flag_of_the_command_it_answers() {
     std::fs::remove_file(k.home().join("projects/default")).unwrap();
     let inlet_to = "/node/n1/secure/api/service/outlet";
     let cases: &[(&[&str], &str)] = &[
-        (&["relay", "create", "db"], "choose one with --to NODE"),
+        (&["relay", "create", "db"], "choose one with --at NODE"),
         (
             &["tcp-outlet", "create", "--to", "127.0.0.1:5432"],
             "choose one with --at NODE",
@@ -858,8 +858,8 @@ fn every_hint_names_a_flag_of_the_command_it_answers() {
             "choose one with --at NODE",
         ),
         (
-            &["relay", "create", "db", "--to", "n1"],
-            "choose one with --at /project/NAME",
+            &["relay", "create", "db", "--at", "n1"],
+            "choose one with --project NAME",
         ),
         (&["project", "show"], "several projects"),
         (&["project", "export"], "several projects"),

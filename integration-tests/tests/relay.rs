@@ -21,7 +21,7 @@ fn a_relay_carries_an_end_to_end_channel_and_comes_back_after_kill_9() {
         ("web-node", &["component=web"]),
         ("other-node", &["component=other"]),
     ]);
-    let created = k.json(&["relay", "create", "db", "--to", "db-node"]);
+    let created = k.json(&["relay", "create", "db", "--at", "db-node"]);
     assert_eq!(created["state"], "up", "{created}");
     assert_eq!(created["route"], "/project/acme/service/forward_to_db");
     assert_eq!(created["relay"]["owner"], identifier(&k, "db-node"));

@@ -100,7 +100,7 @@ pub enum Command {
     /// Relays: make a node that accepts no connections reachable through the project node.
     #[command(
         subcommand,
-        after_help = "Examples:\n  kith relay create db --to db-node\n  kith relay show db\n  kith relay list --at /project/acme"
+        after_help = "Examples:\n  kith relay create db --at db-node\n  kith relay show db\n  kith relay list --at /project/acme"
     )]
     Relay(RelayCommand),
     /// TCP outlets: carry portal sessions from inlets to a TCP server next to a node.
@@ -433,19 +433,23 @@ pub enum RelayCommand {
 Examples:
   kith project ticket --relay db > db.ticket          # an admin
   kith project enroll --ticket-file db.ticket --at db-node
-  kith relay create db --to db-node
+  kith relay create db --at db-node
   kith message send hi --to /project/acme/service/forward_to_db/secure/api/service/echo
-  kith relay create db --to db-node --keep-on-failure  # the project node may be down now")]
+  kith relay create db --at db-node --project acme --keep-on-failure  # project node may be down")]
     Create {
         /// The relay's name; default: the node's name.
         name: Option<String>,
         /// The node to relay to (it keeps the relay up, across restarts); default: the one
-        /// running local node that is not an authority, if there is exactly one.
+        /// running local node that is not an authority, if there is exactly one. A route,
+        /// /project/NAME, is read as --project NAME (the old meaning of --at here).
         #[arg(long, value_name = "NODE")]
-        to: Option<String>,
-        /// The project node to create it at: /project/NAME; default: the default project.
-        #[arg(long, value_name = "ROUTE")]
         at: Option<String>,
+        /// The old spelling of --at NODE.
+        #[arg(long, value_name = "NODE", hide = true)]
+        to: Option<String>,
+        /// The project whose node takes the relay; default: the default project.
+        #[arg(long, value_name = "NAME")]
+        project: Option<String>,
         /// How long reaching the project node may take.
         #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
         timeout: std::time::Duration,
@@ -460,26 +464,29 @@ Examples:
     #[command(after_help = "\
 Examples:
   kith relay list
-  kith relay list --to db-node --output json
+  kith relay list --at db-node --output json
   kith relay list --at /project/acme")]
     List {
-        /// Only this node's relays.
-        #[arg(long, value_name = "NODE", conflicts_with = "at")]
-        to: Option<String>,
-        /// Ask the project node instead.
-        #[arg(long, value_name = "ROUTE")]
+        /// Only this node's relays; or, given a route /project/NAME, ask that project node.
+        #[arg(long, value_name = "NODE")]
         at: Option<String>,
+        /// The old spelling of --at NODE.
+        #[arg(long, value_name = "NODE", hide = true)]
+        to: Option<String>,
     },
     /// Show a relay's state: up since when, or down since when (and reconnecting), and its
     /// last error.
     #[command(
-        after_help = "Examples:\n  kith relay show db\n  kith relay show db --to db-node --output json"
+        after_help = "Examples:\n  kith relay show db\n  kith relay show db --at db-node --output json"
     )]
     Show {
         /// The relay's name.
         name: String,
         /// The node that keeps it; default: whichever local node does.
         #[arg(long, value_name = "NODE")]
+        at: Option<String>,
+        /// The old spelling of --at NODE.
+        #[arg(long, value_name = "NODE", hide = true)]
         to: Option<String>,
     },
     /// Delete a relay: the node stops keeping it, and the project node frees its name. An
@@ -491,12 +498,14 @@ Examples:
     Delete {
         /// The relay's name.
         name: String,
-        /// The node that keeps it; default: whichever local node does.
-        #[arg(long, value_name = "NODE", conflicts_with = "at")]
-        to: Option<String>,
-        /// Delete it at the project node as an admin (or its owner), with no local node.
-        #[arg(long, value_name = "ROUTE")]
+        /// The node that keeps it; default: whichever local node does. Given a route,
+        /// /project/NAME: delete it at that project node as an admin (or its owner), with no
+        /// local node.
+        #[arg(long, value_name = "NODE")]
         at: Option<String>,
+        /// The old spelling of --at NODE.
+        #[arg(long, value_name = "NODE", hide = true)]
+        to: Option<String>,
     },
 }
 
@@ -510,7 +519,7 @@ pub enum TcpOutletCommand {
 Examples:
   # next to PostgreSQL, on a host with no inbound connections
   kith tcp-outlet create --at db-node --to 127.0.0.1:5432 --allow 'component = \"web\"'
-  kith relay create db --to db-node
+  kith relay create db --at db-node
   # an HTTP server, reachable only by one identity
   kith tcp-outlet create --to 127.0.0.1:8080 --from web --allow 'identifier = \"I6c20…\"'")]
     Create {

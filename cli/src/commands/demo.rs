@@ -269,7 +269,7 @@ async fn steps(home: &Path, out: &Output, report: &mut Report) -> Result<()> {
     );
     report.credential = Some(v);
 
-    let args = ["relay", "create", "db", "--to", "db-node"];
+    let args = ["relay", "create", "db", "--at", "db-node"];
     let v = kith(home, &args).await?;
     report.say(
         out,

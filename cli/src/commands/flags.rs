@@ -183,7 +183,7 @@ mod tests {
         );
         assert_eq!(
             unknown_flags(&[], "free it with `kith relay delete db --at PROJECT`"),
-            ["`kith relay delete` takes --at ROUTE, not --at PROJECT"]
+            ["`kith relay delete` takes --at NODE, not --at PROJECT"]
         );
         assert_eq!(
             unknown_flags(&[], "see `kith relay show db --verbose-ish`"),

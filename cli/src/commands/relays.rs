@@ -48,9 +48,7 @@ impl RelayView {
 /// `--at` as the relay keeps it: `/project/NAME`, the default project if none is given.
 fn normalize_at(home: &Home, at: Option<&str>) -> Result<String> {
     let name = match at {
-        None => {
-            crate::home::projects::load_project_or_default(home, None, "--at /project/NAME")?.name
-        }
+        None => crate::home::projects::load_project_or_default(home, None, "--project NAME")?.name,
         Some(text) => {
             let m: MultiAddr = text
                 .parse()
@@ -69,24 +67,49 @@ fn normalize_at(home: &Home, at: Option<&str>) -> Result<String> {
     Ok(format!("/project/{name}"))
 }
 
+/// What `--at` (and its old spelling `--to`) says: the local node, and the project node's
+/// route when `--at` is one (`/project/NAME`, what `--at` meant for relays before).
+fn node_or_route(
+    at: Option<String>,
+    to: Option<String>,
+) -> Result<(Option<String>, Option<String>)> {
+    match at {
+        Some(route) if route.starts_with('/') => Ok((to, Some(route))),
+        Some(node) if to.is_some() => {
+            bail!("--at {node:?} and --to both name the node; give it once, with --at NODE")
+        }
+        Some(node) => Ok((Some(node), None)),
+        None => Ok((to, None)),
+    }
+}
+
 /// Run a relay command.
 pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
     match cmd {
         RelayCommand::Create {
             name,
-            to,
             at,
+            to,
+            project,
             timeout,
             keep_on_failure,
         } => {
+            let (to, route) = node_or_route(at, to)?;
+            let route = match (project, route) {
+                (Some(_), Some(route)) => bail!(
+                    "--project and --at {route:?} both name the project; give it once, with --project NAME"
+                ),
+                (Some(project), None) => Some(format!("/project/{project}")),
+                (None, route) => route,
+            };
             let to = match to {
                 Some(to) => to,
-                None => only_member_node(home, "--to").await?,
+                None => only_member_node(home, "--at").await?,
             };
             let name = name.unwrap_or_else(|| to.clone());
             // The error describes the name without repeating it: it may be 10 KB of anything.
             check_relay_name(&name)?;
-            let at = normalize_at(home, at.as_deref())?;
+            let at = normalize_at(home, route.as_deref())?;
             let socket = running_socket(home, &to).await?;
             let spinner = out.spinner(format!("creating relay {name} at {at}"));
             let request = Request::RelayCreate {
@@ -120,81 +143,108 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
                 &view,
             );
         }
-        RelayCommand::List { to, at: Some(at) } => {
-            debug_assert!(to.is_none());
-            let at = normalize_at(home, Some(&at))?;
-            let all = at_project_node(home, out, &at, async |c| c.list_relays().await).await?;
-            out.result(
-                || {
-                    if all.is_empty() {
-                        return format!("The project node at {at} holds no relays you may see.");
-                    }
-                    all.iter()
-                        .map(|r| info_line(r, &at))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                },
-                &all,
-            );
-        }
-        RelayCommand::List { to, at: None } => {
-            let all = kept(home, to.as_deref()).await?;
-            let now = unix_now();
-            out.result(
-                || {
-                    if all.is_empty() {
-                        return "No local node keeps a relay; create one with `kith relay create NAME --to NODE`.".to_owned();
-                    }
-                    all.iter()
-                        .map(|v| v.line(now))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                },
-                &all,
-            );
-        }
-        RelayCommand::Show { name, to } => {
+        RelayCommand::List { at, to } => match node_or_route(at, to)? {
+            (Some(node), Some(route)) => bail!(
+                "--at {route:?} asks the project node, --to {node:?} a local one; give one of them"
+            ),
+            (None, Some(at)) => list_at_project_node(home, out, &at).await?,
+            (to, None) => list_kept(home, out, to.as_deref()).await?,
+        },
+        RelayCommand::Show { name, at, to } => {
+            let (to, route) = node_or_route(at, to)?;
+            if let Some(route) = route {
+                bail!(
+                    "--at takes the node that keeps the relay, not {route:?}; to see what a project node holds, use `kith relay list --at {route}`"
+                );
+            }
             let view = find(home, &name, to.as_deref()).await?;
             let now = unix_now();
             out.result(|| view.line(now), &view);
         }
-        RelayCommand::Delete {
-            name,
-            to: _,
-            at: Some(at),
-        } => {
-            let at = normalize_at(home, Some(&at))?;
-            let info =
-                at_project_node(home, out, &at, async |c| c.delete_relay(&name).await).await?;
-            out.result(
-                || {
-                    format!(
-                        "Deleted relay {} (owner {}) at {at}.",
-                        info.name, info.owner
-                    )
-                },
-                &info,
-            );
-        }
-        RelayCommand::Delete { name, to, at: None } => {
-            let view = find(home, &name, to.as_deref()).await?;
-            let socket = running_socket(home, &view.node).await?;
-            let request = Request::RelayDelete { name: name.clone() };
-            let v = control::call(&socket, &request, RELAY_TIMEOUT * 2).await?;
-            let view: RelayView =
-                serde_json::from_value(v).context("unexpected answer from the node")?;
-            out.result(
-                || {
-                    format!(
-                        "Node {} no longer keeps relay {name}; at the project node: {}.",
-                        view.node,
-                        view.deleted_at_project_node.as_deref().unwrap_or("unknown")
-                    )
-                },
-                &view,
-            );
-        }
+        RelayCommand::Delete { name, at, to } => match node_or_route(at, to)? {
+            (Some(node), Some(route)) => bail!(
+                "--at {route:?} deletes at the project node, --to {node:?} through a local one; give one of them"
+            ),
+            (None, Some(at)) => delete_at_project_node(home, out, &name, &at).await?,
+            (to, None) => delete_kept(home, out, &name, to.as_deref()).await?,
+        },
     }
+    Ok(())
+}
+
+/// `relay delete NAME --at /project/NAME`: as an admin (or the owner), at the project node.
+async fn delete_at_project_node(home: &Home, out: &Output, name: &str, at: &str) -> Result<()> {
+    let at = normalize_at(home, Some(at))?;
+    let info = at_project_node(home, out, &at, async |c| c.delete_relay(name).await).await?;
+    out.result(
+        || {
+            format!(
+                "Deleted relay {} (owner {}) at {at}.",
+                info.name, info.owner
+            )
+        },
+        &info,
+    );
+    Ok(())
+}
+
+/// `relay delete NAME [--at NODE]`: the node that keeps it stops, and frees the name.
+async fn delete_kept(home: &Home, out: &Output, name: &str, to: Option<&str>) -> Result<()> {
+    let view = find(home, name, to).await?;
+    let socket = running_socket(home, &view.node).await?;
+    let request = Request::RelayDelete {
+        name: name.to_owned(),
+    };
+    let v = control::call(&socket, &request, RELAY_TIMEOUT * 2).await?;
+    let view: RelayView = serde_json::from_value(v).context("unexpected answer from the node")?;
+    out.result(
+        || {
+            format!(
+                "Node {} no longer keeps relay {name}; at the project node: {}.",
+                view.node,
+                view.deleted_at_project_node.as_deref().unwrap_or("unknown")
+            )
+        },
+        &view,
+    );
+    Ok(())
+}
+
+/// `relay list --at /project/NAME`: what the project node holds that we may see.
+async fn list_at_project_node(home: &Home, out: &Output, at: &str) -> Result<()> {
+    let at = normalize_at(home, Some(at))?;
+    let all = at_project_node(home, out, &at, async |c| c.list_relays().await).await?;
+    out.result(
+        || {
+            if all.is_empty() {
+                return format!("The project node at {at} holds no relays you may see.");
+            }
+            all.iter()
+                .map(|r| info_line(r, &at))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+        &all,
+    );
+    Ok(())
+}
+
+/// `relay list [--at NODE]`: the relays local nodes keep.
+async fn list_kept(home: &Home, out: &Output, to: Option<&str>) -> Result<()> {
+    let all = kept(home, to).await?;
+    let now = unix_now();
+    out.result(
+        || {
+            if all.is_empty() {
+                return "No local node keeps a relay; create one with `kith relay create NAME --at NODE`.".to_owned();
+            }
+            all.iter()
+                .map(|v| v.line(now))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+        &all,
+    );
     Ok(())
 }
 
