@@ -99,7 +99,12 @@ pub async fn run(home: &Home, out: &Output, cmd: RelayCommand) -> Result<()> {
                 (Some(_), Some(route)) => bail!(
                     "--project and --at {route:?} both name the project; give it once, with --project NAME"
                 ),
-                (Some(project), None) => Some(format!("/project/{project}")),
+                (Some(project), None) => Some(format!(
+                    "/project/{}",
+                    crate::home::projects::load_project(home, &project)
+                        .with_context(|| format!("--project {project:?}"))?
+                        .name
+                )),
                 (None, route) => route,
             };
             let to = match to {
