@@ -281,6 +281,75 @@ fn at_chooses_the_node_everywhere_and_the_old_spellings_still_work_unadvertised(
 }
 
 #[test]
+fn status_shows_nodes_relays_outlets_projects_and_credential_expiry_in_one_screen() {
+    let k = Kith::new();
+    let empty = k.json(&["status"]);
+    assert_eq!(empty["nodes"], serde_json::json!([]), "{empty}");
+
+    k.json(&["authority", "create", "--project", "acme"]);
+    k.ok(&["identity", "create", "dbid"]);
+    let ticket = k.home().join("db.ticket");
+    std::fs::write(&ticket, k.ok(&["project", "ticket", "--relay", "db"])).unwrap();
+    k.json(&["node", "create", "db-node", "--identity", "dbid"]);
+    k.json(&[
+        "project",
+        "enroll",
+        "--ticket-file",
+        ticket.to_str().unwrap(),
+        "--at",
+        "db-node",
+    ]);
+    k.json(&["relay", "create", "db", "--at", "db-node"]);
+    k.json(&[
+        "tcp-outlet",
+        "create",
+        "--at",
+        "db-node",
+        "--to",
+        "127.0.0.1:5432",
+    ]);
+
+    let v = k.json(&["status"]);
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{v}");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["name"] == "authority" && n["authority"] == true),
+        "{v}"
+    );
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["name"] == "db-node" && n["status"] == "running"),
+        "{v}"
+    );
+    assert_eq!(v["relays"][0]["node"], "db-node", "{v}");
+    assert_eq!(v["outlets"][0]["to"], "127.0.0.1:5432", "{v}");
+    assert_eq!(
+        v["projects"],
+        serde_json::json!([{ "name": "acme", "default": true }])
+    );
+    assert_eq!(v["credentials"][0]["identity"], "dbid", "{v}");
+    assert_eq!(
+        v["credentials"][0]["attributes"]["ockam-relay"], "db",
+        "{v}"
+    );
+
+    let screen = k.ok(&["status"]);
+    for part in [
+        "db-node",
+        "(authority)",
+        "up since",
+        "to 127.0.0.1:5432",
+        "acme (default)",
+        "expires in 30d",
+    ] {
+        assert!(screen.contains(part), "no {part:?} in:\n{screen}");
+    }
+}
+
+#[test]
 fn node_state_is_private_to_its_owner() {
     let k = Kith::new();
     k.node("n1");

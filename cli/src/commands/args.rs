@@ -118,6 +118,10 @@ pub enum Command {
         after_help = "Examples:\n  kith tcp-inlet create --at web-node --from 127.0.0.1:15432 --to /project/acme/service/forward_to_db/secure/api/service/outlet\n  kith tcp-inlet list"
     )]
     TcpInlet(TcpInletCommand),
+    /// One screen of what runs here: nodes, the relays they keep, outlets and inlets, the
+    /// projects known here, and when each node's credentials expire.
+    #[command(after_help = "Examples:\n  kith status\n  kith status --output json")]
+    Status,
     /// Run a walkthrough in a temporary KITH_HOME: a project, two members, a relay, a message
     /// and a web page through a TCP portal between them.
     #[command(after_help = "Examples:\n  kith demo\n  kith demo --output json")]

@@ -17,6 +17,7 @@ mod projects;
 mod reach;
 mod relays;
 mod requests;
+mod status;
 
 use anyhow::{Context as _, Result};
 use clap::CommandFactory;
@@ -67,6 +68,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::TcpOutlet(cmd) => portals::run_outlet(&home()?, &out, cmd).await,
         Command::TcpInlet(cmd) => portals::run_inlet(&home()?, &out, cmd).await,
         Command::Demo => demo::run(&out).await,
+        Command::Status => status::run(&home()?, &out).await,
         Command::Completion { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "kith", &mut script);

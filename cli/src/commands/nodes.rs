@@ -316,7 +316,7 @@ pub async fn list(home: &Home, out: &Output) -> Result<()> {
     Ok(())
 }
 
-fn node_json(config: &NodeConfig, state: &NodeState) -> serde_json::Value {
+pub(crate) fn node_json(config: &NodeConfig, state: &NodeState) -> serde_json::Value {
     match state {
         NodeState::Running(s) => serde_json::json!({
             "name": config.name,

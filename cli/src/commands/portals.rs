@@ -14,7 +14,7 @@ use crate::home::{Home, InletConfig, OutletConfig};
 use crate::node::{check_target, listen_address, parse_allow};
 
 impl OutletView {
-    fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "{}  node {}  to {}  allow {}  sessions {} open, {} done, {} failed, {} refused",
             self.name,
@@ -53,7 +53,7 @@ impl InletView {
         shown
     }
 
-    fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let state = match &self.error {
             None => format!(
                 "sessions {} open, {} done, {} failed, {} refused",
@@ -103,7 +103,7 @@ async fn ask<T: for<'de> Deserialize<'de>>(
 }
 
 /// Every entry the running nodes (`at`, or all) answer to `list`.
-async fn gather<T: for<'de> Deserialize<'de>>(
+pub(crate) async fn gather<T: for<'de> Deserialize<'de>>(
     home: &Home,
     at: Option<&str>,
     list: &Request,

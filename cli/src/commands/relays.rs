@@ -24,7 +24,7 @@ use crate::home::routes::resolve_at;
 use crate::node::{RELAY_TIMEOUT, refused};
 
 impl RelayView {
-    fn line(&self, now: u64) -> String {
+    pub(crate) fn line(&self, now: u64) -> String {
         let state = match &self.status.state {
             RelayState::Up { since } => format!("up since {}", ago(*since, now)),
             RelayState::Reconnecting { since, attempts } => {
@@ -287,7 +287,7 @@ pub(crate) async fn only_member_node(home: &Home, choose_with: &str) -> Result<S
 }
 
 /// The relays kept by node `to`, or by every running local node.
-async fn kept(home: &Home, to: Option<&str>) -> Result<Vec<RelayView>> {
+pub(crate) async fn kept(home: &Home, to: Option<&str>) -> Result<Vec<RelayView>> {
     let nodes = match to {
         Some(n) => {
             running_socket(home, n).await?;
