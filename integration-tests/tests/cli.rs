@@ -286,19 +286,8 @@ fn status_shows_nodes_relays_outlets_projects_and_credential_expiry_in_one_scree
     let empty = k.json(&["status"]);
     assert_eq!(empty["nodes"], serde_json::json!([]), "{empty}");
 
-    k.json(&["authority", "create", "--project", "acme"]);
-    k.ok(&["identity", "create", "dbid"]);
-    let ticket = k.home().join("db.ticket");
-    std::fs::write(&ticket, k.ok(&["project", "ticket", "--relay", "db"])).unwrap();
-    k.json(&["node", "create", "db-node", "--identity", "dbid"]);
-    k.json(&[
-        "project",
-        "enroll",
-        "--ticket-file",
-        ticket.to_str().unwrap(),
-        "--at",
-        "db-node",
-    ]);
+    drop(k);
+    let k = common::project_with(&[("db-node", &["ockam-relay=db"])]);
     k.json(&["relay", "create", "db", "--at", "db-node"]);
     k.json(&[
         "tcp-outlet",
@@ -330,7 +319,7 @@ fn status_shows_nodes_relays_outlets_projects_and_credential_expiry_in_one_scree
         v["projects"],
         serde_json::json!([{ "name": "acme", "default": true }])
     );
-    assert_eq!(v["credentials"][0]["identity"], "dbid", "{v}");
+    assert_eq!(v["credentials"][0]["identity"], "db-node", "{v}");
     assert_eq!(
         v["credentials"][0]["attributes"]["ockam-relay"], "db",
         "{v}"
