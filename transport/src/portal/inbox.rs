@@ -176,6 +176,11 @@ impl Inbox {
         self.lock().handling = false;
     }
 
+    /// Messages taken so far, directly or for the session's task.
+    pub(crate) fn taken(&self) -> u64 {
+        self.lock().taken
+    }
+
     /// Whether queued data waits for the session's task to write it (nobody writes now).
     pub(crate) fn needs_writing(&self) -> bool {
         let s = self.lock();
@@ -309,7 +314,8 @@ impl Inbox {
             }
             Ok(()) => {
                 s.to_return += c;
-                wake |= s.to_return >= self.threshold;
+                // The session passes the end of stream on once everything is written.
+                wake |= s.to_return >= self.threshold || s.peer_ended;
             }
         }
         drop(s);

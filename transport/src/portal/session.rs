@@ -372,6 +372,12 @@ pub(crate) async fn run(end: End) {
                 }
             }
             Event::Tick => {
+                // Data written straight to the socket never woke us: count it as heard.
+                let now_taken = inbox.taken();
+                if now_taken != taken {
+                    taken = now_taken;
+                    last_heard = Instant::now();
+                }
                 if last_heard.elapsed() >= options.idle_timeout {
                     break Outcome::Failed {
                         reason: format!(
