@@ -247,14 +247,12 @@ async fn stamp_over(a: &Member, channel: &SecureChannel, stamps: &Stamps) -> Arc
     stamps.lock().unwrap().last().cloned().unwrap()
 }
 
-/// `a`, holding a `component=web` credential, with a channel open to `b`, which records
-/// the stamps of what arrives at its `stamps` service. (The nodes live as long as the
-/// returned parts.)
-async fn web_member_talking_to_a_recorder() -> (Authority, Member, Member, Stamps, SecureChannel) {
+/// `a`, holding a `component=web` credential, with a channel open to `b`, which admits
+/// only credential holders. (The nodes live as long as the returned parts.)
+async fn web_member_with_a_channel() -> (Authority, Member, Member, SecureChannel) {
     let authority = Authority::new();
     let a = Member::start("a", trusting(&[&authority], Admission::AnyIdentity)).await;
     let b = Member::start("b", trusting(&[&authority], Admission::CredentialHolders)).await;
-    let stamps = record_stamps(&b);
     a.present(vec![authority.issue(
         &a.identity,
         &[("component", "web")],
@@ -262,6 +260,14 @@ async fn web_member_talking_to_a_recorder() -> (Authority, Member, Member, Stamp
         now() + 600,
     )]);
     let channel = a.open_to(&b).await.unwrap();
+    (authority, a, b, channel)
+}
+
+/// [`web_member_with_a_channel`], with `b` recording the stamps of what arrives at its
+/// `stamps` service.
+async fn web_member_talking_to_a_recorder() -> (Authority, Member, Member, Stamps, SecureChannel) {
+    let (authority, a, b, channel) = web_member_with_a_channel().await;
+    let stamps = record_stamps(&b);
     (authority, a, b, stamps, channel)
 }
 
@@ -385,16 +391,7 @@ async fn one_authority_never_overrides_an_attribute_another_authoritys_credentia
 
 #[tokio::test]
 async fn a_revoked_peer_loses_its_open_channel_and_is_refused_a_new_one() {
-    let authority = Authority::new();
-    let a = Member::start("a", trusting(&[&authority], Admission::AnyIdentity)).await;
-    let b = Member::start("b", trusting(&[&authority], Admission::CredentialHolders)).await;
-    a.present(vec![authority.issue(
-        &a.identity,
-        &[("component", "web")],
-        now() - 5,
-        now() + 600,
-    )]);
-    let channel = a.open_to(&b).await.unwrap();
+    let (authority, a, b, channel) = web_member_with_a_channel().await;
     assert!(b.channel_ends() > 0);
     b.trust().revocations.apply(
         authority.identity.identifier(),
