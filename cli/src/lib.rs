@@ -19,5 +19,7 @@ pub mod limits;
 pub mod logfile;
 /// The node host: the runtime a daemon runs and the parts it keeps.
 pub mod node;
+/// A node declared in a YAML file (`kith node create --config FILE`).
+pub mod nodefile;
 
 pub use duration::{DisplayDuration, DurationError, RoundedDuration, parse_duration};

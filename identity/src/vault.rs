@@ -892,7 +892,7 @@ fn not_found(name: &str) -> VaultError {
 
 /// Check an identity name: 1 to [`MAX_NAME_LEN`] ASCII letters, digits, `-` or `_`,
 /// starting with a letter or digit (so it can never be taken for a command-line option).
-fn check_name(name: &str) -> Result<(), VaultError> {
+pub fn check_name(name: &str) -> Result<(), VaultError> {
     let reason = if name.is_empty() {
         Some("it is empty")
     } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {

@@ -145,7 +145,25 @@ Examples:
   kith node create n1
   kith node create n2 --tcp-listener-address 127.0.0.1:4000
   kith node create n3 --foreground          stays attached; Ctrl-C stops it
-  kith node create n4 --identity alice      run as identity alice (see `kith identity`)")]
+  kith node create n4 --identity alice      run as identity alice (see `kith identity`)
+  kith node create --config db-node.yaml    as the file declares (again: only what changed)
+  kith node create --config db-node.yaml --dry-run    print the plan, change nothing
+  kith node create --config db-node.yaml --foreground for containers and service managers
+
+A node's file (YAML; ${VAR} is taken from the environment):
+  name: db-node
+  identity: db                      # made if missing
+  tcp-listener-address: 127.0.0.1:0
+  require-credential: true
+  ticket: ${DB_TICKET}              # or a file holding it; used once, to become a member
+  relays: [db]
+  tcp-outlets:
+    postgres: {to: 127.0.0.1:5432, allow: 'component = \"web\"'}
+  tcp-inlets:
+    psql: {from: 127.0.0.1:15432, via: db, to: postgres}   # via: the other node's relay
+Also: allow-identities, trust-authorities, allow, revocation-grace, limits (a map),
+project (for relays and via; default: the ticket's). Applying a file again changes only
+what differs; relays, outlets and inlets it no longer lists are deleted.")]
     Create(CreateNode),
     /// List nodes and whether they are running.
     #[command(after_help = "Examples:\n  kith node list\n  kith node list --output json")]
@@ -193,13 +211,21 @@ Examples:
 pub struct CreateNode {
     /// Name of the node (letters, digits, '-', '_'); a random one if omitted.
     pub name: Option<String>,
-    /// Address to listen on for TCP connections; port 0 picks a free port once, and the
-    /// node keeps it across restarts.
-    #[arg(long, default_value = "127.0.0.1:0", value_name = "HOST:PORT")]
-    pub tcp_listener_address: String,
-    /// Run in this process instead of as a daemon; Ctrl-C or SIGTERM stops it.
+    /// Address to listen on for TCP connections [default: 127.0.0.1:0]; port 0 picks a free
+    /// port once, and the node keeps it across restarts.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub tcp_listener_address: Option<String>,
+    /// Run in this process instead of as a daemon; Ctrl-C or SIGTERM stops it. With
+    /// --config, it exits non-zero if the file cannot be applied.
     #[arg(long)]
     pub foreground: bool,
+    /// Create the node, or bring an existing one, to what this YAML file declares (see
+    /// below). Options the file can hold are not also taken from the command line.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// With --config: print what applying the file would change, and change nothing.
+    #[arg(long, requires = "config")]
+    pub dry_run: bool,
     /// The identity the node runs as; default: the default identity (created if there is none).
     #[arg(long, value_name = "NAME")]
     pub identity: Option<String>,

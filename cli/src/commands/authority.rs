@@ -5,9 +5,10 @@ use kith_authority::project::{self, Project};
 use kith_identity::{Identifier, unix_now};
 
 use super::args::CreateAuthority;
-use super::nodes::{spawn_daemon, stop_and_delete, validate_listener};
+use super::nodes::{spawn_daemon, stop_and_delete};
 use super::output::Output;
 use crate::home::projects::{listener_route, save_project};
+use crate::home::validate_listener;
 use crate::home::vault::{open_vault, resolve_identity};
 use crate::home::{AuthorityNodeConfig, Home, NodeConfig};
 

@@ -2,6 +2,7 @@
 //! (a daemon over its control socket, or a node embedded for the command's duration) and
 //! prints the answer; protocol logic lives in the library crates and the node host.
 
+mod apply;
 pub mod args;
 mod authority;
 mod channels;

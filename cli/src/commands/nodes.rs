@@ -15,7 +15,7 @@ use super::args::{CreateNode, DeleteNode, NodeLogs, StartNode, StopNode};
 use super::output::Output;
 use crate::control::{self, NodeState, Request, probe};
 use crate::home::vault::{identity_arg, open_vault, resolve_identity};
-use crate::home::{Home, NodeConfig, validate_node_name};
+use crate::home::{Home, NodeConfig, validate_listener, validate_node_name};
 use crate::logfile::{self, LogMark};
 use crate::node::{self, Ready, parse_allow};
 
@@ -24,20 +24,10 @@ use crate::node::{self, Ready, parse_allow};
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// 15 s: the runtime's 5 s shutdown grace plus margin for flushing state.
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Check that `address` looks like `host:port`.
-pub fn validate_listener(address: &str) -> Result<()> {
-    let Some((host, port)) = address.rsplit_once(':') else {
-        bail!(
-            "invalid listener address {address:?}: write HOST:PORT, e.g. 127.0.0.1:4000 (port 0 picks a free one)"
-        );
-    };
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        bail!("invalid listener address {address:?}: write HOST:PORT with a port from 0 to 65535");
-    }
-    Ok(())
-}
+/// Where a node listens unless told: loopback, on a port picked once and then kept.
+pub(crate) const DEFAULT_LISTENER: &str = "127.0.0.1:0";
 
 /// A random node name, `node-xxxxxx`.
 fn random_name() -> String {
@@ -45,10 +35,16 @@ fn random_name() -> String {
 }
 
 /// `kith node create`
-pub async fn create(home: &Home, out: &Output, args: CreateNode) -> Result<()> {
+pub async fn create(home: &Home, out: &Output, mut args: CreateNode) -> Result<()> {
+    if let Some(file) = args.config.take() {
+        return super::apply::apply(home, out, args, &file).await;
+    }
     let name = args.name.unwrap_or_else(random_name);
     validate_node_name(&name)?;
-    validate_listener(&args.tcp_listener_address)?;
+    let listener = args
+        .tcp_listener_address
+        .unwrap_or_else(|| DEFAULT_LISTENER.to_owned());
+    validate_listener(&listener)?;
     home.ensure_no_node(&name)?;
     // Settle the identity first, so a missing one fails before anything is made.
     let (identity, admission) = {
@@ -66,7 +62,7 @@ pub async fn create(home: &Home, out: &Output, args: CreateNode) -> Result<()> {
     };
     let config = NodeConfig {
         name: name.clone(),
-        tcp_listener_address: args.tcp_listener_address,
+        tcp_listener_address: listener,
         created_at: unix_now(),
         identity: Some(identity),
         admission,
@@ -117,7 +113,7 @@ async fn run_foreground(home: &Home, out: &Output, name: &str) -> Result<()> {
     .await
 }
 
-async fn start_daemon(home: &Home, out: &Output, name: &str) -> Result<()> {
+pub(crate) async fn start_daemon(home: &Home, out: &Output, name: &str) -> Result<()> {
     let spinner = out.spinner(format!("starting node {name}"));
     let ready = spawn_daemon(home, name).await;
     if let Some(s) = spinner {
@@ -460,7 +456,7 @@ fn follow(path: &std::path::Path, tail: Option<usize>) -> Result<()> {
 }
 
 /// Check `--allow-identity` and `--trust-authority` and turn them into what the node saves.
-async fn admission_config(
+pub(crate) async fn admission_config(
     vault: &kith_identity::vault::Vault,
     args: &crate::commands::args::AdmissionArgs,
 ) -> Result<crate::home::AdmissionConfig> {

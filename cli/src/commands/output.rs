@@ -15,6 +15,8 @@ use super::args::{GlobalArgs, OutputFormat};
 pub struct Output {
     format: OutputFormat,
     quiet: bool,
+    /// Prints nothing at all: a command that runs another for its effect alone.
+    muted: bool,
 }
 
 impl Output {
@@ -23,6 +25,16 @@ impl Output {
         Self {
             format: global.output,
             quiet: global.quiet,
+            muted: false,
+        }
+    }
+
+    /// The same, printing nothing: for running a command as one step of another, which
+    /// reports the step itself.
+    pub fn muted(&self) -> Self {
+        Self {
+            muted: true,
+            ..self.clone()
         }
     }
 
@@ -33,6 +45,9 @@ impl Output {
 
     /// Print a result: `plain` as text, or `json` as one JSON document.
     pub fn result(&self, plain: impl FnOnce() -> String, json: &impl Serialize) {
+        if self.muted {
+            return;
+        }
         match self.format {
             OutputFormat::Plain => {
                 let text = plain();
@@ -50,6 +65,9 @@ impl Output {
     /// An event in a stream (a foreground node saying it serves): text, or one compact JSON
     /// line that a script can read with a line reader.
     pub fn event(&self, plain: impl FnOnce() -> String, json: &impl Serialize) {
+        if self.muted {
+            return;
+        }
         match self.format {
             OutputFormat::Plain => println!("{}", plain()),
             OutputFormat::Json => match serde_json::to_string(json) {
@@ -61,14 +79,14 @@ impl Output {
 
     /// A progress note on stderr (not in quiet or JSON mode).
     pub fn note(&self, text: impl AsRef<str>) {
-        if !self.quiet && !self.is_json() {
+        if !self.quiet && !self.muted && !self.is_json() {
             eprintln!("{}", text.as_ref());
         }
     }
 
     /// A spinner on stderr while waiting, if stderr is a terminal and output is for people.
     pub fn spinner(&self, message: impl Into<String>) -> Option<ProgressBar> {
-        if self.quiet || self.is_json() || !std::io::stderr().is_terminal() {
+        if self.quiet || self.muted || self.is_json() || !std::io::stderr().is_terminal() {
             return None;
         }
         let bar = ProgressBar::new_spinner();

@@ -349,7 +349,7 @@ fn ticket_text(
     }
 }
 
-async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
+pub(crate) async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
     let ticket = Ticket::decode(&ticket_text(
         args.ticket.as_ref(),
         args.ticket_file.as_ref(),

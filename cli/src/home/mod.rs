@@ -186,6 +186,19 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 /// the authority, short enough that a deleted member cannot wait out an outage it caused.
 pub const DEFAULT_REVOCATION_GRACE: u64 = 60 * 60;
 
+/// Check that `address` looks like `host:port`.
+pub fn validate_listener(address: &str) -> Result<()> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        bail!(
+            "invalid listener address {address:?}: write HOST:PORT, e.g. 127.0.0.1:4000 (port 0 picks a free one)"
+        );
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        bail!("invalid listener address {address:?}: write HOST:PORT with a port from 0 to 65535");
+    }
+    Ok(())
+}
+
 /// Check a node name: letters, digits, '-' and '_', starting with a letter or digit.
 pub fn validate_node_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()

@@ -42,6 +42,10 @@ struct KeptInlet {
     error: Option<String>,
 }
 
+/// 2 s: how long deleting an inlet waits for its listening socket to close (the listener
+/// task closes it as soon as it runs).
+const INLET_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The portals a node keeps, by outlet name and inlet alias.
 pub struct Portals {
     node: Node,
@@ -222,6 +226,9 @@ impl Portals {
             .take()
             .ok_or_else(|| anyhow!("node {} has no outlet {name:?}", self.node.name()))?;
         kept.outlet.stop();
+        // Its address is free when the answer comes, so an outlet of the same name can be
+        // created at once (the outlet's own task would free it a moment later).
+        self.node.stop_worker(kept.outlet.address());
         self.saved()?
             .update(|c| c.outlets.retain(|o| o.name != name))?;
         Ok(self.outlet_view(&kept))
@@ -294,6 +301,8 @@ impl Portals {
             .ok_or_else(|| anyhow!("node {} has no inlet {alias:?}", self.node.name()))?;
         if let Some(i) = &kept.inlet {
             i.stop();
+            // Its port is free when the answer comes, so the same port can be taken again.
+            let _ = tokio::time::timeout(INLET_CLOSE_TIMEOUT, i.closed()).await;
         }
         self.saved()?
             .update(|c| c.inlets.retain(|i| i.alias != alias))?;

@@ -79,6 +79,8 @@ pub struct Inlet {
     bound: SocketAddr,
     stats: Arc<PortalStats>,
     stop: CancellationToken,
+    /// Cancelled once the listening socket is closed, so its port is free again.
+    closed: CancellationToken,
 }
 
 impl Inlet {
@@ -97,6 +99,7 @@ impl Inlet {
             bound,
             stats: Arc::new(PortalStats::default()),
             stop: stop.clone(),
+            closed: CancellationToken::new(),
         };
         let this = inlet.clone();
         let task_node = node.clone();
@@ -133,6 +136,8 @@ impl Inlet {
                     }
                 }
             }
+            drop(listener);
+            this.closed.cancel();
             info!(inlet = %bound, "inlet stopped");
         });
         Ok(inlet)
@@ -151,6 +156,12 @@ impl Inlet {
     /// Stop listening and close the open sessions.
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Wait until the inlet no longer listens (after [`Inlet::stop`]): its port is free,
+    /// so a new inlet can take it at once.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
     }
 
     /// One accepted connection: reach the outlet, open, run the session.
