@@ -233,30 +233,60 @@ fn strip_location(message: &str) -> String {
 
 /// Replace each `${NAME}` with the value of variable `NAME` (letters, digits, `_`, not
 /// starting with a digit); `$${` stands for a literal `${`. A variable that is not set, or
-/// whose value spans lines, is an error at the `${`.
+/// whose value spans lines, is an error at the `${`. Comments (from a `#` at the start of a
+/// line or after a space, outside quotes, to the end of the line) are left as they are.
 pub fn substitute(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, FileError> {
     let mut out = String::with_capacity(text.len());
-    let (mut line, mut column) = (1u64, 1u64);
-    let mut rest = text;
-    while let Some(i) = rest.find('$') {
-        for c in rest[..i].chars() {
-            advance(&mut line, &mut column, c);
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let number = u64::try_from(index + 1).unwrap_or(u64::MAX);
+        let (body, comment) = line.split_at(comment_start(line));
+        substitute_line(body, number, &env, &mut out)?;
+        out.push_str(comment);
+    }
+    Ok(out)
+}
+
+/// Where the comment in `line` starts (its length if it has none).
+fn comment_start(line: &str) -> usize {
+    let (mut single, mut double, mut escaped) = (false, false, false);
+    let mut before = ' ';
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if double => escaped = true,
+            '"' if !single => double = !double,
+            '\'' if !double => single = !single,
+            '#' if !single && !double && before.is_whitespace() => return i,
+            _ => {}
         }
+        before = c;
+    }
+    line.len()
+}
+
+fn substitute_line(
+    line: &str,
+    number: u64,
+    env: &impl Fn(&str) -> Option<String>,
+    out: &mut String,
+) -> Result<(), FileError> {
+    let mut rest = line;
+    while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
+        let column = u64::try_from(line[..line.len() - rest.len() + i].chars().count() + 1)
+            .unwrap_or(u64::MAX);
         let after = &rest[i..];
         if let Some(tail) = after.strip_prefix("$${") {
             out.push_str("${");
-            column += 3;
             rest = tail;
             continue;
         }
         let Some(body) = after.strip_prefix("${") else {
             out.push('$');
-            column += 1;
             rest = &after[1..];
             continue;
         };
-        let at = Some((line, column));
+        let at = Some((number, column));
         let Some(end) = body.find('}') else {
             return Err(FileError {
                 at,
@@ -289,20 +319,10 @@ pub fn substitute(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<St
             });
         }
         out.push_str(&value);
-        column += u64::try_from(name.len() + 3).unwrap_or(u64::MAX);
         rest = &body[end + 1..];
     }
     out.push_str(rest);
-    Ok(out)
-}
-
-fn advance(line: &mut u64, column: &mut u64, c: char) {
-    if c == '\n' {
-        *line += 1;
-        *column = 1;
-    } else {
-        *column += 1;
-    }
+    Ok(())
 }
 
 fn checked<'de, D: Deserializer<'de>, T>(
@@ -375,9 +395,14 @@ fn limits<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Ok(all)
 }
 
+/// A ticket, a file holding one, or nothing (an empty value: a variable left empty once
+/// the node is a member).
 fn ticket<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TicketSource>, D::Error> {
     checked(d, |s| {
         let text = s.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
         match Ticket::decode(text) {
             Ok(_) => Ok(Some(TicketSource::Inline(text.to_owned()))),
             Err(decode) => {
@@ -676,6 +701,15 @@ mod tests {
         assert!(substitute("a: ${TWO_LINES}", env).is_err());
         assert!(substitute("a: ${1X}", env).is_err());
         assert!(substitute("a: ${PORT", env).is_err());
+        // Comments are left alone; a `#` inside quotes or a word starts none.
+        assert_eq!(
+            substitute(
+                "# uses ${NOPE}\na: 1 # ${NOPE}\nb: '#${PORT}' x#${PORT}\n",
+                env
+            )
+            .unwrap(),
+            "# uses ${NOPE}\na: 1 # ${NOPE}\nb: '#5432' x#5432\n"
+        );
     }
 
     #[test]
@@ -691,6 +725,12 @@ mod tests {
             f.tcp_inlets[0].to,
             InletTarget::Route("/node/db/secure/api/service/outlet".into())
         );
+    }
+
+    #[test]
+    fn an_empty_ticket_is_no_ticket() {
+        assert_eq!(parse("ticket: ''\n", env).unwrap().ticket, None);
+        assert!(parse("ticket: nonsense\n", env).is_err());
     }
 
     #[test]

@@ -398,3 +398,39 @@ fn options_the_file_holds_are_refused_beside_it_and_the_name_must_agree() {
     let err = k.fails(&["node", "create", "--config", "/nonexistent/kith.yaml"]);
     assert!(err.contains("cannot read /nonexistent/kith.yaml"), "{err}");
 }
+
+#[test]
+fn the_readme_file_example_plans_as_the_readme_says() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme
+        .split("\n## A node from one file\n")
+        .nth(1)
+        .expect("the README has the section");
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the section has a yaml block");
+    let (k, web_ticket, _) = project();
+    let file = write(&k, "web-node.yaml", yaml);
+    let plan = apply(&k, &file, &[("WEB_TICKET", &web_ticket)], &["--dry-run"]);
+    assert_eq!(
+        changed(&plan),
+        [
+            "create identity web",
+            "enroll membership web",
+            "create node web-node",
+            "create tcp-inlet psql"
+        ],
+        "{plan}"
+    );
+    let inlet = &plan["changes"][3]["detail"];
+    assert!(
+        inlet
+            .as_str()
+            .unwrap()
+            .contains("from 127.0.0.1:15432 to /project/acme/service/forward_to_db/secure/api/service/postgres"),
+        "{plan}"
+    );
+}

@@ -643,8 +643,9 @@ fn plan(desired: &Desired, current: Option<&Current>, foreground: bool) -> Plan 
             } else {
                 changes.push(Change::new("unchanged", "node", &desired.name, ""));
             }
-            if !c.running && !foreground {
-                changes.push(Change::new("start", "node", &desired.name, ""));
+            if !c.running {
+                let how = if foreground { "in the foreground" } else { "" };
+                changes.push(Change::new("start", "node", &desired.name, how));
             }
             &c.config
         }
