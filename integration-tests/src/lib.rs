@@ -25,6 +25,8 @@ pub mod join_bench;
 pub mod kith_home;
 /// The membership bench: how soon member updates and deletions are in force.
 pub mod membership_bench;
+/// The node-file bench: a portal from two files against the same by individual commands.
+pub mod node_file_bench;
 pub mod party;
 /// The portal bench: TCP portals, direct and through a relay, against raw TCP.
 pub mod portal_bench;
