@@ -597,35 +597,43 @@ fn garbage_from_a_raw_client_does_not_hurt_the_daemon() {
 }
 
 #[test]
-fn foreground_node_runs_attached_and_stops_on_sigterm() {
+fn a_foreground_node_stops_cleanly_exiting_0_on_sigterm_and_130_on_ctrl_c() {
     let k = Kith::new();
-    let mut child = k
-        .command(&["node", "create", "fg", "--foreground", "--output", "json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
+    for (node, signal, code) in [("fg", "TERM", 0), ("fg2", "INT", 130)] {
+        let mut child = k
+            .command(&["node", "create", node, "--foreground", "--output", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(line.contains("\"listener\""), "{line}");
-    assert_eq!(
-        k.ok(&["message", "send", "fg", "--to", "/node/fg/service/echo"]),
-        "fg\n"
-    );
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = child.wait().unwrap();
-    assert!(status.success());
-    assert_eq!(k.status("fg")["status"], "stopped");
+        assert!(line.contains("\"listener\""), "{line}");
+        assert_eq!(
+            k.ok(&[
+                "message",
+                "send",
+                node,
+                "--to",
+                &format!("/node/{node}/service/echo")
+            ]),
+            format!("{node}\n")
+        );
+        assert!(
+            std::process::Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "SIG{signal}");
+        assert_eq!(k.status(node)["status"], "stopped", "SIG{signal}");
+    }
 }
 
 #[test]

@@ -842,7 +842,7 @@ async fn foreground(home: &Home, out: &Output, name: &str, plan: &Plan, new: boo
             if new && ended.is_err() {
                 let _ = home.delete_node(name);
             }
-            ended?;
+            super::nodes::foreground_ended(name, ended?)?;
             bail!("node {name:?} stopped before the file was applied")
         }
         applied = applied => {
@@ -859,7 +859,7 @@ async fn foreground(home: &Home, out: &Output, name: &str, plan: &Plan, new: boo
                 return Err(e.context(format!("node {name:?} stopped: its file could not be applied")));
             }
             out.note(format!("Node {name} is as its file declares it."));
-            serving.await
+            super::nodes::foreground_ended(name, serving.await?)
         }
     }
 }

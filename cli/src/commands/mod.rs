@@ -54,6 +54,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                         }
                     })
                     .await
+                    .map(|_| ())
                 }
             }
         }

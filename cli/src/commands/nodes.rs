@@ -77,10 +77,12 @@ pub async fn create(home: &Home, out: &Output, mut args: CreateNode) -> Result<(
     } else {
         start_daemon(home, out, &name).await
     };
-    // A node that fails here never served (after it serves, a run only ends cleanly), so
-    // nothing is left half-made: its directory goes again.
-    started.inspect_err(|_| {
-        let _ = home.delete_node(&name);
+    // A node that fails here never served (after it serves, a run only ends cleanly, or
+    // with Ctrl-C), so nothing is left half-made: its directory goes again.
+    started.inspect_err(|e| {
+        if !e.is::<super::Interrupted>() {
+            let _ = home.delete_node(&name);
+        }
     })
 }
 
@@ -99,7 +101,7 @@ pub async fn start(home: &Home, out: &Output, args: StartNode) -> Result<()> {
 
 async fn run_foreground(home: &Home, out: &Output, name: &str) -> Result<()> {
     let out = out.clone();
-    node::run(home, name, |ready| {
+    let stopped = node::run(home, name, |ready| {
         out.event(
             || {
                 format!(
@@ -110,7 +112,20 @@ async fn run_foreground(home: &Home, out: &Output, name: &str) -> Result<()> {
             ready,
         );
     })
-    .await
+    .await?;
+    foreground_ended(name, stopped)
+}
+
+/// How a foreground node's command ends once the node stopped cleanly: Ctrl-C makes it
+/// exit 130, as any interrupted command does; SIGTERM (a service manager's stop) and
+/// `kith node stop` are a success.
+pub(crate) fn foreground_ended(name: &str, stopped: node::Stopped) -> Result<()> {
+    match stopped {
+        node::Stopped::Interrupted => {
+            Err(super::Interrupted(format!("interrupted: node {name} stopped cleanly")).into())
+        }
+        node::Stopped::Terminated | node::Stopped::Requested => Ok(()),
+    }
 }
 
 pub(crate) async fn start_daemon(home: &Home, out: &Output, name: &str) -> Result<()> {

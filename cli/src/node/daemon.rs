@@ -38,8 +38,19 @@ pub struct Ready {
     pub identifier: String,
 }
 
+/// What stopped a node that ran to a clean end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Ctrl-C (SIGINT): a foreground node's command exits 130, as an interrupted one does.
+    Interrupted,
+    /// SIGTERM, as service managers stop nodes.
+    Terminated,
+    /// `kith node stop` (a stop request on the control socket).
+    Requested,
+}
+
 /// Run node `name` from `home` until it is told to stop. `on_ready` is called once it serves.
-pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Result<()> {
+pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Result<Stopped> {
     let mut config = home.load_node(name)?;
     let socket = home.socket_path(name);
     if control::call(&socket, &Request::Status, control::STATUS_TIMEOUT)
@@ -154,11 +165,11 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     // that then stops gets its count logged by the next sweep.
     let mut sweep = tokio::time::interval(LOG_LIMITER.interval().max(MIN_LOG_SWEEP));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let stopped = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => { info!("interrupted"); break; }
-            _ = sigterm.recv() => { info!("terminated"); break; }
-            _ = stop_rx.recv() => { info!("stop requested"); break; }
+            _ = tokio::signal::ctrl_c() => { info!("interrupted"); break Stopped::Interrupted; }
+            _ = sigterm.recv() => { info!("terminated"); break Stopped::Terminated; }
+            _ = stop_rx.recv() => { info!("stop requested"); break Stopped::Requested; }
             _ = sweep.tick() => LOG_LIMITER.sweep(),
             accepted = control.accept() => match accepted {
                 Ok((stream, _)) => {
@@ -174,7 +185,7 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
                 }
             },
         }
-    }
+    };
     drop(control);
     refresher.abort();
     follower.abort();
@@ -191,7 +202,7 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
     // Dropping the sessions closes their connections; a waiting `kith node stop` then sees
     // the end of its stream and knows the shutdown is complete.
     sessions.shutdown().await;
-    Ok(())
+    Ok(stopped)
 }
 
 /// 1,024: open files a node keeps for itself beyond its incoming connections (its store,

@@ -29,7 +29,7 @@ mod server;
 mod settings;
 
 pub use channels::Channels;
-pub use daemon::{Ready, run};
+pub use daemon::{Ready, Stopped, run};
 pub use portals::{Portals, check_target, listen_address};
 pub use relays::{RELAY_TIMEOUT, Relays, refused};
 pub use running::RunningNode;
