@@ -42,9 +42,30 @@ pub async fn run(home: &Home, out: &Output) -> Result<()> {
             "authority": config.authority.is_some(),
         }));
     }
-    let relays = super::relays::kept(home, None).await?;
-    let outlets: Vec<OutletView> = super::portals::gather(home, None, &Request::OutletList).await?;
-    let inlets: Vec<InletView> = super::portals::gather(home, None, &Request::InletList).await?;
+    // Each running node is asked on its own: one that does not answer is reported, and the
+    // others are still shown.
+    let (mut relays, mut outlets, mut inlets) = (Vec::new(), Vec::new(), Vec::new());
+    let mut unanswered = Vec::new();
+    for n in nodes.iter().filter(|n| n["status"] == "running") {
+        let name = n["name"].as_str().unwrap_or_default();
+        let asked = async {
+            let r = super::relays::kept(home, Some(name)).await?;
+            let o: Vec<OutletView> =
+                super::portals::gather(home, Some(name), &Request::OutletList).await?;
+            let i: Vec<InletView> =
+                super::portals::gather(home, Some(name), &Request::InletList).await?;
+            anyhow::Ok((r, o, i))
+        }
+        .await;
+        match asked {
+            Ok((r, o, i)) => {
+                relays.extend(r);
+                outlets.extend(o);
+                inlets.extend(i);
+            }
+            Err(e) => unanswered.push(json!({ "node": name, "error": format!("{e:#}") })),
+        }
+    }
     let default_project = home.default_project_name()?;
     let projects: Vec<Value> = home
         .project_names()?
@@ -60,6 +81,7 @@ pub async fn run(home: &Home, out: &Output) -> Result<()> {
         "inlets": inlets,
         "projects": projects,
         "credentials": credentials,
+        "unanswered": unanswered,
     });
     out.result(
         || {
@@ -79,6 +101,19 @@ pub async fn run(home: &Home, out: &Output) -> Result<()> {
                         ""
                     },
                 ));
+            }
+            if !unanswered.is_empty() {
+                section(
+                    &mut s,
+                    "Not answering (their relays, outlets and inlets are not shown):",
+                    unanswered.iter().map(|u| {
+                        format!(
+                            "{}: {}",
+                            u["node"].as_str().unwrap_or_default(),
+                            u["error"].as_str().unwrap_or_default()
+                        )
+                    }),
+                );
             }
             section(&mut s, "Relays:", relays.iter().map(|r| r.line(now)));
             section(&mut s, "Outlets:", outlets.iter().map(OutletView::line));
