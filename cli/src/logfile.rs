@@ -441,8 +441,13 @@ pub struct Follower {
 
 impl Follower {
     /// Start following the log at `path`: the lines it holds now (the last `tail` of them
-    /// across the rotated files, or all), and a follower for what comes after.
-    pub fn start(path: &Path, tail: Option<usize>) -> io::Result<(Self, Vec<String>)> {
+    /// across the rotated files, or all), handed to `each` oldest first, and a follower for
+    /// what comes after. At most one file's lines (or `tail` lines) are held at a time.
+    pub fn start(
+        path: &Path,
+        tail: Option<usize>,
+        mut each: impl FnMut(String),
+    ) -> io::Result<Self> {
         let file = File::open(path)?;
         let current = file.metadata()?;
         let mut follower = Self {
@@ -450,7 +455,19 @@ impl Follower {
             file,
             partial: Vec::new(),
         };
-        let mut lines = Vec::new();
+        // With a tail, only its last lines are kept while reading; without, each file's
+        // lines go out as soon as it is read.
+        let mut kept: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        let mut take = |line: String| match tail {
+            None => each(line),
+            Some(0) => {}
+            Some(n) => {
+                if kept.len() == n {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
+            }
+        };
         for older in log_files(path)? {
             // The current file is read through its handle below, even if it rotated since.
             if fs::metadata(&older)
@@ -459,14 +476,11 @@ impl Follower {
             {
                 continue;
             }
-            lines.extend(read_lossy(&older)?.lines().map(str::to_owned));
+            read_lossy(&older)?.lines().for_each(|l| take(l.to_owned()));
         }
-        lines.extend(follower.read_lines()?);
-        if let Some(n) = tail {
-            let from = lines.len().saturating_sub(n);
-            lines.drain(..from);
-        }
-        Ok((follower, lines))
+        follower.read_lines()?.into_iter().for_each(&mut take);
+        kept.into_iter().for_each(each);
+        Ok(follower)
     }
 
     /// The lines ended since the last call.
@@ -751,7 +765,8 @@ mod tests {
         )
         .unwrap();
         write_lines(&log, 0..5);
-        let (mut follower, history) = Follower::start(&path, Some(2)).unwrap();
+        let mut history = Vec::new();
+        let mut follower = Follower::start(&path, Some(2), |l| history.push(l)).unwrap();
         assert_eq!(history, [line(3).trim_end(), line(4).trim_end()]);
         assert!(follower.poll().unwrap().is_empty());
 
@@ -773,5 +788,31 @@ mod tests {
         assert!(follower.poll().unwrap().is_empty());
         log.make_writer().write_all(b" and the rest\n").unwrap();
         assert_eq!(follower.poll().unwrap(), ["half and the rest"]);
+    }
+
+    #[test]
+    fn a_follower_hands_over_all_kept_lines_across_files_in_order_or_only_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.log");
+        let log = RotatingLog::open(
+            &path,
+            Rotation {
+                max_bytes: 200,
+                files: 3,
+            },
+        )
+        .unwrap();
+        // 25 lines: two rotated files of 10 and the current one of 5.
+        write_lines(&log, 0..25);
+        let mut all = Vec::new();
+        Follower::start(&path, None, |l| all.push(l)).unwrap();
+        let want: Vec<String> = (0..25).map(|i| line(i).trim_end().to_owned()).collect();
+        assert_eq!(all, want);
+        let mut last = Vec::new();
+        Follower::start(&path, Some(12), |l| last.push(l)).unwrap();
+        assert_eq!(last, want[13..]);
+        let mut none = Vec::new();
+        Follower::start(&path, Some(0), |l| none.push(l)).unwrap();
+        assert!(none.is_empty());
     }
 }

@@ -438,14 +438,19 @@ pub fn logs(home: &Home, args: NodeLogs) -> Result<()> {
     }
 }
 
+/// 1,000: lines `node logs --follow` prints at once from what the log already holds.
+const FOLLOW_BATCH: usize = 1000;
+
 /// 100 ms: how often `node logs --follow` looks for new lines.
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Print the log's lines (the last `tail`, or all), then each new one as it is written,
 /// until interrupted or the reader goes away.
 fn follow(path: &std::path::Path, tail: Option<usize>) -> Result<()> {
-    let (mut follower, lines) = logfile::Follower::start(path, tail)
-        .with_context(|| format!("cannot read the log {}", path.display()))?;
+    // What the log holds now goes out a file at a time, not gathered first: a kept log
+    // is up to KITH_LOG_FILES times KITH_LOG_MAX_BYTES.
+    let mut lines = Vec::new();
+    let mut printed: Result<bool> = Ok(true);
     let print = |lines: Vec<String>| -> Result<bool> {
         if lines.is_empty() {
             return Ok(true);
@@ -456,7 +461,18 @@ fn follow(path: &std::path::Path, tail: Option<usize>) -> Result<()> {
         // A reader that went away (`| head`) ends the follow.
         Ok(!super::stdout_closed())
     };
-    if !print(lines)? {
+    let mut follower = logfile::Follower::start(path, tail, |line| {
+        // Once the reader has gone (or writing failed), the rest is dropped, not gathered.
+        if !matches!(printed, Ok(true)) {
+            return;
+        }
+        lines.push(line);
+        if lines.len() >= FOLLOW_BATCH {
+            printed = print(std::mem::take(&mut lines));
+        }
+    })
+    .with_context(|| format!("cannot read the log {}", path.display()))?;
+    if !printed? || !print(lines)? {
         return Ok(());
     }
     loop {
