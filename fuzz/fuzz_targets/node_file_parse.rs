@@ -1,8 +1,7 @@
 //! `nodefile::parse` (a node's YAML file, `kith node create --config`) never panics on any
-//! text. Every error's line and column lie inside the text (after `${VAR}` substitution,
-//! which the environment here leaves unchanged in length: `${V}` becomes `xyz!`, one
-//! character longer, so positions are checked against the longer bound). Every file it
-//! accepts declares only names and values that pass the checks their commands make.
+//! text. Every error's line lies inside the text (`${V}` becomes the one-line `xyz!`, so
+//! substitution adds no line). Every file it accepts declares only names and values that
+//! pass the checks their commands make.
 //!
 //! Input: UTF-8 text (other inputs are skipped).
 
@@ -22,7 +21,9 @@ fuzz_target!(|data: &[u8]| {
     match parse(text, env) {
         Err(e) => {
             if let Some((line, column)) = e.at {
-                let lines = text.lines().count().max(1) as u64 + 1;
+                // YAML breaks lines at "\r\n", "\r" and "\n" alike.
+                let breaks = text.replace("\r\n", "\n").matches(['\r', '\n']).count();
+                let lines = breaks as u64 + 2;
                 assert!(line >= 1 && line <= lines, "{text:?}: {e}");
                 assert!(column >= 1, "{text:?}: {e}");
             }

@@ -815,20 +815,9 @@ async fn kept(home: &Home, out: &Output, name: &str, plan: &Plan) -> Result<()> 
 /// serves; if they cannot be applied, stop it and fail.
 async fn foreground(home: &Home, out: &Output, name: &str, plan: &Plan, new: bool) -> Result<()> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = crate::node::run(home, name, {
-        let out = out.clone();
-        move |ready| {
-            out.event(
-                || {
-                    format!(
-                        "Node {} is running in the foreground (pid {}), listening on {}. Ctrl-C stops it.",
-                        ready.name, ready.pid, ready.listener
-                    )
-                },
-                ready,
-            );
-            let _ = ready_tx.send(());
-        }
+    let serving = crate::node::run(home, name, |ready| {
+        super::nodes::foreground_ready(out, ready);
+        let _ = ready_tx.send(());
     });
     tokio::pin!(serving);
     let applied = async {

@@ -100,20 +100,21 @@ pub async fn start(home: &Home, out: &Output, args: StartNode) -> Result<()> {
 }
 
 async fn run_foreground(home: &Home, out: &Output, name: &str) -> Result<()> {
-    let out = out.clone();
-    let stopped = node::run(home, name, |ready| {
-        out.event(
-            || {
-                format!(
-                    "Node {} is running in the foreground (pid {}), listening on {}. Ctrl-C stops it.",
-                    ready.name, ready.pid, ready.listener
-                )
-            },
-            ready,
-        );
-    })
-    .await?;
+    let stopped = node::run(home, name, |ready| foreground_ready(out, ready)).await?;
     foreground_ended(name, stopped)
+}
+
+/// What a foreground node says once it serves: a line, or one JSON object on a line.
+pub(crate) fn foreground_ready(out: &Output, ready: &Ready) {
+    out.event(
+        || {
+            format!(
+                "Node {} is running in the foreground (pid {}), listening on {}. Ctrl-C stops it.",
+                ready.name, ready.pid, ready.listener
+            )
+        },
+        ready,
+    );
 }
 
 /// How a foreground node's command ends once the node stopped cleanly: Ctrl-C makes it
