@@ -728,6 +728,27 @@ mod tests {
     }
 
     #[test]
+    fn the_file_in_node_create_help_parses() {
+        use clap::CommandFactory as _;
+        let mut cli = crate::commands::args::Cli::command();
+        let help = cli
+            .find_subcommand_mut("node")
+            .and_then(|n| n.find_subcommand_mut("create"))
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let file = help
+            .split("A node's file (YAML; ${VAR} is taken from the environment):\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\nAlso:").next())
+            .unwrap();
+        let f = parse(file, |_| Some("./db.ticket".to_owned())).unwrap();
+        assert_eq!(f.name.as_deref(), Some("db-node"));
+        assert_eq!(f.tcp_outlets.len(), 1);
+        assert_eq!(f.tcp_inlets.len(), 1);
+    }
+
+    #[test]
     fn an_empty_ticket_is_no_ticket() {
         assert_eq!(parse("ticket: ''\n", env).unwrap().ticket, None);
         assert!(parse("ticket: nonsense\n", env).is_err());
