@@ -149,6 +149,9 @@ pub struct NodeStatus {
     pub pid: u32,
     /// Bound TCP listener address.
     pub listener: String,
+    /// Where it serves metrics (`--metrics-address`), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     /// Seconds since the Unix epoch when the daemon started.
     pub started_at: u64,
     /// Local addresses with a worker or mailbox.

@@ -72,6 +72,9 @@ pub struct NodeFile {
     /// `HOST:PORT` to listen on.
     #[serde(default, deserialize_with = "listener")]
     pub tcp_listener_address: Option<String>,
+    /// `HOST:PORT` to serve metrics on.
+    #[serde(default, deserialize_with = "listener")]
+    pub metrics_address: Option<String>,
     /// Admit only peers with a valid credential from a trusted authority.
     #[serde(default)]
     pub require_credential: bool,
@@ -645,6 +648,7 @@ mod tests {
     fn a_whole_file_reads_into_its_declaration() {
         let f = parse(
             "name: db-node\nidentity: db\ntcp-listener-address: 127.0.0.1:0\nrequire-credential: true\n\
+             metrics-address: 127.0.0.1:9464\n\
              relays: [db]\ntcp-outlets:\n  postgres:\n    to: 127.0.0.1:${PORT}\n    allow: 'component = \"web\"'\n\
              tcp-inlets:\n  psql:\n    from: 127.0.0.1:15432\n    via: db\n    to: postgres\n    timeout: 5s\n\
              limits:\n  connections: 100\n",
@@ -652,6 +656,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.name.as_deref(), Some("db-node"));
+        assert_eq!(f.metrics_address.as_deref(), Some("127.0.0.1:9464"));
         assert!(f.require_credential);
         assert_eq!(
             f.relays,

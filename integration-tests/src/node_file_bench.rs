@@ -5,6 +5,9 @@
 //! in the same run, alternately, each round in a fresh home with its own authority daemon.
 //! Every node is a `kith` daemon, as users run them. "Working" means a byte sent into the
 //! inlet came back from the echo server behind the outlet.
+//!
+//! Beside it: the RSS of a node daemon serving metrics (`--metrics-address`, scraped
+//! [`SCRAPES`] times) against the same node without them, in the same run.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -188,7 +191,36 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// `rounds` rounds of each, alternating; one record of the medians.
+/// 50: scrapes of the metrics node before its RSS is read.
+pub const SCRAPES: usize = 50;
+
+/// RSS of a node serving metrics, scraped [`SCRAPES`] times, against one that does not.
+fn metrics_rss(kith: &Path) -> anyhow::Result<BenchRecord> {
+    let home = KithHome::new(kith, "metrics-rss")?;
+    let on = home.json(&["node", "create", "on", "--metrics-address", "127.0.0.1:0"])?;
+    home.json(&["node", "create", "off"])?;
+    let address = crate::kith_home::field(&on, "metrics")?;
+    for _ in 0..SCRAPES {
+        let mut s = TcpStream::connect(&address)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)?;
+        if !got.starts_with(b"HTTP/1.1 200") {
+            bail!("a scrape failed: {}", String::from_utf8_lossy(&got));
+        }
+    }
+    let rss_on = crate::bench::settled_rss_kib(home.pid("on")?)?;
+    let rss_off = crate::bench::settled_rss_kib(home.pid("off")?)?;
+    Ok(BenchRecord::new(
+        "node_rss_metrics_on",
+        rss_on as f64,
+        "KiB",
+        rss_off as f64,
+    ))
+}
+
+/// `rounds` rounds of each, alternating; one record of the medians, then the metrics RSS.
 pub fn run(kith: &Path, rounds: usize) -> anyhow::Result<Vec<BenchRecord>> {
     let echo = echo_server()?;
     let (mut file, mut commands) = (Vec::new(), Vec::new());
@@ -197,10 +229,13 @@ pub fn run(kith: &Path, rounds: usize) -> anyhow::Result<Vec<BenchRecord>> {
         commands.push(by_commands(kith, &echo).context("the set-up by commands")?);
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    Ok(vec![BenchRecord::new(
-        "node_file_to_working_portal",
-        ms(median(file)),
-        "ms",
-        ms(median(commands)),
-    )])
+    Ok(vec![
+        BenchRecord::new(
+            "node_file_to_working_portal",
+            ms(median(file)),
+            "ms",
+            ms(median(commands)),
+        ),
+        metrics_rss(kith).context("the metrics RSS")?,
+    ])
 }

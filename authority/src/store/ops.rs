@@ -569,6 +569,47 @@ where
         .await
     }
 
+    pub(super) async fn counts(&self) -> Result<super::StoreCounts, StoreError> {
+        retrying(self, move || async move {
+            let what = || "store counts".to_owned();
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM members")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+            let members = self.time(&row, "n", what)?;
+            let mut grouped = Vec::new();
+            for (sql, key) in [
+                (
+                    "SELECT state AS k, COUNT(*) AS n FROM join_requests GROUP BY state ORDER BY state",
+                    "state",
+                ),
+                (
+                    "SELECT action AS k, COUNT(*) AS n FROM audit GROUP BY action ORDER BY action",
+                    "action",
+                ),
+            ] {
+                let rows = sqlx::query(sql)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| self.db(e))?;
+                let mut counted = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let k: String = self.column(row, "k", || format!("{key} count"))?;
+                    counted.push((k, self.time(row, "n", what)?));
+                }
+                grouped.push(counted);
+            }
+            let audit_events = grouped.pop().unwrap_or_default();
+            let join_requests = grouped.pop().unwrap_or_default();
+            Ok(super::StoreCounts {
+                members,
+                join_requests,
+                audit_events,
+            })
+        })
+        .await
+    }
+
     pub(super) async fn member(
         &self,
         identifier: &Identifier,

@@ -83,6 +83,7 @@ struct Desired {
     identity: String,
     make_identity: bool,
     listener: String,
+    metrics: Option<String>,
     admission: AdmissionConfig,
     /// The ticket to enroll with, if the identity is not a member of its project yet.
     enroll: Option<(String, Ticket)>,
@@ -173,12 +174,17 @@ pub async fn apply(home: &Home, out: &Output, args: CreateNode, file: &Path) -> 
             } else {
                 desired.listener.clone()
             },
+            metrics_address: match (&desired.metrics, &c.config.metrics_address) {
+                (Some(d), Some(saved)) if same_listener(d, saved) => Some(saved.clone()),
+                (d, _) => d.clone(),
+            },
             admission: desired.admission.clone(),
             ..c.config.clone()
         },
         None => NodeConfig {
             name: name.clone(),
             tcp_listener_address: desired.listener.clone(),
+            metrics_address: desired.metrics.clone(),
             created_at: unix_now(),
             identity: Some(desired.identity.clone()),
             admission: desired.admission.clone(),
@@ -490,6 +496,7 @@ async fn resolve(
         listener: declared
             .tcp_listener_address
             .unwrap_or_else(|| DEFAULT_LISTENER.to_owned()),
+        metrics: declared.metrics_address,
         admission,
         enroll,
         relays,
@@ -584,6 +591,7 @@ fn plan(desired: &Desired, current: Option<&Current>, foreground: bool) -> Plan 
     let empty = NodeConfig {
         name: desired.name.clone(),
         tcp_listener_address: String::new(),
+        metrics_address: None,
         created_at: 0,
         identity: None,
         admission: AdmissionConfig::default(),
@@ -619,6 +627,17 @@ fn plan(desired: &Desired, current: Option<&Current>, foreground: bool) -> Plan 
                 what.push(format!(
                     "listener {} (was {})",
                     desired.listener, c.config.tcp_listener_address
+                ));
+            }
+            let same_metrics = match (&desired.metrics, &c.config.metrics_address) {
+                (Some(d), Some(saved)) => same_listener(d, saved),
+                (d, saved) => d == saved,
+            };
+            if !same_metrics {
+                what.push(format!(
+                    "metrics {} (was {})",
+                    desired.metrics.as_deref().unwrap_or("off"),
+                    c.config.metrics_address.as_deref().unwrap_or("off")
                 ));
             }
             if desired.admission != c.config.admission {

@@ -146,6 +146,7 @@ Examples:
   kith node create n2 --tcp-listener-address 127.0.0.1:4000
   kith node create n3 --foreground          stays attached; Ctrl-C stops it
   kith node create n4 --identity alice      run as identity alice (see `kith identity`)
+  kith node create n5 --metrics-address 127.0.0.1:9464    Prometheus metrics at /metrics
   kith node create --config db-node.yaml    as the file declares (again: only what changed)
   kith node create --config db-node.yaml --dry-run    print the plan, change nothing
   kith node create --config db-node.yaml --foreground for containers and service managers
@@ -226,6 +227,10 @@ pub struct CreateNode {
     /// With --config: print what applying the file would change, and change nothing.
     #[arg(long, requires = "config")]
     pub dry_run: bool,
+    /// Serve metrics in the Prometheus text format at http://HOST:PORT/metrics (off unless
+    /// given; port 0 picks a free port once, and the node keeps it).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
     /// The identity the node runs as; default: the default identity (created if there is none).
     #[arg(long, value_name = "NAME")]
     pub identity: Option<String>,
@@ -796,6 +801,10 @@ pub struct CreateAuthority {
     /// Address to listen on (members reach the project here).
     #[arg(long, default_value = "127.0.0.1:0", value_name = "HOST:PORT")]
     pub tcp_listener_address: String,
+    /// Serve metrics in the Prometheus text format at http://HOST:PORT/metrics (off unless
+    /// given; port 0 picks a free port once, and the node keeps it).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
     /// An admin's identifier (repeatable); default: the identity creating the authority.
     #[arg(long = "admin", value_name = "IDENTIFIER")]
     pub admins: Vec<String>,

@@ -16,6 +16,9 @@ use crate::home::{AuthorityNodeConfig, Home, NodeConfig};
 pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<()> {
     crate::home::validate_node_name(&args.name)?;
     validate_listener(&args.tcp_listener_address)?;
+    if let Some(m) = &args.metrics_address {
+        validate_listener(m).context("--metrics-address")?;
+    }
     home.ensure_no_node(&args.name)?;
     project::check_name(&args.project).context("--project")?;
     let limits = crate::limits::LimitsConfig::parse_all(&args.limits)?;
@@ -68,6 +71,7 @@ pub async fn create(home: &Home, out: &Output, args: CreateAuthority) -> Result<
     let config = NodeConfig {
         name: args.name.clone(),
         tcp_listener_address: args.tcp_listener_address.clone(),
+        metrics_address: args.metrics_address.clone(),
         created_at: unix_now(),
         identity: Some(authority.name.clone()),
         admission: crate::home::AdmissionConfig {

@@ -45,6 +45,9 @@ pub async fn create(home: &Home, out: &Output, mut args: CreateNode) -> Result<(
         .tcp_listener_address
         .unwrap_or_else(|| DEFAULT_LISTENER.to_owned());
     validate_listener(&listener)?;
+    if let Some(m) = &args.metrics_address {
+        validate_listener(m).context("--metrics-address")?;
+    }
     home.ensure_no_node(&name)?;
     // Settle the identity first, so a missing one fails before anything is made.
     let (identity, admission) = {
@@ -63,6 +66,7 @@ pub async fn create(home: &Home, out: &Output, mut args: CreateNode) -> Result<(
     let config = NodeConfig {
         name: name.clone(),
         tcp_listener_address: listener,
+        metrics_address: args.metrics_address,
         created_at: unix_now(),
         identity: Some(identity),
         admission,
@@ -337,6 +341,7 @@ pub(crate) fn node_json(config: &NodeConfig, state: &NodeState) -> serde_json::V
             "identifier": s.identifier,
             "pid": s.pid,
             "listener": s.listener,
+            "metrics": s.metrics,
             "started_at": s.started_at,
             "services": s.services,
             "connections": s.connections,
@@ -349,6 +354,7 @@ pub(crate) fn node_json(config: &NodeConfig, state: &NodeState) -> serde_json::V
             "identity": config.identity,
             "pid": null,
             "listener": config.tcp_listener_address,
+            "metrics": config.metrics_address,
         }),
     }
 }
@@ -377,6 +383,9 @@ pub async fn show(home: &Home, out: &Output, name: &str) -> Result<()> {
                 json["listener"].as_str().unwrap_or("")
             ));
             if let NodeState::Running(st) = &state {
+                if let Some(m) = &st.metrics {
+                    s.push_str(&format!("\n  metrics:     http://{m}/metrics"));
+                }
                 s.push_str(&format!("\n  services:    {}", st.services.join(", ")));
                 s.push_str(&format!("\n  connections: {}", st.connections.len()));
                 for c in &st.connections {

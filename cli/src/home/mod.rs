@@ -64,6 +64,10 @@ pub struct NodeConfig {
     /// TCP inlets the node listens on, restored when it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inlets: Vec<InletConfig>,
+    /// `host:port` it serves metrics on (`--metrics-address`), if any. A port of 0 is
+    /// replaced by the bound port on first start, as the listener's is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
 }
 
 /// A TCP outlet a node serves (`kith tcp-outlet create`).
@@ -452,6 +456,7 @@ mod tests {
         let cfg = NodeConfig {
             name: "n1".into(),
             tcp_listener_address: "127.0.0.1:0".into(),
+            metrics_address: None,
             created_at: 1,
             identity: Some("default".into()),
             authority: None,

@@ -36,6 +36,9 @@ pub struct Ready {
     /// The node's identifier.
     #[serde(default)]
     pub identifier: String,
+    /// Where it serves metrics, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// What stopped a node that ran to a clean end.
@@ -117,6 +120,30 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
         config.tcp_listener_address = listener.clone();
         changed = true;
     }
+    let metrics = match &config.metrics_address {
+        None => None,
+        Some(address) => match tokio::net::TcpListener::bind(address).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                running.node.shutdown().await;
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot serve metrics on {address}"))
+                );
+            }
+        },
+    };
+    if let Some(l) = &metrics {
+        let bound = l.local_addr()?.to_string();
+        if config
+            .metrics_address
+            .as_deref()
+            .is_some_and(|a| a.ends_with(":0"))
+        {
+            config.metrics_address = Some(bound.clone());
+            changed = true;
+        }
+        running.metrics = Some(bound);
+    }
     if let Some(a) = config.authority.as_mut().filter(|a| a.create_store) {
         // The store exists now, stamped: later starts must open it, never create one.
         a.create_store = false;
@@ -144,9 +171,14 @@ pub async fn run(home: &Home, name: &str, on_ready: impl FnOnce(&Ready)) -> Resu
         pid: std::process::id(),
         listener,
         identifier,
+        metrics: running.metrics.clone(),
     });
 
     let running = Arc::new(running);
+    if let Some(l) = metrics {
+        let store = authority.as_ref().map(|(store, _)| store.clone());
+        tokio::spawn(super::metrics::serve(l, running.clone(), store));
+    }
     running.relays.restore(&config.relays).await;
     running
         .portals

@@ -13,6 +13,8 @@ mod channels;
 mod daemon;
 /// Kept-by-name state changed without a lock across waits, and the saved configuration.
 mod kept;
+/// `--metrics-address`: the node's counters for Prometheus.
+pub mod metrics;
 /// TCP outlets and inlets.
 mod portals;
 /// Renewing the node's credentials before they expire.

@@ -27,6 +27,8 @@ pub struct RunningNode {
     pub tcp: TcpTransport,
     /// Bound listener, if any.
     pub listener: Option<String>,
+    /// Where it serves metrics, if it does.
+    pub metrics: Option<String>,
     /// Who the node is in secure channels, if it has an identity.
     pub identity: NodeIdentity,
     /// Channels opened with `kith secure-channel create`.
@@ -95,6 +97,7 @@ impl RunningNode {
             node,
             tcp,
             listener,
+            metrics: None,
             handshakes,
             identity,
             started_at: unix_now(),
@@ -161,6 +164,7 @@ impl RunningNode {
             name: self.node.name().to_owned(),
             pid: std::process::id(),
             listener: self.listener.clone().unwrap_or_default(),
+            metrics: self.metrics.clone(),
             started_at: self.started_at,
             services: addresses
                 .into_iter()
