@@ -32,11 +32,55 @@ use crate::nodefile::{self, NodeFile, TicketSource};
 /// 15 s: how long an inlet's new connection waits for its outlet unless the file says.
 const INLET_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What applying a file does to one thing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Make it.
+    Create,
+    /// Change it (a kept thing: delete it, then create it as declared).
+    Update,
+    /// Delete what the file no longer declares.
+    Delete,
+    /// Enroll the identity with the file's ticket.
+    Enroll,
+    /// Start the stopped node.
+    Start,
+    /// Restart the running node, to take new settings.
+    Restart,
+    /// It is as declared.
+    Unchanged,
+}
+
+impl Action {
+    fn word(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+            Action::Enroll => "enroll",
+            Action::Start => "start",
+            Action::Restart => "restart",
+            Action::Unchanged => "unchanged",
+        }
+    }
+
+    fn sign(self) -> char {
+        match self {
+            Action::Create | Action::Enroll => '+',
+            Action::Delete => '-',
+            Action::Update | Action::Restart => '~',
+            Action::Start => '>',
+            Action::Unchanged => '=',
+        }
+    }
+}
+
 /// One difference between the file and the node, or one thing found as declared.
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
-    /// `create`, `update`, `delete`, `enroll`, `start`, `restart` or `unchanged`.
-    pub action: &'static str,
+    /// What is done.
+    pub action: Action,
     /// `identity`, `membership`, `node`, `relay`, `tcp-outlet` or `tcp-inlet`.
     pub kind: &'static str,
     /// What it is called.
@@ -47,14 +91,13 @@ pub struct Change {
 
 impl Change {
     fn line(&self) -> String {
-        let sign = match self.action {
-            "create" | "enroll" => "+",
-            "delete" => "-",
-            "update" | "restart" => "~",
-            "start" => ">",
-            _ => "=",
-        };
-        let mut line = format!("  {sign} {} {} {}", self.action, self.kind, self.name);
+        let mut line = format!(
+            "  {} {} {} {}",
+            self.action.sign(),
+            self.action.word(),
+            self.kind,
+            self.name
+        );
         if !self.detail.is_empty() {
             line.push_str(&format!(": {}", self.detail));
         }
@@ -62,7 +105,7 @@ impl Change {
     }
 
     fn new(
-        action: &'static str,
+        action: Action,
         kind: &'static str,
         name: impl Into<String>,
         detail: impl Into<String>,
@@ -151,7 +194,7 @@ pub async fn apply(home: &Home, out: &Output, args: CreateNode, file: &Path) -> 
                     s.push('\n');
                     s.push_str(&c.line());
                 }
-                if changes.iter().all(|c| c.action == "unchanged") {
+                if changes.iter().all(|c| c.action == Action::Unchanged) {
                     s.push_str("\nNothing to change.");
                 }
                 s
@@ -236,7 +279,7 @@ pub async fn apply(home: &Home, out: &Output, args: CreateNode, file: &Path) -> 
     let changed = plan
         .changes
         .iter()
-        .filter(|c| c.action != "unchanged")
+        .filter(|c| c.action != Action::Unchanged)
         .count();
     out.result(
         || {
@@ -547,18 +590,18 @@ fn diff<T: Clone>(
     };
     for s in saved {
         if !declared.iter().any(|x| key(x) == key(s)) {
-            changes.push(Change::new("delete", kind, key(s), describe(s)));
+            changes.push(Change::new(Action::Delete, kind, key(s), describe(s)));
             d.delete.push(key(s).to_owned());
         }
     }
     for x in declared {
         match saved.iter().find(|s| key(s) == key(x)) {
             Some(s) if same(x, s) => {
-                changes.push(Change::new("unchanged", kind, key(x), describe(x)))
+                changes.push(Change::new(Action::Unchanged, kind, key(x), describe(x)))
             }
             Some(s) => {
                 changes.push(Change::new(
-                    "update",
+                    Action::Update,
                     kind,
                     key(x),
                     format!("{} (was {})", describe(x), describe(s)),
@@ -567,7 +610,7 @@ fn diff<T: Clone>(
                 d.create.push(x.clone());
             }
             None => {
-                changes.push(Change::new("create", kind, key(x), describe(x)));
+                changes.push(Change::new(Action::Create, kind, key(x), describe(x)));
                 d.create.push(x.clone());
             }
         }
@@ -578,11 +621,16 @@ fn diff<T: Clone>(
 fn plan(desired: &Desired, current: Option<&Current>, foreground: bool) -> Plan {
     let mut changes = Vec::new();
     if desired.make_identity {
-        changes.push(Change::new("create", "identity", &desired.identity, ""));
+        changes.push(Change::new(
+            Action::Create,
+            "identity",
+            &desired.identity,
+            "",
+        ));
     }
     if let Some((_, t)) = &desired.enroll {
         changes.push(Change::new(
-            "enroll",
+            Action::Enroll,
             "membership",
             &desired.identity,
             format!("in project {} with the ticket", t.project.name),
@@ -604,7 +652,7 @@ fn plan(desired: &Desired, current: Option<&Current>, foreground: bool) -> Plan 
     let saved = match current {
         None => {
             changes.push(Change::new(
-                "create",
+                Action::Create,
                 "node",
                 &desired.name,
                 format!(
@@ -646,25 +694,25 @@ fn plan(desired: &Desired, current: Option<&Current>, foreground: bool) -> Plan 
             settings_changed = !what.is_empty();
             if settings_changed {
                 changes.push(Change::new(
-                    "update",
+                    Action::Update,
                     "node",
                     &desired.name,
                     what.join(", "),
                 ));
                 if c.running {
                     changes.push(Change::new(
-                        "restart",
+                        Action::Restart,
                         "node",
                         &desired.name,
                         "to take its new settings",
                     ));
                 }
             } else {
-                changes.push(Change::new("unchanged", "node", &desired.name, ""));
+                changes.push(Change::new(Action::Unchanged, "node", &desired.name, ""));
             }
             if !c.running {
                 let how = if foreground { "in the foreground" } else { "" };
-                changes.push(Change::new("start", "node", &desired.name, how));
+                changes.push(Change::new(Action::Start, "node", &desired.name, how));
             }
             &c.config
         }
