@@ -102,6 +102,9 @@ pub struct NodeFile {
     /// Relays the node keeps.
     #[serde(default, deserialize_with = "relays")]
     pub relays: Vec<DeclaredRelay>,
+    /// One relay, as Ockam's `relay: NAME` declares it; kept beside `relays`.
+    #[serde(default, deserialize_with = "via")]
+    pub relay: Option<String>,
     /// TCP outlets, by name.
     #[serde(default, deserialize_with = "outlets")]
     pub tcp_outlets: Vec<DeclaredOutlet>,
@@ -207,13 +210,27 @@ pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<NodeFil
     if text.trim().is_empty() {
         return Ok(NodeFile::default());
     }
-    serde_saphyr::from_str_with_options::<NodeFile>(&text, options).map_err(|e| FileError {
-        at: e
-            .location()
-            .filter(|l| l.line() > 0)
-            .map(|l| (l.line(), l.column())),
-        message: strip_location(&e.to_string()),
-    })
+    let mut file =
+        serde_saphyr::from_str_with_options::<NodeFile>(&text, options).map_err(|e| FileError {
+            at: e
+                .location()
+                .filter(|l| l.line() > 0)
+                .map(|l| (l.line(), l.column())),
+            message: strip_location(&e.to_string()),
+        })?;
+    if let Some(name) = file.relay.take() {
+        if file.relays.iter().any(|r| r.name == name) {
+            return Err(FileError {
+                at: None,
+                message: format!("relay {name} is declared by both `relay` and `relays`"),
+            });
+        }
+        file.relays.push(DeclaredRelay {
+            name,
+            project: None,
+        });
+    }
+    Ok(file)
 }
 
 /// serde-saphyr's message, without the position it also reports on its own (and, for a
@@ -751,6 +768,15 @@ mod tests {
         assert_eq!(f.name.as_deref(), Some("db-node"));
         assert_eq!(f.tcp_outlets.len(), 1);
         assert_eq!(f.tcp_inlets.len(), 1);
+    }
+
+    #[test]
+    fn ockams_single_relay_key_adds_a_relay() {
+        let f = parse("relay: db\nrelays: [cache]\n", env).unwrap();
+        let names: Vec<&str> = f.relays.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["cache", "db"]);
+        assert_eq!(f.relay, None);
+        assert!(parse("relay: db\nrelays: [db]\n", env).is_err());
     }
 
     #[test]
