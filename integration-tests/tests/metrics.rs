@@ -80,6 +80,19 @@ fn promtool(text: &str) -> (bool, String) {
     )
 }
 
+#[test]
+fn promtool_refuses_text_that_breaks_the_format_so_its_acceptance_means_something() {
+    // The lint this file relies on can fail: a sample with a broken label set, and a
+    // counter whose name lacks `_total`, are refused.
+    let (ok, said) = promtool("# HELP kith_x x\n# TYPE kith_x counter\nkith_x{a=\"1\" 1\n");
+    assert!(!ok, "promtool accepted a broken label set: {said}");
+    let (ok, said) = promtool("# HELP kith_x x\n# TYPE kith_x counter\nkith_x 1\n");
+    assert!(!ok, "promtool accepted a counter without _total: {said}");
+    let (ok, said) =
+        promtool("# HELP kith_x_total x\n# TYPE kith_x_total counter\nkith_x_total 1\n");
+    assert!(ok, "promtool refused a well-formed counter: {said}");
+}
+
 /// Project `acme` whose authority serves metrics; db-node (metrics on) with an outlet to
 /// an echo server for web members; web-node (metrics off) with an inlet straight to it.
 /// Where the inlet listens.
