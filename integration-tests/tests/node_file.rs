@@ -434,3 +434,41 @@ fn the_readme_file_example_plans_as_the_readme_says() {
         "{plan}"
     );
 }
+
+#[test]
+fn a_daemon_whose_inlet_port_is_taken_fails_saying_so_and_applying_again_once_it_is_free_finishes()
+{
+    let (k, web_ticket, echo_addr) = project();
+    let db = write(&k, "db.yaml", DB_FILE);
+    apply(&k, &db, &[("ECHO_ADDR", echo_addr.as_str())], &[]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let web = write(
+        &k,
+        "web.yaml",
+        &WEB_FILE.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    );
+
+    let mut c = k.command(&["node", "create", "--config", web.to_str().unwrap()]);
+    let out = c.env("WEB_TICKET", &web_ticket).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot create inlet echo")
+            && stderr.contains("apply")
+            && stderr.contains("again to finish"),
+        "{stderr}"
+    );
+    // The node runs, a member, without the inlet: nothing claims what did not happen.
+    assert_eq!(k.status("web-node")["status"], "running");
+    let inlets = k.json(&["tcp-inlet", "list", "--at", "web-node"]);
+    assert_eq!(inlets.as_array().map(Vec::len), Some(0), "{inlets}");
+
+    // Once the port is free, the same file finishes the job and nothing else.
+    drop(taken);
+    let done = apply(&k, &web, &[("WEB_TICKET", web_ticket.as_str())], &[]);
+    assert_eq!(changed(&done), ["create tcp-inlet echo"], "{done}");
+    let addr = format!("127.0.0.1:{port}");
+    assert_eq!(inlet_address(&k), addr);
+    assert_eq!(echo(&addr, b"finished"), b"finished");
+}

@@ -203,7 +203,9 @@ pub async fn apply(home: &Home, out: &Output, args: CreateNode, file: &Path) -> 
         );
         return Ok(());
     }
-    out.note(format!("Applying {} to node {name}:", file.display()));
+    if plan.changes.iter().any(|c| c.action != Action::Unchanged) {
+        out.note(format!("Applying {} to node {name}:", file.display()));
+    }
 
     prepare(home, out, &desired, current.as_ref()).await?;
     let config = match &current {
@@ -262,8 +264,18 @@ pub async fn apply(home: &Home, out: &Output, args: CreateNode, file: &Path) -> 
             }
             return Err(e);
         }
+        match &current {
+            None => out.note(format!("  + node {name}")),
+            Some(_) if !running => out.note(format!("  + started node {name}")),
+            Some(_) => {}
+        }
     }
-    kept(home, out, &name, &plan).await?;
+    kept(home, out, &name, &plan).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}; node {name} runs with what was applied before that: fix the cause and apply {} again to finish",
+            file.display()
+        )
+    })?;
     let ready = crate::control::call(
         &home.socket_path(&name),
         &Request::Status,
