@@ -389,7 +389,12 @@ fn identifiers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 fn check_policy(s: &str) -> Result<(), String> {
     kith_identity::policy::Policy::parse(s)
         .map(|_| ())
-        .map_err(|e| format!("not a policy: {e}"))
+        .map_err(|e| {
+            format!(
+                "not a policy: {}",
+                crate::node::settings::policy_error(s, &e)
+            )
+        })
 }
 
 fn policy<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -693,6 +698,21 @@ mod tests {
         );
         assert_eq!(f.tcp_inlets[0].timeout, Some(Duration::from_secs(5)));
         assert_eq!(f.limits, vec!["connections=100".to_owned()]);
+    }
+
+    #[test]
+    fn an_ockam_prefix_policy_fails_saying_how_kith_writes_it() {
+        let text = "name: n1\ntcp-outlets:\n  pg:\n    to: 127.0.0.1:5432\n    allow: '(= subject.component \"web\")'\n";
+        let e = parse(text, env).unwrap_err();
+        assert_eq!(e.at.map(|a| a.0), Some(5), "{e}");
+        assert!(
+            e.message.contains("Ockam's prefix form") && e.message.contains("component = \"web\""),
+            "{e}"
+        );
+        // A mistake of kith's own form gets no such hint.
+        let text = "name: n1\nallow: '(component = \"web\"'\n";
+        let e = parse(text, env).unwrap_err();
+        assert!(!e.message.contains("Ockam"), "{e}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ mod running;
 /// The control server: one request, one answer.
 mod server;
 /// The node's identity in channels, and who may use its services.
-mod settings;
+pub(crate) mod settings;
 
 pub use channels::Channels;
 pub use daemon::{Ready, Stopped, run};

@@ -257,5 +257,50 @@ pub(crate) fn services_policy(
 /// An `--allow` policy, or an error that points at what is wrong in it.
 pub fn parse_allow(text: &str) -> Result<kith_identity::policy::Policy> {
     kith_identity::policy::Policy::parse(text)
-        .map_err(|e| anyhow::anyhow!("--allow is not a policy: {e}\n{}", e.render(text)))
+        .map_err(|e| anyhow::anyhow!("--allow is not a policy: {}", policy_error(text, &e)))
+}
+
+/// What is wrong with a policy, and how to write it when it is in Ockam's prefix form
+/// (`(= subject.component "web")`), which users of Ockam's node files bring with them.
+pub fn policy_error(text: &str, e: &kith_identity::policy::PolicyError) -> String {
+    let prefix_form = text
+        .trim_start()
+        .strip_prefix('(')
+        .map(str::trim_start)
+        .and_then(|rest| rest.split_whitespace().next())
+        .is_some_and(|op| ["=", "!=", "and", "or", "not", "member?", "exists?"].contains(&op));
+    if prefix_form {
+        format!(
+            "{e}; this looks like Ockam's prefix form: kith writes comparisons infix and names \
+             the peer's attributes without `subject.`, as in component = \"web\" and \
+             (env = \"prod\" or env = \"test\")"
+        )
+    } else {
+        e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_allow;
+
+    #[test]
+    fn a_bad_allow_says_what_is_wrong_once() {
+        let e = parse_allow("component db").unwrap_err().to_string();
+        assert_eq!(e.matches("expected").count(), 1, "{e}");
+        assert!(e.contains("column 11"), "{e}");
+    }
+
+    #[test]
+    fn an_ockam_prefix_allow_is_refused_with_how_kith_writes_it() {
+        for ockam in [
+            r#"(= subject.component "web")"#,
+            r#"( and (= subject.a "1") (= subject.b "2"))"#,
+            r#"(not (= subject.a "1"))"#,
+        ] {
+            let e = parse_allow(ockam).unwrap_err().to_string();
+            assert!(e.contains("Ockam's prefix form"), "{ockam}: {e}");
+        }
+        assert!(parse_allow(r#"(component = "web")"#).is_ok());
+    }
 }
