@@ -153,6 +153,10 @@ struct Table {
     overflow: Option<Allowance>,
     /// Handshakes abandoned so far for a lighter source.
     shed: u64,
+    /// Handshakes that completed, and that ended otherwise (refused, broken, timed out),
+    /// so far; a shed one counts in `shed` alone.
+    established: u64,
+    failed: u64,
     /// Channels open through the listener, node-wide and per source.
     channels: usize,
     channels_by_source: HashMap<Source, usize>,
@@ -217,6 +221,17 @@ impl PendingHandshakes {
     /// Unfinished handshakes abandoned so far to make room for a lighter source.
     pub fn shed(&self) -> u64 {
         self.lock().shed
+    }
+
+    /// Handshakes completed so far.
+    pub fn established(&self) -> u64 {
+        self.lock().established
+    }
+
+    /// Handshakes that ended without a channel so far (refused, broken or timed out), other
+    /// than those shed.
+    pub fn failed(&self) -> u64 {
+        self.lock().failed
     }
 
     /// Channels open through the listener now.
@@ -291,6 +306,7 @@ impl PendingHandshakes {
             source: arrival.source,
             id,
             abandon,
+            completed: false,
         })
     }
 }
@@ -368,6 +384,9 @@ pub struct PendingSlot {
     source: Option<Source>,
     id: u64,
     abandon: CancellationToken,
+    /// Set by [`established`](Self::established) and [`refused`](Self::refused), so that
+    /// dropping it counts no failure.
+    completed: bool,
 }
 
 impl PendingSlot {
@@ -378,8 +397,10 @@ impl PendingSlot {
 
     /// The handshake completed: it no longer counts as unfinished, and its channel counts
     /// against the channel caps until the returned place is dropped.
-    pub fn established(self) -> ChannelSlot {
+    pub fn established(mut self) -> ChannelSlot {
+        self.completed = true;
         let mut t = self.table.lock();
+        t.established += 1;
         t.channels += 1;
         if let Some(source) = self.source {
             *t.channels_by_source.entry(source).or_default() += 1;
@@ -391,8 +412,17 @@ impl PendingSlot {
         }
     }
 
+    /// The handshake's first message was refused, and counted as such by the listener: it
+    /// no longer counts as unfinished, nor as a failure.
+    pub fn refused(mut self) {
+        self.completed = true;
+    }
+
     fn release(&self) {
         let mut t = self.table.lock();
+        if !self.completed && !self.abandon.is_cancelled() {
+            t.failed += 1;
+        }
         match self.source {
             None => t.total = t.total.saturating_sub(1),
             Some(source) => {
@@ -556,6 +586,55 @@ mod tests {
         drop(heavy);
         assert_eq!(table.len(), 1);
         drop(newcomer);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn each_handshake_ends_counted_once_as_established_failed_or_shed() {
+        let limits = HandshakeLimits {
+            max_pending: 4,
+            max_pending_per_source: 4,
+            max_pending_per_connection: 4,
+            ..small()
+        };
+        let table = PendingHandshakes::default();
+        let now = Instant::now();
+        let counts = |t: &PendingHandshakes| (t.established(), t.failed(), t.shed());
+
+        let place = table
+            .take(&limits, &arrival(2, "c1"), now)
+            .unwrap()
+            .established();
+        assert_eq!(counts(&table), (1, 0, 0));
+        drop(place);
+        assert_eq!(
+            counts(&table),
+            (1, 0, 0),
+            "a channel that ends is no failed handshake"
+        );
+
+        drop(table.take(&limits, &arrival(2, "c1"), now).unwrap());
+        assert_eq!(counts(&table), (1, 1, 0), "dropped unfinished: failed");
+
+        table
+            .take(&limits, &arrival(2, "c1"), now)
+            .unwrap()
+            .refused();
+        assert_eq!(
+            counts(&table),
+            (1, 1, 0),
+            "refused at once: the listener counts it"
+        );
+
+        let heavy: Vec<_> = (0..4)
+            .map(|_| table.take(&limits, &arrival(2, "c1"), now).unwrap())
+            .collect();
+        let newcomer = table.take(&limits, &arrival(3, "d1"), now).unwrap();
+        drop(heavy);
+        // One shed, three others ended unfinished.
+        assert_eq!(counts(&table), (1, 4, 1));
+        drop(newcomer.established());
+        assert_eq!(counts(&table), (2, 4, 1));
         assert!(table.is_empty());
     }
 

@@ -239,6 +239,8 @@ impl fmt::Debug for ListenerStats {
             .field("refused_busy", &self.refused_busy)
             .field("refused_invalid", &self.refused_invalid)
             .field("shed", &self.shed())
+            .field("established", &self.established())
+            .field("failed", &self.failed())
             .field("pending", &self.pending())
             .finish()
     }
@@ -254,6 +256,17 @@ impl ListenerStats {
     /// source.
     pub fn shed(&self) -> u64 {
         self.pending.shed()
+    }
+
+    /// Handshakes completed: channels the listener opened.
+    pub fn established(&self) -> u64 {
+        self.pending.established()
+    }
+
+    /// Handshakes started and ended without a channel: refused (an untrusted peer, a
+    /// credential it could not show), broken or timed out. Shed ones are not counted here.
+    pub fn failed(&self) -> u64 {
+        self.pending.failed()
     }
 
     /// Unfinished handshakes from `source` now.
@@ -617,6 +630,7 @@ impl Worker for Listener {
             }
             Err(e) => {
                 self.stats.refused_invalid.fetch_add(1, Ordering::Relaxed);
+                slot.refused();
                 if let Some(suppressed) = kith_node::LOG_LIMITER.admit(
                     "refused an invalid secure channel handshake",
                     message.origin(),

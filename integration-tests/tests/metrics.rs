@@ -233,6 +233,64 @@ fn a_node_that_carried_a_portal_session_shows_its_bytes_and_promtool_accepts_its
 }
 
 #[test]
+fn a_listener_counts_each_handshake_as_established_or_failed() {
+    let k = Kith::new();
+    k.json(&["authority", "create", "--project", "acme"]);
+    k.ok(&["identity", "create", "guarded"]);
+    k.json(&[
+        "node",
+        "create",
+        "guarded",
+        "--identity",
+        "guarded",
+        "--require-credential",
+        "--metrics-address",
+        "127.0.0.1:0",
+    ]);
+    let ticket = k.ok(&["project", "ticket", "--attribute", "component=web"]);
+    for node in ["member", "stranger"] {
+        k.ok(&["identity", "create", node]);
+        k.json(&["node", "create", node, "--identity", node]);
+    }
+    k.ok(&["project", "enroll", ticket.trim(), "--at", "member"]);
+    // A member itself, guarded trusts its project's authority.
+    let ticket = k.ok(&["project", "ticket", "--attribute", "component=db"]);
+    k.ok(&["project", "enroll", ticket.trim(), "--at", "guarded"]);
+    let addr = metrics_of(&k, "guarded");
+    let outcome = |o: &str| {
+        sample(
+            &scrape(&addr),
+            &format!(r#"kith_handshakes_total{{outcome="{o}"}}"#),
+        )
+        .unwrap_or_else(|| panic!("no {o} handshakes series"))
+    };
+    let (established, failed) = (outcome("established"), outcome("failed"));
+    // The responder counts a handshake when its side of it ends, which may follow what
+    // the initiator saw by a moment: wait for the count, then check it went no further.
+    let reaches = |o: &str, value: f64| {
+        let started = Instant::now();
+        while outcome(o) < value {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{o} handshakes did not reach {value}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(outcome(o), value, "{o} handshakes went past {value}");
+    };
+
+    // A member's channel is admitted; a stranger's, without a credential, is refused.
+    let to = "/node/guarded/service/api";
+    k.json(&["secure-channel", "create", "--at", "member", "--to", to]);
+    reaches("established", established + 1.0);
+    assert_eq!(outcome("failed"), failed);
+    let refused = k.fails(&["secure-channel", "create", "--at", "stranger", "--to", to]);
+    assert!(refused.contains("no credential"), "{refused}");
+    reaches("failed", failed + 1.0);
+    assert_eq!(outcome("established"), established + 1.0);
+}
+
+#[test]
 fn a_real_prometheus_server_scrapes_a_node_and_finds_it_up() {
     let k = Kith::new();
     let node = k.json(&["node", "create", "n1", "--metrics-address", "127.0.0.1:0"]);

@@ -366,12 +366,14 @@ pub(crate) fn render(running: &RunningNode, counts: Option<&StoreCounts>) -> Str
     );
     m.counters(
         "handshakes_total",
-        "Secure-channel handshakes the listener saw, by outcome: started, refused_busy, refused_invalid, shed.",
+        "Secure-channel handshakes the listener saw, by outcome: started, then established, failed (refused, broken or timed out) or shed; or refused at once as refused_busy or refused_invalid.",
         &[
             (labels(&[("outcome", "started")]), stat("handshakes_started")),
             (labels(&[("outcome", "refused_busy")]), stat("handshakes_refused_busy")),
             (labels(&[("outcome", "refused_invalid")]), stat("handshakes_refused_invalid")),
             (labels(&[("outcome", "shed")]), stat("handshakes_shed")),
+            (labels(&[("outcome", "established")]), stat("handshakes_established")),
+            (labels(&[("outcome", "failed")]), stat("handshakes_failed")),
         ],
     );
     m.gauge(

@@ -208,6 +208,8 @@ impl RunningNode {
                 "handshakes_refused_busy": h.map_or(0, |h| h.refused_busy.load(Ordering::Relaxed)),
                 "handshakes_refused_invalid": h.map_or(0, |h| h.refused_invalid.load(Ordering::Relaxed)),
                 "handshakes_shed": h.map_or(0, |h| h.shed()),
+                "handshakes_established": h.map_or(0, |h| h.established()),
+                "handshakes_failed": h.map_or(0, |h| h.failed()),
                 "frames_in": t.frames_in,
                 "frames_out": t.frames_out,
                 "channels": channels,
