@@ -161,7 +161,15 @@ struct Diff<T> {
 pub async fn apply(home: &Home, out: &Output, args: CreateNode, file: &Path) -> Result<()> {
     refuse_mixed_options(&args)?;
     let declared = read(file)?;
-    let desired = resolve(home, args.name.as_deref(), declared, file).await?;
+    let desired = resolve(home, args.name.as_deref(), declared, file)
+        .await
+        .map_err(|e| {
+            let said = format!("{e:#}");
+            match said.contains("nothing was changed") {
+                true => e,
+                false => anyhow!("{said}; nothing was changed"),
+            }
+        })?;
     let current = match home.node_exists(&desired.name) {
         false => None,
         true => {
