@@ -472,3 +472,21 @@ fn a_daemon_whose_inlet_port_is_taken_fails_saying_so_and_applying_again_once_it
     assert_eq!(inlet_address(&k), addr);
     assert_eq!(echo(&addr, b"finished"), b"finished");
 }
+
+#[test]
+fn a_via_without_a_project_is_refused_saying_nothing_was_changed_and_nothing_is() {
+    let k = Kith::new();
+    let identities = k.ok(&["identity", "list"]);
+    let file = write(
+        &k,
+        "web.yaml",
+        "name: web-node\nidentity: web\ntcp-inlets:\n  echo:\n    from: 127.0.0.1:0\n    via: db\n",
+    );
+    let err = k.fails(&["node", "create", "--config", file.to_str().unwrap()]);
+    assert!(
+        err.contains("need a project") && err.ends_with("nothing was changed"),
+        "{err}"
+    );
+    assert!(!k.home().join("nodes/web-node").exists());
+    assert_eq!(k.ok(&["identity", "list"]), identities);
+}
