@@ -561,14 +561,19 @@ mod tests {
         assert_eq!(table.from_source(source(2).unwrap()), 0);
     }
 
-    #[test]
-    fn a_full_table_sheds_the_heaviest_sources_oldest_for_a_quiet_newcomer() {
-        let limits = HandshakeLimits {
+    /// Room for four unfinished handshakes, which one source on one connection may fill.
+    fn four_for_anyone() -> HandshakeLimits {
+        HandshakeLimits {
             max_pending: 4,
             max_pending_per_source: 4,
             max_pending_per_connection: 4,
             ..small()
-        };
+        }
+    }
+
+    #[test]
+    fn a_full_table_sheds_the_heaviest_sources_oldest_for_a_quiet_newcomer() {
+        let limits = four_for_anyone();
         let table = PendingHandshakes::default();
         let now = Instant::now();
         let heavy: Vec<_> = (0..4)
@@ -591,12 +596,7 @@ mod tests {
 
     #[test]
     fn each_handshake_ends_counted_once_as_established_failed_or_shed() {
-        let limits = HandshakeLimits {
-            max_pending: 4,
-            max_pending_per_source: 4,
-            max_pending_per_connection: 4,
-            ..small()
-        };
+        let limits = four_for_anyone();
         let table = PendingHandshakes::default();
         let now = Instant::now();
         let counts = |t: &PendingHandshakes| (t.established(), t.failed(), t.shed());
