@@ -418,10 +418,9 @@ async fn resolve(
                 Some(dir) if path.is_relative() => dir.join(path),
                 _ => path.clone(),
             };
-            let bytes = read_capped(&path, 64 * 1024).with_context(|| {
-                format!("{}: ticket: cannot read the ticket's file", file.display())
-            })?;
-            Some(String::from_utf8_lossy(&bytes).trim().to_owned())
+            let text = super::projects::read_ticket_file(&path)
+                .with_context(|| format!("{}: ticket", file.display()))?;
+            Some(text.trim().to_owned())
         }
     };
     let ticket = match ticket {
@@ -489,23 +488,13 @@ async fn resolve(
     let ticket_project = ticket.as_ref().map(|(_, t)| t.project.name.clone());
     let enroll = match ticket {
         Some((text, t)) if !member => {
-            let now = unix_now();
-            if t.expires_at <= now {
-                bail!(
-                    "{}: ticket: it expired {} ago, and identity {identity} is not yet a member of project {}; ask for a new one",
+            super::projects::check_redeemable(home, &t).with_context(|| {
+                format!(
+                    "{}: ticket: identity {identity} is not yet a member of project {}",
                     file.display(),
-                    crate::duration::RoundedDuration(now - t.expires_at),
                     t.project.name
-                );
-            }
-            if let Some(other) = crate::home::projects::clashing_project(home, &t.project) {
-                bail!(
-                    "{}: ticket: a different project named {:?} (id {}) is already known here",
-                    file.display(),
-                    other.name,
-                    other.id
-                );
-            }
+                )
+            })?;
             Some((text, t))
         }
         _ => None,

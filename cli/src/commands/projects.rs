@@ -335,11 +335,7 @@ fn ticket_text(
         return Ok(t.clone());
     }
     if let Some(f) = ticket_file {
-        let mut s = String::new();
-        std::fs::File::open(f)
-            .and_then(|file| file.take(limit).read_to_string(&mut s))
-            .with_context(|| format!("cannot read the ticket file {}", f.display()))?;
-        return Ok(s);
+        return read_ticket_file(f);
     }
     match std::env::var("KITH_ENROLLMENT_TICKET") {
         Ok(t) if !t.trim().is_empty() => Ok(t),
@@ -349,12 +345,20 @@ fn ticket_text(
     }
 }
 
-pub(crate) async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
-    let ticket = Ticket::decode(&ticket_text(
-        args.ticket.as_ref(),
-        args.ticket_file.as_ref(),
-    )?)
-    .context("cannot use this ticket")?;
+/// A ticket file's text, read no further than a ticket can be long (a longer one is then
+/// refused by [`Ticket::decode`]).
+pub(crate) fn read_ticket_file(path: &std::path::Path) -> Result<String> {
+    let limit = kith_authority::ticket::MAX_TICKET_LEN as u64 + 1;
+    let mut s = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(limit).read_to_string(&mut s))
+        .with_context(|| format!("cannot read the ticket file {}", path.display()))?;
+    Ok(s)
+}
+
+/// Whether `ticket` can be redeemed from here: it has not expired, and no other project of
+/// its name is known. Checked before anything is sent or written.
+pub(crate) fn check_redeemable(home: &Home, ticket: &Ticket) -> Result<()> {
     let now = unix_now();
     if ticket.expires_at <= now {
         bail!(
@@ -363,15 +367,25 @@ pub(crate) async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Resul
             RoundedDuration(now - ticket.expires_at)
         );
     }
-    let project = ticket.project.clone();
-    // Refuse a clash with a known project before anything is sent or written.
-    if clashing_project(home, &project).is_some() {
+    let project = &ticket.project;
+    if clashing_project(home, project).is_some() {
         bail!(
             "a different project named {:?} is already known here; this ticket is for project id {}",
             project.name,
             project.id
         );
     }
+    Ok(())
+}
+
+pub(crate) async fn enroll(home: &Home, out: &Output, args: EnrollArgs) -> Result<()> {
+    let ticket = Ticket::decode(&ticket_text(
+        args.ticket.as_ref(),
+        args.ticket_file.as_ref(),
+    )?)
+    .context("cannot use this ticket")?;
+    check_redeemable(home, &ticket)?;
+    let project = ticket.project.clone();
     let identity = match (&args.identity, &args.node) {
         (Some(i), _) => Some(i.clone()),
         (None, Some(n)) => home.load_node(n)?.identity,
