@@ -393,3 +393,54 @@ fn anything_but_get_metrics_is_refused_and_a_huge_or_slow_request_head_is_cut_of
     // And the node still answers.
     assert!(scrape(&addr).contains("kith_node_start_time_seconds"));
 }
+
+#[test]
+fn one_source_holding_unfinished_requests_keeps_no_scraper_out() {
+    use kith_integration_tests::hostile::{attacker, connect_from};
+    let k = Kith::new();
+    let node = k.json(&["node", "create", "n1", "--metrics-address", "127.0.0.1:0"]);
+    let addr: std::net::SocketAddr = node["metrics"].as_str().unwrap().parse().unwrap();
+
+    // 127.0.0.2 opens 30 connections, more than the 16 places, each with a request head
+    // that never ends. It may hold 4 of them; the node closes the rest at once.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let held: Vec<TcpStream> = rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..30 {
+            let s = connect_from(attacker(2), addr).await.unwrap();
+            held.push(s.into_std().unwrap());
+        }
+        held
+    });
+    for s in &held {
+        let _ = (&*s).write_all(b"GET /metrics HTTP/1.1\r\n");
+    }
+    let closed = |s: &TcpStream| {
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut byte = [0u8; 1];
+        matches!((&*s).read(&mut byte), Ok(0))
+    };
+    for (i, s) in held.iter().enumerate().skip(4) {
+        assert!(
+            closed(s),
+            "connection {i} beyond the source's share was not closed"
+        );
+    }
+
+    // The scraper at 127.0.0.1 is served while the four are still held: they are cut off
+    // only by the request deadline, which has not come (it would close them, not answer).
+    assert!(scrape(&addr.to_string()).contains("kith_node_start_time_seconds"));
+    for (i, s) in held.iter().enumerate().take(4) {
+        s.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let still = (&*s).read(&mut byte);
+        assert!(
+            matches!(&still, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "connection {i}, within the share, was not held: {still:?}"
+        );
+    }
+}

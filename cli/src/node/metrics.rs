@@ -5,16 +5,19 @@
 //! transport, its secure-channel listener, its portals and relays, its credentials, and on
 //! an authority its store), so metrics cost nothing between scrapes. The HTTP side is
 //! untrusted input: a request head is read under a size cap and a deadline and parsed by
-//! `httparse`, at most [`MAX_SCRAPES`] connections are served at once, and every
-//! connection carries one request and is closed.
+//! `httparse`, at most [`MAX_SCRAPES`] connections are served at once and
+//! [`MAX_SCRAPES_PER_SOURCE`] of them from one source, the answer is written under a
+//! deadline too, and every connection carries one request and is closed.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use kith_authority::keeper::RelayState;
 use kith_authority::store::{MembershipStore, StoreCounts};
 use kith_identity::unix_now;
+use kith_transport::source::Source;
 use prometheus::core::Collector;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -30,8 +33,15 @@ pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// 5 s: how long a connection may take to send its request head.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
+/// 10 s: how long a connection may take to read its answer.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+
 /// 16: scrapes served at once; more wait for the listener's backlog.
 pub const MAX_SCRAPES: usize = 16;
+
+/// 4: scrapes served at once for one source (an IPv4 address, an IPv6 /64); a connection
+/// beyond them is closed at once, so one source cannot hold every place.
+pub const MAX_SCRAPES_PER_SOURCE: usize = 4;
 
 /// 32: headers a request may carry.
 const MAX_HEADERS: usize = 32;
@@ -57,6 +67,8 @@ pub enum Asked {
     BadRequest,
     /// The head is not complete yet.
     Partial,
+    /// The head grew past [`MAX_REQUEST_HEAD`] unfinished: 431.
+    TooLarge,
 }
 
 /// Read what the request head in `bytes` asks for.
@@ -87,6 +99,7 @@ pub(crate) async fn serve(
     store: Option<MembershipStore>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_SCRAPES));
+    let sources = Arc::new(Mutex::new(HashMap::new()));
     let stop = running.node.shutdown_token().clone();
     loop {
         let permit = tokio::select! {
@@ -102,13 +115,17 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok((stream, from)) => {
+                let Some(place) = SourcePlace::take(&sources, Source::of(from.ip())) else {
+                    debug!(%from, "metrics connection refused: its source holds its share");
+                    continue; // dropped: closed at once, and the permit is free again
+                };
                 let running = running.clone();
                 let store = store.clone();
                 tokio::spawn(async move {
                     if let Err(e) = answer(stream, &running, store.as_ref()).await {
                         debug!(%from, error = %e, "metrics request failed");
                     }
-                    drop(permit);
+                    drop((place, permit));
                 });
             }
             Err(e) => {
@@ -119,7 +136,40 @@ pub(crate) async fn serve(
     }
 }
 
-/// Read one request head (bounded in size and time), answer it, close.
+/// One of a source's [`MAX_SCRAPES_PER_SOURCE`] places, given back when dropped.
+struct SourcePlace {
+    sources: Arc<Mutex<HashMap<Source, usize>>>,
+    source: Source,
+}
+
+impl SourcePlace {
+    fn take(sources: &Arc<Mutex<HashMap<Source, usize>>>, source: Source) -> Option<Self> {
+        let mut held = sources.lock().unwrap_or_else(|e| e.into_inner());
+        let theirs = held.entry(source).or_default();
+        if *theirs >= MAX_SCRAPES_PER_SOURCE {
+            return None;
+        }
+        *theirs += 1;
+        Some(Self {
+            sources: sources.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourcePlace {
+    fn drop(&mut self) {
+        let mut held = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Read one request head (bounded in size and time), answer it (bounded in time), close.
 async fn answer(
     mut stream: TcpStream,
     running: &RunningNode,
@@ -136,10 +186,10 @@ async fn answer(
             head.extend_from_slice(&buf[..n]);
             match parse_request(&head) {
                 Asked::Partial if head.len() >= MAX_REQUEST_HEAD => {
-                    return Ok(Some((431, Asked::BadRequest)));
+                    return Ok(Some(Asked::TooLarge));
                 }
                 Asked::Partial => {}
-                other => return Ok(Some((0, other))),
+                other => return Ok(Some(other)),
             }
         }
     })
@@ -151,14 +201,14 @@ async fn answer(
         Ok(Ok(Some(a))) => a,
     };
     let (status, reason, content_type, body, head_only) = match asked {
-        (431, _) => (
+        Asked::TooLarge => (
             431,
             "Request Header Fields Too Large",
             "text/plain",
             "request head too large\n".to_owned(),
             false,
         ),
-        (_, Asked::Metrics { head_only }) => {
+        Asked::Metrics { head_only } => {
             let counts = match store {
                 Some(s) => Some(s.counts().await.context("counting the store")?),
                 None => None,
@@ -171,21 +221,21 @@ async fn answer(
                 head_only,
             )
         }
-        (_, Asked::NotFound) => (
+        Asked::NotFound => (
             404,
             "Not Found",
             "text/plain",
             "metrics are at /metrics\n".to_owned(),
             false,
         ),
-        (_, Asked::MethodNotAllowed) => (
+        Asked::MethodNotAllowed => (
             405,
             "Method Not Allowed",
             "text/plain",
             "use GET /metrics\n".to_owned(),
             false,
         ),
-        (_, Asked::BadRequest | Asked::Partial) => (
+        Asked::BadRequest | Asked::Partial => (
             400,
             "Bad Request",
             "text/plain",
@@ -204,8 +254,13 @@ async fn answer(
     if !head_only {
         response.push_str(&body);
     }
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await?;
+    // A reader that does not take its answer is cut off like a slow request.
+    tokio::time::timeout(ANSWER_DEADLINE, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await
+    .context("the answer was not read in time")??;
     Ok(())
 }
 
