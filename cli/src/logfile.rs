@@ -752,18 +752,20 @@ mod tests {
         assert!(Rotation::parse(None, Some("101")).is_err());
     }
 
+    /// A log of three 200-byte files: ten of [`line`]'s lines each.
+    fn ten_lines_a_file(path: &Path) -> RotatingLog {
+        let rotation = Rotation {
+            max_bytes: 200,
+            files: 3,
+        };
+        RotatingLog::open(path, rotation).unwrap()
+    }
+
     #[test]
     fn a_follower_sees_every_line_once_across_a_rotation_and_waits_for_unended_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.log");
-        let log = RotatingLog::open(
-            &path,
-            Rotation {
-                max_bytes: 200,
-                files: 3,
-            },
-        )
-        .unwrap();
+        let log = ten_lines_a_file(&path);
         write_lines(&log, 0..5);
         let mut history = Vec::new();
         let mut follower = Follower::start(&path, Some(2), |l| history.push(l)).unwrap();
@@ -794,14 +796,7 @@ mod tests {
     fn a_follower_hands_over_all_kept_lines_across_files_in_order_or_only_the_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.log");
-        let log = RotatingLog::open(
-            &path,
-            Rotation {
-                max_bytes: 200,
-                files: 3,
-            },
-        )
-        .unwrap();
+        let log = ten_lines_a_file(&path);
         // 25 lines: two rotated files of 10 and the current one of 5.
         write_lines(&log, 0..25);
         let mut all = Vec::new();
