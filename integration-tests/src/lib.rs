@@ -16,6 +16,8 @@ pub mod bench;
 pub mod channel_bench;
 /// Client processes that open many channels to a node and are killed with SIGKILL.
 pub mod churn;
+/// A TCP echo server: the application behind the outlets of tests and benches.
+pub mod echo;
 /// Attackers for the hostile-network tests and bench.
 pub mod hostile;
 /// The hostile bench: a project node under each attack, and a legitimate client meanwhile.

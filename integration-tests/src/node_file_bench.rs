@@ -10,7 +10,7 @@
 //! [`SCRAPES`] times) against the same node without them, in the same run.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -44,24 +44,6 @@ tcp-inlets:
     via: db
     to: app
 ";
-
-/// A TCP server on 127.0.0.1 that echoes every connection until end of stream.
-fn echo_server() -> anyhow::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?.to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                if let Ok(mut r) = s.try_clone() {
-                    let _ = std::io::copy(&mut r, &mut s);
-                    let _ = s.shutdown(Shutdown::Write);
-                }
-            });
-        }
-    });
-    Ok(addr)
-}
 
 /// A home with project `acme` and the two members' tickets in `db.ticket` and `web.ticket`.
 fn project(kith: &Path) -> anyhow::Result<KithHome> {
@@ -222,7 +204,7 @@ fn metrics_rss(kith: &Path) -> anyhow::Result<BenchRecord> {
 
 /// `rounds` rounds of each, alternating; one record of the medians, then the metrics RSS.
 pub fn run(kith: &Path, rounds: usize) -> anyhow::Result<Vec<BenchRecord>> {
-    let echo = echo_server()?;
+    let echo = crate::echo::echo_server()?;
     let (mut file, mut commands) = (Vec::new(), Vec::new());
     for _ in 0..rounds.max(1) {
         file.push(by_file(kith, &echo).context("the set-up by files")?);

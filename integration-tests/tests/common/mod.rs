@@ -235,19 +235,7 @@ pub fn log(k: &Kith, node: &str) -> String {
 /// A TCP server on 127.0.0.1 that echoes every connection until end of stream; where it
 /// listens.
 pub fn echo_server() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-                let _ = s.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    addr
+    kith_integration_tests::echo::echo_server().unwrap()
 }
 
 /// Insist that this machine has IPv6 loopback (::1): the `kith` commands of a test reach
