@@ -285,6 +285,32 @@ async fn deleting_an_inlet_closes_its_sessions_and_its_port() {
 }
 
 #[tokio::test]
+async fn a_stopped_outlets_name_is_free_at_once_and_a_late_stop_spares_its_successor() {
+    let node = Node::new("n");
+    let start = || {
+        Outlet::start(
+            &node,
+            "app",
+            "127.0.0.1:9",
+            Arc::new(AllowTransport),
+            PortalOptions::default(),
+        )
+    };
+    let first = start().unwrap();
+    assert!(start().is_err(), "two outlets at one address");
+    first.stop();
+    // No wait for the outlet's task: the name is free when `stop` returns.
+    let second = start().expect("the stopped outlet's name is still taken");
+    // Stopping the first again must not stop the second, which now holds the name.
+    first.stop();
+    assert!(
+        start().is_err(),
+        "a late stop of the first freed the second's name"
+    );
+    second.stop();
+}
+
+#[tokio::test]
 async fn one_peer_holds_at_most_its_share_of_an_outlets_sessions_and_another_still_gets_in() {
     let target = echo_server().await;
     let options = PortalOptions {

@@ -226,9 +226,6 @@ impl Portals {
             .take()
             .ok_or_else(|| anyhow!("node {} has no outlet {name:?}", self.node.name()))?;
         kept.outlet.stop();
-        // Its address is free when the answer comes, so an outlet of the same name can be
-        // created at once (the outlet's own task would free it a moment later).
-        self.node.stop_worker(kept.outlet.address());
         self.saved()?
             .update(|c| c.outlets.retain(|o| o.name != name))?;
         Ok(self.outlet_view(&kept))

@@ -20,6 +20,8 @@ use super::{PortalMessage, PortalOptions, PortalStats, SameOrigin};
 /// its sessions.
 #[derive(Clone)]
 pub struct Outlet {
+    /// The node it serves on, whose registration of `address` [`Outlet::stop`] ends.
+    node: Node,
     address: Address,
     target: String,
     stats: Arc<PortalStats>,
@@ -53,6 +55,7 @@ impl Outlet {
         let mut mailbox = node.register_mailbox([address.clone()], Arc::new(AllowAll))?;
         let stop = mailbox.stop_token().child_token();
         let outlet = Self {
+            node: node.clone(),
             address: address.clone(),
             target: target.to_owned(),
             stats: Arc::new(PortalStats::default()),
@@ -73,8 +76,10 @@ impl Outlet {
                 };
                 this.on_message(&task_node, &policy, &options, message);
             }
-            drop(mailbox);
+            // Cancelled before the address is freed: a late `stop` of this outlet then
+            // leaves alone a new outlet registered at the same address.
             this.stop.cancel();
+            drop(mailbox);
             info!(outlet = %this.address, "outlet stopped");
         });
         Ok(outlet)
@@ -95,8 +100,12 @@ impl Outlet {
         &self.stats
     }
 
-    /// Stop accepting sessions and close the open ones.
+    /// Stop accepting sessions and close the open ones. Its address is free when this
+    /// returns, so an outlet of the same name can be started at once.
     pub fn stop(&self) {
+        if !self.stop.is_cancelled() {
+            self.node.stop_worker(&self.address);
+        }
         self.stop.cancel();
     }
 
