@@ -43,6 +43,14 @@ pub const MAX_SCRAPES: usize = 16;
 /// beyond them is closed at once, so one source cannot hold every place.
 pub const MAX_SCRAPES_PER_SOURCE: usize = 4;
 
+/// 5 s: how old an authority's store counts may be when served. They are counted by
+/// scanning the store, so scrapes however many and however often cost at most one count
+/// per this interval, and scrapes at once share one.
+pub const STORE_COUNTS_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// 10 s: how long counting the store may take before the scrape is answered 503.
+const STORE_COUNT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// 32: headers a request may carry.
 const MAX_HEADERS: usize = 32;
 
@@ -98,6 +106,7 @@ pub(crate) async fn serve(
     running: Arc<RunningNode>,
     store: Option<MembershipStore>,
 ) {
+    let store = store.map(|s| Arc::new(Counted::new(s)));
     let permits = Arc::new(Semaphore::new(MAX_SCRAPES));
     let sources = Arc::new(Mutex::new(HashMap::new()));
     let stop = running.node.shutdown_token().clone();
@@ -122,7 +131,7 @@ pub(crate) async fn serve(
                 let running = running.clone();
                 let store = store.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &running, store.as_ref()).await {
+                    if let Err(e) = answer(stream, &running, store.as_deref()).await {
                         debug!(%from, error = %e, "metrics request failed");
                     }
                     drop((place, permit));
@@ -133,6 +142,40 @@ pub(crate) async fn serve(
                 tokio::time::sleep(kith_transport::ACCEPT_ERROR_PAUSE).await;
             }
         }
+    }
+}
+
+/// An authority's store with its counts as last counted: at most one count per
+/// [`STORE_COUNTS_MAX_AGE`], and scrapes that ask meanwhile wait for it and share it.
+struct Counted {
+    store: MembershipStore,
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, StoreCounts)>>,
+}
+
+impl Counted {
+    fn new(store: MembershipStore) -> Self {
+        Self {
+            store,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The counts as of `now` (the clock is the caller's, so that tests can move it).
+    async fn counts(&self, now: tokio::time::Instant) -> Result<StoreCounts> {
+        let mut last = self.last.lock().await;
+        if let Some((at, counts)) = last.as_ref()
+            && now.saturating_duration_since(*at) < STORE_COUNTS_MAX_AGE
+        {
+            return Ok(counts.clone());
+        }
+        let counts = tokio::time::timeout(STORE_COUNT_TIMEOUT, self.store.counts())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("the store was not counted within {STORE_COUNT_TIMEOUT:?}")
+            })?
+            .context("cannot count the store")?;
+        *last = Some((now, counts.clone()));
+        Ok(counts)
     }
 }
 
@@ -173,7 +216,7 @@ impl Drop for SourcePlace {
 async fn answer(
     mut stream: TcpStream,
     running: &RunningNode,
-    store: Option<&MembershipStore>,
+    store: Option<&Counted>,
 ) -> Result<()> {
     let mut head = Vec::with_capacity(1024);
     let asked = tokio::time::timeout(REQUEST_DEADLINE, async {
@@ -210,16 +253,27 @@ async fn answer(
         ),
         Asked::Metrics { head_only } => {
             let counts = match store {
-                Some(s) => Some(s.counts().await.context("counting the store")?),
-                None => None,
+                Some(s) => s.counts(tokio::time::Instant::now()).await.map(Some),
+                None => Ok(None),
             };
-            (
-                200,
-                "OK",
-                CONTENT_TYPE,
-                render(running, counts.as_ref()),
-                head_only,
-            )
+            match counts {
+                Ok(counts) => (
+                    200,
+                    "OK",
+                    CONTENT_TYPE,
+                    render(running, counts.as_ref()),
+                    head_only,
+                ),
+                // Said, not served half: a scrape without the authority's numbers would
+                // look like a store that emptied.
+                Err(e) => (
+                    503,
+                    "Service Unavailable",
+                    "text/plain",
+                    format!("{e:#}\n"),
+                    head_only,
+                ),
+            }
         }
         Asked::NotFound => (
             404,
@@ -588,6 +642,39 @@ pub(crate) fn render(running: &RunningNode, counts: Option<&StoreCounts>) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn store_counts_are_counted_at_most_once_per_max_age() {
+        use kith_authority::store::{Member, StoreOwner};
+        let dir = tempfile::tempdir().unwrap();
+        let owner = StoreOwner {
+            project_id: "p".into(),
+            authority: None,
+        };
+        let store = MembershipStore::create_sqlite(&dir.path().join("s.sqlite"), &owner, 1)
+            .await
+            .unwrap();
+        let id = |b: &str| format!("I{}", b.repeat(40)).parse().unwrap();
+        let member = Member {
+            identifier: id("1"),
+            attributes: Default::default(),
+            added_at: 1,
+            added_by: id("2"),
+            via: Member::VIA_ADMIN.into(),
+            credential_ttl: None,
+            changed_at: None,
+        };
+        let counted = Counted::new(store.clone());
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(counted.counts(t0).await.unwrap().members, 0);
+        store.add_member(&member, &id("2"), 2).await.unwrap();
+        // Within the age the last count is served, without asking the store again...
+        let soon = t0 + STORE_COUNTS_MAX_AGE - Duration::from_millis(1);
+        assert_eq!(counted.counts(soon).await.unwrap().members, 0);
+        // ...and once it is older, the store is counted again.
+        let later = t0 + STORE_COUNTS_MAX_AGE;
+        assert_eq!(counted.counts(later).await.unwrap().members, 1);
+    }
 
     #[test]
     fn only_get_or_head_of_the_metrics_path_is_served() {
