@@ -26,11 +26,8 @@ use super::output::Output;
 use crate::control::{self, NodeState, RelayView, Request, probe};
 use crate::home::vault::{DEFAULT_IDENTITY, open_vault};
 use crate::home::{AdmissionConfig, Home, InletConfig, NodeConfig, OutletConfig, RelayConfig};
-use crate::node::{RELAY_TIMEOUT, listen_address};
+use crate::node::{INLET_OPEN_TIMEOUT, RELAY_TIMEOUT, listen_address};
 use crate::nodefile::{self, NodeFile, TicketSource};
-
-/// 15 s: how long an inlet's new connection waits for its outlet unless the file says.
-const INLET_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What applying a file does to one thing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -638,6 +638,7 @@ Examples:
         allow: Option<String>,
         /// How long a new connection may wait for the outlet (while a relay reconnects, say)
         /// before it is reset.
+        // The default is `node::INLET_OPEN_TIMEOUT`, a node file's too; a test keeps them one.
         #[arg(long, default_value = "15s", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
         timeout: std::time::Duration,
     },

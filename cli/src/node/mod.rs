@@ -32,7 +32,7 @@ pub(crate) mod settings;
 
 pub use channels::Channels;
 pub use daemon::{Ready, Stopped, run};
-pub use portals::{Portals, check_target, listen_address};
+pub use portals::{INLET_OPEN_TIMEOUT, Portals, check_target, listen_address};
 pub use relays::{RELAY_TIMEOUT, Relays, refused};
 pub use running::RunningNode;
 pub use settings::{NodeIdentity, channel_settings, channel_settings_scoped, parse_allow};

@@ -46,6 +46,10 @@ struct KeptInlet {
 /// task closes it as soon as it runs).
 const INLET_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// 15 s: how long an inlet's new connection waits for its outlet (while a relay reconnects,
+/// say) unless told otherwise: `tcp-inlet create --timeout`'s default, and a node file's.
+pub const INLET_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The portals a node keeps, by outlet name and inlet alias.
 pub struct Portals {
     node: Node,
@@ -409,6 +413,18 @@ pub fn check_target(to: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_inlet_creates_default_timeout_is_the_one_node_files_use() {
+        use crate::commands::args::{Cli, Command, TcpInletCommand};
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["kith", "tcp-inlet", "create", "--from", "1", "--to", "/x"])
+            .unwrap();
+        let Command::TcpInlet(TcpInletCommand::Create { timeout, .. }) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(timeout, INLET_OPEN_TIMEOUT);
+    }
 
     #[test]
     fn listen_addresses_and_targets_are_checked() {
